@@ -1,0 +1,34 @@
+"""nbcache: cache notebook steps on disk, keyed on their code and the content of their inputs.
+
+Decorate a function with ``@step``; its results are stored under ``.nbcache/`` (or ``$NBCACHE_DIR``) and
+served from there when the same code is called with the same inputs again, in this process or after a
+restart. ``runs()`` tells what happened and why.
+"""
+
+from __future__ import annotations
+
+from .errors import CacheWarning, NBCacheError, UncacheableError
+from .fingerprint import fingerprint
+from .hashing import hash_value
+from .key import CACHE_FORMAT
+from .records import StepRun
+from .step import Step, clear, runs, step
+from .store import cache_dir, set_cache_dir
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CACHE_FORMAT",
+    "CacheWarning",
+    "NBCacheError",
+    "Step",
+    "StepRun",
+    "UncacheableError",
+    "cache_dir",
+    "clear",
+    "fingerprint",
+    "hash_value",
+    "runs",
+    "set_cache_dir",
+    "step",
+]

@@ -1,0 +1,181 @@
+"""numpy handlers for ``hash_value``: dtype, shape and logical content, at memory speed.
+
+Imported by ``hashing`` only once the user's process has imported numpy. An array's data is fed to xxh3 in
+C order, a megabyte at a time, so a slice, a transpose or a memmap hashes like its contiguous copy while
+only one chunk is ever copied. Float chunks are checked for NaN with ``np.maximum.reduce`` (which
+propagates NaN and runs at memory speed on data already in cache); only a chunk that holds a NaN is
+rewritten, so that every NaN bit pattern hashes alike and arrays equal up to NaN positions are equal.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .hashing import Hasher, Unhashable, Walk, feed, new_hasher, register, _pack_len
+
+CHUNK_BYTES = 1 << 20
+PARALLEL_BYTES = 16 << 20
+_BUFFER_KINDS = frozenset("biufcmMSUV")
+_maximum = np.maximum.reduce
+
+
+def _float_view(chunk: np.ndarray) -> np.ndarray:
+    """The chunk as real floats: complex numbers are checked one component at a time."""
+    if chunk.dtype.kind == "c":
+        return chunk.view(np.dtype(f"f{chunk.dtype.itemsize // 2}").newbyteorder(chunk.dtype.byteorder))
+    return chunk
+
+
+def _canonical(chunk: np.ndarray) -> np.ndarray:
+    """Make every NaN the same bits (and zero the padding of 80-bit long doubles)."""
+    floats = _float_view(chunk)
+    if _is_long_double(floats.dtype) and np.finfo(floats.dtype).nmant == 63:
+        floats = floats.copy()
+        raw = floats.view(np.uint8).reshape(floats.size, floats.dtype.itemsize)
+        raw[:, 10:] = 0
+        return floats
+    top = _maximum(floats)
+    if top == top:  # no NaN in this chunk (max propagates NaN): the common, fast case
+        return chunk
+    return np.where(np.isnan(floats), np.array(np.nan, dtype=floats.dtype), floats)
+
+
+def _chunks(a: np.ndarray):
+    """Yield C-ordered, C-contiguous pieces of ``a`` of about CHUNK_BYTES each."""
+    if a.size == 0:
+        return
+    if a.flags.c_contiguous:
+        flat = a.reshape(-1)
+        step = max(1, CHUNK_BYTES // a.itemsize)
+        for start in range(0, flat.size, step):
+            yield flat[start:start + step]
+        return
+    if a.ndim == 1:
+        step = max(1, CHUNK_BYTES // a.itemsize)
+        for start in range(0, a.shape[0], step):
+            yield np.ascontiguousarray(a[start:start + step])
+        return
+    row_bytes = a.itemsize * (a.size // a.shape[0])
+    if row_bytes > CHUNK_BYTES:
+        for row in a:
+            yield from _chunks(row)
+        return
+    step = max(1, CHUNK_BYTES // row_bytes)
+    for start in range(0, a.shape[0], step):
+        yield np.ascontiguousarray(a[start:start + step]).reshape(-1)
+
+
+def _has_nan(flat: np.ndarray) -> bool:
+    top = _maximum(_float_view(flat))
+    return bool(top != top)
+
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def _buffer_digest(a: np.ndarray) -> bytes:
+    """xxh3 of the array's bytes in C order, NaN made canonical.
+
+    A big contiguous float array is hashed whole while a second thread looks for NaN (both release the GIL),
+    which keeps hashing at raw xxh3 speed; in the rare case a NaN is found, it is hashed again chunk by chunk.
+    """
+    global _executor
+    floats = a.dtype.kind in "fc"
+    if floats and a.nbytes >= PARALLEL_BYTES and a.flags.c_contiguous and not _is_long_double(a.dtype):
+        if _executor is None:
+            _executor = ThreadPoolExecutor(1, thread_name_prefix="nbcache-nan-check")
+        flat = a.reshape(-1)
+        nan_check = _executor.submit(_has_nan, flat)
+        sub = new_hasher(flat.view(np.uint8))
+        if not nan_check.result():
+            return sub.digest()
+    sub = new_hasher()
+    for chunk in _chunks(a):
+        sub.update((_canonical(chunk) if floats else chunk).view(np.uint8))
+    return sub.digest()
+
+
+def _is_long_double(dt: np.dtype) -> bool:
+    """80-bit floats stored in 12 or 16 bytes, whose padding bytes are garbage."""
+    return (dt.kind == "f" and dt.itemsize > 8) or (dt.kind == "c" and dt.itemsize > 16)
+
+
+def feed_array_data(a: np.ndarray, h: Hasher, walk: Walk) -> None:
+    """Feed the logical content of ``a`` (any layout, any dtype)."""
+    dt = a.dtype
+    if dt.names:
+        for name in dt.names:
+            h.update(b"field" + name.encode())
+            try:
+                feed_array_data(a[name], h, walk)
+            except Unhashable as e:
+                raise e.at(f"[{name!r}]") from None
+        return
+    if dt.kind in _BUFFER_KINDS and not dt.hasobject:
+        h.update(b"data" + _buffer_digest(a))
+        return
+    # object arrays and dtypes whose bytes are pointers (numpy's StringDType): element by element
+    flat = a.reshape(-1) if a.flags.c_contiguous else a.ravel()
+    if dt.kind == "O" and _feed_strings(flat, h):
+        return
+    i = 0
+    try:
+        for i, item in enumerate(flat.tolist() if dt.kind != "O" else flat):
+            feed(item, h, walk)
+    except Unhashable as e:
+        raise e.at(f"[{np.unravel_index(i, a.shape) if a.ndim > 1 else i}]") from None
+
+
+def _feed_strings(flat: np.ndarray, h: Hasher) -> bool:
+    """Fast path for an object array holding only ``str``: one join instead of a call per element.
+
+    NUL separates the items; the encoding is unambiguous when the joined text holds exactly the
+    separators, which is checked. Returns False (nothing fed) when the path does not apply.
+    """
+    try:
+        joined = "\0".join(flat)
+    except TypeError:
+        return False
+    if joined.count("\0") != max(0, flat.size - 1):
+        return False
+    data = joined.encode("utf-8", "surrogatepass")
+    h.update(b"strs" + _pack_len(flat.size) + _pack_len(len(data)))
+    h.update(data)
+    return True
+
+
+def _dtype_tag(dt: np.dtype) -> bytes:
+    return (str(dt.descr) if dt.names else dt.str).encode()
+
+
+def feed_ndarray(a: np.ndarray, h: Hasher, walk: Walk) -> None:
+    tp = type(a)
+    h.update(b"nd")
+    if tp is not np.ndarray and tp is not np.memmap:  # a memmap is its data; other subclasses add meaning
+        feed(tp, h, walk)
+    h.update(_dtype_tag(a.dtype) + b"|" + repr(a.shape).encode())
+    feed_array_data(a, h, walk)
+
+
+def feed_masked(a: np.ma.MaskedArray, h: Hasher, walk: Walk) -> None:
+    h.update(b"ma")
+    feed_ndarray(np.ma.getdata(a), h, walk)
+    feed_ndarray(np.ma.getmaskarray(a), h, walk)
+
+
+def feed_scalar(x: np.generic, h: Hasher, walk: Walk) -> None:
+    arr = np.asarray(x)
+    h.update(b"ns" + _dtype_tag(arr.dtype) + b"|")
+    feed_array_data(arr.reshape(1), h, walk)
+
+
+def feed_dtype(dt: np.dtype, h: Hasher, walk: Walk) -> None:
+    h.update(b"dt" + _dtype_tag(dt))
+
+
+register(np.ndarray, feed_ndarray)
+register(np.ma.MaskedArray, feed_masked)
+register(np.generic, feed_scalar)
+register(np.dtype, feed_dtype)

@@ -1,0 +1,34 @@
+"""The exception and warning types of nbcache. Imports nothing of ours, so every module can use it."""
+
+from __future__ import annotations
+
+__all__ = ["CacheWarning", "NBCacheError", "UncacheableError"]
+
+
+class NBCacheError(Exception):
+    """Base class of the errors nbcache raises on purpose."""
+
+
+class UncacheableError(NBCacheError, TypeError):
+    """A value cannot be turned into a cache key.
+
+    ``type_name`` is the offending type and ``path`` says where it sits inside the value that was being
+    hashed, for example ``args[1]['loader']``.
+    """
+
+    def __init__(self, type_name: str, path: str, detail: str = "") -> None:
+        self.type_name = type_name
+        self.path = path
+        self.detail = detail
+        message = f"cannot hash {type_name} at {path}"
+        if detail:
+            message += f": {detail}"
+        message += (
+            ". nbcache keys a step on the content of its inputs; pass plain data instead, or leave this"
+            " argument out of the key with @step(ignore=[...])"
+        )
+        super().__init__(message)
+
+
+class CacheWarning(UserWarning):
+    """Something went wrong with the cache, but the user's code ran and returned its real result."""

@@ -1,0 +1,399 @@
+"""Code fingerprints: what a function does, as opposed to where and how it is written.
+
+A fingerprint is made from bytecode, never source text, so comments, blank lines, formatting and the
+function's position in its file or cell change nothing, and functions defined in a notebook need no source
+file. Line numbers, file names and line tables are left out; constants, names, flags, the exception table,
+default arguments, closure values and nested functions and lambdas are in. An unreferenced docstring is out.
+
+It follows what the function reads. Every global name the bytecode loads (with the attribute chain after
+it, ``utils.clean`` or ``np.mean``) is resolved when the fingerprint is taken:
+- the user's own functions and classes (defined in the notebook or in a file outside the interpreter's
+  and site-packages' folders) are fingerprinted in turn, transitively; mutual recursion ends in a marker;
+- modules and functions of installed packages count by name and package version, not by their code;
+- any other global value is content-hashed, so ``SCALE = 2`` changed to ``3`` changes the fingerprint.
+
+The static part of each code object is computed once and kept in a weak cache; globals are resolved on
+every call because a notebook rebinds them between calls.
+"""
+
+from __future__ import annotations
+
+import dis
+import functools
+import importlib.metadata
+import importlib.util
+import os
+import site
+import sys
+import sysconfig
+import types
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import CacheWarning
+from .hashing import (
+    Hasher, Unhashable, Walk, feed, new_hasher, register, type_name, _feed_bytes_tagged,
+)
+
+__all__ = ["fingerprint", "fingerprint_parts", "is_user_code"]
+
+_GLOBAL_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
+_ATTR_LOADS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
+_CONST_OPS = frozenset(dis.hasconst)
+_MISSING = object()
+_IMPORT_PREFIX = "import "
+
+
+def fingerprint(func: Callable[..., Any]) -> str:
+    """Return the transitive code fingerprint of a function, method, class or step, as 32 hex chars."""
+    return fingerprint_parts(func)[0]
+
+
+def fingerprint_parts(func: Callable[..., Any]) -> tuple[str, dict[str, str]]:
+    """The fingerprint and, for each thing it depends on, that thing's own digest.
+
+    The parts name functions as ``name()`` and global values by their name; comparing two runs' parts says
+    which helper or global changed, two calls deep or more.
+    """
+    if not callable(func):
+        raise TypeError(f"fingerprint() takes a function, method or class, not {type(func).__name__}")
+    parts: dict[str, str] = {}
+    walk = Walk(parts)
+    h = new_hasher()
+    try:
+        feed(func, h, walk)
+    except Unhashable as e:  # only a default or closure value can be unhashable; say which
+        raise TypeError(f"cannot fingerprint {_label(func)}: {e.type_name} in it cannot be hashed") from None
+    return h.hexdigest(), dict(sorted(parts.items()))
+
+
+# -- where code comes from --------------------------------------------------------------------------------
+
+def _library_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    roots.update(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+    roots.add(site.getusersitepackages())
+    return tuple(sorted(os.path.join(os.path.realpath(r), "") for r in roots))
+
+
+_LIBRARY_ROOTS = _library_roots()
+_OWN_PACKAGE = __name__.partition(".")[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_user_file(filename: str | None) -> bool:
+    if not filename or filename.startswith("<frozen"):
+        return False
+    return not os.path.realpath(filename).startswith(_LIBRARY_ROOTS)
+
+
+def is_user_code(module_name: str | None, filename: str | None) -> bool:
+    """True for code the user wrote: the notebook (``__main__``) or files outside installed packages."""
+    if module_name == "__main__":
+        return True
+    if module_name and module_name.partition(".")[0] == _OWN_PACKAGE:
+        return False
+    return _is_user_file(filename)
+
+
+@functools.lru_cache(maxsize=None)
+def _distributions() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
+@functools.lru_cache(maxsize=1024)
+def package_version(module_name: str) -> str:
+    """``name==version`` of the installed distribution providing a module (or its ``__version__``)."""
+    top = module_name.partition(".")[0]
+    if top in sys.stdlib_module_names or top in ("builtins", "__main__"):
+        return top  # the Python version is in every key already
+    for dist in _distributions().get(top, []):
+        try:
+            return f"{dist}=={importlib.metadata.version(dist)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return f"{top}=={getattr(sys.modules.get(top), '__version__', '?')}"
+
+
+def _module_file(module: types.ModuleType) -> str | None:
+    return getattr(module, "__file__", None)
+
+
+def _label(obj: Any) -> str:
+    module = getattr(obj, "__module__", None)
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", repr(obj))
+    prefix = "" if module in (None, "__main__") else module + "."
+    return f"{prefix}{name}" + ("()" if not isinstance(obj, type) else "")
+
+
+# -- the static part: one code object -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _CodeInfo:
+    digest: bytes
+    global_chains: tuple[tuple[str, ...], ...]
+
+
+_CODE_INFO: weakref.WeakKeyDictionary[types.CodeType, _CodeInfo] = weakref.WeakKeyDictionary()
+
+
+def _code_info(code: types.CodeType) -> _CodeInfo:
+    info = _CODE_INFO.get(code)
+    if info is None:
+        info = _CODE_INFO[code] = _analyse(code)
+    return info
+
+
+def _analyse(code: types.CodeType) -> _CodeInfo:
+    chains: set[tuple[str, ...]] = set()
+    chain: list[str] = []
+    const_zero_used = False
+    importing = ""
+    for ins in dis.get_instructions(code):
+        if ins.opcode in _CONST_OPS and ins.arg == 0:
+            const_zero_used = True
+        if ins.opname == "IMPORT_NAME":  # an import inside the body: `from utils import clean`
+            importing = _IMPORT_PREFIX + ins.argval
+            chains.add((importing,))
+        elif ins.opname == "IMPORT_FROM" and importing:
+            chains.add((importing, ins.argval))
+        if ins.opname in _GLOBAL_LOADS:
+            if chain:
+                chains.add(tuple(chain))
+            chain = [ins.argval]
+        elif ins.opname in _ATTR_LOADS and chain:
+            chain.append(ins.argval)
+        elif chain:
+            chains.add(tuple(chain))
+            chain = []
+    if chain:
+        chains.add(tuple(chain))
+
+    h = new_hasher()
+    walk = Walk()
+    for part in (code.co_name, code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars,
+                 (code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, code.co_flags)):
+        feed(part, h, walk)
+    _feed_bytes_tagged(b"code", code.co_code, h)
+    _feed_bytes_tagged(b"exc", getattr(code, "co_exceptiontable", b""), h)
+    consts = code.co_consts
+    if consts and isinstance(consts[0], str) and not const_zero_used:
+        consts = (None,) + consts[1:]  # a docstring: the bytecode never reads it
+    h.update(b"consts")
+    for const in consts:
+        if isinstance(const, types.CodeType):
+            nested = _code_info(const)
+            h.update(b"nested" + nested.digest)
+            chains.update(nested.global_chains)
+        else:
+            feed(const, h, walk)
+    return _CodeInfo(h.digest(), tuple(sorted(chains)))
+
+
+# -- the dynamic part: what the names resolve to now ----------------------------------------------------
+
+def _feed_function(func: types.FunctionType, h: Hasher, walk: Walk) -> None:
+    if not is_user_code(func.__module__, func.__code__.co_filename):
+        _feed_library(func, h)
+        return
+    key = id(func)
+    memo = walk.memo.get(key)
+    if memo is not None:
+        h.update(memo[1])
+        return
+    if key in walk.active:  # recursion through helpers: the cycle is closed by name
+        _feed_bytes_tagged(b"cycle", _label(func).encode(), h)
+        return
+    walk.active.add(key)
+    try:
+        info = _code_info(func.__code__)
+        own = new_hasher(b"fn" + info.digest)
+        feed(func.__defaults__, own, walk)
+        feed(func.__kwdefaults__, own, walk)
+        for name, cell in zip(func.__code__.co_freevars, func.__closure__ or ()):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # a cell not yet filled
+                value = _MISSING
+            _feed_read(f"{name} (closure of {_label(func)})", value, own, walk)
+        own_digest = own.digest()
+        if walk.parts is not None:
+            walk.parts[_label(func)] = own_digest.hex()
+        total = new_hasher(own_digest)
+        namespace = func.__globals__
+        builtins = namespace.get("__builtins__", {})
+        if isinstance(builtins, types.ModuleType):
+            builtins = vars(builtins)
+        for chain in info.global_chains:
+            if chain[0].startswith(_IMPORT_PREFIX):
+                value = _imported(chain[0][len(_IMPORT_PREFIX):])
+            else:
+                value = namespace.get(chain[0], _MISSING)
+                if value is _MISSING:
+                    value = builtins.get(chain[0], _MISSING)
+            _feed_bytes_tagged(b"g", ".".join(chain).encode(), total)
+            _feed_chain(chain, value, total, walk)
+        digest = total.digest()
+    finally:
+        walk.active.discard(key)
+    walk.memo[key] = (func, digest)
+    h.update(digest)
+
+
+def _feed_chain(chain: tuple[str, ...], value: Any, h: Hasher, walk: Walk) -> None:
+    """Resolve ``a.b.c`` through the user's own modules; hash what it lands on."""
+    for depth, attr in enumerate(chain[1:], start=1):
+        if not (isinstance(value, types.ModuleType) and is_user_code(value.__name__, _module_file(value))):
+            break
+        value = getattr(value, attr, _MISSING)
+    else:
+        depth = len(chain)
+    _feed_read(".".join(chain[:depth]), value, h, walk)
+
+
+def _feed_read(name: str, value: Any, h: Hasher, walk: Walk) -> None:
+    """Feed a value the code reads (a global or a closure variable)."""
+    if value is _MISSING:
+        h.update(b"unbound")
+        return
+    if isinstance(value, (types.FunctionType, type, types.ModuleType, types.BuiltinFunctionType, _LibraryName)):
+        feed(value, h, walk)
+        return
+    sub = new_hasher()
+    try:
+        feed(value, sub, walk)
+    except Unhashable as e:
+        _warn_unhashable_global(name, e.type_name)
+        _feed_bytes_tagged(b"opaque", type_name(type(value)).encode(), h)
+        return
+    digest = sub.digest()
+    if walk.parts is not None:
+        walk.parts[name] = digest.hex()
+    h.update(digest)
+
+
+@functools.lru_cache(maxsize=256)
+def _warn_unhashable_global(name: str, tp: str) -> None:
+    warnings.warn(
+        f"nbcache: '{name}' holds a {tp}, which cannot be hashed; it counts by its type only, so changing"
+        " its contents will not invalidate the steps that read it. Pass it as an argument to make it part"
+        " of the key.",
+        CacheWarning,
+        stacklevel=4,
+    )
+
+
+def _feed_library(obj: Any, h: Hasher) -> None:
+    module = getattr(obj, "__module__", None) or getattr(getattr(obj, "__self__", None), "__name__", "")
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "")
+    _feed_bytes_tagged(b"lib", f"{module}.{name}@{package_version(module or 'builtins')}".encode(), h)
+
+
+def _imported(name: str) -> Any:
+    """The module an import inside a function body names, without running a library's import for it."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return _MISSING
+    if is_user_code(name, spec.origin):
+        return importlib.import_module(name)  # the body imports it anyway; its code must count
+    return _LibraryName(name)
+
+
+class _LibraryName(str):
+    """An installed module not imported yet: it counts by name and version, like an imported one."""
+
+
+def _feed_module(module: types.ModuleType, h: Hasher, walk: Walk) -> None:
+    if not is_user_code(module.__name__, _module_file(module)):
+        _feed_bytes_tagged(b"mod", f"{module.__name__}@{package_version(module.__name__)}".encode(), h)
+        return
+    # the user's own module, used whole: what it defines (functions and classes) is what it is
+    key = id(module)
+    if key in walk.active:
+        _feed_bytes_tagged(b"cycle", module.__name__.encode(), h)
+        return
+    walk.active.add(key)
+    try:
+        _feed_bytes_tagged(b"usermod", module.__name__.encode(), h)
+        for name, value in sorted(vars(module).items()):
+            if isinstance(value, (types.FunctionType, type)) and value.__module__ == module.__name__:
+                _feed_bytes_tagged(b"attr", name.encode(), h)
+                feed(value, h, walk)
+    finally:
+        walk.active.discard(key)
+
+
+def _feed_library_name(name: _LibraryName, h: Hasher, walk: Walk) -> None:
+    _feed_bytes_tagged(b"mod", f"{name}@{package_version(str(name))}".encode(), h)
+
+
+def _feed_builtin(func: Any, h: Hasher, walk: Walk) -> None:
+    _feed_library(func, h)
+
+
+def _feed_method(method: types.MethodType, h: Hasher, walk: Walk) -> None:
+    h.update(b"method")
+    feed(method.__func__, h, walk)
+    feed(method.__self__, h, walk)
+
+
+# Bookkeeping that Python adds or changes behind the class's back (copyreg caches __slotnames__ on first
+# pickle; abc keeps its registry in _abc_impl) must not change the fingerprint.
+_CLASS_SKIP = frozenset({
+    "__dict__", "__weakref__", "__module__", "__doc__", "__qualname__", "__slotnames__", "_abc_impl",
+})
+
+
+def _feed_class(cls: type, h: Hasher, walk: Walk) -> None:
+    module = sys.modules.get(cls.__module__)
+    if not is_user_code(cls.__module__, module and _module_file(module)):
+        _feed_library(cls, h)
+        return
+    key = id(cls)
+    memo = walk.memo.get(key)
+    if memo is not None:
+        h.update(memo[1])
+        return
+    if key in walk.active:
+        _feed_bytes_tagged(b"cycle", _label(cls).encode(), h)
+        return
+    walk.active.add(key)
+    try:
+        sub = new_hasher()
+        _feed_bytes_tagged(b"class", cls.__qualname__.encode(), sub)
+        for base in cls.__bases__:
+            feed(base, sub, walk)
+        namespace = vars(cls)
+        for name in sorted(k for k in namespace if k not in _CLASS_SKIP):
+            _feed_bytes_tagged(b"attr", name.encode(), sub)
+            _feed_read(f"{cls.__qualname__}.{name}", _unwrap_member(namespace[name]), sub, walk)
+        digest = sub.digest()
+    finally:
+        walk.active.discard(key)
+    walk.memo[key] = (cls, digest)
+    h.update(digest)
+
+
+def _unwrap_member(member: Any) -> Any:
+    if isinstance(member, (staticmethod, classmethod)):
+        return member.__func__
+    if isinstance(member, property):
+        return (member.fget, member.fset, member.fdel)
+    return member
+
+
+register(types.FunctionType, _feed_function)
+register(type, _feed_class)
+register(types.ModuleType, _feed_module)
+register(_LibraryName, _feed_library_name)
+register(types.BuiltinFunctionType, _feed_builtin)
+register(types.MethodType, _feed_method)

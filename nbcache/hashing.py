@@ -1,0 +1,385 @@
+"""Content hashing of Python values: the input half of every cache key.
+
+``hash_value`` feeds a value into an xxh3-128 hasher, tagged with its type at every level, so that ``1``,
+``1.0``, ``True`` and ``"1"`` differ and a list never equals a tuple. Containers whose equality ignores
+order (dict, set) are hashed order-free by sorting the digests of their members; aliases are hashed like
+copies (no pickle-style memo), and a container that contains itself hashes as a back-reference, so the
+walk always ends. Big buffers (numpy, pandas) go to xxh3 directly, never through pickle; those handlers
+live in ``_hashing_numpy`` and ``_hashing_pandas`` and are registered the first time such a value is seen,
+so ``import nbcache`` imports neither library.
+
+What has no content to hash (a generator, a lock, an open file) raises ``UncacheableError`` naming the type
+and where it sits. Everything else falls back to the object's own pickle protocol (``__reduce_ex__``),
+hashed structurally rather than as pickle bytes, so that sets and dicts inside stay order-free.
+"""
+
+from __future__ import annotations
+
+import collections
+import copyreg
+import functools
+import importlib
+import struct
+import sys
+import types
+from typing import Any, Callable
+
+import xxhash
+
+from .errors import UncacheableError
+
+__all__ = ["hash_value", "feed", "register", "Unhashable", "new_hasher"]
+
+Hasher = Any  # an xxhash.xxh3_128 object
+new_hasher = xxhash.xxh3_128
+
+_pack_len = struct.Struct("<Q").pack
+_pack_float = struct.Struct("<d").pack
+_CANONICAL_NAN = _pack_float(float("nan"))
+
+
+class Unhashable(Exception):
+    """Raised inside the walk; carries the path, innermost component first, while it unwinds."""
+
+    def __init__(self, type_name: str, detail: str = "") -> None:
+        super().__init__(type_name)
+        self.type_name = type_name
+        self.detail = detail
+        self.path: list[str] = []
+
+    def at(self, component: str) -> Unhashable:
+        self.path.append(component)
+        return self
+
+
+class Walk:
+    """Per-call state: the containers on the current path (for self-reference), and for ``fingerprint``
+    a memo of code already digested, the functions being digested (for mutual recursion) and the parts."""
+
+    __slots__ = ("stack", "memo", "active", "parts")
+
+    def __init__(self, parts: dict[str, str] | None = None) -> None:
+        self.stack: dict[int, int] = {}
+        self.memo: dict[int, tuple[Any, bytes]] = {}  # id -> (object kept alive, digest)
+        self.active: set[int] = set()
+        self.parts = parts  # label -> own digest, when the caller wants to know what a digest depends on
+
+
+def hash_value(obj: Any, *, root: str = "value") -> str:
+    """Return the content hash of ``obj`` as 32 hex characters.
+
+    Stable across processes and ``PYTHONHASHSEED``. ``root`` names the value in error messages.
+    """
+    h = new_hasher()
+    try:
+        feed(obj, h, Walk())
+    except Unhashable as e:
+        raise _public_error(e, root) from None
+    except RecursionError:
+        raise UncacheableError(type(obj).__name__, root, "it is nested too deeply to hash") from None
+    return h.hexdigest()
+
+
+def _public_error(e: Unhashable, root: str) -> UncacheableError:
+    return UncacheableError(e.type_name, root + "".join(reversed(e.path)), e.detail)
+
+
+def digest_of(obj: Any, walk: Walk) -> bytes:
+    """Digest of one member, hashed on its own (for order-free containers)."""
+    h = new_hasher()
+    feed(obj, h, walk)
+    return h.digest()
+
+
+def feed(obj: Any, h: Hasher, walk: Walk) -> None:
+    """Feed ``obj`` into ``h``. The one entry point every handler recurses through."""
+    handler = _EXACT.get(type(obj))
+    if handler is None:
+        handler = _dispatch(type(obj))
+    handler(obj, h, walk)
+
+
+def _feed_bytes_tagged(tag: bytes, data: bytes, h: Hasher) -> None:
+    h.update(tag + _pack_len(len(data)))
+    h.update(data)
+
+
+def type_name(tp: type) -> str:
+    return f"{tp.__module__}.{tp.__qualname__}"
+
+
+# -- atoms ------------------------------------------------------------------------------------------------
+
+def _feed_none(obj: None, h: Hasher, walk: Walk) -> None:
+    h.update(b"N")
+
+
+def _feed_bool(obj: bool, h: Hasher, walk: Walk) -> None:
+    h.update(b"B1" if obj else b"B0")
+
+
+def _feed_int(obj: int, h: Hasher, walk: Walk) -> None:
+    _feed_bytes_tagged(b"I", obj.to_bytes((obj.bit_length() + 8) // 8, "little", signed=True), h)
+
+
+def _feed_float(obj: float, h: Hasher, walk: Walk) -> None:
+    h.update(b"F" + (_pack_float(obj) if obj == obj else _CANONICAL_NAN))
+
+
+def _feed_complex(obj: complex, h: Hasher, walk: Walk) -> None:
+    h.update(b"C")
+    _feed_float(obj.real, h, walk)
+    _feed_float(obj.imag, h, walk)
+
+
+def _feed_str(obj: str, h: Hasher, walk: Walk) -> None:
+    _feed_bytes_tagged(b"S", obj.encode("utf-8", "surrogatepass"), h)
+
+
+def _feed_bytes(obj: bytes, h: Hasher, walk: Walk) -> None:
+    _feed_bytes_tagged(b"Y", obj, h)
+
+
+def _feed_bytearray(obj: bytearray, h: Hasher, walk: Walk) -> None:
+    _feed_bytes_tagged(b"A", bytes(obj), h)
+
+
+def _feed_memoryview(obj: memoryview, h: Hasher, walk: Walk) -> None:
+    h.update(b"MV" + obj.format.encode() + repr(obj.shape).encode())
+    _feed_bytes_tagged(b"", obj.tobytes(), h)
+
+
+def _feed_singleton(obj: Any, h: Hasher, walk: Walk) -> None:
+    h.update(b"G" + repr(obj).encode())
+
+
+# -- containers -------------------------------------------------------------------------------------------
+
+def _enter(obj: Any, h: Hasher, walk: Walk) -> bool:
+    """Mark ``obj`` as on the path. If it already is, feed a back-reference and return False."""
+    depth = walk.stack.get(id(obj))
+    if depth is not None:
+        h.update(b"R" + _pack_len(len(walk.stack) - depth))
+        return False
+    walk.stack[id(obj)] = len(walk.stack)
+    return True
+
+
+def _sequence(tag: bytes) -> Callable[[Any, Hasher, Walk], None]:
+    def feed_sequence(obj: Any, h: Hasher, walk: Walk) -> None:
+        if not _enter(obj, h, walk):
+            return
+        h.update(tag + _pack_len(len(obj)))
+        i = 0
+        try:
+            for i, item in enumerate(obj):
+                handler = _EXACT.get(type(item))
+                if handler is None:
+                    handler = _dispatch(type(item))
+                handler(item, h, walk)
+        except Unhashable as e:
+            raise e.at(f"[{i}]") from None
+        finally:
+            del walk.stack[id(obj)]
+
+    return feed_sequence
+
+
+def _key_repr(key: Any) -> str:
+    text = repr(key)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def feed_pairs(pairs: Any, h: Hasher, walk: Walk, *, ordered: bool) -> None:
+    """Feed (key, value) pairs; order-free unless ``ordered``."""
+    digests = []
+    key = None
+    try:
+        for key, value in pairs:
+            sub = new_hasher()
+            feed(key, sub, walk)
+            feed(value, sub, walk)
+            digests.append(sub.digest())
+    except Unhashable as e:
+        raise e.at(f"[{_key_repr(key)}]") from None
+    if not ordered:
+        digests.sort()
+    h.update(_pack_len(len(digests)) + b"".join(digests))
+
+
+def _mapping(tag: bytes, *, ordered: bool) -> Callable[[Any, Hasher, Walk], None]:
+    def feed_mapping(obj: Any, h: Hasher, walk: Walk) -> None:
+        if not _enter(obj, h, walk):
+            return
+        try:
+            h.update(tag)
+            if type(obj) is not dict and type(obj) is not collections.OrderedDict:
+                # a dict subclass: its type and any extra state are part of its identity
+                feed(type(obj), h, walk)
+                if isinstance(obj, collections.defaultdict):
+                    feed(obj.default_factory, h, walk)
+            feed_pairs(obj.items(), h, walk, ordered=ordered)
+        finally:
+            del walk.stack[id(obj)]
+
+    return feed_mapping
+
+
+def _set(tag: bytes) -> Callable[[Any, Hasher, Walk], None]:
+    def feed_set(obj: Any, h: Hasher, walk: Walk) -> None:
+        if not _enter(obj, h, walk):
+            return
+        try:
+            digests = sorted(digest_of(item, walk) for item in obj)
+        except Unhashable as e:
+            raise e.at(f" (a member of a {type(obj).__name__})") from None
+        finally:
+            del walk.stack[id(obj)]
+        h.update(tag + _pack_len(len(digests)) + b"".join(digests))
+
+    return feed_set
+
+
+# -- everything else: the object's own pickle protocol, hashed structurally ---------------------------------
+
+def _feed_type(obj: type, h: Hasher, walk: Walk) -> None:
+    """Classes count by qualified name; ``fingerprint`` replaces this for the user's own classes."""
+    _feed_bytes_tagged(b"t", type_name(obj).encode(), h)
+
+
+def _feed_named(obj: Any, h: Hasher, walk: Walk) -> None:
+    """Functions and modules by name; ``fingerprint`` registers content-aware handlers over these."""
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or repr(obj)
+    _feed_bytes_tagged(b"n", f"{getattr(obj, '__module__', '')}.{name}".encode(), h)
+
+
+_UNHASHABLE_HINTS = {
+    "generator": "a generator can only be read once; pass a list instead",
+    "coroutine": "a coroutine has no content; await it and pass the result",
+    "TextIOWrapper": "an open file has no content to hash; pass its path or its contents",
+    "BufferedReader": "an open file has no content to hash; pass its path or its contents",
+    "BufferedWriter": "an open file has no content to hash; pass its path",
+    "socket": "a socket has no content to hash",
+}
+
+
+def _feed_object(obj: Any, h: Hasher, walk: Walk) -> None:
+    """The fallback: register lazy handlers if their library is loaded now, else hash ``__reduce_ex__``."""
+    if _load_lazy_handlers():
+        return feed(obj, h, walk)
+    tp = type(obj)
+    if not _enter(obj, h, walk):
+        return
+    try:
+        try:
+            reduced = obj.__reduce_ex__(4)
+        except Exception as exc:  # the object refuses to be pickled: it has no content we can trust
+            name = tp.__name__
+            raise Unhashable(name, _UNHASHABLE_HINTS.get(name, str(exc))) from None
+        if isinstance(reduced, str):  # a module-level singleton, named
+            _feed_bytes_tagged(b"g", f"{tp.__module__}.{reduced}".encode(), h)
+            return
+        h.update(b"O")
+        feed(tp, h, walk)
+        _feed_reduced(obj, reduced, h, walk)
+    finally:
+        del walk.stack[id(obj)]
+
+
+def _feed_reduced(obj: Any, reduced: tuple, h: Hasher, walk: Walk) -> None:
+    func, args, *rest = reduced + (None,) * (5 - len(reduced))
+    state, listitems, dictitems = rest[0], rest[1], rest[2]
+    if func is copyreg.__newobj__ and args and args[0] is type(obj):
+        args = args[1:]  # the class was fed already
+    elif func is not type(obj):
+        feed(func, h, walk)
+    try:
+        feed(args, h, walk)
+    except Unhashable as e:
+        raise e.at("(constructor arguments)") from None
+    if isinstance(state, tuple) and len(state) == 2 and (state[0] is None or isinstance(state[0], dict)):
+        state = {**(state[0] or {}), **(state[1] or {})}  # (__dict__, __slots__) as one namespace
+    if isinstance(state, dict):
+        h.update(b"s")
+        try:
+            for_error = None
+            digests = []
+            for for_error, value in state.items():
+                sub = new_hasher()
+                feed(for_error, sub, walk)
+                feed(value, sub, walk)
+                digests.append(sub.digest())
+        except Unhashable as e:
+            raise e.at(f".{for_error}" if isinstance(for_error, str) else f"[{for_error!r}]") from None
+        digests.sort()
+        h.update(_pack_len(len(digests)) + b"".join(digests))
+    else:
+        feed(state, h, walk)
+    if listitems is not None:
+        feed(list(listitems), h, walk)
+    if dictitems is not None:
+        feed_pairs(list(dictitems), h, walk, ordered=not isinstance(obj, dict))
+
+
+# -- dispatch ---------------------------------------------------------------------------------------------
+
+@functools.singledispatch
+def _generic(obj: Any, h: Hasher, walk: Walk) -> None:
+    _feed_object(obj, h, walk)
+
+
+_EXACT: dict[type, Callable[[Any, Hasher, Walk], None]] = {
+    type(None): _feed_none,
+    bool: _feed_bool,
+    int: _feed_int,
+    float: _feed_float,
+    complex: _feed_complex,
+    str: _feed_str,
+    bytes: _feed_bytes,
+    bytearray: _feed_bytearray,
+    memoryview: _feed_memoryview,
+    tuple: _sequence(b"T"),
+    list: _sequence(b"L"),
+    dict: _mapping(b"D", ordered=False),
+    collections.OrderedDict: _mapping(b"OD", ordered=True),
+    set: _set(b"E"),
+    frozenset: _set(b"Z"),
+    type(Ellipsis): _feed_singleton,
+    type(NotImplemented): _feed_singleton,
+}
+for _tp, _handler in list(_EXACT.items()):
+    if _tp is not type(None):
+        _generic.register(_tp, _handler)
+_generic.register(dict, _mapping(b"D", ordered=False))  # dict subclasses: order-free, type-tagged
+_generic.register(collections.OrderedDict, _mapping(b"OD", ordered=True))
+_generic.register(type, _feed_type)
+for _tp in (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType,
+            types.MethodWrapperType, types.WrapperDescriptorType):
+    _generic.register(_tp, _feed_named)
+
+_dispatch = _generic.dispatch
+
+
+def register(tp: type, handler: Callable[[Any, Hasher, Walk], None] | None = None) -> Any:
+    """Register ``handler(obj, hasher, walk)`` for ``tp`` and its subclasses (usable as a decorator)."""
+    if handler is None:
+        return lambda fn: register(tp, fn)
+    _generic.register(tp, handler)
+    _EXACT.pop(tp, None)
+    return handler
+
+
+# numpy and pandas handlers are registered once their library has been imported by the user's code.
+_LAZY = {"numpy": "nbcache._hashing_numpy", "pandas": "nbcache._hashing_pandas"}
+_loaded: set[str] = set()
+
+
+def _load_lazy_handlers() -> bool:
+    """Import handler modules for libraries the process has loaded; True if any were added now."""
+    added = False
+    for library, module in _LAZY.items():
+        if library not in _loaded and library in sys.modules:
+            _loaded.add(library)
+            importlib.import_module(module)
+            added = True
+    return added

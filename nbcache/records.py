@@ -1,0 +1,61 @@
+"""The record of one step call, as kept in the run history and read back by ``nbcache.runs``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Mapping
+
+__all__ = ["StepRun", "SESSION"]
+
+#: Identifies this process (a kernel, until it restarts) in the history.
+SESSION = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """One call of a step: whether it came from the cache, how long it took, and why.
+
+    ``inputs`` maps argument names to their value hashes and ``outputs`` lists the hashes of what the step
+    returned (one per element when it returned a tuple), so that a step's outputs can be matched with the
+    inputs of the steps that consumed them. ``saved_s`` is the time the original run took, for a hit.
+    ``deps`` maps each function and global value the step's code depends on to its own digest; comparing
+    two runs' ``deps`` says what changed.
+    """
+
+    step: str
+    cached: bool
+    duration_s: float
+    saved_s: float
+    key: str
+    code: str
+    inputs: Mapping[str, str]
+    outputs: tuple[str, ...]
+    reason: str
+    started_at: datetime
+    status: str = "ok"
+    version: str | None = None
+    deps: Mapping[str, str] = field(default_factory=dict)
+    error: str | None = None
+    kind: str = "function"
+    session: str = SESSION
+
+    def to_json(self) -> str:
+        record: dict[str, Any] = {name: getattr(self, name) for name in _FIELDS}
+        record["started_at"] = self.started_at.isoformat()
+        return json.dumps(record, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str | bytes) -> StepRun:
+        record = json.loads(line)
+        record = {k: v for k, v in record.items() if k in _FIELDS}  # records written by a newer nbcache
+        record["started_at"] = datetime.fromisoformat(record["started_at"])
+        record["outputs"] = tuple(record["outputs"])
+        return cls(**record)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(StepRun))

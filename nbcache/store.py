@@ -1,0 +1,345 @@
+"""Where cached results live: a diskcache directory, plus the append-only history of runs.
+
+Layout of a cache directory (``.nbcache/`` by default):
+
+- ``store/``: a ``diskcache.Cache`` holding three kinds of item, told apart by key prefix:
+  ``entry:<key>`` (which outputs a step call produced, tagged with the step name so one step can be cleared),
+  ``blob:<content hash>`` (one serialized output; content-addressed, so equal outputs are stored once), and
+  ``last:<step>`` (the ingredients of the step's latest run, to say what changed next time).
+- ``runs.jsonl``: one JSON line per step call, appended with a single ``write`` on an ``O_APPEND`` file so
+  that a hit costs about a microsecond to record and processes sharing the directory never interleave.
+
+Values are serialized with cloudpickle, protocol 5, with out-of-band buffers: a numpy array or a pandas
+block is not copied into the pickle but written as its own byte range, straight from the array's memory,
+and read back with ``readinto`` into fresh memory, which is what ``np.save`` and ``np.load`` do. Every
+serialized value carries an xxh3 checksum; a value that fails it, or cannot be unpickled, is reported as
+``Damaged`` and the caller recomputes it. diskcache writes a value's file before it commits the row that
+points to it, so a process killed mid-write leaves an orphan file, never an entry that reads as valid.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import sqlite3
+import struct
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import cloudpickle
+import diskcache
+import xxhash
+
+from .records import StepRun
+
+__all__ = ["DiskStore", "Damaged", "ENOVAL", "cache_dir", "set_cache_dir", "get_store"]
+
+ENOVAL = diskcache.core.ENOVAL  # "no value": a miss is never None, because None is a valid result
+
+_MAGIC = b"NBC1"
+_HEAD = struct.Struct("<4s16sQI")  # magic, checksum, pickle length, buffer count
+_LEN = struct.Struct("<Q")
+_INLINE_BYTES = 64 << 10  # smaller values live in the SQLite index; larger ones are files
+_READ_CHUNK = 8 << 20  # read and checksum big buffers piece by piece, while the piece is in cache
+
+
+class Damaged(Exception):
+    """A stored value is unreadable: truncated, altered on disk, or no longer unpicklable."""
+
+
+class Unpicklable(Exception):
+    """A value cannot be serialized. Carries the type name of the value."""
+
+
+# -- serialization ------------------------------------------------------------------------------------------
+
+class Frame:
+    """A serialized value: a small pickle plus the raw buffers it refers to, and their checksum."""
+
+    __slots__ = ("head", "pickled", "buffers", "nbytes")
+
+    def __init__(self, value: Any) -> None:
+        buffers: list[pickle.PickleBuffer] = []
+        try:
+            self.pickled = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        except Exception as exc:
+            raise Unpicklable(f"{type(value).__module__}.{type(value).__qualname__}: {exc}") from None
+        self.buffers = [b.raw() for b in buffers]
+        lengths = b"".join(_LEN.pack(b.nbytes) for b in self.buffers)
+        h = xxhash.xxh3_128(lengths)
+        h.update(self.pickled)
+        for buf in self.buffers:
+            h.update(buf)
+        self.head = _HEAD.pack(_MAGIC, h.digest(), len(self.pickled), len(self.buffers)) + lengths
+        self.nbytes = len(self.head) + len(self.pickled) + sum(b.nbytes for b in self.buffers)
+
+    def parts(self) -> Iterator[bytes | memoryview]:
+        yield self.head
+        yield self.pickled
+        yield from self.buffers
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self.parts())
+
+
+def _alloc(n: int) -> bytearray | mmap.mmap:
+    """Writable memory for a buffer; big ones are mapped fresh, so nothing is zeroed twice."""
+    return mmap.mmap(-1, n) if n >= _READ_CHUNK else bytearray(n)
+
+
+def _read_exact(f: Any, view: memoryview, h: Any) -> None:
+    for start in range(0, len(view), _READ_CHUNK):
+        piece = view[start:start + _READ_CHUNK]
+        got = f.readinto(piece)
+        while got < len(piece):
+            more = f.readinto(piece[got:])
+            if not more:
+                raise Damaged("the file is truncated")
+            got += more
+        h.update(piece)
+
+
+def load_frame(source: bytes | Any) -> Any:
+    """Read a value written by ``Frame`` from bytes or a binary file, verifying its checksum."""
+    if isinstance(source, (bytes, bytearray)):
+        return _load_bytes(bytes(source))
+    with source as f:
+        head = f.read(_HEAD.size)
+        if len(head) != _HEAD.size:
+            raise Damaged("the file is truncated")
+        magic, checksum, pickle_len, nbuf = _HEAD.unpack(head)
+        if magic != _MAGIC:
+            raise Damaged("the file is not an nbcache value")
+        lengths_raw = f.read(_LEN.size * nbuf)
+        if len(lengths_raw) != _LEN.size * nbuf:
+            raise Damaged("the file is truncated")
+        h = xxhash.xxh3_128(lengths_raw)
+        pickled = f.read(pickle_len)
+        if len(pickled) != pickle_len:
+            raise Damaged("the file is truncated")
+        h.update(pickled)
+        buffers = []
+        for (n,) in struct.iter_unpack("<Q", lengths_raw):
+            buf = _alloc(n)
+            _read_exact(f, memoryview(buf), h)
+            buffers.append(buf)
+        if f.read(1):
+            raise Damaged("the file has trailing bytes")
+    if h.digest() != checksum:
+        raise Damaged("its checksum does not match")
+    return _unpickle(pickled, buffers)
+
+
+def _load_bytes(data: bytes) -> Any:
+    if len(data) < _HEAD.size:
+        raise Damaged("the value is truncated")
+    magic, checksum, pickle_len, nbuf = _HEAD.unpack_from(data)
+    if magic != _MAGIC:
+        raise Damaged("the value is not an nbcache value")
+    view = memoryview(data)
+    pos = _HEAD.size
+    lengths_raw = view[pos:pos + _LEN.size * nbuf]
+    pos += len(lengths_raw)
+    h = xxhash.xxh3_128(lengths_raw)
+    h.update(view[pos:])
+    if h.digest() != checksum:
+        raise Damaged("its checksum does not match")
+    pickled = view[pos:pos + pickle_len]
+    pos += pickle_len
+    buffers = []
+    for (n,) in struct.iter_unpack("<Q", lengths_raw):
+        buffers.append(bytearray(view[pos:pos + n]))  # writable, like an array loaded from a file
+        pos += n
+    return _unpickle(pickled, buffers)
+
+
+def _unpickle(pickled: bytes | memoryview, buffers: list) -> Any:
+    try:
+        return pickle.loads(pickled, buffers=buffers)
+    except Exception as exc:  # e.g. the class of a stored object no longer exists
+        raise Damaged(f"it cannot be unpickled ({type(exc).__name__}: {exc})") from None
+
+
+class _FrameDisk(diskcache.Disk):
+    """diskcache's Disk, taught to write a Frame's parts straight to a file without joining them."""
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
+        if not isinstance(value, Frame):
+            return super().store(value, read, key=key)
+        if value.nbytes < _INLINE_BYTES:
+            return 0, diskcache.core.MODE_RAW, None, sqlite3.Binary(value.to_bytes())
+        filename, full_path = self.filename(key, value)
+        size = self._write(full_path, value.parts(), "xb")
+        return size, diskcache.core.MODE_BINARY, filename, None
+
+
+# -- the store ----------------------------------------------------------------------------------------------
+
+class DiskStore:
+    """The cache of one directory. Safe to share between threads and processes."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._cache = diskcache.Cache(
+            str(self.directory / "store"),
+            disk=_FrameDisk,
+            eviction_policy="none",  # never drop a result behind the user's back; `clear` does that
+            tag_index=True,
+            disk_pickle_protocol=pickle.HIGHEST_PROTOCOL,
+        )
+        self._log_path = self.directory / "runs.jsonl"
+        self._log_fd: int | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"DiskStore({str(self.directory)!r})"
+
+    # entries and blobs
+    def get_entry(self, key: str) -> dict | None:
+        entry = self._cache.get("entry:" + key, ENOVAL)
+        return None if entry is ENOVAL else entry
+
+    def load_blob(self, address: str) -> Any:
+        """The stored value at ``address``; ENOVAL if it is gone; raises ``Damaged`` if unreadable."""
+        handle = self._cache.get("blob:" + address, ENOVAL, read=True)
+        if handle is ENOVAL:
+            return ENOVAL
+        return load_frame(handle)
+
+    def put_entry(self, key: str, step: str, entry: dict, blobs: Iterable[tuple[str, Frame]]) -> None:
+        """Write the blobs (unless an equal one is stored already), then the entry that points to them."""
+        for address, frame in blobs:
+            name = "blob:" + address
+            if name not in self._cache:
+                self._cache.set(name, frame)
+        self._cache.set("entry:" + key, entry, tag=step)
+
+    def forget(self, key: str, addresses: Iterable[str] = ()) -> None:
+        """Drop an entry and blobs found damaged, so the recomputed value replaces them."""
+        self._cache.delete("entry:" + key)
+        for address in addresses:
+            self._cache.delete("blob:" + address)
+
+    # the latest ingredients of each step
+    def get_last(self, step: str) -> dict | None:
+        last = self._cache.get("last:" + step, ENOVAL)
+        return None if last is ENOVAL else last
+
+    def set_last(self, step: str, ingredients: dict) -> None:
+        self._cache.set("last:" + step, ingredients)
+
+    # the run history
+    def append_run(self, run: StepRun) -> None:
+        line = (run.to_json() + "\n").encode()
+        with self._lock:
+            if self._log_fd is None:
+                self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.write(self._log_fd, line)
+
+    def read_runs(self, step: str | None = None) -> list[StepRun]:
+        try:
+            with open(self._log_path, "rb") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return []
+        runs = []
+        for line in lines:
+            try:
+                run = StepRun.from_json(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a killed process: the run it described is not lost data
+            if step is None or run.step == step:
+                runs.append(run)
+        return runs
+
+    # maintenance
+    def clear(self, step: str | None = None) -> int:
+        """Remove cached results (all, or one step's) and return how many entries went.
+
+        The run history stays: it is a record of what happened, not a cache.
+        """
+        if step is None:
+            count = sum(1 for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith("entry:"))
+            self._cache.clear()
+            return count
+        count = self._cache.evict(step)
+        self._cache.delete("last:" + step)
+        self._collect_blobs()
+        return count
+
+    def _collect_blobs(self) -> None:
+        """Delete blobs that no entry refers to any more (blobs are shared between entries)."""
+        live: set[str] = set()
+        blobs: list[str] = []
+        for name in list(self._cache.iterkeys()):
+            if not isinstance(name, str):
+                continue
+            if name.startswith("entry:"):
+                entry = self._cache.get(name, ENOVAL)
+                if entry is not ENOVAL:
+                    live.update(entry["outputs"])
+            elif name.startswith("blob:"):
+                blobs.append(name[5:])
+        for address in blobs:
+            if address not in live:
+                self._cache.delete("blob:" + address)
+
+    def stats(self) -> dict[str, Any]:
+        entries = sum(1 for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith("entry:"))
+        return {"directory": str(self.directory), "entries": entries, "size_bytes": self._cache.volume()}
+
+    def close(self) -> None:
+        self._cache.close()
+        with self._lock:
+            if self._log_fd is not None:
+                os.close(self._log_fd)
+                self._log_fd = None
+
+
+# -- which directory ------------------------------------------------------------------------------------
+
+_explicit_dir: str | None = None
+_stores: dict[str, DiskStore] = {}
+_stores_lock = threading.Lock()
+
+
+def set_cache_dir(path: str | os.PathLike[str] | None) -> None:
+    """Use ``path`` for the cache from now on (``None`` returns to ``NBCACHE_DIR`` or ``.nbcache``)."""
+    global _explicit_dir
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"set_cache_dir() takes a path, not {type(path).__name__}")
+    _explicit_dir = None if path is None else os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def _resolve_dir() -> str:
+    if _explicit_dir is not None:
+        return _explicit_dir
+    path = os.environ.get("NBCACHE_DIR") or ".nbcache"
+    if path.startswith("~"):
+        path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+
+def cache_dir() -> Path:
+    """The cache directory in use: set_cache_dir's, else ``$NBCACHE_DIR``, else ``./.nbcache``."""
+    return Path(_resolve_dir())
+
+
+def get_store() -> DiskStore:
+    directory = _resolve_dir()
+    store = _stores.get(directory)
+    if store is None:
+        with _stores_lock:
+            store = _stores.get(directory)
+            if store is None:
+                try:
+                    store = _stores[directory] = DiskStore(directory)
+                except OSError as exc:
+                    raise OSError(
+                        f"nbcache cannot use {directory} as its cache directory ({exc.strerror or exc});"
+                        " set NBCACHE_DIR or call nbcache.set_cache_dir() to choose another"
+                    ) from None
+    return store
