@@ -352,6 +352,7 @@ for _tp, _handler in list(_EXACT.items()):
         _generic.register(_tp, _handler)
 _generic.register(dict, _mapping(b"D", ordered=False))  # dict subclasses: order-free, type-tagged
 _generic.register(collections.OrderedDict, _mapping(b"OD", ordered=True))
+_generic.register(types.MappingProxyType, _mapping(b"MP", ordered=False))
 _generic.register(type, _feed_type)
 for _tp in (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType,
             types.MethodWrapperType, types.WrapperDescriptorType):

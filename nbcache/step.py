@@ -45,15 +45,10 @@ class Step:
     ) -> None:
         if not callable(func) or isinstance(func, type):
             raise TypeError(f"@step decorates a function, not {type(func).__name__}")
-        if name is not None and (not isinstance(name, str) or not name.strip()):
-            raise TypeError(f"@step(name=...) takes a non-empty string, not {name!r}")
-        if version is not None and not isinstance(version, str):
-            raise TypeError(f"@step(version=...) takes a string such as version='2', not {version!r}")
-        if isinstance(ignore, str):
-            ignore = (ignore,)
+        ignore = _check_options(name, ignore, version)
         self.__wrapped__ = func
         functools.update_wrapper(self, func)
-        self.name = name or getattr(func, "__qualname__", None) or type(func).__name__
+        self.name = name or _default_name(func)
         self.enable_cache = bool(enable_cache)
         self.version = version
         self.ignore = frozenset(ignore)
@@ -251,6 +246,24 @@ class _Call:
             _warn(f"nbcache: the run of step {self.step.name!r} could not be recorded: {exc}", 6)
 
 
+def _check_options(name: Any, ignore: Any, version: Any) -> tuple[str, ...]:
+    """Validate @step's options (when they are given, not when the decorator is applied)."""
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise TypeError(f"@step(name=...) takes a non-empty string, not {name!r}")
+    if version is not None and not isinstance(version, str):
+        raise TypeError(f"@step(version=...) takes a string such as version='2', not {version!r}")
+    ignore = (ignore,) if isinstance(ignore, str) else tuple(ignore)
+    if not all(isinstance(n, str) for n in ignore):
+        raise TypeError(f"@step(ignore=...) takes argument names, such as ignore=['verbose'], not {ignore!r}")
+    return ignore
+
+
+def _default_name(func: Callable[..., Any]) -> str:
+    """The function's qualified name, without the ``outer.<locals>.`` of a function defined in a function."""
+    qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
+    return qualname.rpartition("<locals>.")[2]
+
+
 def _address(value: Any, frame: Frame | None = None) -> str:
     """Content address of an output: its value hash, or for a value with no hashable content, its bytes."""
     try:
@@ -292,6 +305,8 @@ def step(func: Callable[..., Any] | None = None, *, name: str | None = None, ena
     when something outside the code and arguments changed, and ``enable_cache=False`` always runs the body
     while still recording the run.
     """
+    _check_options(name, ignore, version)
+
     def decorate(f: Callable[..., Any]) -> Step:
         return Step(f, name=name, enable_cache=enable_cache, ignore=ignore, version=version)
 

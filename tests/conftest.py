@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import nbcache
+from nbcache import step as step_module  # noqa: F401
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path):
+    """A fresh cache directory for one test, used through nbcache.set_cache_dir."""
+    directory = tmp_path / "cache"
+    nbcache.set_cache_dir(directory)
+    yield directory
+    nbcache.set_cache_dir(None)
+
+
+def run_python(code: str, *, env: dict[str, str] | None = None, cwd: Path | None = None,
+               timeout: float = 120) -> str:
+    """Run ``code`` in a fresh interpreter and return its stdout; fail the test with stderr if it fails."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
+                          cwd=cwd, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"subprocess failed ({proc.returncode}):\n{proc.stderr}")
+    return proc.stdout

@@ -1,0 +1,270 @@
+"""fingerprint: bytecode not text, and everything the function reads, followed transitively."""
+
+from __future__ import annotations
+
+import textwrap
+import types
+
+import pytest
+
+import nbcache
+from nbcache import fingerprint
+from nbcache.fingerprint import fingerprint_parts
+
+
+def define(source: str, **namespace) -> dict:
+    """Run ``source`` as a notebook cell would: in a namespace whose module is ``__main__``."""
+    ns = {"__name__": "__main__", **namespace}
+    exec(compile(textwrap.dedent(source), "<cell>", "exec"), ns)
+    return ns
+
+
+def fp(source: str, name: str = "f", **namespace) -> str:
+    return fingerprint(define(source, **namespace)[name])
+
+
+BASE = """
+def f(x, y=2):
+    total = x + y
+    return [total * k for k in range(3)]
+"""
+
+
+def test_comments_blank_lines_and_position_do_not_matter():
+    commented = """
+
+
+
+    # a comment that moves everything down
+    def f(x, y=2):
+        total = x + y   # inline comment
+
+        return [total * k   for k in range(3)]  # another
+    """
+    assert fp(BASE) == fp(commented)
+
+
+def test_docstrings_do_not_matter():
+    documented = '''
+    def f(x, y=2):
+        """Explains f."""
+        total = x + y
+        return [total * k for k in range(3)]
+    '''
+    assert fp(BASE) == fp(documented)
+
+
+def test_a_string_constant_returned_is_not_mistaken_for_a_docstring():
+    assert fp('def f():\n    return "a"\n') != fp('def f():\n    return "b"\n')
+    assert fp('def f():\n    "a"\n    return "a"\n') != fp('def f():\n    "b"\n    return "b"\n')
+
+
+@pytest.mark.parametrize("changed", [
+    BASE.replace("x + y", "x - y"),          # body
+    BASE.replace("range(3)", "range(4)"),    # constant
+    BASE.replace("y=2", "y=3"),              # default argument
+    BASE.replace("total * k", "total ** k"),  # operator
+    BASE.replace("for k in", "for j in").replace("total * k", "total * j"),  # local name
+])
+def test_any_change_to_the_code_changes_the_fingerprint(changed):
+    assert fp(BASE) != fp(changed)
+
+
+def test_nested_functions_and_lambdas_count():
+    src = """
+    def f(xs):
+        def inner(v):
+            return v + 1
+        return sorted(map(inner, xs), key=lambda v: -v)
+    """
+    assert fp(src) != fp(src.replace("v + 1", "v + 2"))
+    assert fp(src) != fp(src.replace("-v", "v"))
+
+
+def test_closure_values_count():
+    def make(scale):
+        def f(x):
+            return x * scale
+        return f
+
+    assert fingerprint(make(2)) == fingerprint(make(2))
+    assert fingerprint(make(2)) != fingerprint(make(3))
+
+
+def test_exception_handling_counts():
+    src = """
+    def f(x):
+        try:
+            return 1 / x
+        except ZeroDivisionError:
+            return 0
+    """
+    assert fp(src) != fp(src.replace("ZeroDivisionError", "ArithmeticError"))
+
+
+HELPERS = """
+SCALE = 2
+
+def inner(x):
+    return x * SCALE
+
+def middle(x):
+    return inner(x) + 1
+
+def f(x):
+    return middle(x)
+"""
+
+
+def test_a_helper_two_calls_deep_changes_the_fingerprint():
+    assert fp(HELPERS) != fp(HELPERS.replace("x * SCALE", "x * SCALE + 0.5"))
+    old = fingerprint_parts(define(HELPERS)["f"])[1]
+    new = fingerprint_parts(define(HELPERS.replace("x * SCALE", "x * SCALE + 0.5"))["f"])[1]
+    assert [k for k in new if new[k] != old.get(k)] == ["inner()"]
+
+
+def test_global_values_are_hashed_and_read_when_the_fingerprint_is_taken():
+    ns = define(HELPERS)
+    before = fingerprint(ns["f"])
+    ns["SCALE"] = 3
+    after = fingerprint(ns["f"])
+    assert before != after
+    ns["SCALE"] = 2
+    assert fingerprint(ns["f"]) == before
+    assert "SCALE" in fingerprint_parts(ns["f"])[1]
+
+
+def test_rebinding_a_helper_name_changes_the_fingerprint():
+    ns = define(HELPERS)
+    before = fingerprint(ns["f"])
+    define("def inner(x):\n    return x * 10\n", **{k: v for k, v in ns.items() if k != "__builtins__"})
+    exec("def inner(x):\n    return x * 10\n", ns)
+    assert fingerprint(ns["f"]) != before
+
+
+def test_mutual_recursion_terminates_and_both_sides_count():
+    src = """
+    def even(n):
+        return n == 0 or odd(n - 1)
+
+    def odd(n):
+        return n != 0 and even(n - 1)
+
+    f = even
+    """
+    assert fp(src) == fp(src)
+    assert fp(src) != fp(src.replace("n != 0", "n > 0"))
+
+
+def test_recursive_function_terminates():
+    assert fp("def f(n):\n    return 1 if n < 2 else n * f(n - 1)\n")
+
+
+def test_library_modules_and_functions_count_by_name_not_code():
+    src = """
+    import json
+    from os.path import join
+
+    def f(x):
+        return json.dumps(join("a", x))
+    """
+    parts = fingerprint_parts(define(src)["f"])[1]
+    assert list(parts) == ["f()"]  # json and os.path are not walked into
+    assert fp(src) != fp(src.replace("json.dumps", "json.loads"))
+
+
+def test_library_version_is_part_of_the_fingerprint(monkeypatch):
+    import sys
+
+    import numpy
+
+    fingerprint_module = sys.modules["nbcache.fingerprint"]  # the package attribute is the function
+    src = "def f(x):\n    return np.mean(x)\n"
+    before = fp(src, np=numpy)
+    fingerprint_module.package_version.cache_clear()
+    real = fingerprint_module.package_version.__wrapped__
+    monkeypatch.setattr(fingerprint_module, "package_version",
+                        lambda name: real(name) + ("-patched" if name == "numpy" else ""))
+    assert fp(src, np=numpy) != before
+
+
+def test_user_classes_are_followed():
+    src = """
+    class Model:
+        def __init__(self, k):
+            self.k = k
+
+        def predict(self, x):
+            return x * self.k
+
+    def f(x):
+        return Model(2).predict(x)
+    """
+    assert fp(src) != fp(src.replace("x * self.k", "x + self.k"))
+
+
+def test_user_modules_are_followed(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = tmp_path / "mylib_fp.py"
+    module.write_text("def clean(x):\n    return x.strip()\n")
+    import importlib
+
+    import mylib_fp  # noqa: F401
+
+    src = """
+    import mylib_fp
+
+    def f(x):
+        return mylib_fp.clean(x)
+    """
+    before = fp(src)
+    module.write_text("def clean(x):\n    return x.strip().lower()\n")
+    importlib.reload(mylib_fp)
+    assert fp(src) != before
+
+
+def test_import_inside_the_body_is_followed(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = tmp_path / "mylib_fp2.py"
+    module.write_text("def clean(x):\n    return x.strip()\n")
+    src = """
+    def f(x):
+        from mylib_fp2 import clean
+        return clean(x)
+    """
+    before = fp(src)
+    import importlib
+    import sys
+
+    module.write_text("def clean(x):\n    return x.upper()\n")
+    importlib.reload(sys.modules["mylib_fp2"])
+    assert fp(src) != before
+
+
+def test_steps_fingerprint_like_their_function(cache_dir):
+    ns = define("def f(x):\n    return x + 1\n")
+    assert fingerprint(nbcache.step(ns["f"])) == fingerprint(nbcache.step(ns["f"]))
+    assert fingerprint(nbcache.step(ns["f"])) != fingerprint(nbcache.step(version="2")(ns["f"]))
+
+
+def test_fingerprint_rejects_non_callables():
+    with pytest.raises(TypeError, match="takes a function"):
+        fingerprint(42)
+
+
+def test_unhashable_global_counts_by_type_with_a_warning():
+    import threading
+
+    ns = define("def f():\n    return LOCK_G is not None\n", LOCK_G=threading.Lock())
+    with pytest.warns(nbcache.CacheWarning, match="LOCK_G"):
+        first = fingerprint(ns["f"])
+    assert isinstance(first, str)
+
+
+def test_static_analysis_is_cached_per_code_object():
+    from nbcache.fingerprint import _CODE_INFO
+
+    ns = define(BASE)
+    fingerprint(ns["f"])
+    assert ns["f"].__code__ in _CODE_INFO
+    assert isinstance(ns["f"], types.FunctionType)

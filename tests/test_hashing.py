@@ -1,0 +1,295 @@
+"""hash_value: type tags, order-freedom, aliasing, cycles, numpy, pandas, objects, and clear errors."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import decimal
+import socket
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nbcache import UncacheableError, hash_value as H
+
+
+def test_hash_is_hex_of_128_bits():
+    digest = H(1)
+    assert len(digest) == 32 and int(digest, 16) >= 0
+
+
+def test_type_tagged_scalars_differ():
+    assert len({H(1), H(1.0), H(True), H("1"), H(b"1"), H(None), H(0), H(False)}) == 8
+
+
+def test_list_and_tuple_differ():
+    assert H([1, 2]) != H((1, 2))
+    assert H([]) != H(())
+
+
+def test_nesting_is_part_of_the_hash():
+    assert H([[1, 2], 3]) != H([1, [2, 3]])
+    assert H([1, 2, 3]) != H([[1, 2, 3]])
+    assert H(["ab", "c"]) != H(["a", "bc"])
+
+
+def test_dict_order_and_set_order_do_not_matter():
+    assert H({"a": 1, "b": 2}) == H({"b": 2, "a": 1})
+    assert H({3, 1, 2}) == H({1, 2, 3})
+    assert H(frozenset("abc")) == H(frozenset("cba"))
+    assert H({1, 2}) != H(frozenset({1, 2}))
+
+
+def test_ordered_dict_order_matters_like_its_equality():
+    a = collections.OrderedDict([("a", 1), ("b", 2)])
+    b = collections.OrderedDict([("b", 2), ("a", 1)])
+    assert a != b and H(a) != H(b)
+    assert H(a) != H(dict(a))
+
+
+def test_dict_keys_and_values_are_not_interchangeable():
+    assert H({1: 2}) != H({2: 1})
+    assert H({1: 2, 3: 4}) != H({1: 4, 3: 2})
+
+
+def test_aliasing_does_not_matter():
+    x = [1, 2]
+    assert H([x, x]) == H([[1, 2], [1, 2]])
+    d = {"k": 1}
+    assert H({"a": d, "b": d}) == H({"a": {"k": 1}, "b": {"k": 1}})
+
+
+def test_self_referencing_containers_terminate_and_differ_from_plain():
+    a: list = [1]
+    a.append(a)
+    b: dict = {"x": 1}
+    b["self"] = b
+    assert H(a) == H(a)
+    assert H(a) != H([1, [1]])
+    assert H(b) != H({"x": 1})
+
+
+def test_floats_and_special_values():
+    assert H(0.1 + 0.2) != H(0.3)
+    assert H(float("nan")) == H(-float("nan"))
+    assert H(float("inf")) != H(float("-inf"))
+    assert H(2**100) != H(2**100 + 1)
+    assert H(-1) != H(255)
+    assert H(1 + 2j) != H(2 + 1j)
+
+
+def test_strings_with_any_characters():
+    assert H("a\0b") != H("a\0c")
+    assert H("\ud800") == H("\ud800")  # lone surrogates are hashable
+
+
+def test_dict_subclasses_keep_their_type():
+    assert H(collections.defaultdict(list, a=[1])) != H({"a": [1]})
+    assert H(collections.defaultdict(list)) != H(collections.defaultdict(int))
+    assert H(collections.Counter("aab")) == H(collections.Counter("baa"))
+
+
+# -- numpy -------------------------------------------------------------------------------------------------
+
+def test_numpy_dtype_and_shape_are_part_of_the_hash():
+    a = np.arange(6, dtype=np.int64)
+    assert H(a) != H(a.astype(np.int32))
+    assert H(a) != H(a.astype(np.float64))
+    assert H(a.reshape(2, 3)) != H(a.reshape(3, 2))
+    assert H(np.zeros(0, dtype=np.float64)) != H(np.zeros((0, 3), dtype=np.float64))
+    assert H(np.zeros(0, dtype=np.float64)) != H(np.zeros(0, dtype=np.int64))
+
+
+def test_numpy_layout_does_not_matter(tmp_path):
+    a = np.random.default_rng(0).random((300, 200))
+    assert H(a.T) == H(np.ascontiguousarray(a.T))
+    assert H(a[:, ::3]) == H(a[:, ::3].copy())
+    assert H(np.asfortranarray(a)) == H(a)
+    path = tmp_path / "a.npy"
+    np.save(path, a)
+    assert H(np.load(path, mmap_mode="r")) == H(a)
+    mm = np.memmap(tmp_path / "raw", dtype=a.dtype, mode="w+", shape=a.shape)
+    mm[:] = a
+    assert H(mm) == H(a)
+
+
+def test_big_non_contiguous_arrays_hash_like_their_copy():
+    a = np.random.default_rng(1).random((2000, 1500))  # 24 MB: exercises chunking and the parallel path
+    assert H(a) == H(a.copy())
+    assert H(a.T) == H(np.ascontiguousarray(a.T))
+    assert H(a[::2]) == H(a[::2].copy())
+    b = a.copy()
+    b[1999, 1499] += 1e-12
+    assert H(a) != H(b)
+
+
+def test_numpy_arrays_equal_up_to_nan_positions_are_equal():
+    a = np.array([1.0, np.nan, 3.0])
+    b = np.array([1.0, 0.0, 3.0])
+    b[1] = np.float64(0.0) / np.float64(0.0) if False else -np.nan  # a NaN with the sign bit set
+    assert np.array_equal(a, b, equal_nan=True)
+    assert H(a) == H(b)
+    assert H(a) != H(np.array([1.0, 2.0, 3.0]))
+    big_a = np.zeros(4_000_000)
+    big_b = big_a.copy()
+    big_a[123] = np.nan
+    big_b[123] = -np.nan
+    assert H(big_a) == H(big_b)
+    c = np.array([1 + 1j, complex(np.nan, 0)])
+    d = np.array([1 + 1j, complex(-np.nan, 0)])
+    assert H(c) == H(d)
+
+
+def test_numpy_object_and_structured_arrays():
+    assert H(np.array(["a", 1, None], dtype=object)) != H(np.array(["a", "1", None], dtype=object))
+    assert H(np.array(["ab", "c"], dtype=object)) != H(np.array(["a", "bc"], dtype=object))
+    assert H(np.array(["a\0", "b"], dtype=object)) != H(np.array(["a", "\0b"], dtype=object))
+    s = np.array([(1, 2.0), (3, 4.0)], dtype=[("a", "i4"), ("b", "f8")])
+    assert H(s) == H(s.copy())
+    t = s.copy()
+    t["b"][1] = 5.0
+    assert H(s) != H(t)
+    aligned = np.zeros(2, dtype=np.dtype([("a", "u1"), ("b", "f8")], align=True))
+    aligned2 = np.zeros(2, dtype=np.dtype([("a", "u1"), ("b", "f8")], align=True))
+    aligned2.view(np.uint8)[1:8] = 7  # padding bytes differ; content does not
+    assert H(aligned) == H(aligned2)
+
+
+def test_numpy_scalars_strings_and_datetimes():
+    assert H(np.float64(1.0)) != H(np.float32(1.0))
+    assert H(np.float64(1.0)) != H(1.0)
+    assert H(np.array(["a", "bb"])) != H(np.array(["a", "bc"]))
+    days = np.arange(3).astype("M8[D]")
+    assert H(days) != H(np.arange(3).astype("M8[s]"))
+    assert H(np.ma.masked_array([1, 2], mask=[0, 1])) != H(np.ma.masked_array([1, 2], mask=[1, 0]))
+
+
+# -- pandas ------------------------------------------------------------------------------------------------
+
+def _frame() -> pd.DataFrame:
+    return pd.DataFrame({"a": [1, 2, 3], "b": ["x", "y", None], "c": [0.5, np.nan, 1.5]})
+
+
+def test_pandas_frame_content_labels_order_index_and_dtype():
+    df = _frame()
+    assert H(df) == H(_frame())
+    assert H(df) != H(df.rename(columns={"a": "z"}))
+    assert H(df) != H(df[["b", "a", "c"]])
+    assert H(df) != H(df.set_axis([10, 11, 12]))
+    assert H(df) != H(df.astype({"a": "int32"}))
+    changed = df.copy()
+    changed.loc[2, "b"] = "w"
+    assert H(df) != H(changed)
+
+
+def test_pandas_series_name_index_and_values():
+    s = pd.Series([1, 2], name="x")
+    assert H(s) != H(s.rename("y"))
+    assert H(s) != H(s.set_axis(["a", "b"]))
+    assert H(s) != H(pd.Series([1, 3], name="x"))
+    assert H(pd.Series(["1"])) != H(pd.Series([1]))
+    assert H(pd.Series(["a", None])) != H(pd.Series(["a", "None"]))
+
+
+def test_pandas_categorical_nullable_and_datetimes():
+    assert H(pd.Categorical(["a", "b"])) != H(pd.Categorical(["a", "b"], categories=["b", "a"]))
+    assert H(pd.Categorical(["a", "b"])) != H(pd.Categorical(["a", "b"], ordered=True))
+    assert H(pd.array([1, None], dtype="Int64")) != H(pd.array([1, 0], dtype="Int64"))
+    utc = pd.Series(pd.date_range("2024-01-01", periods=3, tz="UTC"))
+    assert H(utc) != H(utc.dt.tz_convert("Europe/Paris"))
+    assert H(utc) == H(pd.Series(pd.date_range("2024-01-01", periods=3, tz="UTC")))
+    idx = pd.MultiIndex.from_tuples([("a", 1), ("b", 2)])
+    assert H(idx) != H(pd.MultiIndex.from_tuples([("a", 2), ("b", 1)]))
+
+
+# -- objects -----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Point:
+    x: float
+    y: float
+
+
+class Plain:
+    def __init__(self, value):
+        self.value = value
+        self.tags = {"b", "a"}
+
+
+class Slotted:
+    __slots__ = ("a", "b")
+
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+
+
+def test_objects_hash_by_content_and_type():
+    assert H(Point(1, 2)) == H(Point(1, 2))
+    assert H(Point(1, 2)) != H(Point(2, 1))
+    assert H(Plain(1)) == H(Plain(1))
+    assert H(Plain(1)) != H(Plain(2))
+    assert H(Slotted(1, 2)) != H(Slotted(2, 1))
+    assert H(Slotted(1, 2)) == H(Slotted(1, 2))
+    assert H((1, 2)) != H(Point(1, 2))
+
+
+def test_standard_library_values():
+    assert H(datetime.date(2024, 1, 1)) != H(datetime.date(2024, 1, 2))
+    assert H(decimal.Decimal("1.10")) != H(decimal.Decimal("1.1"))
+    assert H(range(3)) != H(range(4))
+
+
+def test_functions_hash_by_code():
+    def one():
+        return 1
+
+    def two():
+        return 2
+
+    assert H(one) != H(two)
+    assert H([one]) == H([one])
+
+
+# -- errors ------------------------------------------------------------------------------------------------
+
+def _gen():
+    yield 1
+
+
+@pytest.mark.parametrize("make, type_name", [
+    (lambda: _gen(), "generator"),
+    (lambda: threading.Lock(), "lock"),
+    (lambda: threading.Event(), "lock"),
+])
+def test_unhashable_values_raise_a_clear_error(make, type_name):
+    with pytest.raises(UncacheableError) as info:
+        H((1, {"loader": make()}), root="args")
+    error = info.value
+    assert isinstance(error, TypeError)
+    assert error.path.startswith("args[1]['loader']")
+    assert type_name in str(error) and error.path in str(error)
+    assert "@step(ignore=" in str(error)
+
+
+def test_open_file_and_socket_are_unhashable(tmp_path):
+    with open(tmp_path / "f", "w") as f, pytest.raises(UncacheableError, match="TextIOWrapper"):
+        H({"f": f})
+    with socket.socket() as s, pytest.raises(UncacheableError, match="socket"):
+        H([s])
+
+
+def test_attribute_path_in_errors():
+    obj = Plain(_gen())
+    with pytest.raises(UncacheableError) as info:
+        H(obj)
+    assert info.value.path == "value.value"
+
+
+def test_hashing_does_not_mutate_its_input():
+    data = {"b": [3, 1, 2], "a": {2, 1}}
+    before = repr(data)
+    H(data)
+    assert repr(data) == before

@@ -1,0 +1,408 @@
+"""@step: keys, hits, misses, reasons, and every way a cache can fail without costing the user a result."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import nbcache
+from nbcache import CacheWarning, step
+
+from .test_fingerprint import define
+
+
+class Counter:
+    """Counts calls through a file, so that the count is not state the step's code reads and hashes.
+
+    (A step that reads a global or closure value is keyed on it: a counter object would change the key.)
+    """
+
+    def __init__(self, path):
+        self.path = path
+
+    def hit(self):
+        with open(self.path, "a") as f:
+            f.write("x")
+
+    @property
+    def n(self):
+        try:
+            with open(self.path) as f:
+                return len(f.read())
+        except FileNotFoundError:
+            return 0
+
+
+@pytest.fixture
+def calls(tmp_path):
+    return Counter(str(tmp_path / "calls"))
+
+
+def test_second_call_is_served_from_the_cache(cache_dir, calls):
+
+    @step
+    def add(a, b=2):
+        calls.hit()
+        return a + b
+
+    assert add(1) == 3
+    assert add(1) == 3
+    assert calls.n == 1
+    first, second = nbcache.runs("add")
+    assert (first.cached, first.reason, first.status) == (False, "first run", "ok")
+    assert (second.cached, second.reason) == (True, "cache hit")
+    assert second.saved_s == pytest.approx(nbcache.runs()[0].duration_s, abs=0.05)
+    assert second.key == first.key and second.inputs == first.inputs == {"a": second.inputs["a"], "b": second.inputs["b"]}
+
+
+def test_defaults_are_applied_before_keying(cache_dir, calls):
+
+    @step
+    def add(a, b=2):
+        calls.hit()
+        return a + b
+
+    add(1)
+    add(a=1)
+    add(1, b=2)
+    add(1, 2)
+    assert calls.n == 1
+    add(1, 3)
+    assert calls.n == 2
+
+
+def test_none_is_a_cached_value_not_a_miss(cache_dir, calls):
+
+    @step
+    def nothing():
+        calls.hit()
+
+    assert nothing() is None
+    assert nothing() is None
+    assert calls.n == 1
+
+
+def test_decorator_options(cache_dir, calls):
+
+    @step(name="loader", ignore=["verbose"], version="1")
+    def load(n, verbose=False):
+        calls.hit()
+        return list(range(n))
+
+    load(3, verbose=True)
+    load(3, verbose=False)
+    assert calls.n == 1
+    assert [r.step for r in nbcache.runs()] == ["loader", "loader"]
+    assert "verbose" not in nbcache.runs()[0].inputs
+
+
+def test_version_forces_a_new_key(cache_dir):
+    ns = define("def f(x):\n    return x * 2\n")
+    step(version="1")(ns["f"])(2)
+    step(version="2")(ns["f"])(2)
+    runs = nbcache.runs()
+    assert [r.cached for r in runs] == [False, False]
+    assert runs[1].reason == "version changed from '1' to '2'"
+
+
+def test_enable_cache_false_always_runs_and_records(cache_dir, calls):
+
+    @step(enable_cache=False)
+    def always(x):
+        calls.hit()
+        return x
+
+    always(1)
+    always(1)
+    assert calls.n == 2
+    assert [(r.cached, r.reason) for r in nbcache.runs()] == [(False, "cache disabled")] * 2
+    assert nbcache.runs()[0].outputs == (nbcache.hash_value(1),)
+
+
+def test_reasons_name_what_changed(cache_dir):
+    cell = """
+    SCALE = 2
+
+    def helper(x):
+        return x * SCALE
+
+    def train(data, epochs=1):
+        return helper(sum(data)) * epochs
+    """
+    ns = define(cell)
+    train = step(ns["train"])
+    train([1, 2])
+    train([1, 2], epochs=2)
+    ns["SCALE"] = 3
+    train([1, 2], epochs=2)
+    ns2 = define(cell.replace("x * SCALE", "x * SCALE + 1"))
+    step(ns2["train"])([1, 2], epochs=2)
+    ns3 = define(cell.replace("* epochs", "* epochs * 1.0"))
+    step(ns3["train"])([1, 2, 3])
+    assert [r.reason for r in nbcache.runs()] == [
+        "first run",
+        "argument epochs changed",
+        "global SCALE changed",
+        "code changed: helper(); global SCALE changed",  # the new cell also set SCALE back to 2
+        "code changed: helper(), train(); arguments data, epochs changed",
+    ]
+
+
+def test_a_new_definition_with_the_same_code_hits(cache_dir):
+    src = "def f(x):\n    # v1\n    return x + 1\n"
+    step(define(src)["f"])(1)
+    step(define("\n\n" + src.replace("# v1", "# v2, a comment"))["f"])(1)
+    assert [r.cached for r in nbcache.runs()] == [False, True]
+
+
+def test_code_changes_invalidate(cache_dir):
+    step(define("def f(x):\n    return x + 1\n")["f"])(1)
+    assert step(define("def f(x):\n    return x + 2\n")["f"])(1) == 3
+    assert nbcache.runs()[-1].reason == "code changed: f()"
+
+
+def test_tuple_outputs_are_stored_one_by_one_and_match_consumers(cache_dir):
+    @step
+    def split(n):
+        return np.arange(n), np.arange(n) * 2.0
+
+    @step
+    def consume(x):
+        return float(x.sum())
+
+    a, b = split(5)
+    consume(b)
+    a2, b2 = split(5)
+    np.testing.assert_array_equal(b2, b)
+    produced = nbcache.runs("split")[0].outputs
+    assert len(produced) == 2
+    assert nbcache.runs("consume")[0].inputs["x"] == produced[1]
+
+
+def test_same_output_from_new_code_leaves_downstream_hitting(cache_dir, calls):
+
+    def downstream(x):
+        calls.hit()
+        return x * 10
+
+    down = step(downstream)
+    up_v1 = step(define("def up(n):\n    return [i for i in range(n)]\n")["up"])
+    up_v2 = step(define("def up(n):\n    return list(range(n))\n")["up"])
+    down(up_v1(4))
+    down(up_v2(4))
+    assert [r.cached for r in nbcache.runs("up")] == [False, False]
+    assert calls.n == 1
+
+
+def test_exceptions_are_not_cached_and_are_recorded(cache_dir, calls):
+
+    @step
+    def fragile(x):
+        calls.hit()
+        raise ValueError("bad input")
+
+    for _ in range(2):
+        with pytest.raises(ValueError, match="bad input"):
+            fragile(1)
+    assert calls.n == 2
+    runs = nbcache.runs("fragile")
+    assert [r.status for r in runs] == ["failed", "failed"]
+    assert runs[0].error == "ValueError: bad input"
+
+
+def test_unpicklable_result_is_returned_with_one_warning(cache_dir):
+    @step
+    def make_lock():
+        return threading.Lock()
+
+    with pytest.warns(CacheWarning, match=r"step 'make_lock' .*_thread\.lock.* not cached") as record:
+        lock = make_lock()
+    assert len(record) == 1
+    assert hasattr(lock, "acquire")
+    assert nbcache.runs()[-1].cached is False
+
+
+def test_unhashable_argument_runs_uncached_with_a_warning_naming_it(cache_dir, calls):
+
+    @step
+    def consume(*args):
+        calls.hit()
+        return len(args)
+
+    def gen():
+        yield 1
+
+    with pytest.warns(CacheWarning, match=r"args\[1\]\['loader'\].*generator") as record:
+        assert consume(1, {"loader": gen()}) == 2
+    assert len(record) == 1
+    with pytest.warns(CacheWarning):
+        consume(1, {"loader": gen()})
+    assert calls.n == 2
+    assert nbcache.runs()[-1].reason == "uncacheable argument args[1]['loader'] (generator)"
+
+
+def test_ignored_unhashable_argument_is_fine(cache_dir):
+    @step(ignore=["log"])
+    def work(x, log):
+        return x
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        work(1, log=threading.Lock())
+        work(1, log=threading.Lock())
+    assert [r.cached for r in nbcache.runs()] == [False, True]
+
+
+def test_numpy_and_pandas_results_round_trip(cache_dir):
+    df = pd.DataFrame({"a": np.arange(100_000), "b": ["x"] * 100_000})
+
+    @step
+    def transform(frame):
+        out = frame.copy()
+        out["c"] = out["a"] * 2
+        return out, np.arange(len(out)) * 3
+
+    first = transform(df)
+    second = transform(df)
+    pd.testing.assert_frame_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+    second[1][0] = 99  # loaded arrays are ordinary writable arrays
+    assert nbcache.runs()[-1].cached
+
+
+def test_kwargs_are_keyed_by_name(cache_dir, calls):
+
+    @step
+    def opts(**kwargs):
+        calls.hit()
+        return sorted(kwargs)
+
+    opts(a=1, b=2)
+    opts(b=2, a=1)
+    opts(a=1, b=3)
+    assert calls.n == 2
+    assert set(nbcache.runs()[0].inputs) == {"a", "b"}
+
+
+def test_methods_key_on_the_instance(cache_dir):
+    class Scaler:
+        def __init__(self, k):
+            self.k = k
+
+        @step
+        def apply(self, x):
+            return x * self.k
+
+    assert Scaler(2).apply(3) == 6
+    assert Scaler(2).apply(3) == 6
+    assert Scaler(3).apply(3) == 9
+    assert [r.cached for r in nbcache.runs()] == [False, True, False]
+
+
+def test_clear_one_step_or_all(cache_dir):
+    @step
+    def a(x):
+        return x
+
+    @step
+    def b(x):
+        return x
+
+    a(1), b(1), a(2)
+    assert nbcache.clear("a") == 2
+    a(1), b(1)
+    assert [(r.step, r.cached) for r in nbcache.runs()[-2:]] == [("a", False), ("b", True)]
+    assert nbcache.runs()[-2].reason == "first run"
+    assert nbcache.clear() == 2
+    b(1)
+    assert nbcache.runs()[-1].cached is False
+
+
+def test_clear_keeps_blobs_shared_with_other_steps(cache_dir):
+    @step
+    def a(x):
+        return [x] * 1000
+
+    @step
+    def b(x):
+        return [x] * 1000
+
+    a(7), b(7)
+    nbcache.clear(a)
+    b(7)
+    assert nbcache.runs()[-1].cached
+
+
+def test_bad_decorator_use_is_explained(cache_dir):
+    with pytest.raises(ValueError, match=r"'verbos', which is not a parameter of f\(\).*x, verbose"):
+        @step(ignore=["verbos"])
+        def f(x, verbose=False):
+            return x
+    with pytest.raises(TypeError, match="version='2'"):
+        step(version=2)
+    with pytest.raises(TypeError, match="@step takes a function"):
+        step("name")
+    with pytest.raises(TypeError):
+        @step
+        def g(x):
+            return x
+        g(1, 2)  # wrong call: the same TypeError the function would raise
+
+
+def test_step_keeps_the_function_metadata(cache_dir):
+    @step
+    def documented(x):
+        """Docs."""
+        return x
+
+    assert documented.__doc__ == "Docs." and documented.__name__ == "documented"
+    assert repr(documented) == "<nbcache step 'documented'>"
+
+
+def test_runs_and_clear_validate_their_argument(cache_dir):
+    with pytest.raises(TypeError, match="step name"):
+        nbcache.runs(42)
+    with pytest.raises(TypeError, match="step name"):
+        nbcache.clear(42)
+
+
+def test_cache_dir_from_environment_and_set_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    nbcache.set_cache_dir(None)
+    monkeypatch.delenv("NBCACHE_DIR", raising=False)
+    assert nbcache.cache_dir() == tmp_path / ".nbcache"
+    monkeypatch.setenv("NBCACHE_DIR", str(tmp_path / "elsewhere"))
+    assert nbcache.cache_dir() == tmp_path / "elsewhere"
+    nbcache.set_cache_dir(tmp_path / "explicit")
+    try:
+        assert nbcache.cache_dir() == tmp_path / "explicit"
+
+        @step
+        def f():
+            return 1
+
+        f()
+        assert (tmp_path / "explicit" / "runs.jsonl").exists()
+    finally:
+        nbcache.set_cache_dir(None)
+    with pytest.raises(TypeError, match="takes a path"):
+        nbcache.set_cache_dir(3)
+
+
+def test_unusable_cache_directory_still_returns_results(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    nbcache.set_cache_dir(blocker / "cache")
+    try:
+        @step
+        def f(x):
+            return x + 1
+
+        with pytest.warns(CacheWarning, match="ran without the cache"):
+            assert f(1) == 2
+    finally:
+        nbcache.set_cache_dir(None)
