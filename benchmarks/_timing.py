@@ -23,10 +23,12 @@ def best_of(fn: Callable[[], object], *, repeat: int = 5, number: int = 1, warmu
             between: Callable[[], object] | None = None) -> float:
     """Seconds per call of ``fn``: the best of ``repeat`` rounds of ``number`` calls, after ``warmup`` calls.
 
-    ``between`` runs untimed before every round (e.g. to clear a cache or delete a file). The garbage
-    collector is off while a round runs, as in ``timeit``.
+    ``between`` runs untimed before every warm-up call and every round (e.g. to clear a cache or delete a
+    file). The garbage collector is off while a round runs, as in ``timeit``.
     """
     for _ in range(warmup):
+        if between is not None:
+            between()
         fn()
     best = float("inf")
     for _ in range(repeat):

@@ -149,7 +149,7 @@ class _Call:
             return ENOVAL, "cached result was damaged"
         if any(v is ENOVAL for v in values):
             _warn(f"nbcache: the cached result of step {name!r} is missing on disk; recomputing it", 5)
-            self.store.forget(self.key)
+            self.store.forget(self.key, entry["outputs"])  # the blob rows point at files that are gone
             return ENOVAL, "cached result was missing"
         result = tuple(values) if entry["tuple"] else values[0]
         self._remember_last()

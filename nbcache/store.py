@@ -7,7 +7,8 @@ Layout of a cache directory (``.nbcache/`` by default):
   ``blob:<content hash>`` (one serialized output; content-addressed, so equal outputs are stored once), and
   ``last:<step>`` (the ingredients of the step's latest run, to say what changed next time).
 - ``runs.jsonl``: one JSON line per step call, appended with a single ``write`` on an ``O_APPEND`` file so
-  that a hit costs about a microsecond to record and processes sharing the directory never interleave.
+  that a hit costs about a microsecond to record and processes sharing the directory never interleave;
+  lines that do not parse (cut short by a killed process) are skipped when reading.
 
 Values are serialized with cloudpickle, protocol 5, with out-of-band buffers: a numpy array or a pandas
 block is not copied into the pickle but written as its own byte range, straight from the array's memory,
@@ -233,7 +234,9 @@ class DiskStore:
 
     # the run history
     def append_run(self, run: StepRun) -> None:
-        line = (run.to_json() + "\n").encode()
+        # The newline goes first: a line left unfinished by a killed process is then never glued to the
+        # next record, whichever process writes it.
+        line = ("\n" + run.to_json()).encode()
         with self._lock:
             if self._log_fd is None:
                 self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -247,6 +250,8 @@ class DiskStore:
             return []
         runs = []
         for line in lines:
+            if not line:
+                continue
             try:
                 run = StepRun.from_json(line)
             except (ValueError, KeyError, TypeError):

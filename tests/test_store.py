@@ -1,0 +1,194 @@
+"""The store: serialization round trips, checksums, damaged and missing values, the run history."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import nbcache
+from nbcache import CacheWarning, step
+from nbcache.records import StepRun
+from nbcache.store import ENOVAL, Damaged, DiskStore, Frame, load_frame
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = DiskStore(tmp_path / "store")
+    yield s
+    s.close()
+
+
+VALUES = [
+    None,
+    0,
+    "text",
+    {"a": [1, 2.5, None], "b": (b"x", {1, 2})},
+    np.arange(10),
+    np.random.default_rng(0).random((512, 300)),  # over the inline limit: stored as a file
+    np.asfortranarray(np.random.default_rng(1).random((300, 200))),
+    pd.DataFrame({"a": np.arange(50_000), "b": ["s"] * 50_000}),
+    lambda x: x + 1,  # cloudpickle serializes functions defined on the fly
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__)
+def test_frames_round_trip_through_the_store(store, value):
+    frame = Frame(value)
+    store.put_entry("k", "s", {"outputs": ("addr",)}, [("addr", frame)])
+    loaded = store.load_blob("addr")
+    if isinstance(value, np.ndarray):
+        np.testing.assert_array_equal(loaded, value)
+        assert loaded.dtype == value.dtype and loaded.flags.writeable
+    elif isinstance(value, pd.DataFrame):
+        pd.testing.assert_frame_equal(loaded, value)
+    elif callable(value):
+        assert loaded(1) == 2
+    else:
+        assert loaded == value
+    assert load_frame(frame.to_bytes()) is not None or value is None
+
+
+def test_big_buffers_are_files_not_sqlite_rows(store):
+    frame = Frame(np.zeros(1_000_000))
+    store.put_entry("k", "s", {"outputs": ("big",)}, [("big", frame)])
+    files = [p for p in (store.directory / "store").rglob("*.val")]
+    assert len(files) == 1 and files[0].stat().st_size == frame.nbytes
+
+
+def test_missing_blob_reads_as_enoval(store):
+    assert store.load_blob("nothing") is ENOVAL
+    assert store.get_entry("nothing") is None
+
+
+def _blob_file(directory: Path) -> Path:
+    (path,) = (directory / "store").rglob("*.val")
+    return path
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "append"])
+def test_damaged_files_are_detected(store, damage):
+    store.put_entry("k", "s", {"outputs": ("a",)}, [("a", Frame(np.arange(100_000)))])
+    path = _blob_file(store.directory)
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    elif damage == "truncate":
+        data = data[: len(data) - 100]
+    elif damage == "empty":
+        data = bytearray()
+    else:
+        data += b"junk"
+    path.write_bytes(bytes(data))
+    with pytest.raises(Damaged):
+        store.load_blob("a")
+
+
+def test_damaged_inline_value_is_detected(store):
+    frame = Frame([1, 2, 3])
+    raw = bytearray(frame.to_bytes())
+    raw[-3] ^= 0x01
+    with pytest.raises(Damaged, match="checksum"):
+        load_frame(bytes(raw))
+
+
+def _big_step():
+    @step
+    def big(n):
+        return np.arange(n, dtype=np.float64) * 2
+
+    return big
+
+
+def test_a_damaged_entry_is_recomputed_with_a_warning(cache_dir):
+    big = _big_step()
+    expected = big(200_000)
+    path = _blob_file(cache_dir)
+    data = bytearray(path.read_bytes())
+    data[-8] ^= 0xFF  # one value in the array, silently wrong unless checked
+    path.write_bytes(bytes(data))
+    with pytest.warns(CacheWarning, match=r"step 'big' is damaged \(its checksum does not match\)"):
+        again = big(200_000)
+    np.testing.assert_array_equal(again, expected)
+    assert nbcache.runs()[-1].reason == "cached result was damaged"
+    np.testing.assert_array_equal(big(200_000), expected)  # repaired: a clean hit, no warning
+    assert nbcache.runs()[-1].cached
+
+
+def test_a_deleted_file_is_recomputed_with_a_warning(cache_dir):
+    big = _big_step()
+    big(200_000)
+    _blob_file(cache_dir).unlink()
+    with pytest.warns(CacheWarning, match="missing on disk"):
+        np.testing.assert_array_equal(big(200_000), np.arange(200_000) * 2.0)
+    assert nbcache.runs()[-1].reason == "cached result was missing"
+    big(200_000)
+    assert nbcache.runs()[-1].cached
+
+
+def test_a_value_that_no_longer_unpickles_is_recomputed(cache_dir, tmp_path, monkeypatch):
+    module_dir = tmp_path / "mods"
+    module_dir.mkdir()
+    source = "class Thing:\n    def __init__(self, v):\n        self.v = v\n"
+    (module_dir / "vanishing_mod.py").write_text(source)
+    monkeypatch.syspath_prepend(str(module_dir))
+
+    @step
+    def make(v):
+        import importlib
+
+        return importlib.import_module("vanishing_mod").Thing(v)
+
+    make(1)
+    # the class changes in a way its stored instances can no longer be loaded into
+    (module_dir / "vanishing_mod.py").write_text(
+        source + "    def __setstate__(self, state):\n        raise RuntimeError('incompatible')\n")
+    import importlib
+
+    importlib.reload(sys.modules["vanishing_mod"])
+    with pytest.warns(CacheWarning, match=r"cannot be unpickled \(RuntimeError: incompatible\)"):
+        assert make(1).v == 1
+    assert nbcache.runs()[-1].reason == "cached result was damaged"
+
+
+def test_run_history_survives_a_torn_line(store):
+    run = StepRun(step="s", cached=False, duration_s=1.0, saved_s=0.0, key="k", code="c", inputs={"a": "h"},
+                  outputs=("o",), reason="first run", started_at=datetime.now(timezone.utc))
+    store.append_run(run)
+    with open(store.directory / "runs.jsonl", "ab") as f:
+        f.write(b'\n{"step": "s", "cach')  # a process killed mid-record
+    store.append_run(run)
+    assert store.read_runs() == [run, run]
+
+
+def test_run_records_round_trip_through_json(store):
+    run = StepRun(step="s", cached=True, duration_s=0.001, saved_s=2.5, key="k", code="c",
+                  inputs={"a": "h"}, outputs=("o1", "o2"), reason="cache hit",
+                  started_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc), deps={"f()": "d"})
+    store.append_run(run)
+    (back,) = store.read_runs("s")
+    assert back == run
+    assert store.read_runs("other") == []
+
+
+def test_stats(store):
+    store.put_entry("k", "s", {"outputs": ("a",)}, [("a", Frame(np.zeros(100_000)))])
+    stats = store.stats()
+    assert stats["entries"] == 1 and stats["size_bytes"] >= 800_000
+    assert stats["directory"] == str(store.directory)
+
+
+def test_history_file_is_plain_json_lines(cache_dir):
+    @step
+    def f():
+        return 1
+
+    f()
+    lines = [line for line in (cache_dir / "runs.jsonl").read_text().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("{") and '"step":"f"' in lines[0]
+    assert os.path.getsize(cache_dir / "runs.jsonl") < 2000
