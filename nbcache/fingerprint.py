@@ -63,7 +63,10 @@ def fingerprint_parts(func: Callable[..., Any]) -> tuple[str, dict[str, str]]:
     walk = Walk(parts)
     h = new_hasher()
     try:
-        feed(func, h, walk)
+        if isinstance(func, types.FunctionType):
+            _feed_code(func, h, walk)  # the function asked about counts by its code, wherever it lives
+        else:
+            feed(func, h, walk)
     except Unhashable as e:  # only a default or closure value can be unhashable; say which
         raise TypeError(f"cannot fingerprint {_label(func)}: {e.type_name} in it cannot be hashed") from None
     return h.hexdigest(), dict(sorted(parts.items()))
@@ -110,12 +113,16 @@ def package_version(module_name: str) -> str:
     top = module_name.partition(".")[0]
     if top in sys.stdlib_module_names or top in ("builtins", "__main__"):
         return top  # the Python version is in every key already
-    for dist in _distributions().get(top, []):
+    version = getattr(sys.modules.get(top), "__version__", None)
+    if isinstance(version, str):
+        return f"{top}=={version}"
+    # the distribution usually has the module's name; mapping all of them is slow, so it comes last
+    for dist in [top, *_distributions().get(top, [])]:
         try:
             return f"{dist}=={importlib.metadata.version(dist)}"
         except importlib.metadata.PackageNotFoundError:
             continue
-    return f"{top}=={getattr(sys.modules.get(top), '__version__', '?')}"
+    return f"{top}==?"
 
 
 def _module_file(module: types.ModuleType) -> str | None:
@@ -196,9 +203,13 @@ def _analyse(code: types.CodeType) -> _CodeInfo:
 # -- the dynamic part: what the names resolve to now ----------------------------------------------------
 
 def _feed_function(func: types.FunctionType, h: Hasher, walk: Walk) -> None:
-    if not is_user_code(func.__module__, func.__code__.co_filename):
+    if is_user_code(func.__module__, func.__code__.co_filename):
+        _feed_code(func, h, walk)
+    else:
         _feed_library(func, h)
-        return
+
+
+def _feed_code(func: types.FunctionType, h: Hasher, walk: Walk) -> None:
     key = id(func)
     memo = walk.memo.get(key)
     if memo is not None:

@@ -20,12 +20,13 @@ points to it, so a process killed mid-write leaves an orphan file, never an entr
 
 from __future__ import annotations
 
-import mmap
 import os
 import pickle
 import sqlite3
 import struct
+import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -85,12 +86,26 @@ class Frame:
         return b"".join(self.parts())
 
 
-def _alloc(n: int) -> bytearray | mmap.mmap:
-    """Writable memory for a buffer; big ones are mapped fresh, so nothing is zeroed twice."""
-    return mmap.mmap(-1, n) if n >= _READ_CHUNK else bytearray(n)
+def _alloc(n: int) -> Any:
+    """Writable memory for a buffer, not zeroed. numpy's allocator reuses freed memory, so a big array
+    loaded again costs a copy rather than fresh page faults; without numpy, a bytearray does."""
+    np = sys.modules.get("numpy")
+    if np is None and n >= _READ_CHUNK:
+        try:
+            import numpy as np  # out-of-band buffers almost always belong to numpy or pandas values
+        except ImportError:
+            np = None
+    return np.empty(n, dtype=np.uint8) if np is not None else bytearray(n)
+
+
+_checksum_thread: ThreadPoolExecutor | None = None
 
 
 def _read_exact(f: Any, view: memoryview, h: Any) -> None:
+    """Fill ``view`` from ``f`` and feed it to ``h``. A big buffer is read a piece at a time while a
+    second thread checksums the previous piece (reads and xxh3 both release the GIL)."""
+    global _checksum_thread
+    pending = None
     for start in range(0, len(view), _READ_CHUNK):
         piece = view[start:start + _READ_CHUNK]
         got = f.readinto(piece)
@@ -99,7 +114,16 @@ def _read_exact(f: Any, view: memoryview, h: Any) -> None:
             if not more:
                 raise Damaged("the file is truncated")
             got += more
-        h.update(piece)
+        if len(view) <= _READ_CHUNK:
+            h.update(piece)
+            return
+        if _checksum_thread is None:
+            _checksum_thread = ThreadPoolExecutor(1, thread_name_prefix="nbcache-checksum")
+        if pending is not None:
+            pending.result()
+        pending = _checksum_thread.submit(h.update, piece)
+    if pending is not None:
+        pending.result()
 
 
 def load_frame(source: bytes | Any) -> Any:
