@@ -203,41 +203,22 @@ def test_user_classes_are_followed():
     assert fp(src) != fp(src.replace("x * self.k", "x + self.k"))
 
 
-def test_user_modules_are_followed(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
-    module = tmp_path / "mylib_fp.py"
-    module.write_text("def clean(x):\n    return x.strip()\n")
-    import importlib
-
-    import mylib_fp  # noqa: F401
-
-    src = """
-    import mylib_fp
-
-    def f(x):
-        return mylib_fp.clean(x)
-    """
-    before = fp(src)
-    module.write_text("def clean(x):\n    return x.strip().lower()\n")
-    importlib.reload(mylib_fp)
-    assert fp(src) != before
-
-
-def test_import_inside_the_body_is_followed(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
-    module = tmp_path / "mylib_fp2.py"
-    module.write_text("def clean(x):\n    return x.strip()\n")
-    src = """
-    def f(x):
-        from mylib_fp2 import clean
-        return clean(x)
-    """
-    before = fp(src)
+@pytest.mark.parametrize("module, src", [
+    ("mylib_fp", "import mylib_fp\n\ndef f(x):\n    return mylib_fp.clean(x)\n"),
+    ("mylib_fp2", "def f(x):\n    from mylib_fp2 import clean\n    return clean(x)\n"),  # import in the body
+])
+def test_the_users_own_modules_are_followed(tmp_path, monkeypatch, module, src):
     import importlib
     import sys
 
-    module.write_text("def clean(x):\n    return x.upper()\n")
-    importlib.reload(sys.modules["mylib_fp2"])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / f"{module}.py"
+    path.write_text("def clean(x):\n    return x.strip()\n")
+    importlib.invalidate_caches()
+    before = fp(src)
+    assert module in sys.modules  # a user module imported in the body is imported to fingerprint it
+    path.write_text("def clean(x):\n    return x.strip().lower()\n")
+    importlib.reload(sys.modules[module])
     assert fp(src) != before
 
 
