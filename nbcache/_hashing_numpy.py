@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .hashing import Hasher, Unhashable, Walk, feed, new_hasher, register, _pack_len
+from .hashing import Hasher, Unhashable, Walk, feed, new_hasher, register, _enter, _pack_len
 
 CHUNK_BYTES = 1 << 20
 PARALLEL_BYTES = 16 << 20
@@ -29,17 +29,21 @@ def _float_view(chunk: np.ndarray) -> np.ndarray:
 
 
 def _canonical(chunk: np.ndarray) -> np.ndarray:
-    """Make every NaN the same bits (and zero the padding of 80-bit long doubles)."""
+    """The chunk with every NaN the same bits (and the padding of 80-bit long doubles zeroed)."""
     floats = _float_view(chunk)
+    top = _maximum(floats)
+    if top != top:  # max propagates NaN: only a chunk holding one is rewritten
+        floats = np.where(np.isnan(floats), np.array(np.nan, dtype=floats.dtype), floats)
     if _is_long_double(floats.dtype) and np.finfo(floats.dtype).nmant == 63:
         floats = floats.copy()
-        raw = floats.view(np.uint8).reshape(floats.size, floats.dtype.itemsize)
-        raw[:, 10:] = 0
-        return floats
-    top = _maximum(floats)
-    if top == top:  # no NaN in this chunk (max propagates NaN): the common, fast case
-        return chunk
-    return np.where(np.isnan(floats), np.array(np.nan, dtype=floats.dtype), floats)
+        floats.view(np.uint8).reshape(floats.size, floats.dtype.itemsize)[:, 10:] = 0
+    return floats
+
+
+def _canonical_bools(chunk: np.ndarray) -> np.ndarray:
+    """Bools whose bytes are not 0 or 1 (a view of other data) as the bools they mean."""
+    raw = chunk.view(np.uint8)
+    return raw if _maximum(raw) <= 1 else (raw != 0).view(np.uint8)
 
 
 def _chunks(a: np.ndarray):
@@ -91,9 +95,10 @@ def _buffer_digest(a: np.ndarray) -> bytes:
         sub = new_hasher(flat.view(np.uint8))
         if not nan_check.result():
             return sub.digest()
+    canonical = _canonical if floats else _canonical_bools if a.dtype.kind == "b" else None
     sub = new_hasher()
     for chunk in _chunks(a):
-        sub.update((_canonical(chunk) if floats else chunk).view(np.uint8))
+        sub.update((canonical(chunk) if canonical is not None else chunk).view(np.uint8))
     return sub.digest()
 
 
@@ -156,13 +161,23 @@ def feed_ndarray(a: np.ndarray, h: Hasher, walk: Walk) -> None:
     if tp is not np.ndarray and tp is not np.memmap:  # a memmap is its data; other subclasses add meaning
         feed(tp, h, walk)
     h.update(_dtype_tag(a.dtype) + b"|" + repr(a.shape).encode())
-    feed_array_data(a, h, walk)
+    if not a.dtype.hasobject:
+        feed_array_data(a, h, walk)
+    elif _enter(a, h, walk):  # an object array can hold itself
+        try:
+            feed_array_data(a, h, walk)
+        finally:
+            del walk.stack[id(a)]
 
 
 def feed_masked(a: np.ma.MaskedArray, h: Hasher, walk: Walk) -> None:
+    """Data and mask; what hides under the mask does not count, where a neutral value can stand in."""
     h.update(b"ma")
-    feed_ndarray(np.ma.getdata(a), h, walk)
-    feed_ndarray(np.ma.getmaskarray(a), h, walk)
+    data, mask = np.ma.getdata(a), np.ma.getmaskarray(a)
+    if data.dtype.kind in "biufcmM" and mask.any():
+        data = np.where(mask, np.zeros((), dtype=data.dtype), data)
+    feed_ndarray(data, h, walk)
+    feed_ndarray(mask, h, walk)
 
 
 def feed_scalar(x: np.generic, h: Hasher, walk: Walk) -> None:

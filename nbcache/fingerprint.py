@@ -19,6 +19,7 @@ every call because a notebook rebinds them between calls.
 from __future__ import annotations
 
 import dis
+import enum
 import functools
 import importlib.metadata
 import importlib.util
@@ -69,6 +70,8 @@ def fingerprint_parts(func: Callable[..., Any]) -> tuple[str, dict[str, str]]:
             feed(func, h, walk)
     except Unhashable as e:  # only a default or closure value can be unhashable; say which
         raise TypeError(f"cannot fingerprint {_label(func)}: {e.type_name} in it cannot be hashed") from None
+    except RecursionError:
+        raise TypeError(f"cannot fingerprint {_label(func)}: what it reads is nested too deeply") from None
     return h.hexdigest(), dict(sorted(parts.items()))
 
 
@@ -82,12 +85,14 @@ def _library_roots() -> tuple[str, ...]:
     return tuple(sorted(os.path.join(os.path.realpath(r), "") for r in roots))
 
 
-_LIBRARY_ROOTS = _library_roots()
 _OWN_PACKAGE = __name__.partition(".")[0]
+_LIBRARY_ROOTS = (*_library_roots(), os.path.join(os.path.dirname(os.path.realpath(__file__)), ""))
 
 
 @functools.lru_cache(maxsize=4096)
 def _is_user_file(filename: str | None) -> bool:
+    """Code in a file outside the interpreter, site-packages and nbcache itself is the user's; so is code
+    with a pseudo file name such as a notebook cell's ``<ipython-input-...>``."""
     if not filename or filename.startswith("<frozen"):
         return False
     return not os.path.realpath(filename).startswith(_LIBRARY_ROOTS)
@@ -159,11 +164,13 @@ def _analyse(code: types.CodeType) -> _CodeInfo:
     chain: list[str] = []
     const_zero_used = False
     importing = ""
+    recent: list[dis.Instruction] = []
     for ins in dis.get_instructions(code):
         if ins.opcode in _CONST_OPS and ins.arg == 0:
             const_zero_used = True
         if ins.opname == "IMPORT_NAME":  # an import inside the body: `from utils import clean`
-            importing = _IMPORT_PREFIX + ins.argval
+            level = recent[-2].argval if len(recent) >= 2 and recent[-2].opname == "LOAD_CONST" else 0
+            importing = _IMPORT_PREFIX + "." * (level or 0) + ins.argval
             chains.add((importing,))
         elif ins.opname == "IMPORT_FROM" and importing:
             chains.add((importing, ins.argval))
@@ -176,6 +183,7 @@ def _analyse(code: types.CodeType) -> _CodeInfo:
         elif chain:
             chains.add(tuple(chain))
             chain = []
+        recent = [*recent[-1:], ins]
     if chain:
         chains.add(tuple(chain))
 
@@ -203,10 +211,31 @@ def _analyse(code: types.CodeType) -> _CodeInfo:
 # -- the dynamic part: what the names resolve to now ----------------------------------------------------
 
 def _feed_function(func: types.FunctionType, h: Hasher, walk: Walk) -> None:
-    if is_user_code(func.__module__, func.__code__.co_filename):
+    # where the code is, not __module__, which functools.wraps copies from the function a wrapper wraps
+    if _is_user_file(func.__code__.co_filename):
         _feed_code(func, h, walk)
-    else:
+        return
+    wrapped = getattr(func, "__wrapped__", None)
+    if wrapped is None:
         _feed_library(func, h)
+        return
+    # a library decorator around the user's function (contextmanager, singledispatch, functools.wraps):
+    # the decorator counts by where its code is, the function it wraps by its own code
+    _feed_bytes_tagged(b"wrapper", f"{func.__code__.co_filename}:{func.__code__.co_qualname}".encode(), h)
+    feed(wrapped, h, walk)
+    registry = getattr(func, "registry", None)  # singledispatch: every registered implementation counts
+    if registry is not None:
+        feed(dict(registry), h, walk)
+
+
+def _feed_code_object(code: types.CodeType, h: Hasher, walk: Walk) -> None:
+    h.update(b"codeobj" + _code_info(code).digest)
+
+
+def _feed_lru_cache(func: Any, h: Hasher, walk: Walk) -> None:
+    """``functools.lru_cache`` and ``functools.cache``: the cache is transparent, the function counts."""
+    h.update(b"lru_cache")
+    feed(func.__wrapped__, h, walk)
 
 
 def _feed_code(func: types.FunctionType, h: Hasher, walk: Walk) -> None:
@@ -240,7 +269,7 @@ def _feed_code(func: types.FunctionType, h: Hasher, walk: Walk) -> None:
             builtins = vars(builtins)
         for chain in info.global_chains:
             if chain[0].startswith(_IMPORT_PREFIX):
-                value = _imported(chain[0][len(_IMPORT_PREFIX):])
+                value = _imported(chain[0][len(_IMPORT_PREFIX):], namespace.get("__package__"))
             else:
                 value = namespace.get(chain[0], _MISSING)
                 if value is _MISSING:
@@ -303,20 +332,27 @@ def _feed_library(obj: Any, h: Hasher) -> None:
     _feed_bytes_tagged(b"lib", f"{module}.{name}@{package_version(module or 'builtins')}".encode(), h)
 
 
-def _imported(name: str) -> Any:
+def _imported(name: str, package: str | None) -> Any:
     """The module an import inside a function body names, without running a library's import for it."""
+    try:
+        name = importlib.util.resolve_name(name, package)  # `from .core import clean`
+    except (ImportError, ValueError):
+        return _MISSING
     module = sys.modules.get(name)
     if module is not None:
         return module
-    try:
-        spec = importlib.util.find_spec(name)
+    try:  # only the top-level package is looked up: finding a submodule would import its parents
+        spec = importlib.util.find_spec(name.partition(".")[0])
     except (ImportError, ValueError):
         spec = None
     if spec is None:
         return _MISSING
-    if is_user_code(name, spec.origin):
+    if not is_user_code(name, spec.origin):
+        return _LibraryName(name)
+    try:
         return importlib.import_module(name)  # the body imports it anyway; its code must count
-    return _LibraryName(name)
+    except Exception:
+        return _MISSING
 
 
 class _LibraryName(str):
@@ -327,7 +363,7 @@ def _feed_module(module: types.ModuleType, h: Hasher, walk: Walk) -> None:
     if not is_user_code(module.__name__, _module_file(module)):
         _feed_bytes_tagged(b"mod", f"{module.__name__}@{package_version(module.__name__)}".encode(), h)
         return
-    # the user's own module, used whole: what it defines (functions and classes) is what it is
+    # the user's own module, used whole (`import utils` inside a body): everything it holds counts
     key = id(module)
     if key in walk.active:
         _feed_bytes_tagged(b"cycle", module.__name__.encode(), h)
@@ -336,9 +372,10 @@ def _feed_module(module: types.ModuleType, h: Hasher, walk: Walk) -> None:
     try:
         _feed_bytes_tagged(b"usermod", module.__name__.encode(), h)
         for name, value in sorted(vars(module).items()):
-            if isinstance(value, (types.FunctionType, type)) and value.__module__ == module.__name__:
-                _feed_bytes_tagged(b"attr", name.encode(), h)
-                feed(value, h, walk)
+            if name.startswith("__") or isinstance(value, types.ModuleType):
+                continue  # module bookkeeping, and other modules it imported (named where they are used)
+            _feed_bytes_tagged(b"attr", name.encode(), h)
+            _feed_read(f"{module.__name__}.{name}", value, h, walk)
     finally:
         walk.active.discard(key)
 
@@ -348,7 +385,11 @@ def _feed_library_name(name: _LibraryName, h: Hasher, walk: Walk) -> None:
 
 
 def _feed_builtin(func: Any, h: Hasher, walk: Walk) -> None:
+    """A builtin function by name; a builtin bound method (``weights.get``) by name and its object."""
     _feed_library(func, h)
+    bound_to = getattr(func, "__self__", None)
+    if bound_to is not None and not isinstance(bound_to, types.ModuleType):
+        feed(bound_to, h, walk)
 
 
 def _feed_method(method: types.MethodType, h: Hasher, walk: Walk) -> None:
@@ -381,10 +422,16 @@ def _feed_class(cls: type, h: Hasher, walk: Walk) -> None:
     try:
         sub = new_hasher()
         _feed_bytes_tagged(b"class", cls.__qualname__.encode(), sub)
+        if type(cls) is not type:
+            feed(type(cls), sub, walk)  # the metaclass
         for base in cls.__bases__:
             feed(base, sub, walk)
         namespace = vars(cls)
-        for name in sorted(k for k in namespace if k not in _CLASS_SKIP):
+        skip = _CLASS_SKIP
+        if isinstance(cls, enum.EnumMeta):  # enum bookkeeping (_value2member_map_ grows as flags combine)
+            feed([(name, member.value) for name, member in cls.__members__.items()], sub, walk)
+            skip = {*skip, *cls.__members__, *(k for k in namespace if _is_sunder(k))}
+        for name in sorted(k for k in namespace if k not in skip):
             _feed_bytes_tagged(b"attr", name.encode(), sub)
             _feed_read(f"{cls.__qualname__}.{name}", _unwrap_member(namespace[name]), sub, walk)
         digest = sub.digest()
@@ -394,11 +441,17 @@ def _feed_class(cls: type, h: Hasher, walk: Walk) -> None:
     h.update(digest)
 
 
+def _is_sunder(name: str) -> bool:
+    return len(name) > 2 and name[0] == name[-1] == "_" and name[1] != "_" and name[-2] != "_"
+
+
 def _unwrap_member(member: Any) -> Any:
     if isinstance(member, (staticmethod, classmethod)):
         return member.__func__
     if isinstance(member, property):
         return (member.fget, member.fset, member.fdel)
+    if isinstance(member, functools.cached_property):  # holds a lock on 3.11: the function is what counts
+        return member.func
     return member
 
 
@@ -406,5 +459,8 @@ register(types.FunctionType, _feed_function)
 register(type, _feed_class)
 register(types.ModuleType, _feed_module)
 register(_LibraryName, _feed_library_name)
+register(types.CodeType, _feed_code_object)
 register(types.BuiltinFunctionType, _feed_builtin)
+register(types.MethodWrapperType, _feed_builtin)
+register(type(functools.lru_cache(lambda: None)), _feed_lru_cache)
 register(types.MethodType, _feed_method)

@@ -213,11 +213,6 @@ def _mapping(tag: bytes, *, ordered: bool) -> Callable[[Any, Hasher, Walk], None
             return
         try:
             h.update(tag)
-            if type(obj) is not dict and type(obj) is not collections.OrderedDict:
-                # a dict subclass: its type and any extra state are part of its identity
-                feed(type(obj), h, walk)
-                if isinstance(obj, collections.defaultdict):
-                    feed(obj.default_factory, h, walk)
             feed_pairs(obj.items(), h, walk, ordered=ordered)
         finally:
             del walk.stack[id(obj)]
@@ -264,15 +259,14 @@ _UNHASHABLE_HINTS = {
 
 
 def _feed_object(obj: Any, h: Hasher, walk: Walk) -> None:
-    """The fallback: register lazy handlers if their library is loaded now, else hash ``__reduce_ex__``."""
-    if _load_lazy_handlers():
-        return feed(obj, h, walk)
+    """The fallback: hash what pickle would save (``copyreg``'s reducer, else ``__reduce_ex__``)."""
     tp = type(obj)
     if not _enter(obj, h, walk):
         return
     try:
         try:
-            reduced = obj.__reduce_ex__(4)
+            reducer = copyreg.dispatch_table.get(tp)
+            reduced = reducer(obj) if reducer is not None else obj.__reduce_ex__(4)
         except Exception as exc:  # the object refuses to be pickled: it has no content we can trust
             name = tp.__name__
             raise Unhashable(name, _UNHASHABLE_HINTS.get(name, str(exc))) from None
@@ -318,7 +312,8 @@ def _feed_reduced(obj: Any, reduced: tuple, h: Hasher, walk: Walk) -> None:
     if listitems is not None:
         feed(list(listitems), h, walk)
     if dictitems is not None:
-        feed_pairs(list(dictitems), h, walk, ordered=not isinstance(obj, dict))
+        ordered = isinstance(obj, collections.OrderedDict) or not isinstance(obj, dict)
+        feed_pairs(list(dictitems), h, walk, ordered=ordered)
 
 
 # -- dispatch ---------------------------------------------------------------------------------------------
@@ -347,18 +342,22 @@ _EXACT: dict[type, Callable[[Any, Hasher, Walk], None]] = {
     type(Ellipsis): _feed_singleton,
     type(NotImplemented): _feed_singleton,
 }
-for _tp, _handler in list(_EXACT.items()):
-    if _tp is not type(None):
-        _generic.register(_tp, _handler)
-_generic.register(dict, _mapping(b"D", ordered=False))  # dict subclasses: order-free, type-tagged
-_generic.register(collections.OrderedDict, _mapping(b"OD", ordered=True))
+# Subclasses of these builtins (namedtuples, IntEnums, a list with attributes) are deliberately not
+# registered: they go through __reduce_ex__, which keeps their class and their extra state.
 _generic.register(types.MappingProxyType, _mapping(b"MP", ordered=False))
 _generic.register(type, _feed_type)
 for _tp in (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType,
             types.MethodWrapperType, types.WrapperDescriptorType):
     _generic.register(_tp, _feed_named)
 
-_dispatch = _generic.dispatch
+
+
+def _dispatch(tp: type) -> Callable[[Any, Hasher, Walk], None]:
+    """The handler for a type not in _EXACT, after registering numpy/pandas handlers if now needed (a
+    numpy float64 is also a float: it must not be hashed as one before the numpy handlers exist)."""
+    if len(_loaded) < len(_LAZY):
+        _load_lazy_handlers()
+    return _generic.dispatch(tp)
 
 
 def register(tp: type, handler: Callable[[Any, Hasher, Walk], None] | None = None) -> Any:

@@ -61,7 +61,6 @@ class Step:
                 f"{'is not a parameter' if len(unknown) == 1 else 'are not parameters'} of {self.name}();"
                 f" its parameters are: {', '.join(params) or 'none'}"
             )
-        self._variadic = {n for n, p in params.items() if p.kind is p.VAR_KEYWORD}
 
     def __repr__(self) -> str:
         return f"<nbcache step {self.name!r}>"
@@ -98,14 +97,9 @@ class _Call:
             self.code, self.deps = fingerprint_parts(step.__wrapped__)
         except TypeError as exc:
             self.code, self.deps, self.problem = "", {}, str(exc)
+            _warn(f"nbcache: step {step.name!r} runs without the cache: {exc}", 5)
         for name, value in bound.arguments.items():
-            if name in step.ignore:
-                continue
-            if name in step._variadic:  # **kwargs: each keyword is an argument of its own
-                for key, item in value.items():
-                    if key not in step.ignore and not self._hash_input(key, item):
-                        break
-            elif not self._hash_input(name, value):
+            if name not in step.ignore and not self.problem and not self._hash_input(name, value):
                 break
         self.key = "" if self.problem else make_key(step.name, self.code, self.inputs, step.version)
 
@@ -271,7 +265,7 @@ def _address(value: Any, frame: Frame | None = None) -> str:
     except UncacheableError:
         if frame is None:
             return ""
-        return "bytes-" + frame.head[4:20].hex()
+        return "bytes-" + frame.checksum().hex()
 
 
 def _warn(message: str, stacklevel: int = 3) -> None:

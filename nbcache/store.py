@@ -20,6 +20,7 @@ points to it, so a process killed mid-write leaves an orphan file, never an entr
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import sqlite3
@@ -58,9 +59,13 @@ class Unpicklable(Exception):
 # -- serialization ------------------------------------------------------------------------------------------
 
 class Frame:
-    """A serialized value: a small pickle plus the raw buffers it refers to, and their checksum."""
+    """A serialized value: a small pickle plus the raw buffers it refers to, checksummed as it is written.
 
-    __slots__ = ("head", "pickled", "buffers", "nbytes")
+    Layout: magic, xxh3-128 checksum, pickle length, buffer count, buffer lengths, pickle, buffers. The
+    checksum covers everything after it.
+    """
+
+    __slots__ = ("pickled", "buffers", "lengths", "nbytes", "_checksum")
 
     def __init__(self, value: Any) -> None:
         buffers: list[pickle.PickleBuffer] = []
@@ -69,21 +74,59 @@ class Frame:
         except Exception as exc:
             raise Unpicklable(f"{type(value).__module__}.{type(value).__qualname__}: {exc}") from None
         self.buffers = [b.raw() for b in buffers]
-        lengths = b"".join(_LEN.pack(b.nbytes) for b in self.buffers)
-        h = xxhash.xxh3_128(lengths)
-        h.update(self.pickled)
-        for buf in self.buffers:
-            h.update(buf)
-        self.head = _HEAD.pack(_MAGIC, h.digest(), len(self.pickled), len(self.buffers)) + lengths
-        self.nbytes = len(self.head) + len(self.pickled) + sum(b.nbytes for b in self.buffers)
+        self.lengths = b"".join(_LEN.pack(b.nbytes) for b in self.buffers)
+        self.nbytes = _HEAD.size + len(self.lengths) + len(self.pickled) + sum(b.nbytes for b in self.buffers)
+        self._checksum: bytes | None = None
 
-    def parts(self) -> Iterator[bytes | memoryview]:
-        yield self.head
+    def _head(self, checksum: bytes) -> bytes:
+        return _HEAD.pack(_MAGIC, checksum, len(self.pickled), len(self.buffers)) + self.lengths
+
+    def _payload(self) -> Iterator[bytes | memoryview]:
+        """What follows the head, big buffers cut into pieces."""
         yield self.pickled
-        yield from self.buffers
+        for buf in self.buffers:
+            for start in range(0, buf.nbytes, _READ_CHUNK):
+                yield buf[start:start + _READ_CHUNK]
+
+    def checksum(self) -> bytes:
+        if self._checksum is None:
+            h = xxhash.xxh3_128(self.lengths)
+            for part in self._payload():
+                h.update(part)
+            self._checksum = h.digest()
+        return self._checksum
 
     def to_bytes(self) -> bytes:
-        return b"".join(self.parts())
+        return b"".join([self._head(self.checksum()), *self._payload()])
+
+    def write(self, f: Any) -> int:
+        """Write to a new binary file: each piece is checksummed on a second thread while it is written
+        (both release the GIL), and the head, which holds the checksum, is written last, in place."""
+        head_size = _HEAD.size + len(self.lengths)
+        f.write(bytes(head_size))
+        h = xxhash.xxh3_128(self.lengths)
+        for part in self._payload():
+            pending = _helper_thread().submit(h.update, part) if len(part) >= _READ_CHUNK else None
+            f.write(part)
+            if pending is None:
+                h.update(part)
+            else:
+                pending.result()
+        self._checksum = h.digest()
+        f.flush()
+        os.pwrite(f.fileno(), self._head(self._checksum), 0)
+        return self.nbytes
+
+
+_helper: ThreadPoolExecutor | None = None
+
+
+def _helper_thread() -> ThreadPoolExecutor:
+    """One worker thread that checksums big buffers while the main thread does their I/O."""
+    global _helper
+    if _helper is None:
+        _helper = ThreadPoolExecutor(1, thread_name_prefix="nbcache-checksum")
+    return _helper
 
 
 def _alloc(n: int) -> Any:
@@ -98,13 +141,9 @@ def _alloc(n: int) -> Any:
     return np.empty(n, dtype=np.uint8) if np is not None else bytearray(n)
 
 
-_checksum_thread: ThreadPoolExecutor | None = None
-
-
 def _read_exact(f: Any, view: memoryview, h: Any) -> None:
-    """Fill ``view`` from ``f`` and feed it to ``h``. A big buffer is read a piece at a time while a
-    second thread checksums the previous piece (reads and xxh3 both release the GIL)."""
-    global _checksum_thread
+    """Fill ``view`` from ``f`` and feed it to ``h``. A big buffer is read a piece at a time while the
+    helper thread checksums the previous piece."""
     pending = None
     for start in range(0, len(view), _READ_CHUNK):
         piece = view[start:start + _READ_CHUNK]
@@ -117,11 +156,9 @@ def _read_exact(f: Any, view: memoryview, h: Any) -> None:
         if len(view) <= _READ_CHUNK:
             h.update(piece)
             return
-        if _checksum_thread is None:
-            _checksum_thread = ThreadPoolExecutor(1, thread_name_prefix="nbcache-checksum")
         if pending is not None:
             pending.result()
-        pending = _checksum_thread.submit(h.update, piece)
+        pending = _helper_thread().submit(h.update, piece)
     if pending is not None:
         pending.result()
 
@@ -196,7 +233,14 @@ class _FrameDisk(diskcache.Disk):
         if value.nbytes < _INLINE_BYTES:
             return 0, diskcache.core.MODE_RAW, None, sqlite3.Binary(value.to_bytes())
         filename, full_path = self.filename(key, value)
-        size = self._write(full_path, value.parts(), "xb")
+        os.makedirs(os.path.dirname(full_path), exist_ok=True)
+        with open(full_path, "xb") as f:
+            try:  # reserve the space first, as np.save does: one allocation instead of many, and a full
+                os.posix_fallocate(f.fileno(), 0, value.nbytes)  # disk fails here rather than mid-write
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise
+            size = value.write(f)
         return size, diskcache.core.MODE_BINARY, filename, None
 
 

@@ -249,3 +249,157 @@ def test_static_analysis_is_cached_per_code_object():
     fingerprint(ns["f"])
     assert ns["f"].__code__ in _CODE_INFO
     assert isinstance(ns["f"], types.FunctionType)
+
+
+@pytest.mark.parametrize("decorator", ["functools.lru_cache", "functools.cache", "functools.singledispatch"])
+def test_helpers_behind_functools_decorators_are_followed(decorator):
+    src = f"""
+    import functools
+
+    @{decorator}
+    def helper(x):
+        return x + 1
+
+    def f(x):
+        return helper(x)
+    """
+    assert fp(src) != fp(src.replace("x + 1", "x + 100"))
+
+
+def test_singledispatch_registrations_count():
+    src = """
+    import functools
+
+    @functools.singledispatch
+    def helper(x):
+        return x
+
+    @helper.register
+    def _(x: int):
+        return x + 1
+
+    def f(x):
+        return helper(x)
+    """
+    assert fp(src) != fp(src.replace("x + 1", "x + 2"))
+
+
+def test_library_decorated_helper_in_a_user_module_is_followed(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "ctxhelpers_fp.py"
+    path.write_text("import contextlib\n@contextlib.contextmanager\ndef ctx(x):\n    yield x + 1\n")
+    importlib.invalidate_caches()
+    src = "import ctxhelpers_fp\n\ndef f(x):\n    with ctxhelpers_fp.ctx(x) as y:\n        return y\n"
+    before = fp(src)
+    path.write_text("import contextlib\n@contextlib.contextmanager\ndef ctx(x):\n    yield x + 2\n")
+    importlib.reload(sys.modules["ctxhelpers_fp"])
+    assert fp(src) != before
+
+
+def test_whole_user_module_imported_in_the_body_counts_its_values(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "cfgmod_fp.py"
+    path.write_text("SCALE = 1\n")
+    importlib.invalidate_caches()
+    src = "def f(x):\n    import cfgmod_fp\n    return x * cfgmod_fp.SCALE\n"
+    before = fp(src)
+    path.write_text("SCALE = 2\n")
+    importlib.reload(sys.modules["cfgmod_fp"])
+    assert fp(src) != before
+
+
+def test_relative_import_in_the_body_is_followed(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    package = tmp_path / "pkgrel_fp"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "core.py").write_text("def clean(x):\n    return x\n")
+    (package / "steps.py").write_text("def run(x):\n    from .core import clean\n    return clean(x)\n")
+    importlib.invalidate_caches()
+    steps = importlib.import_module("pkgrel_fp.steps")
+    before = fingerprint(steps.run)
+    (package / "core.py").write_text("def clean(x):\n    return x * 2\n")
+    importlib.reload(sys.modules["pkgrel_fp.core"])
+    assert fingerprint(steps.run) != before
+
+
+def test_dotted_library_import_in_a_body_imports_nothing():
+    import subprocess
+    import sys
+
+    code = ("import sys, nbcache\n"
+            "def f(x):\n    from numpy.linalg import norm\n    import pandas.io.formats\n    return norm(x)\n"
+            "nbcache.fingerprint(f)\n"
+            "print('numpy' in sys.modules, 'pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_metaclass_counts():
+    src = """
+    class Meta(type):
+        def create(cls):
+            return 1
+
+    class C(metaclass=Meta):
+        pass
+
+    def f():
+        return C.create()
+    """
+    assert fp(src) != fp(src.replace("return 1", "return 2"))
+
+
+def test_enum_flags_are_stable_and_their_members_count():
+    src = """
+    import enum
+
+    class Perm(enum.Flag):
+        R = 1
+        W = 2
+
+    def f(p):
+        return p & Perm.R
+    """
+    ns = define(src)
+    before = fingerprint(ns["f"])
+    ns["Perm"].R | ns["Perm"].W  # creates a pseudo-member, which enum caches on the class
+    assert fingerprint(ns["f"]) == before
+    assert fp(src) != fp(src.replace("W = 2", "W = 4"))
+
+
+def test_cached_property_body_counts():
+    src = """
+    import functools
+
+    class C:
+        @functools.cached_property
+        def p(self):
+            return 1
+
+    def f():
+        return C().p
+    """
+    assert fp(src) != fp(src.replace("return 1", "return 2"))
+
+
+def test_too_deep_a_global_makes_the_step_run_uncached(cache_dir):
+    class Node:
+        def __init__(self, v, nxt):
+            self.v, self.next = v, nxt
+
+    chain = None
+    for i in range(3000):
+        chain = Node(i, chain)
+    ns = define("def head(n):\n    return CHAIN.v + n\n", CHAIN=chain)
+    with pytest.warns(nbcache.CacheWarning, match="nested too deeply"):
+        assert nbcache.step(ns["head"])(1) == 3000

@@ -165,6 +165,7 @@ def test_numpy_scalars_strings_and_datetimes():
     days = np.arange(3).astype("M8[D]")
     assert H(days) != H(np.arange(3).astype("M8[s]"))
     assert H(np.ma.masked_array([1, 2], mask=[0, 1])) != H(np.ma.masked_array([1, 2], mask=[1, 0]))
+    assert H(np.ma.masked_array([1, 2], mask=[0, 1])) == H(np.ma.masked_array([1, 9], mask=[0, 1]))
 
 
 # -- pandas ------------------------------------------------------------------------------------------------
@@ -293,3 +294,84 @@ def test_hashing_does_not_mutate_its_input():
     before = repr(data)
     H(data)
     assert repr(data) == before
+
+
+# -- subclasses of builtins keep their type and state ----------------------------------------------------
+
+def test_subclasses_of_builtins_keep_their_type_and_attributes():
+    import enum
+    from typing import NamedTuple
+
+    class P(NamedTuple):
+        x: int
+        y: int
+
+    class Q(NamedTuple):
+        x: int
+        y: int
+
+    class Color(enum.IntEnum):
+        RED = 1
+
+    class Size(enum.IntEnum):
+        SMALL = 1
+
+    class Batch(list):
+        def __init__(self, items, scale):
+            super().__init__(items)
+            self.scale = scale
+
+    class Tagged(dict):
+        pass
+
+    assert len({H(P(1, 2)), H(Q(1, 2)), H((1, 2))}) == 3
+    assert len({H(Color.RED), H(Size.SMALL), H(1)}) == 3
+    assert H(Batch([1, 2], 10)) != H(Batch([1, 2], 20))
+    assert H(Batch([1, 2], 10)) != H([1, 2])
+    d1, d2 = Tagged(a=1), Tagged(a=1)
+    d1.meta, d2.meta = 1, 2
+    assert H(d1) != H(d2)
+    assert H(Tagged(a=1, b=2)) == H(Tagged(b=2, a=1))  # still order-free, like its ==
+    assert H(collections.Counter(a=1)) != H({"a": 1})
+
+
+def test_ordered_dict_subclass_stays_ordered():
+    class Ordered(collections.OrderedDict):
+        pass
+
+    assert H(Ordered(a=1, b=2)) != H(Ordered(b=2, a=1))
+
+
+def test_numpy_scalars_hash_the_same_before_and_after_arrays_are_seen():
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, nbcache\n"
+            "first = nbcache.hash_value(np.float64(0.5))\n"
+            "nbcache.hash_value(np.arange(3))\n"
+            "print(first == nbcache.hash_value(np.float64(0.5)), first != nbcache.hash_value(0.5))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"]
+
+
+def test_bound_builtin_methods_hash_their_object():
+    assert H({"a": 1}.get) != H({"a": 2}.get)
+    assert H([1].append) != H([2].append)
+    assert H((1).__add__) != H((2).__add__)
+
+
+def test_compiled_patterns_hash_by_pattern_and_flags():
+    import re
+
+    assert H(re.compile("a+")) == H(re.compile("a+"))
+    assert H(re.compile("a+")) != H(re.compile("b+"))
+    assert H(re.compile("a")) != H(re.compile("a", re.I))
+
+
+def test_more_numpy_canonical_forms():
+    long_nan = np.array([np.nan], dtype=np.longdouble)
+    assert H(long_nan) == H(-long_nan)
+    assert H(np.array([2], np.uint8).view(bool)) == H(np.array([True]))
+    o = np.empty(1, dtype=object)
+    o[0] = o
+    assert H(o) == H(o)

@@ -275,7 +275,6 @@ def test_numpy_and_pandas_results_round_trip(cache_dir):
 
 
 def test_kwargs_are_keyed_by_name(cache_dir, calls):
-
     @step
     def opts(**kwargs):
         calls.hit()
@@ -285,7 +284,22 @@ def test_kwargs_are_keyed_by_name(cache_dir, calls):
     opts(b=2, a=1)
     opts(a=1, b=3)
     assert calls.n == 2
-    assert set(nbcache.runs()[0].inputs) == {"a", "b"}
+    assert set(nbcache.runs()[0].inputs) == {"kwargs"}
+
+
+def test_keyword_arguments_never_collide_with_parameters(cache_dir):
+    @step
+    def g(a, /, **kw):
+        return (a, kw)
+
+    @step
+    def h(*args, **kw):
+        return (args, kw)
+
+    assert g(2) == (2, {})
+    assert g(1, a=2) == (1, {"a": 2})
+    assert h(5) == ((5,), {})
+    assert h(args=(5,)) == ((), {"args": (5,)})
 
 
 def test_methods_key_on_the_instance(cache_dir):
