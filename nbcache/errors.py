@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["CacheWarning", "NBCacheError", "UncacheableError"]
+import os
+import sys
+import warnings
+
+__all__ = ["CacheWarning", "NBCacheError", "UncacheableError", "warn"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class NBCacheError(Exception):
@@ -32,3 +38,11 @@ class UncacheableError(NBCacheError, TypeError):
 
 class CacheWarning(UserWarning):
     """Something went wrong with the cache, but the user's code ran and returned its real result."""
+
+
+def warn(message: str) -> None:
+    """Issue a CacheWarning attributed to the user's line: the first frame outside nbcache."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, CacheWarning, stacklevel=level)

@@ -28,12 +28,11 @@ import site
 import sys
 import sysconfig
 import types
-import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import CacheWarning
+from .errors import warn
 from .hashing import (
     Hasher, Unhashable, Walk, feed, new_hasher, register, type_name, _feed_bytes_tagged,
 )
@@ -317,12 +316,10 @@ def _feed_read(name: str, value: Any, h: Hasher, walk: Walk) -> None:
 
 @functools.lru_cache(maxsize=256)
 def _warn_unhashable_global(name: str, tp: str) -> None:
-    warnings.warn(
+    warn(
         f"nbcache: '{name}' holds a {tp}, which cannot be hashed; it counts by its type only, so changing"
         " its contents will not invalidate the steps that read it. Pass it as an argument to make it part"
-        " of the key.",
-        CacheWarning,
-        stacklevel=4,
+        " of the key."
     )
 
 

@@ -12,11 +12,11 @@ import functools
 import inspect
 import time
 import types
-import warnings
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, TypeVar, overload
 
-from .errors import CacheWarning, UncacheableError
+from .errors import UncacheableError
+from .errors import warn as _warn
 from .fingerprint import fingerprint_parts
 from .hashing import Hasher, Walk, feed, hash_value, register
 from .key import make_key
@@ -97,7 +97,8 @@ class _Call:
             self.code, self.deps = fingerprint_parts(step.__wrapped__)
         except TypeError as exc:
             self.code, self.deps, self.problem = "", {}, str(exc)
-            _warn(f"nbcache: step {step.name!r} runs without the cache: {exc}", 5)
+            if step.enable_cache:
+                _warn(f"nbcache: step {step.name!r} runs without the cache: {exc}")
         for name, value in bound.arguments.items():
             if name not in step.ignore and not self.problem and not self._hash_input(name, value):
                 break
@@ -109,7 +110,8 @@ class _Call:
             return True
         except UncacheableError as exc:
             self.problem = f"uncacheable argument {exc.path} ({exc.type_name})"
-            _warn(f"nbcache: step {self.step.name!r} runs without the cache: {exc}", 5)
+            if self.step.enable_cache:
+                _warn(f"nbcache: step {self.step.name!r} runs without the cache: {exc}")
             return False
 
     def run(self) -> Any:
@@ -120,15 +122,12 @@ class _Call:
             return self._compute(self.problem, cache=False)
         try:
             entry = self.store.get_entry(self.key)
-        except Exception as exc:
-            _warn(f"nbcache: step {step.name!r} ran without the cache, which could not be read: {exc}", 4)
+            result, reason = self._load(entry) if entry is not None else (ENOVAL, self._why())
+        except Exception as exc:  # the index itself failed (locked for too long, damaged): run uncached
+            _warn(f"nbcache: step {step.name!r} ran without the cache, which could not be read: {exc}")
             return self._compute("cache unreadable", cache=False)
-        if entry is not None:
-            result, reason = self._load(entry)
-            if result is not ENOVAL:
-                return result
-        else:
-            reason = self._why()
+        if result is not ENOVAL:
+            return result
         return self._compute(reason, cache=True)
 
     # -- hit -------------------------------------------------------------------------------------------
@@ -138,11 +137,11 @@ class _Call:
         try:
             values = [self.store.load_blob(address) for address in entry["outputs"]]
         except Damaged as exc:
-            _warn(f"nbcache: the cached result of step {name!r} is damaged ({exc}); recomputing it", 5)
+            _warn(f"nbcache: the cached result of step {name!r} is damaged ({exc}); recomputing it")
             self.store.forget(self.key, entry["outputs"])
             return ENOVAL, "cached result was damaged"
         if any(v is ENOVAL for v in values):
-            _warn(f"nbcache: the cached result of step {name!r} is missing on disk; recomputing it", 5)
+            _warn(f"nbcache: the cached result of step {name!r} is missing on disk; recomputing it")
             self.store.forget(self.key, entry["outputs"])  # the blob rows point at files that are gone
             return ENOVAL, "cached result was missing"
         result = tuple(values) if entry["tuple"] else values[0]
@@ -172,7 +171,7 @@ class _Call:
             frames = [Frame(v) for v in values]
         except Unpicklable as exc:
             _warn(f"nbcache: step {step.name!r} returned a value that cannot be pickled ({exc});"
-                  " it is returned but not cached", 5)
+                  " it is returned but not cached")
             self._record(cached=False, reason=reason + "; result not cached: cannot be pickled",
                          outputs=tuple(_address(v) for v in values))
             return result
@@ -183,7 +182,7 @@ class _Call:
             self.store.put_entry(self.key, step.name, entry, zip(addresses, frames))
             self._remember_last(force=True)
         except Exception as exc:  # disk full, read-only directory, ...: the result is still the user's
-            _warn(f"nbcache: the result of step {step.name!r} could not be stored: {exc}", 5)
+            _warn(f"nbcache: the result of step {step.name!r} could not be stored: {exc}")
         self._record(cached=False, reason=reason, outputs=addresses)
         return result
 
@@ -237,7 +236,7 @@ class _Call:
         try:
             self.store.append_run(run)
         except OSError as exc:
-            _warn(f"nbcache: the run of step {self.step.name!r} could not be recorded: {exc}", 6)
+            _warn(f"nbcache: the run of step {self.step.name!r} could not be recorded: {exc}")
 
 
 def _check_options(name: Any, ignore: Any, version: Any) -> tuple[str, ...]:
@@ -266,11 +265,6 @@ def _address(value: Any, frame: Frame | None = None) -> str:
         if frame is None:
             return ""
         return "bytes-" + frame.checksum().hex()
-
-
-def _warn(message: str, stacklevel: int = 3) -> None:
-    """Warn at the user's call: ``stacklevel`` counts the frames between it and this function."""
-    warnings.warn(message, CacheWarning, stacklevel=stacklevel)
 
 
 def _feed_step(obj: Step, h: Hasher, walk: Walk) -> None:

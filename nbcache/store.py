@@ -415,4 +415,9 @@ def get_store() -> DiskStore:
                         f"nbcache cannot use {directory} as its cache directory ({exc.strerror or exc});"
                         " set NBCACHE_DIR or call nbcache.set_cache_dir() to choose another"
                     ) from None
+                except sqlite3.DatabaseError as exc:
+                    raise OSError(
+                        f"nbcache's index in {directory} is damaged ({exc}); move or delete that directory"
+                        " to start a fresh cache"
+                    ) from None
     return store

@@ -222,6 +222,7 @@ def test_unpicklable_result_is_returned_with_one_warning(cache_dir):
     with pytest.warns(CacheWarning, match=r"step 'make_lock' .*_thread\.lock.* not cached") as record:
         lock = make_lock()
     assert len(record) == 1
+    assert record[0].filename == __file__  # attributed to the user's call, not to nbcache's code
     assert hasattr(lock, "acquire")
     assert nbcache.runs()[-1].cached is False
 
@@ -238,7 +239,7 @@ def test_unhashable_argument_runs_uncached_with_a_warning_naming_it(cache_dir, c
 
     with pytest.warns(CacheWarning, match=r"args\[1\]\['loader'\].*generator") as record:
         assert consume(1, {"loader": gen()}) == 2
-    assert len(record) == 1
+    assert len(record) == 1 and record[0].filename == __file__
     with pytest.warns(CacheWarning):
         consume(1, {"loader": gen()})
     assert calls.n == 2
@@ -420,3 +421,30 @@ def test_unusable_cache_directory_still_returns_results(tmp_path):
             assert f(1) == 2
     finally:
         nbcache.set_cache_dir(None)
+
+
+def test_damaged_index_still_returns_results_and_says_what_to_do(tmp_path):
+    directory = tmp_path / "cache"
+    (directory / "store").mkdir(parents=True)
+    (directory / "store" / "cache.db").write_bytes(b"this is not a SQLite database" * 100)
+    nbcache.set_cache_dir(directory)
+    try:
+        @step
+        def f(x):
+            return x + 1
+
+        with pytest.warns(CacheWarning, match="index in .* is damaged .*delete that directory"):
+            assert f(1) == 2
+    finally:
+        nbcache.set_cache_dir(None)
+
+
+def test_disabled_cache_does_not_warn_about_unhashable_arguments(cache_dir):
+    @step(enable_cache=False)
+    def consume(it):
+        return sum(it)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert consume(x for x in [1, 2]) == 3
+    assert nbcache.runs()[-1].reason == "cache disabled"

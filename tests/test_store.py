@@ -112,8 +112,9 @@ def test_a_damaged_entry_is_recomputed_with_a_warning(cache_dir):
     data = bytearray(path.read_bytes())
     data[-8] ^= 0xFF  # one value in the array, silently wrong unless checked
     path.write_bytes(bytes(data))
-    with pytest.warns(CacheWarning, match=r"step 'big' is damaged \(its checksum does not match\)"):
+    with pytest.warns(CacheWarning, match=r"step 'big' is damaged \(its checksum does not match\)") as record:
         again = big(200_000)
+    assert record[0].filename == __file__
     np.testing.assert_array_equal(again, expected)
     assert nbcache.runs()[-1].reason == "cached result was damaged"
     np.testing.assert_array_equal(big(200_000), expected)  # repaired: a clean hit, no warning
