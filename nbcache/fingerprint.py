@@ -71,6 +71,8 @@ def fingerprint_parts(func: Callable[..., Any]) -> tuple[str, dict[str, str]]:
         raise TypeError(f"cannot fingerprint {_label(func)}: {e.type_name} in it cannot be hashed") from None
     except RecursionError:
         raise TypeError(f"cannot fingerprint {_label(func)}: what it reads is nested too deeply") from None
+    except Exception as exc:  # a value it reads whose pickle protocol misbehaves
+        raise TypeError(f"cannot fingerprint {_label(func)}: {type(exc).__name__}: {exc}") from None
     return h.hexdigest(), dict(sorted(parts.items()))
 
 

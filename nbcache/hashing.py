@@ -77,6 +77,8 @@ def hash_value(obj: Any, *, root: str = "value") -> str:
         raise _public_error(e, root) from None
     except RecursionError:
         raise UncacheableError(type(obj).__name__, root, "it is nested too deeply to hash") from None
+    except Exception as exc:  # an object whose pickle protocol misbehaves: still a clear, catchable error
+        raise UncacheableError(type(obj).__name__, root, f"hashing it failed ({type(exc).__name__}: {exc})")
     return h.hexdigest()
 
 
@@ -190,8 +192,17 @@ def _key_repr(key: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def feed_pairs(pairs: Any, h: Hasher, walk: Walk, *, ordered: bool) -> None:
-    """Feed (key, value) pairs; order-free unless ``ordered``."""
+def _item_path(key: Any) -> str:
+    return f"[{_key_repr(key)}]"
+
+
+def _attribute_path(name: Any) -> str:
+    return f".{name}" if isinstance(name, str) else _item_path(name)
+
+
+def feed_pairs(pairs: Any, h: Hasher, walk: Walk, *, ordered: bool,
+               where: Callable[[Any], str] = _item_path) -> None:
+    """Feed (key, value) pairs; order-free unless ``ordered``. ``where`` names a key in error paths."""
     digests = []
     key = None
     try:
@@ -201,7 +212,7 @@ def feed_pairs(pairs: Any, h: Hasher, walk: Walk, *, ordered: bool) -> None:
             feed(value, sub, walk)
             digests.append(sub.digest())
     except Unhashable as e:
-        raise e.at(f"[{_key_repr(key)}]") from None
+        raise e.at(where(key)) from None
     if not ordered:
         digests.sort()
     h.update(_pack_len(len(digests)) + b"".join(digests))
@@ -291,22 +302,12 @@ def _feed_reduced(obj: Any, reduced: tuple, h: Hasher, walk: Walk) -> None:
         feed(args, h, walk)
     except Unhashable as e:
         raise e.at("(constructor arguments)") from None
-    if isinstance(state, tuple) and len(state) == 2 and (state[0] is None or isinstance(state[0], dict)):
+    if (isinstance(state, tuple) and len(state) == 2
+            and all(part is None or isinstance(part, dict) for part in state)):
         state = {**(state[0] or {}), **(state[1] or {})}  # (__dict__, __slots__) as one namespace
     if isinstance(state, dict):
         h.update(b"s")
-        try:
-            for_error = None
-            digests = []
-            for for_error, value in state.items():
-                sub = new_hasher()
-                feed(for_error, sub, walk)
-                feed(value, sub, walk)
-                digests.append(sub.digest())
-        except Unhashable as e:
-            raise e.at(f".{for_error}" if isinstance(for_error, str) else f"[{for_error!r}]") from None
-        digests.sort()
-        h.update(_pack_len(len(digests)) + b"".join(digests))
+        feed_pairs(state.items(), h, walk, ordered=False, where=_attribute_path)
     else:
         feed(state, h, walk)
     if listitems is not None:

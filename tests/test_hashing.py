@@ -375,3 +375,21 @@ def test_more_numpy_canonical_forms():
     o = np.empty(1, dtype=object)
     o[0] = o
     assert H(o) == H(o)
+
+
+class Weird:
+    """An object whose pickle protocol returns nonsense."""
+
+    def __reduce_ex__(self, protocol):
+        return (Weird, (), ({}, [1, 2]))
+
+
+class Broken:
+    def __reduce_ex__(self, protocol):
+        raise RuntimeError("cannot reduce")
+
+
+def test_objects_with_odd_pickle_protocols_hash_or_fail_cleanly():
+    assert H(Weird()) == H(Weird())
+    with pytest.raises(UncacheableError, match=r"Broken at value\['k'\]: cannot reduce"):
+        H({"k": Broken()})
