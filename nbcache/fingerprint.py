@@ -99,6 +99,15 @@ def _is_user_file(filename: str | None) -> bool:
     return not os.path.realpath(filename).startswith(_LIBRARY_ROOTS)
 
 
+def _library_path(filename: str) -> str:
+    """A library file's path below its root (``contextlib.py``), the same in every environment."""
+    real = os.path.realpath(filename)
+    for root in _LIBRARY_ROOTS:
+        if real.startswith(root):
+            return real[len(root):]
+    return os.path.basename(filename)
+
+
 def is_user_code(module_name: str | None, filename: str | None) -> bool:
     """True for code the user wrote: the notebook (``__main__``) or files outside installed packages."""
     if module_name == "__main__":
@@ -222,7 +231,8 @@ def _feed_function(func: types.FunctionType, h: Hasher, walk: Walk) -> None:
         return
     # a library decorator around the user's function (contextmanager, singledispatch, functools.wraps):
     # the decorator counts by where its code is, the function it wraps by its own code
-    _feed_bytes_tagged(b"wrapper", f"{func.__code__.co_filename}:{func.__code__.co_qualname}".encode(), h)
+    where = f"{_library_path(func.__code__.co_filename)}:{func.__code__.co_qualname}"
+    _feed_bytes_tagged(b"wrapper", where.encode(), h)
     feed(wrapped, h, walk)
     registry = getattr(func, "registry", None)  # singledispatch: every registered implementation counts
     if registry is not None:
