@@ -30,8 +30,8 @@ class UncacheableError(NBCacheError, TypeError):
         if detail:
             message += f": {detail}"
         message += (
-            ". nbcache keys a step on the content of its inputs; pass plain data instead, or leave this"
-            " argument out of the key with @step(ignore=[...])"
+            ". nbcache keys a step on the content of its inputs; if this one does not change the result,"
+            " leave it out of the key with @step(ignore=[...])"
         )
         super().__init__(message)
 

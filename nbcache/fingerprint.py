@@ -59,6 +59,7 @@ def fingerprint_parts(func: Callable[..., Any]) -> tuple[str, dict[str, str]]:
     """
     if not callable(func):
         raise TypeError(f"fingerprint() takes a function, method or class, not {type(func).__name__}")
+    func = getattr(func, "_nbcache_function_", func)  # a step: the fingerprint that goes into its keys
     parts: dict[str, str] = {}
     walk = Walk(parts)
     h = new_hasher()
@@ -330,8 +331,8 @@ def _feed_read(name: str, value: Any, h: Hasher, walk: Walk) -> None:
 def _warn_unhashable_global(name: str, tp: str) -> None:
     warn(
         f"nbcache: '{name}' holds a {tp}, which cannot be hashed; it counts by its type only, so changing"
-        " its contents will not invalidate the steps that read it. Pass it as an argument to make it part"
-        " of the key."
+        " its contents will not invalidate the steps that read it. If what it holds affects their results,"
+        " pass that as plain data in an argument, or bump @step(version=...) when it changes."
     )
 
 

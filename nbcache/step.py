@@ -45,11 +45,11 @@ class Step:
     ) -> None:
         if not callable(func) or isinstance(func, type):
             raise TypeError(f"@step decorates a function, not {type(func).__name__}")
-        ignore = _check_options(name, ignore, version)
-        self.__wrapped__ = func
+        ignore = _check_options(name, enable_cache, ignore, version)
+        self.__wrapped__ = self._nbcache_function_ = func  # the latter is read by fingerprint()
         functools.update_wrapper(self, func)
         self.name = name or _default_name(func)
-        self.enable_cache = bool(enable_cache)
+        self.enable_cache = enable_cache
         self.version = version
         self.ignore = frozenset(ignore)
         self._signature = inspect.signature(func)
@@ -76,7 +76,10 @@ class Step:
         except Exception as exc:  # an unusable cache directory must not stop the user's work
             _warn(f"nbcache: step {self.name!r} ran without the cache: {exc}")
             return self.__wrapped__(*args, **kwargs)
-        bound = self._signature.bind(*args, **kwargs)
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as exc:  # the error calling the function itself would give, with its name
+            raise TypeError(f"{self.name}() {exc}") from None
         bound.apply_defaults()
         return _Call(self, store, bound, started_at, t0).run()
 
@@ -239,8 +242,10 @@ class _Call:
             _warn(f"nbcache: the run of step {self.step.name!r} could not be recorded: {exc}")
 
 
-def _check_options(name: Any, ignore: Any, version: Any) -> tuple[str, ...]:
+def _check_options(name: Any, enable_cache: Any, ignore: Any, version: Any) -> tuple[str, ...]:
     """Validate @step's options (when they are given, not when the decorator is applied)."""
+    if not isinstance(enable_cache, bool):
+        raise TypeError(f"@step(enable_cache=...) takes True or False, not {enable_cache!r}")
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise TypeError(f"@step(name=...) takes a non-empty string, not {name!r}")
     if version is not None and not isinstance(version, str):
@@ -293,7 +298,7 @@ def step(func: Callable[..., Any] | None = None, *, name: str | None = None, ena
     when something outside the code and arguments changed, and ``enable_cache=False`` always runs the body
     while still recording the run.
     """
-    _check_options(name, ignore, version)
+    _check_options(name, enable_cache, ignore, version)
 
     def decorate(f: Callable[..., Any]) -> Step:
         return Step(f, name=name, enable_cache=enable_cache, ignore=ignore, version=version)

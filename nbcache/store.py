@@ -21,6 +21,7 @@ points to it, so a process killed mid-write leaves an orphan file, never an entr
 from __future__ import annotations
 
 import errno
+import io
 import os
 import pickle
 import sqlite3
@@ -58,6 +59,16 @@ class Unpicklable(Exception):
 
 # -- serialization ------------------------------------------------------------------------------------------
 
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, except for open files: it would store a snapshot of the file's contents, so a hit
+    would return stale text where the step returned a file. Such a result is not cached at all."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, io.IOBase) and not isinstance(obj, (io.BytesIO, io.StringIO)):
+            raise pickle.PicklingError(f"an open file ({getattr(obj, 'name', '?')}) is not stored")
+        return super().reducer_override(obj)
+
+
 class Frame:
     """A serialized value: a small pickle plus the raw buffers it refers to, checksummed as it is written.
 
@@ -69,10 +80,12 @@ class Frame:
 
     def __init__(self, value: Any) -> None:
         buffers: list[pickle.PickleBuffer] = []
+        out = io.BytesIO()
         try:
-            self.pickled = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+            _Pickler(out, protocol=5, buffer_callback=buffers.append).dump(value)
         except Exception as exc:
             raise Unpicklable(f"{type(value).__module__}.{type(value).__qualname__}: {exc}") from None
+        self.pickled = out.getvalue()
         self.buffers = [b.raw() for b in buffers]
         self.lengths = b"".join(_LEN.pack(b.nbytes) for b in self.buffers)
         self.nbytes = _HEAD.size + len(self.lengths) + len(self.pickled) + sum(b.nbytes for b in self.buffers)
@@ -332,14 +345,17 @@ class DiskStore:
     def clear(self, step: str | None = None) -> int:
         """Remove cached results (all, or one step's) and return how many entries went.
 
-        The run history stays: it is a record of what happened, not a cache.
+        The run history stays, and so does each step's latest ingredients: it is a record of what
+        happened, and it lets the next run say that it ran because its result had been removed.
         """
         if step is None:
-            count = sum(1 for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith("entry:"))
-            self._cache.clear()
+            count = 0
+            for name in list(self._cache.iterkeys()):
+                if isinstance(name, str) and name.startswith(("entry:", "blob:")):
+                    count += name.startswith("entry:")
+                    self._cache.delete(name)
             return count
         count = self._cache.evict(step)
-        self._cache.delete("last:" + step)
         self._collect_blobs()
         return count
 

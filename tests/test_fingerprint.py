@@ -222,10 +222,13 @@ def test_the_users_own_modules_are_followed(tmp_path, monkeypatch, module, src):
     assert fp(src) != before
 
 
-def test_steps_fingerprint_like_their_function(cache_dir):
-    ns = define("def f(x):\n    return x + 1\n")
-    assert fingerprint(nbcache.step(ns["f"])) == fingerprint(nbcache.step(ns["f"]))
-    assert fingerprint(nbcache.step(ns["f"])) != fingerprint(nbcache.step(version="2")(ns["f"]))
+def test_steps_fingerprint_like_their_function_and_count_their_version_when_called(cache_dir):
+    ns = define("def f(x):\n    return x + 1\n\ndef g(x):\n    return inner(x)\n")
+    assert fingerprint(nbcache.step(ns["f"])) == fingerprint(ns["f"])
+    ns["inner"] = nbcache.step(ns["f"])
+    before = fingerprint(ns["g"])
+    ns["inner"] = nbcache.step(version="2")(ns["f"])  # a step called by g: its version is part of g
+    assert fingerprint(ns["g"]) != before
 
 
 def test_fingerprint_rejects_non_callables():

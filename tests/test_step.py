@@ -329,9 +329,9 @@ def test_clear_one_step_or_all(cache_dir):
 
     a(1), b(1), a(2)
     assert nbcache.clear("a") == 2
-    a(1), b(1)
+    a(2), b(1)
     assert [(r.step, r.cached) for r in nbcache.runs()[-2:]] == [("a", False), ("b", True)]
-    assert nbcache.runs()[-2].reason == "first run"
+    assert nbcache.runs()[-2].reason == "cached result was removed"
     assert nbcache.clear() == 2
     b(1)
     assert nbcache.runs()[-1].cached is False
@@ -361,11 +361,15 @@ def test_bad_decorator_use_is_explained(cache_dir):
         step(version=2)
     with pytest.raises(TypeError, match="@step takes a function"):
         step("name")
-    with pytest.raises(TypeError):
-        @step
-        def g(x):
-            return x
-        g(1, 2)  # wrong call: the same TypeError the function would raise
+    with pytest.raises(TypeError, match="enable_cache=.... takes True or False"):
+        step(enable_cache="no")
+
+    @step
+    def g(x):
+        return x
+
+    with pytest.raises(TypeError, match=r"^g\(\) too many positional arguments$"):
+        g(1, 2)  # the same TypeError the function would raise, naming it
 
 
 def test_step_keeps_the_function_metadata(cache_dir):
@@ -448,3 +452,30 @@ def test_disabled_cache_does_not_warn_about_unhashable_arguments(cache_dir):
         warnings.simplefilter("error")
         assert consume(x for x in [1, 2]) == 3
     assert nbcache.runs()[-1].reason == "cache disabled"
+
+
+def test_fingerprint_of_a_step_is_the_one_in_its_keys(cache_dir):
+    @step(version="3")
+    def f(x):
+        return x
+
+    f(1)
+    assert nbcache.fingerprint(f) == nbcache.runs()[-1].code == nbcache.fingerprint(f.__wrapped__)
+
+
+def test_a_returned_open_file_is_not_cached(cache_dir, tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("v1")
+
+    @step
+    def opener(p):
+        return open(p)
+
+    with pytest.warns(CacheWarning, match="cannot be pickled.*open file"):
+        handle = opener(str(path))
+    handle.close()
+    path.write_text("v2")
+    with pytest.warns(CacheWarning):
+        handle = opener(str(path))
+    with handle:
+        assert handle.read() == "v2"
