@@ -11,6 +11,8 @@ import nbcache
 from nbcache import fingerprint
 from nbcache.fingerprint import fingerprint_parts
 
+from .conftest import run_python
+
 
 def define(source: str, **namespace) -> dict:
     """Run ``source`` as a notebook cell would: in a namespace whose module is ``__main__``."""
@@ -203,23 +205,60 @@ def test_user_classes_are_followed():
     assert fp(src) != fp(src.replace("x * self.k", "x + self.k"))
 
 
-@pytest.mark.parametrize("module, src", [
-    ("mylib_fp", "import mylib_fp\n\ndef f(x):\n    return mylib_fp.clean(x)\n"),
-    ("mylib_fp2", "def f(x):\n    from mylib_fp2 import clean\n    return clean(x)\n"),  # import in the body
-])
-def test_the_users_own_modules_are_followed(tmp_path, monkeypatch, module, src):
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """Write (or rewrite and reload) a module of the user's, ``name`` or ``package/name``, on sys.path."""
     import importlib
     import sys
 
     monkeypatch.syspath_prepend(str(tmp_path))
-    path = tmp_path / f"{module}.py"
-    path.write_text("def clean(x):\n    return x.strip()\n")
-    importlib.invalidate_caches()
+
+    def write(name: str, source: str) -> None:
+        path = tmp_path / f"{name}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent != tmp_path and not (path.parent / "__init__.py").exists():
+            (path.parent / "__init__.py").write_text("")
+        path.write_text(source)
+        importlib.invalidate_caches()
+        module = sys.modules.get(name.replace("/", "."))
+        if module is not None:
+            importlib.reload(module)
+
+    return write
+
+
+CONTEXT_HELPER = "import contextlib\n@contextlib.contextmanager\ndef ctx(x):\n    yield x + 1\n"
+
+
+@pytest.mark.parametrize("module, old, new, src", [
+    ("mylib_fp", "def clean(x):\n    return x\n", "def clean(x):\n    return x * 2\n",
+     "import mylib_fp\n\ndef f(x):\n    return mylib_fp.clean(x)\n"),
+    ("mylib_fp2", "def clean(x):\n    return x\n", "def clean(x):\n    return x * 2\n",
+     "def f(x):\n    from mylib_fp2 import clean\n    return clean(x)\n"),  # an import inside the body
+    ("cfgmod_fp", "SCALE = 1\n", "SCALE = 2\n",
+     "def f(x):\n    import cfgmod_fp\n    return x * cfgmod_fp.SCALE\n"),  # a whole module in the body
+    ("ctxhelpers_fp", CONTEXT_HELPER, CONTEXT_HELPER.replace("x + 1", "x + 2"),  # a library decorator
+     "import ctxhelpers_fp\n\ndef f(x):\n    with ctxhelpers_fp.ctx(x) as y:\n        return y\n"),
+])
+def test_the_users_own_modules_are_followed(user_module, module, old, new, src):
+    import sys
+
+    user_module(module, old)
     before = fp(src)
     assert module in sys.modules  # a user module imported in the body is imported to fingerprint it
-    path.write_text("def clean(x):\n    return x.strip().lower()\n")
-    importlib.reload(sys.modules[module])
+    user_module(module, new)
     assert fp(src) != before
+
+
+def test_relative_import_in_the_body_is_followed(user_module):
+    import importlib
+
+    user_module("pkgrel_fp/core", "def clean(x):\n    return x\n")
+    user_module("pkgrel_fp/steps", "def run(x):\n    from .core import clean\n    return clean(x)\n")
+    steps = importlib.import_module("pkgrel_fp.steps")
+    before = fingerprint(steps.run)
+    user_module("pkgrel_fp/core", "def clean(x):\n    return x * 2\n")
+    assert fingerprint(steps.run) != before
 
 
 def test_steps_fingerprint_like_their_function_and_count_their_version_when_called(cache_dir):
@@ -287,64 +326,12 @@ def test_singledispatch_registrations_count():
     assert fp(src) != fp(src.replace("x + 1", "x + 2"))
 
 
-def test_library_decorated_helper_in_a_user_module_is_followed(tmp_path, monkeypatch):
-    import importlib
-    import sys
-
-    monkeypatch.syspath_prepend(str(tmp_path))
-    path = tmp_path / "ctxhelpers_fp.py"
-    path.write_text("import contextlib\n@contextlib.contextmanager\ndef ctx(x):\n    yield x + 1\n")
-    importlib.invalidate_caches()
-    src = "import ctxhelpers_fp\n\ndef f(x):\n    with ctxhelpers_fp.ctx(x) as y:\n        return y\n"
-    before = fp(src)
-    path.write_text("import contextlib\n@contextlib.contextmanager\ndef ctx(x):\n    yield x + 2\n")
-    importlib.reload(sys.modules["ctxhelpers_fp"])
-    assert fp(src) != before
-
-
-def test_whole_user_module_imported_in_the_body_counts_its_values(tmp_path, monkeypatch):
-    import importlib
-    import sys
-
-    monkeypatch.syspath_prepend(str(tmp_path))
-    path = tmp_path / "cfgmod_fp.py"
-    path.write_text("SCALE = 1\n")
-    importlib.invalidate_caches()
-    src = "def f(x):\n    import cfgmod_fp\n    return x * cfgmod_fp.SCALE\n"
-    before = fp(src)
-    path.write_text("SCALE = 2\n")
-    importlib.reload(sys.modules["cfgmod_fp"])
-    assert fp(src) != before
-
-
-def test_relative_import_in_the_body_is_followed(tmp_path, monkeypatch):
-    import importlib
-    import sys
-
-    monkeypatch.syspath_prepend(str(tmp_path))
-    package = tmp_path / "pkgrel_fp"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "core.py").write_text("def clean(x):\n    return x\n")
-    (package / "steps.py").write_text("def run(x):\n    from .core import clean\n    return clean(x)\n")
-    importlib.invalidate_caches()
-    steps = importlib.import_module("pkgrel_fp.steps")
-    before = fingerprint(steps.run)
-    (package / "core.py").write_text("def clean(x):\n    return x * 2\n")
-    importlib.reload(sys.modules["pkgrel_fp.core"])
-    assert fingerprint(steps.run) != before
-
-
 def test_dotted_library_import_in_a_body_imports_nothing():
-    import subprocess
-    import sys
-
     code = ("import sys, nbcache\n"
             "def f(x):\n    from numpy.linalg import norm\n    import pandas.io.formats\n    return norm(x)\n"
             "nbcache.fingerprint(f)\n"
             "print('numpy' in sys.modules, 'pandas' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "False"]
+    assert run_python(code).split() == ["False", "False"]
 
 
 def test_metaclass_counts():

@@ -15,6 +15,8 @@ import pytest
 
 from nbcache import UncacheableError, hash_value as H
 
+from .conftest import run_python
+
 
 def test_hash_is_hex_of_128_bits():
     digest = H(1)
@@ -343,15 +345,11 @@ def test_ordered_dict_subclass_stays_ordered():
 
 
 def test_numpy_scalars_hash_the_same_before_and_after_arrays_are_seen():
-    import subprocess
-    import sys
-
     code = ("import numpy as np, nbcache\n"
             "first = nbcache.hash_value(np.float64(0.5))\n"
             "nbcache.hash_value(np.arange(3))\n"
             "print(first == nbcache.hash_value(np.float64(0.5)), first != nbcache.hash_value(0.5))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["True", "True"]
+    assert run_python(code).split() == ["True", "True"]
 
 
 def test_bound_builtin_methods_hash_their_object():
