@@ -24,7 +24,9 @@ class StepRun:
     returned (one per element when it returned a tuple), so that a step's outputs can be matched with the
     inputs of the steps that consumed them. ``saved_s`` is the time the original run took, for a hit.
     ``deps`` maps each function and global value the step's code depends on to its own digest; comparing
-    two runs' ``deps`` says what changed.
+    two runs' ``deps`` says what changed. ``kind`` is ``"function"`` for ``@step`` and ``"cell"`` for
+    ``%%step``, whose ``output_names`` name the variables its ``outputs`` were bound to. ``session``
+    identifies the process (the kernel, until it restarts) that made the call.
     """
 
     step: str
@@ -43,6 +45,7 @@ class StepRun:
     error: str | None = None
     kind: str = "function"
     session: str = SESSION
+    output_names: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         record: dict[str, Any] = {name: getattr(self, name) for name in _FIELDS}
@@ -55,6 +58,7 @@ class StepRun:
         record = {k: v for k, v in record.items() if k in _FIELDS}  # records written by a newer nbcache
         record["started_at"] = datetime.fromisoformat(record["started_at"])
         record["outputs"] = tuple(record["outputs"])
+        record["output_names"] = tuple(record.get("output_names", ()))
         return cls(**record)
 
 

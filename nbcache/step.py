@@ -15,21 +15,16 @@ import types
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, TypeVar, overload
 
-from .errors import UncacheableError
+from .call import StepCall, addresses_of, forget_last_written
 from .errors import warn as _warn
 from .fingerprint import fingerprint_parts
-from .hashing import Hasher, Walk, feed, hash_value, register
-from .key import make_key
+from .hashing import Hasher, Walk, feed, register
 from .records import StepRun
-from .store import ENOVAL, Damaged, DiskStore, Frame, Unpicklable, get_store
+from .store import ENOVAL, DiskStore, Unpicklable, get_store
 
 __all__ = ["Step", "step", "runs", "clear"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-# The key each step's "last" record holds, as far as this process knows, so a hit writes it only on change.
-_last_written: dict[tuple[str, str], str] = {}
-
 
 class Step:
     """A function whose calls are cached on disk. Made by ``@step``; call it like the function."""
@@ -84,162 +79,66 @@ class Step:
         return _Call(self, store, bound, started_at, t0).run()
 
 
-class _Call:
-    """One call of a step, from key to record."""
+class _Call(StepCall):
+    """One call of a function step: hash its arguments, then serve it from the store or run it."""
 
     def __init__(self, step: Step, store: DiskStore, bound: inspect.BoundArguments, started_at: datetime,
                  t0: float) -> None:
+        super().__init__(store, step.name, version=step.version, started_at=started_at, t0=t0)
         self.step = step
-        self.store = store
         self.bound = bound
-        self.started_at = started_at
-        self.t0 = t0
-        self.inputs: dict[str, str] = {}
-        self.problem: str | None = None  # why this call cannot be cached, if it cannot
         try:
             self.code, self.deps = fingerprint_parts(step.__wrapped__)
         except TypeError as exc:
-            self.code, self.deps, self.problem = "", {}, str(exc)
-            if step.enable_cache:
-                _warn(f"nbcache: step {step.name!r} runs without the cache: {exc}")
-        for name, value in bound.arguments.items():
-            if name not in step.ignore and not self.problem and not self._hash_input(name, value):
-                break
-        self.key = "" if self.problem else make_key(step.name, self.code, self.inputs, step.version)
-
-    def _hash_input(self, name: str, value: Any) -> bool:
-        try:
-            self.inputs[name] = hash_value(value, root=name)
-            return True
-        except UncacheableError as exc:
-            self.problem = f"uncacheable argument {exc.path} ({exc.type_name})"
-            if self.step.enable_cache:
-                _warn(f"nbcache: step {self.step.name!r} runs without the cache: {exc}")
-            return False
+            self.problem = self.problem_detail = str(exc)
+        else:
+            for name, value in bound.arguments.items():
+                if name not in step.ignore and not self.hash_input(name, value, "argument"):
+                    break
+        if self.problem and step.enable_cache:
+            _warn(f"nbcache: step {step.name!r} runs without the cache: {self.problem_detail}")
+        self.make_key()
 
     def run(self) -> Any:
-        step = self.step
-        if not step.enable_cache:
+        if not self.step.enable_cache:
             return self._compute("cache disabled", cache=False)
         if self.problem:
             return self._compute(self.problem, cache=False)
         try:
-            entry = self.store.get_entry(self.key)
-            result, reason = self._load(entry) if entry is not None else (ENOVAL, self._why())
+            values, entry, reason = self.lookup()
         except Exception as exc:  # the index itself failed (locked for too long, damaged): run uncached
-            _warn(f"nbcache: step {step.name!r} ran without the cache, which could not be read: {exc}")
+            _warn(f"nbcache: step {self.name!r} ran without the cache, which could not be read: {exc}")
             return self._compute("cache unreadable", cache=False)
-        if result is not ENOVAL:
-            return result
-        return self._compute(reason, cache=True)
+        if values is ENOVAL:
+            return self._compute(reason, cache=True)
+        self.record(cached=True, reason="cache hit", outputs=tuple(entry["outputs"]),
+                    saved_s=entry["duration_s"])
+        return tuple(values) if entry["tuple"] else values[0]
 
-    # -- hit -------------------------------------------------------------------------------------------
-    def _load(self, entry: dict) -> tuple[Any, str]:
-        """The stored result, or ENOVAL and the reason it could not be used."""
-        name = self.step.name
-        try:
-            values = [self.store.load_blob(address) for address in entry["outputs"]]
-        except Damaged as exc:
-            _warn(f"nbcache: the cached result of step {name!r} is damaged ({exc}); recomputing it")
-            self.store.forget(self.key, entry["outputs"])
-            return ENOVAL, "cached result was damaged"
-        if any(v is ENOVAL for v in values):
-            _warn(f"nbcache: the cached result of step {name!r} is missing on disk; recomputing it")
-            self.store.forget(self.key, entry["outputs"])  # the blob rows point at files that are gone
-            return ENOVAL, "cached result was missing"
-        result = tuple(values) if entry["tuple"] else values[0]
-        self._remember_last()
-        self._record(
-            cached=True, reason="cache hit", outputs=tuple(entry["outputs"]), saved_s=entry["duration_s"]
-        )
-        return result, ""
-
-    # -- miss ------------------------------------------------------------------------------------------
     def _compute(self, reason: str, *, cache: bool) -> Any:
-        step = self.step
         t_body = time.perf_counter()
         try:
-            result = step.__wrapped__(*self.bound.args, **self.bound.kwargs)
+            result = self.step.__wrapped__(*self.bound.args, **self.bound.kwargs)
         except BaseException as exc:
-            self._record(cached=False, reason=reason, outputs=(), status="failed",
-                         error=f"{type(exc).__name__}: {exc}")
+            self.record(cached=False, reason=reason, outputs=(), status="failed",
+                        error=f"{type(exc).__name__}: {exc}")
             raise
         duration = time.perf_counter() - t_body
         is_tuple = type(result) is tuple
         values = result if is_tuple else (result,)
         if not cache:
-            self._record(cached=False, reason=reason, outputs=tuple(_address(v) for v in values))
+            self.record(cached=False, reason=reason, outputs=addresses_of(values))
             return result
         try:
-            frames = [Frame(v) for v in values]
+            addresses = self.save(values, {"tuple": is_tuple, "duration_s": duration})
         except Unpicklable as exc:
-            _warn(f"nbcache: step {step.name!r} returned a value that cannot be pickled ({exc});"
+            _warn(f"nbcache: step {self.name!r} returned a value that cannot be pickled ({exc});"
                   " it is returned but not cached")
-            self._record(cached=False, reason=reason + "; result not cached: cannot be pickled",
-                         outputs=tuple(_address(v) for v in values))
+            self.record(cached=False, reason=reason + "; result not cached: cannot be pickled",
+                        outputs=addresses_of(values))
             return result
-        addresses = tuple(_address(v, f) for v, f in zip(values, frames))
-        try:
-            entry = {"outputs": addresses, "tuple": is_tuple, "duration_s": duration,
-                     "created_at": self.started_at.timestamp(), "step": step.name}
-            self.store.put_entry(self.key, step.name, entry, zip(addresses, frames))
-            self._remember_last(force=True)
-        except Exception as exc:  # disk full, read-only directory, ...: the result is still the user's
-            _warn(f"nbcache: the result of step {step.name!r} could not be stored: {exc}")
-        self._record(cached=False, reason=reason, outputs=addresses)
+        self.record(cached=False, reason=reason, outputs=addresses)
         return result
-
-    def _why(self) -> str:
-        """Why there is no entry: what differs from this step's latest run."""
-        try:
-            last = self.store.get_last(self.step.name)
-        except Exception:
-            last = None
-        if last is None:
-            return "first run"
-        changes = []
-        if last["code"] != self.code:
-            old, new = last.get("deps", {}), self.deps
-            changed = [label for label in sorted(set(old) | set(new)) if old.get(label) != new.get(label)]
-            functions = [c for c in changed if c.endswith("()")]
-            values = [c for c in changed if not c.endswith("()")]
-            if functions:
-                changes.append("code changed: " + ", ".join(functions))
-            if values:
-                changes.append(f"global{'s' if len(values) > 1 else ''} {', '.join(values)} changed")
-            if not changed:
-                changes.append("code changed")
-        old_inputs = last.get("inputs", {})
-        changed_args = [n for n in sorted(set(old_inputs) | set(self.inputs))
-                        if old_inputs.get(n) != self.inputs.get(n)]
-        if changed_args:
-            plural = len(changed_args) > 1
-            changes.append(f"argument{'s' if plural else ''} {', '.join(changed_args)} changed")
-        if last.get("version") != self.step.version:
-            changes.append(f"version changed from {last.get('version')!r} to {self.step.version!r}")
-        return "; ".join(changes) or "cached result was removed"
-
-    def _remember_last(self, force: bool = False) -> None:
-        slot = (str(self.store.directory), self.step.name)
-        if force or _last_written.get(slot) != self.key:
-            try:
-                self.store.set_last(self.step.name, {"key": self.key, "code": self.code, "deps": self.deps,
-                                                     "inputs": self.inputs, "version": self.step.version})
-                _last_written[slot] = self.key
-            except Exception:
-                pass  # only the wording of a later reason depends on it
-
-    def _record(self, *, cached: bool, reason: str, outputs: tuple[str, ...], saved_s: float = 0.0,
-                status: str = "ok", error: str | None = None) -> None:
-        run = StepRun(
-            step=self.step.name, cached=cached, duration_s=time.perf_counter() - self.t0, saved_s=saved_s,
-            key=self.key, code=self.code, inputs=self.inputs, outputs=outputs, reason=reason,
-            started_at=self.started_at, status=status, version=self.step.version, deps=self.deps, error=error,
-        )
-        try:
-            self.store.append_run(run)
-        except OSError as exc:
-            _warn(f"nbcache: the run of step {self.step.name!r} could not be recorded: {exc}")
 
 
 def _check_options(name: Any, enable_cache: Any, ignore: Any, version: Any) -> tuple[str, ...]:
@@ -260,16 +159,6 @@ def _default_name(func: Callable[..., Any]) -> str:
     """The function's qualified name, without the ``outer.<locals>.`` of a function defined in a function."""
     qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
     return qualname.rpartition("<locals>.")[2]
-
-
-def _address(value: Any, frame: Frame | None = None) -> str:
-    """Content address of an output: its value hash, or for a value with no hashable content, its bytes."""
-    try:
-        return hash_value(value)
-    except UncacheableError:
-        if frame is None:
-            return ""
-        return "bytes-" + frame.checksum().hex()
 
 
 def _feed_step(obj: Step, h: Hasher, walk: Walk) -> None:
@@ -327,6 +216,5 @@ def clear(step: str | Step | None = None) -> int:
         raise TypeError(f"clear() takes a step or a step name, not {type(step).__name__}")
     store = get_store()
     count = store.clear(name)
-    for slot in [s for s in _last_written if s[0] == str(store.directory) and name in (None, s[1])]:
-        del _last_written[slot]
+    forget_last_written(store, name)
     return count

@@ -1,0 +1,173 @@
+"""One call of a step, whatever kind: its key, serving it from the store, saving it, and its record.
+
+``@step`` functions (``step.py``) and ``%%step`` cells (``magics.py``) differ in how they find their inputs
+and run their body; everything else, from the key to the sentence that says why a step ran, is here.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any, Sequence
+
+from .errors import UncacheableError
+from .errors import warn as _warn
+from .hashing import hash_value
+from .key import make_key
+from .records import StepRun
+from .store import ENOVAL, Damaged, DiskStore, Frame
+
+__all__ = ["StepCall", "addresses_of", "explain_change", "forget_last_written"]
+
+# The key each step's "last" record holds, as far as this process knows, so a hit writes it only on change.
+_last_written: dict[tuple[str, str], str] = {}
+
+
+class StepCall:
+    """Key, lookup, save and record for one call. Subclasses fill ``code``, ``deps`` and ``inputs``."""
+
+    def __init__(self, store: DiskStore, name: str, *, version: str | None, started_at: datetime, t0: float,
+                 kind: str = "function") -> None:
+        self.store = store
+        self.name = name
+        self.version = version
+        self.kind = kind
+        self.started_at = started_at
+        self.t0 = t0
+        self.code = ""
+        self.deps: dict[str, str] = {}
+        self.inputs: dict[str, str] = {}
+        self.key = ""
+        self.problem: str | None = None  # why this call cannot be cached, as the run's reason
+        self.problem_detail = ""  # the same, in full, for the warning
+
+    def hash_input(self, name: str, value: Any, noun: str) -> bool:
+        """Hash one input; on failure note the problem and return False."""
+        try:
+            self.inputs[name] = hash_value(value, root=name)
+            return True
+        except UncacheableError as exc:
+            self.problem = f"uncacheable {noun} {exc.path} ({exc.type_name})"
+            self.problem_detail = str(exc)
+            return False
+
+    def make_key(self) -> None:
+        self.key = "" if self.problem else make_key(self.name, self.code, self.inputs, self.version)
+
+    def lookup(self) -> tuple[Any, dict | None, str]:
+        """(stored values, entry, "") on a hit; (ENOVAL, entry or None, why it ran) on a miss.
+
+        A damaged or missing stored value warns, is forgotten, and counts as a miss. Errors of the index
+        itself propagate: the caller runs uncached.
+        """
+        entry = self.store.get_entry(self.key)
+        if entry is None:
+            return ENOVAL, None, self.why()
+        addresses = entry["outputs"]
+        try:
+            values = [self.store.load_blob(address) for address in addresses]
+        except Damaged as exc:
+            _warn(f"nbcache: the cached result of step {self.name!r} is damaged ({exc}); recomputing it")
+            self.store.forget(self.key, addresses)
+            return ENOVAL, entry, "cached result was damaged"
+        if any(v is ENOVAL for v in values):
+            _warn(f"nbcache: the cached result of step {self.name!r} is missing on disk; recomputing it")
+            self.store.forget(self.key, addresses)  # the blob rows point at files that are gone
+            return ENOVAL, entry, "cached result was missing"
+        self.remember_last()
+        return values, entry, ""
+
+    def save(self, values: Sequence[Any], entry: dict) -> tuple[str, ...]:
+        """Store ``values`` under this call's key, with ``entry``'s extra fields; return their addresses.
+
+        Raises ``Unpicklable`` (nothing stored) if any value cannot be serialized. A failure to write
+        warns: the caller still has its values.
+        """
+        frames = [Frame(v) for v in values]
+        addresses = tuple(_address(v, f) for v, f in zip(values, frames))
+        try:
+            entry = {**entry, "outputs": addresses, "created_at": self.started_at.timestamp(), "step": self.name}
+            self.store.put_entry(self.key, self.name, entry, zip(addresses, frames))
+            self.remember_last(force=True)
+        except Exception as exc:  # disk full, read-only directory, ...
+            _warn(f"nbcache: the result of step {self.name!r} could not be stored: {exc}")
+        return addresses
+
+    def why(self) -> str:
+        """Why there is no entry: what differs from this step's latest run."""
+        try:
+            last = self.store.get_last(self.name)
+        except Exception:
+            last = None
+        noun = "argument" if self.kind == "function" else "input"
+        return explain_change(last, self.code, self.deps, self.inputs, self.version, noun)
+
+    def remember_last(self, force: bool = False) -> None:
+        slot = (str(self.store.directory), self.name)
+        if force or _last_written.get(slot) != self.key:
+            try:
+                self.store.set_last(self.name, {"key": self.key, "code": self.code, "deps": self.deps,
+                                                "inputs": self.inputs, "version": self.version})
+                _last_written[slot] = self.key
+            except Exception:
+                pass  # only the wording of a later reason depends on it
+
+    def record(self, *, cached: bool, reason: str, outputs: tuple[str, ...], saved_s: float = 0.0,
+               status: str = "ok", error: str | None = None, output_names: tuple[str, ...] = ()) -> StepRun:
+        run = StepRun(
+            step=self.name, cached=cached, duration_s=time.perf_counter() - self.t0, saved_s=saved_s,
+            key=self.key, code=self.code, inputs=self.inputs, outputs=outputs, reason=reason,
+            started_at=self.started_at, status=status, version=self.version, deps=self.deps, error=error,
+            kind=self.kind, output_names=output_names,
+        )
+        try:
+            self.store.append_run(run)
+        except OSError as exc:
+            _warn(f"nbcache: the run of step {self.name!r} could not be recorded: {exc}")
+        return run
+
+
+def explain_change(last: dict | None, code: str, deps: dict[str, str], inputs: dict[str, str],
+                   version: str | None, noun: str = "argument") -> str:
+    """In words, what differs between a step's latest recorded ingredients and these."""
+    if last is None:
+        return "first run"
+    changes = []
+    if last["code"] != code:
+        old = last.get("deps", {})
+        changed = [label for label in sorted(set(old) | set(deps)) if old.get(label) != deps.get(label)]
+        functions = [c for c in changed if c.endswith("()")]
+        values = [c for c in changed if not c.endswith("()")]
+        if functions:
+            changes.append("code changed: " + ", ".join(functions))
+        if values:
+            changes.append(f"global{'s' if len(values) > 1 else ''} {', '.join(values)} changed")
+        if not changed:
+            changes.append("code changed")
+    old_inputs = last.get("inputs", {})
+    changed_inputs = [n for n in sorted(set(old_inputs) | set(inputs)) if old_inputs.get(n) != inputs.get(n)]
+    if changed_inputs:
+        changes.append(f"{noun}{'s' if len(changed_inputs) > 1 else ''} {', '.join(changed_inputs)} changed")
+    if last.get("version") != version:
+        changes.append(f"version changed from {last.get('version')!r} to {version!r}")
+    return "; ".join(changes) or "cached result was removed"
+
+
+def addresses_of(values: Sequence[Any]) -> tuple[str, ...]:
+    """Content addresses of values that are not stored (for the record and the lineage)."""
+    return tuple(_address(v) for v in values)
+
+
+def _address(value: Any, frame: Frame | None = None) -> str:
+    """Content address of an output: its value hash, or for a value with no hashable content, its bytes."""
+    try:
+        return hash_value(value)
+    except UncacheableError:
+        if frame is None:
+            return ""
+        return "bytes-" + frame.checksum().hex()
+
+
+def forget_last_written(store: DiskStore, name: str | None) -> None:
+    for slot in [s for s in _last_written if s[0] == str(store.directory) and name in (None, s[1])]:
+        del _last_written[slot]
