@@ -17,6 +17,21 @@ from .store import cache_dir, set_cache_dir
 
 __version__ = "0.1.0"
 
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext nbcache``: register ``%%step``, ``%steps`` and ``%nbcache`` (IPython is imported here,
+    not by ``import nbcache``)."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: object) -> None:
+    from .magics import unload_ipython_extension as unload
+
+    unload(ipython)
+
+
 __all__ = [
     "CACHE_FORMAT",
     "CacheWarning",

@@ -15,7 +15,7 @@ from .errors import warn as _warn
 from .hashing import hash_value
 from .key import make_key
 from .records import StepRun
-from .store import ENOVAL, Damaged, DiskStore, Frame
+from .store import ENOVAL, Damaged, DiskStore, Frame, Unpicklable
 
 __all__ = ["StepCall", "addresses_of", "explain_change", "forget_last_written"]
 
@@ -83,7 +83,13 @@ class StepCall:
         Raises ``Unpicklable`` (nothing stored) if any value cannot be serialized. A failure to write
         warns: the caller still has its values.
         """
-        frames = [Frame(v) for v in values]
+        frames = []
+        for index, value in enumerate(values):
+            try:
+                frames.append(Frame(value))
+            except Unpicklable as exc:
+                exc.index = index  # which value, for the message
+                raise
         addresses = tuple(_address(v, f) for v, f in zip(values, frames))
         try:
             entry = {**entry, "outputs": addresses, "created_at": self.started_at.timestamp(), "step": self.name}

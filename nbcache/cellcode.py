@@ -86,9 +86,25 @@ class _Flow:
                         self.binds.setdefault(handler.name)
                     self.statements(handler.body)
                 self.statements(st.orelse + st.finalbody)
+            elif (inner := _timed_code(st)) is not None:
+                self.statements(inner)  # `%time x = f()` binds x like the plain statement would
             else:
                 self.read(st)
                 self.bind(st)
+
+
+def _timed_code(st: ast.stmt) -> list[ast.stmt] | None:
+    """The statements of ``%time CODE``, which IPython turns into a call with CODE as a string."""
+    call = st.value if isinstance(st, (ast.Expr, ast.Assign)) else None
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+            and call.func.attr == "run_line_magic" and len(call.args) == 2
+            and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in call.args)
+            and call.args[0].value == "time"):
+        return None
+    try:
+        return ast.parse(call.args[1].value).body
+    except SyntaxError:
+        return None
 
 
 def _bound_names(statement: ast.stmt) -> list[str]:

@@ -54,7 +54,9 @@ class Damaged(Exception):
 
 
 class Unpicklable(Exception):
-    """A value cannot be serialized. Carries the type name of the value."""
+    """A value cannot be serialized. The message names its type; ``index`` says which of several."""
+
+    index: int | None = None
 
 
 # -- serialization ------------------------------------------------------------------------------------------

@@ -1,0 +1,233 @@
+"""%%step, %steps and %nbcache in IPython's own test shell: analysis, restore, replay and errors."""
+
+from __future__ import annotations
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.testing.globalipapp import start_ipython
+
+import nbcache
+
+
+@pytest.fixture(scope="module")
+def shell():
+    ip = start_ipython()
+    ip.run_line_magic("load_ext", "nbcache")
+    yield ip
+    ip.run_line_magic("unload_ext", "nbcache")
+
+
+@pytest.fixture
+def ip(shell, cache_dir, tmp_path):
+    """The test shell with nbcache loaded, a clean namespace, quiet off, and a fresh cache directory."""
+    shell.reset()
+    shell.run_line_magic("config", "NBCache.quiet = False")
+    shell.user_ns["LOG"] = str(tmp_path / "ran.log")  # cells append here: a side effect replay cannot fake
+    return shell
+
+
+def run(ip, cell: str):
+    """Run a cell that must succeed."""
+    result = ip.run_cell(cell)
+    result.raise_error()
+    return result
+
+
+def times_ran(ip) -> int:
+    try:
+        with open(ip.user_ns["LOG"]) as f:
+            return len(f.read())
+    except FileNotFoundError:
+        return 0
+
+
+CELL = """%%step features
+# make the features
+X = [v * SCALE for v in range(N)]
+open(LOG, "a").write("x")
+print("built", len(X), "rows")
+total = sum(X)
+total
+"""
+
+
+def test_a_hit_restores_variables_replays_output_and_shows_the_result(ip, capsys):
+    ip.run_cell("SCALE = 2\nN = 5")
+    first = run(ip, CELL)
+    out_first = capsys.readouterr().out
+    for name in ("X", "total"):
+        del ip.user_ns[name]
+    second = run(ip, CELL)
+    out_second = capsys.readouterr().out
+    assert times_ran(ip) == 1  # the body did not run the second time
+    assert ip.user_ns["X"] == [0, 2, 4, 6, 8] and ip.user_ns["total"] == 20
+    assert "built 5 rows" in out_first
+    assert out_second.startswith("nbcache: step 'features' from the cache")
+    assert out_second.count("built 5 rows") == 1
+    assert first.result is None and second.result == 20  # shown again as the cell's result
+    run_first, run_second = nbcache.runs()
+    assert (run_first.kind, run_first.reason, run_second.reason) == ("cell", "first run", "cache hit")
+    assert run_first.output_names == ("X", "total") and set(run_first.inputs) == {"SCALE", "N", "LOG"}
+
+
+def test_comments_and_layout_do_not_invalidate_but_inputs_and_code_do(ip):
+    ip.run_cell("SCALE = 2\nN = 5")
+    run(ip, CELL)
+    run(ip, CELL.replace("# make the features", "# reworded comment\n\n").replace("v * SCALE", "v*SCALE"))
+    assert times_ran(ip) == 1
+    ip.run_cell("N = 6")
+    run(ip, CELL)
+    assert nbcache.runs()[-1].reason == "input N changed"
+    run(ip, CELL.replace("v * SCALE", "v * SCALE + 1"))
+    assert nbcache.runs()[-1].reason == "code changed"
+    assert times_ran(ip) == 3
+
+
+def test_default_name_comes_from_what_the_cell_assigns(ip):
+    run(ip, "%%step\nalpha = 1\nbeta = alpha + 1")
+    run(ip, "%%step\nprint('no assignment')")
+    names = [r.step for r in nbcache.runs()]
+    assert names[0] == "alpha, beta"
+    assert names[1].startswith("cell-") and len(names[1]) == len("cell-") + 8
+
+
+def test_ipython_syntax_inside_the_cell_is_fine(ip, capsys):
+    cell = "%%step shell\nfiles = !echo hello\n%time value = len(files)\nvalue"
+    run(ip, cell)
+    result = run(ip, cell)
+    assert result.result == 1 and ip.user_ns["value"] == 1
+    assert nbcache.runs()[-1].cached
+
+
+def test_mutated_inputs_are_outputs(ip):
+    ip.run_cell("items = []")
+    run(ip, "%%step appender\nitems.append(len(items))")
+    ip.run_cell("items = []")
+    run(ip, "%%step appender\nitems.append(len(items))")
+    assert ip.user_ns["items"] == [0] and nbcache.runs()[-1].cached
+    assert nbcache.runs()[0].output_names == ("items",)
+
+
+def test_functions_classes_and_modules_come_back_usable(ip):
+    cell = ("%%step defs\nimport json as j\nfrom math import tau\n"
+            "def scaled(v):\n    return v * K\n"
+            "class Box:\n    def area(self):\n        return scaled(2) + tau * 0\n")
+    ip.run_cell("K = 3")
+    run(ip, cell)
+    for name in ("j", "tau", "scaled", "Box"):
+        del ip.user_ns[name]
+    run(ip, cell)
+    assert nbcache.runs()[-1].cached
+    ip.run_cell("K = 10")  # the restored function reads the live namespace, not a copy
+    assert ip.run_cell("scaled(1), Box().area(), j.dumps([1])").result == (10, 20, "[1]")
+
+
+def test_a_failing_cell_shows_its_error_stores_nothing_and_fails(ip, capsys):
+    cell = "%%step fragile\nopen(LOG, 'a').write('x')\nvalue = 1 / ZERO"
+    ip.run_cell("ZERO = 0")
+    first = ip.run_cell(cell)
+    err = capsys.readouterr()
+    assert not first.success
+    assert "ZeroDivisionError" in err.out + err.err
+    assert "step 'fragile' failed; nothing was stored" in err.err
+    ip.run_cell(cell)
+    assert times_ran(ip) == 2
+    assert [r.status for r in nbcache.runs()] == ["failed", "failed"]
+
+
+def test_unpicklable_variable_means_nothing_is_cached(ip):
+    cell = "%%step locks\nimport threading\nguard = threading.Lock()\ncount = 1"
+    with pytest.warns(nbcache.CacheWarning, match=r"variable 'guard' cannot be pickled"):
+        run(ip, cell)
+    with pytest.warns(nbcache.CacheWarning):
+        run(ip, cell)
+    assert [r.cached for r in nbcache.runs()] == [False, False]
+
+
+def test_no_cache_inputs_outputs_and_version_options(ip):
+    run(ip, "%%step --no-cache always\nopen(LOG, 'a').write('x')")
+    run(ip, "%%step --no-cache always\nopen(LOG, 'a').write('x')")
+    assert times_ran(ip) == 2 and nbcache.runs()[-1].reason == "cache disabled"
+
+    ip.run_cell("hidden = 1")
+    cell = "%%step --inputs hidden dynamic\nseen = eval('hidden')"
+    run(ip, cell)
+    ip.run_cell("hidden = 2")
+    run(ip, cell)
+    assert ip.user_ns["seen"] == 2 and nbcache.runs()[-1].reason == "input hidden changed"
+
+    run(ip, "%%step --outputs kept some\nkept = 1\ndropped = 2")
+    del ip.user_ns["kept"], ip.user_ns["dropped"]
+    run(ip, "%%step --outputs kept some\nkept = 1\ndropped = 2")
+    assert ip.user_ns["kept"] == 1 and "dropped" not in ip.user_ns
+
+    run(ip, "%%step --version 1 versioned\nv = 1")
+    run(ip, "%%step --version 2 versioned\nv = 1")
+    assert nbcache.runs()[-1].reason == "version changed from '1' to '2'"
+
+
+def test_step_functions_called_in_a_cell_share_the_history(ip):
+    ip.run_cell("from nbcache import step\n@step\ndef double(v):\n    return v * 2")
+    run(ip, "%%step uses\nresult = double(21)")
+    assert [(r.step, r.kind) for r in nbcache.runs()] == [("double", "function"), ("uses", "cell")]
+
+
+def test_replay_keeps_the_order_of_stdout_stderr_and_display(ip, capsys):
+    cell = ("%%step talk\nimport sys\nfrom IPython.display import display, Markdown\n"
+            "print('one')\nprint('two', file=sys.stderr)\ndisplay(Markdown('three'))\nprint('four')")
+    run(ip, cell)
+    capsys.readouterr()
+    ip.run_line_magic("config", "NBCache.quiet = True")
+    run(ip, cell)
+    out = capsys.readouterr()
+    assert out.out.split() == ["one", "<IPython.core.display.Markdown", "object>", "four"]
+    assert out.err.split() == ["two"]
+
+
+def test_line_magics(ip, capsys):
+    run(ip, "%%step first\na = 1")
+    run(ip, "%%step first\na = 1")
+    capsys.readouterr()
+    ip.run_line_magic("steps", "")
+    table = capsys.readouterr().out
+    assert "first" in table and "hit" in table and "cache hit" in table
+    ip.run_line_magic("nbcache", "info")
+    info = capsys.readouterr().out
+    assert "entries: 1" in info and str(nbcache.cache_dir()) in info
+    ip.run_cell("a_input = 5")
+    run(ip, "%%step first\na = 1 + a_input")
+    ip.run_line_magic("nbcache", "why first")
+    assert "code changed" in capsys.readouterr().out
+    ip.run_line_magic("nbcache", "clear first")
+    assert "removed 2 cached results of step 'first'" in capsys.readouterr().out
+    for bad in ("", "bogus", "why", "info extra"):
+        with pytest.raises(UsageError, match="usage: %nbcache"):
+            ip.run_line_magic("nbcache", bad)
+    with pytest.raises(UsageError, match="no step named 'nope'"):
+        ip.run_line_magic("nbcache", "why nope")
+    with pytest.raises(UsageError, match="takes no arguments"):
+        ip.run_line_magic("steps", "x")
+
+
+def test_bad_magic_arguments_are_usage_errors(ip):
+    with pytest.raises(UsageError, match="usage: %%step"):
+        ip.run_cell_magic("step", "--bogus", "x = 1")
+    with pytest.raises(UsageError, match="variable names separated by commas"):
+        ip.run_cell_magic("step", "--outputs 1x", "x = 1")
+    with pytest.raises(UsageError, match="--inputs names nope, which is not defined"):
+        ip.run_cell_magic("step", "--inputs nope", "x = 1")
+
+
+def test_config_quiet_and_cache_dir(ip, tmp_path, capsys):
+    run(ip, "%%step q\nq = 1")
+    ip.run_line_magic("config", "NBCache.quiet = True")
+    capsys.readouterr()
+    run(ip, "%%step q\nq = 1")
+    assert "from the cache" not in capsys.readouterr().out
+    ip.run_line_magic("config", f"NBCache.cache_dir = {str(tmp_path / 'elsewhere')!r}")
+    try:
+        assert nbcache.cache_dir() == tmp_path / "elsewhere"
+        run(ip, "%%step q\nq = 1")
+        assert nbcache.runs()[-1].reason == "first run"
+    finally:
+        ip.run_line_magic("config", "NBCache.cache_dir = None")
