@@ -1,0 +1,94 @@
+"""%%step in real Jupyter kernels: restart and run all replays every cell; edits re-run only what changed."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell, new_notebook
+
+SETUP = "N = 5"
+DATA = """%%step data
+import pandas as pd
+print("loading data")
+df = pd.DataFrame({"a": range(N), "b": [v * 2 for v in range(N)]})
+df"""
+PLOT = """%%step plot
+import matplotlib.pyplot as plt
+plt.figure(figsize=(3, 2))
+plt.plot(df.a, df.b)
+plt.title("b against a")
+plt.show()"""
+SUMMARY = """%%step summary
+import sys
+total = int(df.b.sum())
+print("total", total)
+print("a warning", file=sys.stderr)
+total * 2"""
+HISTORY = """import nbcache
+print([(r.step, r.cached) for r in nbcache.runs() if r.session == nbcache.records.SESSION])"""
+
+
+def notebook(**replace: str) -> nbformat.NotebookNode:
+    sources = {"setup": SETUP, "data": DATA, "plot": PLOT, "summary": SUMMARY, **replace}
+    cells = ["%load_ext nbcache", sources["setup"], sources["data"], sources["plot"], sources["summary"], HISTORY]
+    return new_notebook(cells=[new_code_cell(c) for c in cells],
+                        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+
+
+def execute(nb: nbformat.NotebookNode, cwd: Path) -> nbformat.NotebookNode:
+    """Run every cell in a new kernel: each call is a kernel restart followed by Run All."""
+    nb = copy.deepcopy(nb)
+    NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(cwd)}}).execute()
+    return nb
+
+
+def history(nb: nbformat.NotebookNode) -> list[tuple[str, bool]]:
+    text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("name") == "stdout")
+    return eval(text)  # the list printed by the HISTORY cell
+
+
+def visible_outputs(cell: nbformat.NotebookNode) -> list[dict]:
+    """A cell's outputs without nbcache's own 'from the cache' line and without execution counts."""
+    outputs = []
+    for output in cell.outputs:
+        if output.get("metadata", {}).get("nbcache", {}).get("notice"):
+            continue
+        output = {k: v for k, v in output.items() if k != "execution_count"}
+        outputs.append(output)
+    return outputs
+
+
+def test_restart_run_all_replays_every_cell_without_running_it(tmp_path):
+    first = execute(notebook(), tmp_path)
+    second = execute(notebook(), tmp_path)
+    assert history(first) == [("data", False), ("plot", False), ("summary", False)]
+    assert history(second) == [("data", True), ("plot", True), ("summary", True)]
+    for index in (2, 3, 4):  # the %%step cells: every output as the first time, in the same order
+        assert visible_outputs(second.cells[index]) == visible_outputs(first.cells[index])
+    data_types = [o.get("output_type") for o in first.cells[2].outputs]
+    assert data_types == ["stream", "execute_result"]
+    assert "text/html" in first.cells[2].outputs[1]["data"]  # the DataFrame's table
+    assert any("image/png" in o.get("data", {}) for o in second.cells[3].outputs)  # the figure, replayed
+    streams = [(o["name"], o["text"]) for o in second.cells[4].outputs if o["output_type"] == "stream"]
+    assert streams == [("stdout", "total 20\n"), ("stderr", "a warning\n")]
+    notices = [o for o in second.cells[2].outputs if o.get("metadata", {}).get("nbcache")]
+    assert "from the cache" in notices[0]["data"]["text/plain"]
+
+
+@pytest.mark.parametrize("edit, expected", [
+    ({"summary": SUMMARY.replace("total * 2", "total * 3")},
+     [("data", True), ("plot", True), ("summary", False)]),
+    ({"data": DATA.replace("[v * 2 for v in range(N)]", "[2 * v for v in range(N)]")},  # same df
+     [("data", False), ("plot", True), ("summary", True)]),
+    ({"setup": "N = 6"},
+     [("data", False), ("plot", False), ("summary", False)]),
+    ({"data": DATA.replace('print("loading data")', '# a comment only\nprint("loading data")  # here too')},
+     [("data", True), ("plot", True), ("summary", True)]),
+])
+def test_an_edit_reruns_only_the_cells_whose_inputs_changed(tmp_path, edit, expected):
+    execute(notebook(), tmp_path)
+    assert history(execute(notebook(**edit), tmp_path)) == expected
