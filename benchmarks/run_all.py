@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["hit_latency.py", "hash_array.py", "hash_dataframe.py", "store_load.py"]
+BENCHMARKS = ["hit_latency.py", "hash_array.py", "hash_dataframe.py", "store_load.py", "cell_hit.py"]
 
 
 def main() -> int:
