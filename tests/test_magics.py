@@ -231,3 +231,22 @@ def test_config_quiet_and_cache_dir(ip, tmp_path, capsys):
         assert nbcache.runs()[-1].reason == "first run"
     finally:
         ip.run_line_magic("config", "NBCache.cache_dir = None")
+
+
+def test_profile_configuration_and_unloading(shell):
+    from traitlets.config import Config
+
+    shell.run_line_magic("unload_ext", "nbcache")
+    assert "step" not in shell.magics_manager.magics["cell"]
+    saved = shell.config
+    shell.config = Config(saved)
+    shell.config.NBCache.quiet = True  # as an ipython_config.py would set it
+    try:
+        shell.run_line_magic("load_ext", "nbcache")
+        (settings,) = [c for c in shell.configurables if type(c).__name__ == "NBCache"]
+        assert settings.quiet is True
+        assert "step" in shell.magics_manager.magics["cell"]
+    finally:
+        shell.run_line_magic("unload_ext", "nbcache")
+        shell.config = saved
+        shell.run_line_magic("load_ext", "nbcache")

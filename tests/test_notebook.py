@@ -52,3 +52,14 @@ def test_editing_a_helper_reruns_only_the_steps_that_depend_on_it(workdir):
     assert history[0].split()[:2] == ["load", "ran"] and "code changed: noisy_rule()" in history[0]
     # load's X is unchanged, so normalize hits; y changed, so train and evaluate re-run
     assert [line.split()[:2] for line in history[1:]] == [["normalize", "hit"], ["train", "ran"], ["evaluate", "ran"]]
+
+
+def test_cells_notebook_restart_replays_every_step_cell(tmp_path):
+    notebook = NOTEBOOK.parent / "cells.ipynb"
+    shutil.copy(notebook, tmp_path / notebook.name)
+    nb = nbformat.read(tmp_path / notebook.name, as_version=4)
+    first, second = _execute(nb, tmp_path), _execute(nb, tmp_path)
+    table = "".join(o["data"]["text/plain"] for o in second.cells[-1].outputs if "data" in o)
+    rows = [line.split()[:2] for line in table.splitlines()[1:]]
+    assert rows == [["raw", "hit"], ["summary", "hit"], ["slope", "hit"]]
+    assert _stdout(second.cells[5]) == _stdout(first.cells[5]) and _stdout(first.cells[5]).startswith("slope: 3.0")
