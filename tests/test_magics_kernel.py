@@ -92,3 +92,20 @@ def test_restart_run_all_replays_every_cell_without_running_it(tmp_path):
 def test_an_edit_reruns_only_the_cells_whose_inputs_changed(tmp_path, edit, expected):
     execute(notebook(), tmp_path)
     assert history(execute(notebook(**edit), tmp_path)) == expected
+
+
+def test_a_failing_step_cell_shows_one_traceback_and_stops_run_all(tmp_path):
+    from nbclient.exceptions import CellExecutionError
+
+    nb = notebook(summary="%%step summary\ntotal = int(df.b.sum()) / 0")
+    with pytest.raises(CellExecutionError) as info:
+        execute(nb, tmp_path)
+    assert "ZeroDivisionError" in str(info.value)
+    nb = notebook(summary="%%step summary\ntotal = int(df.b.sum()) / 0")
+    client = NotebookClient(nb, kernel_name="python3", timeout=120, allow_errors=True,
+                            resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    outputs = nb.cells[4].outputs
+    errors = [o for o in outputs if o["output_type"] == "error"]
+    assert len(errors) == 1 and errors[0]["ename"] == "ZeroDivisionError"
+    assert any("step 'summary' failed; nothing was stored" in o.get("text", "") for o in outputs)
