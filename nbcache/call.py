@@ -38,6 +38,7 @@ class StepCall:
         self.deps: dict[str, str] = {}
         self.inputs: dict[str, str] = {}
         self.key = ""
+        self.sizes: dict[str, int] = {}  # stored bytes of each output, by address
         self.problem: str | None = None  # why this call cannot be cached, as the run's reason
         self.problem_detail = ""  # the same, in full, for the warning
 
@@ -75,6 +76,7 @@ class StepCall:
             self.store.forget(self.key, addresses)  # the blob rows point at files that are gone
             return ENOVAL, entry, "cached result was missing"
         self.remember_last()
+        self.sizes = entry.get("sizes", {})
         return values, entry, ""
 
     def save(self, values: Sequence[Any], entry: dict) -> tuple[str, ...]:
@@ -91,8 +93,10 @@ class StepCall:
                 exc.index = index  # which value, for the message
                 raise
         addresses = tuple(_address(v, f) for v, f in zip(values, frames))
+        self.sizes = {address: frame.nbytes for address, frame in zip(addresses, frames)}
         try:
-            entry = {**entry, "outputs": addresses, "created_at": self.started_at.timestamp(), "step": self.name}
+            entry = {**entry, "outputs": addresses, "sizes": self.sizes, "created_at": self.started_at.timestamp(),
+                     "step": self.name}
             self.store.put_entry(self.key, self.name, entry, zip(addresses, frames))
             self.remember_last(force=True)
         except Exception as exc:  # disk full, read-only directory, ...
@@ -124,7 +128,7 @@ class StepCall:
             step=self.name, cached=cached, duration_s=time.perf_counter() - self.t0, saved_s=saved_s,
             key=self.key, code=self.code, inputs=self.inputs, outputs=outputs, reason=reason,
             started_at=self.started_at, status=status, version=self.version, deps=self.deps, error=error,
-            kind=self.kind, output_names=output_names,
+            kind=self.kind, output_names=output_names, sizes=self.sizes,
         )
         try:
             self.store.append_run(run)

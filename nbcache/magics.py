@@ -27,7 +27,7 @@ from .call import StepCall, addresses_of, explain_change
 from .cellcode import CellCode, analyse_cell
 from .errors import warn as _warn
 from .hashing import hash_value
-from .records import SESSION
+from .records import SESSION, format_bytes, format_seconds
 from .store import ENOVAL, Unpicklable, get_store, set_cache_dir
 
 __all__ = ["NBCache", "StepMagics", "load_ipython_extension", "unload_ipython_extension"]
@@ -205,7 +205,7 @@ class StepMagics(Magics):
         runs = [r for r in get_store().read_runs() if r.session == SESSION]
         _show_table(["step", "", "duration", "saved", "reason"],
                     [[r.step, "hit" if r.cached else ("failed" if r.status == "failed" else "ran"),
-                      _seconds(r.duration_s), _seconds(r.saved_s) if r.cached else "", r.reason] for r in runs],
+                      format_seconds(r.duration_s), format_seconds(r.saved_s) if r.cached else "", r.reason] for r in runs],
                     empty="no step has run in this kernel yet")
 
     @line_magic
@@ -219,7 +219,7 @@ class StepMagics(Magics):
         if command == "info" and not rest:
             stats = get_store().stats()
             print(f"cache directory: {stats['directory']}\nentries: {stats['entries']}\n"
-                  f"size: {_size(stats['size_bytes'])}")
+                  f"size: {format_bytes(stats['size_bytes'])}")
         elif command == "clear":
             from .step import clear
 
@@ -293,9 +293,9 @@ class _CellCall(StepCall):
         if not self.magics.settings.quiet:
             saved = entry["duration_s"]
             publish_display_data(
-                {"text/plain": f"nbcache: step {self.name!r} from the cache, {_seconds(saved)} saved",
+                {"text/plain": f"nbcache: step {self.name!r} from the cache, {format_seconds(saved)} saved",
                  "text/html": f"<span style='color:#6a737d;font-size:85%'>nbcache: step <b>{self.name}</b> "
-                              f"from the cache, {_seconds(saved)} saved</span>"},
+                              f"from the cache, {format_seconds(saved)} saved</span>"},
                 {"nbcache": {"notice": True}},
             )
         _replay(events)
@@ -371,18 +371,6 @@ def _why(name: str) -> str:
     state = "came from the cache" if last.cached else "ran"
     return (f"{name} {state} at {last.started_at.astimezone():%Y-%m-%d %H:%M:%S}: {last.reason}\n"
             f"since its previous run: {'nothing changed' if change == 'cached result was removed' else change}")
-
-
-def _seconds(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
-def _size(nbytes: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if nbytes < 1024 or unit == "GB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    return ""
 
 
 def _show_table(header: list[str], rows: list[list[str]], *, empty: str) -> None:

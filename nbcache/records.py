@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
 
-__all__ = ["StepRun", "SESSION"]
+__all__ = ["StepRun", "SESSION", "format_seconds", "format_bytes"]
 
 #: Identifies this process (a kernel, until it restarts) in the history.
 SESSION = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -46,6 +46,7 @@ class StepRun:
     kind: str = "function"
     session: str = SESSION
     output_names: tuple[str, ...] = ()
+    sizes: Mapping[str, int] = field(default_factory=dict)  # stored bytes of each output, by its hash
 
     def to_json(self) -> str:
         record: dict[str, Any] = {name: getattr(self, name) for name in _FIELDS}
@@ -63,3 +64,15 @@ class StepRun:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(StepRun))
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def format_bytes(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1024 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return ""

@@ -55,7 +55,7 @@ def test_second_call_is_served_from_the_cache(cache_dir, calls):
     first, second = nbcache.runs("add")
     assert (first.cached, first.reason, first.status) == (False, "first run", "ok")
     assert (second.cached, second.reason) == (True, "cache hit")
-    assert second.saved_s == pytest.approx(nbcache.runs()[0].duration_s, abs=0.05)
+    assert 0 < second.saved_s <= first.duration_s  # the body's time, measured within the first call
     assert second.key == first.key and second.inputs == first.inputs == {"a": second.inputs["a"], "b": second.inputs["b"]}
 
 

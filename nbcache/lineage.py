@@ -1,0 +1,165 @@
+"""The lineage graph of steps, built from run records: pure data, drawn as Graphviz DOT.
+
+Nodes are steps: by default the latest run of each step in this kernel, or with ``history=True`` the
+latest run of every step the cache directory has a record of. An edge goes from a step to each step that
+consumed one of its outputs, matched by content hash, so the graph is right across kernel restarts and
+when a value went through plain cells on the way. No IPython and no widgets here: ``widget.py`` shows it.
+"""
+
+from __future__ import annotations
+
+import enum
+import html
+from dataclasses import dataclass
+from typing import Iterable
+
+import graphviz
+
+from .records import SESSION, StepRun, format_seconds
+
+__all__ = ["Lineage", "Node", "Edge", "State", "build", "to_dot", "render_svg", "DotMissing"]
+
+
+class State(enum.Enum):
+    """How a step's latest run went; each state has its own colour in the graph."""
+
+    HIT = ("served from cache", "#c8e6c9", "#2e7d32")
+    """Its stored result was used; the body did not run."""
+    FIRST = ("ran for the first time", "#bbdefb", "#1565c0")
+    """No earlier run of this step was recorded."""
+    RERUN = ("re-ran: something changed", "#ffe0b2", "#e65100")
+    """Its code, an input or its version changed, or its stored result was gone."""
+    UNCACHED = ("ran without the cache", "#eeeeee", "#616161")
+    """Caching was disabled, or an input could not be hashed."""
+    FAILED = ("failed", "#ffcdd2", "#c62828")
+    """It raised an exception; nothing was stored."""
+
+    def __init__(self, label: str, fill: str, line: str) -> None:
+        self.label, self.fill, self.line = label, fill, line
+
+    @classmethod
+    def of(cls, run: StepRun) -> State:
+        if run.status == "failed":
+            return cls.FAILED
+        if run.cached:
+            return cls.HIT
+        if run.reason == "first run":
+            return cls.FIRST
+        if run.reason.startswith(("cache disabled", "uncacheable", "cache unreadable")):
+            return cls.UNCACHED
+        return cls.RERUN
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    run: StepRun
+    state: State
+
+    @property
+    def label(self) -> str:
+        text = f"{self.name}\n{format_seconds(self.run.duration_s)}"
+        if self.state is State.HIT:
+            text += f" · saved {format_seconds(self.run.saved_s)}"
+        return text
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: str
+    target: str
+    values: tuple[str, ...]  # the consumer's input names that the producer's outputs fed
+
+
+@dataclass(frozen=True)
+class Lineage:
+    nodes: dict[str, Node]
+    edges: tuple[Edge, ...]
+
+    def producers(self, name: str) -> list[Edge]:
+        return [e for e in self.edges if e.target == name]
+
+    def consumers(self, name: str) -> list[Edge]:
+        return [e for e in self.edges if e.source == name]
+
+
+def build(runs: Iterable[StepRun], *, history: bool = False, session: str = SESSION) -> Lineage:
+    """The graph of the latest run of each step (of ``session``, unless ``history``)."""
+    latest: dict[str, StepRun] = {}
+    for run in runs:
+        if history or run.session == session:
+            latest.pop(run.step, None)  # keep insertion order = order of latest runs
+            latest[run.step] = run
+    nodes = {name: Node(name, run, State.of(run)) for name, run in latest.items()}
+    made_by: dict[str, list[StepRun]] = {}
+    for run in latest.values():
+        for address in run.outputs:
+            if address:
+                made_by.setdefault(address, []).append(run)
+    edges: dict[tuple[str, str], list[str]] = {}
+    for consumer in latest.values():
+        for input_name, address in consumer.inputs.items():
+            producer = _producer(made_by.get(address, []), consumer)
+            if producer is not None:
+                edges.setdefault((producer.step, consumer.step), []).append(input_name)
+    return Lineage(nodes, tuple(Edge(s, t, tuple(v)) for (s, t), v in edges.items()))
+
+
+def _producer(candidates: list[StepRun], consumer: StepRun) -> StepRun | None:
+    """The step that made a value: the latest to produce it before the consumer started, else any."""
+    others = [r for r in candidates if r.step != consumer.step]
+    before = [r for r in others if r.started_at <= consumer.started_at]
+    pool = before or others
+    return max(pool, key=lambda r: r.started_at) if pool else None
+
+
+def to_dot(lineage: Lineage, *, legend: bool = True) -> graphviz.Digraph:
+    graph = graphviz.Digraph("lineage", graph_attr={"rankdir": "LR", "bgcolor": "transparent"},
+                             node_attr={"shape": "box", "style": "rounded,filled", "fontname": "Helvetica",
+                                        "fontsize": "11"},
+                             edge_attr={"color": "#757575", "fontname": "Helvetica", "fontsize": "9"})
+    for node in lineage.nodes.values():
+        graph.node(_id(node.name), node.label, fillcolor=node.state.fill, color=node.state.line,
+                   tooltip=f"{node.name}: {node.run.reason}", id=f"step-{_id(node.name)}",
+                   **{"class": f"nbcache-step nbcache-{node.state.name.lower()}"})
+    for edge in lineage.edges:
+        graph.edge(_id(edge.source), _id(edge.target), label=", ".join(edge.values))
+    if legend and lineage.nodes:
+        with graph.subgraph(name="cluster_legend", graph_attr={"label": "", "color": "#e0e0e0"}) as box:
+            for state in State:
+                box.node(f"legend_{state.name}", state.label, fillcolor=state.fill, color=state.line,
+                         fontsize="9", **{"class": "nbcache-legend"})
+    return graph
+
+
+class DotMissing(RuntimeError):
+    """Graphviz's ``dot`` program is not installed."""
+
+
+DOT_HELP = ("Graphviz's dot program is needed to draw the graph: install it with "
+            "`apt-get install graphviz`, `brew install graphviz` or `conda install graphviz`.")
+
+
+def render_svg(graph: graphviz.Digraph) -> str:
+    """The graph as SVG text; raises DotMissing (with how to install it) when ``dot`` is not there."""
+    try:
+        return graph.pipe(format="svg", encoding="utf-8")
+    except graphviz.ExecutableNotFound:
+        raise DotMissing(DOT_HELP) from None
+
+
+def runs_table_html(lineage: Lineage) -> str:
+    """The nodes as a plain HTML table: what shows instead of the picture when ``dot`` is missing."""
+    rows = "".join(
+        f"<tr><td style='text-align:left'>{html.escape(n.name)}</td>"
+        f"<td style='text-align:left;background:{n.state.fill}'>{n.state.label}</td>"
+        f"<td>{format_seconds(n.run.duration_s)}</td>"
+        f"<td>{format_seconds(n.run.saved_s) if n.state is State.HIT else ''}</td>"
+        f"<td style='text-align:left'>{html.escape(n.run.reason)}</td></tr>"
+        for n in lineage.nodes.values())
+    return ("<table><tr><th>step</th><th>state</th><th>duration</th><th>saved</th><th>reason</th></tr>"
+            f"{rows}</table>")
+
+
+def _id(name: str) -> str:
+    return "s_" + "".join(c if c.isalnum() else f"_{ord(c):x}_" for c in name)

@@ -1,0 +1,68 @@
+"""notebooks/cells.ipynb in a real JupyterLab: restart and Run All shows each %%step cell from the cache.
+
+Needs Debian's chromium, playwright and jupyterlab; skips, saying so loudly, when one is not installed
+(NBCACHE_REQUIRE_BROWSER=1 turns that skip into a failure, for CI). Screenshots of both runs, and of the
+page when the test fails, go to $NBCACHE_ARTIFACTS (default: tests/artifacts/, git-ignored).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from .jupyterlab import JupyterLab
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = ("raw", "summary", "slope")
+NOTICE = "from the cache"
+
+
+def require_browser() -> None:
+    reason = JupyterLab.missing()
+    if reason is None:
+        return
+    message = f"BROWSER TEST NOT RUN: {reason}"
+    sys.__stderr__.write(f"\n{'!' * 78}\n{message}\n{'!' * 78}\n")
+    if os.environ.get("NBCACHE_REQUIRE_BROWSER", "") not in ("", "0"):
+        pytest.fail(f"{message} (NBCACHE_REQUIRE_BROWSER is set)")
+    pytest.skip(message)
+
+
+def outputs(lab: JupyterLab, step: str) -> list[str]:
+    """The text of each output of the `%%step <step>` cell, in order."""
+    return lab.cell(f"%%step {step}\n").locator(".jp-OutputArea-output").all_inner_texts()
+
+
+def test_restart_and_run_all_shows_steps_from_the_cache(tmp_path: Path) -> None:
+    require_browser()
+    artifacts = Path(os.environ.get("NBCACHE_ARTIFACTS") or ROOT / "tests" / "artifacts")
+    failure = artifacts / "cells-failure.png"
+    failure.unlink(missing_ok=True)
+    with JupyterLab(ROOT / "notebooks", cache_dir=tmp_path / "cache", failure_screenshot=failure) as lab:
+        lab.open("cells.ipynb")
+        assert lab.run_all(), f"the first Run All stopped at a failing cell: {lab.execution_counts()}"
+        lab.screenshot(artifacts / "cells-run1.png")
+        first = {step: outputs(lab, step) for step in STEPS}
+        for step in STEPS:  # an empty cache: every step ran, none says it came from the cache
+            assert first[step] and not any(NOTICE in text for text in first[step]), (step, first[step])
+
+        assert lab.restart_and_run_all(), f"the second Run All stopped at a failing cell: {lab.execution_counts()}"
+        lab.screenshot(artifacts / "cells-run2.png")
+        assert all(p.strip("[]:").isdigit() for p in lab.execution_counts()), lab.execution_counts()
+        for step in STEPS:
+            cell = lab.cell(f"%%step {step}\n")
+            notice = cell.locator('.jp-OutputArea-output[data-mime-type="text/html"]', has_text=NOTICE)
+            assert notice.count() == 1, (step, outputs(lab, step))  # the notice, rendered as HTML
+            assert f"step {step} from the cache" in notice.inner_text()
+            replayed = [text for text in outputs(lab, step) if NOTICE not in text]
+            assert replayed == first[step], step  # the same outputs as the first run, in the same order
+        for step, column in (("raw", "group"), ("summary", "mean_x")):  # the DataFrames, as HTML tables
+            table = lab.cell(f"%%step {step}\n").locator(".jp-OutputArea-output table")
+            assert table.count() == 1 and column in table.inner_text(), step
+        assert "50,000 rows" in outputs(lab, "raw")[1]
+        steps_table = lab.cell("%steps").locator(".jp-OutputArea-output").inner_text()
+        assert steps_table.count("cache hit") == len(STEPS), steps_table
+        assert not lab.console_errors, lab.console_errors
