@@ -7,6 +7,8 @@ restart. ``runs()`` tells what happened and why.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .errors import CacheWarning, NBCacheError, UncacheableError
 from .fingerprint import fingerprint
 from .hashing import hash_value
@@ -15,7 +17,21 @@ from .records import StepRun
 from .step import Step, clear, runs, step
 from .store import cache_dir, set_cache_dir
 
+if TYPE_CHECKING:
+    from .widget import LineageWidget
+
 __version__ = "0.1.0"
+
+
+def lineage(*, history: bool = False) -> LineageWidget:
+    """The lineage graph of this kernel's steps as a widget that keeps itself up to date.
+
+    ``history=True`` shows the latest run of every step the cache directory knows. The widget's
+    ``graph`` is the ``graphviz.Digraph``; ``save("lineage.svg")`` (or .png, .pdf) writes the picture.
+    """
+    from .widget import LineageWidget
+
+    return LineageWidget(history=history)
 
 
 def load_ipython_extension(ipython: object) -> None:
@@ -43,6 +59,7 @@ __all__ = [
     "clear",
     "fingerprint",
     "hash_value",
+    "lineage",
     "runs",
     "set_cache_dir",
     "step",

@@ -7,6 +7,7 @@ and run their body; everything else, from the key to the sentence that says why 
 from __future__ import annotations
 
 import time
+import weakref
 from datetime import datetime
 from typing import Any, Sequence
 
@@ -17,10 +18,30 @@ from .key import make_key
 from .records import StepRun
 from .store import ENOVAL, Damaged, DiskStore, Frame, Unpicklable
 
-__all__ = ["StepCall", "addresses_of", "explain_change", "forget_last_written"]
+__all__ = ["StepCall", "addresses_of", "explain_change", "forget_last_written", "subscribe"]
 
 # The key each step's "last" record holds, as far as this process knows, so a hit writes it only on change.
 _last_written: dict[tuple[str, str], str] = {}
+
+# Called with every StepRun this process records (the lineage widget redraws itself from them).
+_listeners: list[weakref.WeakMethod] = []
+
+
+def subscribe(method: Any) -> None:
+    """Call the bound ``method(run)`` after each step run of this process, while its object lives."""
+    _listeners.append(weakref.WeakMethod(method))
+
+
+def _notify(run: StepRun) -> None:
+    for ref in list(_listeners):
+        method = ref()
+        if method is None:
+            _listeners.remove(ref)
+            continue
+        try:
+            method(run)
+        except Exception:  # a display that fails to update must not fail the user's step
+            pass
 
 
 class StepCall:
@@ -134,6 +155,8 @@ class StepCall:
             self.store.append_run(run)
         except OSError as exc:
             _warn(f"nbcache: the run of step {self.name!r} could not be recorded: {exc}")
+        if _listeners:
+            _notify(run)
         return run
 
 

@@ -170,7 +170,7 @@ def _names(text: str) -> list[str]:
 
 @magics_class
 class StepMagics(Magics):
-    """``%%step``, ``%steps`` and ``%nbcache``."""
+    """``%%step``, ``%steps``, ``%lineage`` and ``%nbcache``."""
 
     def __init__(self, shell: Any, settings: NBCache) -> None:
         super().__init__(shell)
@@ -207,6 +207,16 @@ class StepMagics(Magics):
                     [[r.step, "hit" if r.cached else ("failed" if r.status == "failed" else "ran"),
                       format_seconds(r.duration_s), format_seconds(r.saved_s) if r.cached else "", r.reason] for r in runs],
                     empty="no step has run in this kernel yet")
+
+    @magic_arguments()
+    @argument("--history", action="store_true", help="every step the cache knows, not only this kernel's")
+    @line_magic
+    def lineage(self, line: str) -> Any:
+        """Show the lineage graph of the steps, which keeps itself up to date as steps run."""
+        from . import lineage
+
+        args = parse_argstring(self.lineage, line)
+        return lineage(history=args.history)
 
     @line_magic
     def nbcache(self, line: str) -> None:
@@ -398,7 +408,7 @@ def load_ipython_extension(shell: Any) -> None:
 
 
 def unload_ipython_extension(shell: Any) -> None:
-    for kind, name in (("cell", "step"), ("line", "steps"), ("line", "nbcache")):
+    for kind, name in (("cell", "step"), ("line", "steps"), ("line", "nbcache"), ("line", "lineage")):
         shell.magics_manager.magics[kind].pop(name, None)
     shell.configurables[:] = [c for c in shell.configurables if not isinstance(c, NBCache)]
     if shell.custom_exceptions == (StepCellFailed,):

@@ -29,3 +29,12 @@ def run_python(code: str, *, env: dict[str, str] | None = None, cwd: Path | None
     if proc.returncode != 0:
         pytest.fail(f"subprocess failed ({proc.returncode}):\n{proc.stderr}")
     return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def ipshell():
+    """IPython's test shell (one per test session: it installs itself as the global IPython)."""
+    from IPython import get_ipython
+    from IPython.testing.globalipapp import start_ipython
+
+    return start_ipython() or get_ipython()

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import start_ipython
 
 import nbcache
 
 
 @pytest.fixture(scope="module")
-def shell():
-    ip = start_ipython()
-    ip.run_line_magic("load_ext", "nbcache")
-    yield ip
-    ip.run_line_magic("unload_ext", "nbcache")
+def shell(ipshell):
+    ipshell.run_line_magic("load_ext", "nbcache")
+    yield ipshell
+    ipshell.run_line_magic("unload_ext", "nbcache")
 
 
 @pytest.fixture

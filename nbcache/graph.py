@@ -3,7 +3,8 @@
 Nodes are steps: by default the latest run of each step in this kernel, or with ``history=True`` the
 latest run of every step the cache directory has a record of. An edge goes from a step to each step that
 consumed one of its outputs, matched by content hash, so the graph is right across kernel restarts and
-when a value went through plain cells on the way. No IPython and no widgets here: ``widget.py`` shows it.
+when a value went through plain cells on the way. No IPython and no widgets here: ``widget.py`` shows it. (The module is not called lineage: that name is
+``nbcache.lineage()``, the function that returns the widget.)
 """
 
 from __future__ import annotations
@@ -85,17 +86,19 @@ class Lineage:
 
 def build(runs: Iterable[StepRun], *, history: bool = False, session: str = SESSION) -> Lineage:
     """The graph of the latest run of each step (of ``session``, unless ``history``)."""
+    runs = list(runs)
     latest: dict[str, StepRun] = {}
     for run in runs:
         if history or run.session == session:
             latest.pop(run.step, None)  # keep insertion order = order of latest runs
             latest[run.step] = run
     nodes = {name: Node(name, run, State.of(run)) for name, run in latest.items()}
-    made_by: dict[str, list[StepRun]] = {}
-    for run in latest.values():
-        for address in run.outputs:
-            if address:
-                made_by.setdefault(address, []).append(run)
+    made_by: dict[str, list[StepRun]] = {}  # every run in the history that produced a value
+    for run in runs:
+        if run.step in nodes:
+            for address in run.outputs:
+                if address:
+                    made_by.setdefault(address, []).append(run)
     edges: dict[tuple[str, str], list[str]] = {}
     for consumer in latest.values():
         for input_name, address in consumer.inputs.items():
@@ -106,11 +109,13 @@ def build(runs: Iterable[StepRun], *, history: bool = False, session: str = SESS
 
 
 def _producer(candidates: list[StepRun], consumer: StepRun) -> StepRun | None:
-    """The step that made a value: the latest to produce it before the consumer started, else any."""
-    others = [r for r in candidates if r.step != consumer.step]
-    before = [r for r in others if r.started_at <= consumer.started_at]
-    pool = before or others
-    return max(pool, key=lambda r: r.started_at) if pool else None
+    """The step that made a value: of the runs that produced it before the consumer started, the latest.
+
+    Any run in the history counts, so the edge stays when the producer has re-run since; a step that only
+    ran afterwards is no producer, even if it happens to return an equal value.
+    """
+    before = [r for r in candidates if r.step != consumer.step and r.started_at <= consumer.started_at]
+    return max(before, key=lambda r: r.started_at) if before else None
 
 
 def to_dot(lineage: Lineage, *, legend: bool = True) -> graphviz.Digraph:
@@ -120,15 +125,15 @@ def to_dot(lineage: Lineage, *, legend: bool = True) -> graphviz.Digraph:
                              edge_attr={"color": "#757575", "fontname": "Helvetica", "fontsize": "9"})
     for node in lineage.nodes.values():
         graph.node(_id(node.name), node.label, fillcolor=node.state.fill, color=node.state.line,
-                   tooltip=f"{node.name}: {node.run.reason}", id=f"step-{_id(node.name)}",
-                   **{"class": f"nbcache-step nbcache-{node.state.name.lower()}"})
+                   tooltip=f"{node.name}: {node.run.reason}", id=f"step_{_id(node.name)}",
+                   **{"class": f"nbcache_step nbcache_{node.state.name.lower()}"})  # for styles and tests
     for edge in lineage.edges:
         graph.edge(_id(edge.source), _id(edge.target), label=", ".join(edge.values))
-    if legend and lineage.nodes:
-        with graph.subgraph(name="cluster_legend", graph_attr={"label": "", "color": "#e0e0e0"}) as box:
-            for state in State:
-                box.node(f"legend_{state.name}", state.label, fillcolor=state.fill, color=state.line,
-                         fontsize="9", **{"class": "nbcache-legend"})
+    if legend and lineage.nodes:  # one row of coloured boxes under the graph
+        cells = "".join(f'<TD BGCOLOR="{s.fill}" COLOR="{s.line}" BORDER="1" STYLE="rounded" CELLPADDING="3">'
+                        f'<FONT POINT-SIZE="9" FACE="Helvetica">{s.label}</FONT></TD>' for s in State)
+        graph.attr(label=f'<<TABLE BORDER="0" CELLSPACING="6"><TR>{cells}</TR></TABLE>>', labelloc="b",
+                   labeljust="l")
     return graph
 
 
