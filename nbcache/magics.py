@@ -10,6 +10,7 @@ is replayed in order, and its last expression's value is shown again as its resu
 
 from __future__ import annotations
 
+import html
 import sys
 import time
 import types
@@ -203,7 +204,7 @@ class StepMagics(Magics):
         if line.strip():
             raise UsageError("%steps takes no arguments")
         runs = [r for r in get_store().read_runs() if r.session == SESSION]
-        _show_table(["step", "", "duration", "saved", "reason"],
+        _show_table(["step", "state", "duration", "saved", "reason"],
                     [[r.step, "hit" if r.cached else ("failed" if r.status == "failed" else "ran"),
                       format_seconds(r.duration_s), format_seconds(r.saved_s) if r.cached else "", r.reason] for r in runs],
                     empty="no step has run in this kernel yet")
@@ -300,12 +301,14 @@ class _CellCall(StepCall):
         for name, value in zip(names, values):
             ns[name] = _rebind(value, ns)
         events, result = values[len(names)], values[len(names) + 1]
-        if not self.magics.settings.quiet:
-            saved = entry["duration_s"]
+        if not self.magics.settings.quiet:  # what it cost now, next to what running it cost then
+            took, ran = format_seconds(time.perf_counter() - self.t0), format_seconds(entry["duration_s"])
             publish_display_data(
-                {"text/plain": f"nbcache: step {self.name!r} from the cache, {format_seconds(saved)} saved",
-                 "text/html": f"<span style='color:#6a737d;font-size:85%'>nbcache: step <b>{self.name}</b> "
-                              f"from the cache, {format_seconds(saved)} saved</span>"},
+                {"text/plain": f"nbcache: step {self.name!r} from the cache in {took} (running it took {ran})",
+                 "text/html": "<div style='color:#6a737d;font-size:85%;font-family:var(--jp-code-font-family,"
+                              f"monospace);padding-left:var(--jp-code-padding,0)'>nbcache: step "
+                              f"<b>{html.escape(self.name)}</b> from the cache in {took} (running it took {ran})"
+                              "</div>"},
                 {"nbcache": {"notice": True}},
             )
         _replay(events)
@@ -389,10 +392,10 @@ def _show_table(header: list[str], rows: list[list[str]], *, empty: str) -> None
         return
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-    html = "<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>" + "".join(
-        "<tr>" + "".join(f"<td style='text-align:left'>{c}</td>" for c in row) + "</tr>" for row in rows
-    ) + "</table>"
-    publish_display_data({"text/plain": "\n".join(lines), "text/html": html})
+    table = "<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+        for row in rows) + "</table>"
+    publish_display_data({"text/plain": "\n".join(lines), "text/html": table})
 
 
 # -- loading -----------------------------------------------------------------------------------------------

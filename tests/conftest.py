@@ -20,6 +20,24 @@ def cache_dir(tmp_path: Path):
     nbcache.set_cache_dir(None)
 
 
+def require(missing: str | None) -> None:
+    """Skip a test whose tool is missing, saying so loudly; on CI (``CI`` set) fail instead: there the
+    project installs every tool it needs, so a missing one is a defect, not a reason to skip."""
+    if missing is None:
+        return
+    message = f"NOT RUN: {missing}"
+    print(f"\n{'!' * 78}\n{message}\n{'!' * 78}", file=sys.__stderr__)
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(f"{message} (on CI every tool must be installed: see .ci/run)")
+    pytest.skip(message)
+
+
+def dot_missing() -> str | None:
+    import shutil
+
+    return None if shutil.which("dot") else "Graphviz's dot is not installed (apt-get install graphviz)"
+
+
 def run_python(code: str, *, env: dict[str, str] | None = None, cwd: Path | None = None,
                timeout: float = 120) -> str:
     """Run ``code`` in a fresh interpreter and return its stdout; fail the test with stderr if it fails."""

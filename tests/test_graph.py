@@ -10,6 +10,8 @@ import pytest
 from nbcache.graph import DotMissing, State, build, render_svg, runs_table_html, to_dot
 from nbcache.records import StepRun
 
+from .conftest import dot_missing, require
+
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 
 
@@ -100,12 +102,14 @@ def test_dot_colours_each_state_and_has_a_legend():
 
 
 def test_svg_has_a_node_per_step():
+    require(dot_missing())
     svg = render_svg(to_dot(build(PIPELINE, session="k1")))
     assert svg.count('class="node nbcache_step nbcache_first"') == 4
     assert "<svg" in svg
 
 
 def test_names_that_are_not_identifiers_are_fine():
+    require(dot_missing())
     lineage = build([run("X, y", at=0, outputs=["h"]), run("cell-1a2b", at=1, inputs={"X": "h"})], session="k1")
     assert "X, y" in render_svg(to_dot(lineage))
 

@@ -8,6 +8,8 @@ import nbcache
 from nbcache import step
 from nbcache.graph import DotMissing
 
+from .conftest import dot_missing, require
+
 
 @pytest.fixture
 def ip(ipshell, cache_dir):
@@ -30,6 +32,7 @@ def _pipeline():
 
 
 def test_widget_draws_the_graph_and_saves_it(cache_dir, tmp_path):
+    require(dot_missing())
     load, total = _pipeline()
     total(load(3))
     widget = nbcache.lineage()
@@ -76,6 +79,7 @@ def test_widget_follows_new_runs(ip):
 
 
 def test_static_svg_in_the_mime_bundle_for_viewers_without_a_kernel(cache_dir):
+    require(dot_missing())
     load, total = _pipeline()
     total(load(2))
     bundle = nbcache.lineage()._repr_mimebundle_()
