@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["hit_latency.py", "hash_array.py", "hash_dataframe.py", "store_load.py", "cell_hit.py"]
+BENCHMARKS = ["hit_latency.py", "hash_array.py", "hash_dataframe.py", "store_load.py", "cell_hit.py",
+              "lineage_render.py"]
 
 
 def main() -> int:

@@ -1,4 +1,5 @@
-"""notebooks/cells.ipynb in a real JupyterLab: restart and Run All shows each %%step cell from the cache.
+"""notebooks/cells.ipynb in a real JupyterLab: restart and Run All shows each %%step cell from the cache,
+and the lineage widget shows every step in the cached colour.
 
 Needs Debian's chromium, playwright and jupyterlab; skips, saying so loudly, when one is not installed
 (on CI, where .ci/run installs them, that is a failure instead). Screenshots of both runs, and of the
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from nbcache.graph import State
+
 from .conftest import require
 from .lab import JupyterLab
 
@@ -22,6 +25,17 @@ NOTICE = "from the cache"
 
 def require_browser() -> None:
     require(JupyterLab.missing())
+
+
+def lineage_states(lab: JupyterLab) -> dict[str, int]:
+    """How many step nodes of each state the lineage widget's SVG shows (the live widget, not a copy)."""
+    widget = lab.cell("%lineage").locator(".jupyter-widgets svg g.nbcache_step")
+    classes = widget.evaluate_all("nodes => nodes.map(n => n.getAttribute('class'))")
+    states: dict[str, int] = {}
+    for names in classes:
+        state = next(c for c in names.split() if c.startswith("nbcache_") and c != "nbcache_step")[8:]
+        states[state] = states.get(state, 0) + 1
+    return states
 
 
 def outputs(lab: JupyterLab, step: str) -> list[str]:
@@ -41,6 +55,7 @@ def test_restart_and_run_all_shows_steps_from_the_cache(tmp_path: Path) -> None:
         first = {step: outputs(lab, step) for step in STEPS}
         for step in STEPS:  # an empty cache: every step ran, none says it came from the cache
             assert first[step] and not any(NOTICE in text for text in first[step]), (step, first[step])
+        assert lineage_states(lab) == {"first": len(STEPS)}
 
         assert lab.restart_and_run_all(), f"the second Run All stopped at a failing cell: {lab.execution_counts()}"
         lab.screenshot(artifacts / "cells-run2.png")
@@ -59,4 +74,13 @@ def test_restart_and_run_all_shows_steps_from_the_cache(tmp_path: Path) -> None:
         assert any(text.strip() == "50,000 rows" for text in outputs(lab, "raw")), outputs(lab, "raw")
         steps_table = "\n".join(lab.cell("%steps").locator(".jp-OutputArea-output").all_inner_texts())
         assert steps_table.count("cache hit") == len(STEPS), steps_table
+        # the live lineage widget: every step in the cached colour, a picker, the chosen step's details
+        assert lineage_states(lab) == {"hit": len(STEPS)}
+        widget = lab.cell("%lineage")
+        fills = widget.locator("g.nbcache_hit path, g.nbcache_hit polygon").evaluate_all(
+            "shapes => shapes.map(s => s.getAttribute('fill'))")
+        assert set(fills) == {State.HIT.fill}, fills
+        assert widget.locator(".widget-dropdown select").count() == 1
+        assert "served from cache" in widget.locator(".widget-html").last.inner_text()
+        widget.screenshot(path=str(artifacts / "lineage-run2.png"))
         assert not lab.console_errors, lab.console_errors

@@ -59,7 +59,12 @@ def test_cells_notebook_restart_replays_every_step_cell(tmp_path):
     shutil.copy(notebook, tmp_path / notebook.name)
     nb = nbformat.read(tmp_path / notebook.name, as_version=4)
     first, second = _execute(nb, tmp_path), _execute(nb, tmp_path)
-    table = "".join(o["data"]["text/plain"] for o in second.cells[-1].outputs if "data" in o)
+    steps_cell = next(c for c in second.cells if c.source == "%steps")
+    table = "".join(o["data"]["text/plain"] for o in steps_cell.outputs if "data" in o)
     rows = [line.split()[:2] for line in table.splitlines()[1:]]
     assert rows == [["raw", "hit"], ["summary", "hit"], ["slope", "hit"]]
     assert _stdout(second.cells[5]) == _stdout(first.cells[5]) and _stdout(first.cells[5]).startswith("slope: 3.0")
+
+    lineage = second.cells[-1].outputs[0]["data"]  # the widget, with a static picture for viewers like this
+    assert "application/vnd.jupyter.widget-view+json" in lineage
+    assert lineage["text/html"].count('class="node nbcache_step nbcache_hit"') == 3
