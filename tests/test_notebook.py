@@ -68,3 +68,10 @@ def test_cells_notebook_restart_replays_every_step_cell(tmp_path):
     lineage = second.cells[-1].outputs[0]["data"]  # the widget, with a static picture for viewers like this
     assert "application/vnd.jupyter.widget-view+json" in lineage
     assert lineage["text/html"].count('class="node nbcache_step nbcache_hit"') == 3
+    from nbconvert import HTMLExporter
+
+    # an HTML export: the picture travels in the saved widget state, which the export's widget embedding
+    # draws without a kernel (viewers that cannot show widgets at all use the bundle's text/html above)
+    exported, _ = HTMLExporter().from_notebook_node(second)
+    assert "application/vnd.jupyter.widget-state+json" in exported
+    assert exported.count("nbcache_step nbcache_hit") == 3
