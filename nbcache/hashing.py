@@ -56,13 +56,14 @@ class Walk:
     """Per-call state: the containers on the current path (for self-reference), and for ``fingerprint``
     a memo of code already digested, the functions being digested (for mutual recursion) and the parts."""
 
-    __slots__ = ("stack", "memo", "active", "parts")
+    __slots__ = ("stack", "memo", "active", "parts", "digests")
 
     def __init__(self, parts: dict[str, str] | None = None) -> None:
         self.stack: dict[int, int] = {}
         self.memo: dict[int, tuple[Any, bytes]] = {}  # id -> (object kept alive, digest)
         self.active: set[int] = set()
         self.parts = parts  # label -> own digest, when the caller wants to know what a digest depends on
+        self.digests: dict[int, tuple[Any, bytes]] = {}  # every object digested so far (kept alive: ids stay)
 
 
 def hash_value(obj: Any, *, root: str = "value") -> str:
@@ -94,11 +95,32 @@ def digest_of(obj: Any, walk: Walk) -> bytes:
 
 
 def feed(obj: Any, h: Hasher, walk: Walk) -> None:
-    """Feed ``obj`` into ``h``. The one entry point every handler recurses through."""
-    handler = _EXACT.get(type(obj))
+    """Feed ``obj`` into ``h``. The one entry point every handler recurses through.
+
+    Anything but an atom is digested on its own and fed as its digest, which is remembered for the rest
+    of the walk: an object shared in many places is hashed once (an object graph full of shared parts and
+    parent pointers, like a matplotlib figure, would otherwise take exponential time), and ``[x, x]``
+    still hashes like ``[[1, 2], [1, 2]]``. In a graph with cycles, a digest that refers back to an
+    enclosing object is reused wherever the object appears again; the walk's order is fixed, so the
+    result is still the same in every process.
+    """
+    tp = type(obj)
+    handler = _EXACT.get(tp)
     if handler is None:
-        handler = _dispatch(type(obj))
-    handler(obj, h, walk)
+        handler = _dispatch(tp)
+    elif tp in _ATOMS:
+        handler(obj, h, walk)
+        return
+    key = id(obj)
+    known = walk.digests.get(key)
+    if known is not None:
+        h.update(b"@" + known[1])
+        return
+    sub = new_hasher()
+    handler(obj, sub, walk)
+    digest = sub.digest()
+    walk.digests[key] = (obj, digest)
+    h.update(b"@" + digest)
 
 
 def _feed_bytes_tagged(tag: bytes, data: bytes, h: Hasher) -> None:
@@ -175,10 +197,7 @@ def _sequence(tag: bytes) -> Callable[[Any, Hasher, Walk], None]:
         i = 0
         try:
             for i, item in enumerate(obj):
-                handler = _EXACT.get(type(item))
-                if handler is None:
-                    handler = _dispatch(type(item))
-                handler(item, h, walk)
+                feed(item, h, walk)
         except Unhashable as e:
             raise e.at(f"[{i}]") from None
         finally:
@@ -343,6 +362,8 @@ _EXACT: dict[type, Callable[[Any, Hasher, Walk], None]] = {
     type(Ellipsis): _feed_singleton,
     type(NotImplemented): _feed_singleton,
 }
+_ATOMS = frozenset({type(None), bool, int, float, complex, str, bytes})  # fed inline, never remembered
+
 # Subclasses of these builtins (namedtuples, IntEnums, a list with attributes) are deliberately not
 # registered: they go through __reduce_ex__, which keeps their class and their extra state.
 _generic.register(types.MappingProxyType, _mapping(b"MP", ordered=False))

@@ -391,3 +391,39 @@ def test_objects_with_odd_pickle_protocols_hash_or_fail_cleanly():
     assert H(Weird()) == H(Weird())
     with pytest.raises(UncacheableError, match=r"Broken at value\['k'\]: cannot reduce"):
         H({"k": Broken()})
+
+
+def test_shared_and_cyclic_object_graphs_hash_in_linear_time():
+    # a DAG of depth 60 where each level holds the level below twice: 2**60 paths, 61 objects
+    node: object = [1]
+    for _ in range(60):
+        node = [node, node]
+    assert H(node) == H(node)
+
+    class Parent:
+        def __init__(self):
+            self.children = []
+
+    class Child:
+        def __init__(self, parent, siblings):
+            self.parent, self.siblings = parent, siblings
+
+    root = Parent()
+    shared: list = []
+    for _ in range(200):  # children pointing to their parent and to a shared list of each other
+        child = Child(root, shared)
+        shared.append(child)
+        root.children.append(child)
+    assert H(root) == H(root)
+
+
+def test_matplotlib_figure_hashes_quickly():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3])
+    H(fig)  # seconds of work per figure before shared parts were remembered; minutes with axes
+    plt.close(fig)
