@@ -85,27 +85,25 @@ class StepCall:
         entry = self.store.get_entry(self.key)
         if entry is None:
             return ENOVAL, None, self.why()
-        addresses = entry["outputs"]
+        blobs = entry["blobs"]
         try:
-            values = [self.store.load_blob(address) for address in addresses]
+            values = [self.store.load_blob(blob) for blob in blobs]
         except Damaged as exc:
             _warn(f"nbcache: the cached result of step {self.name!r} is damaged ({exc}); recomputing it")
-            self.store.forget(self.key, addresses)
+            self.store.forget(self.key, blobs)
             return ENOVAL, entry, "cached result was damaged"
         if any(v is ENOVAL for v in values):
             _warn(f"nbcache: the cached result of step {self.name!r} is missing on disk; recomputing it")
-            self.store.forget(self.key, addresses)  # the blob rows point at files that are gone
+            self.store.forget(self.key, blobs)  # the blob rows point at files that are gone
             return ENOVAL, entry, "cached result was missing"
         self.remember_last()
         self.sizes = entry.get("sizes", {})
         return values, entry, ""
 
     def save(self, values: Sequence[Any], entry: dict) -> tuple[str, ...]:
-        """Store ``values`` under this call's key, with ``entry``'s extra fields; return their addresses.
-
-        Raises ``Unpicklable`` (nothing stored) if any value cannot be serialized. A failure to write
-        warns: the caller still has its values.
-        """
+        """Store each of ``values`` under this call's key, with ``entry``'s extra fields; return their
+        content addresses. Raises ``Unpicklable`` (nothing stored) if a value cannot be serialized; a
+        failure to write warns, since the caller still has its values."""
         frames = []
         for index, value in enumerate(values):
             try:
@@ -114,15 +112,28 @@ class StepCall:
                 exc.index = index  # which value, for the message
                 raise
         addresses = tuple(_address(v, f) for v, f in zip(values, frames))
+        self._put(frames, addresses, addresses, entry)
+        return addresses
+
+    def save_payload(self, payload: Any, addresses: tuple[str, ...], entry: dict, *,
+                     by_value: set[int] = frozenset()) -> None:
+        """Store ``payload`` whole (one pickle keeps the identity of objects shared inside it), recording
+        ``addresses`` as the content addresses of the outputs. Raises ``Unpicklable``."""
+        frame = Frame(payload, by_value=by_value)
+        self._put([frame], (hash_value(addresses),), addresses, entry)
+
+    def _put(self, frames: list[Frame], names: tuple[str, ...], addresses: tuple[str, ...], entry: dict) -> None:
+        # A blob is named by content and by its exact bytes: values that hash alike but differ in what
+        # hashing ignores (dict order, DataFrame.attrs) are never served for one another.
+        blobs = tuple(f"{name}-{frame.identity()}" for name, frame in zip(names, frames))
         self.sizes = {address: frame.nbytes for address, frame in zip(addresses, frames)}
         try:
-            entry = {**entry, "outputs": addresses, "sizes": self.sizes, "created_at": self.started_at.timestamp(),
-                     "step": self.name}
-            self.store.put_entry(self.key, self.name, entry, zip(addresses, frames))
+            entry = {**entry, "outputs": addresses, "blobs": blobs, "sizes": self.sizes,
+                     "created_at": self.started_at.timestamp(), "step": self.name}
+            self.store.put_entry(self.key, self.name, entry, zip(blobs, frames))
             self.remember_last(force=True)
         except Exception as exc:  # disk full, read-only directory, ...
             _warn(f"nbcache: the result of step {self.name!r} could not be stored: {exc}")
-        return addresses
 
     def why(self) -> str:
         """Why there is no entry: what differs from this step's latest run."""

@@ -11,21 +11,18 @@ by top-level assignment, augmented or annotated assignment, ``for``, ``with ... 
 from __future__ import annotations
 
 import ast
-import builtins
 from dataclasses import dataclass
 
 import xxhash
 
 __all__ = ["CellCode", "analyse_cell"]
 
-_BUILTINS = frozenset(dir(builtins))
-
-
 @dataclass(frozen=True)
 class CellCode:
     digest: str  # of the syntax tree: comments, blank lines and formatting do not change it
     reads: tuple[str, ...]  # in order of first use
-    binds: tuple[str, ...]  # in order of first binding
+    binds: tuple[str, ...]  # in order of first binding, including names bound only on some paths
+    imports: tuple[str, ...]  # modules the cell imports ("pkg.mod", or ".mod" for a relative import)
 
     def default_name(self) -> str:
         """A name for the step that stays the same while the cell keeps binding the same variables."""
@@ -41,56 +38,79 @@ def analyse_cell(source: str) -> CellCode:
     tree = ast.parse(source)
     digest = xxhash.xxh3_128(ast.dump(tree, annotate_fields=False).encode()).hexdigest()
     flow = _Flow()
-    flow.statements(tree.body)
-    return CellCode(digest, tuple(flow.reads), tuple(flow.binds))
+    flow.statements(tree.body, certain=True)
+    return CellCode(digest, tuple(flow.reads), tuple(flow.binds), tuple(flow.imports))
 
 
 class _Flow:
-    """Walks top-level statements in execution order; compound statements bind before their bodies."""
+    """Walks top-level statements in execution order; compound statements bind before their bodies.
+
+    A name read before the cell has certainly bound it is an input. A name bound only on some paths (in
+    an ``if``, a loop body, a ``try``) is an output but does not hide the notebook's value from later
+    reads: ``if retrain: model = fit()`` followed by ``model.predict(X)`` reads the notebook's ``model``.
+    """
 
     def __init__(self) -> None:
         self.reads: dict[str, None] = {}
         self.binds: dict[str, None] = {}
+        self.certain: set[str] = set()
+        self.imports: dict[str, None] = {}
 
     def read(self, node: ast.AST | None) -> None:
-        if node is not None:
-            for name in _free_names(node):
-                if name not in self.binds:
-                    self.reads.setdefault(name)
+        if node is None:
+            return
+        reader = _Reader()
+        reader.visit(node)
+        for name in reader.names:
+            if name not in self.certain:
+                self.reads.setdefault(name)
+        for name in reader.global_writes:  # `global x` in a function of the cell: calling it binds x
+            self.binds.setdefault(name)
 
-    def bind(self, node: ast.AST | None) -> None:
-        if node is not None:
-            for name in _bound_names(node):
-                self.binds.setdefault(name)
+    def bind(self, node: ast.AST | None, certain: bool) -> None:
+        if node is None:
+            return
+        for name in _bound_names(node):
+            self.binds.setdefault(name)
+            if certain:
+                self.certain.add(name)
+        if isinstance(node, ast.Import):
+            self.imports.update(dict.fromkeys(alias.name for alias in node.names))
+        elif isinstance(node, ast.ImportFrom):
+            self.imports.setdefault("." * node.level + (node.module or ""))
 
-    def statements(self, body: list[ast.stmt]) -> None:
+    def target(self, target: ast.expr, certain: bool) -> None:
+        self.bind(ast.Assign(targets=[target], value=ast.Constant(None)), certain)
+
+    def statements(self, body: list[ast.stmt], certain: bool) -> None:
         for st in body:
             if isinstance(st, (ast.For, ast.AsyncFor)):
                 self.read(st.iter)
-                self.bind(ast.Assign(targets=[st.target], value=ast.Constant(None)))
-                self.statements(st.body + st.orelse)
+                self.target(st.target, False)  # an empty iterable binds nothing
+                self.statements(st.body + st.orelse, False)
             elif isinstance(st, (ast.With, ast.AsyncWith)):
                 for item in st.items:
                     self.read(item.context_expr)
                     if item.optional_vars is not None:
-                        self.bind(ast.Assign(targets=[item.optional_vars], value=ast.Constant(None)))
-                self.statements(st.body)
+                        self.target(item.optional_vars, certain)
+                self.statements(st.body, certain)
             elif isinstance(st, (ast.If, ast.While)):
                 self.read(st.test)
-                self.statements(st.body + st.orelse)
+                self.statements(st.body + st.orelse, False)
             elif isinstance(st, (ast.Try, getattr(ast, "TryStar", ast.Try))):
-                self.statements(st.body)
+                self.statements(st.body, False)
                 for handler in st.handlers:
                     self.read(handler.type)
                     if handler.name:
                         self.binds.setdefault(handler.name)
-                    self.statements(handler.body)
-                self.statements(st.orelse + st.finalbody)
+                    self.statements(handler.body, False)
+                self.statements(st.orelse, False)
+                self.statements(st.finalbody, certain)
             elif (inner := _timed_code(st)) is not None:
-                self.statements(inner)  # `%time x = f()` binds x like the plain statement would
+                self.statements(inner, certain)  # `%time x = f()` binds x like the plain statement would
             else:
                 self.read(st)
-                self.bind(st)
+                self.bind(st, certain)
 
 
 def _timed_code(st: ast.stmt) -> list[ast.stmt] | None:
@@ -161,17 +181,13 @@ def _defaults(args: ast.arguments) -> list[ast.expr]:
     return [*args.defaults, *(d for d in args.kw_defaults if d is not None)]
 
 
-def _free_names(node: ast.AST) -> list[str]:
-    """Names ``node`` loads from the enclosing (notebook) scope, in order of appearance."""
-    reader = _Reader()
-    reader.visit(node)
-    return [n for n in reader.names if n not in _BUILTINS or n in reader.shadowed]
-
-
 class _Reader(ast.NodeVisitor):
+    """Names a piece of code loads from the enclosing (notebook) scope, in order of appearance, and the
+    names its functions declare ``global`` (and so may bind in the notebook when called)."""
+
     def __init__(self) -> None:
         self.names: list[str] = []
-        self.shadowed: set[str] = set()
+        self.global_writes: set[str] = set()
 
     def visit_Name(self, node: ast.Name) -> None:
         if isinstance(node.ctx, ast.Load):
@@ -182,31 +198,43 @@ class _Reader(ast.NodeVisitor):
             self.names.append(node.target.id)
         self.generic_visit(node)
 
-    def _nested(self, node: ast.AST, local: set[str], body: list[ast.AST]) -> None:
+    def _nested(self, local: set[str], body: list[ast.AST]) -> None:
         inner = _Reader()
         for part in body:
             inner.visit(part)
+        declared = {name for part in body for node in ast.walk(part) if isinstance(node, ast.Global)
+                    for name in node.names}
         bound = set(local)
         for part in body:
             bound.update(_scope_bindings(part))
+        bound -= declared
         self.names.extend(n for n in inner.names if n not in bound)
+        self.global_writes |= declared | inner.global_writes
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         for expr in [*node.decorator_list, *_defaults(node.args)]:
             self.visit(expr)
-        self._nested(node, _parameters(node.args), list(node.body))
+        self._nested(_parameters(node.args), list(node.body))
 
     visit_AsyncFunctionDef = visit_FunctionDef
 
     def visit_Lambda(self, node: ast.Lambda) -> None:
         for expr in _defaults(node.args):
             self.visit(expr)
-        self._nested(node, _parameters(node.args), [node.body])
+        self._nested(_parameters(node.args), [node.body])
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        """Names bound in a class body are visible to the rest of the body, but not inside its methods."""
         for expr in [*node.decorator_list, *node.bases, *(k.value for k in node.keywords)]:
             self.visit(expr)
-        self._nested(node, set(), list(node.body))
+        class_bound: set[str] = set()
+        for statement in node.body:
+            inner = _Reader()
+            inner.visit(statement)
+            methods = isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            self.names.extend(n for n in inner.names if methods or n not in class_bound)
+            self.global_writes |= inner.global_writes
+            class_bound.update(_scope_bindings(statement))
 
     def _comprehension(self, node: ast.AST, elements: list[ast.AST]) -> None:
         generators = node.generators  # type: ignore[attr-defined]
@@ -216,7 +244,7 @@ class _Reader(ast.NodeVisitor):
             targets.update(_scope_bindings(ast.Assign(targets=[gen.target], value=ast.Constant(None))))
         body: list[ast.AST] = [*elements, *(g.iter for g in generators[1:]),
                                *(cond for g in generators for cond in g.ifs)]
-        self._nested(node, targets, body)
+        self._nested(targets, body)
 
     def visit_ListComp(self, node: ast.ListComp) -> None:
         self._comprehension(node, [node.elt])

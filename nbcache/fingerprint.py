@@ -37,7 +37,7 @@ from .hashing import (
     Hasher, Unhashable, Walk, feed, new_hasher, register, type_name, _feed_bytes_tagged,
 )
 
-__all__ = ["fingerprint", "fingerprint_parts", "is_user_code"]
+__all__ = ["fingerprint", "fingerprint_parts", "imported_module", "is_user_code"]
 
 _GLOBAL_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
 _ATTR_LOADS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
@@ -363,6 +363,13 @@ def _imported(name: str, package: str | None) -> Any:
         return importlib.import_module(name)  # the body imports it anyway; its code must count
     except Exception:
         return _MISSING
+
+
+def imported_module(name: str, package: str | None = None) -> Any:
+    """What ``import name`` gives, for hashing: the user's own module (imported), an installed module's
+    name (counted by name and version, without importing it), or None when there is no such module."""
+    module = _imported(name, package)
+    return None if module is _MISSING else module
 
 
 class _LibraryName(str):

@@ -11,8 +11,12 @@ is replayed in order, and its last expression's value is shown again as its resu
 from __future__ import annotations
 
 import html
+import importlib
+import io
+import re
 import sys
 import time
+import tokenize
 import types
 from datetime import datetime, timezone
 from typing import Any
@@ -27,9 +31,11 @@ from traitlets.config import Configurable
 from .call import StepCall, addresses_of, explain_change
 from .cellcode import CellCode, analyse_cell
 from .errors import warn as _warn
+from .fingerprint import imported_module, is_user_code
 from .hashing import hash_value
 from .records import SESSION, format_bytes, format_seconds
-from .store import ENOVAL, Unpicklable, get_store, set_cache_dir
+from .step import Step
+from .store import ENOVAL, Frame, Unpicklable, get_store, set_cache_dir, set_notebook_module
 
 __all__ = ["NBCache", "StepMagics", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -66,13 +72,12 @@ class _Tee:
         self._stream, self._name, self._recorder = stream, name, recorder
 
     def write(self, text: str) -> int:
-        events = self._recorder.events
-        if self._recorder.paused:
-            pass
-        elif events and events[-1][0] == self._name:
-            events[-1] = (self._name, events[-1][1] + text)
-        else:
-            events.append((self._name, text))
+        if not self._recorder.paused:
+            events = self._recorder.events
+            if events and events[-1][0] == self._name:
+                events[-1][1].append(text)  # pieces, joined once at the end: many writes stay cheap
+            else:
+                events.append([self._name, [text]])
         return self._stream.write(text)
 
     def __getattr__(self, name: str) -> Any:
@@ -80,66 +85,99 @@ class _Tee:
 
 
 class _Recorder:
-    """Records stdout, stderr and display output, in order, while letting it through."""
+    """Records stdout, stderr, display output and clearing, in order, while letting it all through.
 
-    # The displayhook shows the last expression's value (a terminal prints "Out[n]: ..." to stdout). That
-    # value is stored and shown again as the result, so its display is not recorded as output.
+    The displayhook shows the last expression's value (a terminal prints "Out[n]: ..." to stdout); that
+    value is stored and shown again as the result, so its display is not recorded as output. Whatever it
+    replaces is put back on exit exactly as it was, so recorders nest.
+    """
+
     _HOOK_METHODS = ("write_output_prompt", "write_format_data")
 
     def __init__(self, shell: Any) -> None:
         self.shell = shell
-        self.events: list[tuple] = []
+        self.events: list[list] = []
         self.paused = False
+        self._saved: list[tuple[Any, str, Any]] = []
 
     def _pausing(self, method: Any) -> Any:
         def paused(*args: Any, **kwargs: Any) -> Any:
-            self.paused = True
+            was, self.paused = self.paused, True
             try:
                 return method(*args, **kwargs)
             finally:
-                self.paused = False
+                self.paused = was
         return paused
 
+    def patch(self, owner: Any, name: str, value: Any) -> None:
+        self._saved.append((owner, name, vars(owner).get(name, _ABSENT) if hasattr(owner, "__dict__")
+                            else getattr(owner, name)))
+        setattr(owner, name, value)
+
     def __enter__(self) -> _Recorder:
-        self._stdout, self._stderr = sys.stdout, sys.stderr
-        sys.stdout = _Tee(sys.stdout, "stdout", self)  # type: ignore[assignment]
-        sys.stderr = _Tee(sys.stderr, "stderr", self)  # type: ignore[assignment]
+        self.patch(sys, "stdout", _Tee(sys.stdout, "stdout", self))
+        self.patch(sys, "stderr", _Tee(sys.stderr, "stderr", self))
         hook = self.shell.displayhook
         for name in self._HOOK_METHODS:
-            setattr(hook, name, self._pausing(getattr(hook, name)))
+            self.patch(hook, name, self._pausing(getattr(hook, name)))
         publisher = self.shell.display_pub
-        original = self._pausing(publisher.publish)  # a terminal's publisher prints: not stdout output
+        publish_through = self._pausing(publisher.publish)  # a terminal's publisher prints: not stdout
+        clear_through = self._pausing(publisher.clear_output)
 
         def publish(data: dict, metadata: dict | None = None, *args: Any, **kwargs: Any) -> None:
-            if not kwargs.get("update"):
-                self.events.append(("display", dict(data), dict(metadata or {})))
-            return original(data, metadata, *args, **kwargs)
+            self.events.append(["display", dict(data), dict(metadata or {}),
+                                kwargs.get("transient"), bool(kwargs.get("update"))])
+            return publish_through(data, metadata, *args, **kwargs)
 
-        publisher.publish = publish
+        def clear_output(wait: bool = False) -> None:
+            self.events.append(["clear", wait])
+            return clear_through(wait)
+
+        self.patch(publisher, "publish", publish)
+        self.patch(publisher, "clear_output", clear_output)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        sys.stdout, sys.stderr = self._stdout, self._stderr
-        del self.shell.display_pub.publish  # back to the classes' methods
-        for name in self._HOOK_METHODS:
-            delattr(self.shell.displayhook, name)
+        for owner, name, value in reversed(self._saved):
+            if value is _ABSENT:
+                delattr(owner, name)  # back to the class's method
+            else:
+                setattr(owner, name, value)
+
+    def recorded(self) -> list[tuple]:
+        return [(e[0], "".join(e[1])) if e[0] in ("stdout", "stderr") else tuple(e) for e in self.events]
+
+
+_ABSENT = object()
 
 
 def _replay(events: list[tuple]) -> None:
+    from IPython.display import clear_output
+
     for event in events:
-        if event[0] == "display":
+        kind = event[0]
+        if kind == "display":
             data = {k: v for k, v in event[1].items() if k != _WIDGET_VIEW} or event[1]
-            publish_display_data(data, event[2])
+            publish_display_data(data, event[2], transient=event[3], update=event[4])
+        elif kind == "clear":
+            clear_output(wait=event[1])
         else:
-            stream = sys.stdout if event[0] == "stdout" else sys.stderr
+            stream = sys.stdout if kind == "stdout" else sys.stderr
             stream.write(event[1])
             stream.flush()
 
 
+def _defined_in_a_cell(func: types.FunctionType) -> bool:
+    """A function whose code a notebook cell compiled (not a library's wrapper that copied __module__)."""
+    filename = func.__code__.co_filename
+    return func.__module__ == "__main__" and (filename.startswith("<ipython-input") or
+                                              (not filename.startswith("<") and is_user_code(None, filename)))
+
+
 def _rebind(value: Any, namespace: dict) -> Any:
-    """Functions and classes defined in a notebook come back from a pickle with a private copy of the
-    globals they used; point them at the live namespace again, as if the cell had defined them now."""
-    if isinstance(value, types.FunctionType) and value.__module__ == "__main__":
+    """Functions and classes a cell defined come back from a pickle with a private copy of the globals
+    they used; point them at the live namespace again, as if the cell had defined them now."""
+    if isinstance(value, types.FunctionType) and _defined_in_a_cell(value):
         fresh = types.FunctionType(value.__code__, namespace, value.__name__, value.__defaults__,
                                    value.__closure__)
         fresh.__kwdefaults__, fresh.__qualname__ = value.__kwdefaults__, value.__qualname__
@@ -189,14 +227,20 @@ class StepMagics(Magics):
         """Cache a cell: on a hit its variables and output come back without running it."""
         args = self._parse(self.step, line)
         source = self.shell.transform_cell(cell)
+        if self.shell.should_run_async(cell, transformed_cell=source):
+            raise UsageError("%%step cannot run a cell with top-level await; put the awaiting code in an"
+                             " async function and run it with asyncio.run(), or run the cell without %%step")
         code = self._analysed.get(source)
         if code is None:
             try:
                 code = analyse_cell(source)
             except SyntaxError:
-                return self._run_plain(cell)  # let the shell report the syntax error as usual
-            self._analysed[source] = code
-        return _CellCall(self, args, cell, code).run()
+                code = None
+            else:
+                self._analysed[source] = code
+        if code is None:
+            return self._run_plain(cell)  # let the shell report the syntax error as usual
+        return _CellCall(self, args, cell, source, code).run()
 
     @line_magic
     def steps(self, line: str) -> None:
@@ -255,10 +299,14 @@ class StepMagics(Magics):
             raise StepCellFailed("the cell failed; nothing was stored")
 
 
+# Names IPython itself binds as cells run (_, __, _i3, _oh, ...): never a cell's outputs.
+_IPYTHON_NAMES = re.compile(r"_+\d*|_i+\d*|_(oh|dh|ih|ii|iii)|In|Out|exit|quit|get_ipython")
+
+
 class _CellCall(StepCall):
     """One execution of a ``%%step`` cell."""
 
-    def __init__(self, magics: StepMagics, args: Any, cell: str, code: CellCode) -> None:
+    def __init__(self, magics: StepMagics, args: Any, cell: str, source: str, code: CellCode) -> None:
         super().__init__(get_store(), args.name or code.default_name(), version=args.version,
                          started_at=datetime.now(timezone.utc), t0=time.perf_counter(), kind="cell")
         self.magics = magics
@@ -266,17 +314,25 @@ class _CellCall(StepCall):
         self.cell = cell
         self.cache = not args.no_cache
         self.restrict = args.outputs
+        self.imports = code.imports
         ns = self.shell.user_ns
-        self.code = hash_value((code.digest, self.restrict))
+        self.quiet = _ends_with_semicolon(source)  # `x;` shows nothing; the syntax tree cannot tell
+        self.code = hash_value((code.digest, self.restrict, self.quiet))
         self.binds = list(code.binds)
-        self.input_names = [n for n in dict.fromkeys([*code.reads, *args.inputs]) if n in ns]
         missing = [n for n in args.inputs if n not in ns]
         if missing:
             raise UsageError(f"--inputs names {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'}"
                              " not defined in the notebook")
+        hidden = self.shell.user_ns_hidden  # what IPython itself put in the namespace (get_ipython, open)
+        self.input_names = [n for n in dict.fromkeys([*code.reads, *args.inputs])
+                            if n in ns and not (n in hidden and ns[n] is hidden[n])]
         for name in self.input_names:
             if not self.hash_input(name, ns[name], "input"):
                 break
+        package = ns.get("__package__")
+        for module in self.imports:  # the code of the user's own modules it imports counts, like a helper's
+            if not self.problem:
+                self.hash_input(f"import {module}", imported_module(module, package), "input")
         if self.problem and self.cache:
             _warn(f"nbcache: step {self.name!r} runs without the cache: {self.problem_detail}")
         self.make_key()
@@ -293,14 +349,20 @@ class _CellCall(StepCall):
             return self._execute("cache unreadable", store=False)
         if values is ENOVAL:
             return self._execute(reason, store=True)
-        return self._restore(values, entry)
+        return self._restore(values[0], entry)
 
-    def _restore(self, values: list, entry: dict) -> Any:
-        names = entry["names"]
+    def _restore(self, payload: dict, entry: dict) -> Any:
         ns = self.shell.user_ns
-        for name, value in zip(names, values):
+        for module in self.imports:  # `import a.b` binds `a`; the restored `a` needs `a.b` imported again
+            if not module.startswith("."):
+                try:
+                    importlib.import_module(module)
+                except Exception:
+                    pass
+        for name, value in payload["variables"].items():
             ns[name] = _rebind(value, ns)
-        events, result = values[len(names)], values[len(names) + 1]
+        for name in payload["deleted"]:
+            ns.pop(name, None)
         if not self.magics.settings.quiet:  # what it cost now, next to what running it cost then
             took, ran = format_seconds(time.perf_counter() - self.t0), format_seconds(entry["duration_s"])
             publish_display_data(
@@ -311,15 +373,19 @@ class _CellCall(StepCall):
                               "</div>"},
                 {"nbcache": {"notice": True}},
             )
-        _replay(events)
-        self.record(cached=True, reason="cache hit", outputs=tuple(entry["outputs"][:len(names)]),
-                    saved_s=entry["duration_s"], output_names=tuple(names))
-        return result
+        _replay(payload["events"])
+        self.record(cached=True, reason="cache hit", outputs=tuple(entry["outputs"]),
+                    saved_s=entry["duration_s"], output_names=tuple(payload["variables"]))
+        return payload["result"]
 
     def _execute(self, reason: str, *, store: bool) -> Any:
         shell = self.shell
+        ns = shell.user_ns
+        before = {name: id(value) for name, value in ns.items()}
         t_body = time.perf_counter()
         with _Recorder(shell) as recorder:
+            if self.quiet:  # IPython looks for the `;` in the %%step line's cell, not in this one
+                recorder.patch(shell.displayhook, "quiet", lambda: True)
             outcome = shell.run_cell(self.cell, store_history=False)
         duration = time.perf_counter() - t_body
         if not outcome.success:
@@ -327,29 +393,32 @@ class _CellCall(StepCall):
             self.record(cached=False, reason=reason, outputs=(), status="failed",
                         error=f"{type(error).__name__}: {error}")
             raise StepCellFailed(f"step {self.name!r} failed; nothing was stored")
-        names = self._outputs()
-        ns = shell.user_ns
-        values = [ns[n] for n in names]
+        names = self._outputs(before)
+        variables = {name: ns[name] for name in names}
+        addresses = addresses_of(list(variables.values()))
         if not store:
-            self.record(cached=False, reason=reason, outputs=addresses_of(values), output_names=tuple(names))
+            self.record(cached=False, reason=reason, outputs=addresses, output_names=tuple(names))
             return None
-        result = outcome.result
+        deleted = [n for n in before if n not in ns and not _IPYTHON_NAMES.fullmatch(n)]
+        payload = {"variables": variables, "deleted": deleted, "events": recorder.recorded(),
+                   "result": None if self.quiet else outcome.result}
+        defined_here = {id(v) for v in variables.values() if isinstance(v, (type, types.FunctionType))
+                        and id(v) not in before.values()}
         try:
-            addresses = self.save([*values, recorder.events, result],
-                                  {"names": names, "duration_s": duration})
+            self.save_payload(payload, addresses, {"duration_s": duration}, by_value=defined_here)
         except Unpicklable as exc:
-            index = getattr(exc, "index", None)
-            what = (f"variable {names[index]!r}" if index is not None and index < len(names)
-                    else "its output")
+            what = next((f"variable {n!r}" for n, v in variables.items() if not _picklable(v, defined_here)),
+                        "its output")
             _warn(f"nbcache: step {self.name!r} was not cached: {what} cannot be pickled ({exc})")
             self.record(cached=False, reason=reason + f"; not cached: {what} cannot be pickled",
-                        outputs=addresses_of(values), output_names=tuple(names))
+                        outputs=addresses, output_names=tuple(names))
             return None
-        self.record(cached=False, reason=reason, outputs=addresses[:len(names)], output_names=tuple(names))
+        self.record(cached=False, reason=reason, outputs=addresses, output_names=tuple(names))
         return None  # the shell has shown the result already
 
-    def _outputs(self) -> list[str]:
-        """What the cell bound, and the inputs it changed in place; or what --outputs names."""
+    def _outputs(self, before: dict[str, int]) -> list[str]:
+        """What the cell bound (seen in its code, or as a name that is new or rebound after it ran), and
+        the data inputs it changed in place; or what --outputs names."""
         ns = self.shell.user_ns
         if self.restrict is not None:
             missing = [n for n in self.restrict if n not in ns]
@@ -357,15 +426,40 @@ class _CellCall(StepCall):
                 _warn(f"nbcache: --outputs names {', '.join(missing)}, which the cell did not define")
             return [n for n in self.restrict if n in ns]
         names = [n for n in self.binds if n in ns]
+        names += [n for n, v in ns.items() if before.get(n) != id(v) and n not in names
+                  and not _IPYTHON_NAMES.fullmatch(n) and not n.startswith("__")]
         for name in self.input_names:
-            if name in names or name not in ns:
-                continue
+            value = ns.get(name, _ABSENT)
+            if name in names or value is _ABSENT or isinstance(value, _CODE_TYPES):
+                continue  # a function's hash follows the globals it reads: that is no mutation
             try:
-                if hash_value(ns[name]) != self.inputs.get(name):
+                if hash_value(value) != self.inputs.get(name):
                     names.append(name)  # mutated in place: `items.append(x)`, `df["c"] = ...`
             except Exception:
                 pass
         return names
+
+
+_CODE_TYPES = (types.FunctionType, type, types.ModuleType, types.MethodType, Step)
+
+
+def _picklable(value: Any, by_value: set[int]) -> bool:
+    try:
+        Frame(value, by_value=by_value)
+        return True
+    except Unpicklable:
+        return False
+
+
+def _ends_with_semicolon(source: str) -> bool:
+    """Whether the cell's last expression ends with ``;``, which tells IPython not to show its value."""
+    try:
+        tokens = [t for t in tokenize.generate_tokens(io.StringIO(source).readline)
+                  if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT,
+                                    tokenize.DEDENT, tokenize.ENDMARKER)]
+    except (tokenize.TokenError, SyntaxError):
+        return False
+    return bool(tokens) and tokens[-1].string == ";"
 
 
 def _why(name: str) -> str:
@@ -406,6 +500,7 @@ def load_ipython_extension(shell: Any) -> None:
     if settings.cache_dir:
         set_cache_dir(settings.cache_dir)
     shell.register_magics(StepMagics(shell, settings))
+    set_notebook_module(shell.user_module)
     if not shell.custom_exceptions:  # show a failed cell's own traceback once, then one line from us
         shell.set_custom_exc((StepCellFailed,), _show_step_failure)
 

@@ -28,6 +28,7 @@ import sqlite3
 import struct
 import sys
 import threading
+import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -62,13 +63,50 @@ class Unpicklable(Exception):
 # -- serialization ------------------------------------------------------------------------------------------
 
 class _Pickler(cloudpickle.Pickler):
-    """cloudpickle, except for open files: it would store a snapshot of the file's contents, so a hit
-    would return stale text where the step returned a file. Such a result is not cached at all."""
+    """cloudpickle, with two exceptions.
+
+    - Open files are refused: cloudpickle would store a snapshot of the file's text, so a hit would
+      return stale contents where the step returned a file. Such a result is not cached at all.
+    - A class or function of the notebook (``__main__``) that the notebook can name is stored by name,
+      not by value, unless it is in ``by_value`` (defined by the very cell being stored). Restored, an
+      instance is then of the notebook's live class (``isinstance`` holds, methods read live globals);
+      if the notebook no longer defines that name, the stored value fails to load and is recomputed.
+    """
+
+    def __init__(self, file: Any, *, by_value: set[int] = frozenset(), **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self._by_value = by_value
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, io.IOBase) and not isinstance(obj, (io.BytesIO, io.StringIO)):
             raise pickle.PicklingError(f"an open file ({getattr(obj, 'name', '?')}) is not stored")
+        if (isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) == "__main__"
+                and id(obj) not in self._by_value and _main_attribute(obj.__qualname__, None) is obj
+                and id(_main_attribute(obj.__qualname__.partition(".")[0], None)) not in self._by_value):
+            return _main_attribute, (obj.__qualname__,)  # (a method of a class stored by value is not)
         return super().reducer_override(obj)
+
+
+_notebook_module: types.ModuleType | None = None
+
+
+def set_notebook_module(module: types.ModuleType | None) -> None:
+    """The module whose namespace the notebook's cells run in (IPython's ``user_module``); by default
+    ``sys.modules["__main__"]``, which it is in a Jupyter kernel."""
+    global _notebook_module
+    _notebook_module = module
+
+
+def _main_attribute(qualname: str, default: Any = ENOVAL) -> Any:
+    """``__main__.<qualname>``: how a notebook's class or function is named in a stored value."""
+    value: Any = _notebook_module or sys.modules.get("__main__")
+    for part in qualname.split("."):
+        value = getattr(value, part, ENOVAL)
+        if value is ENOVAL:
+            if default is ENOVAL:
+                raise AttributeError(f"the notebook no longer defines {qualname}")
+            return default
+    return value
 
 
 class Frame:
@@ -80,11 +118,11 @@ class Frame:
 
     __slots__ = ("pickled", "buffers", "lengths", "nbytes", "_checksum")
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, *, by_value: set[int] = frozenset()) -> None:
         buffers: list[pickle.PickleBuffer] = []
         out = io.BytesIO()
         try:
-            _Pickler(out, protocol=5, buffer_callback=buffers.append).dump(value)
+            _Pickler(out, by_value=by_value, protocol=5, buffer_callback=buffers.append).dump(value)
         except Exception as exc:
             raise Unpicklable(f"{type(value).__module__}.{type(value).__qualname__}: {exc}") from None
         self.pickled = out.getvalue()
@@ -102,6 +140,11 @@ class Frame:
         for buf in self.buffers:
             for start in range(0, buf.nbytes, _READ_CHUNK):
                 yield buf[start:start + _READ_CHUNK]
+
+    def identity(self) -> str:
+        """A short digest of the pickle itself, without the big buffers (whose content the value's hash
+        covers): two values that hash alike but pickle differently get different names."""
+        return xxhash.xxh3_64_hexdigest(self.lengths + self.pickled)
 
     def checksum(self) -> bytes:
         if self._checksum is None:
@@ -371,7 +414,7 @@ class DiskStore:
             if name.startswith("entry:"):
                 entry = self._cache.get(name, ENOVAL)
                 if entry is not ENOVAL:
-                    live.update(entry["outputs"])
+                    live.update(entry["blobs"])
             elif name.startswith("blob:"):
                 blobs.append(name[5:])
         for address in blobs:

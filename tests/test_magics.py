@@ -248,3 +248,121 @@ def test_profile_configuration_and_unloading(shell):
         shell.run_line_magic("unload_ext", "nbcache")
         shell.config = saved
         shell.run_line_magic("load_ext", "nbcache")
+
+
+# -- what a red-team pass found: each of these was once wrong ------------------------------------------
+
+def rerun(ip, cell: str, *names: str):
+    """Run a cell, drop the variables it made, run it again (a hit must bring them back)."""
+    run(ip, cell)
+    for name in names:
+        ip.user_ns.pop(name, None)
+    return run(ip, cell)
+
+
+@pytest.mark.parametrize("setup, cell, change", [
+    ("flag = False\ny = 1", "%%step\nif flag:\n    y = 10\nz = y + 1", "y = 2"),  # bound on some paths only
+    ("dir = '/a'", "%%step\npath = dir + '/f.csv'", "dir = '/b'"),  # a builtin's name, rebound
+    ("SCALE = 1", "%%step\nclass A:\n    SCALE = 100\n    def f(self):\n        return SCALE * 2\nr = A().f()",
+     "SCALE = 2"),  # class-level names are not visible in methods
+    ("total = 1\nSTEP = 1", "%%step\ndef bump():\n    global total\n    total = total + STEP\nbump()",
+     "total = 5"),  # a global statement reads and binds
+])
+def test_inputs_the_analysis_once_missed(ip, setup, cell, change):
+    ip.run_cell(setup)
+    run(ip, cell)
+    ip.run_cell(change)
+    run(ip, cell)
+    assert nbcache.runs()[-1].cached is False
+
+
+def test_editing_a_module_the_cell_imports_reruns_it(ip, tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "helpers_cell.py").write_text("def compute(x):\n    return x + 1\n")
+    importlib.invalidate_caches()
+    cell = "%%step\nimport helpers_cell\nr = helpers_cell.compute(1)"
+    run(ip, cell)
+    (tmp_path / "helpers_cell.py").write_text("def compute(x):\n    return x + 100\n")
+    importlib.reload(sys.modules["helpers_cell"])
+    run(ip, cell)
+    assert ip.user_ns["r"] == 101 and nbcache.runs()[-1].reason == "input import helpers_cell changed"
+
+
+def test_names_only_seen_at_run_time_are_restored_and_deletions_replayed(ip):
+    cell = ("%%step\nfrom math import *\nimport re\nlast = [(hit := v) for v in range(3)]\ntmp = 1\ndel tmp\n"
+            "match {'k': 5}:\n    case {'k': k}:\n        pass")
+    ip.run_cell("tmp = 'old'")
+    run(ip, cell)
+    for name in ("sqrt", "hit", "k", "last", "re"):
+        ip.user_ns.pop(name)
+    ip.run_cell("tmp = 'old'")
+    run(ip, cell)
+    assert nbcache.runs()[-1].cached
+    assert ip.user_ns["sqrt"](4) == 2 and ip.user_ns["hit"] == 2 and ip.user_ns["k"] == 5
+    assert "tmp" not in ip.user_ns
+
+
+def test_restored_objects_keep_identity_and_exact_content(ip):
+    rerun(ip, "%%step first\nd = {'b': 1, 'a': 2}\na = []\nb = a", "d", "a", "b")
+    run(ip, "%%step second\ne = {'a': 2, 'b': 1}")  # hashes like d: must not be served d's order
+    ip.user_ns.pop("e")
+    run(ip, "%%step second\ne = {'a': 2, 'b': 1}")
+    assert list(ip.user_ns["e"]) == ["a", "b"] and list(ip.user_ns["d"]) == ["b", "a"]
+    assert ip.user_ns["a"] is ip.user_ns["b"]
+
+
+def test_library_decorated_definitions_work_after_a_hit(ip):
+    cell = ("%%step defs\nimport dataclasses, contextlib\n@dataclasses.dataclass\nclass P:\n    x: int\n"
+            "@contextlib.contextmanager\ndef opened():\n    yield 'ok'\n")
+    rerun(ip, cell, "P", "opened")
+    assert nbcache.runs()[-1].cached
+    assert ip.run_cell("repr(P(5)), [v for v in [0] for _ in [0] if (w := opened().__enter__())][0] or w").result \
+        == ("P(x=5)", "ok")
+
+
+def test_instances_of_notebook_classes_are_of_the_live_class(ip):
+    ip.run_cell("FACTOR = 2\nclass Model:\n    def __init__(self, k):\n        self.k = k\n"
+                "    def score(self):\n        return self.k * FACTOR")
+    rerun(ip, "%%step\nm = Model(3)", "m")
+    ip.run_cell("FACTOR = 10")
+    assert ip.run_cell("isinstance(m, Model), m.score()").result == (True, 30)
+
+
+def test_a_step_function_read_by_the_cell_is_not_replaced(ip):
+    ip.run_cell("from nbcache import step\n@step\ndef helper(v):\n    return v * SCALE")
+    rerun(ip, "%%step\nSCALE = 3\nr = helper(1)", "r")
+    ip.run_cell("SCALE = 5")
+    assert ip.run_cell("helper(1)").result == 5
+
+
+def test_trailing_semicolon_hides_the_result_on_a_hit_too(ip):
+    first = run(ip, "%%step\nv = 1\nv + 1;")
+    second = run(ip, "%%step\nv = 1\nv + 1;")
+    assert first.result is None and second.result is None and nbcache.runs()[-1].cached
+    assert run(ip, "%%step\nv = 1\nv + 1").result is None  # a different cell: it ran, the shell showed it
+
+
+def test_top_level_await_is_refused_with_advice(ip):
+    with pytest.raises(UsageError, match="top-level await"):
+        ip.run_cell_magic("step", "", "import asyncio\nawait asyncio.sleep(0)")
+
+
+def test_nested_step_cells_and_many_writes(ip, capsys):
+    cell = ("%%step outer\nfor i in range(20000):\n    print(i)\n"
+            "get_ipython().run_cell_magic('step', 'inner', 'inner_value = 1')\nouter_value = 2")
+    rerun(ip, cell, "outer_value", "inner_value")
+    assert ip.user_ns["outer_value"] == 2 and ip.user_ns["inner_value"] == 1
+    out = capsys.readouterr().out
+    assert out.count("\n19999\n") == 2  # printed live, then replayed in full
+    assert ip.run_cell("print('still fine')").success
+
+
+def test_a_syntax_error_is_reported_like_any_cell(ip, capsys):
+    result = ip.run_cell("%%step\nx = (")
+    captured = capsys.readouterr()
+    assert not result.success
+    assert "SyntaxError" in captured.out + captured.err
+    assert "analyse_cell" not in captured.out + captured.err and "During handling" not in captured.out
