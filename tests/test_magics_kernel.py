@@ -109,3 +109,29 @@ def test_a_failing_step_cell_shows_one_traceback_and_stops_run_all(tmp_path):
     errors = [o for o in outputs if o["output_type"] == "error"]
     assert len(errors) == 1 and errors[0]["ename"] == "ZeroDivisionError"
     assert any("step 'summary' failed; nothing was stored" in o.get("text", "") for o in outputs)
+
+
+def test_after_a_restart_classes_imports_and_displays_come_back_right(tmp_path):
+    cells = [
+        "%load_ext nbcache",
+        "FACTOR = 2\nclass Model:\n    def __init__(self, k):\n        self.k = k\n"
+        "    def score(self):\n        return self.k * FACTOR",
+        "%%step model\nm = Model(3)",
+        "print(isinstance(m, Model), m.score())",
+        "%%step xml\nimport xml.etree.ElementTree\nroot = xml.etree.ElementTree.fromstring('<a/>')",
+        "print(xml.etree.ElementTree.tostring(root))",
+        "%%step progress\nfrom IPython.display import display, clear_output\nfor i in range(3):\n"
+        "    clear_output(wait=True)\n    print('progress', i)\nh = display('start', display_id=True)\n"
+        "h.update('end')\nv = 1\nv + 1;",
+        HISTORY,
+    ]
+    nb = new_notebook(cells=[new_code_cell(c) for c in cells],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    first, second = execute(nb, tmp_path), execute(nb, tmp_path)
+    assert history(second) == [("model", True), ("xml", True), ("progress", True)]
+    for index in range(1, len(cells) - 1):
+        assert visible_outputs(second.cells[index]) == visible_outputs(first.cells[index]), cells[index]
+    assert second.cells[3].outputs[0]["text"] == "True 6\n"  # the live class, reading the live global
+    assert second.cells[5].outputs[0]["text"] == "b'<a />'\n"
+    texts = [o.get("text") or o.get("data", {}).get("text/plain") for o in visible_outputs(second.cells[6])]
+    assert texts == ["progress 2\n", "'end'"]  # cleared, updated in place, and no `v + 1;` result
