@@ -115,18 +115,20 @@ class StepCall:
         self._put(frames, addresses, addresses, entry)
         return addresses
 
-    def save_payload(self, payload: Any, addresses: tuple[str, ...], entry: dict, *,
+    def save_payload(self, payload: Any, addresses: tuple[str, ...], entry: dict, *, sizes: dict[str, int],
                      by_value: set[int] = frozenset()) -> None:
         """Store ``payload`` whole (one pickle keeps the identity of objects shared inside it), recording
-        ``addresses`` as the content addresses of the outputs. Raises ``Unpicklable``."""
+        ``addresses`` as the content addresses of the outputs and ``sizes`` as theirs. Raises
+        ``Unpicklable``."""
         frame = Frame(payload, by_value=by_value)
-        self._put([frame], (hash_value(addresses),), addresses, entry)
+        self._put([frame], (hash_value(addresses),), addresses, entry, sizes)
 
-    def _put(self, frames: list[Frame], names: tuple[str, ...], addresses: tuple[str, ...], entry: dict) -> None:
+    def _put(self, frames: list[Frame], names: tuple[str, ...], addresses: tuple[str, ...], entry: dict,
+             sizes: dict[str, int] | None = None) -> None:
         # A blob is named by content and by its exact bytes: values that hash alike but differ in what
         # hashing ignores (dict order, DataFrame.attrs) are never served for one another.
         blobs = tuple(f"{name}-{frame.identity()}" for name, frame in zip(names, frames))
-        self.sizes = {address: frame.nbytes for address, frame in zip(addresses, frames)}
+        self.sizes = sizes if sizes is not None else {a: f.nbytes for a, f in zip(addresses, frames)}
         try:
             entry = {**entry, "outputs": addresses, "blobs": blobs, "sizes": self.sizes,
                      "created_at": self.started_at.timestamp(), "step": self.name}

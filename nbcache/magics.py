@@ -405,7 +405,8 @@ class _CellCall(StepCall):
         defined_here = {id(v) for v in variables.values() if isinstance(v, (type, types.FunctionType))
                         and id(v) not in before.values()}
         try:
-            self.save_payload(payload, addresses, {"duration_s": duration}, by_value=defined_here)
+            sizes = {a: _memory_size(v) for a, v in zip(addresses, variables.values()) if a}
+            self.save_payload(payload, addresses, {"duration_s": duration}, sizes=sizes, by_value=defined_here)
         except Unpicklable as exc:
             what = next((f"variable {n!r}" for n, v in variables.items() if not _picklable(v, defined_here)),
                         "its output")
@@ -441,6 +442,21 @@ class _CellCall(StepCall):
 
 
 _CODE_TYPES = (types.FunctionType, type, types.ModuleType, types.MethodType, Step)
+
+
+def _memory_size(value: Any) -> int:
+    """About how many bytes a variable holds (its data for arrays and frames), for the lineage details."""
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    usage = getattr(value, "memory_usage", None)
+    if callable(usage) and type(value).__module__.startswith("pandas"):
+        try:
+            total = usage(deep=True)  # a Series of per-column sizes for a DataFrame, an int for a Series
+            return int(total.sum() if hasattr(total, "sum") else total)
+        except Exception:
+            pass
+    return sys.getsizeof(value)
 
 
 def _picklable(value: Any, by_value: set[int]) -> bool:

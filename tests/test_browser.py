@@ -27,9 +27,9 @@ def require_browser() -> None:
     require(JupyterLab.missing())
 
 
-def lineage_states(lab: JupyterLab) -> dict[str, int]:
+def lineage_states(lab: JupyterLab, cell: str = "%lineage") -> dict[str, int]:
     """How many step nodes of each state the lineage widget's SVG shows (the live widget, not a copy)."""
-    widget = lab.cell("%lineage").locator(".jupyter-widgets svg g.nbcache_step")
+    widget = lab.cell(cell).locator(".jupyter-widgets svg g.nbcache_step")
     classes = widget.evaluate_all("nodes => nodes.map(n => n.getAttribute('class'))")
     states: dict[str, int] = {}
     for names in classes:
@@ -84,3 +84,36 @@ def test_restart_and_run_all_shows_steps_from_the_cache(tmp_path: Path) -> None:
         assert "served from cache" in widget.locator(".widget-html").last.inner_text()
         widget.screenshot(path=str(artifacts / "lineage-run2.png"))
         assert not lab.console_errors, lab.console_errors
+
+
+LIVE = [  # the widget is shown before the steps run: it can only show them by updating itself
+    "%load_ext nbcache",
+    "%lineage",
+    "%%step numbers\nimport time\nnumbers = list(range(10))\ntime.sleep(0.6)",
+    "%%step doubled\ndoubled = [2 * v for v in numbers]\ntime.sleep(0.6)",
+    "%%step total\ntotal = sum(doubled)",
+]
+
+
+def test_lineage_widget_updates_itself_as_steps_run(tmp_path: Path) -> None:
+    require_browser()
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    nb = new_notebook(cells=[new_code_cell(c) for c in LIVE],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    nbformat.write(nb, folder / "live.ipynb")
+    artifacts = Path(os.environ.get("NBCACHE_ARTIFACTS") or ROOT / "tests" / "artifacts")
+    with JupyterLab(folder, cache_dir=tmp_path / "cache", failure_screenshot=artifacts / "live-failure.png") as lab:
+        lab.open("live.ipynb")
+        assert lab.run_all()
+        lab.page.wait_for_function(  # the cell finished before its widget's last redraw may have arrived
+            "() => document.querySelectorAll('.jupyter-widgets svg g.nbcache_first').length === 3")
+        assert lineage_states(lab, "%lineage") == {"first": 3}
+        assert lab.restart_and_run_all()
+        lab.page.wait_for_function(
+            "() => document.querySelectorAll('.jupyter-widgets svg g.nbcache_hit').length === 3")
+        assert lineage_states(lab, "%lineage") == {"hit": 3}
+        lab.cell("%lineage").screenshot(path=str(artifacts / "live-lineage.png"))
