@@ -1,5 +1,5 @@
-"""IPython integration: the ``%%step`` cell magic, ``%steps`` and ``%nbcache``. The only module that imports
-IPython; ``%load_ext nbcache`` loads it.
+"""IPython integration: the ``%%step`` cell magic, ``%steps``, ``%lineage`` and ``%nbcache``. The module that
+imports IPython; ``%load_ext nbcache`` loads it.
 
 A ``%%step`` cell is keyed on its syntax tree (comments and layout do not count), on the content of the
 variables it reads from the notebook, on its name and on ``--version``. On a miss it runs through the
@@ -527,3 +527,4 @@ def unload_ipython_extension(shell: Any) -> None:
     shell.configurables[:] = [c for c in shell.configurables if not isinstance(c, NBCache)]
     if shell.custom_exceptions == (StepCellFailed,):
         shell.set_custom_exc((), None)
+    set_notebook_module(None)
