@@ -18,7 +18,8 @@ from .key import make_key
 from .records import StepRun
 from .store import ENOVAL, Damaged, DiskStore, Frame, Unpicklable
 
-__all__ = ["StepCall", "addresses_of", "explain_change", "forget_last_written", "subscribe"]
+__all__ = ["StepCall", "addresses_of", "describe_last_change", "explain_change", "forget_last_written",
+           "subscribe"]
 
 # The key each step's "last" record holds, as far as this process knows, so a hit writes it only on change.
 _last_written: dict[tuple[str, str], str] = {}
@@ -217,3 +218,21 @@ def _address(value: Any, frame: Frame | None = None) -> str:
 def forget_last_written(store: DiskStore, name: str | None) -> None:
     for slot in [s for s in _last_written if s[0] == str(store.directory) and name in (None, s[1])]:
         del _last_written[slot]
+
+
+def describe_last_change(runs: Sequence[StepRun], name: str) -> str | None:
+    """In words, how a step's last run went and what changed since its previous one (None: never ran)."""
+    runs = [r for r in runs if r.step == name]
+    if not runs:
+        return None
+    last = runs[-1]
+    state = "came from the cache" if last.cached else ("failed" if last.status == "failed" else "ran")
+    head = f"{name} {state} at {last.started_at.astimezone():%Y-%m-%d %H:%M:%S}: {last.reason}"
+    if len(runs) == 1:
+        return head + " (its only run)"
+    previous = runs[-2]
+    change = explain_change(
+        {"code": previous.code, "deps": previous.deps, "inputs": previous.inputs, "version": previous.version},
+        last.code, dict(last.deps), dict(last.inputs), last.version,
+        "argument" if last.kind == "function" else "input")
+    return f"{head}\nsince its previous run: {'nothing changed' if change == 'cached result was removed' else change}"

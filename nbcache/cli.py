@@ -1,23 +1,205 @@
-"""The ``nbcache`` command."""
+"""The ``nbcache`` command: look into a cache directory from a terminal, draw its lineage, clear it.
+
+Every command reads ``--dir`` (default: ``$NBCACHE_DIR``, else ``./.nbcache``) and never creates it: a
+directory that is not there is an error with exit code 2, an unknown step one with exit code 1. ``--json``
+prints what scripts need instead of a table.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+EXIT_UNKNOWN_STEP = 1
+EXIT_NO_CACHE = 2
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class _Failure(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _duration(text: str) -> float:
+    """``7d``, ``12h``, ``30m``, ``45s``, ``2w`` as seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 7d, 12h, 30m or 2w, not {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dir", help="cache directory (default: $NBCACHE_DIR, else ./.nbcache)")
+    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser = argparse.ArgumentParser(prog="nbcache", description="Cache notebook steps on disk.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("ls", parents=[common], help="the steps, with entry counts, sizes and last run")
+    show = commands.add_parser("show", parents=[common], help="a step's runs and keys")
+    show.add_argument("step")
+    why = commands.add_parser("why", parents=[common], help="what changed before a step's last run")
+    why.add_argument("step")
+    graph = commands.add_parser("graph", parents=[common], help="draw the lineage of every step to a file")
+    graph.add_argument("-o", "--output", default="lineage.svg", help="file to write: .svg, .png or .pdf")
+    clear = commands.add_parser("clear", parents=[common], help="remove cached results (the history stays)")
+    clear.add_argument("step", nargs="?")
+    clear.add_argument("--older-than", type=_duration, metavar="AGE", help="only results stored before AGE ago")
+    commands.add_parser("info", parents=[common], help="the directory, its size and entry count")
+    demo = commands.add_parser("demo", help="run an example pipeline twice; the second run comes from the cache")
+    demo.add_argument("--dir", help="cache directory to use (default: a fresh temporary one)")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nbcache", description="Cache notebook steps on disk.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser("demo", help="run an example pipeline twice; the second run comes from the cache")
-    demo.add_argument("--dir", help="cache directory to use (default: a fresh temporary one)")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     if args.command == "demo":
         from .demo import main as demo_main
 
         return demo_main(args.dir)
-    parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse rejects it first
-    return 2
+    try:
+        return _run(args)
+    except _Failure as failure:
+        print(f"nbcache: {failure}", file=sys.stderr)
+        return failure.code
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .store import DiskStore
+
+    directory = Path(args.dir or os.environ.get("NBCACHE_DIR") or ".nbcache").expanduser().absolute()
+    if not (directory / "store").is_dir():
+        raise _Failure(f"no cache at {directory}: run a step first, or point --dir or NBCACHE_DIR at one",
+                       EXIT_NO_CACHE)
+    store = DiskStore(directory)
+    runs = store.read_runs()
+    known = {r.step for r in runs} | {e["step"] for _, e in store.entries()}
+    step = getattr(args, "step", None)
+    if step is not None and step not in known:
+        hint = f"; known steps: {', '.join(sorted(known))}" if known else ""
+        raise _Failure(f"no step named {step!r} in {directory}{hint}", EXIT_UNKNOWN_STEP)
+    handler = {"ls": _ls, "show": _show, "why": _why, "graph": _graph, "clear": _clear, "info": _info}
+    return handler[args.command](args, store, runs)
+
+
+def _ls(args: argparse.Namespace, store: Any, runs: list) -> int:
+    steps: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        steps.setdefault(run.step, {"step": run.step, "kind": run.kind, "entries": 0, "bytes": 0})["last"] = run
+    for _, entry in store.entries():
+        row = steps.setdefault(entry["step"], {"step": entry["step"], "kind": "?", "entries": 0, "bytes": 0})
+        row["entries"] += 1
+        row["bytes"] += sum(entry.get("sizes", {}).values())
+    rows = [{**row, "last": _run_json(row["last"]) if "last" in row else None} for row in steps.values()]
+    if args.json:
+        return _print_json(rows)
+    from .records import format_bytes
+
+    _print_table(["step", "kind", "entries", "size", "last run", "last state"],
+                 [[r["step"], r["kind"], r["entries"], format_bytes(r["bytes"]),
+                   _when(r["last"]["started_at"]) if r["last"] else "", _state(r["last"]) if r["last"] else ""]
+                  for r in rows], empty="no steps yet")
+    return 0
+
+
+def _show(args: argparse.Namespace, store: Any, runs: list) -> int:
+    mine = [_run_json(r) for r in runs if r.step == args.step]
+    if args.json:
+        return _print_json(mine)
+    from .records import format_seconds
+
+    _print_table(["started", "state", "duration", "key", "reason"],
+                 [[_when(r["started_at"]), _state(r), format_seconds(r["duration_s"]), r["key"], r["reason"]]
+                  for r in mine], empty=f"{args.step} has no recorded runs")
+    return 0
+
+
+def _why(args: argparse.Namespace, store: Any, runs: list) -> int:
+    from .call import describe_last_change
+
+    text = describe_last_change(runs, args.step)
+    if text is None:
+        raise _Failure(f"step {args.step!r} has stored results but no recorded runs", EXIT_UNKNOWN_STEP)
+    if args.json:
+        last = next(r for r in reversed(runs) if r.step == args.step)
+        return _print_json({"step": args.step, "reason": last.reason, "explanation": text})
+    print(text)
+    return 0
+
+
+def _graph(args: argparse.Namespace, store: Any, runs: list) -> int:
+    import graphviz
+
+    from .graph import DOT_HELP, build, to_dot
+
+    lineage = build(runs, history=True)
+    suffix = Path(args.output).suffix.lstrip(".").lower()
+    if suffix not in ("svg", "png", "pdf"):
+        raise _Failure(f"-o takes a .svg, .png or .pdf file, not {args.output!r}", EXIT_UNKNOWN_STEP)
+    try:
+        data = to_dot(lineage).pipe(format=suffix)
+    except graphviz.ExecutableNotFound:
+        raise _Failure(DOT_HELP, EXIT_UNKNOWN_STEP) from None
+    Path(args.output).write_bytes(data)
+    if args.json:
+        return _print_json({"output": str(Path(args.output).absolute()), "steps": len(lineage.nodes)})
+    print(f"wrote {args.output}: {len(lineage.nodes)} steps, {len(lineage.edges)} edges")
+    return 0
+
+
+def _clear(args: argparse.Namespace, store: Any, runs: list) -> int:
+    count = store.clear(args.step, older_than_s=args.older_than)
+    if args.json:
+        return _print_json({"removed": count})
+    print(f"removed {count} cached result{'s' if count != 1 else ''}")
+    return 0
+
+
+def _info(args: argparse.Namespace, store: Any, runs: list) -> int:
+    stats = {**store.stats(), "runs": len(runs)}
+    if args.json:
+        return _print_json(stats)
+    from .records import format_bytes
+
+    print(f"cache directory: {stats['directory']}\nentries: {stats['entries']}\n"
+          f"size: {format_bytes(stats['size_bytes'])}\nrecorded runs: {stats['runs']}")
+    return 0
+
+
+def _run_json(run: Any) -> dict[str, Any]:
+    return json.loads(run.to_json())
+
+
+def _state(run: dict[str, Any]) -> str:
+    return "hit" if run["cached"] else ("failed" if run["status"] == "failed" else "ran")
+
+
+def _when(iso: str) -> str:
+    return f"{datetime.fromisoformat(iso).astimezone():%Y-%m-%d %H:%M:%S}"
+
+
+def _print_json(value: Any) -> int:
+    print(json.dumps(value, indent=2))
+    return 0
+
+
+def _print_table(header: list[str], rows: list[list[Any]], *, empty: str) -> None:
+    if not rows:
+        print(empty)
+        return
+    cells = [[str(c) for c in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
 if __name__ == "__main__":

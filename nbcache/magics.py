@@ -28,7 +28,7 @@ from IPython.display import publish_display_data
 from traitlets import Bool, Unicode, observe
 from traitlets.config import Configurable
 
-from .call import StepCall, addresses_of, explain_change
+from .call import StepCall, addresses_of, describe_last_change
 from .cellcode import CellCode, analyse_cell
 from .errors import warn as _warn
 from .fingerprint import imported_module, is_user_code
@@ -480,20 +480,10 @@ def _ends_with_semicolon(source: str) -> bool:
 
 def _why(name: str) -> str:
     """What changed between the last two runs of a step."""
-    runs = get_store().read_runs(name)
-    if not runs:
+    text = describe_last_change(get_store().read_runs(name), name)
+    if text is None:
         raise UsageError(f"no step named {name!r} has run; %steps lists the steps of this kernel")
-    last = runs[-1]
-    if len(runs) == 1:
-        return f"{name}: {last.reason} (its only run)"
-    previous = runs[-2]
-    change = explain_change(
-        {"code": previous.code, "deps": previous.deps, "inputs": previous.inputs, "version": previous.version},
-        last.code, dict(last.deps), dict(last.inputs), last.version,
-        "argument" if last.kind == "function" else "input")
-    state = "came from the cache" if last.cached else "ran"
-    return (f"{name} {state} at {last.started_at.astimezone():%Y-%m-%d %H:%M:%S}: {last.reason}\n"
-            f"since its previous run: {'nothing changed' if change == 'cached result was removed' else change}")
+    return text
 
 
 def _show_table(header: list[str], rows: list[list[str]], *, empty: str) -> None:

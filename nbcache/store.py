@@ -28,6 +28,7 @@ import sqlite3
 import struct
 import sys
 import threading
+import time
 import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -387,12 +388,30 @@ class DiskStore:
         return runs
 
     # maintenance
-    def clear(self, step: str | None = None) -> int:
-        """Remove cached results (all, or one step's) and return how many entries went.
+    def entries(self) -> Iterator[tuple[str, dict]]:
+        """Every stored entry, as (key, entry): its step, outputs, blobs, sizes and creation time."""
+        for name in list(self._cache.iterkeys()):
+            if isinstance(name, str) and name.startswith("entry:"):
+                entry = self._cache.get(name, ENOVAL)
+                if entry is not ENOVAL:
+                    yield name[6:], entry
+
+    def clear(self, step: str | None = None, *, older_than_s: float | None = None) -> int:
+        """Remove cached results (all, or one step's, or those stored more than ``older_than_s`` seconds
+        ago) and return how many entries went.
 
         The run history stays, and so does each step's latest ingredients: it is a record of what
         happened, and it lets the next run say that it ran because its result had been removed.
         """
+        if older_than_s is not None:
+            cutoff = time.time() - older_than_s
+            count = 0
+            for key, entry in self.entries():
+                if entry["created_at"] < cutoff and step in (None, entry["step"]):
+                    self._cache.delete("entry:" + key)
+                    count += 1
+            self._collect_blobs()
+            return count
         if step is None:
             count = 0
             for name in list(self._cache.iterkeys()):

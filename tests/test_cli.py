@@ -1,13 +1,20 @@
-"""The nbcache command: the demo runs the pipeline twice and the second run comes from the cache."""
+"""The nbcache command: the demo, and looking into a cache directory from a terminal."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 
+import nbcache
+from nbcache import step
 from nbcache.cli import main
+
+from .conftest import dot_missing, require
 
 
 def test_demo_second_run_is_served_from_the_cache(tmp_path):
@@ -28,3 +35,81 @@ def test_unknown_command_is_a_usage_error(capsys):
         main(["nonsense"])
     assert info.value.code == 2
     assert "invalid choice: 'nonsense'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def filled(cache_dir):
+    """A cache directory with two steps, one of them run twice with a changed argument."""
+    @step
+    def load(n):
+        return list(range(n))
+
+    @step
+    def total(values):
+        return sum(values)
+
+    total(load(3))
+    total(load(4))
+    return str(cache_dir)
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_ls_and_info(filled, capsys):
+    code, out, _ = cli(capsys, "ls", "--dir", filled)
+    assert code == 0 and out.splitlines()[0].split()[:3] == ["step", "kind", "entries"]
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert rows["load"][1:3] == ["function", "2"] and rows["total"][2] == "2"
+    code, out, _ = cli(capsys, "ls", "--dir", filled, "--json")
+    listed = {row["step"]: row for row in json.loads(out)}
+    assert listed["load"]["entries"] == 2 and listed["load"]["last"]["reason"] == "argument n changed"
+    code, out, _ = cli(capsys, "info", "--dir", filled, "--json")
+    assert json.loads(out)["entries"] == 4 and json.loads(out)["runs"] == 4
+
+
+def test_show_and_why(filled, capsys):
+    code, out, _ = cli(capsys, "show", "total", "--dir", filled, "--json")
+    runs = json.loads(out)
+    assert code == 0 and [r["reason"] for r in runs] == ["first run", "argument values changed"]
+    code, out, _ = cli(capsys, "why", "load", "--dir", filled)
+    assert code == 0 and "since its previous run: argument n changed" in out
+
+
+def test_graph_writes_the_lineage(filled, capsys, tmp_path):
+    require(dot_missing())
+    target = tmp_path / "lineage.svg"
+    code, out, _ = cli(capsys, "graph", "-o", str(target), "--dir", filled)
+    assert code == 0 and "2 steps, 1 edges" in out
+    assert "nbcache_step" in target.read_text()
+
+
+def test_clear_one_step_and_by_age(filled, capsys):
+    code, out, _ = cli(capsys, "clear", "--older-than", "1h", "--dir", filled)
+    assert out.strip() == "removed 0 cached results"  # everything is younger than an hour
+    time.sleep(0.05)
+    code, out, _ = cli(capsys, "clear", "load", "--older-than", "0.01s", "--dir", filled, "--json")
+    assert json.loads(out) == {"removed": 2}
+    code, out, _ = cli(capsys, "clear", "--dir", filled)
+    assert out.strip() == "removed 2 cached results"
+    assert len(nbcache.runs()) == 4  # the history stays
+
+
+def test_errors_name_the_problem_and_exit_non_zero(filled, capsys, tmp_path):
+    code, _, err = cli(capsys, "show", "nope", "--dir", filled)
+    assert code == 1 and "no step named 'nope'" in err and "known steps: load, total" in err
+    code, _, err = cli(capsys, "ls", "--dir", str(tmp_path / "missing"))
+    assert code == 2 and "no cache at" in err
+    assert not (tmp_path / "missing").exists()  # looking never creates a cache
+    with pytest.raises(SystemExit):
+        main(["clear", "--older-than", "soon", "--dir", filled])
+    assert "expected a duration such as 7d" in capsys.readouterr().err
+
+
+def test_the_installed_command(filled):
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nbcache"), "info", "--dir", filled],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "entries: 4" in proc.stdout
