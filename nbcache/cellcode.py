@@ -24,13 +24,19 @@ class CellCode:
     binds: tuple[str, ...]  # in order of first binding, including names bound only on some paths
     imports: tuple[str, ...]  # modules the cell imports ("pkg.mod", or ".mod" for a relative import)
 
-    def default_name(self) -> str:
-        """A name for the step that stays the same while the cell keeps binding the same variables."""
+    def default_name(self, inputs: list[str]) -> str:
+        """A name for the step that stays the same while the cell binds and reads the same variables:
+        ``df ← raw`` and ``df ← df`` for two cells that both assign ``df``."""
         public = [n for n in self.binds if not n.startswith("_")] or list(self.binds)
         if not public:
             return f"cell-{self.digest[:8]}"
-        shown = ", ".join(public[:3])
-        return shown + (", ..." if len(public) > 3 else "")
+        name = _listed(public)
+        sources = [n for n in inputs if not n.startswith("_")]
+        return f"{name} ← {_listed(sources)}" if sources else name
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def analyse_cell(source: str) -> CellCode:
@@ -143,6 +149,11 @@ class _Binder(ast.NodeVisitor):
     def visit_Name(self, node: ast.Name) -> None:
         if isinstance(node.ctx, ast.Store):
             self.names.append(node.id)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        if node.value is not None:  # `x: int` alone declares x; it binds nothing
+            self.visit(node.target)
+            self.visit(node.value)
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         self.names.append(node.name)
@@ -261,8 +272,4 @@ def _parameters(args: ast.arguments) -> set[str]:
     return names
 
 
-def _scope_bindings(node: ast.AST) -> list[str]:
-    """Names bound in a nested scope by ``node`` (for telling its locals from the notebook's names)."""
-    collector = _Binder()
-    collector.visit(node)
-    return collector.names
+_scope_bindings = _bound_names  # the same question, asked of a nested scope's statements

@@ -20,6 +20,7 @@ __all__ = ["main"]
 
 EXIT_UNKNOWN_STEP = 1
 EXIT_NO_CACHE = 2
+EXIT_FAILED = 3  # anything else: a bad output file name, Graphviz missing
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -82,11 +83,12 @@ def _run(args: argparse.Namespace) -> int:
                        EXIT_NO_CACHE)
     store = DiskStore(directory)
     runs = store.read_runs()
-    known = {r.step for r in runs} | {e["step"] for _, e in store.entries()}
     step = getattr(args, "step", None)
-    if step is not None and step not in known:
-        hint = f"; known steps: {', '.join(sorted(known))}" if known else ""
-        raise _Failure(f"no step named {step!r} in {directory}{hint}", EXIT_UNKNOWN_STEP)
+    if step is not None and step not in {r.step for r in runs}:
+        known = {r.step for r in runs} | {e["step"] for _, e in store.entries()}
+        if step not in known:
+            hint = f"; known steps: {', '.join(sorted(known))}" if known else ""
+            raise _Failure(f"no step named {step!r} in {directory}{hint}", EXIT_UNKNOWN_STEP)
     handler = {"ls": _ls, "show": _show, "why": _why, "graph": _graph, "clear": _clear, "info": _info}
     return handler[args.command](args, store, runs)
 
@@ -144,11 +146,11 @@ def _graph(args: argparse.Namespace, store: Any, runs: list) -> int:
     lineage = build(runs, history=True)
     suffix = Path(args.output).suffix.lstrip(".").lower()
     if suffix not in ("svg", "png", "pdf"):
-        raise _Failure(f"-o takes a .svg, .png or .pdf file, not {args.output!r}", EXIT_UNKNOWN_STEP)
+        raise _Failure(f"-o takes a .svg, .png or .pdf file, not {args.output!r}", EXIT_FAILED)
     try:
         data = to_dot(lineage).pipe(format=suffix)
     except graphviz.ExecutableNotFound:
-        raise _Failure(DOT_HELP, EXIT_UNKNOWN_STEP) from None
+        raise _Failure(DOT_HELP, EXIT_FAILED) from None
     Path(args.output).write_bytes(data)
     if args.json:
         return _print_json({"output": str(Path(args.output).absolute()), "steps": len(lineage.nodes)})

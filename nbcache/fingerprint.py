@@ -311,7 +311,8 @@ def _feed_read(name: str, value: Any, h: Hasher, walk: Walk) -> None:
     if value is _MISSING:
         h.update(b"unbound")
         return
-    if isinstance(value, (types.FunctionType, type, types.ModuleType, types.BuiltinFunctionType, _LibraryName)):
+    if isinstance(value, (types.FunctionType, type, types.ModuleType, types.BuiltinFunctionType, _LibraryName)) \
+            or hasattr(value, "_nbcache_function_"):  # a step counts as its code, in the parts too
         feed(value, h, walk)
         return
     sub = new_hasher()

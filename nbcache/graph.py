@@ -44,10 +44,10 @@ class State(enum.Enum):
             return cls.FAILED
         if run.cached:
             return cls.HIT
-        if run.reason == "first run":
-            return cls.FIRST
-        if run.reason.startswith(("cache disabled", "uncacheable", "cache unreadable")):
+        if run.reason.startswith(("cache disabled", "uncacheable", "cache unreadable", "cannot fingerprint")):
             return cls.UNCACHED
+        if run.reason.startswith("first run"):  # also "first run; result not cached: cannot be pickled"
+            return cls.FIRST
         return cls.RERUN
 
 

@@ -3,8 +3,8 @@
 ``hash_value`` feeds a value into an xxh3-128 hasher, tagged with its type at every level, so that ``1``,
 ``1.0``, ``True`` and ``"1"`` differ and a list never equals a tuple. Containers whose equality ignores
 order (dict, set) are hashed order-free by sorting the digests of their members; aliases are hashed like
-copies (no pickle-style memo), and a container that contains itself hashes as a back-reference, so the
-walk always ends. Big buffers (numpy, pandas) go to xxh3 directly, never through pickle; those handlers
+copies (an object's digest is remembered, not its position as pickle's memo does), and a container that
+contains itself hashes as a back-reference, so the walk always ends. Big buffers (numpy, pandas) go to xxh3 directly, never through pickle; those handlers
 live in ``_hashing_numpy`` and ``_hashing_pandas`` and are registered the first time such a value is seen,
 so ``import nbcache`` imports neither library.
 

@@ -18,6 +18,7 @@ import sys
 import time
 import tokenize
 import types
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -214,7 +215,7 @@ class StepMagics(Magics):
     def __init__(self, shell: Any, settings: NBCache) -> None:
         super().__init__(shell)
         self.settings = settings
-        self._analysed: dict[str, CellCode] = {}
+        self._analysed: dict[str, _Analysed] = {}
 
     @magic_arguments()
     @argument("name", nargs="?", help="the step's name (default: the variables the cell assigns)")
@@ -226,21 +227,21 @@ class StepMagics(Magics):
     def step(self, line: str, cell: str) -> Any:
         """Cache a cell: on a hit its variables and output come back without running it."""
         args = self._parse(self.step, line)
-        source = self.shell.transform_cell(cell)
-        if self.shell.should_run_async(cell, transformed_cell=source):
-            raise UsageError("%%step cannot run a cell with top-level await; put the awaiting code in an"
-                             " async function and run it with asyncio.run(), or run the cell without %%step")
-        code = self._analysed.get(source)
-        if code is None:
+        analysed = self._analysed.get(cell)
+        if analysed is None:  # what depends on the cell's text alone is worked out once per text
+            source = self.shell.transform_cell(cell)
             try:
                 code = analyse_cell(source)
             except SyntaxError:
                 code = None
-            else:
-                self._analysed[source] = code
-        if code is None:
+            analysed = self._analysed[cell] = _Analysed(
+                code, self.shell.should_run_async(cell, transformed_cell=source), _ends_with_semicolon(source))
+        if analysed.is_async:
+            raise UsageError("%%step cannot run a cell with top-level await; put the awaiting code in an"
+                             " async function and run it with asyncio.run(), or run the cell without %%step")
+        if analysed.code is None:
             return self._run_plain(cell)  # let the shell report the syntax error as usual
-        return _CellCall(self, args, cell, source, code).run()
+        return _CellCall(self, args, cell, analysed).run()
 
     @line_magic
     def steps(self, line: str) -> None:
@@ -303,29 +304,40 @@ class StepMagics(Magics):
 _IPYTHON_NAMES = re.compile(r"_+\d*|_i+\d*|_(oh|dh|ih|ii|iii)|In|Out|exit|quit|get_ipython")
 
 
+@dataclass(frozen=True)
+class _Analysed:
+    code: CellCode | None  # None: the cell does not parse
+    is_async: bool  # it has top-level await
+    quiet: bool  # its last expression ends with `;`, which shows nothing (the syntax tree cannot tell)
+
+
 class _CellCall(StepCall):
     """One execution of a ``%%step`` cell."""
 
-    def __init__(self, magics: StepMagics, args: Any, cell: str, source: str, code: CellCode) -> None:
-        super().__init__(get_store(), args.name or code.default_name(), version=args.version,
-                         started_at=datetime.now(timezone.utc), t0=time.perf_counter(), kind="cell")
-        self.magics = magics
-        self.shell = magics.shell
-        self.cell = cell
-        self.cache = not args.no_cache
-        self.restrict = args.outputs
-        self.imports = code.imports
-        ns = self.shell.user_ns
-        self.quiet = _ends_with_semicolon(source)  # `x;` shows nothing; the syntax tree cannot tell
-        self.code = hash_value((code.digest, self.restrict, self.quiet))
-        self.binds = list(code.binds)
+    def __init__(self, magics: StepMagics, args: Any, cell: str, analysed: _Analysed) -> None:
+        shell = magics.shell
+        ns = shell.user_ns
+        code = analysed.code
+        assert code is not None
         missing = [n for n in args.inputs if n not in ns]
         if missing:
             raise UsageError(f"--inputs names {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'}"
                              " not defined in the notebook")
-        hidden = self.shell.user_ns_hidden  # what IPython itself put in the namespace (get_ipython, open)
-        self.input_names = [n for n in dict.fromkeys([*code.reads, *args.inputs])
-                            if n in ns and not (n in hidden and ns[n] is hidden[n])]
+        hidden = shell.user_ns_hidden  # what IPython itself put in the namespace (get_ipython, open)
+        input_names = [n for n in dict.fromkeys([*code.reads, *args.inputs])
+                       if n in ns and not (n in hidden and ns[n] is hidden[n])]
+        super().__init__(get_store(), args.name or code.default_name(input_names), version=args.version,
+                         started_at=datetime.now(timezone.utc), t0=time.perf_counter(), kind="cell")
+        self.magics = magics
+        self.shell = shell
+        self.cell = cell
+        self.cache = not args.no_cache
+        self.restrict = args.outputs
+        self.imports = code.imports
+        self.quiet = analysed.quiet
+        self.code = hash_value((code.digest, self.restrict, self.quiet))
+        self.binds = list(code.binds)
+        self.input_names = input_names
         for name in self.input_names:
             if not self.hash_input(name, ns[name], "input"):
                 break
@@ -502,9 +514,7 @@ def _show_table(header: list[str], rows: list[list[str]], *, empty: str) -> None
 
 def load_ipython_extension(shell: Any) -> None:
     settings = NBCache(parent=shell)
-    shell.configurables.append(settings)
-    if settings.cache_dir:
-        set_cache_dir(settings.cache_dir)
+    shell.configurables.append(settings)  # (a cache_dir from config already reached set_cache_dir)
     shell.register_magics(StepMagics(shell, settings))
     set_notebook_module(shell.user_module)
     if not shell.custom_exceptions:  # show a failed cell's own traceback once, then one line from us

@@ -1,6 +1,6 @@
 """The lineage widget: the graph of steps inline in the notebook, with the details of a chosen step.
 
-The only module that imports ipywidgets. It draws what ``lineage.py`` builds and redraws itself when
+The only module that imports ipywidgets. It draws what ``graph.py`` builds and redraws itself when
 steps run: at once if it has not drawn for a moment, else when the running cell finishes, so a burst of
 fast hits does not pay for a redraw each. In a file without a live kernel (nbconvert, an HTML export) it
 still shows, as the static SVG its mime bundle carries. Without Graphviz's ``dot`` it says how to install
@@ -26,6 +26,7 @@ from .store import get_store
 __all__ = ["LineageWidget"]
 
 _REDRAW_EVERY_S = 0.5
+_live: dict[bool, list[LineageWidget]] = {}  # the widget of each kind (history or not) that follows runs
 
 
 class LineageWidget(widgets.VBox):
@@ -43,7 +44,11 @@ class LineageWidget(widgets.VBox):
         self._lineage = Lineage({}, ())
         self._drawn_at = 0.0
         self._dirty = False
+        self._following = True
         self.refresh()
+        for older in _live.get(history, []):  # ipywidgets keeps every widget alive: the newest one of
+            older._following = False  # each kind follows the runs, earlier ones keep their last picture
+        _live[history] = [self]
         subscribe(self._on_run)
         _after_each_cell(self._redraw_if_dirty)
 
@@ -85,18 +90,20 @@ class LineageWidget(widgets.VBox):
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict:
         bundle = super()._repr_mimebundle_(**kwargs) or {}
-        bundle["text/html"] = _picture_html(self._lineage)  # for viewers without a live kernel
+        bundle["text/html"] = self._picture.value  # for viewers without a live kernel
         return bundle
 
     # -- keeping up with runs --------------------------------------------------------------------------
     def _on_run(self, run: StepRun) -> None:
+        if not self._following:
+            return
         if time.monotonic() - self._drawn_at >= _REDRAW_EVERY_S:
             self.refresh()
         else:
             self._dirty = True
 
     def _redraw_if_dirty(self) -> None:
-        if self._dirty:
+        if self._dirty and self._following:
             self.refresh()
 
     def _show_details(self, change: Any = None) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 import nbcache
-from nbcache import step as step_module  # noqa: F401
 
 
 @pytest.fixture

@@ -104,6 +104,8 @@ def test_errors_name_the_problem_and_exit_non_zero(filled, capsys, tmp_path):
     code, _, err = cli(capsys, "ls", "--dir", str(tmp_path / "missing"))
     assert code == 2 and "no cache at" in err
     assert not (tmp_path / "missing").exists()  # looking never creates a cache
+    code, _, err = cli(capsys, "graph", "-o", str(tmp_path / "lineage.gif"), "--dir", filled)
+    assert code == 3 and ".svg, .png or .pdf" in err
     with pytest.raises(SystemExit):
         main(["clear", "--older-than", "soon", "--dir", filled])
     assert "expected a duration such as 7d" in capsys.readouterr().err

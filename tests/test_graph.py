@@ -85,6 +85,8 @@ def test_producer_is_the_latest_before_the_consumer():
     ("cache disabled", False, "ok", State.UNCACHED),
     ("uncacheable argument x (generator)", False, "ok", State.UNCACHED),
     ("first run", False, "failed", State.FAILED),
+    ("first run; result not cached: cannot be pickled", False, "ok", State.FIRST),
+    ("cannot fingerprint f(): lock in it cannot be hashed", False, "ok", State.UNCACHED),
 ])
 def test_states(reason, cached, status, state):
     assert State.of(run("s", at=0, reason=reason, cached=cached, status=status)) is state

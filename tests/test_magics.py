@@ -81,12 +81,17 @@ def test_comments_and_layout_do_not_invalidate_but_inputs_and_code_do(ip):
     assert times_ran(ip) == 3
 
 
-def test_default_name_comes_from_what_the_cell_assigns(ip):
+def test_default_name_comes_from_what_the_cell_assigns_and_reads(ip):
     run(ip, "%%step\nalpha = 1\nbeta = alpha + 1")
     run(ip, "%%step\nprint('no assignment')")
+    ip.run_cell("raw = [3, None, 1]")
+    run(ip, "%%step\ndf = sorted(v for v in raw if v)")
+    run(ip, "%%step\ndf = df[:1]")  # assigns the same name: still another step
     names = [r.step for r in nbcache.runs()]
     assert names[0] == "alpha, beta"
     assert names[1].startswith("cell-") and len(names[1]) == len("cell-") + 8
+    assert names[2:] == ["df ← raw", "df ← df"]
+    assert [r.reason for r in nbcache.runs()[2:]] == ["first run", "first run"]
 
 
 def test_ipython_syntax_inside_the_cell_is_fine(ip, capsys):
@@ -267,6 +272,7 @@ def rerun(ip, cell: str, *names: str):
      "SCALE = 2"),  # class-level names are not visible in methods
     ("total = 1\nSTEP = 1", "%%step\ndef bump():\n    global total\n    total = total + STEP\nbump()",
      "total = 5"),  # a global statement reads and binds
+    ("x = 1", "%%step\nx: int\ny = x * 10", "x = 2"),  # an annotation alone binds nothing
 ])
 def test_inputs_the_analysis_once_missed(ip, setup, cell, change):
     ip.run_cell(setup)

@@ -78,6 +78,16 @@ def test_widget_follows_new_runs(ip):
     assert list(widget.lineage.nodes) == ["load", "total"]  # redrawn when the cell finished
 
 
+def test_only_the_newest_widget_of_a_kind_keeps_following(ip):
+    load, total = _pipeline()
+    older, newer, history = nbcache.lineage(), nbcache.lineage(), nbcache.lineage(history=True)
+    for widget in (older, newer, history):
+        widget._drawn_at = 0.0
+    load(2)
+    assert older.lineage.nodes == {} and list(newer.lineage.nodes) == ["load"]
+    assert list(history.lineage.nodes) == ["load"]
+
+
 def test_static_svg_in_the_mime_bundle_for_viewers_without_a_kernel(cache_dir):
     require(dot_missing())
     load, total = _pipeline()
