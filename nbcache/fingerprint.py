@@ -21,7 +21,7 @@ from __future__ import annotations
 import dis
 import enum
 import functools
-import importlib.metadata
+import importlib
 import importlib.util
 import os
 import site
@@ -120,6 +120,8 @@ def is_user_code(module_name: str | None, filename: str | None) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _distributions() -> dict[str, list[str]]:
+    import importlib.metadata  # only when a version is looked up: it costs half of `import nbcache`
+
     return importlib.metadata.packages_distributions()
 
 
@@ -133,6 +135,8 @@ def package_version(module_name: str) -> str:
     if isinstance(version, str):
         return f"{top}=={version}"
     # the distribution usually has the module's name; mapping all of them is slow, so it comes last
+    import importlib.metadata
+
     for dist in [top, *_distributions().get(top, [])]:
         try:
             return f"{dist}=={importlib.metadata.version(dist)}"
@@ -252,10 +256,6 @@ def _feed_lru_cache(func: Any, h: Hasher, walk: Walk) -> None:
 
 def _feed_code(func: types.FunctionType, h: Hasher, walk: Walk) -> None:
     key = id(func)
-    memo = walk.memo.get(key)
-    if memo is not None:
-        h.update(memo[1])
-        return
     if key in walk.active:  # recursion through helpers: the cycle is closed by name
         _feed_bytes_tagged(b"cycle", _label(func).encode(), h)
         return
@@ -291,7 +291,6 @@ def _feed_code(func: types.FunctionType, h: Hasher, walk: Walk) -> None:
         digest = total.digest()
     finally:
         walk.active.discard(key)
-    walk.memo[key] = (func, digest)
     h.update(digest)
 
 
@@ -429,10 +428,6 @@ def _feed_class(cls: type, h: Hasher, walk: Walk) -> None:
         _feed_library(cls, h)
         return
     key = id(cls)
-    memo = walk.memo.get(key)
-    if memo is not None:
-        h.update(memo[1])
-        return
     if key in walk.active:
         _feed_bytes_tagged(b"cycle", _label(cls).encode(), h)
         return
@@ -455,7 +450,6 @@ def _feed_class(cls: type, h: Hasher, walk: Walk) -> None:
         digest = sub.digest()
     finally:
         walk.active.discard(key)
-    walk.memo[key] = (cls, digest)
     h.update(digest)
 
 

@@ -53,14 +53,13 @@ class Unhashable(Exception):
 
 
 class Walk:
-    """Per-call state: the containers on the current path (for self-reference), and for ``fingerprint``
-    a memo of code already digested, the functions being digested (for mutual recursion) and the parts."""
+    """Per-call state: the containers on the current path (for self-reference), every object's digest so
+    far, and for ``fingerprint`` the functions being digested (for mutual recursion) and the parts."""
 
-    __slots__ = ("stack", "memo", "active", "parts", "digests")
+    __slots__ = ("stack", "active", "parts", "digests")
 
     def __init__(self, parts: dict[str, str] | None = None) -> None:
         self.stack: dict[int, int] = {}
-        self.memo: dict[int, tuple[Any, bytes]] = {}  # id -> (object kept alive, digest)
         self.active: set[int] = set()
         self.parts = parts  # label -> own digest, when the caller wants to know what a digest depends on
         self.digests: dict[int, tuple[Any, bytes]] = {}  # every object digested so far (kept alive: ids stay)
