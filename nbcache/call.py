@@ -49,8 +49,9 @@ class StepCall:
     """Key, lookup, save and record for one call. Subclasses fill ``code``, ``deps`` and ``inputs``."""
 
     def __init__(self, store: DiskStore, name: str, *, version: str | None, started_at: datetime, t0: float,
-                 kind: str = "function") -> None:
+                 kind: str = "function", enabled: bool = True) -> None:
         self.store = store
+        self.enabled = enabled  # False: the user turned caching off for this step
         self.name = name
         self.version = version
         self.kind = kind
@@ -75,7 +76,35 @@ class StepCall:
             return False
 
     def make_key(self) -> None:
-        self.key = "" if self.problem else make_key(self.name, self.code, self.inputs, self.version)
+        """Make the key from the ingredients gathered, or warn why this call cannot have one."""
+        if self.problem:
+            if self.enabled:
+                _warn(f"nbcache: step {self.name!r} runs without the cache: {self.problem_detail}")
+            return
+        self.key = make_key(self.name, self.code, self.inputs, self.version)
+
+    def run(self) -> Any:
+        """Serve the call from the store, or run it (and store it, when it can be)."""
+        if not self.enabled:
+            return self.execute("cache disabled", store=False)
+        if self.problem:
+            return self.execute(self.problem, store=False)
+        try:
+            values, entry, reason = self.lookup()
+        except Exception as exc:  # the index itself failed (locked for too long, damaged): run uncached
+            _warn(f"nbcache: step {self.name!r} ran without the cache, which could not be read: {exc}")
+            return self.execute("cache unreadable", store=False)
+        if values is ENOVAL:
+            return self.execute(reason, store=True)
+        return self.restore(values, entry)
+
+    def execute(self, reason: str, *, store: bool) -> Any:
+        """Run the body, record the run, store the result if ``store``; return what the caller gets."""
+        raise NotImplementedError
+
+    def restore(self, values: list[Any], entry: dict) -> Any:
+        """Give back a stored result and record the hit."""
+        raise NotImplementedError
 
     def lookup(self) -> tuple[Any, dict | None, str]:
         """(stored values, entry, "") on a hit; (ENOVAL, entry or None, why it ran) on a miss.

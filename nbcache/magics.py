@@ -36,7 +36,7 @@ from .fingerprint import imported_module, is_user_code
 from .hashing import hash_value
 from .records import SESSION, format_bytes, format_seconds
 from .step import Step
-from .store import ENOVAL, Frame, Unpicklable, get_store, set_cache_dir, set_notebook_module
+from .store import Frame, Unpicklable, get_store, set_cache_dir, set_notebook_module
 
 __all__ = ["NBCache", "StepMagics", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -327,11 +327,11 @@ class _CellCall(StepCall):
         input_names = [n for n in dict.fromkeys([*code.reads, *args.inputs])
                        if n in ns and not (n in hidden and ns[n] is hidden[n])]
         super().__init__(get_store(), args.name or code.default_name(input_names), version=args.version,
-                         started_at=datetime.now(timezone.utc), t0=time.perf_counter(), kind="cell")
+                         started_at=datetime.now(timezone.utc), t0=time.perf_counter(), kind="cell",
+                         enabled=not args.no_cache)
         self.magics = magics
         self.shell = shell
         self.cell = cell
-        self.cache = not args.no_cache
         self.restrict = args.outputs
         self.imports = code.imports
         self.quiet = analysed.quiet
@@ -345,22 +345,9 @@ class _CellCall(StepCall):
         for module in self.imports:  # the code of the user's own modules it imports counts, like a helper's
             if not self.problem:
                 self.hash_input(f"import {module}", imported_module(module, package), "input")
-        if self.problem and self.cache:
-            _warn(f"nbcache: step {self.name!r} runs without the cache: {self.problem_detail}")
         self.make_key()
 
-    def run(self) -> Any:
-        if not self.cache:
-            return self._execute("cache disabled", store=False)
-        if self.problem:
-            return self._execute(self.problem, store=False)
-        try:
-            values, entry, reason = self.lookup()
-        except Exception as exc:
-            _warn(f"nbcache: step {self.name!r} ran without the cache, which could not be read: {exc}")
-            return self._execute("cache unreadable", store=False)
-        if values is ENOVAL:
-            return self._execute(reason, store=True)
+    def restore(self, values: list[Any], entry: dict) -> Any:
         return self._restore(values[0], entry)
 
     def _restore(self, payload: dict, entry: dict) -> Any:
@@ -390,7 +377,7 @@ class _CellCall(StepCall):
                     saved_s=entry["duration_s"], output_names=tuple(payload["variables"]))
         return payload["result"]
 
-    def _execute(self, reason: str, *, store: bool) -> Any:
+    def execute(self, reason: str, *, store: bool) -> Any:
         shell = self.shell
         ns = shell.user_ns
         before = {name: id(value) for name, value in ns.items()}

@@ -20,7 +20,7 @@ from .errors import warn as _warn
 from .fingerprint import fingerprint_parts
 from .hashing import Hasher, Walk, feed, register
 from .records import StepRun
-from .store import ENOVAL, DiskStore, Unpicklable, get_store
+from .store import DiskStore, Unpicklable, get_store
 
 __all__ = ["Step", "step", "runs", "clear"]
 
@@ -84,7 +84,8 @@ class _Call(StepCall):
 
     def __init__(self, step: Step, store: DiskStore, bound: inspect.BoundArguments, started_at: datetime,
                  t0: float) -> None:
-        super().__init__(store, step.name, version=step.version, started_at=started_at, t0=t0)
+        super().__init__(store, step.name, version=step.version, started_at=started_at, t0=t0,
+                         enabled=step.enable_cache)
         self.step = step
         self.bound = bound
         try:
@@ -95,27 +96,14 @@ class _Call(StepCall):
             for name, value in bound.arguments.items():
                 if name not in step.ignore and not self.hash_input(name, value, "argument"):
                     break
-        if self.problem and step.enable_cache:
-            _warn(f"nbcache: step {step.name!r} runs without the cache: {self.problem_detail}")
         self.make_key()
 
-    def run(self) -> Any:
-        if not self.step.enable_cache:
-            return self._compute("cache disabled", cache=False)
-        if self.problem:
-            return self._compute(self.problem, cache=False)
-        try:
-            values, entry, reason = self.lookup()
-        except Exception as exc:  # the index itself failed (locked for too long, damaged): run uncached
-            _warn(f"nbcache: step {self.name!r} ran without the cache, which could not be read: {exc}")
-            return self._compute("cache unreadable", cache=False)
-        if values is ENOVAL:
-            return self._compute(reason, cache=True)
+    def restore(self, values: list[Any], entry: dict) -> Any:
         self.record(cached=True, reason="cache hit", outputs=tuple(entry["outputs"]),
                     saved_s=entry["duration_s"])
         return tuple(values) if entry["tuple"] else values[0]
 
-    def _compute(self, reason: str, *, cache: bool) -> Any:
+    def execute(self, reason: str, *, store: bool) -> Any:
         t_body = time.perf_counter()
         try:
             result = self.step.__wrapped__(*self.bound.args, **self.bound.kwargs)
@@ -126,7 +114,7 @@ class _Call(StepCall):
         duration = time.perf_counter() - t_body
         is_tuple = type(result) is tuple
         values = result if is_tuple else (result,)
-        if not cache:
+        if not store:
             self.record(cached=False, reason=reason, outputs=addresses_of(values))
             return result
         try:
