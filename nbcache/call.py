@@ -255,7 +255,7 @@ def describe_last_change(runs: Sequence[StepRun], name: str) -> str | None:
     if not runs:
         return None
     last = runs[-1]
-    state = "came from the cache" if last.cached else ("failed" if last.status == "failed" else "ran")
+    state = {"hit": "came from the cache"}.get(last.outcome, last.outcome)
     head = f"{name} {state} at {last.started_at.astimezone():%Y-%m-%d %H:%M:%S}: {last.reason}"
     if len(runs) == 1:
         return head + " (its only run)"

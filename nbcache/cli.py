@@ -108,7 +108,7 @@ def _ls(args: argparse.Namespace, store: Any, runs: list) -> int:
 
     _print_table(["step", "kind", "entries", "size", "last run", "last state"],
                  [[r["step"], r["kind"], r["entries"], format_bytes(r["bytes"]),
-                   _when(r["last"]["started_at"]) if r["last"] else "", _state(r["last"]) if r["last"] else ""]
+                   _when(r["last"]["started_at"]) if r["last"] else "", r["last"]["outcome"] if r["last"] else ""]
                   for r in rows], empty="no steps yet")
     return 0
 
@@ -120,7 +120,7 @@ def _show(args: argparse.Namespace, store: Any, runs: list) -> int:
     from .records import format_seconds
 
     _print_table(["started", "state", "duration", "key", "reason"],
-                 [[_when(r["started_at"]), _state(r), format_seconds(r["duration_s"]), r["key"], r["reason"]]
+                 [[_when(r["started_at"]), r["outcome"], format_seconds(r["duration_s"]), r["key"], r["reason"]]
                   for r in mine], empty=f"{args.step} has no recorded runs")
     return 0
 
@@ -178,11 +178,7 @@ def _info(args: argparse.Namespace, store: Any, runs: list) -> int:
 
 
 def _run_json(run: Any) -> dict[str, Any]:
-    return json.loads(run.to_json())
-
-
-def _state(run: dict[str, Any]) -> str:
-    return "hit" if run["cached"] else ("failed" if run["status"] == "failed" else "ran")
+    return {**json.loads(run.to_json()), "outcome": run.outcome}
 
 
 def _when(iso: str) -> str:

@@ -250,7 +250,7 @@ class StepMagics(Magics):
             raise UsageError("%steps takes no arguments")
         runs = [r for r in get_store().read_runs() if r.session == SESSION]
         _show_table(["step", "state", "duration", "saved", "reason"],
-                    [[r.step, "hit" if r.cached else ("failed" if r.status == "failed" else "ran"),
+                    [[r.step, r.outcome,
                       format_seconds(r.duration_s), format_seconds(r.saved_s) if r.cached else "", r.reason] for r in runs],
                     empty="no step has run in this kernel yet")
 

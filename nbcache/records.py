@@ -48,6 +48,11 @@ class StepRun:
     output_names: tuple[str, ...] = ()
     sizes: Mapping[str, int] = field(default_factory=dict)  # stored bytes of each output, by its hash
 
+    @property
+    def outcome(self) -> str:
+        """``hit``, ``ran`` or ``failed``, in one word for tables."""
+        return "hit" if self.cached else ("failed" if self.status == "failed" else "ran")
+
     def to_json(self) -> str:
         record: dict[str, Any] = {name: getattr(self, name) for name in _FIELDS}
         record["started_at"] = self.started_at.isoformat()
