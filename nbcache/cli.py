@@ -56,8 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     clear.add_argument("step", nargs="?")
     clear.add_argument("--older-than", type=_duration, metavar="AGE", help="only results stored before AGE ago")
     commands.add_parser("info", parents=[common], help="the directory, its size and entry count")
-    demo = commands.add_parser("demo", help="run an example pipeline twice; the second run comes from the cache")
+    demo = commands.add_parser("demo", help="run the digits pipeline twice; the second run changes the trainer")
     demo.add_argument("--dir", help="cache directory to use (default: a fresh temporary one)")
+    demo.add_argument("-o", "--output", default="lineage.svg", help="where to write the lineage of run 2")
     return parser
 
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import main as demo_main
 
-        return demo_main(args.dir)
+        return demo_main(args.dir, args.output)
     try:
         return _run(args)
     except _Failure as failure:

@@ -17,17 +17,20 @@ from nbcache.cli import main
 from .conftest import dot_missing, require
 
 
-def test_demo_second_run_is_served_from_the_cache(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "nbcache.cli", "demo", "--dir", str(tmp_path / "c")],
-                          capture_output=True, text=True, timeout=300)
+def test_demo_second_run_takes_the_first_two_steps_from_the_cache(tmp_path):
+    require(dot_missing())
+    proc = subprocess.run([sys.executable, "-m", "nbcache.cli", "demo", "--dir", str(tmp_path / "c"),
+                           "-o", str(tmp_path / "lineage.svg")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
-    for name in ("importer", "normalizer", "trainer", "evaluator"):
-        assert f"run 1  {name}" in out and f"run 2  {name}" in out
-    run2 = [line for line in out.splitlines() if line.startswith("run 2  ") and "accuracy" not in line]
-    assert len(run2) == 4 and all(line.endswith("cache hit") for line in run2)
-    assert "Same accuracy from the cache: yes" in out
-    assert (tmp_path / "c" / "runs.jsonl").exists()
+    lines = proc.stdout.splitlines()
+    reasons = {line.split()[2]: " ".join(line.split()[5:]) for line in lines
+               if line.startswith("run 2  ") and "accuracy" not in line}
+    assert reasons == {"importer": "cache hit", "normalizer": "cache hit",
+                       "trainer": "argument epochs changed", "evaluator": "argument weights changed"}
+    table = [line.split() for line in lines if line.split() and line.split()[0] in reasons and "run" not in line]
+    assert [row[0] for row in table] == ["importer", "normalizer", "trainer", "evaluator"]
+    svg = (tmp_path / "lineage.svg").read_text()
+    assert svg.count("nbcache_hit") == 2 and svg.count("nbcache_rerun") == 2
 
 
 def test_unknown_command_is_a_usage_error(capsys):
