@@ -130,7 +130,7 @@ class StepCall:
         self.sizes = entry.get("sizes", {})
         return values, entry, ""
 
-    def save(self, values: Sequence[Any], entry: dict) -> tuple[str, ...]:
+    def save(self, values: Sequence[Any], entry: dict, addresses: tuple[str, ...] | None = None) -> tuple[str, ...]:
         """Store each of ``values`` under this call's key, with ``entry``'s extra fields; return their
         content addresses. Raises ``Unpicklable`` (nothing stored) if a value cannot be serialized; a
         failure to write warns, since the caller still has its values."""
@@ -141,7 +141,8 @@ class StepCall:
             except Unpicklable as exc:
                 exc.index = index  # which value, for the message
                 raise
-        addresses = tuple(_address(v, f) for v, f in zip(values, frames))
+        if addresses is None or not all(addresses):
+            addresses = tuple(_address(v, f) for v, f in zip(values, frames))
         self._put(frames, addresses, addresses, entry)
         return addresses
 
@@ -187,12 +188,13 @@ class StepCall:
                 pass  # only the wording of a later reason depends on it
 
     def record(self, *, cached: bool, reason: str, outputs: tuple[str, ...], saved_s: float = 0.0,
-               status: str = "ok", error: str | None = None, output_names: tuple[str, ...] = ()) -> StepRun:
+               status: str = "ok", error: str | None = None, output_names: tuple[str, ...] = (),
+               result: str = "") -> StepRun:
         run = StepRun(
             step=self.name, cached=cached, duration_s=time.perf_counter() - self.t0, saved_s=saved_s,
             key=self.key, code=self.code, inputs=self.inputs, outputs=outputs, reason=reason,
             started_at=self.started_at, status=status, version=self.version, deps=self.deps, error=error,
-            kind=self.kind, output_names=output_names, sizes=self.sizes,
+            kind=self.kind, output_names=output_names, sizes=self.sizes, result=result,
         )
         try:
             self.store.append_run(run)

@@ -96,7 +96,7 @@ def build(runs: Iterable[StepRun], *, history: bool = False, session: str = SESS
     made_by: dict[str, list[StepRun]] = {}  # every run in the history that produced a value
     for run in runs:
         if run.step in nodes:
-            for address in run.outputs:
+            for address in (*run.outputs, run.result):  # a tuple's elements, and the tuple as a whole
                 if address:
                     made_by.setdefault(address, []).append(run)
     edges: dict[tuple[str, str], list[str]] = {}

@@ -82,6 +82,22 @@ def hash_value(obj: Any, *, root: str = "value") -> str:
     return h.hexdigest()
 
 
+def hash_items(values: tuple) -> tuple[str, list[str]]:
+    """``hash_value(values)`` and ``hash_value(v)`` for each item, hashing every item once.
+
+    A step that returns a tuple records both: a consumer may take one element or the whole tuple.
+    """
+    walk = Walk()
+    h = new_hasher()
+    try:
+        feed(values, h, walk)
+    except Unhashable as e:
+        raise _public_error(e, "result") from None
+    items = [hash_value(v) if type(v) in _ATOMS else new_hasher(b"@" + walk.digests[id(v)][1]).hexdigest()
+             for v in values]
+    return h.hexdigest(), items
+
+
 def _public_error(e: Unhashable, root: str) -> UncacheableError:
     return UncacheableError(e.type_name, root + "".join(reversed(e.path)), e.detail)
 

@@ -47,6 +47,7 @@ class StepRun:
     session: str = SESSION
     output_names: tuple[str, ...] = ()
     sizes: Mapping[str, int] = field(default_factory=dict)  # stored bytes of each output, by its hash
+    result: str = ""  # the hash of a returned tuple as a whole (its elements are in ``outputs``)
 
     @property
     def outcome(self) -> str:

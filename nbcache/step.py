@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable, TypeVar, overload
 from .call import StepCall, addresses_of, forget_last_written
 from .errors import warn as _warn
 from .fingerprint import fingerprint_parts
-from .hashing import Hasher, Walk, feed, register
+from .errors import UncacheableError
+from .hashing import Hasher, Walk, feed, hash_items, register
 from .records import StepRun
 from .store import DiskStore, Unpicklable, get_store
 
@@ -100,7 +101,7 @@ class _Call(StepCall):
 
     def restore(self, values: list[Any], entry: dict) -> Any:
         self.record(cached=True, reason="cache hit", outputs=tuple(entry["outputs"]),
-                    saved_s=entry["duration_s"])
+                    saved_s=entry["duration_s"], result=entry.get("result", ""))
         return tuple(values) if entry["tuple"] else values[0]
 
     def execute(self, reason: str, *, store: bool) -> Any:
@@ -114,18 +115,26 @@ class _Call(StepCall):
         duration = time.perf_counter() - t_body
         is_tuple = type(result) is tuple
         values = result if is_tuple else (result,)
+        whole, addresses = "", None
+        if is_tuple:  # a consumer may take one element or the whole tuple: the lineage needs both hashes
+            try:
+                whole, items = hash_items(result)
+                addresses = tuple(items)
+            except UncacheableError:
+                pass
         if not store:
-            self.record(cached=False, reason=reason, outputs=addresses_of(values))
+            self.record(cached=False, reason=reason, outputs=addresses or addresses_of(values), result=whole)
             return result
         try:
-            addresses = self.save(values, {"tuple": is_tuple, "duration_s": duration})
+            addresses = self.save(values, {"tuple": is_tuple, "duration_s": duration, "result": whole},
+                                  addresses)
         except Unpicklable as exc:
             _warn(f"nbcache: step {self.name!r} returned a value that cannot be pickled ({exc});"
                   " it is returned but not cached")
             self.record(cached=False, reason=reason + "; result not cached: cannot be pickled",
                         outputs=addresses_of(values))
             return result
-        self.record(cached=False, reason=reason, outputs=addresses)
+        self.record(cached=False, reason=reason, outputs=addresses, result=whole)
         return result
 
 

@@ -479,3 +479,30 @@ def test_a_returned_open_file_is_not_cached(cache_dir, tmp_path):
         handle = opener(str(path))
     with handle:
         assert handle.read() == "v2"
+
+
+def test_tuple_results_link_to_consumers_of_an_element_or_of_the_whole(cache_dir):
+    from nbcache.graph import build
+    from nbcache.hashing import hash_items
+
+    values = (np.arange(3), [1, 2], 7)
+    whole, items = hash_items(values)
+    assert whole == nbcache.hash_value(values) and items == [nbcache.hash_value(v) for v in values]
+
+    @step
+    def fit(n):
+        return np.arange(n), np.arange(n) * 2
+
+    @step
+    def score(weights):  # takes the tuple whole
+        return float(weights[0].sum() + weights[1].sum())
+
+    @step
+    def first(w):  # takes one element
+        return float(w.sum())
+
+    weights = fit(3)
+    score(weights)
+    first(weights[1])
+    edges = {(e.source, e.target) for e in build(nbcache.runs()).edges}
+    assert edges == {("fit", "score"), ("fit", "first")}
