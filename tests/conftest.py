@@ -55,3 +55,16 @@ def ipshell():
     from IPython.testing.globalipapp import start_ipython
 
     return start_ipython() or get_ipython()
+
+
+def two_steps():
+    """Two small steps, ``total(load(n))``: a producer and its consumer."""
+    @nbcache.step
+    def load(n):
+        return list(range(n))
+
+    @nbcache.step
+    def total(values):
+        return sum(values)
+
+    return load, total

@@ -11,10 +11,9 @@ import time
 import pytest
 
 import nbcache
-from nbcache import step
 from nbcache.cli import main
 
-from .conftest import dot_missing, require
+from .conftest import dot_missing, require, two_steps
 
 
 def test_demo_second_run_takes_the_first_two_steps_from_the_cache(tmp_path):
@@ -43,14 +42,7 @@ def test_unknown_command_is_a_usage_error(capsys):
 @pytest.fixture
 def filled(cache_dir):
     """A cache directory with two steps, one of them run twice with a changed argument."""
-    @step
-    def load(n):
-        return list(range(n))
-
-    @step
-    def total(values):
-        return sum(values)
-
+    load, total = two_steps()
     total(load(3))
     total(load(4))
     return str(cache_dir)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 import nbcache
-from nbcache import step
 from nbcache.graph import DotMissing
 
-from .conftest import dot_missing, require
+from .conftest import dot_missing, require, two_steps
 
 
 @pytest.fixture
@@ -19,16 +18,7 @@ def ip(ipshell, cache_dir):
     ipshell.run_line_magic("unload_ext", "nbcache")
 
 
-def _pipeline():
-    @step
-    def load(n):
-        return list(range(n))
-
-    @step
-    def total(values):
-        return sum(values)
-
-    return load, total
+_pipeline = two_steps
 
 
 def test_widget_draws_the_graph_and_saves_it(cache_dir, tmp_path):
