@@ -16,7 +16,7 @@ from .errors import warn as _warn
 from .hashing import hash_value
 from .key import make_key
 from .records import StepRun
-from .store import ENOVAL, Damaged, DiskStore, Frame, Unpicklable
+from .store import ENOVAL, Damaged, DiskStore, Frame
 
 __all__ = ["StepCall", "addresses_of", "describe_last_change", "explain_change", "forget_last_written",
            "subscribe"]
@@ -134,13 +134,7 @@ class StepCall:
         """Store each of ``values`` under this call's key, with ``entry``'s extra fields; return their
         content addresses. Raises ``Unpicklable`` (nothing stored) if a value cannot be serialized; a
         failure to write warns, since the caller still has its values."""
-        frames = []
-        for index, value in enumerate(values):
-            try:
-                frames.append(Frame(value))
-            except Unpicklable as exc:
-                exc.index = index  # which value, for the message
-                raise
+        frames = [Frame(value) for value in values]
         if addresses is None or not all(addresses):
             addresses = tuple(_address(v, f) for v, f in zip(values, frames))
         self._put(frames, addresses, addresses, entry)

@@ -411,12 +411,10 @@ _LAZY = {"numpy": "nbcache._hashing_numpy", "pandas": "nbcache._hashing_pandas"}
 _loaded: set[str] = set()
 
 
-def _load_lazy_handlers() -> bool:
-    """Import handler modules for libraries the process has loaded; True if any were added now."""
-    added = False
+def _load_lazy_handlers() -> None:
+    """Import the handler modules of libraries the process has loaded by now."""
     for library, module in _LAZY.items():
         if library not in _loaded and library in sys.modules:
             _loaded.add(library)
             importlib.import_module(module)
-            added = True
-    return added
+

@@ -42,8 +42,8 @@ class Step:
         if not callable(func) or isinstance(func, type):
             raise TypeError(f"@step decorates a function, not {type(func).__name__}")
         ignore = _check_options(name, enable_cache, ignore, version)
-        self.__wrapped__ = self._nbcache_function_ = func  # the latter is read by fingerprint()
-        functools.update_wrapper(self, func)
+        functools.update_wrapper(self, func)  # sets __wrapped__, the function the step runs
+        self._nbcache_function_ = func  # read by fingerprint(): a step's fingerprint is its function's
         self.name = name or _default_name(func)
         self.enable_cache = enable_cache
         self.version = version

@@ -56,9 +56,7 @@ class Damaged(Exception):
 
 
 class Unpicklable(Exception):
-    """A value cannot be serialized. The message names its type; ``index`` says which of several."""
-
-    index: int | None = None
+    """A value cannot be serialized. The message names its type."""
 
 
 # -- serialization ------------------------------------------------------------------------------------------
