@@ -5,6 +5,10 @@ Python process (as after a kernel restart), and prints how long each step took i
 run the importer and the normalizer come from the cache, and only the trainer and what depends on it
 run. It then writes the lineage of the second run to ``lineage.svg``. The digits ship with scikit-learn,
 so nothing is downloaded.
+
+The work itself is in plain functions (``augment``, ``deskew``, ``fit``, ``accuracy``), so that the
+notebook ``notebooks/digits_pipeline.ipynb`` can wrap the same work in its own ``@step`` functions and
+``%%step`` cells.
 """
 
 from __future__ import annotations
@@ -23,29 +27,29 @@ except ImportError:  # pragma: no cover - exercised by users without the extra
     np = None
 
 from .records import SESSION
-from .step import runs, step
+from .step import step
 
 STEPS = ("importer", "normalizer", "trainer", "evaluator")
-ANGLES = (-15, -12, -9, -6, -3, 3, 6, 9, 12, 15)
+ANGLES = (-15, -12.5, -10, -7.5, -5, -2.5, 2.5, 5, 7.5, 10, 12.5, 15)
 
 
-@step
-def importer(seed: int = 0):
-    """The digits, augmented with rotated copies (cubic splines): about 20,000 8x8 images."""
+def augment(seed: int = 0):
+    """scikit-learn's 1,797 digits plus rotated copies (cubic splines): about 23,000 8x8 images.
+
+    Returns ``(images, labels, held_out)``: ``held_out`` marks every image made from the fifth of the
+    digits kept for testing (picked by ``seed``), so that no rotation of a test digit is trained on.
+    """
     digits = load_digits()
-    images = [digits.images]
-    for angle in ANGLES:
-        images.append(np.stack([ndimage.rotate(im, angle, reshape=False, order=3, mode="nearest")
-                                for im in digits.images]))
-    X = np.concatenate(images)
-    y = np.tile(digits.target, len(images))
-    order = np.random.default_rng(seed).permutation(len(X))
-    return X[order], y[order]
+    copies = [digits.images] + [
+        np.stack([ndimage.rotate(im, angle, reshape=False, order=3, mode="nearest") for im in digits.images])
+        for angle in ANGLES]
+    n = len(digits.images)
+    held_out_digits = np.random.default_rng(seed).permutation(n) < n // 5
+    return np.concatenate(copies), np.tile(digits.target, len(copies)), np.tile(held_out_digits, len(copies))
 
 
-@step
-def normalizer(images):
-    """Deskew every image by its second moments, then scale pixels to zero mean and unit variance."""
+def deskew(images):
+    """Straighten every image by its second moments, then scale pixels to zero mean and unit variance."""
     rows, cols = np.mgrid[:8, :8]
     out = np.empty((len(images), 64))
     for i, im in enumerate(images):
@@ -58,12 +62,13 @@ def normalizer(images):
     return (out - out.mean(axis=0)) / (out.std(axis=0) + 1e-9)
 
 
-@step
-def trainer(X, y, epochs: int = 1, hidden: int = 512, learning_rate: float = 0.05):
-    """A one-hidden-layer network, trained by mini-batch gradient descent."""
+def fit(X, y, held_out, epochs: int = 1, hidden: int = 4096, learning_rate: float = 0.01):
+    """A one-hidden-layer network trained by mini-batch gradient descent on the images not held out;
+    returns its weights ``(w1, w2)``."""
+    X, y = X[~held_out], y[~held_out]
     rng = np.random.default_rng(1)
     w1 = rng.normal(scale=0.1, size=(X.shape[1], hidden))
-    w2 = rng.normal(scale=0.1, size=(hidden, 10))
+    w2 = rng.normal(scale=0.01, size=(hidden, 10))
     targets = np.eye(10)[y]
     for _ in range(epochs):
         for batch in np.array_split(rng.permutation(len(X)), len(X) // 16):
@@ -78,33 +83,84 @@ def trainer(X, y, epochs: int = 1, hidden: int = 512, learning_rate: float = 0.0
     return w1, w2
 
 
-@step
-def evaluator(weights, X, y):
-    """Accuracy on the last fifth of the data."""
+def accuracy(weights, X, y, held_out) -> float:
+    """The share of held-out images the network labels right."""
     w1, w2 = weights
-    test = slice(len(X) * 4 // 5, None)
-    predicted = (np.maximum(X[test] @ w1, 0) @ w2).argmax(axis=1)
-    return float((predicted == y[test]).mean())
+    predicted = (np.maximum(X[held_out] @ w1, 0) @ w2).argmax(axis=1)
+    return float((predicted == y[held_out]).mean())
+
+
+@step
+def importer(seed: int = 0):
+    """The digits and their rotated copies, with the held-out mask (see ``augment``)."""
+    return augment(seed)
+
+
+@step
+def normalizer(images):
+    return deskew(images)
+
+
+@step
+def trainer(X, labels, held_out, epochs: int = 1):
+    return fit(X, labels, held_out, epochs=epochs)
+
+
+@step
+def evaluator(weights, X, labels, held_out):
+    return accuracy(weights, X, labels, held_out)
 
 
 def run_pipeline(epochs: int) -> float:
-    images, labels = importer()
+    images, labels, held_out = importer()
     X = normalizer(images)
-    weights = trainer(X, labels, epochs=epochs)
-    return evaluator(weights, X, labels)
+    weights = trainer(X, labels, held_out, epochs=epochs)
+    return evaluator(weights, X, labels, held_out)
+
+
+def table(first: dict[str, float], second: dict[str, float]) -> str:
+    """The run-1/run-2 table: one row per step with both durations in seconds and the speed-up."""
+    rows = [f"{'step':<11} {'run 1 (s)':>10} {'run 2 (s)':>10} {'speed-up':>9}"]
+    for name, seconds in first.items():
+        rows.append(f"{name:<11} {seconds:10.3f} {second[name]:10.4f} {seconds / second[name]:8.1f}x")
+    return "\n".join(rows)
+
+
+class _Progress:
+    """Child process: print each step run as a JSON line the moment it is recorded."""
+
+    def print(self, run) -> None:
+        print(json.dumps({"step": run.step, "seconds": run.duration_s, "cached": run.cached,
+                          "reason": run.reason}), flush=True)
 
 
 def _run_once(epochs: int) -> None:
-    """Child process: run the pipeline and print each step's latest run as JSON."""
+    from .call import subscribe
+
+    progress = _Progress()
+    subscribe(progress.print)
     accuracy = run_pipeline(epochs)
-    latest = {r.step: r for r in runs()}
-    print(json.dumps({"accuracy": accuracy, "session": SESSION, "steps": {
-        name: {"seconds": latest[name].duration_s, "cached": latest[name].cached, "reason": latest[name].reason}
-        for name in STEPS}}))
+    print(json.dumps({"accuracy": accuracy, "session": SESSION}), flush=True)
 
 
 _CHILD = ("import sys, nbcache, nbcache.demo as d; nbcache.set_cache_dir(sys.argv[1]); "
           "d._run_once(epochs=int(sys.argv[2]))")
+
+
+def _run_in_child(number: int, epochs: int, directory: Path) -> dict | None:
+    """One run in a fresh Python process, printing a progress line as each step finishes."""
+    steps: dict[str, dict] = {}
+    with subprocess.Popen([sys.executable, "-c", _CHILD, str(directory), str(epochs)],
+                          stdout=subprocess.PIPE, text=True) as child:
+        for line in child.stdout:
+            result = json.loads(line)
+            if "step" not in result:
+                print(f"run {number}  accuracy    {result['accuracy']:.4f}\n")
+                return {**result, "steps": steps}
+            steps[result["step"]] = result
+            print(f"run {number}  {result['step']:<11} {result['seconds']:8.3f} s  {result['reason']}", flush=True)
+    print(f"run {number} failed (exit code {child.returncode}): see the traceback above", file=sys.stderr)
+    return None
 
 
 def main(cache_dir: str | None = None, output: str = "lineage.svg") -> int:
@@ -114,24 +170,15 @@ def main(cache_dir: str | None = None, output: str = "lineage.svg") -> int:
     with tempfile.TemporaryDirectory(prefix="nbcache-demo-") as scratch:
         directory = Path(cache_dir or scratch).absolute()
         print("nbcache demo: digits pipeline, run 1 with one epoch, run 2 with two, each in a fresh process")
-        print(f"cache: {directory}\n")
+        print(f"cache: {directory}\n", flush=True)
         results = []
         for number, epochs in ((1, 1), (2, 2)):
-            proc = subprocess.run([sys.executable, "-c", _CHILD, str(directory), str(epochs)],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(proc.stderr, file=sys.stderr)
-                return proc.returncode
-            result = json.loads(proc.stdout.splitlines()[-1])
+            result = _run_in_child(number, epochs, directory)
+            if result is None:
+                return 1
             results.append(result)
-            for name in STEPS:
-                info = result["steps"][name]
-                print(f"run {number}  {name:<11} {info['seconds']:8.3f} s  {info['reason']}", flush=True)
-            print(f"run {number}  accuracy    {result['accuracy']:.4f}\n")
-        print(f"{'step':<11} {'run 1 (s)':>10} {'run 2 (s)':>10} {'speed-up':>9}")
-        for name in STEPS:
-            first, second = (r["steps"][name]["seconds"] for r in results)
-            print(f"{name:<11} {first:10.3f} {second:10.4f} {first / second:8.1f}x")
+        seconds = [{name: r["steps"][name]["seconds"] for name in STEPS} for r in results]
+        print(table(*seconds))
         _write_lineage(directory, results[1]["session"], output)
         second = results[1]["steps"]
         expected = second["importer"]["cached"] and second["normalizer"]["cached"] and not second["trainer"]["cached"]
