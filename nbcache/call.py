@@ -168,15 +168,15 @@ class StepCall:
             last = self.store.get_last(self.name)
         except Exception:
             last = None
-        noun = "argument" if self.kind == "function" else "input"
-        return explain_change(last, self.code, self.deps, self.inputs, self.version, noun)
+        return explain_change(last, self.code, self.deps, self.inputs, self.version, self.kind)
 
     def remember_last(self, force: bool = False) -> None:
         slot = (str(self.store.directory), self.name)
         if force or _last_written.get(slot) != self.key:
             try:
                 self.store.set_last(self.name, {"key": self.key, "code": self.code, "deps": self.deps,
-                                                "inputs": self.inputs, "version": self.version})
+                                                "inputs": self.inputs, "version": self.version,
+                                                "kind": self.kind})
                 _last_written[slot] = self.key
             except Exception:
                 pass  # only the wording of a later reason depends on it
@@ -199,11 +199,17 @@ class StepCall:
         return run
 
 
+_KIND_WORDS = {"function": "@step function", "cell": "%%step cell"}
+
+
 def explain_change(last: dict | None, code: str, deps: dict[str, str], inputs: dict[str, str],
-                   version: str | None, noun: str = "argument") -> str:
+                   version: str | None, kind: str = "function") -> str:
     """In words, what differs between a step's latest recorded ingredients and these."""
     if last is None:
         return "first run"
+    if last.get("kind", kind) != kind:  # one name, used by a function before and by a cell now (or back)
+        return f"first run as a {_KIND_WORDS.get(kind, kind)} (its last run was a {_KIND_WORDS.get(last['kind'], last['kind'])})"
+    noun = "argument" if kind == "function" else "input"
     changes = []
     if last["code"] != code:
         old = last.get("deps", {})
@@ -257,7 +263,6 @@ def describe_last_change(runs: Sequence[StepRun], name: str) -> str | None:
         return head + " (its only run)"
     previous = runs[-2]
     change = explain_change(
-        {"code": previous.code, "deps": previous.deps, "inputs": previous.inputs, "version": previous.version},
-        last.code, dict(last.deps), dict(last.inputs), last.version,
-        "argument" if last.kind == "function" else "input")
+        {"code": previous.code, "deps": previous.deps, "inputs": previous.inputs, "version": previous.version,
+         "kind": previous.kind}, last.code, dict(last.deps), dict(last.inputs), last.version, last.kind)
     return f"{head}\nsince its previous run: {'nothing changed' if change == 'cached result was removed' else change}"

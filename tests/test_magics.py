@@ -175,6 +175,16 @@ def test_step_functions_called_in_a_cell_share_the_history(ip):
     assert [(r.step, r.kind) for r in nbcache.runs()] == [("double", "function"), ("uses", "cell")]
 
 
+def test_a_cell_taking_over_a_function_s_name_says_so_instead_of_listing_changes(ip, capsys):
+    ip.run_cell("from nbcache import step\n@step\ndef importer(n):\n    return list(range(n))\nimporter(3)")
+    run(ip, "%%step importer\ndata = list(range(3))")
+    run(ip, "%%step importer\ndata = list(range(4))")
+    assert [r.reason for r in nbcache.runs()] == [
+        "first run", "first run as a %%step cell (its last run was a @step function)", "code changed"]
+    ip.run_line_magic("nbcache", "why importer")
+    assert "since its previous run: code changed" in capsys.readouterr().out
+
+
 def test_replay_keeps_the_order_of_stdout_stderr_and_display(ip, capsys):
     cell = ("%%step talk\nimport sys\nfrom IPython.display import display, Markdown\n"
             "print('one')\nprint('two', file=sys.stderr)\ndisplay(Markdown('three'))\nprint('four')")
