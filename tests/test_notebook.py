@@ -75,3 +75,67 @@ def test_cells_notebook_restart_replays_every_step_cell(tmp_path):
     exported, _ = HTMLExporter().from_notebook_node(second)
     assert "application/vnd.jupyter.widget-state+json" in exported
     assert exported.count("nbcache_step nbcache_hit") == 3
+
+
+def _text(cell: nbformat.NotebookNode) -> str:
+    """Everything a cell printed or showed as plain text, in order."""
+    return "".join(o.get("text", "") or o.get("data", {}).get("text/plain", "") for o in cell.outputs)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> tuple[nbformat.NotebookNode, Path]:
+    """The digits notebook, executed once in a fresh kernel and folder (about 15 s)."""
+    folder = tmp_path_factory.mktemp("digits")
+    notebook = NOTEBOOK.parent / "digits_pipeline.ipynb"
+    return _execute(nbformat.read(notebook, as_version=4), folder), folder
+
+
+def _cell(nb: nbformat.NotebookNode, start: str, nth: int = 0) -> nbformat.NotebookNode:
+    return [c for c in nb.cells if c.cell_type == "code" and c.source.startswith(start)][nth]
+
+
+def test_digits_notebook_with_step_functions_takes_run_2_s_first_steps_from_the_cache(digits):
+    nb, folder = digits
+    run_2 = _stdout(_cell(nb, "mark = len(nbcache.runs())\nprint(f\"accuracy {pipeline(epochs=2)")).splitlines()
+    assert [line.split(maxsplit=1) for line in run_2[1:5]] == [
+        ["importer", "cache hit"], ["normalizer", "cache hit"],
+        ["trainer", "argument epochs changed"], ["evaluator", "argument weights changed"]]
+    table = [line.split() for line in run_2[6:]]
+    assert table[0] == ["step", "run", "1", "(s)", "run", "2", "(s)", "speed-up"]
+    assert [row[0] for row in table[1:]] == ["importer", "normalizer", "trainer", "evaluator"]
+    assert all(row[-1].endswith("x") for row in table[1:])
+    assert (folder / ".nbcache-digits" / "runs.jsonl").exists()  # its own cache, next to the notebook
+
+    picture = _cell(nb, "nbcache.lineage()").outputs[0]["data"]["text/html"]
+    assert picture.count('class="node nbcache_step nbcache_hit"') == 2
+    assert picture.count('class="node nbcache_step nbcache_rerun"') == 2
+
+
+def test_digits_notebook_with_step_cells_replays_the_cached_cells(digits):
+    nb, _ = digits
+    importer_1, importer_2 = _cell(nb, "%%step importer"), _cell(nb, "%%step importer", 1)
+    assert "from the cache" not in _text(importer_1)
+    assert _text(importer_2).startswith("nbcache: step 'importer' from the cache")
+    assert _text(_cell(nb, "%%step normalizer", 1)).startswith("nbcache: step 'normalizer' from the cache")
+    # the cells compute what the functions computed: the same accuracy after one epoch and after two
+    functions = [_stdout(_cell(nb, "mark = len(nbcache.runs())\nprint(")), _stdout(_cell(nb, "mark = ", 1))]
+    cells = [_stdout(_cell(nb, "%%step evaluator")), _stdout(_cell(nb, "%%step evaluator", 1))]
+    assert [c.splitlines()[0] for c in cells] == [f.splitlines()[0] for f in functions]
+    assert cells[0] != cells[1]
+
+    steps = _text(_cell(nb, "%steps")).splitlines()[-4:]
+    assert [line.split()[:2] for line in steps] == [["importer", "hit"], ["normalizer", "hit"],
+                                                    ["trainer", "ran"], ["evaluator", "ran"]]
+    assert "input EPOCHS changed" in steps[2]
+    picture = _cell(nb, "nbcache.lineage()", 1).outputs[0]["data"]["text/html"]
+    assert picture.count("nbcache_hit") == 2 and picture.count("nbcache_rerun") == 2
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOK.parent.glob("*.ipynb")), ids=lambda p: p.name)
+def test_every_notebook_is_committed_without_outputs_and_runs_without_errors(path, tmp_path, digits):
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"strip the outputs of {path.name}"
+    executed = digits[0] if path.name == "digits_pipeline.ipynb" else _execute(nb, tmp_path)  # raises on errors
+    assert not [o for c in executed.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]
