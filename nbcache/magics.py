@@ -443,8 +443,9 @@ class _CellCall(StepCall):
 _CODE_TYPES = (types.FunctionType, type, types.ModuleType, types.MethodType, Step)
 
 
-def _memory_size(value: Any) -> int:
-    """About how many bytes a variable holds (its data for arrays and frames), for the lineage details."""
+def _memory_size(value: Any, depth: int = 3) -> int:
+    """About how many bytes a variable holds (its data for arrays and frames, and for the items of tuples,
+    lists, sets and dicts, a few levels deep), for the lineage details."""
     nbytes = getattr(value, "nbytes", None)
     if isinstance(nbytes, int):
         return nbytes
@@ -455,7 +456,11 @@ def _memory_size(value: Any) -> int:
             return int(total.sum() if hasattr(total, "sum") else total)
         except Exception:
             pass
-    return sys.getsizeof(value)
+    size = sys.getsizeof(value)
+    if depth and type(value) in (tuple, list, set, frozenset, dict) and len(value) <= 10_000:
+        items = [*value.keys(), *value.values()] if type(value) is dict else value
+        size += sum(_memory_size(item, depth - 1) for item in items)
+    return size
 
 
 def _picklable(value: Any, by_value: set[int]) -> bool:

@@ -185,6 +185,13 @@ def test_a_cell_taking_over_a_function_s_name_says_so_instead_of_listing_changes
     assert "since its previous run: code changed" in capsys.readouterr().out
 
 
+def test_recorded_sizes_count_the_arrays_inside_a_tuple(ip):
+    run(ip, "%%step weights\nimport numpy as np\nweights = (np.zeros((64, 100)), np.zeros((100, 10)))")
+    record = nbcache.runs()[-1]
+    address = record.outputs[record.output_names.index("weights")]
+    assert record.sizes[address] >= (64 * 100 + 100 * 10) * 8  # what the lineage details show as its size
+
+
 def test_replay_keeps_the_order_of_stdout_stderr_and_display(ip, capsys):
     cell = ("%%step talk\nimport sys\nfrom IPython.display import display, Markdown\n"
             "print('one')\nprint('two', file=sys.stderr)\ndisplay(Markdown('three'))\nprint('four')")
