@@ -47,7 +47,15 @@ _IMPORT_PREFIX = "import "
 
 
 def fingerprint(func: Callable[..., Any]) -> str:
-    """Return the transitive code fingerprint of a function, method, class or step, as 32 hex chars."""
+    """Return the transitive code fingerprint of a function, method, class or step, as 32 hex chars.
+
+    It changes when the bytecode changes, or anything the code reads: the user's own helpers (followed
+    however deep), global values (by content), installed libraries (by name and version). Comments,
+    docstrings, formatting and moving the function do not change it.
+
+    Raises:
+        TypeError: ``func`` is not callable, or a default or closure value in it cannot be hashed.
+    """
     return fingerprint_parts(func)[0]
 
 

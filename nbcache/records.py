@@ -20,13 +20,32 @@ SESSION = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 class StepRun:
     """One call of a step: whether it came from the cache, how long it took, and why.
 
-    ``inputs`` maps argument names to their value hashes and ``outputs`` lists the hashes of what the step
-    returned (one per element when it returned a tuple), so that a step's outputs can be matched with the
-    inputs of the steps that consumed them. ``saved_s`` is the time the original run took, for a hit.
-    ``deps`` maps each function and global value the step's code depends on to its own digest; comparing
-    two runs' ``deps`` says what changed. ``kind`` is ``"function"`` for ``@step`` and ``"cell"`` for
-    ``%%step``, whose ``output_names`` name the variables its ``outputs`` were bound to. ``session``
-    identifies the process (the kernel, until it restarts) that made the call.
+    ``inputs`` and ``outputs`` are content hashes, so that a step's outputs can be matched with the inputs
+    of the steps that consumed them (the lineage), across restarts and through plain cells. ``deps``
+    says what a step's code depends on; comparing two runs' ``deps`` says which helper or global changed.
+
+    Attributes:
+        step: The step's name.
+        cached: True when the result came from the cache and the body did not run.
+        duration_s: Seconds the call took, from the call to the return, hashing and loading included.
+        saved_s: For a hit, the seconds the original run of the body took; 0 otherwise.
+        key: The cache key, 32 hex characters; empty when the call could not have one.
+        code: The code fingerprint that went into the key.
+        inputs: Argument (or, for a cell, variable) names mapped to their content hashes.
+        outputs: The content hashes of what the step returned, one per element when it returned a
+            tuple; for a cell, of the variables in ``output_names``.
+        reason: Why it ran or came from the cache, in words: ``first run``, ``cache hit``,
+            ``code changed: clean()``, ``argument epochs changed``, ``uncacheable argument rows (generator)``.
+        started_at: When the call started, as a timezone-aware UTC ``datetime``.
+        status: ``"ok"``, or ``"failed"`` when the body raised (nothing was stored).
+        version: The step's ``version`` string, or None.
+        deps: Each function (``name()``) and global value the step's code reads, mapped to its own digest.
+        error: For a failed call, ``"ExceptionType: message"``.
+        kind: ``"function"`` for ``@step``, ``"cell"`` for ``%%step``.
+        session: Identifies the process (the kernel, until it restarts) that made the call.
+        output_names: For a cell, the variables its ``outputs`` were bound to.
+        sizes: The stored bytes of each output, by its content hash.
+        result: The content hash of a returned tuple as a whole (its elements are in ``outputs``).
     """
 
     step: str

@@ -28,7 +28,18 @@ __all__ = ["Step", "step", "runs", "clear"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 class Step:
-    """A function whose calls are cached on disk. Made by ``@step``; call it like the function."""
+    """A function whose calls are cached on disk. Made by ``@step``; call it like the function.
+
+    Calling it binds the arguments as the function would (defaults applied), hashes their content, and
+    either returns the stored result or runs the function, stores what it returned and records the call.
+    On a method, the instance (``self``) is an input like any other argument.
+
+    Attributes:
+        name: The step's name in keys, in ``runs()`` and in the lineage.
+        enable_cache: ``False``: every call runs the body; calls are still recorded.
+        ignore: The names of the arguments left out of the key.
+        version: The string given as ``version=``, part of the key; ``None`` if none was given.
+    """
 
     def __init__(
         self,
@@ -179,10 +190,26 @@ def step(func: Callable[..., Any] | None = None, *, name: str | None = None, ena
          ignore: Iterable[str] = (), version: str | None = None) -> Any:
     """Cache a function's results on disk, keyed on its code and its arguments' content.
 
-    Use as ``@step`` or ``@step(name=..., enable_cache=..., ignore=(...), version=...)``:
-    ``ignore`` names arguments left out of the key (a ``verbose`` flag), ``version`` is a string to bump
-    when something outside the code and arguments changed, and ``enable_cache=False`` always runs the body
-    while still recording the run.
+    Use as ``@step`` or ``@step(name=..., enable_cache=..., ignore=(...), version=...)``. The options are
+    checked when they are given, so a typo fails where it is written, not at the first call.
+
+    Args:
+        func: The function to cache, when used as a bare ``@step``.
+        name: The step's name in keys, in ``runs()``, ``clear()`` and the lineage; default: the function's
+            qualified name (``load``, ``Model.fit``). Two steps with one name share their history.
+        enable_cache: ``False`` always runs the body while still recording the run, to switch caching off
+            for one step without removing the decorator.
+        ignore: Names of arguments left out of the key: a ``verbose`` flag, a logger, a lock. They are
+            still passed to the function.
+        version: A string to bump when something outside the code and the arguments changed (the data
+            behind a path, a library edited in place).
+
+    Returns:
+        A ``Step`` wrapping the function (or, with options only, a decorator that makes one).
+
+    Raises:
+        TypeError: An option of the wrong type, or a class or other non-function to decorate.
+        ValueError: ``ignore`` names something that is not a parameter of the function (at decoration).
     """
     _check_options(name, enable_cache, ignore, version)
 
@@ -199,7 +226,11 @@ def step(func: Callable[..., Any] | None = None, *, name: str | None = None, ena
 
 
 def runs(step: str | Step | None = None) -> list[StepRun]:
-    """The recorded calls of all steps, or of one step (by name or by the step itself), oldest first."""
+    """The recorded calls of all steps, or of one step (by name or by the step itself), oldest first.
+
+    The history is read from ``runs.jsonl`` in the cache directory, so it holds the calls of every process
+    that used that directory, before and after restarts; ``clear()`` leaves it alone.
+    """
     name = step.name if isinstance(step, Step) else step
     if name is not None and not isinstance(name, str):
         raise TypeError(f"runs() takes a step or a step name, not {type(step).__name__}")
@@ -207,7 +238,10 @@ def runs(step: str | Step | None = None) -> list[StepRun]:
 
 
 def clear(step: str | Step | None = None) -> int:
-    """Remove cached results, of every step or of one; returns how many entries were removed."""
+    """Remove cached results, of every step or of one; returns how many entries were removed.
+
+    The history stays: a step's next run says ``cached result was removed`` rather than ``first run``.
+    """
     name = step.name if isinstance(step, Step) else step
     if name is not None and not isinstance(name, str):
         raise TypeError(f"clear() takes a step or a step name, not {type(step).__name__}")
