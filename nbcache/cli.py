@@ -64,15 +64,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "demo":
-        from .demo import main as demo_main
-
-        return demo_main(args.dir, args.output)
     try:
+        if args.command == "demo":
+            from .demo import main as demo_main
+
+            return demo_main(args.dir, args.output)
         return _run(args)
     except _Failure as failure:
         print(f"nbcache: {failure}", file=sys.stderr)
         return failure.code
+    except BrokenPipeError:  # `nbcache ls | head`: the reader left; stop quietly, as the Python docs advise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail
+        return 141  # 128 + SIGPIPE, what a program killed by the broken pipe reports
 
 
 def _run(args: argparse.Namespace) -> int:

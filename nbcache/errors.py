@@ -31,7 +31,8 @@ class UncacheableError(NBCacheError, TypeError):
             message += f": {detail}"
         message += (
             ". nbcache keys a step on the content of its inputs; if this one does not change the result,"
-            " leave it out of the key with @step(ignore=[...])"
+            " leave it out of the key: @step(ignore=[...]) for an argument, %%step --ignore NAME for a"
+            " variable a cell reads"
         )
         super().__init__(message)
 

@@ -221,6 +221,8 @@ class StepMagics(Magics):
     @argument("name", nargs="?", help="the step's name (default: the variables the cell assigns)")
     @argument("--no-cache", action="store_true", help="always run the cell; still record it")
     @argument("--inputs", type=_names, default=[], help="more variables the cell depends on: a,b")
+    @argument("--ignore", type=_names, default=[],
+              help="variables the cell reads that do not change its result (a connection, a logger): a,b")
     @argument("--outputs", type=_names, default=None, help="store only these variables: x,y")
     @argument("--version", default=None, help="change this to force a re-run")
     @cell_magic
@@ -323,9 +325,12 @@ class _CellCall(StepCall):
         if missing:
             raise UsageError(f"--inputs names {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'}"
                              " not defined in the notebook")
+        both = sorted(set(args.inputs) & set(args.ignore))
+        if both:
+            raise UsageError(f"{', '.join(both)} cannot be both in --inputs and in --ignore")
         hidden = shell.user_ns_hidden  # what IPython itself put in the namespace (get_ipython, open)
         input_names = [n for n in dict.fromkeys([*code.reads, *args.inputs])
-                       if n in ns and not (n in hidden and ns[n] is hidden[n])]
+                       if n in ns and not (n in hidden and ns[n] is hidden[n]) and n not in args.ignore]
         super().__init__(get_store(), args.name or code.default_name(input_names), version=args.version,
                          started_at=datetime.now(timezone.utc), t0=time.perf_counter(), kind="cell",
                          enabled=not args.no_cache)
@@ -409,7 +414,7 @@ class _CellCall(StepCall):
         except Unpicklable as exc:
             what = next((f"variable {n!r}" for n, v in variables.items() if not _picklable(v, defined_here)),
                         "its output")
-            _warn(f"nbcache: step {self.name!r} was not cached: {what} cannot be pickled ({exc})")
+            _warn(f"nbcache: step {self.name!r} was not cached: {what} cannot be pickled ({exc.reason})")
             self.record(cached=False, reason=reason + f"; not cached: {what} cannot be pickled",
                         outputs=addresses, output_names=tuple(names))
             return None
@@ -428,6 +433,8 @@ class _CellCall(StepCall):
         names = [n for n in self.binds if n in ns]
         names += [n for n, v in ns.items() if before.get(n) != id(v) and n not in names
                   and not _IPYTHON_NAMES.fullmatch(n) and not n.startswith("__")]
+        # the `f` of `with open(...) as f:` is a closed file by now: nothing to keep, and it cannot be stored
+        names = [n for n in names if not (isinstance(ns[n], io.IOBase) and ns[n].closed)]
         for name in self.input_names:
             value = ns.get(name, _ABSENT)
             if name in names or value is _ABSENT or isinstance(value, _CODE_TYPES):

@@ -56,7 +56,11 @@ class Damaged(Exception):
 
 
 class Unpicklable(Exception):
-    """A value cannot be serialized. The message names its type."""
+    """A value cannot be serialized. The message names its type; ``reason`` is pickle's own words."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 # -- serialization ------------------------------------------------------------------------------------------
@@ -78,7 +82,8 @@ class _Pickler(cloudpickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, io.IOBase) and not isinstance(obj, (io.BytesIO, io.StringIO)):
-            raise pickle.PicklingError(f"an open file ({getattr(obj, 'name', '?')}) is not stored")
+            state = "closed" if obj.closed else "open"
+            raise pickle.PicklingError(f"a file object ({getattr(obj, 'name', '?')}, {state}) is not stored")
         if (isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) == "__main__"
                 and id(obj) not in self._by_value and _main_attribute(obj.__qualname__, None) is obj
                 and id(_main_attribute(obj.__qualname__.partition(".")[0], None)) not in self._by_value):
@@ -123,7 +128,7 @@ class Frame:
         try:
             _Pickler(out, by_value=by_value, protocol=5, buffer_callback=buffers.append).dump(value)
         except Exception as exc:
-            raise Unpicklable(f"{type(value).__module__}.{type(value).__qualname__}: {exc}") from None
+            raise Unpicklable(f"{type(value).__module__}.{type(value).__qualname__}: {exc}", str(exc)) from None
         self.pickled = out.getvalue()
         self.buffers = [b.raw() for b in buffers]
         self.lengths = b"".join(_LEN.pack(b.nbytes) for b in self.buffers)

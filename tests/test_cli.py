@@ -110,3 +110,13 @@ def test_the_installed_command(filled):
     proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "nbcache"), "info", "--dir", filled],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "entries: 4" in proc.stdout
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(filled):
+    # `nbcache ls | head`: the pipe's reading end is closed before nbcache writes a byte
+    proc = subprocess.Popen([sys.executable, "-m", "nbcache.cli", "ls", "--json", "--dir", filled],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141
+    assert err == ""

@@ -169,6 +169,26 @@ def test_no_cache_inputs_outputs_and_version_options(ip):
     assert nbcache.runs()[-1].reason == "version changed from '1' to '2'"
 
 
+def test_ignore_leaves_a_variable_without_content_out_of_the_key(ip):
+    ip.run_cell("import sqlite3\nconn = sqlite3.connect(':memory:')")
+    cell = "%%step --ignore conn query\nrows = conn.execute('select 41 + 1').fetchall()\nopen(LOG, 'a').write('x')"
+    run(ip, cell)
+    run(ip, cell)
+    assert times_ran(ip) == 1 and ip.user_ns["rows"] == [(42,)]
+    with pytest.warns(nbcache.CacheWarning, match=r"%%step --ignore NAME"):  # what to do, without it
+        run(ip, "%%step unkeyed\nrows = conn.execute('select 1').fetchall()")
+    with pytest.raises(UsageError, match="both in --inputs and in --ignore"):
+        ip.run_cell_magic("step", "--inputs conn --ignore conn", "x = 1")
+
+
+def test_the_closed_file_of_a_with_block_is_not_an_output(ip):
+    cell = "%%step writes\nwith open(LOG, 'a') as f:\n    f.write('x')\nn = 1"
+    run(ip, cell)  # no warning (they are errors here): the step is cached without `f`
+    del ip.user_ns["n"]
+    run(ip, cell)
+    assert times_ran(ip) == 1 and ip.user_ns["n"] == 1 and nbcache.runs()[-1].output_names == ("n",)
+
+
 def test_step_functions_called_in_a_cell_share_the_history(ip):
     ip.run_cell("from nbcache import step\n@step\ndef double(v):\n    return v * 2")
     run(ip, "%%step uses\nresult = double(21)")
