@@ -312,8 +312,9 @@ _UNHASHABLE_HINTS = {
 }
 
 
-def _feed_object(obj: Any, h: Hasher, walk: Walk) -> None:
-    """The fallback: hash what pickle would save (``copyreg``'s reducer, else ``__reduce_ex__``)."""
+def _feed_object(obj: Any, h: Hasher, walk: Walk, drop: frozenset[str] = frozenset()) -> None:
+    """The fallback: hash what pickle would save (``copyreg``'s reducer, else ``__reduce_ex__``), less
+    the attributes in ``drop`` (wiring that is no content, for the handlers of particular libraries)."""
     tp = type(obj)
     if not _enter(obj, h, walk):
         return
@@ -329,12 +330,12 @@ def _feed_object(obj: Any, h: Hasher, walk: Walk) -> None:
             return
         h.update(b"O")
         feed(tp, h, walk)
-        _feed_reduced(obj, reduced, h, walk)
+        _feed_reduced(obj, reduced, h, walk, drop)
     finally:
         del walk.stack[id(obj)]
 
 
-def _feed_reduced(obj: Any, reduced: tuple, h: Hasher, walk: Walk) -> None:
+def _feed_reduced(obj: Any, reduced: tuple, h: Hasher, walk: Walk, drop: frozenset[str] = frozenset()) -> None:
     func, args, *rest = reduced + (None,) * (5 - len(reduced))
     state, listitems, dictitems = rest[0], rest[1], rest[2]
     if func is copyreg.__newobj__ and args and args[0] is type(obj):
@@ -350,7 +351,8 @@ def _feed_reduced(obj: Any, reduced: tuple, h: Hasher, walk: Walk) -> None:
         state = {**(state[0] or {}), **(state[1] or {})}  # (__dict__, __slots__) as one namespace
     if isinstance(state, dict):
         h.update(b"s")
-        feed_pairs(state.items(), h, walk, ordered=False, where=_attribute_path)
+        items = state.items() if not drop else [(k, v) for k, v in state.items() if k not in drop]
+        feed_pairs(items, h, walk, ordered=False, where=_attribute_path)
     else:
         feed(state, h, walk)
     if listitems is not None:
@@ -415,8 +417,9 @@ def register(tp: type, handler: Callable[[Any, Hasher, Walk], None] | None = Non
     return handler
 
 
-# numpy and pandas handlers are registered once their library has been imported by the user's code.
-_LAZY = {"numpy": "nbcache._hashing_numpy", "pandas": "nbcache._hashing_pandas"}
+# numpy, pandas and matplotlib handlers are registered once their library has been imported by the user's code.
+_LAZY = {"numpy": "nbcache._hashing_numpy", "pandas": "nbcache._hashing_pandas",
+         "matplotlib": "nbcache._hashing_matplotlib"}
 _loaded: set[str] = set()
 
 

@@ -13,7 +13,7 @@ from .conftest import run_python
 
 VALUES_SCRIPT = textwrap.dedent('''
     import collections, dataclasses, datetime, json
-    import numpy as np, pandas as pd
+    import matplotlib, matplotlib.pyplot as plt, numpy as np, pandas as pd
     import nbcache
 
     @dataclasses.dataclass
@@ -32,6 +32,10 @@ VALUES_SCRIPT = textwrap.dedent('''
 
     SCALE = {"a", "b", "c"}
 
+    matplotlib.use("Agg")
+    figure, axes = plt.subplots()
+    axes.plot([1, 2, 3], label="line")
+
     def uses_global(x):
         return len(SCALE) * uses_frozenset(x)
 
@@ -49,6 +53,7 @@ VALUES_SCRIPT = textwrap.dedent('''
         "frame": pd.DataFrame({"a": [1, 2], "s": ["x", "y"], "c": pd.Categorical(["p", "q"])}),
         "date": datetime.date(2026, 11, 23),
         "ordered": collections.OrderedDict([("z", 1), ("a", 2)]),
+        "figure": figure,
     }
     hashes = {name: nbcache.hash_value(value) for name, value in values.items()}
     hashes["fingerprint"] = nbcache.fingerprint(uses_global)

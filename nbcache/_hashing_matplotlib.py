@@ -1,0 +1,30 @@
+"""matplotlib handlers for ``hash_value``: a figure hashes alike each time, in every process.
+
+Two parts of a figure are wiring, not content, and pickle (which the fallback hashes) made them vary:
+
+- a ``CallbackRegistry`` (what to call on a click or a resize) draws the next callback id from a counter
+  in its pickle state, so every hash changed the figure and gave a new digest: a figure as an input
+  never hit. Pickle drops the callbacks; a registry hashes as its type and the signals it knows.
+- a transform's ``_parents`` maps ``id()``s of the transforms that depend on it: different in every
+  process. The transform hashes as everything else it holds.
+"""
+
+from __future__ import annotations
+
+from matplotlib import cbook, transforms
+
+from .hashing import Hasher, Walk, _feed_object, feed, register
+
+
+@register(cbook.CallbackRegistry)
+def _feed_callback_registry(obj: cbook.CallbackRegistry, h: Hasher, walk: Walk) -> None:
+    h.update(b"mplcb")
+    feed(sorted(map(str, getattr(obj, "_signals", None) or ())), h, walk)
+
+
+_WIRING = frozenset({"_parents"})
+
+
+@register(transforms.TransformNode)
+def _feed_transform(obj: transforms.TransformNode, h: Hasher, walk: Walk) -> None:
+    _feed_object(obj, h, walk, drop=_WIRING)
