@@ -16,10 +16,10 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, TypeVar, overload
 
 from .call import StepCall, addresses_of, forget_last_written
+from .errors import UncacheableError
 from .errors import warn as _warn
 from .fingerprint import fingerprint_parts
-from .errors import UncacheableError
-from .hashing import Hasher, Walk, feed, hash_items, register
+from .hashing import Hasher, Walk, feed, hash_items, hash_value, register
 from .records import StepRun
 from .store import DiskStore, Unpicklable, get_store
 
@@ -124,6 +124,8 @@ class _Call(StepCall):
                         error=f"{type(exc).__name__}: {exc}")
             raise
         duration = time.perf_counter() - t_body
+        if store:
+            self._check_arguments_unchanged()
         is_tuple = type(result) is tuple
         values = result if is_tuple else (result,)
         whole, addresses = "", None
@@ -147,6 +149,21 @@ class _Call(StepCall):
             return result
         self.record(cached=False, reason=reason, outputs=addresses, result=whole)
         return result
+
+    def _check_arguments_unchanged(self) -> None:
+        """Warn when the body changed an argument in place: a hit returns the result but cannot repeat that."""
+        changed = []
+        for name, digest in self.inputs.items():
+            try:
+                if hash_value(self.bound.arguments[name], root=name) != digest:
+                    changed.append(name)
+            except Exception:  # hashable before the call and not now: it was changed
+                changed.append(name)
+        if changed:
+            names = ", ".join(map(repr, changed))
+            _warn(f"nbcache: step {self.name!r} changed its argument{'s' if len(changed) > 1 else ''} {names} in"
+                  " place; a cache hit returns the result without repeating that change. Change a copy and"
+                  " return it instead")
 
 
 def _check_options(name: Any, enable_cache: Any, ignore: Any, version: Any) -> tuple[str, ...]:

@@ -87,7 +87,7 @@ def test_concepts_and_pitfalls_have_their_sections(site: Path) -> None:
         assert f'id="{anchor}"' in concepts
     pitfalls = _html(site, "pitfalls.md")
     for anchor in ("randomness", "mutating-inputs", "side-effects-files-printing-library-settings",
-                   "pickles-and-trust", "dict-order-is-not-in-the-key", "matplotlib-figures-never-hash-alike",
+                   "pickles-and-trust", "dict-order-is-not-in-the-key", "matplotlib-figures-change-when-they-are-drawn",
                    "library-code-counts-by-name-and-version", "unhashable-arguments-and-unpicklable-results"):
         assert f'id="{anchor}"' in pitfalls
 

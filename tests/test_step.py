@@ -506,3 +506,24 @@ def test_tuple_results_link_to_consumers_of_an_element_or_of_the_whole(cache_dir
     first(weights[1])
     edges = {(e.source, e.target) for e in build(nbcache.runs()).edges}
     assert edges == {("fit", "score"), ("fit", "first")}
+
+
+def test_a_step_that_changes_its_argument_in_place_is_warned_about(cache_dir):
+    @step
+    def add_total(rows):
+        rows.append(sum(rows))
+        return len(rows)
+
+    with pytest.warns(CacheWarning, match=r"step 'add_total' changed its argument 'rows' in place; a cache hit"):
+        assert add_total([1, 2, 3]) == 4
+    b = [1, 2, 3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert add_total(b) == 4  # a hit: the result, without the change (and no second warning)
+    assert b == [1, 2, 3]
+
+    @step
+    def total(rows):
+        return sum(rows)
+
+    total([1, 2])  # reads only: no warning (CacheWarnings are errors in these tests)
