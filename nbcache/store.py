@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import pickle
 import sqlite3
@@ -229,6 +230,8 @@ def load_frame(source: bytes | Any) -> Any:
     """Read a value written by ``Frame`` from bytes or a binary file, verifying its checksum."""
     if isinstance(source, (bytes, bytearray)):
         return _load_bytes(bytes(source))
+    if not hasattr(source, "read"):  # a value of another format in the index (left unpickled)
+        raise Damaged("the value is not one nbcache wrote")
     with source as f:
         head = f.read(_HEAD.size)
         if len(head) != _HEAD.size:
@@ -287,7 +290,14 @@ def _unpickle(pickled: bytes | memoryview, buffers: list) -> Any:
 
 
 class _FrameDisk(diskcache.Disk):
-    """diskcache's Disk, taught to write a Frame's parts straight to a file without joining them."""
+    """diskcache's Disk, taught to write a Frame's parts straight to a file without joining them, and
+    never to unpickle a value of the index: nbcache writes its entries as JSON text, so a pickle found
+    there was put by something else, and loading it could run its code (``nbcache ls`` reads entries)."""
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        if mode == diskcache.core.MODE_PICKLE:
+            return None
+        return super().fetch(mode, filename, value, read)
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
         if not isinstance(value, Frame):
@@ -330,8 +340,7 @@ class DiskStore:
 
     # entries and blobs
     def get_entry(self, key: str) -> dict | None:
-        entry = self._cache.get("entry:" + key, ENOVAL)
-        return None if entry is ENOVAL else entry
+        return _from_json(self._cache.get("entry:" + key))
 
     def load_blob(self, address: str) -> Any:
         """The stored value at ``address``; ENOVAL if it is gone; raises ``Damaged`` if unreadable."""
@@ -346,7 +355,7 @@ class DiskStore:
             name = "blob:" + address
             if name not in self._cache:
                 self._cache.set(name, frame)
-        self._cache.set("entry:" + key, entry, tag=step)
+        self._cache.set("entry:" + key, json.dumps(entry), tag=step)
 
     def forget(self, key: str, addresses: Iterable[str] = ()) -> None:
         """Drop an entry and blobs found damaged, so the recomputed value replaces them."""
@@ -356,11 +365,10 @@ class DiskStore:
 
     # the latest ingredients of each step
     def get_last(self, step: str) -> dict | None:
-        last = self._cache.get("last:" + step, ENOVAL)
-        return None if last is ENOVAL else last
+        return _from_json(self._cache.get("last:" + step))
 
     def set_last(self, step: str, ingredients: dict) -> None:
-        self._cache.set("last:" + step, ingredients)
+        self._cache.set("last:" + step, json.dumps(ingredients))
 
     # the run history
     def append_run(self, run: StepRun) -> None:
@@ -395,8 +403,8 @@ class DiskStore:
         """Every stored entry, as (key, entry): its step, outputs, blobs, sizes and creation time."""
         for name in list(self._cache.iterkeys()):
             if isinstance(name, str) and name.startswith("entry:"):
-                entry = self._cache.get(name, ENOVAL)
-                if entry is not ENOVAL:
+                entry = _from_json(self._cache.get(name))
+                if entry is not None:
                     yield name[6:], entry
 
     def clear(self, step: str | None = None, *, older_than_s: float | None = None) -> int:
@@ -434,8 +442,8 @@ class DiskStore:
             if not isinstance(name, str):
                 continue
             if name.startswith("entry:"):
-                entry = self._cache.get(name, ENOVAL)
-                if entry is not ENOVAL:
+                entry = _from_json(self._cache.get(name))
+                if entry is not None:
                     live.update(entry["blobs"])
             elif name.startswith("blob:"):
                 blobs.append(name[5:])
@@ -453,6 +461,18 @@ class DiskStore:
             if self._log_fd is not None:
                 os.close(self._log_fd)
                 self._log_fd = None
+
+
+def _from_json(text: Any) -> dict | None:
+    """An entry or a step's latest ingredients, from the JSON text they are stored as; None if absent or
+    not readable as such (a value of another format, which ``_FrameDisk`` does not unpickle)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 # -- which directory ------------------------------------------------------------------------------------

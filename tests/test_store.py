@@ -193,3 +193,34 @@ def test_history_file_is_plain_json_lines(cache_dir):
     lines = [line for line in (cache_dir / "runs.jsonl").read_text().splitlines() if line]
     assert len(lines) == 1 and lines[0].startswith("{") and '"step":"f"' in lines[0]
     assert os.path.getsize(cache_dir / "runs.jsonl") < 2000
+
+
+class _Planted:
+    """What an attacker or an unrelated program might leave in the index: a pickle that runs code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def test_a_pickle_planted_in_the_index_is_never_loaded(cache_dir, tmp_path, capsys):
+    import diskcache
+
+    from nbcache.cli import main
+
+    @step
+    def small(n):
+        return list(range(n))
+
+    small(3)
+    marker = tmp_path / "ran"
+    with diskcache.Cache(str(cache_dir / "store")) as raw:  # diskcache's own Disk pickles what it stores
+        for name in list(raw.iterkeys()):
+            raw.set(name, _Planted(marker))
+    assert main(["ls", "--dir", str(cache_dir)]) == 0 and main(["info", "--dir", str(cache_dir)]) == 0
+    assert small(3) == [0, 1, 2]  # the entry reads as absent: computed again, not loaded
+    assert not marker.exists()
+    assert nbcache.runs()[-1].cached is False
+    capsys.readouterr()
