@@ -252,17 +252,29 @@ def forget_last_written(store: DiskStore, name: str | None) -> None:
 
 
 def describe_last_change(runs: Sequence[StepRun], name: str) -> str | None:
-    """In words, how a step's last run went and what changed since its previous one (None: never ran)."""
+    """In words, how a step's last run went and what changed since its previous one; and, when the last
+    run came from the cache, why the step last ran (None: it never ran)."""
     runs = [r for r in runs if r.step == name]
     if not runs:
         return None
-    last = runs[-1]
-    state = {"hit": "came from the cache"}.get(last.outcome, last.outcome)
-    head = f"{name} {state} at {last.started_at.astimezone():%Y-%m-%d %H:%M:%S}: {last.reason}"
-    if len(runs) == 1:
-        return head + " (its only run)"
-    previous = runs[-2]
+    lines = [_describe(runs, len(runs) - 1)]
+    if runs[-1].cached:
+        ran = next((i for i in range(len(runs) - 1, -1, -1) if not runs[i].cached), None)
+        lines.append("it never ran here: every recorded run came from the cache" if ran is None
+                     else "it last ran " + _describe(runs, ran, with_name=False))
+    return "\n".join(lines)
+
+
+def _describe(runs: Sequence[StepRun], i: int, with_name: bool = True) -> str:
+    """Run ``i`` of one step's runs: when, how and why; and what changed since the run before it."""
+    run = runs[i]
+    state = {"hit": "came from the cache"}.get(run.outcome, run.outcome)
+    when = f"{run.started_at.astimezone():%Y-%m-%d %H:%M:%S}"
+    head = (f"{run.step} {state} at {when}" if with_name else f"at {when}") + f": {run.reason}"
+    if i == 0:
+        return head + (" (its only run)" if len(runs) == 1 else " (its first recorded run)")
+    previous = runs[i - 1]
     change = explain_change(
         {"code": previous.code, "deps": previous.deps, "inputs": previous.inputs, "version": previous.version,
-         "kind": previous.kind}, last.code, dict(last.deps), dict(last.inputs), last.version, last.kind)
-    return f"{head}\nsince its previous run: {'nothing changed' if change == 'cached result was removed' else change}"
+         "kind": previous.kind}, run.code, dict(run.deps), dict(run.inputs), run.version, run.kind)
+    return f"{head}\n  since its previous run: {'nothing changed' if change == 'cached result was removed' else change}"

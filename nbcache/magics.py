@@ -493,7 +493,8 @@ def _why(name: str) -> str:
     """What changed between the last two runs of a step."""
     text = describe_last_change(get_store().read_runs(name), name)
     if text is None:
-        raise UsageError(f"no step named {name!r} has run; %steps lists the steps of this kernel")
+        raise UsageError(f"no step named {name!r} has run with this cache directory;"
+                         " `nbcache ls` in a terminal lists those that have")
     return text
 
 
