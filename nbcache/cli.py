@@ -19,8 +19,9 @@ from typing import Any
 __all__ = ["main"]
 
 EXIT_UNKNOWN_STEP = 1
-EXIT_NO_CACHE = 2
+# 2 is argparse's: a usage error (an unknown command or option, a malformed --older-than)
 EXIT_FAILED = 3  # anything else: a bad output file name, Graphviz missing
+EXIT_NO_CACHE = 4
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -99,8 +100,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _ls(args: argparse.Namespace, store: Any, runs: list) -> int:
     steps: dict[str, dict[str, Any]] = {}
-    for run in runs:
-        steps.setdefault(run.step, {"step": run.step, "kind": run.kind, "entries": 0, "bytes": 0})["last"] = run
+    for run in runs:  # the latest run of each step gives its kind and its last run
+        steps.setdefault(run.step, {"step": run.step, "entries": 0, "bytes": 0}).update(kind=run.kind, last=run)
     for _, entry in store.entries():
         row = steps.setdefault(entry["step"], {"step": entry["step"], "kind": "?", "entries": 0, "bytes": 0})
         row["entries"] += 1
@@ -155,9 +156,13 @@ def _graph(args: argparse.Namespace, store: Any, runs: list) -> int:
         data = to_dot(lineage).pipe(format=suffix)
     except graphviz.ExecutableNotFound:
         raise _Failure(DOT_HELP, EXIT_FAILED) from None
-    Path(args.output).write_bytes(data)
+    try:
+        Path(args.output).write_bytes(data)
+    except OSError as exc:
+        raise _Failure(f"cannot write {args.output}: {exc.strerror or exc}", EXIT_FAILED) from None
     if args.json:
-        return _print_json({"output": str(Path(args.output).absolute()), "steps": len(lineage.nodes)})
+        return _print_json({"output": str(Path(args.output).absolute()), "steps": len(lineage.nodes),
+                            "edges": len(lineage.edges)})
     print(f"wrote {args.output}: {len(lineage.nodes)} steps, {len(lineage.edges)} edges")
     return 0
 
