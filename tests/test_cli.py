@@ -28,8 +28,16 @@ def test_demo_second_run_takes_the_first_two_steps_from_the_cache(tmp_path):
                        "trainer": "argument epochs changed", "evaluator": "argument weights changed"}
     table = [line.split() for line in lines if line.split() and line.split()[0] in reasons and "run" not in line]
     assert [row[0] for row in table] == ["importer", "normalizer", "trainer", "evaluator"]
+    assert [row[4:] for row in table] == [["(from", "the", "cache)"]] * 2 + [[], []]
+    assert [row[3] for row in table[2:]] == ["re-ran", "re-ran"]
     svg = (tmp_path / "lineage.svg").read_text()
     assert svg.count("nbcache_hit") == 2 and svg.count("nbcache_rerun") == 2
+
+    # again on the kept directory: everything comes from the cache, and the demo says why
+    again = subprocess.run([sys.executable, "-m", "nbcache.cli", "demo", "--dir", str(tmp_path / "c"),
+                            "-o", str(tmp_path / "lineage.svg")], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "run 1 came from the cache too" in again.stdout
 
 
 def test_unknown_command_is_a_usage_error(capsys):
@@ -66,12 +74,35 @@ def test_ls_and_info(filled, capsys):
     assert json.loads(out)["entries"] == 4 and json.loads(out)["runs"] == 4
 
 
+def test_ls_gives_the_kind_of_the_latest_run(filled, capsys):
+    import dataclasses
+
+    from nbcache.store import get_store
+
+    get_store().append_run(dataclasses.replace(nbcache.runs("load")[-1], kind="cell"))  # a cell took the name
+    _, out, _ = cli(capsys, "ls", "--dir", filled)
+    assert {line.split()[0]: line.split()[1] for line in out.splitlines()[1:]} == {"load": "cell", "total": "function"}
+
+
 def test_show_and_why(filled, capsys):
     code, out, _ = cli(capsys, "show", "total", "--dir", filled, "--json")
     runs = json.loads(out)
     assert code == 0 and [r["reason"] for r in runs] == ["first run", "argument values changed"]
     code, out, _ = cli(capsys, "why", "load", "--dir", filled)
     assert code == 0 and "since its previous run: argument n changed" in out
+
+
+def test_why_after_a_hit_still_says_why_the_step_last_ran(cache_dir, capsys):
+    load, total = two_steps()
+    load(3)
+    load(4)
+    load(4)  # Restart & Run All: the latest run is a hit
+    code, out, _ = cli(capsys, "why", "load", "--dir", str(cache_dir))
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("load came from the cache at ") and lines[0].endswith(": cache hit")
+    assert lines[1] == "  since its previous run: nothing changed"
+    assert lines[2].startswith("it last ran at ") and lines[2].endswith(": argument n changed")
+    assert lines[3] == "  since its previous run: argument n changed"
 
 
 def test_graph_writes_the_lineage(filled, capsys, tmp_path):
@@ -97,10 +128,13 @@ def test_errors_name_the_problem_and_exit_non_zero(filled, capsys, tmp_path):
     code, _, err = cli(capsys, "show", "nope", "--dir", filled)
     assert code == 1 and "no step named 'nope'" in err and "known steps: load, total" in err
     code, _, err = cli(capsys, "ls", "--dir", str(tmp_path / "missing"))
-    assert code == 2 and "no cache at" in err
+    assert code == 4 and "no cache at" in err
     assert not (tmp_path / "missing").exists()  # looking never creates a cache
     code, _, err = cli(capsys, "graph", "-o", str(tmp_path / "lineage.gif"), "--dir", filled)
     assert code == 3 and ".svg, .png or .pdf" in err
+    if dot_missing() is None:
+        code, _, err = cli(capsys, "graph", "-o", str(tmp_path / "no" / "lineage.svg"), "--dir", filled)
+        assert code == 3 and err.startswith(f"nbcache: cannot write {tmp_path / 'no' / 'lineage.svg'}: ")
     with pytest.raises(SystemExit):
         main(["clear", "--older-than", "soon", "--dir", filled])
     assert "expected a duration such as 7d" in capsys.readouterr().err

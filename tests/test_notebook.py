@@ -103,7 +103,8 @@ def test_digits_notebook_with_step_functions_takes_run_2_s_first_steps_from_the_
     table = [line.split() for line in run_2[6:]]
     assert table[0] == ["step", "run", "1", "(s)", "run", "2", "(s)", "speed-up"]
     assert [row[0] for row in table[1:]] == ["importer", "normalizer", "trainer", "evaluator"]
-    assert all(row[-1].endswith("x") for row in table[1:])
+    assert [row[4:] for row in table[1:3]] == [["(from", "the", "cache)"]] * 2 and table[1][3].endswith("x")
+    assert [row[3] for row in table[3:]] == ["re-ran", "re-ran"]
     assert (folder / ".nbcache-digits" / "runs.jsonl").exists()  # its own cache, next to the notebook
 
     picture = _cell(nb, "nbcache.lineage()").outputs[0]["data"]["text/html"]
