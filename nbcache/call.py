@@ -208,7 +208,8 @@ def explain_change(last: dict | None, code: str, deps: dict[str, str], inputs: d
     if last is None:
         return "first run"
     if last.get("kind", kind) != kind:  # one name, used by a function before and by a cell now (or back)
-        return f"first run as a {_KIND_WORDS.get(kind, kind)} (its last run was a {_KIND_WORDS.get(last['kind'], last['kind'])})"
+        now, before = (_KIND_WORDS.get(k, k) for k in (kind, last["kind"]))
+        return f"first run as a {now} (its last run was a {before})"
     noun = "argument" if kind == "function" else "input"
     changes = []
     if last["code"] != code:

@@ -134,7 +134,7 @@ def table(first: Sequence[Any], second: Sequence[Any]) -> str:
         if r.step not in before:
             continue
         was = before[r.step].duration_s
-        gain = f"{was / r.duration_s:7.0f}x (from the cache)" if r.cached else "     re-ran"
+        gain = f"{was / max(r.duration_s, 1e-9):7.0f}x (from the cache)" if r.cached else "     re-ran"
         rows.append(f"{r.step:<11} {was:10.4f} {r.duration_s:10.4f} {gain}")
     return "\n".join(rows)
 
@@ -152,8 +152,8 @@ def _run_once(epochs: int) -> None:
 
     progress = _Progress()
     subscribe(progress.print)
-    accuracy = run_pipeline(epochs)
-    print(json.dumps({"accuracy": accuracy, "session": SESSION}), flush=True)
+    score = run_pipeline(epochs)
+    print(json.dumps({"accuracy": score, "session": SESSION}), flush=True)
 
 
 _CHILD = ("import sys, nbcache, nbcache.demo as d; nbcache.set_cache_dir(sys.argv[1]); "
@@ -166,6 +166,9 @@ def _run_in_child(number: int, epochs: int, directory: Path) -> dict | None:
     with subprocess.Popen([sys.executable, "-c", _CHILD, str(directory), str(epochs)],
                           stdout=subprocess.PIPE, text=True) as child:
         for line in child.stdout:
+            if not line.startswith("{"):  # something the pipeline printed itself
+                print(line, end="")
+                continue
             result = json.loads(line)
             if "step" not in result:
                 print(f"run {number}  accuracy    {result['accuracy']:.4f}\n")
