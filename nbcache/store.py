@@ -299,6 +299,10 @@ class _FrameDisk(diskcache.Disk):
             return None
         return super().fetch(mode, filename, value, read)
 
+    def get(self, key: Any, raw: bool) -> Any:
+        """A key as stored: nbcache's keys are strings, stored raw; a pickled key is left unloaded."""
+        return super().get(key, raw) if raw else None
+
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
         if not isinstance(value, Frame):
             return super().store(value, read, key=key)

@@ -219,7 +219,9 @@ def test_a_pickle_planted_in_the_index_is_never_loaded(cache_dir, tmp_path, caps
     with diskcache.Cache(str(cache_dir / "store")) as raw:  # diskcache's own Disk pickles what it stores
         for name in list(raw.iterkeys()):
             raw.set(name, _Planted(marker))
-    assert main(["ls", "--dir", str(cache_dir)]) == 0 and main(["info", "--dir", str(cache_dir)]) == 0
+        raw.set(_Planted(marker), "a pickled key")
+    for command in (["ls"], ["info"], ["clear", "--older-than", "1d"], ["show", "small"], ["why", "small"]):
+        assert main([*command, "--dir", str(cache_dir)]) == 0
     assert small(3) == [0, 1, 2]  # the entry reads as absent: computed again, not loaded
     assert not marker.exists()
     assert nbcache.runs()[-1].cached is False
