@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import time
 import types
 from datetime import datetime, timezone
@@ -151,11 +152,17 @@ class _Call(StepCall):
         return result
 
     def _check_arguments_unchanged(self) -> None:
-        """Warn when the body changed an argument in place: a hit returns the result but cannot repeat that."""
+        """Warn when the body changed a data argument in place: a hit returns the result but cannot repeat
+        that. Only plain data is checked (lists, dicts, sets, arrays, frames): other objects often change
+        their state when merely read (a memo, a ``cached_property``, a fitted model's query counters),
+        and would be reported as changed when nothing the user can see did."""
         changed = []
         for name, digest in self.inputs.items():
+            value = self.bound.arguments[name]
+            if not _is_plain_data(value):
+                continue
             try:
-                if hash_value(self.bound.arguments[name], root=name) != digest:
+                if hash_value(value, root=name) != digest:
                     changed.append(name)
             except Exception:  # hashable before the call and not now: it was changed
                 changed.append(name)
@@ -164,6 +171,17 @@ class _Call(StepCall):
             _warn(f"nbcache: step {self.name!r} changed its argument{'s' if len(changed) > 1 else ''} {names} in"
                   " place; a cache hit returns the result without repeating that change. Change a copy and"
                   " return it instead")
+
+
+_PLAIN_DATA = (list, dict, set, bytearray)
+
+
+def _is_plain_data(value: Any) -> bool:
+    tp = type(value)
+    if tp in _PLAIN_DATA:
+        return True
+    np, pd = sys.modules.get("numpy"), sys.modules.get("pandas")  # loaded already if value is theirs
+    return (np is not None and tp is np.ndarray) or (pd is not None and tp in (pd.DataFrame, pd.Series))
 
 
 def _check_options(name: Any, enable_cache: Any, ignore: Any, version: Any) -> tuple[str, ...]:

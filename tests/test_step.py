@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
 
@@ -527,3 +528,14 @@ def test_a_step_that_changes_its_argument_in_place_is_warned_about(cache_dir):
         return sum(rows)
 
     total([1, 2])  # reads only: no warning (CacheWarnings are errors in these tests)
+
+    class Model:  # reading it fills a cache in its state: no change the user can see, and no warning
+        @functools.cached_property
+        def norm(self):
+            return 3
+
+    @step
+    def use(model):
+        return model.norm
+
+    assert use(Model()) == 3
