@@ -259,10 +259,12 @@ def describe_last_change(runs: Sequence[StepRun], name: str) -> str | None:
     if not runs:
         return None
     lines = [_describe(runs, len(runs) - 1)]
-    if runs[-1].cached:
-        ran = next((i for i in range(len(runs) - 1, -1, -1) if not runs[i].cached), None)
-        lines.append("it never ran here: every recorded run came from the cache" if ran is None
-                     else "it last ran " + _describe(runs, ran, with_name=False))
+    if runs[-1].cached:  # the run that computed the result it returned: same key, ran, and stored it
+        key = runs[-1].key
+        ran = next((i for i in range(len(runs) - 1, -1, -1)
+                    if runs[i].key == key and not runs[i].cached and runs[i].status == "ok"), None)
+        lines.append("the run that computed its result is not in this directory's history" if ran is None
+                     else "its result was computed " + _describe(runs, ran, with_name=False))
     return "\n".join(lines)
 
 

@@ -101,8 +101,20 @@ def test_why_after_a_hit_still_says_why_the_step_last_ran(cache_dir, capsys):
     lines = out.splitlines()
     assert code == 0 and lines[0].startswith("load came from the cache at ") and lines[0].endswith(": cache hit")
     assert lines[1] == "  since its previous run: nothing changed"
-    assert lines[2].startswith("it last ran at ") and lines[2].endswith(": argument n changed")
+    assert lines[2].startswith("its result was computed at ") and lines[2].endswith(": argument n changed")
     assert lines[3] == "  since its previous run: argument n changed"
+
+    @nbcache.step
+    def parse(text):
+        return int(text)
+
+    parse("1")
+    with pytest.raises(ValueError):
+        parse("x")
+    parse("1")  # a hit: its result is the first run's, not the failed run's since
+    _, out, _ = cli(capsys, "why", "parse", "--dir", str(cache_dir))
+    assert out.splitlines()[2].startswith("its result was computed at ") and out.splitlines()[2].endswith(
+        ": first run (its first recorded run)")
 
 
 def test_graph_writes_the_lineage(filled, capsys, tmp_path):
