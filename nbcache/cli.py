@@ -1,8 +1,8 @@
 """The ``nbcache`` command: look into a cache directory from a terminal, draw its lineage, clear it.
 
 Every command reads ``--dir`` (default: ``$NBCACHE_DIR``, else ``./.nbcache``) and never creates it: a
-directory that is not there is an error with exit code 2, an unknown step one with exit code 1. ``--json``
-prints what scripts need instead of a table.
+directory that is not there is an error with exit code 4, an unknown step one with exit code 1, a usage
+error 2 (argparse's), anything else 3. ``--json`` prints what scripts need instead of a table.
 """
 
 from __future__ import annotations
@@ -70,7 +70,13 @@ def main(argv: list[str] | None = None) -> int:
             from .demo import main as demo_main
 
             return demo_main(args.dir, args.output)
-        return _run(args)
+        try:
+            return _run(args)
+        except (_Failure, BrokenPipeError):
+            raise
+        except Exception as exc:  # a directory it may not write to, a damaged index: say so, in one line
+            raise _Failure(f"cannot use the cache at {_directory(args)}: {type(exc).__name__}: {exc}",
+                           EXIT_FAILED) from exc
     except _Failure as failure:
         print(f"nbcache: {failure}", file=sys.stderr)
         return failure.code
@@ -79,10 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # 128 + SIGPIPE, what a program killed by the broken pipe reports
 
 
+def _directory(args: argparse.Namespace) -> Path:
+    return Path(args.dir or os.environ.get("NBCACHE_DIR") or ".nbcache").expanduser().absolute()
+
+
 def _run(args: argparse.Namespace) -> int:
     from .store import DiskStore
 
-    directory = Path(args.dir or os.environ.get("NBCACHE_DIR") or ".nbcache").expanduser().absolute()
+    directory = _directory(args)
     if not (directory / "store").is_dir():
         raise _Failure(f"no cache at {directory}: run a step first, or point --dir or NBCACHE_DIR at one",
                        EXIT_NO_CACHE)

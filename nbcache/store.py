@@ -396,7 +396,7 @@ class DiskStore:
                 continue
             try:
                 run = StepRun.from_json(line)
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a line cut short by a killed process: the run it described is not lost data
             if step is None or run.step == step:
                 runs.append(run)

@@ -166,3 +166,18 @@ def test_a_reader_that_leaves_early_gets_no_traceback(filled):
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 141
     assert err == ""
+
+
+def test_a_damaged_index_is_one_line_and_exit_3(filled, capsys, tmp_path):
+    import shutil
+
+    with open(os.path.join(filled, "runs.jsonl"), "a") as f:
+        f.write("\nnull\n[1]\n")  # valid JSON, no record: skipped like a torn line
+    code, out, _ = cli(capsys, "ls", "--dir", filled)
+    assert code == 0 and out.splitlines()[1].split()[0] in ("load", "total")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(filled, damaged)
+    (damaged / "store" / "cache.db").write_bytes(b"this is not a database" * 100)
+    code, _, err = cli(capsys, "ls", "--dir", str(damaged))
+    assert code == 3 and err.startswith(f"nbcache: cannot use the cache at {damaged}: DatabaseError: ")
+    assert "Traceback" not in err
