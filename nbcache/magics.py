@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import importlib
 import io
+import itertools
 import re
 import sys
 import time
@@ -293,8 +294,8 @@ class StepMagics(Magics):
         try:
             return parse_argstring(magic, line)
         except UsageError as exc:
-            raise UsageError(f"{exc}\nusage: %%step [NAME] [--no-cache] [--inputs a,b] [--outputs x,y]"
-                             " [--version V]") from None
+            raise UsageError(f"{exc}\nusage: %%step [NAME] [--no-cache] [--inputs a,b] [--ignore a,b]"
+                             " [--outputs x,y] [--version V]") from None
 
     def _run_plain(self, cell: str) -> None:
         result = self.shell.run_cell(cell, store_history=False)
@@ -328,6 +329,10 @@ class _CellCall(StepCall):
         both = sorted(set(args.inputs) & set(args.ignore))
         if both:
             raise UsageError(f"{', '.join(both)} cannot be both in --inputs and in --ignore")
+        unread = [n for n in args.ignore if n not in code.reads]
+        if unread:  # a typo would leave the variable meant in the key, and the cell uncached
+            _warn(f"nbcache: --ignore names {', '.join(unread)}, which the cell does not read; check the"
+                  " spelling")
         hidden = shell.user_ns_hidden  # what IPython itself put in the namespace (get_ipython, open)
         input_names = [n for n in dict.fromkeys([*code.reads, *args.inputs])
                        if n in ns and not (n in hidden and ns[n] is hidden[n]) and n not in args.ignore]
@@ -433,11 +438,12 @@ class _CellCall(StepCall):
         names = [n for n in self.binds if n in ns]
         names += [n for n, v in ns.items() if before.get(n) != id(v) and n not in names
                   and not _IPYTHON_NAMES.fullmatch(n) and not n.startswith("__")]
-        # the `f` of `with open(...) as f:` is a closed file by now: nothing to keep, and it cannot be stored
-        names = [n for n in names if not (isinstance(ns[n], io.IOBase) and ns[n].closed)]
+        # the `f` of `with open(...) as f:` (a file, an archive, a temporary file) is closed by now:
+        # nothing to keep, and it cannot be stored
+        names = [n for n in names if not _is_closed(ns[n])]
         for name in self.input_names:
             value = ns.get(name, _ABSENT)
-            if name in names or value is _ABSENT or isinstance(value, _CODE_TYPES):
+            if name in names or name not in self.inputs or value is _ABSENT or isinstance(value, _CODE_TYPES):
                 continue  # a function's hash follows the globals it reads: that is no mutation
             try:
                 if hash_value(value) != self.inputs.get(name):
@@ -450,9 +456,27 @@ class _CellCall(StepCall):
 _CODE_TYPES = (types.FunctionType, type, types.ModuleType, types.MethodType, Step)
 
 
-def _memory_size(value: Any, depth: int = 3) -> int:
+def _is_closed(value: Any) -> bool:
+    """A closed file, archive or temporary file: what a ``with`` block leaves bound."""
+    if isinstance(value, io.IOBase):
+        return value.closed
+    module = type(value).__module__
+    try:
+        if module == "zipfile":
+            return getattr(value, "fp", False) is None
+        return module in ("tempfile", "tarfile") and getattr(value, "closed", None) is True
+    except Exception:
+        return False
+
+
+def _memory_size(value: Any, depth: int = 3, seen: set[int] | None = None) -> int:
     """About how many bytes a variable holds (its data for arrays and frames, and for the items of tuples,
-    lists, sets and dicts, a few levels deep), for the lineage details."""
+    lists, sets and dicts, a few levels deep, each object once), for the lineage details. It looks at
+    no more than about 10,000 objects: a rough size, quickly."""
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return 0
+    seen.add(id(value))
     nbytes = getattr(value, "nbytes", None)
     if isinstance(nbytes, int):
         return nbytes
@@ -464,9 +488,9 @@ def _memory_size(value: Any, depth: int = 3) -> int:
         except Exception:
             pass
     size = sys.getsizeof(value)
-    if depth and type(value) in (tuple, list, set, frozenset, dict) and len(value) <= 10_000:
+    if depth and type(value) in (tuple, list, set, frozenset, dict) and len(seen) < 10_000:
         items = [*value.keys(), *value.values()] if type(value) is dict else value
-        size += sum(_memory_size(item, depth - 1) for item in items)
+        size += sum(_memory_size(item, depth - 1, seen) for item in itertools.islice(items, 10_000))
     return size
 
 

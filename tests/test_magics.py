@@ -179,10 +179,24 @@ def test_ignore_leaves_a_variable_without_content_out_of_the_key(ip):
         run(ip, "%%step unkeyed\nrows = conn.execute('select 1').fetchall()")
     with pytest.raises(UsageError, match="both in --inputs and in --ignore"):
         ip.run_cell_magic("step", "--inputs conn --ignore conn", "x = 1")
+    with pytest.warns(nbcache.CacheWarning) as record:  # the typo, and then what it costs
+        run(ip, "%%step --ignore conm typo\nrows = conn.execute('select 2').fetchall()")
+    assert "--ignore names conm, which the cell does not read" in str(record[0].message)
+    assert "runs without the cache: cannot hash Connection at conn" in str(record[1].message)
 
 
-def test_the_closed_file_of_a_with_block_is_not_an_output(ip):
-    cell = "%%step writes\nwith open(LOG, 'a') as f:\n    f.write('x')\nn = 1"
+def test_an_unhashable_input_leaves_the_other_inputs_out_of_the_outputs(ip):
+    ip.run_cell("import threading\nlock = threading.Lock()\ndata = [1, 2]")
+    with pytest.warns(nbcache.CacheWarning, match="runs without the cache"):
+        run(ip, "%%step guarded\nwith lock:\n    total = sum(data)")
+    assert nbcache.runs()[-1].output_names == ("total",)
+
+
+@pytest.mark.parametrize("opener", ["open(LOG, 'a')", "tempfile.NamedTemporaryFile('w')",
+                                    "zipfile.ZipFile(LOG + '.zip', 'w')", "tarfile.open(LOG + '.tar', 'w')"])
+def test_the_closed_file_of_a_with_block_is_not_an_output(ip, opener):
+    ip.run_cell("import tarfile, tempfile, zipfile")
+    cell = f"%%step writes\nwith {opener} as f:\n    pass\nopen(LOG, 'a').write('x')\nn = 1"
     run(ip, cell)  # no warning (they are errors here): the step is cached without `f`
     del ip.user_ns["n"]
     run(ip, cell)
