@@ -161,21 +161,30 @@ _CHILD = ("import sys, nbcache, nbcache.demo as d; nbcache.set_cache_dir(sys.arg
 
 
 def _run_in_child(number: int, epochs: int, directory: Path) -> dict | None:
-    """One run in a fresh Python process, printing a progress line as each step finishes."""
-    steps: dict[str, dict] = {}
+    """One run in a fresh Python process, printing a progress line as each step finishes; its result, or
+    None if it failed (its traceback is on stderr, which it shares)."""
     with subprocess.Popen([sys.executable, "-c", _CHILD, str(directory), str(epochs)],
                           stdout=subprocess.PIPE, text=True) as child:
-        for line in child.stdout:
-            if not line.startswith("{"):  # something the pipeline printed itself
-                print(line, end="")
-                continue
-            result = json.loads(line)
-            if "step" not in result:
-                print(f"run {number}  accuracy    {result['accuracy']:.4f}\n")
-                return {**result, "steps": steps}
-            steps[result["step"]] = result
-            print(f"run {number}  {result['step']:<11} {result['duration_s']:8.3f} s  {result['reason']}", flush=True)
-    print(f"run {number} failed (exit code {child.returncode}): see the traceback above", file=sys.stderr)
+        try:
+            return _follow(child, number)
+        except BaseException:  # Ctrl-C, or `nbcache demo | head` closing the pipe: stop the run too
+            child.kill()
+            raise
+
+
+def _follow(child: subprocess.Popen, number: int) -> dict | None:
+    steps: dict[str, dict] = {}
+    for line in child.stdout:
+        if not line.startswith("{"):  # something the pipeline printed itself
+            print(line, end="")
+            continue
+        result = json.loads(line)
+        if "step" not in result:
+            print(f"run {number}  accuracy    {result['accuracy']:.4f}\n")
+            return {**result, "steps": steps}
+        steps[result["step"]] = result
+        print(f"run {number}  {result['step']:<11} {result['duration_s']:8.3f} s  {result['reason']}", flush=True)
+    print(f"run {number} failed (exit code {child.wait()}): see the traceback above", file=sys.stderr)
     return None
 
 
@@ -183,8 +192,12 @@ def main(cache_dir: str | None = None, output: str = "lineage.svg") -> int:
     if np is None:
         print("nbcache demo needs numpy, scipy and scikit-learn: pip install 'nbcache[demo]'", file=sys.stderr)
         return 1
-    if not Path(output).absolute().parent.is_dir():
-        print(f"nbcache demo: cannot write {output}: its folder does not exist", file=sys.stderr)
+    target = Path(output).absolute()
+    problem = ("it must end in .svg" if target.suffix.lower() != ".svg" else
+               "its folder does not exist" if not target.parent.is_dir() else
+               "it is a folder" if target.is_dir() else None)
+    if problem:
+        print(f"nbcache demo: cannot write the lineage to {output}: {problem}", file=sys.stderr)
         return 3
     with tempfile.TemporaryDirectory(prefix="nbcache-demo-") as scratch:
         directory = Path(cache_dir or scratch).absolute()

@@ -181,3 +181,11 @@ def test_a_damaged_index_is_one_line_and_exit_3(filled, capsys, tmp_path):
     code, _, err = cli(capsys, "ls", "--dir", str(damaged))
     assert code == 3 and err.startswith(f"nbcache: cannot use the cache at {damaged}: DatabaseError: ")
     assert "Traceback" not in err
+
+
+def test_demo_checks_where_it_will_write_before_running(tmp_path, capsys):
+    for output, problem in ((tmp_path / "lineage.png", "it must end in .svg"),
+                            (tmp_path / "missing" / "lineage.svg", "its folder does not exist")):
+        assert main(["demo", "--dir", str(tmp_path / "c"), "-o", str(output)]) == 3
+        assert capsys.readouterr().err.strip().endswith(problem)
+    assert not (tmp_path / "c").exists()  # nothing ran
