@@ -166,6 +166,8 @@ class StepCall:
         """Why there is no entry: what differs from this step's latest run."""
         try:
             last = self.store.get_last(self.name)
+            if last is None and self.store.has_last(self.name):  # written by an nbcache of another format
+                return "first run with this nbcache's cache format (results of the older one are not read)"
         except Exception:
             last = None
         return explain_change(last, self.code, self.deps, self.inputs, self.version, self.kind)

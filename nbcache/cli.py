@@ -193,6 +193,9 @@ def _info(args: argparse.Namespace, store: Any, runs: list) -> int:
 
     print(f"cache directory: {stats['directory']}\nentries: {stats['entries']}\n"
           f"size: {format_bytes(stats['size_bytes'])}\nrecorded runs: {stats['runs']}")
+    if stats["unreadable_entries"]:
+        print(f"unreadable entries: {stats['unreadable_entries']} (written by an nbcache with another cache"
+              " format; `nbcache clear` removes them)")
     return 0
 
 

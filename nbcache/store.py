@@ -371,6 +371,10 @@ class DiskStore:
     def get_last(self, step: str) -> dict | None:
         return _from_json(self._cache.get("last:" + step))
 
+    def has_last(self, step: str) -> bool:
+        """Whether some nbcache recorded this step's latest ingredients here, readable or not."""
+        return "last:" + step in self._cache
+
     def set_last(self, step: str, ingredients: dict) -> None:
         self._cache.set("last:" + step, json.dumps(ingredients))
 
@@ -456,8 +460,12 @@ class DiskStore:
                 self._cache.delete("blob:" + address)
 
     def stats(self) -> dict[str, Any]:
-        entries = sum(1 for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith("entry:"))
-        return {"directory": str(self.directory), "entries": entries, "size_bytes": self._cache.volume()}
+        """The directory, its readable entries, the entries it cannot read (written by an nbcache with
+        another cache format; ``clear()`` removes them) and its size on disk."""
+        names = [k for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith("entry:")]
+        readable = sum(1 for _ in self.entries())
+        return {"directory": str(self.directory), "entries": readable, "unreadable_entries": len(names) - readable,
+                "size_bytes": self._cache.volume()}
 
     def close(self) -> None:
         self._cache.close()

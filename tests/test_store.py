@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from datetime import datetime, timezone
@@ -226,3 +227,25 @@ def test_a_pickle_planted_in_the_index_is_never_loaded(cache_dir, tmp_path, caps
     assert not marker.exists()
     assert nbcache.runs()[-1].cached is False
     capsys.readouterr()
+
+
+def test_a_directory_of_an_older_cache_format_is_told_apart(cache_dir, capsys):
+    import diskcache
+
+    from nbcache.cli import main
+
+    @step
+    def old(n):
+        return n
+
+    old(1)
+    with diskcache.Cache(str(cache_dir / "store")) as raw:  # what an nbcache that pickled its index left
+        raw.set("entry:0123", {"step": "old", "blobs": []}, tag="old")
+        raw.set("last:old", {"key": "0123", "code": "c", "deps": {}, "inputs": {}, "version": None})
+    old(2)
+    assert nbcache.runs()[-1].reason == "first run with this nbcache's cache format (results of the older one are not read)"
+    assert main(["info", "--dir", str(cache_dir)]) == 0
+    assert "unreadable entries: 1 (written by an nbcache with another cache format" in capsys.readouterr().out
+    nbcache.clear()
+    assert main(["info", "--dir", str(cache_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unreadable_entries"] == 0
