@@ -413,35 +413,27 @@ def test_cache_dir_from_environment_and_set_cache_dir(tmp_path, monkeypatch):
         nbcache.set_cache_dir(3)
 
 
-def test_unusable_cache_directory_still_returns_results(tmp_path):
+def _add_one():
+    @step
+    def f(x):
+        return x + 1
+
+    return f
+
+
+def test_unusable_cache_directory_still_returns_results(cache_dir, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    nbcache.set_cache_dir(blocker / "cache")
-    try:
-        @step
-        def f(x):
-            return x + 1
-
-        with pytest.warns(CacheWarning, match="ran without the cache"):
-            assert f(1) == 2
-    finally:
-        nbcache.set_cache_dir(None)
+    nbcache.set_cache_dir(blocker / "cache")  # the fixture puts the default back afterwards
+    with pytest.warns(CacheWarning, match="ran without the cache"):
+        assert _add_one()(1) == 2
 
 
-def test_damaged_index_still_returns_results_and_says_what_to_do(tmp_path):
-    directory = tmp_path / "cache"
-    (directory / "store").mkdir(parents=True)
-    (directory / "store" / "cache.db").write_bytes(b"this is not a SQLite database" * 100)
-    nbcache.set_cache_dir(directory)
-    try:
-        @step
-        def f(x):
-            return x + 1
-
-        with pytest.warns(CacheWarning, match="index in .* is damaged .*delete that directory"):
-            assert f(1) == 2
-    finally:
-        nbcache.set_cache_dir(None)
+def test_damaged_index_still_returns_results_and_says_what_to_do(cache_dir):
+    (cache_dir / "store").mkdir(parents=True)
+    (cache_dir / "store" / "cache.db").write_bytes(b"this is not a SQLite database" * 100)
+    with pytest.warns(CacheWarning, match="index in .* is damaged .*delete that directory"):
+        assert _add_one()(1) == 2
 
 
 def test_disabled_cache_does_not_warn_about_unhashable_arguments(cache_dir):
