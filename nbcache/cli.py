@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _directory(args: argparse.Namespace) -> Path:
-    return Path(args.dir or os.environ.get("NBCACHE_DIR") or ".nbcache").expanduser().absolute()
+    """--dir, else what a step in this shell would use (``$NBCACHE_DIR``, else ``./.nbcache``)."""
+    from .store import cache_dir
+
+    return Path(args.dir).expanduser().absolute() if args.dir else cache_dir()
 
 
 def _run(args: argparse.Namespace) -> int:
