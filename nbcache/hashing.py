@@ -402,9 +402,12 @@ for _tp in (types.FunctionType, types.BuiltinFunctionType, types.MethodType, typ
 
 def _dispatch(tp: type) -> Callable[[Any, Hasher, Walk], None]:
     """The handler for a type not in _EXACT, after registering numpy/pandas handlers if now needed (a
-    numpy float64 is also a float: it must not be hashed as one before the numpy handlers exist)."""
-    if len(_loaded) < len(_LAZY):
+    numpy float64 is also a float: it must not be hashed as one before the numpy handlers exist). The
+    libraries are looked for again only when the process has imported something since."""
+    global _modules_seen
+    if len(_loaded) < len(_LAZY) and len(sys.modules) != _modules_seen:
         _load_lazy_handlers()
+        _modules_seen = len(sys.modules)
     return _generic.dispatch(tp)
 
 
@@ -421,6 +424,7 @@ def register(tp: type, handler: Callable[[Any, Hasher, Walk], None] | None = Non
 _LAZY = {"numpy": "nbcache._hashing_numpy", "pandas": "nbcache._hashing_pandas",
          "matplotlib": "nbcache._hashing_matplotlib"}
 _loaded: set[str] = set()
+_modules_seen = 0  # len(sys.modules) when the libraries were last looked for
 
 
 def _load_lazy_handlers() -> None:
