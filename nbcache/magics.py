@@ -33,7 +33,7 @@ from traitlets.config import Configurable
 from .call import StepCall, addresses_of, describe_last_change
 from .cellcode import CellCode, analyse_cell
 from .errors import warn as _warn
-from .fingerprint import imported_module, is_user_code
+from .fingerprint import imported_module
 from .hashing import hash_value
 from .records import SESSION, format_bytes, format_seconds
 from .step import Step
@@ -167,36 +167,6 @@ def _replay(events: list[tuple]) -> None:
             stream = sys.stdout if kind == "stdout" else sys.stderr
             stream.write(event[1])
             stream.flush()
-
-
-def _defined_in_a_cell(func: types.FunctionType) -> bool:
-    """A function whose code a notebook cell compiled (not a library's wrapper that copied __module__)."""
-    filename = func.__code__.co_filename
-    return func.__module__ == "__main__" and (filename.startswith("<ipython-input") or
-                                              (not filename.startswith("<") and is_user_code(None, filename)))
-
-
-def _rebind(value: Any, namespace: dict) -> Any:
-    """Functions and classes a cell defined come back from a pickle with a private copy of the globals
-    they used; point them at the live namespace again, as if the cell had defined them now."""
-    if isinstance(value, types.FunctionType) and _defined_in_a_cell(value):
-        fresh = types.FunctionType(value.__code__, namespace, value.__name__, value.__defaults__,
-                                   value.__closure__)
-        fresh.__kwdefaults__, fresh.__qualname__ = value.__kwdefaults__, value.__qualname__
-        fresh.__dict__.update(value.__dict__)
-        fresh.__doc__, fresh.__annotations__ = value.__doc__, value.__annotations__
-        return fresh
-    if isinstance(value, type) and value.__module__ == "__main__":
-        for name, member in list(vars(value).items()):
-            if isinstance(member, types.FunctionType):
-                setattr(value, name, _rebind(member, namespace))
-            elif isinstance(member, (staticmethod, classmethod)):
-                setattr(value, name, type(member)(_rebind(member.__func__, namespace)))
-            elif isinstance(member, property):
-                setattr(value, name, property(*(_rebind(f, namespace) if f else None
-                                                for f in (member.fget, member.fset, member.fdel)),
-                                              member.__doc__))
-    return value
 
 
 # -- the magics ------------------------------------------------------------------------------------------
@@ -368,8 +338,7 @@ class _CellCall(StepCall):
                     importlib.import_module(module)
                 except Exception:
                     pass
-        for name, value in payload["variables"].items():
-            ns[name] = _rebind(value, ns)
+        ns.update(payload["variables"])  # functions and classes come back living in ns (see store.py)
         for name in payload["deleted"]:
             ns.pop(name, None)
         if not self.magics.settings.quiet:  # what it cost now, next to what running it cost then

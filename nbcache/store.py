@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import marshal
 import os
 import pickle
 import sqlite3
@@ -89,7 +90,44 @@ class _Pickler(cloudpickle.Pickler):
                 and id(obj) not in self._by_value and _main_attribute(obj.__qualname__, None) is obj
                 and id(_main_attribute(obj.__qualname__.partition(".")[0], None)) not in self._by_value):
             return _main_attribute, (obj.__qualname__,)  # (a method of a class stored by value is not)
+        if isinstance(obj, types.FunctionType) and obj.__globals__ is _notebook_globals():
+            return _reduce_notebook_function(obj)
         return super().reducer_override(obj)
+
+
+# A function of the notebook stored by value (defined by the cell being stored, or a lambda or closure) is
+# stored as its code (marshal, which is exact for this Python version, and the Python minor version is in
+# every key) plus its defaults, closure and attributes, and made again on load with the notebook's live
+# namespace as its globals: as if its cell had just defined it. Neither a copy of the globals it saw when
+# it was stored nor how a pickling library rebuilds functions is involved.
+def _reduce_notebook_function(func: types.FunctionType) -> tuple:
+    cells = []
+    for cell in func.__closure__ or ():
+        try:
+            cells.append((True, cell.cell_contents))
+        except ValueError:  # a cell not filled yet
+            cells.append((False, None))
+    state = {"defaults": func.__defaults__, "kwdefaults": func.__kwdefaults__, "cells": cells,
+             "qualname": func.__qualname__, "doc": func.__doc__, "annotations": func.__annotations__,
+             "dict": dict(vars(func))}
+    # the state is pickled after the function itself is memoized, so a function that refers to itself
+    # (through its closure, defaults or attributes) is stored once and comes back as one object
+    return (_make_notebook_function, (marshal.dumps(func.__code__), func.__name__, len(cells)), state, None, None,
+            _set_notebook_function_state)
+
+
+def _make_notebook_function(code: bytes, name: str, free: int) -> types.FunctionType:
+    closure = tuple(types.CellType() for _ in range(free)) or None
+    return types.FunctionType(marshal.loads(code), _notebook_globals(), name, None, closure)
+
+
+def _set_notebook_function_state(func: types.FunctionType, state: dict) -> None:
+    func.__defaults__, func.__kwdefaults__ = state["defaults"], state["kwdefaults"]
+    func.__qualname__, func.__doc__, func.__annotations__ = state["qualname"], state["doc"], state["annotations"]
+    func.__dict__.update(state["dict"])
+    for cell, (filled, value) in zip(func.__closure__ or (), state["cells"]):
+        if filled:
+            cell.cell_contents = value
 
 
 _notebook_module: types.ModuleType | None = None
@@ -100,6 +138,12 @@ def set_notebook_module(module: types.ModuleType | None) -> None:
     ``sys.modules["__main__"]``, which it is in a Jupyter kernel."""
     global _notebook_module
     _notebook_module = module
+
+
+def _notebook_globals() -> dict:
+    """The namespace the notebook's cells run in: the globals of functions restored from the cache."""
+    module = _notebook_module or sys.modules.get("__main__")
+    return vars(module) if module is not None else {"__builtins__": __builtins__}
 
 
 def _main_attribute(qualname: str, default: Any = ENOVAL) -> Any:

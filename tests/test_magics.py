@@ -125,6 +125,32 @@ def test_functions_classes_and_modules_come_back_usable(ip):
     assert ip.run_cell("scaled(1), Box().area(), j.dumps([1])").result == (10, 20, "[1]")
 
 
+def test_restored_definitions_live_in_the_notebook_namespace_wherever_they_are_held(ip):
+    """Functions and classes from the cache read the notebook's live globals, as if their cell had run:
+    top-level ones, lambdas, closures, functions kept in containers, and methods that eval() names."""
+    cell = ("%%step defs\ndef scaled(v):\n    return v * K\n"
+            "def make(n):\n    def inner(v):\n        return v * n * K\n    return inner\n"
+            "table = {'double': lambda v: 2 * v * K, 'triple': make(3)}\n"
+            "class Named:\n    def __init__(self, name):\n        self.name = name\n"
+            "    def __repr__(self):\n        return f'{self.name}={eval(self.name)!r}'\n")
+    ip.run_cell("K = 3")
+    run(ip, cell)
+    for name in ("scaled", "make", "table", "Named"):
+        del ip.user_ns[name]
+    run(ip, cell)
+    assert nbcache.runs()[-1].cached
+    ip.run_cell("K = 10")
+    got = ip.run_cell("scaled(1), table['double'](1), table['triple'](1), make(2)(1), repr(Named('K'))").result
+    assert got == (10, 20, 30, 20, "K=10")
+    assert ip.user_ns["scaled"].__globals__ is ip.user_ns
+
+
+def test_a_recursive_function_from_the_cache_calls_itself(ip):
+    cell = "%%step\ndef fact(n):\n    return 1 if n < 2 else n * fact(n - 1)\nfns = [fact]"
+    rerun(ip, cell, "fact", "fns")
+    assert ip.run_cell("fact(5), fns[0] is fact").result == (120, True)
+
+
 def test_a_failing_cell_shows_its_error_stores_nothing_and_fails(ip, capsys):
     cell = "%%step fragile\nopen(LOG, 'a').write('x')\nvalue = 1 / ZERO"
     ip.run_cell("ZERO = 0")
