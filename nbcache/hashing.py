@@ -9,16 +9,25 @@ live in ``_hashing_numpy`` and ``_hashing_pandas`` and are registered the first 
 so ``import nbcache`` imports neither library.
 
 What has no content to hash (a generator, a lock, an open file) raises ``UncacheableError`` naming the type
-and where it sits. Everything else falls back to the object's own pickle protocol (``__reduce_ex__``),
-hashed structurally rather than as pickle bytes, so that sets and dicts inside stay order-free.
+and where it sits; a closed file has no content either, but nothing more can be read from it, so it hashes
+as its type, name and mode. Everything else falls back to the object's own pickle protocol
+(``__reduce_ex__``), hashed structurally rather than as pickle bytes, so that sets and dicts inside stay
+order-free.
+
+A value restored from the cache must hash like the value that was stored, and reading a value must not
+change its hash. The fallback therefore hashes what survives pickling, not all pickle saves: the state of a
+class whose ``__setstate__`` ignores it is left out, and so are the attributes a library keeps as caches it
+fills lazily or as wiring (``skip_attributes``, called by the per-library handler modules).
 """
 
 from __future__ import annotations
 
 import collections
 import copyreg
+import dis
 import functools
 import importlib
+import io
 import struct
 import sys
 import types
@@ -28,7 +37,7 @@ import xxhash
 
 from .errors import UncacheableError
 
-__all__ = ["hash_value", "feed", "register", "Unhashable", "new_hasher"]
+__all__ = ["hash_value", "feed", "register", "skip_attributes", "Unhashable", "new_hasher"]
 
 Hasher = Any  # an xxhash.xxh3_128 object
 new_hasher = xxhash.xxh3_128
@@ -312,9 +321,73 @@ _UNHASHABLE_HINTS = {
 }
 
 
+def _feed_closed_file(obj: io.IOBase, h: Hasher, walk: Walk) -> None:
+    """A closed file as its type, name and mode: nothing can be read from it, so that is all it is. An open
+    file goes on to the fallback, which keeps a ``StringIO``'s content and refuses a real file."""
+    if not obj.closed:
+        _feed_object(obj, h, walk)
+        return
+    h.update(b"closed")
+    feed(type(obj), h, walk)
+    for attribute in ("name", "mode"):
+        try:
+            value = getattr(obj, attribute, None)
+        except ValueError:  # some wrappers refuse every attribute once closed
+            value = None
+        feed(value if isinstance(value, (str, bytes, int)) else None, h, walk)
+
+
+# Attributes that are no content, by library (the top-level module a class comes from): caches the library
+# fills lazily when an object is read (pandas' ``cache_readonly`` keeps them in ``_cache``), and wiring.
+_SKIPPED: dict[str, frozenset[str]] = {}
+_type_rules: dict[type, tuple[frozenset[str], bool]] = {}  # per class: attributes to skip, state ignored
+
+
+def skip_attributes(library: str, names: Any) -> None:
+    """Leave the attributes ``names`` out of the hash of every object of ``library`` (or of a subclass of
+    one) that is hashed through its pickle state: caches filled when the object is read, and wiring."""
+    _SKIPPED[library] = _SKIPPED.get(library, frozenset()) | frozenset(names)
+    _type_rules.clear()
+
+
+def _rules(tp: type) -> tuple[frozenset[str], bool]:
+    """The attributes skipped for ``tp`` and whether its ``__setstate__`` ignores the state (once per class)."""
+    rules = _type_rules.get(tp)
+    if rules is None:
+        skipped: frozenset[str] = frozenset()
+        for cls in tp.__mro__:
+            module = cls.__dict__.get("__module__")
+            if isinstance(module, str):
+                skipped |= _SKIPPED.get(module.partition(".")[0], frozenset())
+        rules = _type_rules[tp] = (skipped, _ignores_state(getattr(tp, "__setstate__", None)))
+    return rules
+
+
+_READS = frozenset(name for name in dis.opmap if name.startswith(("LOAD_FAST", "LOAD_DEREF", "LOAD_CLOSURE",
+                                                                  "STORE_FAST", "DELETE_FAST")))
+
+
+def _ignores_state(setstate: Any) -> bool:
+    """Whether ``__setstate__`` is Python code that never reads its state argument (scikit-learn's
+    ``Bunch`` throws its ``__dict__`` away on purpose): what pickle saves there does not survive a load."""
+    code = getattr(setstate, "__code__", None)
+    if not isinstance(setstate, types.FunctionType) or code is None or code.co_argcount != 2:
+        return False
+    state = code.co_varnames[1]
+    if state in code.co_cellvars or "locals" in code.co_names:
+        return False
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in _READS:
+            names = instruction.argval if isinstance(instruction.argval, tuple) else (instruction.argval,)
+            if state in names:
+                return False
+    return True
+
+
 def _feed_object(obj: Any, h: Hasher, walk: Walk, drop: frozenset[str] = frozenset()) -> None:
-    """The fallback: hash what pickle would save (``copyreg``'s reducer, else ``__reduce_ex__``), less
-    the attributes in ``drop`` (wiring that is no content, for the handlers of particular libraries)."""
+    """The fallback: hash what pickle would save (``copyreg``'s reducer, else ``__reduce_ex__``) and a load
+    keeps, less the attributes in ``drop`` (wiring that is no content, for the handlers of particular
+    libraries) and those ``skip_attributes`` names for the object's library."""
     tp = type(obj)
     if not _enter(obj, h, walk):
         return
@@ -330,14 +403,18 @@ def _feed_object(obj: Any, h: Hasher, walk: Walk, drop: frozenset[str] = frozens
             return
         h.update(b"O")
         feed(tp, h, walk)
-        _feed_reduced(obj, reduced, h, walk, drop)
+        skipped, ignores_state = _type_rules.get(tp) or _rules(tp)
+        _feed_reduced(obj, reduced, h, walk, drop | skipped if skipped else drop, ignores_state)
     finally:
         del walk.stack[id(obj)]
 
 
-def _feed_reduced(obj: Any, reduced: tuple, h: Hasher, walk: Walk, drop: frozenset[str] = frozenset()) -> None:
+def _feed_reduced(obj: Any, reduced: tuple, h: Hasher, walk: Walk, drop: frozenset[str] = frozenset(),
+                  ignores_state: bool = False) -> None:
     func, args, *rest = reduced + (None,) * (5 - len(reduced))
     state, listitems, dictitems = rest[0], rest[1], rest[2]
+    if ignores_state:
+        state = None  # pickle hands it to __setstate__, which throws it away: hash what survives a load
     if func is copyreg.__newobj__ and args and args[0] is type(obj):
         args = args[1:]  # the class was fed already
     elif func is not type(obj):
@@ -394,6 +471,9 @@ _ATOMS = frozenset({type(None), bool, int, float, complex, str, bytes})  # fed i
 # registered: they go through __reduce_ex__, which keeps their class and their extra state.
 _generic.register(types.MappingProxyType, _mapping(b"MP", ordered=False))
 _generic.register(type, _feed_type)
+# every file object's concrete base (io.IOBase itself is an ABC: registering one makes every dispatch check
+# abc's cache token, and every ABC.register() anywhere empty the dispatch cache)
+_generic.register(io.IOBase.__mro__[1], _feed_closed_file)
 for _tp in (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType,
             types.MethodWrapperType, types.WrapperDescriptorType):
     _generic.register(_tp, _feed_named)
@@ -420,9 +500,9 @@ def register(tp: type, handler: Callable[[Any, Hasher, Walk], None] | None = Non
     return handler
 
 
-# numpy, pandas and matplotlib handlers are registered once their library has been imported by the user's code.
+# numpy, pandas, matplotlib and scipy handlers are registered once their library has been imported by the user's code.
 _LAZY = {"numpy": "nbcache._hashing_numpy", "pandas": "nbcache._hashing_pandas",
-         "matplotlib": "nbcache._hashing_matplotlib"}
+         "matplotlib": "nbcache._hashing_matplotlib", "scipy": "nbcache._hashing_scipy"}
 _loaded: set[str] = set()
 _modules_seen = 0  # len(sys.modules) when the libraries were last looked for
 
