@@ -3,6 +3,12 @@
 A DataFrame hashes as its column labels and their order, its index, and each column's dtype and values;
 a Series adds its name. Numeric columns are numpy buffers fed straight to xxh3; string columns take the
 one-join fast path of ``_hashing_numpy``; nullable and datetime arrays hash their values and missing mask.
+
+Other pandas objects (a groupby, a resampler, a CSV reader) go through the pickle fallback, less what is
+no content: the ``_cache`` where ``cache_readonly`` keeps what it computes the first time the object is read
+(a groupby's groups and codes fill it on its first aggregation, which changed its hash), and a CSV reader's
+``_engine``, the parser itself: a reader hashes as its source, options and the rows it has yielded, so one
+whose file is closed (read to the end, or closed) hashes, while one reading a file still open does not.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import _hashing_numpy  # noqa: F401  (pandas values are numpy buffers: register those handlers too)
-from .hashing import Hasher, Unhashable, Walk, feed, register, _feed_bytes_tagged, _pack_len
+from .hashing import Hasher, Unhashable, Walk, feed, register, skip_attributes, _feed_bytes_tagged, _pack_len
 from ._hashing_numpy import feed_array_data, feed_ndarray
 
 _MASKED = (pd.arrays.IntegerArray, pd.arrays.FloatingArray, pd.arrays.BooleanArray)
@@ -85,3 +91,4 @@ register(pd.Series, feed_series)
 register(pd.Index, feed_index)
 register(pd.Categorical, feed_categorical)
 register(pd.api.extensions.ExtensionArray, feed_values)
+skip_attributes("pandas", {"_cache", "_engine"})
