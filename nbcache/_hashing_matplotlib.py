@@ -7,13 +7,18 @@ Two parts of a figure are wiring, not content, and pickle (which the fallback ha
   never hit. Pickle drops the callbacks; a registry hashes as its type and the signals it knows.
 - a transform's ``_parents`` maps ``id()``s of the transforms that depend on it: different in every
   process. The transform hashes as everything else it holds.
+
+Two flags say only what a draw has yet to redo, and pickling resets them: an artist's ``_stale`` (it must be
+drawn again) and a transform's ``_invalid`` (its cached matrix must be computed again). A figure drawn, then
+stored and restored, hashed differently; both flags are left out of every matplotlib object. What the first
+draw lays out (ticks, autoscaled limits, text positions) is the figure's new state and still counts.
 """
 
 from __future__ import annotations
 
 from matplotlib import cbook, transforms
 
-from .hashing import Hasher, Walk, _feed_object, feed, register
+from .hashing import Hasher, Walk, _feed_object, feed, register, skip_attributes
 
 
 @register(cbook.CallbackRegistry)
@@ -28,3 +33,6 @@ _WIRING = frozenset({"_parents"})
 @register(transforms.TransformNode)
 def _feed_transform(obj: transforms.TransformNode, h: Hasher, walk: Walk) -> None:
     _feed_object(obj, h, walk, drop=_WIRING)
+
+
+skip_attributes("matplotlib", {"_stale", "_invalid"})
