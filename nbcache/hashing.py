@@ -351,14 +351,21 @@ def skip_attributes(library: str, names: Any) -> None:
 
 
 def _rules(tp: type) -> tuple[frozenset[str], bool]:
-    """The attributes skipped for ``tp`` and whether its ``__setstate__`` ignores the state (once per class)."""
+    """The attributes skipped for ``tp`` and whether its ``__setstate__`` ignores the state (once per class).
+
+    Skipped: what ``skip_attributes`` names for the library of the class or of a base, and the values of
+    its ``functools.cached_property``s, which the first read stores in ``__dict__``.
+    """
     rules = _type_rules.get(tp)
     if rules is None:
         skipped: frozenset[str] = frozenset()
         for cls in tp.__mro__:
-            module = cls.__dict__.get("__module__")
+            namespace = cls.__dict__
+            module = namespace.get("__module__")
             if isinstance(module, str):
                 skipped |= _SKIPPED.get(module.partition(".")[0], frozenset())
+            skipped |= {member.attrname for member in list(namespace.values())
+                        if isinstance(member, functools.cached_property) and isinstance(member.attrname, str)}
         rules = _type_rules[tp] = (skipped, _ignores_state(getattr(tp, "__setstate__", None)))
     return rules
 
