@@ -17,6 +17,7 @@ import datetime
 import decimal
 import enum
 import fractions
+import functools
 import io
 import pathlib
 import pickle
@@ -82,6 +83,17 @@ class Forgetful(dict):
         pass
 
 
+class Measured:
+    """A ``functools.cached_property`` stores its value in ``__dict__`` the first time it is read."""
+
+    def __init__(self, values):
+        self.values = values
+
+    @functools.cached_property
+    def total(self):
+        return sum(self.values)
+
+
 class Careful:
     """A ``__setstate__`` that keeps the state: all of it counts."""
 
@@ -130,6 +142,7 @@ case("dataclass")(lambda: Run("baseline", {"lr": 0.1, "layers": [64, 32]}, [0.5,
 case("dataclass-frozen-nested")(lambda: Frozen((1, "a"), Run("inner", {}, []), frozenset({"x", "y"})))
 case("enum")(lambda: [Color.RED, Level.HIGH, Flags.A | Flags.B])
 case("namedtuple")(lambda: [Pair(1, [2, 3]), Coordinates(48.85, 2.35)])
+case("cached-property", use=lambda c: c.total)(lambda: Measured([1.0, 2.5]))
 case("setstate-ignores-state")(lambda: Forgetful(a=1, b=[2, 3]))
 case("setstate-keeps-state")(lambda: Careful({"x": 1}))
 case("counter-defaultdict-deque")(lambda: [collections.Counter("abracadabra"),
@@ -160,6 +173,10 @@ def _tips() -> pd.DataFrame:
                        "tip": rng.uniform(1, 10, 40).round(2)})
     df["tip_pct"] = df["tip"] / df["total_bill"]
     return df
+
+
+def _hourly() -> pd.DataFrame:
+    return pd.DataFrame({"v": np.arange(48.0)}, index=pd.date_range("2024-01-01", periods=48, freq="h"))
 
 
 def _use_groupby(g: Any) -> tuple:
@@ -211,6 +228,8 @@ case("pandas-timestamp-timedelta")(lambda: [pd.Timestamp("2024-01-01 12:00", tz=
                                             pd.Timedelta("1h30min"), pd.NaT, pd.NA, pd.Period("2024-01", "M")])
 case("pandas-groupby", use=_use_groupby)(lambda: _tips().groupby(["day", "smoker"]))
 case("pandas-groupby-used", use=_use_groupby)(_used_groupby)
+case("pandas-rolling", use=lambda r: r.mean())(lambda: _hourly().rolling(3))
+case("pandas-resampler", use=lambda r: r.mean())(lambda: _hourly().resample("D"))
 case("pandas-series-groupby", use=lambda g: (g.mean(), g.size()))(lambda: _tips().groupby("day")["tip"])
 try:
     import pyarrow  # noqa: F401
@@ -237,6 +256,11 @@ def _use_sparse(m: Any) -> tuple:
 case("scipy-csr", use=_use_sparse)(lambda: _sparse("csr"))
 case("scipy-csc", use=_use_sparse)(lambda: _sparse("csc"))
 case("scipy-coo", use=_use_sparse)(lambda: _sparse("coo"))
+case("scipy-coo-array", use=lambda m: (m @ m, m.tocsr(), m.sum_duplicates()))(
+    lambda: __import__("scipy.sparse", fromlist=["coo_array"]).coo_array(np.eye(4)))
+case("scipy-lil-dok", use=lambda ms: [m @ np.ones(3) for m in ms])(
+    lambda: [getattr(__import__("scipy.sparse", fromlist=["lil_matrix"]), f"{fmt}_matrix")(np.eye(3))
+             for fmt in ("lil", "dok", "dia")])
 case("scipy-csr-array", use=_use_sparse)(
     lambda: __import__("scipy.sparse", fromlist=["csr_array"]).csr_array(np.eye(4) * 2))
 
