@@ -11,10 +11,12 @@ import weakref
 from datetime import datetime
 from typing import Any, Sequence
 
+from . import ambient
 from .errors import UncacheableError
 from .errors import warn as _warn
 from .hashing import hash_value
 from .key import make_key
+from .observe import Observer, checks_from_json, first_failure
 from .records import StepRun
 from .store import ENOVAL, Damaged, DiskStore, Frame
 
@@ -49,10 +51,14 @@ class StepCall:
     """Key, lookup, save and record for one call. Subclasses fill ``code``, ``deps`` and ``inputs``."""
 
     def __init__(self, store: DiskStore, name: str, *, version: str | None, started_at: datetime, t0: float,
-                 kind: str = "function", enabled: bool = True) -> None:
+                 kind: str = "function", enabled: bool = True, identity: str | None = None) -> None:
         self.store = store
         self.enabled = enabled  # False: the user turned caching off for this step
         self.name = name
+        self.identity = identity or name  # what keys and the latest ingredients are filed under
+        self.always_runs: str | None = None  # why this step is never served from the cache (a shell escape)
+        self.namespace: dict | None = None  # the notebook's variables, for the ones read through eval
+        self.observer: Observer | None = None  # what the run turned out to depend on
         self.version = version
         self.kind = kind
         self.started_at = started_at
@@ -81,7 +87,7 @@ class StepCall:
             if self.enabled:
                 _warn(f"nbcache: step {self.name!r} runs without the cache: {self.problem_detail}")
             return
-        self.key = make_key(self.name, self.code, self.inputs, self.version)
+        self.key = make_key(self.identity, self.code, self.inputs, self.version)
 
     def run(self) -> Any:
         """Serve the call from the store, or run it (and store it, when it can be)."""
@@ -89,6 +95,9 @@ class StepCall:
             return self.execute("cache disabled", store=False)
         if self.problem:
             return self.execute(self.problem, store=False)
+        if self.always_runs:
+            self.remember_last(uncached=self.always_runs)
+            return self.execute(f"runs every time: {self.always_runs}", store=False)
         try:
             values, entry, reason = self.lookup()
         except Exception as exc:  # the index itself failed (locked for too long, damaged): run uncached
@@ -117,6 +126,15 @@ class StepCall:
             return ENOVAL, None, self.why()
         blobs = entry["blobs"]
         try:
+            checks = checks_from_json(entry.get("checks"))
+        except ValueError as exc:
+            _warn(f"nbcache: the cached result of step {self.name!r} is damaged ({exc}); recomputing it")
+            self.store.forget(self.key, blobs)
+            return ENOVAL, entry, "cached result was damaged"
+        changed = first_failure(checks, self.namespace)
+        if changed:
+            return ENOVAL, entry, changed
+        try:
             values = [self.store.load_blob(blob) for blob in blobs]
         except Damaged as exc:
             _warn(f"nbcache: the cached result of step {self.name!r} is damaged ({exc}); recomputing it")
@@ -130,6 +148,13 @@ class StepCall:
         self.sizes = entry.get("sizes", {})
         return values, entry, ""
 
+    def set_state(self, state: dict[str, Any]) -> None:
+        """On a hit: set the process-wide state the first run left (RNG, rc settings, options) again."""
+        failed = ambient.apply(state)
+        if failed:
+            _warn(f"nbcache: step {self.name!r} came from the cache, but its {', '.join(failed)} could not be"
+                  " set as its run left them")
+
     def save(self, values: Sequence[Any], entry: dict, addresses: tuple[str, ...] | None = None) -> tuple[str, ...]:
         """Store each of ``values`` under this call's key, with ``entry``'s extra fields; return their
         content addresses. Raises ``Unpicklable`` (nothing stored) if a value cannot be serialized; a
@@ -137,7 +162,13 @@ class StepCall:
         frames = [Frame(value) for value in values]
         if addresses is None or not all(addresses):
             addresses = tuple(_address(v, f) for v, f in zip(values, frames))
-        self._put(frames, addresses, addresses, entry)
+        names = addresses
+        state = self.observer.changed_state() if self.observer else {}
+        if state:  # the process-wide state the run changed rides along as one more blob, set again on a hit
+            frames.append(Frame(state))
+            names = (*addresses, "ambient")
+            entry = {**entry, "ambient": True}
+        self._put(frames, names, addresses, entry)
         return addresses
 
     def save_payload(self, payload: Any, addresses: tuple[str, ...], entry: dict, *, sizes: dict[str, int],
@@ -157,6 +188,10 @@ class StepCall:
         try:
             entry = {**entry, "outputs": addresses, "blobs": blobs, "sizes": self.sizes,
                      "created_at": self.started_at.timestamp(), "step": self.name}
+            if self.observer is not None:
+                checks = self.observer.checks()
+                if checks:
+                    entry["checks"] = [c.to_json() for c in checks]
             self.store.put_entry(self.key, self.name, entry, zip(blobs, frames))
             self.remember_last(force=True)
         except Exception as exc:  # disk full, read-only directory, ...
@@ -165,23 +200,41 @@ class StepCall:
     def why(self) -> str:
         """Why there is no entry: what differs from this step's latest run."""
         try:
-            last = self.store.get_last(self.name)
-            if last is None and self.store.has_last(self.name):  # written by an nbcache of another format
+            last = self.store.get_last(self.identity)
+            if last is None and self.store.has_last(self.identity):  # written by an nbcache of another format
                 return "first run with this nbcache's cache format (results of the older one are not read)"
         except Exception:
             last = None
-        return explain_change(last, self.code, self.deps, self.inputs, self.version, self.kind)
+        reason = explain_change(last, self.code, self.deps, self.inputs, self.version, self.kind)
+        if reason == "cached result was removed" and last is not None and last.get("key") == self.key \
+                and isinstance(last.get("uncached"), str):
+            return f"not cached last time: {last['uncached']}"  # nothing changed, but nothing was stored
+        return reason
 
-    def remember_last(self, force: bool = False) -> None:
-        slot = (str(self.store.directory), self.name)
-        if force or _last_written.get(slot) != self.key:
+    def remember_last(self, force: bool = False, uncached: str | None = None) -> None:
+        """Record this call's ingredients as the step's latest (``uncached``: why its result was not
+        stored, for the next run's reason)."""
+        slot = (str(self.store.directory), self.identity)
+        if force or uncached or _last_written.get(slot) != self.key:
             try:
-                self.store.set_last(self.name, {"key": self.key, "code": self.code, "deps": self.deps,
-                                                "inputs": self.inputs, "version": self.version,
-                                                "kind": self.kind})
-                _last_written[slot] = self.key
+                self.store.set_last(self.identity, {"key": self.key, "code": self.code, "deps": self.deps,
+                                                    "inputs": self.inputs, "version": self.version,
+                                                    "kind": self.kind, "name": self.name,
+                                                    **({"uncached": uncached} if uncached else {})})
+                _last_written[slot] = "" if uncached else self.key
             except Exception:
                 pass  # only the wording of a later reason depends on it
+
+    def observe(self) -> Observer:
+        """An observer for this call's run (what it reads, writes, draws and changes)."""
+        self.observer = Observer(str(self.store.directory), self.namespace)
+        return self.observer
+
+    def not_cacheable_after_run(self) -> str | None:
+        """Why the run just observed must not be stored: it used something a hit cannot repeat."""
+        if self.observer is not None and self.observer.failed:
+            return "what it read could not be followed"
+        return None
 
     def record(self, *, cached: bool, reason: str, outputs: tuple[str, ...], saved_s: float = 0.0,
                status: str = "ok", error: str | None = None, output_names: tuple[str, ...] = (),
@@ -249,8 +302,8 @@ def _address(value: Any, frame: Frame | None = None) -> str:
         return "bytes-" + frame.checksum().hex()
 
 
-def forget_last_written(store: DiskStore, name: str | None) -> None:
-    for slot in [s for s in _last_written if s[0] == str(store.directory) and name in (None, s[1])]:
+def forget_last_written(store: DiskStore) -> None:
+    for slot in [s for s in _last_written if s[0] == str(store.directory)]:
         del _last_written[slot]
 
 

@@ -11,11 +11,12 @@ by top-level assignment, augmented or annotated assignment, ``for``, ``with ... 
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 
 import xxhash
 
-__all__ = ["CellCode", "analyse_cell"]
+__all__ = ["CellCode", "REPLAYED_MAGICS", "analyse_cell"]
 
 @dataclass(frozen=True)
 class CellCode:
@@ -23,6 +24,9 @@ class CellCode:
     reads: tuple[str, ...]  # in order of first use
     binds: tuple[str, ...]  # in order of first binding, including names bound only on some paths
     imports: tuple[str, ...]  # modules the cell imports ("pkg.mod", or ".mod" for a relative import)
+    shell: tuple[str, ...] = ()  # shell commands it runs, as written: "!ls", "%%bash", "os.system()"
+    magics: tuple[tuple[str, str], ...] = ()  # top-level line magics whose effect outlives the cell
+    dynamic: str = ""  # how it reads the namespace without naming variables: "globals()", or ""
 
     def default_name(self, inputs: list[str]) -> str:
         """A name for the step that stays the same while the cell binds and reads the same variables:
@@ -44,16 +48,98 @@ def analyse_cell(source: str) -> CellCode:
     tree = ast.parse(source)
     digest = xxhash.xxh3_128(ast.dump(tree, annotate_fields=False).encode()).hexdigest()
     flow = _Flow()
-    flow.statements(tree.body, certain=True)
-    return CellCode(digest, tuple(flow.reads), tuple(flow.binds), tuple(flow.imports))
+    flow.statements(tree.body)
+    effects = _Effects()
+    effects.visit(tree)
+    magics = tuple(m for st in tree.body if (m := _line_magic(st)) and m[0] in REPLAYED_MAGICS)
+    return CellCode(digest, tuple(flow.reads), tuple(flow.binds), tuple(flow.imports),
+                    tuple(dict.fromkeys(effects.shell)), magics, effects.dynamic)
+
+
+# Line magics whose effect lasts beyond the cell (settings of the kernel, IPython or matplotlib): a hit
+# runs them again, quietly, since the cell's body, which ran them the first time, does not run.
+REPLAYED_MAGICS = frozenset({
+    "matplotlib", "config", "load_ext", "reload_ext", "precision", "autoreload", "aimport", "xmode",
+    "colors", "env", "cd", "alias", "autocall", "automagic", "doctest_mode", "pdb", "set_env",
+})
+# Magics that run a shell command: their effect is outside the kernel, and a hit would not repeat it.
+_SHELL_LINE_MAGICS = frozenset({"sx", "system", "sc"})
+_SHELL_CELL_MAGICS = frozenset({"bash", "sh", "script", "system", "sx", "perl", "ruby", "zsh", "csh"})
+_SHELL_FUNCTIONS = {"os": {"system", "popen", "execv", "execvp", "spawnv", "spawnl"},
+                    "subprocess": {"run", "call", "check_call", "check_output", "Popen", "getoutput",
+                                   "getstatusoutput"}}
+
+
+def _ipython_call(node: ast.AST) -> tuple[str, list[ast.expr]] | None:
+    """``get_ipython().<method>(args)``, as IPython writes ``!ls`` and ``%magic``: (method, args)."""
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Call) and isinstance(node.func.value.func, ast.Name)
+            and node.func.value.func.id == "get_ipython"):
+        return node.func.attr, node.args
+    return None
+
+
+def _constant(args: list[ast.expr], i: int) -> str | None:
+    if len(args) > i and isinstance(args[i], ast.Constant) and isinstance(args[i].value, str):
+        return args[i].value
+    return None
+
+
+def _line_magic(st: ast.stmt) -> tuple[str, str] | None:
+    call = _ipython_call(st.value) if isinstance(st, ast.Expr) else None
+    if call and call[0] == "run_line_magic":
+        name, line = _constant(call[1], 0), _constant(call[1], 1)
+        if name is not None and line is not None:
+            return name, line
+    return None
+
+
+class _Effects(ast.NodeVisitor):
+    """Shell commands anywhere in the cell, and reads of the whole namespace (``globals()``; at top
+    level also ``locals()``, ``vars()`` and ``dir()`` with no argument)."""
+
+    def __init__(self) -> None:
+        self.shell: list[str] = []
+        self.dynamic = ""
+        self._depth = 0  # inside a function, lambda or class: locals() is its own
+
+    def visit_Call(self, node: ast.Call) -> None:
+        call = _ipython_call(node)
+        if call is not None:
+            method, args = call
+            first = _constant(args, 0)
+            if method in ("system", "getoutput"):
+                self.shell.append("!" + (first or "...").strip().split(" ")[0])
+            elif method == "run_line_magic" and first in _SHELL_LINE_MAGICS:
+                self.shell.append(f"%{first}")
+            elif method == "run_cell_magic" and first in _SHELL_CELL_MAGICS:
+                self.shell.append(f"%%{first}")
+        func = node.func
+        if (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+                and func.attr in _SHELL_FUNCTIONS.get(func.value.id, ())):
+            self.shell.append(f"{func.value.id}.{func.attr}()")
+        if isinstance(func, ast.Name) and not self.dynamic:
+            if func.id == "globals" or (func.id in ("locals", "vars", "dir") and not node.args
+                                        and not node.keywords and self._depth == 0):
+                self.dynamic = f"{func.id}()"
+        self.generic_visit(node)
+
+    def _scope(self, node: ast.AST) -> None:
+        self._depth += 1
+        self.generic_visit(node)
+        self._depth -= 1
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = visit_ClassDef = _scope
 
 
 class _Flow:
     """Walks top-level statements in execution order; compound statements bind before their bodies.
 
-    A name read before the cell has certainly bound it is an input. A name bound only on some paths (in
-    an ``if``, a loop body, a ``try``) is an output but does not hide the notebook's value from later
-    reads: ``if retrain: model = fit()`` followed by ``model.predict(X)`` reads the notebook's ``model``.
+    A name read before the cell has certainly bound it is an input. Within a block, a name bound earlier in
+    that block is certainly bound for the rest of it: the target of ``for tree in forest:`` inside the loop
+    body, ``m`` after ``m = fit()`` in the same branch. Leaving a block that may not run (a branch, a loop
+    body, a ``try``), its bindings are no longer certain, except those both branches of an ``if`` make:
+    ``if retrain: model = fit()`` followed by ``model.predict(X)`` reads the notebook's ``model``.
     """
 
     def __init__(self) -> None:
@@ -73,50 +159,73 @@ class _Flow:
         for name in reader.global_writes:  # `global x` in a function of the cell: calling it binds x
             self.binds.setdefault(name)
 
-    def bind(self, node: ast.AST | None, certain: bool) -> None:
+    def bind(self, node: ast.AST | None) -> None:
         if node is None:
             return
         for name in _bound_names(node):
             self.binds.setdefault(name)
-            if certain:
-                self.certain.add(name)
+            self.certain.add(name)
         if isinstance(node, ast.Import):
             self.imports.update(dict.fromkeys(alias.name for alias in node.names))
         elif isinstance(node, ast.ImportFrom):
             self.imports.setdefault("." * node.level + (node.module or ""))
 
-    def target(self, target: ast.expr, certain: bool) -> None:
-        self.bind(ast.Assign(targets=[target], value=ast.Constant(None)), certain)
+    def target(self, target: ast.expr) -> None:
+        self.bind(ast.Assign(targets=[target], value=ast.Constant(None)))
 
-    def statements(self, body: list[ast.stmt], certain: bool) -> None:
+    def block(self, body: list[ast.stmt], *, bound: tuple[ast.expr | str, ...] = ()) -> set[str]:
+        """Walk a block that may not run; return what is certainly bound at its end. The names it binds
+        stay outputs, but stop being certain after it."""
+        outside = set(self.certain)
+        for target in bound:
+            if isinstance(target, str):
+                self.binds.setdefault(target)
+                self.certain.add(target)
+            else:
+                self.target(target)
+        self.statements(body)
+        inside, self.certain = self.certain, outside
+        return inside
+
+    def statements(self, body: list[ast.stmt]) -> None:
         for st in body:
             if isinstance(st, (ast.For, ast.AsyncFor)):
                 self.read(st.iter)
-                self.target(st.target, False)  # an empty iterable binds nothing
-                self.statements(st.body + st.orelse, False)
+                self.block(st.body, bound=(st.target,))
+                self.block(st.orelse)
             elif isinstance(st, (ast.With, ast.AsyncWith)):
                 for item in st.items:
                     self.read(item.context_expr)
                     if item.optional_vars is not None:
-                        self.target(item.optional_vars, certain)
-                self.statements(st.body, certain)
-            elif isinstance(st, (ast.If, ast.While)):
+                        self.target(item.optional_vars)
+                self.statements(st.body)
+            elif isinstance(st, ast.If):
                 self.read(st.test)
-                self.statements(st.body + st.orelse, False)
+                both = self.block(st.body) & self.block(st.orelse)
+                self.certain |= both
+            elif isinstance(st, ast.While):
+                self.read(st.test)
+                self.block(st.body)
+                self.block(st.orelse)
             elif isinstance(st, (ast.Try, getattr(ast, "TryStar", ast.Try))):
-                self.statements(st.body, False)
+                self.block(st.body + st.orelse)
                 for handler in st.handlers:
                     self.read(handler.type)
-                    if handler.name:
-                        self.binds.setdefault(handler.name)
-                    self.statements(handler.body, False)
-                self.statements(st.orelse, False)
-                self.statements(st.finalbody, certain)
+                    self.block(handler.body, bound=(handler.name,) if handler.name else ())
+                self.statements(st.finalbody)
+            elif isinstance(st, ast.Match):
+                self.read(st.subject)
+                for case in st.cases:
+                    names = tuple(n.name for n in ast.walk(case.pattern)
+                                  if isinstance(n, (ast.MatchAs, ast.MatchStar)) and n.name)
+                    names += tuple(n.rest for n in ast.walk(case.pattern) if isinstance(n, ast.MatchMapping) and n.rest)
+                    self.read(case.guard)
+                    self.block(case.body, bound=names)
             elif (inner := _timed_code(st)) is not None:
-                self.statements(inner, certain)  # `%time x = f()` binds x like the plain statement would
+                self.statements(inner)  # `%time x = f()` binds x like the plain statement would
             else:
                 self.read(st)
-                self.bind(st, certain)
+                self.bind(st)
 
 
 def _timed_code(st: ast.stmt) -> list[ast.stmt] | None:
@@ -203,6 +312,14 @@ class _Reader(ast.NodeVisitor):
     def visit_Name(self, node: ast.Name) -> None:
         if isinstance(node.ctx, ast.Load):
             self.names.append(node.id)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        """``df.query("tip > @limit")`` and ``df.eval(...)`` read ``limit`` from the caller's variables."""
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in ("query", "eval") and node.args \
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+            self.names.extend(re.findall(r"@([A-Za-z_]\w*)", node.args[0].value))
+        self.generic_visit(node)
 
     def visit_AugAssign(self, node: ast.AugAssign) -> None:
         if isinstance(node.target, ast.Name):  # `x += 1` reads x first

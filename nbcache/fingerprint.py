@@ -37,7 +37,7 @@ from .hashing import (
     Hasher, Unhashable, Walk, feed, new_hasher, register, type_name, _feed_bytes_tagged,
 )
 
-__all__ = ["fingerprint", "fingerprint_parts", "imported_module", "is_user_code"]
+__all__ = ["fingerprint", "fingerprint_parts", "imported_module", "is_user_code", "library_roots"]
 
 _GLOBAL_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
 _ATTR_LOADS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
@@ -97,6 +97,12 @@ def _library_roots() -> tuple[str, ...]:
 
 _OWN_PACKAGE = __name__.partition(".")[0]
 _LIBRARY_ROOTS = (*_library_roots(), os.path.join(os.path.dirname(os.path.realpath(__file__)), ""))
+
+
+def library_roots() -> tuple[str, ...]:
+    """The folders of the interpreter, of installed packages and of nbcache itself, each ending in a
+    separator: code found there is not the user's."""
+    return _LIBRARY_ROOTS
 
 
 @functools.lru_cache(maxsize=4096)

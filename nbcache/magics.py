@@ -10,6 +10,7 @@ is replayed in order, and its last expression's value is shown again as its resu
 
 from __future__ import annotations
 
+import contextlib
 import html
 import importlib
 import io
@@ -94,12 +95,13 @@ class _Recorder:
     replaces is put back on exit exactly as it was, so recorders nest.
     """
 
-    _HOOK_METHODS = ("write_output_prompt", "write_format_data")
+    _HOOK_METHODS = ("write_output_prompt",)
 
     def __init__(self, shell: Any) -> None:
         self.shell = shell
         self.events: list[list] = []
         self.paused = False
+        self.result_display: tuple[dict, dict] | None = None  # the result as it was shown: every mime type
         self._saved: list[tuple[Any, str, Any]] = []
 
     def _pausing(self, method: Any) -> Any:
@@ -122,6 +124,13 @@ class _Recorder:
         hook = self.shell.displayhook
         for name in self._HOOK_METHODS:
             self.patch(hook, name, self._pausing(getattr(hook, name)))
+        write_result = self._pausing(hook.write_format_data)
+
+        def write_format_data(format_dict: dict, md_dict: dict | None = None) -> Any:
+            self.result_display = (dict(format_dict), dict(md_dict or {}))
+            return write_result(format_dict, md_dict)
+
+        self.patch(hook, "write_format_data", write_format_data)
         publisher = self.shell.display_pub
         publish_through = self._pausing(publisher.publish)  # a terminal's publisher prints: not stdout
         clear_through = self._pausing(publisher.clear_output)
@@ -149,8 +158,38 @@ class _Recorder:
     def recorded(self) -> list[tuple]:
         return [(e[0], "".join(e[1])) if e[0] in ("stdout", "stderr") else tuple(e) for e in self.events]
 
+    def shows_a_widget(self) -> bool:
+        """Whether the cell displayed a live widget (``interact``, a slider): a widget needs its kernel-side
+        object and comm, which a replay cannot give back."""
+        shown = [e[1] for e in self.events if e[0] == "display"]
+        if self.result_display is not None:
+            shown.append(self.result_display[0])
+        return any(_WIDGET_VIEW in data for data in shown)
+
 
 _ABSENT = object()
+
+
+def _show_result_as_recorded(shell: Any, value: Any, display: tuple[dict, dict] | None) -> None:
+    """Have the displayhook show ``value`` (the cell's result, returned by the magic) with the display data
+    recorded when the cell ran, byte for byte, rather than formatting the restored value again (which
+    may differ: an int64 array's repr, a figure drawn again). It still becomes ``_`` and ``Out[n]``."""
+    if display is None or value is None:
+        return
+    hook = shell.displayhook
+    own = vars(hook).get("compute_format_data", _ABSENT)
+    compute = hook.compute_format_data
+
+    def recorded_format_data(result: Any) -> tuple[dict, dict]:
+        if own is _ABSENT:  # used once: the displayhook's own method is back for the next result
+            del hook.compute_format_data
+        else:
+            hook.compute_format_data = own
+        if result is value:
+            return dict(display[0]), dict(display[1])
+        return compute(result)
+
+    hook.compute_format_data = recorded_format_data
 
 
 def _replay(events: list[tuple]) -> None:
@@ -187,6 +226,13 @@ class StepMagics(Magics):
         super().__init__(shell)
         self.settings = settings
         self._analysed: dict[str, _Analysed] = {}
+        self.cell_id: str | None = None  # the Jupyter id of the cell being run (None in a plain IPython)
+        self.names = _CellNames()
+
+    def pre_run_cell(self, info: Any = None) -> None:
+        """IPython's event before each cell: note the cell's id, which Jupyter gives every cell."""
+        cell_id = getattr(info, "cell_id", None)
+        self.cell_id = cell_id if isinstance(cell_id, str) and cell_id else None
 
     @magic_arguments()
     @argument("name", nargs="?", help="the step's name (default: the variables the cell assigns)")
@@ -196,9 +242,12 @@ class StepMagics(Magics):
               help="variables the cell reads that do not change its result (a connection, a logger): a,b")
     @argument("--outputs", type=_names, default=None, help="store only these variables: x,y")
     @argument("--version", default=None, help="change this to force a re-run")
+    @argument("--allow-shell", action="store_true",
+              help="cache the cell although it runs shell commands (!cmd, %%bash): a hit does not run them")
     @cell_magic
     def step(self, line: str, cell: str) -> Any:
         """Cache a cell: on a hit its variables and output come back without running it."""
+        cell_id, self.cell_id = self.cell_id, None  # a cell run inside this one has no id of its own
         args = self._parse(self.step, line)
         analysed = self._analysed.get(cell)
         if analysed is None:  # what depends on the cell's text alone is worked out once per text
@@ -214,7 +263,7 @@ class StepMagics(Magics):
                              " async function and run it with asyncio.run(), or run the cell without %%step")
         if analysed.code is None:
             return self._run_plain(cell)  # let the shell report the syntax error as usual
-        return _CellCall(self, args, cell, analysed).run()
+        return _CellCall(self, args, cell, analysed, cell_id).run()
 
     @line_magic
     def steps(self, line: str) -> None:
@@ -265,7 +314,7 @@ class StepMagics(Magics):
             return parse_argstring(magic, line)
         except UsageError as exc:
             raise UsageError(f"{exc}\nusage: %%step [NAME] [--no-cache] [--inputs a,b] [--ignore a,b]"
-                             " [--outputs x,y] [--version V]") from None
+                             " [--outputs x,y] [--version V] [--allow-shell]") from None
 
     def _run_plain(self, cell: str) -> None:
         result = self.shell.run_cell(cell, store_history=False)
@@ -275,6 +324,46 @@ class StepMagics(Magics):
 
 # Names IPython itself binds as cells run (_, __, _i3, _oh, ...): never a cell's outputs.
 _IPYTHON_NAMES = re.compile(r"_+\d*|_i+\d*|_(oh|dh|ih|ii|iii)|In|Out|exit|quit|get_ipython")
+
+
+class _CellNames:
+    """Readable step names for cells with a Jupyter id, unique among this kernel's cells.
+
+    A cell's name is made of what it binds and reads (``labels ← X``); when two cells would share one, the
+    later gets ``labels ← X #2``. A cell keeps the name it had in an earlier kernel while that still fits
+    (its latest ingredients, filed under its id, hold it), so Restart & Run All in another order does not
+    swap names.
+    """
+
+    def __init__(self) -> None:
+        self._by_cell: dict[str, str] = {}
+        self._taken: dict[str, str] = {}  # name -> cell id
+
+    def name_of(self, cell_id: str, base: str, store: Any, identity: str) -> str:
+        known = self._by_cell.get(cell_id)
+        if known is not None and _fits(known, base):
+            return known
+        if known is not None:
+            self._taken.pop(known, None)
+        try:
+            last = store.get_last(identity)
+        except Exception:
+            last = None
+        earlier = last.get("name") if last else None
+        if isinstance(earlier, str) and _fits(earlier, base) and self._taken.get(earlier, cell_id) == cell_id:
+            name = earlier
+        else:
+            name, n = base, 1
+            while self._taken.get(name, cell_id) != cell_id:
+                n += 1
+                name = f"{base} #{n}"
+        self._by_cell[cell_id] = name
+        self._taken[name] = cell_id
+        return name
+
+
+def _fits(name: str, base: str) -> bool:
+    return name == base or (name.startswith(base + " #") and name[len(base) + 2:].isdigit())
 
 
 @dataclass(frozen=True)
@@ -287,7 +376,7 @@ class _Analysed:
 class _CellCall(StepCall):
     """One execution of a ``%%step`` cell."""
 
-    def __init__(self, magics: StepMagics, args: Any, cell: str, analysed: _Analysed) -> None:
+    def __init__(self, magics: StepMagics, args: Any, cell: str, analysed: _Analysed, cell_id: str | None) -> None:
         shell = magics.shell
         ns = shell.user_ns
         code = analysed.code
@@ -306,10 +395,26 @@ class _CellCall(StepCall):
         hidden = shell.user_ns_hidden  # what IPython itself put in the namespace (get_ipython, open)
         input_names = [n for n in dict.fromkeys([*code.reads, *args.inputs])
                        if n in ns and not (n in hidden and ns[n] is hidden[n]) and n not in args.ignore]
-        super().__init__(get_store(), args.name or code.default_name(input_names), version=args.version,
-                         started_at=datetime.now(timezone.utc), t0=time.perf_counter(), kind="cell",
-                         enabled=not args.no_cache)
+        store = get_store()
+        if args.name:  # the user's name is the step's identity
+            name, identity = args.name, None
+        elif cell_id:  # Jupyter's id of the cell: the same cell, however its code and variables change
+            identity = f"cell:{cell_id}"
+            name = magics.names.name_of(cell_id, code.default_name(input_names), store, identity)
+        else:  # plain IPython: the name made of what the cell binds and reads
+            name, identity = code.default_name(input_names), None
+        super().__init__(store, name, version=args.version, started_at=datetime.now(timezone.utc),
+                         t0=time.perf_counter(), kind="cell", enabled=not args.no_cache, identity=identity)
+        self.cell_id = cell_id
+        self.namespace = ns
         self.magics = magics
+        self.replayed_magics = code.magics
+        if code.shell and not args.allow_shell:
+            self.always_runs = (f"it runs a shell command ({', '.join(code.shell)}), which a hit would not run;"
+                                " %%step --allow-shell caches it anyway")
+        elif code.dynamic:
+            self.always_runs = (f"it reads the notebook's variables through {code.dynamic}, so nbcache cannot"
+                                " tell which ones it depends on")
         self.shell = shell
         self.cell = cell
         self.restrict = args.outputs
@@ -338,6 +443,8 @@ class _CellCall(StepCall):
                     importlib.import_module(module)
                 except Exception:
                     pass
+        self._run_magics_again()
+        self.set_state(payload.get("ambient") or {})  # after the magics: `%matplotlib inline` sets rc too
         ns.update(payload["variables"])  # functions and classes come back living in ns (see store.py)
         for name in payload["deleted"]:
             ns.pop(name, None)
@@ -354,14 +461,26 @@ class _CellCall(StepCall):
         _replay(payload["events"])
         self.record(cached=True, reason="cache hit", outputs=tuple(entry["outputs"]),
                     saved_s=entry["duration_s"], output_names=tuple(payload["variables"]))
+        _show_result_as_recorded(self.shell, payload["result"], payload.get("result_display"))
         return payload["result"]
+
+    def _run_magics_again(self) -> None:
+        """The line magics of the cell whose effect outlives it (``%matplotlib inline``, ``%config``,
+        ``%load_ext``), run again without their output: the replay shows what they printed."""
+        for name, line in self.replayed_magics:
+            try:
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                    self.shell.run_line_magic(name, line)
+            except Exception as exc:
+                _warn(f"nbcache: step {self.name!r} came from the cache, but %{name} {line} failed when run"
+                      f" again: {type(exc).__name__}: {exc}")
 
     def execute(self, reason: str, *, store: bool) -> Any:
         shell = self.shell
         ns = shell.user_ns
         before = {name: id(value) for name, value in ns.items()}
         t_body = time.perf_counter()
-        with _Recorder(shell) as recorder:
+        with _Recorder(shell) as recorder, (self.observe() if store else contextlib.nullcontext()):
             if self.quiet:  # IPython looks for the `;` in the %%step line's cell, not in this one
                 recorder.patch(shell.displayhook, "quiet", lambda: True)
             outcome = shell.run_cell(self.cell, store_history=False)
@@ -374,12 +493,22 @@ class _CellCall(StepCall):
         names = self._outputs(before)
         variables = {name: ns[name] for name in names}
         addresses = addresses_of(list(variables.values()))
+        unrepeatable = None
+        if store:
+            unrepeatable = ("it shows a widget, which needs the live kernel object a replay cannot give back"
+                            if recorder.shows_a_widget() else self.not_cacheable_after_run())
+        if unrepeatable:
+            self.remember_last(uncached=unrepeatable)
+            reason, store = f"{reason}; not cached: {unrepeatable}", False
         if not store:
             self.record(cached=False, reason=reason, outputs=addresses, output_names=tuple(names))
             return None
         deleted = [n for n in before if n not in ns and not _IPYTHON_NAMES.fullmatch(n)]
+        assert self.observer is not None
         payload = {"variables": variables, "deleted": deleted, "events": recorder.recorded(),
-                   "result": None if self.quiet else outcome.result}
+                   "result": None if self.quiet else outcome.result,
+                   "result_display": None if self.quiet else recorder.result_display,
+                   "ambient": self.observer.changed_state()}
         defined_here = {id(v) for v in variables.values() if isinstance(v, (type, types.FunctionType))
                         and id(v) not in before.values()}
         try:
@@ -508,13 +637,18 @@ def _show_table(header: list[str], rows: list[list[str]], *, empty: str) -> None
 def load_ipython_extension(shell: Any) -> None:
     settings = NBCache(parent=shell)
     shell.configurables.append(settings)  # (a cache_dir from config already reached set_cache_dir)
-    shell.register_magics(StepMagics(shell, settings))
+    magics = StepMagics(shell, settings)
+    shell.register_magics(magics)
+    shell.events.register("pre_run_cell", magics.pre_run_cell)
     set_notebook_module(shell.user_module)
     if not shell.custom_exceptions:  # show a failed cell's own traceback once, then one line from us
         shell.set_custom_exc((StepCellFailed,), _show_step_failure)
 
 
 def unload_ipython_extension(shell: Any) -> None:
+    for callback in list(shell.events.callbacks.get("pre_run_cell", [])):
+        if isinstance(getattr(callback, "__self__", None), StepMagics):
+            shell.events.unregister("pre_run_cell", callback)
     for kind, name in (("cell", "step"), ("line", "steps"), ("line", "nbcache"), ("line", "lineage")):
         shell.magics_manager.magics[kind].pop(name, None)
     shell.configurables[:] = [c for c in shell.configurables if not isinstance(c, NBCache)]

@@ -101,6 +101,7 @@ class _Call(StepCall):
                          enabled=step.enable_cache)
         self.step = step
         self.bound = bound
+        self.namespace = getattr(step.__wrapped__, "__globals__", None)
         try:
             self.code, self.deps = fingerprint_parts(step.__wrapped__)
         except TypeError as exc:
@@ -112,6 +113,8 @@ class _Call(StepCall):
         self.make_key()
 
     def restore(self, values: list[Any], entry: dict) -> Any:
+        if entry.get("ambient"):
+            self.set_state(values.pop())
         self.record(cached=True, reason="cache hit", outputs=tuple(entry["outputs"]),
                     saved_s=entry["duration_s"], result=entry.get("result", ""))
         return tuple(values) if entry["tuple"] else values[0]
@@ -119,12 +122,19 @@ class _Call(StepCall):
     def execute(self, reason: str, *, store: bool) -> Any:
         t_body = time.perf_counter()
         try:
-            result = self.step.__wrapped__(*self.bound.args, **self.bound.kwargs)
+            if store:
+                with self.observe():
+                    result = self.step.__wrapped__(*self.bound.args, **self.bound.kwargs)
+            else:
+                result = self.step.__wrapped__(*self.bound.args, **self.bound.kwargs)
         except BaseException as exc:
             self.record(cached=False, reason=reason, outputs=(), status="failed",
                         error=f"{type(exc).__name__}: {exc}")
             raise
         duration = time.perf_counter() - t_body
+        unrepeatable = self.not_cacheable_after_run() if store else None
+        if unrepeatable:
+            reason, store = f"{reason}; not cached: {unrepeatable}", False
         if store:
             self._check_arguments_unchanged()
         is_tuple = type(result) is tuple
@@ -282,5 +292,5 @@ def clear(step: str | Step | None = None) -> int:
         raise TypeError(f"clear() takes a step or a step name, not {type(step).__name__}")
     store = get_store()
     count = store.clear(name)
-    forget_last_written(store, name)
+    forget_last_written(store)
     return count

@@ -95,11 +95,25 @@ def test_default_name_comes_from_what_the_cell_assigns_and_reads(ip):
 
 
 def test_ipython_syntax_inside_the_cell_is_fine(ip, capsys):
-    cell = "%%step shell\nfiles = !echo hello\n%time value = len(files)\nvalue"
+    cell = "%%step shell --allow-shell\nfiles = !echo hello\n%time value = len(files)\nvalue"
     run(ip, cell)
     result = run(ip, cell)
     assert result.result == 1 and ip.user_ns["value"] == 1
     assert nbcache.runs()[-1].cached
+
+
+@pytest.mark.parametrize("command", ["!echo x >> {log}", "out = !echo x >> {log}", "%sx echo x >> {log}",
+                                     "%system echo x >> {log}", "%%bash\necho x >> {log}",
+                                     "import os\nos.system('echo x >> {log}')"])
+def test_a_cell_that_runs_a_shell_command_runs_every_time(ip, command):
+    """The shell acts outside the kernel (`!rm data.sqlite`): a hit would leave the world as it was."""
+    cell = "%%step\n" + command.format(log=ip.user_ns["LOG"])
+    run(ip, cell)
+    run(ip, cell)
+    assert times_ran(ip) == 4  # each run appended "x\n"
+    first, second = nbcache.runs()
+    assert not second.cached and second.reason.startswith("runs every time: it runs a shell command (")
+    assert "--allow-shell" in second.reason
 
 
 def test_mutated_inputs_are_outputs(ip):

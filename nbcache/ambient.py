@@ -1,0 +1,270 @@
+"""Process-wide state that a step can change besides the variables it binds: the ambient state.
+
+``np.random.seed(42)``, ``plt.rc("font", size=14)``, ``pd.set_option(...)``, ``warnings.filterwarnings``,
+``os.chdir``: on a hit the step's body does not run, so without help the notebook would go on with other
+random numbers, other fonts, other options. Each kind of state here knows how to read itself (a picklable
+snapshot), hash itself and set itself back. A run is snapshotted before and after; the kinds it changed are
+stored with its result and set again on a hit, so after a hit the process is as the first run left it.
+
+A kind is looked at only while its library is imported (``import nbcache`` imports none of them), and
+reading one never changes it. The random generators are also the step's *inputs* when it drew from them
+without seeding them first; ``observe.py`` works that out.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .hashing import hash_value
+
+__all__ = ["AmbientKind", "KINDS", "Snapshot", "apply", "snapshot"]
+
+
+@dataclass(frozen=True)
+class AmbientKind:
+    """One kind of process-wide state."""
+
+    name: str  # as reasons and warnings say it: "numpy.random", "matplotlib.rcParams"
+    module: str  # looked at only while this module is imported
+    get: Callable[[], Any]  # a picklable snapshot
+    set: Callable[[Any], None]  # make the process's state equal to a snapshot
+    rng: bool = False  # a global random generator: a step that draws from it depends on its state
+    seed: tuple[str, str] | None = None  # (module, attribute) of the function that seeds it
+
+    def active(self) -> bool:
+        return self.module in sys.modules
+
+
+# -- the kinds ----------------------------------------------------------------------------------------------
+
+def _random_get() -> Any:
+    return sys.modules["random"].getstate()
+
+
+def _random_set(state: Any) -> None:
+    sys.modules["random"].setstate(state)
+
+
+def _numpy_random_get() -> Any:
+    return sys.modules["numpy"].random.get_state()
+
+
+def _numpy_random_set(state: Any) -> None:
+    sys.modules["numpy"].random.set_state(state)
+
+
+def _print_options_get() -> dict:
+    return dict(sys.modules["numpy"].get_printoptions())
+
+
+def _print_options_set(options: dict) -> None:
+    sys.modules["numpy"].set_printoptions(**options)
+
+
+_NOT_RC = frozenset({"backend"})  # the backend is its own kind: setting it switches pyplot's backend
+
+
+def _rc_get() -> dict:
+    rc = sys.modules["matplotlib"].rcParams
+    return {k: dict.__getitem__(rc, k) for k in rc if k not in _NOT_RC}
+
+
+def _rc_set(values: dict) -> None:
+    rc = sys.modules["matplotlib"].rcParams
+    changed = {k: v for k, v in values.items() if k in rc and dict.__getitem__(rc, k) != v}
+    with warnings.catch_warnings():  # a deprecated key stored by the first run is set back quietly
+        warnings.simplefilter("ignore")
+        rc.update(changed)
+
+
+def _backend_get() -> Any:
+    value = dict.__getitem__(sys.modules["matplotlib"].rcParams, "backend")
+    return value if isinstance(value, str) else None  # None: not chosen yet (matplotlib picks on first use)
+
+
+def _backend_set(name: Any) -> None:
+    if not isinstance(name, str) or _backend_get() == name:
+        return
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.switch_backend(name)
+    else:
+        sys.modules["matplotlib"].rcParams["backend"] = name
+
+
+def _pandas_option_names() -> list[str]:
+    """Every option's full name (``display.max_rows``), found through ``pd.options`` as a user would."""
+    options = sys.modules["pandas"].options
+    names: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        for attribute in dir(node):
+            value = getattr(node, attribute)
+            if type(value) is type(options):
+                walk(value, f"{prefix}{attribute}.")
+            else:
+                names.append(prefix + attribute)
+
+    walk(options, "")
+    return names
+
+
+_pandas_names: list[str] = []  # the options pandas registers do not change while it is imported
+
+
+def _pandas_get() -> dict:
+    pd = sys.modules["pandas"]
+    with warnings.catch_warnings():  # reading a deprecated option warns
+        warnings.simplefilter("ignore")
+        if not _pandas_names:
+            _pandas_names.extend(_pandas_option_names())
+        values = {}
+        for name in _pandas_names:
+            try:
+                values[name] = pd.get_option(name)
+            except Exception:  # an option removed since the names were read
+                continue
+    return values
+
+
+def _pandas_set(values: dict) -> None:
+    pd = sys.modules["pandas"]
+    current = _pandas_get()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, value in values.items():
+            if name in current and current[name] != value:
+                pd.set_option(name, value)
+
+
+def _sklearn_get() -> dict:
+    return dict(sys.modules["sklearn"].get_config())
+
+
+def _sklearn_set(config: dict) -> None:
+    sklearn = sys.modules["sklearn"]
+    known = sklearn.get_config()
+    sklearn.set_config(**{k: v for k, v in config.items() if k in known})
+
+
+def _warnings_get() -> list:
+    return list(warnings.filters)
+
+
+def _warnings_set(filters: list) -> None:
+    """The filter list as it was; then one filter added and taken away through ``simplefilter``, which
+    tells warnings that its filters changed (so what it remembers of warnings already shown is reset)."""
+    warnings.filters[:] = filters
+    count = len(warnings.filters)
+    warnings.simplefilter("default", _FiltersChanged, append=True)
+    if len(warnings.filters) > count:
+        warnings.filters.pop()
+
+
+class _FiltersChanged(Warning):
+    """Never issued: its filter is how ``_warnings_set`` marks the filters as changed."""
+
+
+def _environ_get() -> dict:
+    return dict(os.environ)
+
+
+def _environ_set(environ: dict) -> None:
+    for name in [n for n in os.environ if n not in environ]:
+        del os.environ[name]
+    for name, value in environ.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
+def _cwd_set(path: str) -> None:
+    if os.getcwd() != path:
+        os.chdir(path)
+
+
+def _sys_path_get() -> list:
+    return list(sys.path)
+
+
+def _sys_path_set(paths: list) -> None:
+    sys.path[:] = paths
+
+
+KINDS: tuple[AmbientKind, ...] = (
+    AmbientKind("random", "random", _random_get, _random_set, rng=True, seed=("random", "seed")),
+    AmbientKind("numpy.random", "numpy", _numpy_random_get, _numpy_random_set, rng=True,
+                seed=("numpy.random", "seed")),
+    AmbientKind("numpy print options", "numpy", _print_options_get, _print_options_set),
+    AmbientKind("matplotlib backend", "matplotlib", _backend_get, _backend_set),
+    AmbientKind("matplotlib.rcParams", "matplotlib", _rc_get, _rc_set),
+    AmbientKind("pandas options", "pandas", _pandas_get, _pandas_set),
+    AmbientKind("scikit-learn config", "sklearn", _sklearn_get, _sklearn_set),
+    AmbientKind("warnings filters", "warnings", _warnings_get, _warnings_set),
+    AmbientKind("environment variables", "os", _environ_get, _environ_set),
+    AmbientKind("working directory", "os", os.getcwd, _cwd_set),
+    AmbientKind("sys.path", "sys", _sys_path_get, _sys_path_set),
+)
+"""Every kind nbcache keeps, in the order they are set back (the backend before the rc settings)."""
+
+_BY_NAME = {kind.name: kind for kind in KINDS}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The state of every active kind at one moment: its value and its hash, by kind name."""
+
+    values: dict[str, Any]
+    hashes: dict[str, str]
+
+    def changed_since(self, before: Snapshot) -> dict[str, Any]:
+        """The kinds whose state differs from ``before`` (or that became active since), with their values."""
+        return {name: self.values[name] for name, digest in self.hashes.items()
+                if before.hashes.get(name) != digest}
+
+
+def snapshot(kinds: tuple[AmbientKind, ...] = KINDS) -> Snapshot:
+    values, hashes = {}, {}
+    for kind in kinds:
+        if not kind.active():
+            continue
+        try:
+            value = kind.get()
+            digest = hash_value(value)
+        except Exception:  # a library version whose state cannot be read this way: not kept
+            continue
+        values[kind.name], hashes[kind.name] = value, digest
+    return Snapshot(values, hashes)
+
+
+def state_hash(name: str) -> str | None:
+    """The hash of one kind's state now; None while its library is not imported (or unreadable)."""
+    kind = _BY_NAME.get(name)
+    if kind is None or not kind.active():
+        return None
+    try:
+        return hash_value(kind.get())
+    except Exception:
+        return None
+
+
+def apply(values: dict[str, Any]) -> list[str]:
+    """Set the process's state to stored snapshots; return the names of the kinds that could not be set."""
+    failed = []
+    for kind in KINDS:
+        if kind.name not in values:
+            continue
+        if not kind.active():
+            try:  # the first run imported it (`import numpy as np; np.random.seed(0)`): so does the hit
+                __import__(kind.module)
+            except Exception:
+                failed.append(kind.name)
+                continue
+        try:
+            kind.set(values[kind.name])
+        except Exception:
+            failed.append(kind.name)
+    return failed

@@ -1,0 +1,364 @@
+"""What a step turned out to depend on while it ran, and checking that again before a hit.
+
+A step's key is made before it runs, from its code and the inputs that can be seen in advance. Some
+dependencies only show while it runs, and are stored with its result as *checks*, verified on every lookup:
+
+- files it opened for reading (``pd.read_csv``, ``np.load``, ``open``: any Python-level open, seen through
+  an audit hook), and files it wrote that still exist after it (a hit does not write them again: if one
+  was removed or changed since, the step runs again to make it);
+- folders it listed (``os.listdir``, ``glob``, ``Path.iterdir``): a file added or removed is a change;
+- the state of a global random generator it drew from without seeding it first;
+- notebook variables it read through ``eval``/``exec`` of a string (seen as the string is compiled).
+
+A file is compared by size, modification time and inode first, and by content only when those differ, so
+``touch`` alone does not cause a run. Files of the interpreter, of installed packages, of nbcache's own
+cache directory and of the machine (``/proc``, ``/dev``, ...) are not dependencies: the code fingerprint and
+the library versions cover code. Opens from C code that bypasses Python's ``open`` (pyarrow, h5py) are not
+seen (``docs/pitfalls.md``).
+
+The audit hook is installed once per process (Python cannot remove one) and returns at once while no step
+is being observed.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import stat
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import xxhash
+
+from . import ambient
+from .fingerprint import library_roots
+
+__all__ = ["Check", "Observer", "checks_from_json", "first_failure"]
+
+_HASH_CHUNK = 8 << 20
+_IGNORED_SUFFIXES = (".py", ".pyc", ".pyi", ".so", ".pth", ".pyd")  # code: the fingerprint counts it
+_SYSTEM_ROOTS = ("/proc/", "/sys/", "/dev/", "/etc/", "/usr/", "/run/")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One dependency discovered while a step ran, with what it was then.
+
+    ``kind`` is ``file`` (read), ``wrote`` (a file the step wrote), ``folder`` (listed), ``random`` (the
+    state a global generator started from) or ``variable`` (a notebook variable read through eval).
+    ``digest`` is the content hash; ``stat`` the file's (size, mtime_ns, inode) for the fast path.
+    """
+
+    kind: str
+    target: str
+    digest: str
+    stat: tuple[int, int, int] | None = None
+
+    def to_json(self) -> list:
+        return [self.kind, self.target, self.digest, list(self.stat) if self.stat else None]
+
+    @classmethod
+    def from_json(cls, item: Any) -> Check:
+        kind, target, digest, st = item
+        if not (isinstance(kind, str) and isinstance(target, str) and isinstance(digest, str)):
+            raise ValueError("malformed check")
+        return cls(kind, target, digest, tuple(int(x) for x in st) if st else None)
+
+    def failure(self, namespace: dict | None) -> str | None:
+        """Why this dependency no longer holds, in words; None if it does."""
+        if self.kind in ("file", "wrote"):
+            return self._file_failure()
+        if self.kind == "folder":
+            if listing_digest(self.target) != self.digest:
+                return f"folder {_shown(self.target)} changed (files added or removed)"
+            return None
+        if self.kind == "random":
+            if ambient.state_hash(self.target) != self.digest:
+                return (f"the {self.target} global random state differs from the one it started from when"
+                        " cached (it draws random numbers without seeding them)")
+            return None
+        if self.kind == "variable":
+            from .hashing import hash_value
+
+            value = (namespace or {}).get(self.target, _ABSENT)
+            try:
+                now = "" if value is _ABSENT else hash_value(value)
+            except Exception:
+                now = "?"
+            if now != self.digest:
+                return f"variable {self.target} (read through eval/exec) changed"
+            return None
+        return f"it depends on something this nbcache does not know ({self.kind})"
+
+    def _file_failure(self) -> str | None:
+        what = f"file {_shown(self.target)}" if self.kind == "file" else f"{_shown(self.target)}, a file it wrote,"
+        try:
+            st = os.stat(self.target)
+        except OSError:
+            return f"{what} was removed"
+        if self.stat is not None and _stat_of(st) == self.stat:
+            return None
+        if file_digest(self.target) != self.digest:
+            return f"{what} changed"
+        return None
+
+
+_ABSENT = object()
+
+
+def first_failure(checks: tuple[Check, ...], namespace: dict | None) -> str | None:
+    for check in checks:
+        try:
+            reason = check.failure(namespace)
+        except Exception as exc:  # erring toward running
+            reason = f"{check.kind} {check.target} could not be checked ({type(exc).__name__})"
+        if reason:
+            return reason
+    return None
+
+
+def checks_from_json(items: Any) -> tuple[Check, ...]:
+    """The checks of an entry; raises ValueError if they are malformed (the entry is then damaged)."""
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        raise ValueError("malformed checks")
+    try:
+        return tuple(Check.from_json(item) for item in items)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"malformed checks ({exc})") from None
+
+
+def _shown(path: str) -> str:
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return path
+    return relative if not relative.startswith("..") else path
+
+
+def _stat_of(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def file_digest(path: str) -> str:
+    h = xxhash.xxh3_128()
+    try:
+        with open(path, "rb", buffering=0) as f:
+            while chunk := f.read(_HASH_CHUNK):
+                h.update(chunk)
+    except OSError:
+        return ""
+    return h.hexdigest()
+
+
+def listing_digest(path: str) -> str:
+    try:
+        names = sorted(os.listdir(path))
+    except OSError:
+        return ""
+    return xxhash.xxh3_128("\0".join(names).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# -- watching a run -----------------------------------------------------------------------------------------
+
+_active: list[Observer] = []  # the observers of the runs under way, innermost last (steps nest)
+_hook_installed = False
+_hook_lock = threading.Lock()
+
+
+def _install_hook() -> None:
+    global _hook_installed
+    with _hook_lock:
+        if not _hook_installed:
+            sys.addaudithook(_audit)
+            _hook_installed = True
+
+
+def _audit(event: str, args: tuple) -> None:
+    if not _active:
+        return
+    handler = _HANDLERS.get(event)
+    if handler is None:
+        return
+    thread = threading.get_ident()
+    for observer in _active:
+        if observer.thread == thread:
+            try:
+                handler(observer, args)
+            except Exception:  # never break the user's open() because of bookkeeping
+                observer.failed = True
+
+
+def _on_open(observer: Observer, args: tuple) -> None:
+    path, mode, flags = args
+    if isinstance(path, int) or path is None:
+        return
+    path = os.path.abspath(os.fsdecode(path))
+    if mode is None:  # os.open: the flags say
+        access = flags & os.O_ACCMODE
+        reads, writes = access in (os.O_RDONLY, os.O_RDWR), access in (os.O_WRONLY, os.O_RDWR)
+    else:
+        reads = "r" in mode or "+" in mode
+        writes = any(c in mode for c in "wax+")
+    if writes:
+        observer.wrote.setdefault(path)
+    elif reads and path not in observer.wrote:
+        observer.read.setdefault(path)
+
+
+def _on_listdir(observer: Observer, args: tuple) -> None:
+    path = args[0] if args else None
+    if isinstance(path, int):
+        return
+    observer.listed.setdefault(os.path.abspath(os.fsdecode(path if path is not None else ".")))
+
+
+def _on_compile(observer: Observer, args: tuple) -> None:
+    source, filename = args[0], args[1]
+    if filename != "<string>" or not isinstance(source, (str, bytes)) or observer.namespace is None:
+        return
+    frame = sys._getframe(2)  # the code that called eval/exec/compile (past this handler and the hook)
+    if frame.f_globals is not observer.namespace:
+        return  # a library compiling its own code (namedtuple, dataclasses)
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in observer.namespace:
+            observer.evaluated.setdefault(node.id)
+
+
+_HANDLERS = {"open": _on_open, "os.listdir": _on_listdir, "os.scandir": _on_listdir, "compile": _on_compile}
+
+
+@dataclass(eq=False)
+class Observer:
+    """Watches one run of a step: what it opened, listed and evaluated, how it used the global random
+    generators, and which ambient state it changed. Use as a context manager around the body."""
+
+    cache_dir: str
+    namespace: dict | None = None  # the notebook's variables (for names read through eval)
+    thread: int = field(default_factory=threading.get_ident)
+    read: dict[str, None] = field(default_factory=dict)
+    wrote: dict[str, None] = field(default_factory=dict)
+    listed: dict[str, None] = field(default_factory=dict)
+    evaluated: dict[str, None] = field(default_factory=dict)
+    failed: bool = False
+    before: ambient.Snapshot | None = None
+    after: ambient.Snapshot | None = None
+    seeded_first: set[str] = field(default_factory=set)  # generators seeded before anything was drawn
+    drew_first: set[str] = field(default_factory=set)  # generators drawn from before being seeded
+    _patches: list[tuple[Any, str, Any]] = field(default_factory=list)
+
+    def __enter__(self) -> Observer:
+        _install_hook()
+        self.before = ambient.snapshot()
+        self._patch_seeds()
+        _active.append(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self in _active:
+            _active.remove(self)
+        for owner, name, value in reversed(self._patches):
+            setattr(owner, name, value)
+        self._patches.clear()
+        self.after = ambient.snapshot()
+
+    def _patch_seeds(self) -> None:
+        """Wrap the seeding functions of the generators, to tell `seed(); draw()` (which does not depend
+        on the state the step started from) from `draw()` (which does)."""
+        for kind in ambient.KINDS:
+            if not (kind.rng and kind.seed and kind.name in self.before.hashes):
+                continue
+            owner = sys.modules.get(kind.seed[0])
+            original = getattr(owner, kind.seed[1], None)
+            if owner is None or original is None:
+                continue
+
+            def seed(*args: Any, _kind: ambient.AmbientKind = kind, _original: Any = original, **kwargs: Any) -> Any:
+                if _kind.name not in self.seeded_first and _kind.name not in self.drew_first:
+                    same = ambient.state_hash(_kind.name) == self.before.hashes[_kind.name]
+                    (self.seeded_first if same else self.drew_first).add(_kind.name)
+                return _original(*args, **kwargs)
+
+            self._patches.append((owner, kind.seed[1], original))
+            setattr(owner, kind.seed[1], seed)
+
+    def changed_state(self) -> dict[str, Any]:
+        """The ambient state the run changed, to be set again on a hit."""
+        assert self.before is not None and self.after is not None
+        return self.after.changed_since(self.before)
+
+    def checks(self) -> tuple[Check, ...]:
+        """The dependencies seen, as checks to store with the result."""
+        assert self.before is not None and self.after is not None
+        found: list[Check] = []
+        for path in self.read:
+            if path not in self.wrote and _is_data_file(path, self.cache_dir):
+                found.append(_file_check("file", path))
+        for path in self.wrote:
+            if _is_data_file(path, self.cache_dir) and os.path.isfile(path):
+                found.append(_file_check("wrote", path))
+        for path in self.listed:
+            if _is_data_path(path, self.cache_dir) and os.path.isdir(path):
+                found.append(Check("folder", path, listing_digest(path)))
+        for name, digest in self.before.hashes.items():
+            kind = next(k for k in ambient.KINDS if k.name == name)
+            if kind.rng and self.after.hashes.get(name) != digest and name not in self.seeded_first:
+                found.append(Check("random", name, digest))
+        if self.evaluated and self.namespace is not None:
+            from .hashing import hash_value
+
+            for name in self.evaluated:
+                if name in self.namespace:
+                    try:
+                        found.append(Check("variable", name, hash_value(self.namespace[name])))
+                    except Exception:
+                        found.append(Check("variable", name, "?"))  # cannot be checked: always runs
+        return tuple(c for c in found if c.digest)
+
+
+def _file_check(kind: str, path: str) -> Check:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return Check(kind, path, "")
+    return Check(kind, path, file_digest(path), _stat_of(st))
+
+
+def _is_data_path(path: str, cache_dir: str) -> bool:
+    real = os.path.realpath(path)
+    if real.startswith(_SYSTEM_ROOTS) or real.startswith(library_roots()):
+        return False
+    cache = os.path.join(os.path.realpath(cache_dir), "")
+    return not (real + os.sep).startswith(cache) and not _is_config(real)
+
+
+def _is_data_file(path: str, cache_dir: str) -> bool:
+    if path.endswith(_IGNORED_SUFFIXES) or not _is_data_path(path, cache_dir):
+        return False
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _config_roots() -> tuple[str, ...]:
+    home = os.path.expanduser("~")
+    roots = [os.path.join(home, d) for d in (".cache", ".config", ".ipython", ".jupyter", ".local/share/jupyter",
+                                             ".matplotlib", ".keras")]
+    for variable in ("MPLCONFIGDIR", "IPYTHONDIR", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR",
+                     "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        if os.environ.get(variable):
+            roots.append(os.environ[variable])
+    return tuple(os.path.join(os.path.realpath(r), "") for r in roots)
+
+
+def _is_config(real: str) -> bool:
+    """Files of the tools themselves (matplotlib's font cache, IPython's and Jupyter's settings)."""
+    return real.startswith(_config_roots()) or os.path.basename(os.path.dirname(real)).startswith("matplotlib-")
