@@ -225,9 +225,10 @@ class StepCall:
             except Exception:
                 pass  # only the wording of a later reason depends on it
 
-    def observe(self) -> Observer:
-        """An observer for this call's run (what it reads, writes, draws and changes)."""
-        self.observer = Observer(str(self.store.directory), self.namespace)
+    def observe(self, bound: frozenset[str] = frozenset()) -> Observer:
+        """An observer for this call's run (what it reads, writes, draws and changes); ``bound``: the
+        variables the step itself binds."""
+        self.observer = Observer(str(self.store.directory), self.namespace, bound)
         return self.observer
 
     def not_cacheable_after_run(self) -> str | None:

@@ -480,7 +480,7 @@ class _CellCall(StepCall):
         ns = shell.user_ns
         before = {name: id(value) for name, value in ns.items()}
         t_body = time.perf_counter()
-        with _Recorder(shell) as recorder, (self.observe() if store else contextlib.nullcontext()):
+        with _Recorder(shell) as recorder, (self.observe(frozenset(self.binds)) if store else contextlib.nullcontext()):
             if self.quiet:  # IPython looks for the `;` in the %%step line's cell, not in this one
                 recorder.patch(shell.displayhook, "quiet", lambda: True)
             outcome = shell.run_cell(self.cell, store_history=False)

@@ -242,6 +242,7 @@ class Observer:
 
     cache_dir: str
     namespace: dict | None = None  # the notebook's variables (for names read through eval)
+    bound: frozenset[str] = frozenset()  # what the step binds itself: read through eval, they are no inputs
     thread: int = field(default_factory=threading.get_ident)
     read: dict[str, None] = field(default_factory=dict)
     wrote: dict[str, None] = field(default_factory=dict)
@@ -315,7 +316,7 @@ class Observer:
             from .hashing import hash_value
 
             for name in self.evaluated:
-                if name in self.namespace:
+                if name in self.namespace and name not in self.bound:
                     try:
                         found.append(Check("variable", name, hash_value(self.namespace[name])))
                     except Exception:
