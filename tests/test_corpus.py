@@ -15,7 +15,7 @@ runs it in JupyterLab (which sends each cell's id with its execute_request, as t
 Every cell of every cached run must show what the corresponding plain run showed (cold and run 2 against
 plain, edited cached against edited plain), nbcache's own notices aside. In run 2 every cell must come from
 the cache (show the notice), except the cells tagged ``nbcache-reruns`` (shell escapes, widgets), which
-must run again.
+must run again; in the edited cached run every cell above the edited one must come from the cache.
 """
 
 from __future__ import annotations
@@ -381,3 +381,14 @@ def test_run_2_takes_every_cell_from_the_cache_except_those_that_must_rerun(runs
 
 def test_the_edited_cached_run_shows_what_the_edited_plain_run_shows(runs):
     compare(runs, "edited cached", "edited plain")
+
+
+def test_the_edited_run_takes_the_cells_above_the_edit_from_the_cache(runs):
+    """Run All after an edit: nothing above the edited cell changed, so none of it runs again (a cache
+    that re-ran everything would show the right outputs too)."""
+    edit_index = edit_cell(runs.plain, runs.name)
+    wrong = [f"{runs.name} cell {index} [{cell.id}] `{first_line(cell)}` ran in the edited cached run"
+             for index, cell, cached in pairs(runs.plain, runs.edited_cached)
+             if index < edit_index and RERUNS not in cell.metadata.get("tags", []) and not hit(cached)]
+    if wrong:
+        pytest.fail("above the edit:\n" + "\n".join(wrong), pytrace=False)
