@@ -14,9 +14,9 @@ from typing import Any, Sequence
 from . import ambient
 from .errors import UncacheableError
 from .errors import warn as _warn
-from .hashing import hash_value
+from .hashing import Walk, hash_value
 from .key import make_key
-from .observe import Observer, checks_from_json, first_failure
+from .observe import Observer, checks_from_json, first_failure, inherit
 from .records import StepRun
 from .store import ENOVAL, Damaged, DiskStore, Frame
 
@@ -73,13 +73,22 @@ class StepCall:
 
     def hash_input(self, name: str, value: Any, noun: str) -> bool:
         """Hash one input; on failure note the problem and return False."""
+        walk = Walk()
         try:
-            self.inputs[name] = hash_value(value, root=name)
-            return True
+            self.inputs[name] = hash_value(value, root=name, walk=walk)
         except UncacheableError as exc:
             self.problem = f"uncacheable {noun} {exc.path} ({exc.type_name})"
             self.problem_detail = str(exc)
             return False
+        self.note_globals_reader(walk)
+        return True
+
+    def note_globals_reader(self, walk: Walk) -> None:
+        """A function of the user's that this step calls reads the namespace through ``globals()``: what it
+        reads cannot be known, so the step runs every time (erring toward running)."""
+        if walk.globals_reader and not self.always_runs:
+            self.always_runs = (f"{walk.globals_reader} reads the notebook's variables through globals(), so"
+                                " nbcache cannot tell which ones it depends on")
 
     def make_key(self) -> None:
         """Make the key from the ingredients gathered, or warn why this call cannot have one."""
@@ -134,6 +143,7 @@ class StepCall:
         changed = first_failure(checks, self.namespace)
         if changed:
             return ENOVAL, entry, changed
+        inherit(checks)  # a step running this one from its body depends on them too
         try:
             values = [self.store.load_blob(blob) for blob in blobs]
         except Damaged as exc:

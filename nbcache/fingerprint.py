@@ -39,6 +39,7 @@ from .hashing import (
 
 __all__ = ["fingerprint", "fingerprint_parts", "imported_module", "is_user_code", "library_roots"]
 
+_GLOBALS = globals  # the builtin, as a function's code finds it when it calls globals()
 _GLOBAL_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
 _ATTR_LOADS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
 _CONST_OPS = frozenset(dis.hasconst)
@@ -59,7 +60,7 @@ def fingerprint(func: Callable[..., Any]) -> str:
     return fingerprint_parts(func)[0]
 
 
-def fingerprint_parts(func: Callable[..., Any]) -> tuple[str, dict[str, str]]:
+def fingerprint_parts(func: Callable[..., Any], walk: Walk | None = None) -> tuple[str, dict[str, str]]:
     """The fingerprint and, for each thing it depends on, that thing's own digest.
 
     The parts name functions as ``name()`` and global values by their name; comparing two runs' parts says
@@ -69,7 +70,9 @@ def fingerprint_parts(func: Callable[..., Any]) -> tuple[str, dict[str, str]]:
         raise TypeError(f"fingerprint() takes a function, method or class, not {type(func).__name__}")
     func = getattr(func, "_nbcache_function_", func)  # a step: the fingerprint that goes into its keys
     parts: dict[str, str] = {}
-    walk = Walk(parts)
+    if walk is None:
+        walk = Walk()
+    walk.parts = parts
     h = new_hasher()
     try:
         if isinstance(func, types.FunctionType):
@@ -302,6 +305,8 @@ def _feed_code(func: types.FunctionType, h: Hasher, walk: Walk) -> None:
                     value = builtins.get(chain[0], _MISSING)
             _feed_bytes_tagged(b"g", ".".join(chain).encode(), total)
             _feed_chain(chain, value, total, walk)
+            if chain[0] == "globals" and value is _GLOBALS and walk.globals_reader is None:
+                walk.globals_reader = _label(func)  # it reads the namespace without naming what it reads
         digest = total.digest()
     finally:
         walk.active.discard(key)

@@ -31,7 +31,8 @@ class State(enum.Enum):
     RERUN = ("re-ran: something changed", "#ffe0b2", "#e65100")
     """Its code, an input or its version changed, or its stored result was gone."""
     UNCACHED = ("ran without the cache", "#eeeeee", "#616161")
-    """Caching was disabled, or an input could not be hashed."""
+    """Caching was disabled, an input could not be hashed, or the step cannot be cached (it runs a shell
+    command, shows a widget, reads the namespace through globals())."""
     FAILED = ("failed", "#ffcdd2", "#c62828")
     """It raised an exception; nothing was stored."""
 
@@ -44,7 +45,8 @@ class State(enum.Enum):
             return cls.FAILED
         if run.cached:
             return cls.HIT
-        if run.reason.startswith(("cache disabled", "uncacheable", "cache unreadable", "cannot fingerprint")):
+        if run.reason.startswith(("cache disabled", "uncacheable", "cache unreadable", "cannot fingerprint",
+                                  "runs every time", "not cached")):
             return cls.UNCACHED
         if run.reason.startswith("first run"):  # also "first run; result not cached: cannot be pickled"
             return cls.FIRST

@@ -65,16 +65,17 @@ class Walk:
     """Per-call state: the containers on the current path (for self-reference), every object's digest so
     far, and for ``fingerprint`` the functions being digested (for mutual recursion) and the parts."""
 
-    __slots__ = ("stack", "active", "parts", "digests")
+    __slots__ = ("stack", "active", "parts", "digests", "globals_reader")
 
     def __init__(self, parts: dict[str, str] | None = None) -> None:
+        self.globals_reader: str | None = None  # the first of the user's functions seen to call globals()
         self.stack: dict[int, int] = {}
         self.active: set[int] = set()
         self.parts = parts  # label -> own digest, when the caller wants to know what a digest depends on
         self.digests: dict[int, tuple[Any, bytes]] = {}  # every object digested so far (kept alive: ids stay)
 
 
-def hash_value(obj: Any, *, root: str = "value") -> str:
+def hash_value(obj: Any, *, root: str = "value", walk: Walk | None = None) -> str:
     """Return the content hash of ``obj`` as 32 hex characters.
 
     Stable across processes and ``PYTHONHASHSEED``, and tagged with types at every level: ``1``, ``1.0``
@@ -83,6 +84,7 @@ def hash_value(obj: Any, *, root: str = "value") -> str:
     Args:
         obj: The value to hash.
         root: What to call the value in error messages (``args``, an argument's name).
+        walk: The walk to use, to read what it noted afterwards (``globals_reader``); a new one if None.
 
     Raises:
         UncacheableError: ``obj`` holds something with no content to hash (a generator, a lock, an open
@@ -90,7 +92,7 @@ def hash_value(obj: Any, *, root: str = "value") -> str:
     """
     h = new_hasher()
     try:
-        feed(obj, h, Walk())
+        feed(obj, h, walk if walk is not None else Walk())
     except Unhashable as e:
         raise _public_error(e, root) from None
     except RecursionError:

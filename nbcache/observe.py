@@ -35,7 +35,7 @@ import xxhash
 from . import ambient
 from .fingerprint import library_roots
 
-__all__ = ["Check", "Observer", "checks_from_json", "first_failure"]
+__all__ = ["Check", "Observer", "checks_from_json", "first_failure", "inherit"]
 
 _HASH_CHUNK = 8 << 20
 _IGNORED_SUFFIXES = (".py", ".pyc", ".pyi", ".so", ".pth", ".pyd")  # code: the fingerprint counts it
@@ -232,6 +232,18 @@ def _on_compile(observer: Observer, args: tuple) -> None:
             observer.evaluated.setdefault(node.id)
 
 
+def inherit(checks: tuple[Check, ...]) -> None:
+    """A step served from the cache while another step runs: what it depends on, the outer one depends on
+    too (its body did not open the files this time). Not its random state, which is the inner step's start
+    state: the outer step's own observation covers how the generators were used."""
+    if not _active or not checks:
+        return
+    thread = threading.get_ident()
+    for observer in _active:
+        if observer.thread == thread:
+            observer.inherited.extend(c for c in checks if c.kind != "random")
+
+
 _HANDLERS = {"open": _on_open, "os.listdir": _on_listdir, "os.scandir": _on_listdir, "compile": _on_compile}
 
 
@@ -251,6 +263,7 @@ class Observer:
     failed: bool = False
     before: ambient.Snapshot | None = None
     after: ambient.Snapshot | None = None
+    inherited: list[Check] = field(default_factory=list)  # the checks of steps served from the cache inside
     seeded_first: set[str] = field(default_factory=set)  # generators seeded before anything was drawn
     drew_first: set[str] = field(default_factory=set)  # generators drawn from before being seeded
     _patches: list[tuple[Any, str, Any]] = field(default_factory=list)
@@ -321,7 +334,9 @@ class Observer:
                         found.append(Check("variable", name, hash_value(self.namespace[name])))
                     except Exception:
                         found.append(Check("variable", name, "?"))  # cannot be checked: always runs
-        return tuple(c for c in found if c.digest)
+        found.extend(self.inherited)
+        unique = {(c.kind, c.target): c for c in reversed(found)}  # the first seen of each wins
+        return tuple(c for c in reversed(unique.values()) if c.digest)
 
 
 def _file_check(kind: str, path: str) -> Check:

@@ -102,11 +102,13 @@ class _Call(StepCall):
         self.step = step
         self.bound = bound
         self.namespace = getattr(step.__wrapped__, "__globals__", None)
+        walk = Walk()
         try:
-            self.code, self.deps = fingerprint_parts(step.__wrapped__)
+            self.code, self.deps = fingerprint_parts(step.__wrapped__, walk)
         except TypeError as exc:
             self.problem = self.problem_detail = str(exc)
         else:
+            self.note_globals_reader(walk)
             for name, value in bound.arguments.items():
                 if name not in step.ignore and not self.hash_input(name, value, "argument"):
                     break

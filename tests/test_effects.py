@@ -1,0 +1,376 @@
+"""What a step does besides binding variables: process-wide state set again on a hit, files, folders, random
+state and eval'd names checked on lookup, shell escapes and namespace-wide reads that make a step run every
+time, the recorded display of a result, and cells told apart by their Jupyter ids.
+
+Each test runs a step, changes the world the way a new kernel or an edit would, and runs it again.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import nbcache
+from nbcache.cellcode import analyse_cell
+
+
+@pytest.fixture(scope="module")
+def shell(ipshell):
+    ipshell.run_line_magic("load_ext", "nbcache")
+    yield ipshell
+    ipshell.run_line_magic("unload_ext", "nbcache")
+
+
+@pytest.fixture
+def ip(shell, cache_dir, tmp_path, monkeypatch):
+    shell.reset()
+    shell.run_line_magic("config", "NBCache.quiet = True")
+    monkeypatch.chdir(tmp_path)
+    shell.user_ns["LOG"] = str(tmp_path / "ran.log")
+    return shell
+
+
+def run(ip, cell: str, **kwargs):
+    result = ip.run_cell(cell, **kwargs)
+    result.raise_error()
+    return result
+
+
+def last():
+    return nbcache.runs()[-1]
+
+
+# -- process-wide state -----------------------------------------------------------------------------------
+
+STATE_CASES = {
+    # a cell that sets state; what a new kernel has instead; what later code sees
+    "numpy seed": ("import numpy as np\nnp.random.seed(42)", "np.random.seed(7)", "np.random.rand()"),
+    "random seed": ("import random\nrandom.seed(3)", "random.seed(9)", "random.random()"),
+    "numpy print options": ("import numpy as np\nnp.set_printoptions(precision=2)",
+                            "np.set_printoptions(precision=8)", "repr(np.array([1/3]))"),
+    "matplotlib rc": ("import matplotlib\nmatplotlib.use('agg')\nimport matplotlib.pyplot as plt\n"
+                      "plt.rc('font', size=17)\nplt.style.use('ggplot')",
+                      "plt.rcdefaults()", "(plt.rcParams['font.size'], plt.rcParams['axes.facecolor'])"),
+    "pandas options": ("import pandas as pd\npd.set_option('display.max_rows', 7)",
+                       "pd.reset_option('display.max_rows')", "pd.get_option('display.max_rows')"),
+    "warnings filters": ("import warnings\nwarnings.filterwarnings('ignore', message='noisy')",
+                         "warnings.resetwarnings()",
+                         "any(f[1] is not None and f[1].pattern == 'noisy' for f in warnings.filters)"),
+    "environment": ("import os\nos.environ['NBCACHE_TEST_FLAG'] = 'on'", "del os.environ['NBCACHE_TEST_FLAG']",
+                    "os.environ.get('NBCACHE_TEST_FLAG')"),
+    "sys.path": ("import sys\nsys.path.append('/nbcache-test-path')", "sys.path.remove('/nbcache-test-path')",
+                 "'/nbcache-test-path' in sys.path"),
+    "scikit-learn config": ("import sklearn\nsklearn.set_config(display='text')",
+                            "sklearn.set_config(display='diagram')", "sklearn.get_config()['display']"),
+}
+
+
+@pytest.mark.parametrize("case", list(STATE_CASES))
+def test_state_a_cell_set_is_set_again_on_a_hit(ip, case):
+    setup, new_kernel, probe = STATE_CASES[case]
+    cell = f"%%step\n{setup}\nopen(LOG, 'a').write('x')"
+    try:
+        run(ip, cell)
+        expected = ip.run_cell(probe).result
+        run(ip, new_kernel)
+        assert ip.run_cell(probe).result != expected  # the test changes what it means to
+        run(ip, cell)
+        assert last().cached and open(ip.user_ns["LOG"]).read() == "x"
+        assert ip.run_cell(probe).result == expected
+    finally:
+        run(ip, new_kernel)  # leave the process as other tests expect it
+
+
+def test_working_directory_changed_by_a_cell_is_changed_again(ip, tmp_path):
+    (tmp_path / "sub").mkdir()
+    cell = "%%step\nimport os\nos.chdir('sub')"
+    run(ip, cell)
+    os.chdir(tmp_path)
+    run(ip, cell)
+    assert last().cached and os.getcwd() == str(tmp_path / "sub")
+
+
+def test_line_magics_with_lasting_effect_run_again_quietly_on_a_hit(ip, capsys):
+    formatter = ip.display_formatter.formatters["text/plain"]
+    cell = "%%step\n%precision 3\nx = 1"
+    run(ip, cell)
+    three = formatter.float_precision
+    run(ip, "%precision")  # back to the default, as in a new kernel
+    assert formatter.float_precision != three
+    capsys.readouterr()
+    run(ip, cell)
+    assert last().cached and formatter.float_precision == three
+    assert capsys.readouterr().out == ""  # run again without printing anything the replay did not
+
+
+def test_a_function_step_that_seeds_leaves_the_generator_as_its_run_did():
+    @nbcache.step
+    def sample(n):
+        np.random.seed(0)
+        return np.random.rand(n)
+
+    sample(2)
+    after_run = np.random.rand()
+    np.random.seed(123)
+    sample(2)
+    assert nbcache.runs()[-1].cached and np.random.rand() == after_run
+
+
+# -- random state as an input ------------------------------------------------------------------------------
+
+def test_drawing_without_seeding_depends_on_the_state_the_step_started_from(ip):
+    cell = "%%step\nimport numpy as np\ndraw = np.random.rand()"
+    np.random.seed(1)
+    run(ip, cell)
+    first = ip.user_ns["draw"]
+    np.random.seed(1)
+    run(ip, cell)
+    assert last().cached and ip.user_ns["draw"] == first
+    assert np.random.rand() == pytest.approx(np.random.RandomState(1).rand(2)[1])  # state after the draw
+    np.random.seed(2)
+    run(ip, cell)
+    assert not last().cached
+    assert last().reason.startswith("the numpy.random global random state differs")
+    assert ip.user_ns["draw"] == np.random.RandomState(2).rand()
+
+
+def test_seeding_before_drawing_does_not_depend_on_the_starting_state(ip):
+    cell = "%%step\nimport random\nrandom.seed(5)\npick = random.random()"
+    run(ip, cell)
+    random.seed(99)
+    run(ip, cell)
+    assert last().cached
+
+
+def test_a_function_step_drawing_from_the_global_generator_depends_on_its_state():
+    @nbcache.step
+    def noisy():
+        return random.random()
+
+    random.seed(4)
+    a = noisy()
+    random.seed(4)
+    assert noisy() == a and nbcache.runs()[-1].cached
+    random.seed(5)
+    b = noisy()
+    assert not nbcache.runs()[-1].cached and b == random.Random(5).random()
+
+
+# -- files and folders -------------------------------------------------------------------------------------
+
+def test_a_file_read_is_checked_on_lookup(ip, tmp_path):
+    data = tmp_path / "data.csv"
+    data.write_text("a\n1\n2\n")
+    cell = "%%step\nimport pandas as pd\ndf = pd.read_csv('data.csv')\ntotal = int(df.a.sum())"
+    run(ip, cell)
+    run(ip, cell)
+    assert last().cached
+    os.utime(data, ns=(1, 1))  # touched, same content: still a hit
+    run(ip, cell)
+    assert last().cached
+    data.write_text("a\n1\n5\n")
+    run(ip, cell)
+    assert (last().cached, last().reason, ip.user_ns["total"]) == (False, "file data.csv changed", 6)
+    data.unlink()
+    assert not ip.run_cell(cell).success  # the cell runs, and fails as it would without the cache
+    assert (last().status, last().reason) == ("failed", "file data.csv was removed")
+
+
+def test_a_file_another_cell_wrote_and_this_one_reads(ip, tmp_path):
+    writer = "%%step\nwith open('out.txt', 'w') as f:\n    f.write(TEXT)"
+    reader = "%%step\ntext = open('out.txt').read()"
+    ip.user_ns["TEXT"] = "one"
+    run(ip, writer)
+    run(ip, reader)
+    (tmp_path / "out.txt").unlink()  # the file is gone (a clean checkout): the writer must write it again
+    run(ip, writer)
+    assert not last().cached and last().reason == "out.txt, a file it wrote, was removed"
+    run(ip, reader)
+    assert last().cached and ip.user_ns["text"] == "one"
+    ip.user_ns["TEXT"] = "two"
+    run(ip, writer)
+    run(ip, reader)
+    assert (last().reason, ip.user_ns["text"]) == ("file out.txt changed", "two")
+
+
+def test_a_folder_listed_is_checked_for_new_and_removed_files(ip, tmp_path):
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "a.txt").write_text("1")
+    cell = "%%step\nimport glob\nfiles = sorted(glob.glob('parts/*.txt'))"
+    run(ip, cell)
+    run(ip, cell)
+    assert last().cached
+    (tmp_path / "parts" / "b.txt").write_text("2")
+    run(ip, cell)
+    assert last().reason == "folder parts changed (files added or removed)"
+    assert ip.user_ns["files"] == ["parts/a.txt", "parts/b.txt"]
+
+
+def test_a_function_step_reading_a_file_and_a_step_calling_it_from_the_cache(tmp_path):
+    data = tmp_path / "rows.txt"
+    data.write_text("1\n2\n")
+
+    @nbcache.step
+    def load(path):
+        return [int(line) for line in open(path)]
+
+    @nbcache.step
+    def report(path):
+        return sum(load(path))
+
+    load(str(data))  # cached first: inside report's run it is a hit and opens nothing
+    assert report(str(data)) == 3
+    data.write_text("1\n2\n3\n")
+    assert report(str(data)) == 6  # report depends on the file through load's entry
+    assert [r.reason for r in nbcache.runs()[-2:]] == [f"file {data} changed"] * 2  # (outside the cwd)
+
+
+def test_damaged_checks_are_a_damaged_entry(ip):
+    cell = "%%step\nv = 1"
+    run(ip, cell)
+    store = nbcache.step.__globals__["get_store"]()
+    key, entry = next(iter(store.entries()))
+    store.put_entry(key, entry["step"], {**entry, "checks": [["file"]]}, [])
+    with pytest.warns(nbcache.CacheWarning, match="damaged"):
+        run(ip, cell)
+    assert last().reason == "cached result was damaged"
+    run(ip, cell)
+    assert last().cached
+
+
+# -- names read without being named ------------------------------------------------------------------------
+
+def test_names_read_through_eval_are_checked(ip):
+    ip.user_ns["a"] = 1
+    cell = "%%step\nv = eval('a') * 2"
+    run(ip, cell)
+    run(ip, cell)
+    assert last().cached
+    ip.user_ns["a"] = 5
+    run(ip, cell)
+    assert (last().reason, ip.user_ns["v"]) == ("variable a (read through eval/exec) changed", 10)
+
+
+def test_a_display_helper_that_evals_names_in_its_repr(ip, capsys):
+    """The merge/join tutorial's `display('df1', 'df2')`: its _repr_ reads the frames by name."""
+    run(ip, "class show:\n    def __init__(self, *names):\n        self.names = names\n"
+            "    def __repr__(self):\n        return ' | '.join(f'{n}={eval(n)!r}' for n in self.names)")
+    ip.user_ns["left"] = [1]
+    cell = "%%step\nright = [2]\nshow('left', 'right')"
+    run(ip, cell)
+    run(ip, cell)
+    assert last().cached
+    ip.user_ns["left"] = [3]
+    capsys.readouterr()
+    run(ip, cell)
+    assert last().reason == "variable left (read through eval/exec) changed"
+    assert "left=[3] | right=[2]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("body, reader", [
+    ("names = sorted(globals())", "globals()"),
+    ("names = sorted(vars())", "vars()"),
+    ("names = helper()", "helper()"),
+])
+def test_a_cell_reading_the_whole_namespace_runs_every_time(ip, body, reader):
+    run(ip, "def helper():\n    return sorted(globals())")
+    run(ip, "%%step\n" + body)
+    run(ip, "%%step\n" + body)
+    assert not last().cached and last().reason.startswith(f"runs every time: {reader} reads" if reader ==
+                                                          "helper()" else "runs every time: it reads")
+    assert reader in last().reason
+
+
+def test_a_step_function_whose_helper_calls_globals_runs_every_time(ip):
+    run(ip, "def config():\n    return {k: v for k, v in globals().items() if k.isupper()}\n"
+            "from nbcache import step\n@step\ndef use():\n    return config()")
+    run(ip, "use()")
+    run(ip, "use()")
+    assert not last().cached and last().reason.startswith("runs every time: config() reads")
+
+
+def test_query_and_eval_strings_read_the_variables_they_name():
+    code = analyse_cell("r = df.query('tip > @limit and day == @day')")
+    assert set(code.reads) == {"df", "limit", "day"}
+
+
+# -- what a cell's analysis counts as inputs -----------------------------------------------------------------
+
+@pytest.mark.parametrize("source, inputs", [
+    ("for tree, (X, y) in zip(forest, sets):\n    tree.fit(X, y)", {"zip", "forest", "sets"}),
+    ("if retrain:\n    model = fit()\n    model.save()\nmodel.predict()", {"retrain", "fit", "model"}),
+    ("if a:\n    m = 1\nelse:\n    m = 2\nprint(m)", {"a", "print"}),
+    ("try:\n    v = f()\nexcept E as e:\n    log(e)\nprint(v)", {"f", "E", "log", "print", "v"}),
+    ("for i in range(3):\n    total = total + i", {"range", "total"}),
+])
+def test_a_name_bound_before_every_read_of_it_is_not_an_input(source, inputs):
+    assert set(analyse_cell(source).reads) == inputs
+
+
+# -- shell escapes -----------------------------------------------------------------------------------------
+
+def test_allow_shell_caches_a_shell_cell(ip):
+    cell = "%%step --allow-shell\nout = !echo hi"
+    run(ip, cell)
+    run(ip, cell)
+    assert last().cached and ip.user_ns["out"] == ["hi"]
+
+
+# -- the result as it was shown ----------------------------------------------------------------------------
+
+def test_the_result_is_shown_as_recorded_not_formatted_again(ip, capsys):
+    run(ip, "import time\nclass Stamp:\n    def __repr__(self):\n"
+            "        return f'shown at {time.perf_counter_ns()}'")  # a new text every time it is formatted
+    cell = "%%step\ns = Stamp()\ns"
+    run(ip, cell)
+    first = capsys.readouterr().out
+    result = run(ip, cell)
+    assert last().cached and capsys.readouterr().out == first  # not formatted again
+    assert result.result is ip.user_ns["s"]  # the value itself is the result (Out, _)
+    run(ip, "s")
+    assert capsys.readouterr().out not in ("", first)  # the displayhook formats values again
+
+
+# -- cells told apart by their ids -------------------------------------------------------------------------
+
+def test_two_cells_with_the_same_derived_name_are_two_steps(ip):
+    ip.user_ns["X"] = [3, 1, 2]
+    first = "%%step\nlabels = sorted(X)"
+    second = "%%step\nlabels = [v * 2 for v in X]"
+    run(ip, first, cell_id="cell-a")
+    run(ip, second, cell_id="cell-b")
+    names = [r.step for r in nbcache.runs()]
+    assert names == ["labels ← X", "labels ← X #2"]
+    assert [r.reason for r in nbcache.runs()] == ["first run", "first run"]
+    ip.user_ns["X"] = [5]
+    run(ip, first, cell_id="cell-a")
+    run(ip, second, cell_id="cell-b")
+    assert [(r.step, r.reason) for r in nbcache.runs()[2:]] == [("labels ← X", "input X changed"),
+                                                                 ("labels ← X #2", "input X changed")]
+
+
+def test_a_cell_keeps_its_name_in_a_new_kernel_whatever_order_cells_run_in(shell, cache_dir, tmp_path):
+    from nbcache.magics import StepMagics
+
+    shell.reset()
+    shell.user_ns["X"] = [1]
+    run(shell, "%%step\nlabels = list(X)", cell_id="cell-a")
+    run(shell, "%%step\nlabels = X * 2", cell_id="cell-b")
+    magics = next(m for m in shell.magics_manager.registry.values() if isinstance(m, StepMagics))
+    magics.names = type(magics.names)()  # what a new kernel knows of the names: nothing
+    run(shell, "%%step\nlabels = X * 2", cell_id="cell-b")
+    run(shell, "%%step\nlabels = list(X)", cell_id="cell-a")
+    assert [(r.step, r.cached) for r in nbcache.runs()[2:]] == [("labels ← X #2", True), ("labels ← X", True)]
+
+
+def test_an_edited_cell_is_compared_with_itself(ip):
+    ip.user_ns["X"] = [1]
+    run(ip, "%%step\nlabels = list(X)", cell_id="cell-a")
+    run(ip, "%%step\nlabels = X * 3", cell_id="cell-b")
+    run(ip, "%%step\nlabels = X * 4", cell_id="cell-b")
+    assert (last().step, last().reason) == ("labels ← X #2", "code changed")
