@@ -401,8 +401,9 @@ class _CellCall(StepCall):
         elif cell_id:  # Jupyter's id of the cell: the same cell, however its code and variables change
             identity = f"cell:{cell_id}"
             name = magics.names.name_of(cell_id, code.default_name(input_names), store, identity)
-        else:  # plain IPython: the name made of what the cell binds and reads
+        else:  # plain IPython, nbclient: the name made of what the cell binds and reads
             name, identity = code.default_name(input_names), None
+        self.derived_identity = not args.name and not cell_id
         super().__init__(store, name, version=args.version, started_at=datetime.now(timezone.utc),
                          t0=time.perf_counter(), kind="cell", enabled=not args.no_cache, identity=identity)
         self.cell_id = cell_id
@@ -434,6 +435,13 @@ class _CellCall(StepCall):
 
     def restore(self, values: list[Any], entry: dict) -> Any:
         return self._restore(values[0], entry)
+
+    def why(self) -> str:
+        reason = super().why()
+        if self.derived_identity and reason.startswith("code changed"):  # never claim two cells are one
+            reason += (" (in this cell, or this is another cell that binds and reads the same variables:"
+                       " without a Jupyter cell id nbcache cannot tell them apart; %%step NAME can)")
+        return reason
 
     def _restore(self, payload: dict, entry: dict) -> Any:
         ns = self.shell.user_ns

@@ -98,6 +98,8 @@ class Check:
             st = os.stat(self.target)
         except OSError:
             return f"{what} was removed"
+        if not stat.S_ISREG(st.st_mode):  # a device or a pipe now: never read one to compare it
+            return f"{what} is no longer a regular file"
         if self.stat is not None and _stat_of(st) == self.stat:
             return None
         if file_digest(self.target) != self.digest:

@@ -374,3 +374,15 @@ def test_an_edited_cell_is_compared_with_itself(ip):
     run(ip, "%%step\nlabels = X * 3", cell_id="cell-b")
     run(ip, "%%step\nlabels = X * 4", cell_id="cell-b")
     assert (last().step, last().reason) == ("labels ← X #2", "code changed")
+
+
+def test_without_cell_ids_two_cells_with_one_derived_name_are_not_claimed_to_be_one(ip):
+    """Plain IPython and nbclient send no cell id: a new code under the same derived name may be an edit
+    or another cell, and the reason says so rather than calling it this cell's change."""
+    ip.user_ns["X"] = [1]
+    run(ip, "%%step\nlabels = list(X)")
+    run(ip, "%%step\nlabels = X * 2")
+    assert last().reason.startswith("code changed (in this cell, or this is another cell that binds and reads")
+    run(ip, "%%step labels\nlabels = X * 2")
+    run(ip, "%%step labels\nlabels = X * 3")
+    assert last().reason == "code changed"  # a name the user gave is the cell's identity
