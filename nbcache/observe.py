@@ -4,7 +4,7 @@ A step's key is made before it runs, from its code and the inputs that can be se
 dependencies only show while it runs, and are stored with its result as *checks*, verified on every lookup:
 
 - files it opened for reading (``pd.read_csv``, ``np.load``, ``open``: any Python-level open, seen through
-  an audit hook), and files it wrote that still exist after it (a hit does not write them again: if one
+  an audit hook, and SQLite databases opened by path), and files it wrote that still exist after it (a hit does not write them again: if one
   was removed or changed since, the step runs again to make it);
 - folders it listed (``os.listdir``, ``glob``, ``Path.iterdir``): a file added or removed is a change;
 - the state of a global random generator it drew from without seeding it first;
@@ -246,7 +246,15 @@ def inherit(checks: tuple[Check, ...]) -> None:
             observer.inherited.extend(c for c in checks if c.kind != "random")
 
 
-_HANDLERS = {"open": _on_open, "os.listdir": _on_listdir, "os.scandir": _on_listdir, "compile": _on_compile}
+def _on_sqlite(observer: Observer, args: tuple) -> None:
+    """A SQLite database opened by path: sqlite3 reads the file from C, past Python's open."""
+    database = args[0] if args else None
+    if isinstance(database, (str, bytes, os.PathLike)) and os.fsdecode(database) not in ("", ":memory:"):
+        observer.read.setdefault(os.path.abspath(os.fsdecode(database)))
+
+
+_HANDLERS = {"open": _on_open, "os.listdir": _on_listdir, "os.scandir": _on_listdir, "compile": _on_compile,
+             "sqlite3.connect": _on_sqlite}
 
 
 @dataclass(eq=False)

@@ -386,3 +386,27 @@ def test_without_cell_ids_two_cells_with_one_derived_name_are_not_claimed_to_be_
     run(ip, "%%step labels\nlabels = X * 2")
     run(ip, "%%step labels\nlabels = X * 3")
     assert last().reason == "code changed"  # a name the user gave is the cell's identity
+
+
+def test_a_sqlite_database_opened_by_path_is_a_file_it_reads(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "shop.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("create table sales(amount)")
+        db.execute("insert into sales values (3)")
+    db.close()
+
+    @nbcache.step
+    def revenue():
+        db = sqlite3.connect(path)
+        try:
+            return db.execute("select sum(amount) from sales").fetchone()[0]
+        finally:
+            db.close()
+
+    assert revenue() == 3 and revenue() == 3 and nbcache.runs()[-1].cached
+    with sqlite3.connect(path) as db:
+        db.execute("insert into sales values (4)")
+    db.close()
+    assert revenue() == 7 and nbcache.runs()[-1].reason.endswith("shop.sqlite changed")
