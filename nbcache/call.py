@@ -218,7 +218,7 @@ class StepCall:
         reason = explain_change(last, self.code, self.deps, self.inputs, self.version, self.kind)
         if reason == "cached result was removed" and last is not None and last.get("key") == self.key \
                 and isinstance(last.get("uncached"), str):
-            return f"not cached last time: {last['uncached']}"  # nothing changed, but nothing was stored
+            return f"runs every time: {last['uncached']}"  # nothing changed, but nothing could be stored
         return reason
 
     def remember_last(self, force: bool = False, uncached: str | None = None) -> None:

@@ -128,6 +128,7 @@ class _Recorder:
 
         def write_format_data(format_dict: dict, md_dict: dict | None = None) -> Any:
             self.result_display = (dict(format_dict), dict(md_dict or {}))
+            self.events.append(["result"])  # where it came among the outputs (a figure may follow it)
             return write_result(format_dict, md_dict)
 
         self.patch(hook, "write_format_data", write_format_data)
@@ -156,7 +157,8 @@ class _Recorder:
                 setattr(owner, name, value)
 
     def recorded(self) -> list[tuple]:
-        return [(e[0], "".join(e[1])) if e[0] in ("stdout", "stderr") else tuple(e) for e in self.events]
+        return [(e[0], "".join(e[1])) if e[0] in ("stdout", "stderr") else tuple(e) for e in self.events
+                if e[0] != "result" or self.result_display is not None]
 
     def shows_a_widget(self) -> bool:
         """Whether the cell displayed a live widget (``interact``, a slider): a widget needs its kernel-side
@@ -171,33 +173,42 @@ _ABSENT = object()
 
 
 def _show_result_as_recorded(shell: Any, value: Any, display: tuple[dict, dict] | None) -> None:
-    """Have the displayhook show ``value`` (the cell's result, returned by the magic) with the display data
-    recorded when the cell ran, byte for byte, rather than formatting the restored value again (which
-    may differ: an int64 array's repr, a figure drawn again). It still becomes ``_`` and ``Out[n]``."""
-    if display is None or value is None:
+    """Show ``value`` (the cell's result) through the displayhook, as the cell's run did: it becomes ``_``
+    and ``Out[n]`` and the cell's result, and is shown with the display data recorded when the cell ran,
+    byte for byte, rather than formatted again from the restored value (which may differ: an int64
+    array's repr, a figure drawn again)."""
+    if value is None:
         return
     hook = shell.displayhook
-    own = vars(hook).get("compute_format_data", _ABSENT)
-    compute = hook.compute_format_data
+    if display is not None:
+        own = vars(hook).get("compute_format_data", _ABSENT)
+        compute = hook.compute_format_data
 
-    def recorded_format_data(result: Any) -> tuple[dict, dict]:
-        if own is _ABSENT:  # used once: the displayhook's own method is back for the next result
-            del hook.compute_format_data
-        else:
-            hook.compute_format_data = own
-        if result is value:
-            return dict(display[0]), dict(display[1])
-        return compute(result)
+        def recorded_format_data(result: Any) -> tuple[dict, dict]:
+            if result is value:
+                return dict(display[0]), dict(display[1])
+            return compute(result)
 
-    hook.compute_format_data = recorded_format_data
+        hook.compute_format_data = recorded_format_data
+    try:
+        hook(value)
+    finally:
+        if display is not None:
+            if own is _ABSENT:
+                del hook.compute_format_data  # the displayhook's own method again
+            else:
+                hook.compute_format_data = own
 
 
-def _replay(events: list[tuple]) -> None:
+def _replay(events: list[tuple], show_result: Any) -> None:
+    """Replay recorded output in order; ``show_result()`` where the cell's result was shown."""
     from IPython.display import clear_output
 
     for event in events:
         kind = event[0]
-        if kind == "display":
+        if kind == "result":
+            show_result()
+        elif kind == "display":
             data = {k: v for k, v in event[1].items() if k != _WIDGET_VIEW} or event[1]
             publish_display_data(data, event[2], transient=event[3], update=event[4])
         elif kind == "clear":
@@ -466,11 +477,18 @@ class _CellCall(StepCall):
                               "</div>"},
                 {"nbcache": {"notice": True}},
             )
-        _replay(payload["events"])
+        shown = []
+
+        def show_result() -> None:
+            shown.append(True)
+            _show_result_as_recorded(self.shell, payload["result"], payload.get("result_display"))
+
+        _replay(payload["events"], show_result)
+        if not shown:  # recorded by an nbcache that did not mark where the result came
+            show_result()
         self.record(cached=True, reason="cache hit", outputs=tuple(entry["outputs"]),
                     saved_s=entry["duration_s"], output_names=tuple(payload["variables"]))
-        _show_result_as_recorded(self.shell, payload["result"], payload.get("result_display"))
-        return payload["result"]
+        return None  # shown already, in its place among the outputs
 
     def _run_magics_again(self) -> None:
         """The line magics of the cell whose effect outlives it (``%matplotlib inline``, ``%config``,
@@ -507,7 +525,9 @@ class _CellCall(StepCall):
                             if recorder.shows_a_widget() else self.not_cacheable_after_run())
         if unrepeatable:
             self.remember_last(uncached=unrepeatable)
-            reason, store = f"{reason}; not cached: {unrepeatable}", False
+            if unrepeatable not in reason:  # (run 2 on says `runs every time: <the same words>` already)
+                reason = f"{reason}; not cached: {unrepeatable}"
+            store = False
         if not store:
             self.record(cached=False, reason=reason, outputs=addresses, output_names=tuple(names))
             return None

@@ -116,3 +116,56 @@ def test_lineage_widget_updates_itself_as_steps_run(tmp_path: Path) -> None:
             "() => document.querySelectorAll('.jupyter-widgets svg g.nbcache_hit').length === 3")
         assert lineage_states(lab, "%lineage") == {"hit": 3}
         lab.cell("%lineage").screenshot(path=str(artifacts / "live-lineage.png"))
+
+
+TUTORIAL = [  # a tutorial written as most are, every cell under %%step, names left to nbcache
+    "%load_ext nbcache",
+    "%%step\n%matplotlib inline\nimport numpy as np\nimport matplotlib.pyplot as plt\nplt.rc('font', size=15)\n"
+    "np.random.seed(0)\nX = np.arange(12)",
+    "%%step\nlabels = X % 3\nlabels",
+    "%%step\nlabels = (X > 5).astype(int)\nlabels",
+    "%%step\nnoise = np.random.rand(3)\nfig, ax = plt.subplots(figsize=(3, 2))\nax.plot(X, X ** 2)\nnoise",
+    "%%step\nfrom ipywidgets import interact\n@interact(k=(1, 5))\ndef power(k=2):\n    print(X[:4] ** k)",
+    "%%step\n!echo listing from the shell",
+    "%steps",
+]
+
+
+def test_a_tutorial_notebook_comes_back_as_it_ran_in_jupyterlab(tmp_path: Path) -> None:
+    """JupyterLab sends each cell's id: two cells that assign `labels` from `X` are two steps; settings,
+    seeds and figures come back; the widget cell and the shell cell run again, live."""
+    require_browser()
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    nb = new_notebook(cells=[new_code_cell(c) for c in TUTORIAL],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    nbformat.write(nb, folder / "tutorial.ipynb")
+    artifacts = Path(os.environ.get("NBCACHE_ARTIFACTS") or ROOT / "tests" / "artifacts")
+    with JupyterLab(folder, cache_dir=tmp_path / "cache",
+                    failure_screenshot=artifacts / "tutorial-failure.png") as lab:
+        lab.open("tutorial.ipynb")
+        assert lab.run_all()
+        first = {source: lab.cell(source).locator(".jp-OutputArea-output").all_inner_texts()
+                 for source in TUTORIAL[2:5]}
+        assert lab.restart_and_run_all()
+        lab.screenshot(artifacts / "tutorial-run2.png")
+        for source in TUTORIAL[2:5]:  # from the cache, showing what they showed
+            texts = lab.cell(source).locator(".jp-OutputArea-output").all_inner_texts()
+            assert NOTICE in texts[0], (source, texts)
+            assert texts[1:] == first[source], source
+        assert "step labels ← X from the cache" in lab.cell(TUTORIAL[2]).inner_text()  # (the name in bold)
+        assert "step labels ← X #2 from the cache" in lab.cell(TUTORIAL[3]).inner_text()
+        figure = lab.cell(TUTORIAL[4]).locator(".jp-OutputArea-output img")
+        assert figure.count() == 1
+        widget = lab.cell(TUTORIAL[5])
+        assert NOTICE not in widget.inner_text()  # ran again: a live slider, not a picture of one
+        assert widget.locator(".widget-slider").count() == 1
+        assert NOTICE not in lab.cell(TUTORIAL[6]).inner_text()
+        assert "listing from the shell" in lab.cell(TUTORIAL[6]).inner_text()
+        steps = lab.cell("%steps").inner_text()
+        assert "runs every time: it runs a shell command (!echo)" in steps
+        assert "runs every time: it shows a widget" in steps and "not cached" not in steps
+        assert not lab.console_errors, lab.console_errors
