@@ -21,6 +21,8 @@ from .hashing import Hasher, Unhashable, Walk, feed, register, skip_attributes, 
 from ._hashing_numpy import feed_array_data, feed_ndarray
 
 _MASKED = (pd.arrays.IntegerArray, pd.arrays.FloatingArray, pd.arrays.BooleanArray)
+# pandas 2.1 renamed PandasArray, the array of plain numpy values behind a Series of them
+_NUMPY_ARRAY = getattr(pd.arrays, "NumpyExtensionArray", None) or getattr(pd.arrays, "PandasArray")
 
 
 def feed_values(values, h: Hasher, walk: Walk) -> None:
@@ -33,7 +35,7 @@ def feed_values(values, h: Hasher, walk: Walk) -> None:
         feed_categorical(values, h, walk)
     elif isinstance(values, (pd.arrays.DatetimeArray, pd.arrays.TimedeltaArray)):
         feed_array_data(values.asi8, h, walk)
-    elif isinstance(values, pd.arrays.NumpyExtensionArray):
+    elif isinstance(values, _NUMPY_ARRAY):
         feed_array_data(values.to_numpy(), h, walk)
     elif isinstance(values, _MASKED):
         mask = np.asarray(values.isna())
