@@ -178,6 +178,7 @@ def feed_masked(a: np.ma.MaskedArray, h: Hasher, walk: Walk) -> None:
         data = np.where(mask, np.zeros((), dtype=data.dtype), data)
     feed_ndarray(data, h, walk)
     feed_ndarray(mask, h, walk)
+    feed(np.asarray(a.fill_value).tolist(), h, walk)  # what .filled() puts under the mask
 
 
 def feed_scalar(x: np.generic, h: Hasher, walk: Walk) -> None:

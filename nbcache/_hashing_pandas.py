@@ -67,6 +67,8 @@ def feed_index(index: pd.Index, h: Hasher, walk: Walk) -> None:
             feed_index(level, h, walk)
             feed_ndarray(np.asarray(codes), h, walk)
     else:
+        if isinstance(index, (pd.DatetimeIndex, pd.TimedeltaIndex)):  # its frequency changes what
+            feed(index.freqstr, h, walk)  # shift() and resample() do: a DatetimeIndex with freq="D" is not one without
         feed_values(index.array, h, walk)
 
 

@@ -6,6 +6,11 @@ random numbers, other fonts, other options. Each kind of state here knows how to
 snapshot), hash itself and set itself back. A run is snapshotted before and after; the kinds it changed are
 stored with its result and set again on a hit, so after a hit the process is as the first run left it.
 
+What is stored is what the run *changed*, not the whole state: the options it set, the environment
+variables it set or removed, the warnings filters it added, the folder it moved to relative to where it
+started. A hit applies those changes to the state as it is now, so it never undoes what other cells, the
+kernel or the user did since (a variable the kernel was started with, an rc setting made by a plain cell).
+
 A kind is looked at only while its library is imported (``import nbcache`` imports none of them), and
 reading one never changes it. The random generators are also the step's *inputs* when it drew from them
 without seeding them first; ``observe.py`` works that out.
@@ -21,7 +26,7 @@ from typing import Any, Callable
 
 from .hashing import hash_value
 
-__all__ = ["AmbientKind", "KINDS", "Snapshot", "apply", "snapshot"]
+__all__ = ["AmbientKind", "KINDS", "Snapshot", "apply", "equal", "snapshot", "state_hash"]
 
 
 @dataclass(frozen=True)
@@ -32,11 +37,75 @@ class AmbientKind:
     module: str  # looked at only while this module is imported
     get: Callable[[], Any]  # a picklable snapshot
     set: Callable[[Any], None]  # make the process's state equal to a snapshot
+    shape: str = "value"  # what a change is: "value" (the new state), "mapping" (keys set and removed),
+    #                       "sequence" (entries added in front or behind, and removed), "folder" (a move)
     rng: bool = False  # a global random generator: a step that draws from it depends on its state
     seed: tuple[str, str] | None = None  # (module, attribute) of the function that seeds it
 
     def active(self) -> bool:
         return self.module in sys.modules
+
+    def change(self, before: Any, after: Any) -> Any:
+        """What turned ``before`` into ``after``, in this kind's shape; _SAME if nothing did."""
+        if self.shape == "mapping":
+            changed = {k: v for k, v in after.items() if k not in before or not equal(before[k], v)}
+            removed = [k for k in before if k not in after]
+            return {"set": changed, "unset": removed} if changed or removed else _SAME
+        if self.shape == "sequence":
+            added = [e for e in after if not _contains(before, e)]
+            removed = [e for e in before if not _contains(after, e)]
+            if not added and not removed:
+                return _SAME if equal(before, after) else {"front": list(after), "back": [], "removed": []}
+            survivors = [i for i, e in enumerate(after) if _contains(before, e)]
+            first_old = survivors[0] if survivors else len(after)
+            return {"front": [e for e in after[:first_old] if not _contains(before, e)],
+                    "back": [e for e in after[first_old:] if not _contains(before, e)], "removed": removed}
+        if equal(before, after):
+            return _SAME
+        if self.shape == "folder":  # where it moved, from where it started: the same in a copy of the project
+            inside = not os.path.relpath(after, before).startswith("..")
+            return {"relative": os.path.relpath(after, before)} if inside else {"absolute": after}
+        return after
+
+    def apply(self, change: Any) -> None:
+        """Make the same change to the state as it is now."""
+        if self.shape == "mapping":
+            current = self.get()
+            self.set({**{k: v for k, v in current.items() if k not in change["unset"]}, **change["set"]})
+        elif self.shape == "sequence":
+            front, back = change["front"], change["back"]
+            kept = [e for e in self.get() if not _contains(change["removed"], e) and not _contains(front, e)]
+            self.set([*front, *kept, *(e for e in back if not _contains(kept, e))])
+        elif self.shape == "folder":
+            self.set(change["absolute"] if "absolute" in change else os.path.join(os.getcwd(), change["relative"]))
+        else:
+            self.set(change)
+
+
+_SAME = object()
+_EMPTY: dict[str, Any] = {"mapping": {}, "sequence": []}
+
+
+def equal(a: Any, b: Any) -> bool:
+    """``a == b``, for states that may hold arrays (numpy's random state) or refuse to compare."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
+    try:
+        result = a == b
+        return bool(result) if isinstance(result, bool) else bool(getattr(result, "all")())
+    except Exception:
+        return False
+
+
+def _contains(items: list, item: Any) -> bool:
+    return any(equal(item, other) for other in items)
+
 
 
 # -- the kinds ----------------------------------------------------------------------------------------------
@@ -75,7 +144,7 @@ def _rc_get() -> dict:
 
 def _rc_set(values: dict) -> None:
     rc = sys.modules["matplotlib"].rcParams
-    changed = {k: v for k, v in values.items() if k in rc and dict.__getitem__(rc, k) != v}
+    changed = {k: v for k, v in values.items() if k in rc and not equal(dict.__getitem__(rc, k), v)}
     with warnings.catch_warnings():  # a deprecated key stored by the first run is set back quietly
         warnings.simplefilter("ignore")
         rc.update(changed)
@@ -137,7 +206,7 @@ def _pandas_set(values: dict) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, value in values.items():
-            if name in current and current[name] != value:
+            if name in current and not equal(current[name], value):
                 pd.set_option(name, value)
 
 
@@ -198,15 +267,15 @@ KINDS: tuple[AmbientKind, ...] = (
     AmbientKind("random", "random", _random_get, _random_set, rng=True, seed=("random", "seed")),
     AmbientKind("numpy.random", "numpy", _numpy_random_get, _numpy_random_set, rng=True,
                 seed=("numpy.random", "seed")),
-    AmbientKind("numpy print options", "numpy", _print_options_get, _print_options_set),
+    AmbientKind("numpy print options", "numpy", _print_options_get, _print_options_set, shape="mapping"),
     AmbientKind("matplotlib backend", "matplotlib", _backend_get, _backend_set),
-    AmbientKind("matplotlib.rcParams", "matplotlib", _rc_get, _rc_set),
-    AmbientKind("pandas options", "pandas", _pandas_get, _pandas_set),
-    AmbientKind("scikit-learn config", "sklearn", _sklearn_get, _sklearn_set),
-    AmbientKind("warnings filters", "warnings", _warnings_get, _warnings_set),
-    AmbientKind("environment variables", "os", _environ_get, _environ_set),
-    AmbientKind("working directory", "os", os.getcwd, _cwd_set),
-    AmbientKind("sys.path", "sys", _sys_path_get, _sys_path_set),
+    AmbientKind("matplotlib.rcParams", "matplotlib", _rc_get, _rc_set, shape="mapping"),
+    AmbientKind("pandas options", "pandas", _pandas_get, _pandas_set, shape="mapping"),
+    AmbientKind("scikit-learn config", "sklearn", _sklearn_get, _sklearn_set, shape="mapping"),
+    AmbientKind("warnings filters", "warnings", _warnings_get, _warnings_set, shape="sequence"),
+    AmbientKind("environment variables", "os", _environ_get, _environ_set, shape="mapping"),
+    AmbientKind("working directory", "os", os.getcwd, _cwd_set, shape="folder"),
+    AmbientKind("sys.path", "sys", _sys_path_get, _sys_path_set, shape="sequence"),
 )
 """Every kind nbcache keeps, in the order they are set back (the backend before the rc settings)."""
 
@@ -215,47 +284,67 @@ _BY_NAME = {kind.name: kind for kind in KINDS}
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The state of every active kind at one moment: its value and its hash, by kind name."""
+    """The state of every active kind at one moment, by kind name."""
 
     values: dict[str, Any]
-    hashes: dict[str, str]
 
     def changed_since(self, before: Snapshot) -> dict[str, Any]:
-        """The kinds whose state differs from ``before`` (or that became active since), with their values."""
-        return {name: self.values[name] for name, digest in self.hashes.items()
-                if before.hashes.get(name) != digest}
+        """What changed since ``before``, kind by kind (a kind that became active counts from its state
+        when its library was imported: all of it)."""
+        changes = {}
+        for kind in KINDS:
+            if kind.name not in self.values:
+                continue
+            after = self.values[kind.name]
+            if kind.name not in before.values:  # imported by the run: all of its state is the run's doing
+                if kind.shape == "value":
+                    changes[kind.name] = after
+                elif kind.shape in _EMPTY:
+                    changes[kind.name] = kind.change(_EMPTY[kind.shape], after)
+                continue
+            change = kind.change(before.values[kind.name], after)
+            if change is not _SAME:
+                changes[kind.name] = change
+        return changes
+
+    def same(self, name: str) -> bool:
+        """Whether kind ``name`` is in the state it had in this snapshot."""
+        kind = _BY_NAME[name]
+        try:
+            return name in self.values and kind.active() and equal(kind.get(), self.values[name])
+        except Exception:
+            return False
 
 
 def snapshot(kinds: tuple[AmbientKind, ...] = KINDS) -> Snapshot:
-    values, hashes = {}, {}
+    values = {}
     for kind in kinds:
         if not kind.active():
             continue
         try:
-            value = kind.get()
-            digest = hash_value(value)
+            values[kind.name] = kind.get()
         except Exception:  # a library version whose state cannot be read this way: not kept
             continue
-        values[kind.name], hashes[kind.name] = value, digest
-    return Snapshot(values, hashes)
+    return Snapshot(values)
 
 
-def state_hash(name: str) -> str | None:
-    """The hash of one kind's state now; None while its library is not imported (or unreadable)."""
+def state_hash(name: str, value: Any = _SAME) -> str | None:
+    """The hash of one kind's state (now, or ``value``); None while its library is not imported."""
     kind = _BY_NAME.get(name)
-    if kind is None or not kind.active():
+    if kind is None or (value is _SAME and not kind.active()):
         return None
     try:
-        return hash_value(kind.get())
+        return hash_value(kind.get() if value is _SAME else value)
     except Exception:
         return None
 
 
-def apply(values: dict[str, Any]) -> list[str]:
-    """Set the process's state to stored snapshots; return the names of the kinds that could not be set."""
+def apply(changes: dict[str, Any]) -> list[str]:
+    """Make the changes a step's run made to the process's state again; return the names of the kinds that
+    could not be changed."""
     failed = []
     for kind in KINDS:
-        if kind.name not in values:
+        if kind.name not in changes:
             continue
         if not kind.active():
             try:  # the first run imported it (`import numpy as np; np.random.seed(0)`): so does the hit
@@ -264,7 +353,7 @@ def apply(values: dict[str, Any]) -> list[str]:
                 failed.append(kind.name)
                 continue
         try:
-            kind.set(values[kind.name])
+            kind.apply(changes[kind.name])
         except Exception:
             failed.append(kind.name)
     return failed

@@ -59,6 +59,7 @@ class StepCall:
         self.always_runs: str | None = None  # why this step is never served from the cache (a shell escape)
         self.namespace: dict | None = None  # the notebook's variables, for the ones read through eval
         self.observer: Observer | None = None  # what the run turned out to depend on
+        self.allow_shell = True  # False: a program its own code starts makes the run unrepeatable (cells)
         self.version = version
         self.kind = kind
         self.started_at = started_at
@@ -140,9 +141,15 @@ class StepCall:
             _warn(f"nbcache: the cached result of step {self.name!r} is damaged ({exc}); recomputing it")
             self.store.forget(self.key, blobs)
             return ENOVAL, entry, "cached result was damaged"
-        changed = first_failure(checks, self.namespace)
+        changed, refreshed = first_failure(checks, self.namespace)
         if changed:
             return ENOVAL, entry, changed
+        if refreshed:  # files touched but not changed: remember their new stat, not to read them again
+            try:
+                entry = {**entry, "checks": [c.to_json() for c in refreshed]}
+                self.store.put_entry(self.key, self.name, entry, ())
+            except Exception:
+                pass
         inherit(checks)  # a step running this one from its body depends on them too
         try:
             values = [self.store.load_blob(blob) for blob in blobs]
@@ -243,8 +250,13 @@ class StepCall:
 
     def not_cacheable_after_run(self) -> str | None:
         """Why the run just observed must not be stored: it used something a hit cannot repeat."""
-        if self.observer is not None and self.observer.failed:
+        if self.observer is None:
+            return None
+        if self.observer.failed:
             return "what it read could not be followed"
+        if self.observer.commands and not self.allow_shell:
+            return (f"it runs a shell command ({', '.join(self.observer.commands)}), which a hit would not run;"
+                    " %%step --allow-shell caches it anyway")
         return None
 
     def record(self, *, cached: bool, reason: str, outputs: tuple[str, ...], saved_s: float = 0.0,

@@ -65,7 +65,9 @@ REPLAYED_MAGICS = frozenset({
 # Magics that run a shell command: their effect is outside the kernel, and a hit would not repeat it.
 _SHELL_LINE_MAGICS = frozenset({"sx", "system", "sc"})
 _SHELL_CELL_MAGICS = frozenset({"bash", "sh", "script", "system", "sx", "perl", "ruby", "zsh", "csh"})
-_SHELL_FUNCTIONS = {"os": {"system", "popen", "execv", "execvp", "spawnv", "spawnl"},
+_SHELL_FUNCTIONS = {"os": {"system", "popen", "execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp",
+                           "execlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe", "spawnl", "spawnle", "spawnlp",
+                           "spawnlpe", "posix_spawn", "posix_spawnp"},
                     "subprocess": {"run", "call", "check_call", "check_output", "Popen", "getoutput",
                                    "getstatusoutput"}}
 
@@ -198,7 +200,10 @@ class _Flow:
                     self.read(item.context_expr)
                     if item.optional_vars is not None:
                         self.target(item.optional_vars)
-                self.statements(st.body)
+                if any(_suppresses(item.context_expr) for item in st.items):
+                    self.block(st.body)  # `with suppress(KeyError): y = cfg["y"]` may stop before binding y
+                else:
+                    self.statements(st.body)
             elif isinstance(st, ast.If):
                 self.read(st.test)
                 both = self.block(st.body) & self.block(st.orelse)
@@ -226,6 +231,16 @@ class _Flow:
             else:
                 self.read(st)
                 self.bind(st)
+
+
+_SUPPRESSING = frozenset({"suppress", "raises", "assertRaises", "assertRaisesRegex", "assertWarns"})
+
+
+def _suppresses(expr: ast.expr) -> bool:
+    """A context manager that swallows exceptions, so its body may stop halfway and the cell go on."""
+    func = expr.func if isinstance(expr, ast.Call) else expr
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    return name in _SUPPRESSING
 
 
 def _timed_code(st: ast.stmt) -> list[ast.stmt] | None:

@@ -424,14 +424,27 @@ def _feed_builtin(func: Any, h: Hasher, walk: Walk) -> None:
     """A builtin function by name; a builtin bound method (``weights.get``) by name and its object."""
     _feed_library(func, h)
     bound_to = getattr(func, "__self__", None)
-    if bound_to is not None and not isinstance(bound_to, types.ModuleType):
+    if bound_to is not None and not isinstance(bound_to, types.ModuleType) and not _is_global_generator(bound_to):
         feed(bound_to, h, walk)
+
+
+def _is_global_generator(obj: Any) -> bool:
+    """``random``'s and numpy's global generators, whose methods a notebook imports by name (``from
+    numpy.random import rand``): their state is the step's input only when it draws without seeding first,
+    which ``observe`` finds out while the step runs; as part of a function's hash it would change with every
+    draw anywhere."""
+    random = sys.modules.get("random")
+    if random is not None and obj is getattr(random.random, "__self__", None):
+        return True
+    np = sys.modules.get("numpy")
+    return np is not None and obj is getattr(np.random.rand, "__self__", None)
 
 
 def _feed_method(method: types.MethodType, h: Hasher, walk: Walk) -> None:
     h.update(b"method")
     feed(method.__func__, h, walk)
-    feed(method.__self__, h, walk)
+    if not _is_global_generator(method.__self__):
+        feed(method.__self__, h, walk)
 
 
 # Bookkeeping that Python adds or changes behind the class's back (copyreg caches __slotnames__ on first

@@ -11,6 +11,7 @@ is replayed in order, and its last expression's value is shown again as its resu
 from __future__ import annotations
 
 import contextlib
+import functools
 import html
 import importlib
 import io
@@ -421,6 +422,7 @@ class _CellCall(StepCall):
         self.namespace = ns
         self.magics = magics
         self.replayed_magics = code.magics
+        self.allow_shell = args.allow_shell
         if code.shell and not args.allow_shell:
             self.always_runs = (f"it runs a shell command ({', '.join(code.shell)}), which a hit would not run;"
                                 " %%step --allow-shell caches it anyway")
@@ -506,10 +508,14 @@ class _CellCall(StepCall):
         ns = shell.user_ns
         before = {name: id(value) for name, value in ns.items()}
         t_body = time.perf_counter()
+        outer = shell.displayhook.exec_result  # the %%step cell's own result, which the inner run replaces
         with _Recorder(shell) as recorder, (self.observe(frozenset(self.binds)) if store else contextlib.nullcontext()):
             if self.quiet:  # IPython looks for the `;` in the %%step line's cell, not in this one
                 recorder.patch(shell.displayhook, "quiet", lambda: True)
             outcome = shell.run_cell(self.cell, store_history=False)
+        shell.displayhook.exec_result = outer
+        if outer is not None and outcome.success and recorder.result_display is not None:
+            outer.result = outcome.result  # the cell's result, as without %%step
         duration = time.perf_counter() - t_body
         if not outcome.success:
             error = outcome.error_in_exec or outcome.error_before_exec
@@ -537,7 +543,7 @@ class _CellCall(StepCall):
                    "result": None if self.quiet else outcome.result,
                    "result_display": None if self.quiet else recorder.result_display,
                    "ambient": self.observer.changed_state()}
-        defined_here = {id(v) for v in variables.values() if isinstance(v, (type, types.FunctionType))
+        defined_here = {id(v) for v in variables.values() if isinstance(v, (type, types.FunctionType, _LRU))
                         and id(v) not in before.values()}
         try:
             sizes = {a: _memory_size(v) for a, v in zip(addresses, variables.values()) if a}
@@ -546,8 +552,10 @@ class _CellCall(StepCall):
             what = next((f"variable {n!r}" for n, v in variables.items() if not _picklable(v, defined_here)),
                         "its output")
             _warn(f"nbcache: step {self.name!r} was not cached: {what} cannot be pickled ({exc.reason})")
-            self.record(cached=False, reason=reason + f"; not cached: {what} cannot be pickled",
-                        outputs=addresses, output_names=tuple(names))
+            self.remember_last(uncached=f"{what} cannot be pickled")
+            if f"{what} cannot be pickled" not in reason:
+                reason += f"; not cached: {what} cannot be pickled"
+            self.record(cached=False, reason=reason, outputs=addresses, output_names=tuple(names))
             return None
         self.record(cached=False, reason=reason, outputs=addresses, output_names=tuple(names))
         return None  # the shell has shown the result already
@@ -580,6 +588,7 @@ class _CellCall(StepCall):
 
 
 _CODE_TYPES = (types.FunctionType, type, types.ModuleType, types.MethodType, Step)
+_LRU = type(functools.lru_cache(lambda: None))  # functools.lru_cache's and functools.cache's wrappers
 
 
 def _is_closed(value: Any) -> bool:

@@ -26,6 +26,8 @@ import ast
 import os
 import stat
 import sys
+import sysconfig
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,12 +35,14 @@ from typing import Any
 import xxhash
 
 from . import ambient
-from .fingerprint import library_roots
+from .fingerprint import is_user_code, library_roots
 
 __all__ = ["Check", "Observer", "checks_from_json", "first_failure", "inherit"]
 
 _HASH_CHUNK = 8 << 20
-_IGNORED_SUFFIXES = (".py", ".pyc", ".pyi", ".so", ".pth", ".pyd")  # code: the fingerprint counts it
+_IGNORED_SUFFIXES = (".pyc", ".so", ".pyd")  # compiled code, which imports load
+_KERNEL_CELLS = os.path.join(os.path.realpath(tempfile.gettempdir()), "ipykernel_")  # cells' code, as
+# ipykernel writes it for tracebacks: a new folder for every kernel
 _SYSTEM_ROOTS = ("/proc/", "/sys/", "/dev/", "/etc/", "/usr/", "/run/")
 
 
@@ -70,6 +74,10 @@ class Check:
         """Why this dependency no longer holds, in words; None if it does."""
         if self.kind in ("file", "wrote"):
             return self._file_failure()
+        if self.kind == "made":
+            if not os.path.isdir(self.target):
+                return f"folder {_shown(self.target)}, which it made, is gone"
+            return None
         if self.kind == "folder":
             if listing_digest(self.target) != self.digest:
                 return f"folder {_shown(self.target)} changed (files added or removed)"
@@ -104,21 +112,37 @@ class Check:
             return None
         if file_digest(self.target) != self.digest:
             return f"{what} changed"
-        return None
+        return None  # the same content: `refreshed` gives this check with the new size, time and inode
+
+    def refreshed(self) -> Check | None:
+        """For a file whose content matched but whose stat did not (touched, checked out again): this
+        check with its stat now, so that the next lookup does not read the file again."""
+        if self.kind not in ("file", "wrote") or self.stat is None:
+            return None
+        try:
+            now = _stat_of(os.stat(self.target))
+        except OSError:
+            return None
+        return None if now == self.stat else Check(self.kind, self.target, self.digest, now)
 
 
 _ABSENT = object()
 
 
-def first_failure(checks: tuple[Check, ...], namespace: dict | None) -> str | None:
+def first_failure(checks: tuple[Check, ...], namespace: dict | None) -> tuple[str | None, tuple[Check, ...]]:
+    """Why the first check that fails fails (None if all hold), and, when all hold but some files were
+    compared by content, the checks with their files' stat now (empty if none was)."""
     for check in checks:
         try:
             reason = check.failure(namespace)
         except Exception as exc:  # erring toward running
             reason = f"{check.kind} {check.target} could not be checked ({type(exc).__name__})"
         if reason:
-            return reason
-    return None
+            return reason, ()
+    refreshed = [check.refreshed() for check in checks]
+    if not any(refreshed):
+        return None, ()
+    return None, tuple(new or old for new, old in zip(refreshed, checks))
 
 
 def checks_from_json(items: Any) -> tuple[Check, ...]:
@@ -186,18 +210,22 @@ def _audit(event: str, args: tuple) -> None:
     if handler is None:
         return
     thread = threading.get_ident()
-    for observer in _active:
-        if observer.thread == thread:
-            try:
-                handler(observer, args)
-            except Exception:  # never break the user's open() because of bookkeeping
-                observer.failed = True
+    own = [o for o in _active if o.thread == thread]
+    # an event from a thread no step runs in comes from a worker the step started (a thread pool that
+    # reads its files): it counts for every step under way, which can only make them run more often
+    for observer in own or _active:
+        try:
+            handler(observer, args)
+        except Exception:  # never break the user's open() because of bookkeeping
+            observer.failed = True
 
 
 def _on_open(observer: Observer, args: tuple) -> None:
     path, mode, flags = args
     if isinstance(path, int) or path is None:
         return
+    if sys._getframe(2).f_code.co_filename.startswith("<frozen importlib"):
+        return  # an import reading a module: the code fingerprint and the imports in the key cover code
     path = os.path.abspath(os.fsdecode(path))
     if mode is None:  # os.open: the flags say
         access = flags & os.O_ACCMODE
@@ -241,9 +269,8 @@ def inherit(checks: tuple[Check, ...]) -> None:
     if not _active or not checks:
         return
     thread = threading.get_ident()
-    for observer in _active:
-        if observer.thread == thread:
-            observer.inherited.extend(c for c in checks if c.kind != "random")
+    for observer in [o for o in _active if o.thread == thread] or _active:
+        observer.inherited.extend(c for c in checks if c.kind != "random")
 
 
 def _on_sqlite(observer: Observer, args: tuple) -> None:
@@ -253,8 +280,50 @@ def _on_sqlite(observer: Observer, args: tuple) -> None:
         observer.read.setdefault(os.path.abspath(os.fsdecode(database)))
 
 
+def _on_mkdir(observer: Observer, args: tuple) -> None:
+    path = args[0] if args else None
+    if isinstance(path, (str, bytes, os.PathLike)):
+        observer.made.setdefault(os.path.abspath(os.fsdecode(path)))
+
+
+def _on_command(observer: Observer, args: tuple) -> None:
+    """A process started: a shell command of the user's (``subprocess.run(["make"])`` in the step's own
+    code) has effects outside the kernel that a hit would not repeat. A library starting its own helpers
+    (joblib's workers, Graphviz's ``dot``) is not the user's command."""
+    frame = sys._getframe(2)
+    while frame is not None and _in_standard_library(frame.f_code.co_filename):
+        frame = frame.f_back  # past subprocess, os, multiprocessing: to the code that asked for the process
+    if frame is None:
+        return
+    name = frame.f_globals.get("__name__")
+    if frame.f_globals is observer.namespace or is_user_code(name, frame.f_code.co_filename):
+        command = args[1] if len(args) > 1 else args[0]
+        if isinstance(command, (list, tuple)):
+            command = " ".join(map(str, command))
+        text = os.fsdecode(command) if isinstance(command, (str, bytes)) else "..."
+        observer.commands.setdefault(text.strip().split(" ")[0] or "...")
+
+
+def _in_standard_library(filename: str) -> bool:
+    if filename.startswith("<frozen"):
+        return True
+    real = os.path.realpath(filename)
+    return real.startswith(_STDLIB) and not real.startswith(_PACKAGES)
+
+
+def _roots(*names: str) -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    return tuple(os.path.join(os.path.realpath(paths[n]), "") for n in names if n in paths)
+
+
+_STDLIB = _roots("stdlib", "platstdlib")  # (in a virtual environment, platstdlib holds site-packages)
+_PACKAGES = _roots("purelib", "platlib")
+
+
 _HANDLERS = {"open": _on_open, "os.listdir": _on_listdir, "os.scandir": _on_listdir, "compile": _on_compile,
-             "sqlite3.connect": _on_sqlite}
+             "sqlite3.connect": _on_sqlite, "os.mkdir": _on_mkdir, "subprocess.Popen": _on_command,
+             "os.system": _on_command, "os.spawn": _on_command, "os.exec": _on_command,
+             "os.posix_spawn": _on_command}
 
 
 @dataclass(eq=False)
@@ -266,8 +335,11 @@ class Observer:
     namespace: dict | None = None  # the notebook's variables (for names read through eval)
     bound: frozenset[str] = frozenset()  # what the step binds itself: read through eval, they are no inputs
     thread: int = field(default_factory=threading.get_ident)
+    start: str = field(default_factory=os.getcwd)  # the working directory the run started in
     read: dict[str, None] = field(default_factory=dict)
     wrote: dict[str, None] = field(default_factory=dict)
+    made: dict[str, None] = field(default_factory=dict)  # folders it created
+    commands: dict[str, None] = field(default_factory=dict)  # programs its own code started
     listed: dict[str, None] = field(default_factory=dict)
     evaluated: dict[str, None] = field(default_factory=dict)
     failed: bool = False
@@ -277,6 +349,7 @@ class Observer:
     seeded_first: set[str] = field(default_factory=set)  # generators seeded before anything was drawn
     drew_first: set[str] = field(default_factory=set)  # generators drawn from before being seeded
     _patches: list[tuple[Any, str, Any]] = field(default_factory=list)
+    _aliases: list[tuple[str, Any, Any]] = field(default_factory=list)
 
     def __enter__(self) -> Observer:
         _install_hook()
@@ -291,13 +364,21 @@ class Observer:
         for owner, name, value in reversed(self._patches):
             setattr(owner, name, value)
         self._patches.clear()
+        namespace = self.namespace or {}
+        for name, original, wrapper in self._aliases:
+            if namespace.get(name) is wrapper:  # (unless the step bound the name to something else)
+                namespace[name] = original
+        self._aliases.clear()
         self.after = ambient.snapshot()
 
     def _patch_seeds(self) -> None:
-        """Wrap the seeding functions of the generators, to tell `seed(); draw()` (which does not depend
-        on the state the step started from) from `draw()` (which does)."""
+        """Wrap the seeding functions of the generators (``np.random.seed``, and a name the notebook bound
+        to it with ``from numpy.random import seed``), to tell `seed(); draw()`, which does not depend on
+        the state the step started from, from `draw()`, which does."""
+        assert self.before is not None
+        aliases = self.namespace or {}
         for kind in ambient.KINDS:
-            if not (kind.rng and kind.seed and kind.name in self.before.hashes):
+            if not (kind.rng and kind.seed and kind.name in self.before.values):
                 continue
             owner = sys.modules.get(kind.seed[0])
             original = getattr(owner, kind.seed[1], None)
@@ -306,12 +387,16 @@ class Observer:
 
             def seed(*args: Any, _kind: ambient.AmbientKind = kind, _original: Any = original, **kwargs: Any) -> Any:
                 if _kind.name not in self.seeded_first and _kind.name not in self.drew_first:
-                    same = ambient.state_hash(_kind.name) == self.before.hashes[_kind.name]
-                    (self.seeded_first if same else self.drew_first).add(_kind.name)
+                    unchanged = self.before is not None and self.before.same(_kind.name)
+                    (self.seeded_first if unchanged else self.drew_first).add(_kind.name)
                 return _original(*args, **kwargs)
 
             self._patches.append((owner, kind.seed[1], original))
             setattr(owner, kind.seed[1], seed)
+            for name, value in list(aliases.items()):
+                if value is original:
+                    self._aliases.append((name, original, seed))
+                    aliases[name] = seed
 
     def changed_state(self) -> dict[str, Any]:
         """The ambient state the run changed, to be set again on a hit."""
@@ -324,17 +409,22 @@ class Observer:
         found: list[Check] = []
         for path in self.read:
             if path not in self.wrote and _is_data_file(path, self.cache_dir):
-                found.append(_file_check("file", path))
+                found.append(self._file_check("file", path))
         for path in self.wrote:
             if _is_data_file(path, self.cache_dir) and os.path.isfile(path):
-                found.append(_file_check("wrote", path))
+                found.append(self._file_check("wrote", path))
+        for path in self.made:
+            if _is_data_path(path, self.cache_dir) and os.path.isdir(path):
+                found.append(Check("made", self._shown(path), "folder"))
         for path in self.listed:
             if _is_data_path(path, self.cache_dir) and os.path.isdir(path):
-                found.append(Check("folder", path, listing_digest(path)))
-        for name, digest in self.before.hashes.items():
-            kind = next(k for k in ambient.KINDS if k.name == name)
-            if kind.rng and self.after.hashes.get(name) != digest and name not in self.seeded_first:
-                found.append(Check("random", name, digest))
+                found.append(Check("folder", self._shown(path), listing_digest(path)))
+        for kind in ambient.KINDS:
+            if kind.rng and kind.name in self.before.values and kind.name in self.after.values \
+                    and kind.name not in self.seeded_first \
+                    and not ambient.equal(self.before.values[kind.name], self.after.values[kind.name]):
+                found.append(Check("random", kind.name, ambient.state_hash(kind.name, self.before.values[kind.name])
+                                   or ""))
         if self.evaluated and self.namespace is not None:
             from .hashing import hash_value
 
@@ -348,13 +438,18 @@ class Observer:
         unique = {(c.kind, c.target): c for c in reversed(found)}  # the first seen of each wins
         return tuple(c for c in reversed(unique.values()) if c.digest)
 
+    def _shown(self, path: str) -> str:
+        """A path below the folder the run started in, relative to it (so that a copy of the project
+        checks its own files); any other path, absolute."""
+        relative = os.path.relpath(path, self.start)
+        return path if relative.startswith("..") else relative
 
-def _file_check(kind: str, path: str) -> Check:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return Check(kind, path, "")
-    return Check(kind, path, file_digest(path), _stat_of(st))
+    def _file_check(self, kind: str, path: str) -> Check:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return Check(kind, path, "")
+        return Check(kind, self._shown(path), file_digest(path), _stat_of(st))
 
 
 def _is_data_path(path: str, cache_dir: str) -> bool:
@@ -362,7 +457,7 @@ def _is_data_path(path: str, cache_dir: str) -> bool:
     if real.startswith(_SYSTEM_ROOTS) or real.startswith(library_roots()):
         return False
     cache = os.path.join(os.path.realpath(cache_dir), "")
-    return not (real + os.sep).startswith(cache) and not _is_config(real)
+    return not (real + os.sep).startswith(cache) and not _is_config(real) and not real.startswith(_KERNEL_CELLS)
 
 
 def _is_data_file(path: str, cache_dir: str) -> bool:

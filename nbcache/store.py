@@ -21,6 +21,7 @@ points to it, so a process killed mid-write leaves an orphan file, never an entr
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import json
 import marshal
@@ -92,6 +93,8 @@ class _Pickler(cloudpickle.Pickler):
             return _main_attribute, (obj.__qualname__,)  # (a method of a class stored by value is not)
         if isinstance(obj, types.FunctionType) and obj.__globals__ is _notebook_globals():
             return _reduce_notebook_function(obj)
+        if isinstance(obj, _LRU) and id(obj) in self._by_value:  # pickled by name otherwise, and the name
+            return _make_lru, (obj.__wrapped__, obj.cache_parameters())  # is not defined yet after a restart
         return super().reducer_override(obj)
 
 
@@ -100,6 +103,14 @@ class _Pickler(cloudpickle.Pickler):
 # every key) plus its defaults, closure and attributes, and made again on load with the notebook's live
 # namespace as its globals: as if its cell had just defined it. Neither a copy of the globals it saw when
 # it was stored nor how a pickling library rebuilds functions is involved.
+_LRU = type(functools.lru_cache(lambda: None))
+
+
+def _make_lru(func: Any, parameters: dict) -> Any:
+    """A function wrapped in ``functools.lru_cache`` (or ``functools.cache``) again, with an empty cache."""
+    return functools.update_wrapper(functools.lru_cache(parameters["maxsize"], parameters["typed"])(func), func)
+
+
 def _reduce_notebook_function(func: types.FunctionType) -> tuple:
     cells = []
     for cell in func.__closure__ or ():

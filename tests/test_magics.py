@@ -62,7 +62,7 @@ def test_a_hit_restores_variables_replays_output_and_shows_the_result(ip, capsys
     assert "built 5 rows" in out_first
     assert out_second.startswith("nbcache: step 'features' from the cache")
     assert out_second.count("built 5 rows") == 1
-    assert first.result is None and second.result == 20  # shown again as the cell's result
+    assert first.result == 20 and second.result == 20  # the cell's result, as without %%step
     run_first, run_second = nbcache.runs()
     assert (run_first.kind, run_first.reason, run_second.reason) == ("cell", "first run", "cache hit")
     assert run_first.output_names == ("X", "total") and set(run_first.inputs) == {"SCALE", "N", "LOG"}
@@ -439,7 +439,7 @@ def test_trailing_semicolon_hides_the_result_on_a_hit_too(ip):
     first = run(ip, "%%step\nv = 1\nv + 1;")
     second = run(ip, "%%step\nv = 1\nv + 1;")
     assert first.result is None and second.result is None and nbcache.runs()[-1].cached
-    assert run(ip, "%%step\nv = 1\nv + 1").result is None  # a different cell: it ran, the shell showed it
+    assert run(ip, "%%step\nv = 1\nv + 1").result == 2  # a different cell: it ran, and shows its result
 
 
 def test_top_level_await_is_refused_with_advice(ip):
