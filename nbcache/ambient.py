@@ -47,6 +47,8 @@ class AmbientKind:
 
     def change(self, before: Any, after: Any) -> Any:
         """What turned ``before`` into ``after``, in this kind's shape; _SAME if nothing did."""
+        if equal(before, after):
+            return _SAME
         if self.shape == "mapping":
             changed = {k: v for k, v in after.items() if k not in before or not equal(before[k], v)}
             removed = [k for k in before if k not in after]
@@ -54,14 +56,12 @@ class AmbientKind:
         if self.shape == "sequence":
             added = [e for e in after if not _contains(before, e)]
             removed = [e for e in before if not _contains(after, e)]
-            if not added and not removed:
-                return _SAME if equal(before, after) else {"front": list(after), "back": [], "removed": []}
+            if not added and not removed:  # the same entries in another order
+                return {"front": list(after), "back": [], "removed": []}
             survivors = [i for i, e in enumerate(after) if _contains(before, e)]
             first_old = survivors[0] if survivors else len(after)
             return {"front": [e for e in after[:first_old] if not _contains(before, e)],
                     "back": [e for e in after[first_old:] if not _contains(before, e)], "removed": removed}
-        if equal(before, after):
-            return _SAME
         if self.shape == "folder":  # where it moved, from where it started: the same in a copy of the project
             inside = not os.path.relpath(after, before).startswith("..")
             return {"relative": os.path.relpath(after, before)} if inside else {"absolute": after}
@@ -90,17 +90,20 @@ def equal(a: Any, b: Any) -> bool:
     """``a == b``, for states that may hold arrays (numpy's random state) or refuse to compare."""
     if a is b:
         return True
+    try:
+        result = a == b  # one comparison in C for most states (625 ints, a dict of options)
+        if isinstance(result, bool):
+            return result
+        return bool(result.all()) if hasattr(result, "all") else bool(result)
+    except Exception:
+        pass
     if type(a) is not type(b):
         return False
     if isinstance(a, (tuple, list)):
         return len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b))
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
-    try:
-        result = a == b
-        return bool(result) if isinstance(result, bool) else bool(getattr(result, "all")())
-    except Exception:
-        return False
+    return False
 
 
 def _contains(items: list, item: Any) -> bool:
@@ -138,8 +141,10 @@ _NOT_RC = frozenset({"backend"})  # the backend is its own kind: setting it swit
 
 
 def _rc_get() -> dict:
-    rc = sys.modules["matplotlib"].rcParams
-    return {k: dict.__getitem__(rc, k) for k in rc if k not in _NOT_RC}
+    values = dict(dict.items(sys.modules["matplotlib"].rcParams))  # (as stored: RcParams is a dict)
+    for key in _NOT_RC:
+        values.pop(key, None)
+    return values
 
 
 def _rc_set(values: dict) -> None:
