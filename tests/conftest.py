@@ -57,6 +57,21 @@ def ipshell():
     return start_ipython() or get_ipython()
 
 
+@pytest.fixture(scope="module")
+def shell(ipshell):
+    """The test shell with nbcache loaded, for a module's tests."""
+    ipshell.run_line_magic("load_ext", "nbcache")
+    yield ipshell
+    ipshell.run_line_magic("unload_ext", "nbcache")
+
+
+def run_cell(ip, cell: str, **kwargs):
+    """Run a cell that must succeed; its ExecutionResult."""
+    result = ip.run_cell(cell, **kwargs)
+    result.raise_error()
+    return result
+
+
 def two_steps():
     """Two small steps, ``total(load(n))``: a producer and its consumer."""
     @nbcache.step

@@ -37,6 +37,18 @@ def lineage_states(lab: JupyterLab, cell: str = "%lineage") -> dict[str, int]:
     return states
 
 
+def write_notebook(folder: Path, name: str, cells: list[str]) -> Path:
+    """A notebook of these code cells in a new folder; the folder."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    folder.mkdir()
+    nb = new_notebook(cells=[new_code_cell(c) for c in cells],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    nbformat.write(nb, folder / name)
+    return folder
+
+
 def outputs(lab: JupyterLab, step: str) -> list[str]:
     """The text of each output of the `%%step <step>` cell, in order."""
     return lab.cell(f"%%step {step}\n").locator(".jp-OutputArea-output").all_inner_texts()
@@ -96,14 +108,7 @@ LIVE = [  # the widget is shown before the steps run: it can only show them by u
 
 def test_lineage_widget_updates_itself_as_steps_run(tmp_path: Path) -> None:
     require_browser()
-    import nbformat
-    from nbformat.v4 import new_code_cell, new_notebook
-
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
-    nb = new_notebook(cells=[new_code_cell(c) for c in LIVE],
-                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
-    nbformat.write(nb, folder / "live.ipynb")
+    folder = write_notebook(tmp_path / "notebooks", "live.ipynb", LIVE)
     artifacts = Path(os.environ.get("NBCACHE_ARTIFACTS") or ROOT / "tests" / "artifacts")
     with JupyterLab(folder, cache_dir=tmp_path / "cache", failure_screenshot=artifacts / "live-failure.png") as lab:
         lab.open("live.ipynb")
@@ -135,14 +140,7 @@ def test_a_tutorial_notebook_comes_back_as_it_ran_in_jupyterlab(tmp_path: Path) 
     """JupyterLab sends each cell's id: two cells that assign `labels` from `X` are two steps; settings,
     seeds and figures come back; the widget cell and the shell cell run again, live."""
     require_browser()
-    import nbformat
-    from nbformat.v4 import new_code_cell, new_notebook
-
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
-    nb = new_notebook(cells=[new_code_cell(c) for c in TUTORIAL],
-                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
-    nbformat.write(nb, folder / "tutorial.ipynb")
+    folder = write_notebook(tmp_path / "notebooks", "tutorial.ipynb", TUTORIAL)
     artifacts = Path(os.environ.get("NBCACHE_ARTIFACTS") or ROOT / "tests" / "artifacts")
     with JupyterLab(folder, cache_dir=tmp_path / "cache",
                     failure_screenshot=artifacts / "tutorial-failure.png") as lab:

@@ -18,12 +18,7 @@ import pytest
 import nbcache
 from nbcache.cellcode import analyse_cell
 
-
-@pytest.fixture(scope="module")
-def shell(ipshell):
-    ipshell.run_line_magic("load_ext", "nbcache")
-    yield ipshell
-    ipshell.run_line_magic("unload_ext", "nbcache")
+from .conftest import run_cell
 
 
 @pytest.fixture
@@ -35,10 +30,7 @@ def ip(shell, cache_dir, tmp_path, monkeypatch):
     return shell
 
 
-def run(ip, cell: str, **kwargs):
-    result = ip.run_cell(cell, **kwargs)
-    result.raise_error()
-    return result
+run = run_cell
 
 
 def last():

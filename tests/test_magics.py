@@ -7,12 +7,7 @@ from IPython.core.error import UsageError
 
 import nbcache
 
-
-@pytest.fixture(scope="module")
-def shell(ipshell):
-    ipshell.run_line_magic("load_ext", "nbcache")
-    yield ipshell
-    ipshell.run_line_magic("unload_ext", "nbcache")
+from .conftest import run_cell
 
 
 @pytest.fixture
@@ -24,11 +19,7 @@ def ip(shell, cache_dir, tmp_path):
     return shell
 
 
-def run(ip, cell: str):
-    """Run a cell that must succeed."""
-    result = ip.run_cell(cell)
-    result.raise_error()
-    return result
+run = run_cell
 
 
 def times_ran(ip) -> int:
@@ -125,37 +116,25 @@ def test_mutated_inputs_are_outputs(ip):
     assert nbcache.runs()[0].output_names == ("items",)
 
 
-def test_functions_classes_and_modules_come_back_usable(ip):
-    cell = ("%%step defs\nimport json as j\nfrom math import tau\n"
-            "def scaled(v):\n    return v * K\n"
-            "class Box:\n    def area(self):\n        return scaled(2) + tau * 0\n")
-    ip.run_cell("K = 3")
-    run(ip, cell)
-    for name in ("j", "tau", "scaled", "Box"):
-        del ip.user_ns[name]
-    run(ip, cell)
-    assert nbcache.runs()[-1].cached
-    ip.run_cell("K = 10")  # the restored function reads the live namespace, not a copy
-    assert ip.run_cell("scaled(1), Box().area(), j.dumps([1])").result == (10, 20, "[1]")
-
-
 def test_restored_definitions_live_in_the_notebook_namespace_wherever_they_are_held(ip):
     """Functions and classes from the cache read the notebook's live globals, as if their cell had run:
     top-level ones, lambdas, closures, functions kept in containers, and methods that eval() names."""
-    cell = ("%%step defs\ndef scaled(v):\n    return v * K\n"
+    cell = ("%%step defs\nimport json as j\nfrom math import tau\ndef scaled(v):\n    return v * K\n"
             "def make(n):\n    def inner(v):\n        return v * n * K\n    return inner\n"
             "table = {'double': lambda v: 2 * v * K, 'triple': make(3)}\n"
             "class Named:\n    def __init__(self, name):\n        self.name = name\n"
-            "    def __repr__(self):\n        return f'{self.name}={eval(self.name)!r}'\n")
+            "    def __repr__(self):\n        return f'{self.name}={eval(self.name)!r}'\n"
+            "    def area(self):\n        return scaled(2) + tau * 0\n")
     ip.run_cell("K = 3")
     run(ip, cell)
-    for name in ("scaled", "make", "table", "Named"):
+    for name in ("j", "tau", "scaled", "make", "table", "Named"):
         del ip.user_ns[name]
     run(ip, cell)
     assert nbcache.runs()[-1].cached
     ip.run_cell("K = 10")
-    got = ip.run_cell("scaled(1), table['double'](1), table['triple'](1), make(2)(1), repr(Named('K'))").result
-    assert got == (10, 20, 30, 20, "K=10")
+    got = ip.run_cell("scaled(1), table['double'](1), table['triple'](1), make(2)(1), repr(Named('K')),"
+                      " Named('x').area(), j.dumps([1])").result
+    assert got == (10, 20, 30, 20, "K=10", 20, "[1]")
     assert ip.user_ns["scaled"].__globals__ is ip.user_ns
 
 
