@@ -4,7 +4,8 @@ A step's key is made before it runs, from its code and the inputs that can be se
 dependencies only show while it runs, and are stored with its result as *checks*, verified on every lookup:
 
 - files it opened for reading (``pd.read_csv``, ``np.load``, ``open``: any Python-level open, seen through
-  an audit hook, and SQLite databases opened by path), and files it wrote that still exist after it (a hit does not write them again: if one
+  an audit hook, and SQLite databases opened by path), in its own code or in threads it started;
+- files it wrote that still exist after it, and folders it made (a hit does not make them again: if one
   was removed or changed since, the step runs again to make it);
 - folders it listed (``os.listdir``, ``glob``, ``Path.iterdir``): a file added or removed is a change;
 - the state of a global random generator it drew from without seeding it first;
@@ -50,9 +51,11 @@ _SYSTEM_ROOTS = ("/proc/", "/sys/", "/dev/", "/etc/", "/usr/", "/run/")
 class Check:
     """One dependency discovered while a step ran, with what it was then.
 
-    ``kind`` is ``file`` (read), ``wrote`` (a file the step wrote), ``folder`` (listed), ``random`` (the
-    state a global generator started from) or ``variable`` (a notebook variable read through eval).
-    ``digest`` is the content hash; ``stat`` the file's (size, mtime_ns, inode) for the fast path.
+    ``kind`` is ``file`` (read), ``wrote`` (a file the step wrote), ``made`` (a folder it created),
+    ``folder`` (listed), ``random`` (the state a global generator started from) or ``variable`` (a notebook
+    variable read through eval). ``target`` is a path (relative to the folder the step started in when it
+    is below it), a generator's or a variable's name. ``digest`` is the content hash; ``stat`` the file's
+    (size, mtime_ns, inode) for the fast path.
     """
 
     kind: str
@@ -90,11 +93,13 @@ class Check:
         if self.kind == "variable":
             from .hashing import hash_value
 
+            if self.digest == _UNHASHABLE:
+                return f"variable {self.target}, read through eval/exec, cannot be hashed to tell if it changed"
             value = (namespace or {}).get(self.target, _ABSENT)
             try:
                 now = "" if value is _ABSENT else hash_value(value)
             except Exception:
-                now = "?"
+                now = _UNHASHABLE
             if now != self.digest:
                 return f"variable {self.target} (read through eval/exec) changed"
             return None
@@ -127,6 +132,7 @@ class Check:
 
 
 _ABSENT = object()
+_UNHASHABLE = "?"  # the digest of a variable that could not be hashed: the check never holds
 
 
 def first_failure(checks: tuple[Check, ...], namespace: dict | None) -> tuple[str | None, tuple[Check, ...]]:
@@ -433,10 +439,12 @@ class Observer:
                     try:
                         found.append(Check("variable", name, hash_value(self.namespace[name])))
                     except Exception:
-                        found.append(Check("variable", name, "?"))  # cannot be checked: always runs
-        found.extend(self.inherited)
-        unique = {(c.kind, c.target): c for c in reversed(found)}  # the first seen of each wins
-        return tuple(c for c in reversed(unique.values()) if c.digest)
+                        found.append(Check("variable", name, _UNHASHABLE))  # never holds: always runs
+        unique: dict[tuple[str, str], Check] = {}
+        for check in [*found, *self.inherited]:
+            if check.digest:
+                unique.setdefault((check.kind, check.target), check)
+        return tuple(unique.values())
 
     def _shown(self, path: str) -> str:
         """A path below the folder the run started in, relative to it (so that a copy of the project

@@ -591,3 +591,12 @@ def test_values_that_behave_differently_hash_differently():
     assert nbcache.hash_value(days) != nbcache.hash_value(pd.DatetimeIndex(list(days)))
     masked = np.ma.array([1, 2], mask=[False, True], fill_value=5)
     assert nbcache.hash_value(masked) != nbcache.hash_value(np.ma.array([1, 2], mask=[False, True], fill_value=7))
+
+
+def test_a_variable_read_through_eval_that_cannot_be_hashed_makes_the_cell_run_every_time(ip):
+    run(ip, "import threading\nguard = threading.Lock()")
+    cell = "%%step\nlocked = eval('guard').locked()"
+    run(ip, cell)
+    run(ip, cell)
+    assert not last().cached
+    assert last().reason == "variable guard, read through eval/exec, cannot be hashed to tell if it changed"
