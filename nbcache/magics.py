@@ -418,7 +418,6 @@ class _CellCall(StepCall):
         self.derived_identity = not args.name and not cell_id
         super().__init__(store, name, version=args.version, started_at=datetime.now(timezone.utc),
                          t0=time.perf_counter(), kind="cell", enabled=not args.no_cache, identity=identity)
-        self.cell_id = cell_id
         self.namespace = ns
         self.magics = magics
         self.replayed_magics = code.magics
@@ -530,10 +529,7 @@ class _CellCall(StepCall):
             unrepeatable = ("it shows a widget, which needs the live kernel object a replay cannot give back"
                             if recorder.shows_a_widget() else self.not_cacheable_after_run())
         if unrepeatable:
-            self.remember_last(uncached=unrepeatable)
-            if unrepeatable not in reason:  # (run 2 on says `runs every time: <the same words>` already)
-                reason = f"{reason}; not cached: {unrepeatable}"
-            store = False
+            reason, store = self._not_stored(reason, unrepeatable), False
         if not store:
             self.record(cached=False, reason=reason, outputs=addresses, output_names=tuple(names))
             return None
@@ -552,13 +548,17 @@ class _CellCall(StepCall):
             what = next((f"variable {n!r}" for n, v in variables.items() if not _picklable(v, defined_here)),
                         "its output")
             _warn(f"nbcache: step {self.name!r} was not cached: {what} cannot be pickled ({exc.reason})")
-            self.remember_last(uncached=f"{what} cannot be pickled")
-            if f"{what} cannot be pickled" not in reason:
-                reason += f"; not cached: {what} cannot be pickled"
+            reason = self._not_stored(reason, f"{what} cannot be pickled")
             self.record(cached=False, reason=reason, outputs=addresses, output_names=tuple(names))
             return None
         self.record(cached=False, reason=reason, outputs=addresses, output_names=tuple(names))
         return None  # the shell has shown the result already
+
+    def _not_stored(self, reason: str, why: str) -> str:
+        """The reason of a run whose result cannot be stored, for ``why``; the next run will say it runs
+        every time, for that reason."""
+        self.remember_last(uncached=why)
+        return reason if why in reason else f"{reason}; not cached: {why}"  # (`runs every time: <why>`)
 
     def _outputs(self, before: dict[str, int]) -> list[str]:
         """What the cell bound (seen in its code, or as a name that is new or rebound after it ran), and
