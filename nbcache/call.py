@@ -232,13 +232,14 @@ class StepCall:
         """Record this call's ingredients as the step's latest (``uncached``: why its result was not
         stored, for the next run's reason)."""
         slot = (str(self.store.directory), self.identity)
-        if force or uncached or _last_written.get(slot) != self.key:
+        written = f"{self.key} {uncached}" if uncached else self.key
+        if force or _last_written.get(slot) != written:
             try:
                 self.store.set_last(self.identity, {"key": self.key, "code": self.code, "deps": self.deps,
                                                     "inputs": self.inputs, "version": self.version,
                                                     "kind": self.kind, "name": self.name,
                                                     **({"uncached": uncached} if uncached else {})})
-                _last_written[slot] = "" if uncached else self.key
+                _last_written[slot] = written
             except Exception:
                 pass  # only the wording of a later reason depends on it
 
