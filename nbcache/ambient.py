@@ -7,8 +7,7 @@ snapshot), hash itself and set itself back. A run is snapshotted before and afte
 stored with its result and set again on a hit, so after a hit the process is as the first run left it.
 
 What is stored is what the run *changed*, not the whole state: the options it set, the environment
-variables it set or removed, the warnings filters it added, the folder it moved to relative to where it
-started. A hit applies those changes to the state as it is now, so it never undoes what other cells, the
+variables it set or removed, the warnings filters it added or moved. A hit applies those changes to the state as it is now, so it never undoes what other cells, the
 kernel or the user did since (a variable the kernel was started with, an rc setting made by a plain cell).
 
 A kind is looked at only while its library is imported (``import nbcache`` imports none of them), and
@@ -19,14 +18,18 @@ without seeding them first; ``observe.py`` works that out.
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import xxhash
+
 from .hashing import hash_value
 
-__all__ = ["AmbientKind", "KINDS", "Snapshot", "apply", "equal", "snapshot", "state_hash"]
+__all__ = ["AmbientKind", "KINDS", "Snapshot", "apply", "equal", "global_generator", "global_generator_method",
+           "snapshot", "state_hash"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,9 @@ class AmbientKind:
     get: Callable[[], Any]  # a picklable snapshot
     set: Callable[[Any], None]  # make the process's state equal to a snapshot
     shape: str = "value"  # what a change is: "value" (the new state), "mapping" (keys set and removed),
-    #                       "sequence" (entries added in front or behind, and removed), "folder" (a move)
+    #                       "sequence" (entries added or moved in front, appended, and removed)
+    renders: bool = False  # it changes how a cell's output looks (display options, rc settings, warnings)
+    unordered: bool = False  # as an input, which entries it holds counts, not their order
     rng: bool = False  # a global random generator: a step that draws from it depends on its state
     seed: tuple[str, str] | None = None  # (module, attribute) of the function that seeds it
 
@@ -54,17 +59,22 @@ class AmbientKind:
             removed = [k for k in before if k not in after]
             return {"set": changed, "unset": removed} if changed or removed else _SAME
         if self.shape == "sequence":
-            added = [e for e in after if not _contains(before, e)]
             removed = [e for e in before if not _contains(after, e)]
-            if not added and not removed:  # the same entries in another order
-                return {"front": list(after), "back": [], "removed": []}
-            survivors = [i for i, e in enumerate(after) if _contains(before, e)]
-            first_old = survivors[0] if survivors else len(after)
-            return {"front": [e for e in after[:first_old] if not _contains(before, e)],
-                    "back": [e for e in after[first_old:] if not _contains(before, e)], "removed": removed}
-        if self.shape == "folder":  # where it moved, from where it started: the same in a copy of the project
-            inside = not os.path.relpath(after, before).startswith("..")
-            return {"relative": os.path.relpath(after, before)} if inside else {"absolute": after}
+            back = 0  # entries appended at the end (sys.path.append)
+            while back < len(after) and not _contains(before, after[len(after) - 1 - back]):
+                back += 1
+            core = after[:len(after) - back]
+            # the longest end of the rest whose entries keep their order from before: what precedes it was
+            # put in front (warnings.filterwarnings inserts there; simplefilter moves an existing filter)
+            i, j = len(core), len(before)
+            while i > 0:
+                k = j - 1
+                while k >= 0 and not equal(before[k], core[i - 1]):
+                    k -= 1
+                if k < 0:
+                    break
+                i, j = i - 1, k
+            return {"front": core[:i], "back": after[len(after) - back:], "removed": removed}
         return after
 
     def apply(self, change: Any) -> None:
@@ -76,8 +86,6 @@ class AmbientKind:
             front, back = change["front"], change["back"]
             kept = [e for e in self.get() if not _contains(change["removed"], e) and not _contains(front, e)]
             self.set([*front, *kept, *(e for e in back if not _contains(kept, e))])
-        elif self.shape == "folder":
-            self.set(change["absolute"] if "absolute" in change else os.path.join(os.getcwd(), change["relative"]))
         else:
             self.set(change)
 
@@ -272,19 +280,39 @@ KINDS: tuple[AmbientKind, ...] = (
     AmbientKind("random", "random", _random_get, _random_set, rng=True, seed=("random", "seed")),
     AmbientKind("numpy.random", "numpy", _numpy_random_get, _numpy_random_set, rng=True,
                 seed=("numpy.random", "seed")),
-    AmbientKind("numpy print options", "numpy", _print_options_get, _print_options_set, shape="mapping"),
-    AmbientKind("matplotlib backend", "matplotlib", _backend_get, _backend_set),
-    AmbientKind("matplotlib.rcParams", "matplotlib", _rc_get, _rc_set, shape="mapping"),
-    AmbientKind("pandas options", "pandas", _pandas_get, _pandas_set, shape="mapping"),
+    AmbientKind("numpy print options", "numpy", _print_options_get, _print_options_set, shape="mapping", renders=True),
+    AmbientKind("matplotlib backend", "matplotlib", _backend_get, _backend_set, renders=True),
+    AmbientKind("matplotlib.rcParams", "matplotlib", _rc_get, _rc_set, shape="mapping", renders=True),
+    AmbientKind("pandas options", "pandas", _pandas_get, _pandas_set, shape="mapping", renders=True),
     AmbientKind("scikit-learn config", "sklearn", _sklearn_get, _sklearn_set, shape="mapping"),
-    AmbientKind("warnings filters", "warnings", _warnings_get, _warnings_set, shape="sequence"),
+    AmbientKind("warnings filters", "warnings", _warnings_get, _warnings_set, shape="sequence", renders=True,
+                unordered=True),
     AmbientKind("environment variables", "os", _environ_get, _environ_set, shape="mapping"),
-    AmbientKind("working directory", "os", os.getcwd, _cwd_set, shape="folder"),
+    AmbientKind("working directory", "os", os.getcwd, _cwd_set),
     AmbientKind("sys.path", "sys", _sys_path_get, _sys_path_set, shape="sequence"),
 )
 """Every kind nbcache keeps, in the order they are set back (the backend before the rc settings)."""
 
 _BY_NAME = {kind.name: kind for kind in KINDS}
+
+
+def global_generator(obj: Any) -> str | None:
+    """The module whose global random generator ``obj`` is (``random``'s, numpy's legacy one), or None.
+    ``from numpy.random import rand`` binds a method of that generator in the notebook."""
+    random = sys.modules.get("random")
+    if random is not None and obj is getattr(random.random, "__self__", None):
+        return "random"
+    np = sys.modules.get("numpy")
+    if np is not None and obj is getattr(np.random.rand, "__self__", None):
+        return "numpy.random"
+    return None
+
+
+def global_generator_method(module: str, name: str) -> Any:
+    """The method ``name`` of the global generator of ``module``, as it is in this process."""
+    owner = __import__(module, fromlist=["_"])
+    generator = (owner.random if module == "random" else owner.rand).__self__
+    return getattr(generator, name)
 
 
 @dataclass(frozen=True)
@@ -339,9 +367,39 @@ def state_hash(name: str, value: Any = _SAME) -> str | None:
     if kind is None or (value is _SAME and not kind.active()):
         return None
     try:
-        return hash_value(kind.get() if value is _SAME else value)
+        return _digest(kind.get() if value is _SAME else value, kind.unordered)
     except Exception:
         return None
+
+
+def setting_hash(name: str, key: Any) -> str:
+    """The hash of one setting of a mapping kind now (an environment variable, a pandas option)."""
+    kind = _BY_NAME.get(name)
+    if kind is None or not kind.active():
+        return "none"
+    try:
+        return setting_digest(kind.get(), key)
+    except Exception:
+        return "?"
+
+
+def setting_digest(mapping: dict, key: Any) -> str:
+    """The hash of one setting's value in a mapping state; ``none`` for a setting that is not there."""
+    return _digest(mapping[key]) if key in mapping else "none"
+
+
+def _digest(value: Any, unordered: bool = False) -> str:
+    """A content hash of a state, quickly: of its pickle when it has one (a state is options, filters,
+    numbers: equal states pickle alike; should two ever not, the cost is a re-run, never a wrong hit),
+    else ``hash_value``'s. A mapping is hashed in key order; an ``unordered`` list as a set."""
+    if isinstance(value, dict):
+        value = sorted(value.items(), key=lambda item: str(item[0]))
+    elif unordered:
+        value = sorted(map(repr, value))
+    try:
+        return xxhash.xxh3_128_hexdigest(pickle.dumps(value, protocol=4))
+    except Exception:
+        return hash_value(value)
 
 
 def apply(changes: dict[str, Any]) -> list[str]:

@@ -245,8 +245,8 @@ class StepCall:
 
     def observe(self, bound: frozenset[str] = frozenset()) -> Observer:
         """An observer for this call's run (what it reads, writes, draws and changes); ``bound``: the
-        variables the step itself binds."""
-        self.observer = Observer(str(self.store.directory), self.namespace, bound)
+        variables the step itself binds. A cell's output depends on the display settings too."""
+        self.observer = Observer(str(self.store.directory), self.namespace, bound, renders=self.kind == "cell")
         return self.observer
 
     def not_cacheable_after_run(self) -> str | None:

@@ -32,6 +32,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .ambient import global_generator
 from .errors import warn
 from .hashing import (
     Hasher, Unhashable, Walk, feed, new_hasher, register, type_name, _feed_bytes_tagged,
@@ -433,11 +434,7 @@ def _is_global_generator(obj: Any) -> bool:
     numpy.random import rand``): their state is the step's input only when it draws without seeding first,
     which ``observe`` finds out while the step runs; as part of a function's hash it would change with every
     draw anywhere."""
-    random = sys.modules.get("random")
-    if random is not None and obj is getattr(random.random, "__self__", None):
-        return True
-    np = sys.modules.get("numpy")
-    return np is not None and obj is getattr(np.random.rand, "__self__", None)
+    return global_generator(obj) is not None
 
 
 def _feed_method(method: types.MethodType, h: Hasher, walk: Walk) -> None:

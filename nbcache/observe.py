@@ -85,6 +85,15 @@ class Check:
             if listing_digest(self.target) != self.digest:
                 return f"folder {_shown(self.target)} changed (files added or removed)"
             return None
+        if self.kind in ("state", "setting"):
+            name, _, key = self.target.partition("\t")
+            before, _, after = self.digest.partition("|")
+            now = ambient.state_hash(name) if not key else ambient.setting_hash(name, key)
+            if (now or _NONE) in (before, after):  # as it started, or as it left it (run again in a kernel)
+                return None
+            what = (name[:-1] if name.endswith("s") else name) + f" {key}" if key else name
+            plural = what.endswith("s")
+            return f"the {what} {'differ' if plural else 'differs'} from when it was cached"
         if self.kind == "random":
             if ambient.state_hash(self.target) != self.digest:
                 return (f"the {self.target} global random state differs from the one it started from when"
@@ -133,6 +142,7 @@ class Check:
 
 _ABSENT = object()
 _UNHASHABLE = "?"  # the digest of a variable that could not be hashed: the check never holds
+_NONE = "none"  # the digest of a state whose library was not imported
 
 
 def first_failure(checks: tuple[Check, ...], namespace: dict | None) -> tuple[str | None, tuple[Check, ...]]:
@@ -247,9 +257,18 @@ def _on_open(observer: Observer, args: tuple) -> None:
 
 def _on_listdir(observer: Observer, args: tuple) -> None:
     path = args[0] if args else None
-    if isinstance(path, int):
+    if isinstance(path, int) or _finding_code(sys._getframe(2).f_code.co_filename):
         return
     observer.listed.setdefault(os.path.abspath(os.fsdecode(path if path is not None else ".")))
+
+
+def _finding_code(filename: str) -> bool:
+    """Whether an import, or a lookup of installed packages, is listing a folder (every folder on sys.path,
+    the notebook's own among them): the key's imports and library versions cover that."""
+    if filename.startswith("<frozen importlib"):
+        return True
+    real = os.path.realpath(filename)
+    return real.startswith(_IMPORTLIB) or "importlib_metadata" in real or "pkg_resources" in real
 
 
 def _on_compile(observer: Observer, args: tuple) -> None:
@@ -299,10 +318,10 @@ def _on_command(observer: Observer, args: tuple) -> None:
     frame = sys._getframe(2)
     while frame is not None and _in_standard_library(frame.f_code.co_filename):
         frame = frame.f_back  # past subprocess, os, multiprocessing: to the code that asked for the process
-    if frame is None:
-        return
-    name = frame.f_globals.get("__name__")
-    if frame.f_globals is observer.namespace or is_user_code(name, frame.f_code.co_filename):
+    # no such code: the standard library alone started it, in a thread the step started
+    # (`pool.map(os.system, commands)`), which only the step's own code could have asked for
+    if frame is None or frame.f_globals is observer.namespace or is_user_code(frame.f_globals.get("__name__"),
+                                                                              frame.f_code.co_filename):
         command = args[1] if len(args) > 1 else args[0]
         if isinstance(command, (list, tuple)):
             command = " ".join(map(str, command))
@@ -324,6 +343,7 @@ def _roots(*names: str) -> tuple[str, ...]:
 
 _STDLIB = _roots("stdlib", "platstdlib")  # (in a virtual environment, platstdlib holds site-packages)
 _PACKAGES = _roots("purelib", "platlib")
+_IMPORTLIB = os.path.join(os.path.dirname(os.path.realpath(os.__file__)), "importlib", "")
 
 
 _HANDLERS = {"open": _on_open, "os.listdir": _on_listdir, "os.scandir": _on_listdir, "compile": _on_compile,
@@ -340,6 +360,7 @@ class Observer:
     cache_dir: str
     namespace: dict | None = None  # the notebook's variables (for names read through eval)
     bound: frozenset[str] = frozenset()  # what the step binds itself: read through eval, they are no inputs
+    renders: bool = False  # it shows output (a cell): the settings that change how output looks are inputs
     thread: int = field(default_factory=threading.get_ident)
     start: str = field(default_factory=os.getcwd)  # the working directory the run started in
     read: dict[str, None] = field(default_factory=dict)
@@ -355,7 +376,7 @@ class Observer:
     seeded_first: set[str] = field(default_factory=set)  # generators seeded before anything was drawn
     drew_first: set[str] = field(default_factory=set)  # generators drawn from before being seeded
     _patches: list[tuple[Any, str, Any]] = field(default_factory=list)
-    _aliases: list[tuple[str, Any, Any]] = field(default_factory=list)
+    _aliases: list[tuple[Any, Any]] = field(default_factory=list)  # (a seeding function, its wrapper)
 
     def __enter__(self) -> Observer:
         _install_hook()
@@ -371,9 +392,10 @@ class Observer:
             setattr(owner, name, value)
         self._patches.clear()
         namespace = self.namespace or {}
-        for name, original, wrapper in self._aliases:
-            if namespace.get(name) is wrapper:  # (unless the step bound the name to something else)
-                namespace[name] = original
+        originals = {id(wrapper): original for original, wrapper in self._aliases}
+        for name, value in list(namespace.items()):  # the names bound to a wrapper: before the run, or by
+            if id(value) in originals:  # `from numpy.random import seed` during it
+                namespace[name] = originals[id(value)]
         self._aliases.clear()
         self.after = ambient.snapshot()
 
@@ -399,9 +421,9 @@ class Observer:
 
             self._patches.append((owner, kind.seed[1], original))
             setattr(owner, kind.seed[1], seed)
+            self._aliases.append((original, seed))
             for name, value in list(aliases.items()):
                 if value is original:
-                    self._aliases.append((name, original, seed))
                     aliases[name] = seed
 
     def changed_state(self) -> dict[str, Any]:
@@ -431,6 +453,7 @@ class Observer:
                     and not ambient.equal(self.before.values[kind.name], self.after.values[kind.name]):
                 found.append(Check("random", kind.name, ambient.state_hash(kind.name, self.before.values[kind.name])
                                    or ""))
+        found.extend(self._state_checks())
         if self.evaluated and self.namespace is not None:
             from .hashing import hash_value
 
@@ -445,6 +468,29 @@ class Observer:
             if check.digest:
                 unique.setdefault((check.kind, check.target), check)
         return tuple(unique.values())
+
+    def _state_checks(self) -> list[Check]:
+        """The process-wide state the run depends on: for a cell, every setting that changes how its output
+        looks (display options, rc settings, warnings filters), as it started; for any step, the settings
+        it changed (``os.environ["PATH"] += ...`` depends on what PATH was) and the folder it moved from.
+        Each holds when the state is as the run found it, or as it left it (the step run again in the
+        same kernel)."""
+        assert self.before is not None and self.after is not None
+        found = []
+        for kind in ambient.KINDS:
+            name = kind.name
+            before, after = self.before.values.get(name, _ABSENT), self.after.values.get(name, _ABSENT)
+            whole = (self.renders and kind.renders) or (kind.shape == "value" and not kind.rng and before is not _ABSENT
+                                                        and after is not _ABSENT and not ambient.equal(before, after))
+            if whole:
+                digests = [_NONE if v is _ABSENT else ambient.state_hash(name, v) or _UNHASHABLE for v in (before, after)]
+                found.append(Check("state", name, "|".join(digests)))
+            elif kind.shape == "mapping" and before is not _ABSENT and after is not _ABSENT:
+                for key in sorted({*before, *after}, key=str):
+                    if not ambient.equal(before.get(key, _ABSENT), after.get(key, _ABSENT)):
+                        digests = [ambient.setting_digest(state, key) for state in (before, after)]
+                        found.append(Check("setting", f"{name}\t{key}", "|".join(digests)))
+        return found
 
     def _shown(self, path: str) -> str:
         """A path below the folder the run started in, relative to it (so that a copy of the project

@@ -41,6 +41,7 @@ import cloudpickle
 import diskcache
 import xxhash
 
+from .ambient import global_generator, global_generator_method
 from .records import StepRun
 
 __all__ = ["DiskStore", "Damaged", "ENOVAL", "cache_dir", "set_cache_dir", "get_store"]
@@ -93,8 +94,12 @@ class _Pickler(cloudpickle.Pickler):
             return _main_attribute, (obj.__qualname__,)  # (a method of a class stored by value is not)
         if isinstance(obj, types.FunctionType) and obj.__globals__ is _notebook_globals():
             return _reduce_notebook_function(obj)
-        if isinstance(obj, _LRU) and id(obj) in self._by_value:  # pickled by name otherwise, and the name
-            return _make_lru, (obj.__wrapped__, obj.cache_parameters())  # is not defined yet after a restart
+        if isinstance(obj, _LRU) and getattr(obj.__wrapped__, "__globals__", None) is _notebook_globals():
+            return _make_lru, (obj.__wrapped__, obj.cache_parameters())  # (by name: undefined after a restart)
+        if isinstance(obj, (types.MethodType, types.BuiltinMethodType)):
+            module = global_generator(getattr(obj, "__self__", None))
+            if module is not None:  # `from numpy.random import rand`: the live generator's, not a copy
+                return global_generator_method, (module, obj.__name__)
         return super().reducer_override(obj)
 
 

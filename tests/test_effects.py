@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import nbcache
+from nbcache import ambient
 from nbcache.cellcode import analyse_cell
 
 from .conftest import run_cell
@@ -45,42 +46,53 @@ def times_ran(ip) -> int:
 # -- process-wide state -----------------------------------------------------------------------------------
 
 STATE_CASES = {
-    # a cell that sets state; what a new kernel has instead; what later code sees
-    "numpy seed": ("import numpy as np\nnp.random.seed(42)", "np.random.seed(7)", "np.random.rand()"),
-    "random seed": ("import random\nrandom.seed(3)", "random.seed(9)", "random.random()"),
-    "numpy print options": ("import numpy as np\nnp.set_printoptions(precision=2)",
-                            "np.set_printoptions(precision=8)", "repr(np.array([1/3]))"),
+    # a cell that sets state; what later code sees
+    "numpy seed": ("import numpy as np\nnp.random.seed(42)", "np.random.rand()"),
+    "random seed": ("import random\nrandom.seed(3)", "random.random()"),
+    "numpy print options": ("import numpy as np\nnp.set_printoptions(precision=2)", "repr(np.array([1/3]))"),
     "matplotlib rc": ("import matplotlib\nmatplotlib.use('agg')\nimport matplotlib.pyplot as plt\n"
                       "plt.rc('font', size=17)\nplt.style.use('ggplot')",
-                      "plt.rcdefaults()", "(plt.rcParams['font.size'], plt.rcParams['axes.facecolor'])"),
-    "pandas options": ("import pandas as pd\npd.set_option('display.max_rows', 7)",
-                       "pd.reset_option('display.max_rows')", "pd.get_option('display.max_rows')"),
+                      "(plt.rcParams['font.size'], plt.rcParams['axes.facecolor'])"),
+    "pandas options": ("import pandas as pd\npd.set_option('display.max_rows', 7)", "pd.get_option('display.max_rows')"),
     "warnings filters": ("import warnings\nwarnings.filterwarnings('ignore', message='noisy')",
-                         "warnings.resetwarnings()",
                          "any(f[1] is not None and f[1].pattern == 'noisy' for f in warnings.filters)"),
-    "environment": ("import os\nos.environ['NBCACHE_TEST_FLAG'] = 'on'", "del os.environ['NBCACHE_TEST_FLAG']",
-                    "os.environ.get('NBCACHE_TEST_FLAG')"),
-    "sys.path": ("import sys\nsys.path.append('/nbcache-test-path')", "sys.path.remove('/nbcache-test-path')",
-                 "'/nbcache-test-path' in sys.path"),
-    "scikit-learn config": ("import sklearn\nsklearn.set_config(display='text')",
-                            "sklearn.set_config(display='diagram')", "sklearn.get_config()['display']"),
+    "environment": ("import os\nos.environ['NBCACHE_TEST_FLAG'] = 'on'", "os.environ.get('NBCACHE_TEST_FLAG')"),
+    "sys.path": ("import sys\nsys.path.append('/nbcache-test-path')", "'/nbcache-test-path' in sys.path"),
+    "scikit-learn config": ("import sklearn\nsklearn.set_config(display='text')", "sklearn.get_config()['display']"),
 }
+
+
+def state_now() -> dict:
+    """Every kind of process-wide state nbcache keeps, as it is now."""
+    import matplotlib.pyplot  # noqa: F401  (the kinds of the libraries the cases use are all there)
+    import pandas  # noqa: F401
+    import sklearn  # noqa: F401
+
+    return ambient.snapshot().values
+
+
+def back_to(state: dict) -> None:
+    """The process as it was: what a new kernel starts from, for the state these tests change."""
+    for kind in ambient.KINDS:
+        if kind.name in state:
+            kind.set(state[kind.name])
 
 
 @pytest.mark.parametrize("case", list(STATE_CASES))
 def test_state_a_cell_set_is_set_again_on_a_hit(ip, case):
-    setup, new_kernel, probe = STATE_CASES[case]
+    setup, probe = STATE_CASES[case]
     cell = f"%%step\n{setup}\nopen(LOG, 'a').write('x')"
+    start = state_now()
     try:
         run(ip, cell)
         expected = ip.run_cell(probe).result
-        run(ip, new_kernel)
+        back_to(start)  # a new kernel
         assert ip.run_cell(probe).result != expected  # the test changes what it means to
         run(ip, cell)
         assert last().cached and times_ran(ip) == 1
         assert ip.run_cell(probe).result == expected
     finally:
-        run(ip, new_kernel)  # leave the process as other tests expect it
+        back_to(start)  # leave the process as other tests expect it
 
 
 def test_working_directory_changed_by_a_cell_is_changed_again(ip, tmp_path):
@@ -236,7 +248,9 @@ def test_damaged_checks_are_a_damaged_entry(ip):
     with pytest.warns(nbcache.CacheWarning, match="damaged"):
         run(ip, cell)
     assert last().reason == "cached result was damaged"
-    run(ip, cell)
+    with warnings.catch_warnings(record=True):  # the warnings filters as they were (a cell's input)
+        warnings.simplefilter("always")
+        run(ip, cell)
     assert last().cached
 
 
@@ -412,44 +426,78 @@ def test_a_sqlite_database_opened_by_path_is_a_file_it_reads(tmp_path):
 # -- a hit changes what the run changed, and nothing else ------------------------------------------------------
 
 def test_a_hit_does_not_undo_what_other_cells_or_the_kernel_set(ip, monkeypatch):
-    """The step's changes are applied to the state as it is now: settings other cells made since, and
-    the kernel's own environment, stay."""
-    import matplotlib
-    import pandas as pd
-
-    cell = ("%%step\nimport os, sys, warnings\nimport matplotlib.pyplot as plt\nimport pandas as pd\n"
-            "plt.rcParams['font.size'] = 20\nos.environ['NBCACHE_STEP_VAR'] = 'x'\n"
-            "warnings.filterwarnings('ignore', message='from the step')\nsys.path.append('/from-the-step')\n"
-            "pd.set_option('display.max_rows', 7)\ndone = 1")
-    other = ("import os, sys, warnings\nimport matplotlib.pyplot as plt\nimport pandas as pd\n"
-             "plt.rcParams['lines.linewidth'] = {n}\nos.environ['NBCACHE_SESSION'] = '{n}'\n"
-             "warnings.filterwarnings('ignore', message='session {n}')\nsys.path.append('/session-{n}')\n"
-             "pd.set_option('display.max_columns', {n})")
-    saved_path, saved_filters = list(sys.path), list(warnings.filters)
+    """The step's changes are applied to the state as it is now: what other cells and the kernel set
+    stays. (Display settings are the same in both sessions: a cell's output depends on them, so a cell
+    started with other ones runs again.)"""
+    cell = ("%%step\nimport os, sys\nimport pandas as pd\nos.environ['NBCACHE_STEP_VAR'] = 'x'\n"
+            "sys.path.append('/from-the-step')\npd.set_option('display.max_rows', 7)\ndone = 1")
+    other = ("import os, sys\nimport pandas as pd\nos.environ['NBCACHE_SESSION'] = '{n}'\n"
+             "sys.path.append('/session-{n}')\npd.set_option('display.max_columns', 11)")
+    saved_path = list(sys.path)
     try:
         run(ip, other.format(n=1))
+        start = state_now()
         run(ip, cell)
-        # a new kernel: the first session's settings are gone, another plain cell makes its own
-        matplotlib.rcdefaults()
-        reset_pandas()
-        monkeypatch.delenv("NBCACHE_STEP_VAR")
+        # a new kernel: the first session's settings are gone, a plain cell makes its own
+        back_to(start)
         monkeypatch.delenv("NBCACHE_SESSION")
-        sys.path[:], warnings.filters[:] = list(saved_path), list(saved_filters)
+        sys.path[:] = list(saved_path)
         monkeypatch.setenv("NBCACHE_KERNEL_VAR", "set when the kernel started")
         run(ip, other.format(n=2))
         run(ip, cell)
         assert last().cached
-        got = ip.run_cell("(plt.rcParams['lines.linewidth'], plt.rcParams['font.size'], os.environ['NBCACHE_SESSION'],"
-                          " os.environ.get('NBCACHE_STEP_VAR'), os.environ.get('NBCACHE_KERNEL_VAR'),"
-                          " [f[1].pattern for f in warnings.filters[:2]], [p for p in sys.path if p.startswith('/se')"
+        got = ip.run_cell("(os.environ['NBCACHE_SESSION'], os.environ.get('NBCACHE_STEP_VAR'),"
+                          " os.environ.get('NBCACHE_KERNEL_VAR'), [p for p in sys.path if p.startswith('/se')"
                           " or p.startswith('/from')], pd.get_option('display.max_columns'),"
                           " pd.get_option('display.max_rows'))").result
-        assert got == (2.0, 20.0, "2", "x", "set when the kernel started", ["from the step", "session 2"],
-                       ["/session-2", "/from-the-step"], 2, 7)
+        assert got == ("2", "x", "set when the kernel started", ["/session-2", "/from-the-step"], 11, 7)
     finally:
-        matplotlib.rcdefaults()
         reset_pandas()
-        sys.path[:], warnings.filters[:] = saved_path, saved_filters
+        sys.path[:] = saved_path
+
+
+def test_display_settings_are_inputs_of_a_cell(ip):
+    """A plain cell above changes how output looks: a cached cell that shows a table is run again."""
+    import pandas as pd
+
+    run(ip, "import pandas as pd\npd.set_option('display.max_rows', 6)")
+    cell = "%%step\ntable = pd.DataFrame({'v': range(20)})\ntable"
+    try:
+        run(ip, cell)
+        run(ip, cell)
+        assert last().cached
+        run(ip, "pd.set_option('display.max_rows', 30)")
+        run(ip, cell)
+        assert (last().cached, last().reason) == (False, "the pandas options differ from when it was cached")
+    finally:
+        reset_pandas()
+    assert pd.get_option("display.max_rows") == 60
+
+
+def test_a_setting_a_step_derives_from_its_old_value_is_an_input(ip, monkeypatch):
+    monkeypatch.setenv("NBCACHE_TOOL_PATH", "/a/bin")
+    cell = "%%step\nimport os\nos.environ['NBCACHE_TOOL_PATH'] += ':/opt/tool'\ndone = 1"
+    run(ip, cell)
+    monkeypatch.setenv("NBCACHE_TOOL_PATH", "/b/bin")  # another session's value
+    run(ip, cell)
+    assert last().reason == "the environment variable NBCACHE_TOOL_PATH differs from when it was cached"
+    assert os.environ["NBCACHE_TOOL_PATH"] == "/b/bin:/opt/tool"
+
+
+@pytest.mark.parametrize("before, after, now, expected", [
+    (["a", "b", "c"], ["c", "a", "b"], ["x", "a", "b", "c"], ["c", "x", "a", "b"]),  # moved to the front
+    (["a", "b"], ["n", "a", "b"], ["a", "x"], ["n", "a", "x"]),  # put in front (filterwarnings)
+    (["a", "b"], ["a", "b", "n"], ["x", "a", "b"], ["x", "a", "b", "n"]),  # appended (sys.path.append)
+    (["a", "b", "c"], ["a", "c"], ["a", "b", "c", "x"], ["a", "c", "x"]),  # removed
+])
+def test_a_list_state_changes_by_moves_additions_and_removals(before, after, now, expected):
+    """What a step did to the warnings filters or sys.path is done again to the list as it is now: the
+    entries it added or moved, and no others it happened to find (which may be gone since)."""
+    state = {"list": list(now)}
+    kind = ambient.AmbientKind("a list", "sys", lambda: list(state["list"]),
+                               lambda value: state.update(list=list(value)), shape="sequence")
+    kind.apply(kind.change(before, after))
+    assert state["list"] == expected
 
 
 def reset_pandas() -> None:
@@ -461,8 +509,8 @@ def reset_pandas() -> None:
 
 
 def test_in_a_copy_of_the_project_a_cell_reads_and_moves_within_the_copy(ip, tmp_path):
-    """A cache shared by two checkouts: paths below the folder a step started in are checked, and moved to,
-    relative to it."""
+    """A cache shared by two checkouts: paths below the folder a step started in are checked relative to
+    it; a step that changed the working directory depends on where it started."""
     for name, text in (("w1", "v\n1\n"), ("w2", "v\n2\n")):
         (tmp_path / name / "data").mkdir(parents=True)
         (tmp_path / name / "data.csv").write_text(text)
@@ -474,8 +522,9 @@ def test_in_a_copy_of_the_project_a_cell_reads_and_moves_within_the_copy(ip, tmp
     os.chdir(tmp_path / "w2")
     run(ip, reader)
     assert (last().reason, ip.user_ns["total"]) == ("file data.csv changed", 2)
-    run(ip, mover)
-    assert last().cached and os.getcwd() == str(tmp_path / "w2" / "data")
+    run(ip, mover)  # it moved from w1 the first time: it runs again, and moves within the copy
+    assert (last().reason, os.getcwd()) == ("the working directory differs from when it was cached",
+                                            str(tmp_path / "w2" / "data"))
 
 
 def test_files_read_by_worker_threads_are_dependencies(ip, tmp_path):
@@ -600,3 +649,44 @@ def test_a_variable_read_through_eval_that_cannot_be_hashed_makes_the_cell_run_e
     run(ip, cell)
     assert not last().cached
     assert last().reason == "variable guard, read through eval/exec, cannot be hashed to tell if it changed"
+
+
+def test_generator_methods_imported_by_name_come_back_as_the_live_generators(ip):
+    cell = "%%step\nfrom numpy.random import seed, rand\nfrom random import shuffle\nready = 1"
+    run(ip, cell)
+    for name in ("seed", "rand", "shuffle"):
+        del ip.user_ns[name]
+    run(ip, cell)
+    assert last().cached
+    assert ip.user_ns["rand"].__self__ is np.random.rand.__self__
+    assert ip.user_ns["shuffle"].__self__ is random.shuffle.__self__
+    ip.run_cell("seed(0)")
+    assert ip.run_cell("rand()").result == np.random.RandomState(0).rand()
+
+
+def test_a_program_a_step_s_thread_starts_is_a_shell_command(ip):
+    cell = ("%%step\nimport os\nfrom concurrent.futures import ThreadPoolExecutor\n"
+            "with ThreadPoolExecutor(1) as pool:\n    codes = list(pool.map(os.system, ['true']))\ndel pool")
+    run(ip, cell)
+    run(ip, cell)
+    assert not last().cached and last().reason.startswith("runs every time: it runs a shell command (true)")
+
+
+def test_finding_installed_packages_does_not_make_the_notebook_folder_a_dependency(ip, tmp_path):
+    import importlib.metadata
+
+    cell = "%%step\nimport importlib.metadata, sys\nsys.path.insert(0, '')\n" \
+           "found = importlib.metadata.version('numpy')\nsys.path.remove('')"
+    run(ip, cell)
+    (tmp_path / "new-file.txt").write_text("x")  # the notebook's folder changes
+    run(ip, cell)
+    assert last().cached and ip.user_ns["found"] == importlib.metadata.version("numpy")
+
+
+def test_an_lru_cached_method_of_a_class_the_cell_defines_comes_back(ip):
+    cell = "%%step\nimport functools\nclass Table:\n    @functools.lru_cache\n    def row(self, n):\n" \
+           "        return n * 2"
+    run(ip, cell)
+    del ip.user_ns["Table"]
+    run(ip, cell)  # (a 'damaged' CacheWarning would be an error here: see pyproject's filterwarnings)
+    assert last().cached and ip.run_cell("Table().row(4)").result == 8
