@@ -359,4 +359,6 @@ def _describe(runs: Sequence[StepRun], i: int, with_name: bool = True) -> str:
     change = explain_change(
         {"code": previous.code, "deps": previous.deps, "inputs": previous.inputs, "version": previous.version,
          "kind": previous.kind}, run.code, dict(run.deps), dict(run.inputs), run.version, run.kind)
-    return f"{head}\n  since its previous run: {'nothing changed' if change == 'cached result was removed' else change}"
+    if change == "cached result was removed":  # its code and inputs are as before: the reason says what was not
+        change = "its code and inputs did not change"
+    return f"{head}\n  since its previous run: {change}"

@@ -412,7 +412,8 @@ class _CellCall(StepCall):
             name, identity = args.name, None
         elif cell_id:  # Jupyter's id of the cell: the same cell, however its code and variables change
             identity = f"cell:{cell_id}"
-            name = magics.names.name_of(cell_id, code.default_name(input_names), store, identity)
+            base = code.default_name(input_names) if code.binds else f"cell-{cell_id[:8]}"
+            name = magics.names.name_of(cell_id, base, store, identity)
         else:  # plain IPython, nbclient: the name made of what the cell binds and reads
             name, identity = code.default_name(input_names), None
         self.derived_identity = not args.name and not cell_id
@@ -431,6 +432,7 @@ class _CellCall(StepCall):
         self.shell = shell
         self.cell = cell
         self.restrict = args.outputs
+        self.missing_outputs: list[str] = []  # what --outputs names but the cell did not define
         self.imports = code.imports
         self.quiet = analysed.quiet
         self.code = hash_value((code.digest, self.restrict, self.quiet))
@@ -525,7 +527,9 @@ class _CellCall(StepCall):
         variables = {name: ns[name] for name in names}
         addresses = addresses_of(list(variables.values()))
         unrepeatable = None
-        if store:
+        if store and self.missing_outputs:
+            unrepeatable = f"--outputs names {', '.join(self.missing_outputs)}, which the cell does not define"
+        elif store:
             unrepeatable = ("it shows a widget, which needs the live kernel object a replay cannot give back"
                             if recorder.shows_a_widget() else self.not_cacheable_after_run())
         if unrepeatable:
@@ -566,8 +570,10 @@ class _CellCall(StepCall):
         ns = self.shell.user_ns
         if self.restrict is not None:
             missing = [n for n in self.restrict if n not in ns]
-            if missing:
-                _warn(f"nbcache: --outputs names {', '.join(missing)}, which the cell did not define")
+            if missing:  # a typo: storing the rest would leave the name undefined after a hit
+                self.missing_outputs = missing
+                _warn(f"nbcache: --outputs names {', '.join(missing)}, which the cell did not define; the cell"
+                      " was not cached")
             return [n for n in self.restrict if n in ns]
         names = [n for n in self.binds if n in ns]
         names += [n for n, v in ns.items() if before.get(n) != id(v) and n not in names

@@ -100,7 +100,7 @@ def test_why_after_a_hit_still_says_why_the_step_last_ran(cache_dir, capsys):
     code, out, _ = cli(capsys, "why", "load", "--dir", str(cache_dir))
     lines = out.splitlines()
     assert code == 0 and lines[0].startswith("load came from the cache at ") and lines[0].endswith(": cache hit")
-    assert lines[1] == "  since its previous run: nothing changed"
+    assert lines[1] == "  since its previous run: its code and inputs did not change"
     assert lines[2].startswith("its result was computed at ") and lines[2].endswith(": argument n changed")
     assert lines[3] == "  since its previous run: argument n changed"
 

@@ -690,3 +690,19 @@ def test_an_lru_cached_method_of_a_class_the_cell_defines_comes_back(ip):
     del ip.user_ns["Table"]
     run(ip, cell)  # (a 'damaged' CacheWarning would be an error here: see pyproject's filterwarnings)
     assert last().cached and ip.run_cell("Table().row(4)").result == 8
+
+
+def test_an_outputs_name_the_cell_does_not_define_is_not_cached(ip):
+    """A typo in --outputs would leave the real variable undefined after a hit."""
+    ip.user_ns["a"] = 1
+    cell = "%%step --outputs nosuch\nb = a + 1"
+    with pytest.warns(nbcache.CacheWarning, match="--outputs names nosuch"):
+        run(ip, cell)
+    assert last().reason == "first run; not cached: --outputs names nosuch, which the cell does not define"
+
+
+def test_a_cell_that_binds_nothing_keeps_its_name_when_edited(ip):
+    run(ip, "%%step\nprint('one')", cell_id="seed-cell-1234")
+    run(ip, "%%step\nprint('two')", cell_id="seed-cell-1234")
+    assert [(r.step, r.reason) for r in nbcache.runs()] == [("cell-seed-cel", "first run"),
+                                                            ("cell-seed-cel", "code changed")]
