@@ -706,3 +706,15 @@ def test_a_cell_that_binds_nothing_keeps_its_name_when_edited(ip):
     run(ip, "%%step\nprint('two')", cell_id="seed-cell-1234")
     assert [(r.step, r.reason) for r in nbcache.runs()] == [("cell-seed-cel", "first run"),
                                                             ("cell-seed-cel", "code changed")]
+
+
+def test_a_settings_cell_run_again_in_the_same_kernel_is_a_hit(ip):
+    cell = "%%step\nimport pandas as pd\npd.set_option('display.max_rows', 7)\nimport numpy as np\n" \
+           "np.set_printoptions(precision=3)"
+    try:
+        run(ip, cell)
+        run(ip, cell)  # the settings are now as the cell left them, not as it found them: still a hit
+        assert last().cached
+    finally:
+        reset_pandas()
+        np.set_printoptions(precision=8)
