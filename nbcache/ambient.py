@@ -7,12 +7,14 @@ snapshot), hash itself and set itself back. A run is snapshotted before and afte
 stored with its result and set again on a hit, so after a hit the process is as the first run left it.
 
 What is stored is what the run *changed*, not the whole state: the options it set, the environment
-variables it set or removed, the warnings filters it added or moved. A hit applies those changes to the state as it is now, so it never undoes what other cells, the
-kernel or the user did since (a variable the kernel was started with, an rc setting made by a plain cell).
+variables it set or removed, the warnings filters it added or moved. A hit applies those changes to the
+state as it is now, so it never undoes what other cells, the kernel or the user did since (a variable the
+kernel was started with, an rc setting made by a plain cell).
 
 A kind is looked at only while its library is imported (``import nbcache`` imports none of them), and
-reading one never changes it. The random generators are also the step's *inputs* when it drew from them
-without seeding them first; ``observe.py`` works that out.
+reading one never changes it. Some state is also a step's *input*: the random generators when it drew
+from them without seeding them first, the settings it changed (from what they were), and for a cell the
+settings that change how its output looks (``renders``); ``observe.py`` records those as checks.
 """
 
 from __future__ import annotations
@@ -116,7 +118,6 @@ def equal(a: Any, b: Any) -> bool:
 
 def _contains(items: list, item: Any) -> bool:
     return any(equal(item, other) for other in items)
-
 
 
 # -- the kinds ----------------------------------------------------------------------------------------------
