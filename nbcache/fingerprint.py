@@ -155,7 +155,11 @@ def package_version(module_name: str) -> str:
     # the distribution usually has the module's name; mapping all of them is slow, so it comes last
     import importlib.metadata
 
-    for dist in [top, *_distributions().get(top, [])]:
+    try:
+        return f"{top}=={importlib.metadata.version(top)}"
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for dist in _distributions().get(top, []):  # (half a second the first time: only when needed)
         try:
             return f"{dist}=={importlib.metadata.version(dist)}"
         except importlib.metadata.PackageNotFoundError:
