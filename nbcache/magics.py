@@ -11,7 +11,6 @@ is replayed in order, and its last expression's value is shown again as its resu
 from __future__ import annotations
 
 import contextlib
-import functools
 import html
 import importlib
 import io
@@ -543,7 +542,7 @@ class _CellCall(StepCall):
                    "result": None if self.quiet else outcome.result,
                    "result_display": None if self.quiet else recorder.result_display,
                    "ambient": self.observer.changed_state()}
-        defined_here = {id(v) for v in variables.values() if isinstance(v, (type, types.FunctionType, _LRU))
+        defined_here = {id(v) for v in variables.values() if isinstance(v, (type, types.FunctionType))
                         and id(v) not in before.values()}
         try:
             sizes = {a: _memory_size(v) for a, v in zip(addresses, variables.values()) if a}
@@ -594,7 +593,6 @@ class _CellCall(StepCall):
 
 
 _CODE_TYPES = (types.FunctionType, type, types.ModuleType, types.MethodType, Step)
-_LRU = type(functools.lru_cache(lambda: None))  # functools.lru_cache's and functools.cache's wrappers
 
 
 def _is_closed(value: Any) -> bool:

@@ -443,10 +443,10 @@ class Observer:
                 found.append(self._file_check("wrote", path))
         for path in self.made:
             if _is_data_path(path, self.cache_dir) and os.path.isdir(path):
-                found.append(Check("made", self._shown(path), "folder"))
+                found.append(Check("made", self._stored_path(path), "folder"))
         for path in self.listed:
             if _is_data_path(path, self.cache_dir) and os.path.isdir(path):
-                found.append(Check("folder", self._shown(path), listing_digest(path)))
+                found.append(Check("folder", self._stored_path(path), listing_digest(path)))
         for kind in ambient.KINDS:
             if kind.rng and kind.name in self.before.values and kind.name in self.after.values \
                     and kind.name not in self.seeded_first \
@@ -492,7 +492,7 @@ class Observer:
                         found.append(Check("setting", f"{name}\t{key}", "|".join(digests)))
         return found
 
-    def _shown(self, path: str) -> str:
+    def _stored_path(self, path: str) -> str:
         """A path below the folder the run started in, relative to it (so that a copy of the project
         checks its own files); any other path, absolute."""
         relative = os.path.relpath(path, self.start)
@@ -503,7 +503,7 @@ class Observer:
             st = os.stat(path)
         except OSError:
             return Check(kind, path, "")
-        return Check(kind, self._shown(path), file_digest(path), _stat_of(st))
+        return Check(kind, self._stored_path(path), file_digest(path), _stat_of(st))
 
 
 def _is_data_path(path: str, cache_dir: str) -> bool:

@@ -8,6 +8,7 @@ raised by the function itself pass through untouched and are never cached.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import sys
@@ -124,10 +125,7 @@ class _Call(StepCall):
     def execute(self, reason: str, *, store: bool) -> Any:
         t_body = time.perf_counter()
         try:
-            if store:
-                with self.observe():
-                    result = self.step.__wrapped__(*self.bound.args, **self.bound.kwargs)
-            else:
+            with self.observe() if store else contextlib.nullcontext():
                 result = self.step.__wrapped__(*self.bound.args, **self.bound.kwargs)
         except BaseException as exc:
             self.record(cached=False, reason=reason, outputs=(), status="failed",

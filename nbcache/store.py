@@ -83,6 +83,7 @@ class _Pickler(cloudpickle.Pickler):
     def __init__(self, file: Any, *, by_value: set[int] = frozenset(), **kwargs: Any) -> None:
         super().__init__(file, **kwargs)
         self._by_value = by_value
+        self._notebook = _notebook_globals()  # (asked of every object pickled: looked up once)
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, io.IOBase) and not isinstance(obj, (io.BytesIO, io.StringIO)):
@@ -92,9 +93,9 @@ class _Pickler(cloudpickle.Pickler):
                 and id(obj) not in self._by_value and _main_attribute(obj.__qualname__, None) is obj
                 and id(_main_attribute(obj.__qualname__.partition(".")[0], None)) not in self._by_value):
             return _main_attribute, (obj.__qualname__,)  # (a method of a class stored by value is not)
-        if isinstance(obj, types.FunctionType) and obj.__globals__ is _notebook_globals():
+        if isinstance(obj, types.FunctionType) and obj.__globals__ is self._notebook:
             return _reduce_notebook_function(obj)
-        if isinstance(obj, _LRU) and getattr(obj.__wrapped__, "__globals__", None) is _notebook_globals():
+        if isinstance(obj, _LRU) and getattr(obj.__wrapped__, "__globals__", None) is self._notebook:
             return _make_lru, (obj.__wrapped__, obj.cache_parameters())  # (by name: undefined after a restart)
         if isinstance(obj, (types.MethodType, types.BuiltinMethodType)):
             module = global_generator(getattr(obj, "__self__", None))
@@ -103,11 +104,6 @@ class _Pickler(cloudpickle.Pickler):
         return super().reducer_override(obj)
 
 
-# A function of the notebook stored by value (defined by the cell being stored, or a lambda or closure) is
-# stored as its code (marshal, which is exact for this Python version, and the Python minor version is in
-# every key) plus its defaults, closure and attributes, and made again on load with the notebook's live
-# namespace as its globals: as if its cell had just defined it. Neither a copy of the globals it saw when
-# it was stored nor how a pickling library rebuilds functions is involved.
 _LRU = type(functools.lru_cache(lambda: None))
 
 
@@ -116,6 +112,11 @@ def _make_lru(func: Any, parameters: dict) -> Any:
     return functools.update_wrapper(functools.lru_cache(parameters["maxsize"], parameters["typed"])(func), func)
 
 
+# A function of the notebook stored by value (defined by the cell being stored, or a lambda or closure) is
+# stored as its code (marshal, which is exact for this Python version, and the Python minor version is in
+# every key) plus its defaults, closure and attributes, and made again on load with the notebook's live
+# namespace as its globals: as if its cell had just defined it. Neither a copy of the globals it saw when
+# it was stored nor how a pickling library rebuilds functions is involved.
 def _reduce_notebook_function(func: types.FunctionType) -> tuple:
     cells = []
     for cell in func.__closure__ or ():
