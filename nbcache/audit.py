@@ -1,0 +1,203 @@
+"""The process-wide audit hook, and the registry of the runs it reports to.
+
+Python's audit events say what a run does below the level of its code: every ``open`` (``pd.read_csv``,
+``np.load``), folder listing, ``compile`` of a string (``eval``), SQLite connection, folder made and
+process started, in the step's own code or in threads it started. While a step is observed (``watch``),
+each event is noted in its ``Watcher`` (an ``observe.Observer``), which turns them into checks after the
+run; events that are about code rather than data (imports reading modules, a library listing ``sys.path``
+to find installed packages) are not noted.
+
+The hook is installed once per process (Python cannot remove one) and returns at once while no step is
+being observed.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+import sysconfig
+import threading
+from typing import Callable, Protocol
+
+from .checks import Check
+from .fingerprint import is_user_code
+
+__all__ = ["Watcher", "inherit", "unwatch", "watch"]
+
+
+class Watcher(Protocol):
+    """What the hook fills in for one run (``observe.Observer`` is one): names in dicts, in order seen."""
+
+    thread: int  # the thread the run's own code runs in
+    namespace: dict | None  # the notebook's variables: names an eval'd string reads among them are noted
+    read: dict[str, None]  # absolute paths of files opened for reading
+    wrote: dict[str, None]  # ... opened for writing
+    made: dict[str, None]  # folders created
+    listed: dict[str, None]  # folders listed
+    evaluated: dict[str, None]  # notebook variables an eval'd or exec'd string reads
+    commands: dict[str, None]  # programs the run's own code started
+    inherited: list[Check]  # the checks of steps served from the cache inside this run
+    failed: bool  # an event could not be followed: what the run read is not known
+
+
+_active: list[Watcher] = []  # the watchers of the runs under way, innermost last (steps nest)
+_hook_installed = False
+_hook_lock = threading.Lock()
+
+
+def watch(watcher: Watcher) -> None:
+    """Report what this thread (and threads no step runs in) does to ``watcher`` until ``unwatch``."""
+    _install_hook()
+    _active.append(watcher)
+
+
+def unwatch(watcher: Watcher) -> None:
+    if watcher in _active:
+        _active.remove(watcher)
+
+
+def inherit(checks: tuple[Check, ...]) -> None:
+    """A step served from the cache while another step runs: what it depends on, the outer one depends on
+    too (its body did not open the files this time). Not its random state, which is the inner step's start
+    state: the outer step's own observation covers how the generators were used."""
+    if not _active or not checks:
+        return
+    thread = threading.get_ident()
+    for watcher in [w for w in _active if w.thread == thread] or _active:
+        watcher.inherited.extend(c for c in checks if c.kind != "random")
+
+
+def _install_hook() -> None:
+    global _hook_installed
+    with _hook_lock:
+        if not _hook_installed:
+            sys.addaudithook(_audit)
+            _hook_installed = True
+
+
+def _audit(event: str, args: tuple) -> None:
+    if not _active:
+        return
+    handler = _HANDLERS.get(event)
+    if handler is None:
+        return
+    thread = threading.get_ident()
+    own = [w for w in _active if w.thread == thread]
+    # an event from a thread no step runs in comes from a worker the step started (a thread pool that
+    # reads its files): it counts for every step under way, which can only make them run more often
+    for watcher in own or _active:
+        try:
+            handler(watcher, args)
+        except Exception:  # never break the user's open() because of bookkeeping
+            watcher.failed = True
+
+
+# -- the events ---------------------------------------------------------------------------------------------
+# Each handler is called from the hook, itself called from the code that raised the event: the frame two
+# up from a handler is that code's.
+
+def _on_open(watcher: Watcher, args: tuple) -> None:
+    path, mode, flags = args
+    if isinstance(path, int) or path is None:
+        return
+    if sys._getframe(2).f_code.co_filename.startswith("<frozen importlib"):
+        return  # an import reading a module: the code fingerprint and the imports in the key cover code
+    path = os.path.abspath(os.fsdecode(path))
+    if mode is None:  # os.open: the flags say
+        access = flags & os.O_ACCMODE
+        reads, writes = access in (os.O_RDONLY, os.O_RDWR), access in (os.O_WRONLY, os.O_RDWR)
+    else:
+        reads = "r" in mode or "+" in mode
+        writes = any(c in mode for c in "wax+")
+    if writes:
+        watcher.wrote.setdefault(path)
+    elif reads and path not in watcher.wrote:
+        watcher.read.setdefault(path)
+
+
+def _on_listdir(watcher: Watcher, args: tuple) -> None:
+    path = args[0] if args else None
+    if isinstance(path, int) or _finding_code(sys._getframe(2).f_code.co_filename):
+        return
+    watcher.listed.setdefault(os.path.abspath(os.fsdecode(path if path is not None else ".")))
+
+
+def _finding_code(filename: str) -> bool:
+    """Whether an import, or a lookup of installed packages, is listing a folder (every folder on sys.path,
+    the notebook's own among them): the key's imports and library versions cover that."""
+    if filename.startswith("<frozen importlib"):
+        return True
+    real = os.path.realpath(filename)
+    return real.startswith(_IMPORTLIB) or "importlib_metadata" in real or "pkg_resources" in real
+
+
+def _on_compile(watcher: Watcher, args: tuple) -> None:
+    source, filename = args[0], args[1]
+    if filename != "<string>" or not isinstance(source, (str, bytes)) or watcher.namespace is None:
+        return
+    frame = sys._getframe(2)  # the code that called eval/exec/compile (past this handler and the hook)
+    if frame.f_globals is not watcher.namespace:
+        return  # a library compiling its own code (namedtuple, dataclasses)
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in watcher.namespace:
+            watcher.evaluated.setdefault(node.id)
+
+
+def _on_sqlite(watcher: Watcher, args: tuple) -> None:
+    """A SQLite database opened by path: sqlite3 reads the file from C, past Python's open."""
+    database = args[0] if args else None
+    if isinstance(database, (str, bytes, os.PathLike)) and os.fsdecode(database) not in ("", ":memory:"):
+        watcher.read.setdefault(os.path.abspath(os.fsdecode(database)))
+
+
+def _on_mkdir(watcher: Watcher, args: tuple) -> None:
+    path = args[0] if args else None
+    if isinstance(path, (str, bytes, os.PathLike)):
+        watcher.made.setdefault(os.path.abspath(os.fsdecode(path)))
+
+
+def _on_command(watcher: Watcher, args: tuple) -> None:
+    """A process started: a shell command of the user's (``subprocess.run(["make"])`` in the step's own
+    code) has effects outside the kernel that a hit would not repeat. A library starting its own helpers
+    (joblib's workers, Graphviz's ``dot``) is not the user's command."""
+    frame = sys._getframe(2)
+    while frame is not None and _in_standard_library(frame.f_code.co_filename):
+        frame = frame.f_back  # past subprocess, os, multiprocessing: to the code that asked for the process
+    # no such code: the standard library alone started it, in a thread the step started
+    # (`pool.map(os.system, commands)`), which only the step's own code could have asked for
+    if frame is None or frame.f_globals is watcher.namespace or is_user_code(frame.f_globals.get("__name__"),
+                                                                             frame.f_code.co_filename):
+        command = args[1] if len(args) > 1 else args[0]
+        if isinstance(command, (list, tuple)):
+            command = " ".join(map(str, command))
+        text = os.fsdecode(command) if isinstance(command, (str, bytes)) else "..."
+        watcher.commands.setdefault(text.strip().split(" ")[0] or "...")
+
+
+def _in_standard_library(filename: str) -> bool:
+    if filename.startswith("<frozen"):
+        return True
+    real = os.path.realpath(filename)
+    return real.startswith(_STDLIB) and not real.startswith(_PACKAGES)
+
+
+def _roots(*names: str) -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    return tuple(os.path.join(os.path.realpath(paths[n]), "") for n in names if n in paths)
+
+
+_STDLIB = _roots("stdlib", "platstdlib")  # (in a virtual environment, platstdlib holds site-packages)
+_PACKAGES = _roots("purelib", "platlib")
+_IMPORTLIB = os.path.join(os.path.dirname(os.path.realpath(os.__file__)), "importlib", "")
+
+
+_HANDLERS: dict[str, Callable[[Watcher, tuple], None]] = {
+    "open": _on_open, "os.listdir": _on_listdir, "os.scandir": _on_listdir, "compile": _on_compile,
+    "sqlite3.connect": _on_sqlite, "os.mkdir": _on_mkdir, "subprocess.Popen": _on_command,
+    "os.system": _on_command, "os.spawn": _on_command, "os.exec": _on_command, "os.posix_spawn": _on_command,
+}
