@@ -1,0 +1,247 @@
+"""The kinds of ambient state nbcache keeps, and how each is read and set.
+
+Each ``AmbientKind`` knows how to take a picklable snapshot of one kind of process-wide state
+(``np.random``'s, ``matplotlib.rcParams``, ``os.environ``, ...), how to set the process back to one, and
+its shape (``statediff.py``), which says what a change to it is. A kind is looked at only while its
+library is imported (``import nbcache`` imports none of them), and reading one never changes it.
+
+Adding a kind is adding a row to ``KINDS``: its get and set must round-trip (``set(get())`` changes
+nothing), and its snapshot must pickle.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .statediff import SHAPES, applied, change, equal
+
+__all__ = ["BY_NAME", "KINDS", "AmbientKind", "global_generator", "global_generator_method"]
+
+
+@dataclass(frozen=True)
+class AmbientKind:
+    """One kind of process-wide state."""
+
+    name: str  # as reasons and warnings say it: "numpy.random", "matplotlib.rcParams"
+    module: str  # looked at only while this module is imported
+    get: Callable[[], Any]  # a picklable snapshot
+    set: Callable[[Any], None]  # make the process's state equal to a snapshot
+    shape: str = "value"  # what a change is: "value" (the new state), "mapping" (keys set and removed),
+    #                       "sequence" (entries added or moved in front, appended, and removed)
+    renders: bool = False  # it changes how a cell's output looks (display options, rc settings, warnings)
+    unordered: bool = False  # as an input, which entries it holds counts, not their order
+    rng: bool = False  # a global random generator: a step that draws from it depends on its state
+    seed: tuple[str, str] | None = None  # (module, attribute) of the function that seeds it
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise ValueError(f"ambient kind {self.name!r}: shape {self.shape!r} is not one of {', '.join(SHAPES)}")
+
+    def active(self) -> bool:
+        return self.module in sys.modules
+
+    def change(self, before: Any, after: Any) -> Any:
+        """What turned ``before`` into ``after``, in this kind's shape; ``statediff.SAME`` if nothing did."""
+        return change(self.shape, before, after)
+
+    def apply(self, delta: Any) -> None:
+        """Make the same change to the state as it is now."""
+        self.set(applied(self.shape, self.get() if self.shape != "value" else None, delta))
+
+
+def _random_get() -> Any:
+    return sys.modules["random"].getstate()
+
+
+def _random_set(state: Any) -> None:
+    sys.modules["random"].setstate(state)
+
+
+def _numpy_random_get() -> Any:
+    return sys.modules["numpy"].random.get_state()
+
+
+def _numpy_random_set(state: Any) -> None:
+    sys.modules["numpy"].random.set_state(state)
+
+
+def _print_options_get() -> dict:
+    return dict(sys.modules["numpy"].get_printoptions())
+
+
+def _print_options_set(options: dict) -> None:
+    sys.modules["numpy"].set_printoptions(**options)
+
+
+_NOT_RC = frozenset({"backend"})  # the backend is its own kind: setting it switches pyplot's backend
+
+
+def _rc_get() -> dict:
+    values = dict(dict.items(sys.modules["matplotlib"].rcParams))  # (as stored: RcParams is a dict)
+    for key in _NOT_RC:
+        values.pop(key, None)
+    return values
+
+
+def _rc_set(values: dict) -> None:
+    rc = sys.modules["matplotlib"].rcParams
+    changed = {k: v for k, v in values.items() if k in rc and not equal(dict.__getitem__(rc, k), v)}
+    with warnings.catch_warnings():  # a deprecated key stored by the first run is set back quietly
+        warnings.simplefilter("ignore")
+        rc.update(changed)
+
+
+def _backend_get() -> Any:
+    value = dict.__getitem__(sys.modules["matplotlib"].rcParams, "backend")
+    return value if isinstance(value, str) else None  # None: not chosen yet (matplotlib picks on first use)
+
+
+def _backend_set(name: Any) -> None:
+    if not isinstance(name, str) or _backend_get() == name:
+        return
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.switch_backend(name)
+    else:
+        sys.modules["matplotlib"].rcParams["backend"] = name
+
+
+def _pandas_option_names() -> list[str]:
+    """Every option's full name (``display.max_rows``), found through ``pd.options`` as a user would."""
+    options = sys.modules["pandas"].options
+    names: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        for attribute in dir(node):
+            value = getattr(node, attribute)
+            if type(value) is type(options):
+                walk(value, f"{prefix}{attribute}.")
+            else:
+                names.append(prefix + attribute)
+
+    walk(options, "")
+    return names
+
+
+_pandas_names: list[str] = []  # the options pandas registers do not change while it is imported
+
+
+def _pandas_get() -> dict:
+    pd = sys.modules["pandas"]
+    with warnings.catch_warnings():  # reading a deprecated option warns
+        warnings.simplefilter("ignore")
+        if not _pandas_names:
+            _pandas_names.extend(_pandas_option_names())
+        values = {}
+        for name in _pandas_names:
+            try:
+                values[name] = pd.get_option(name)
+            except Exception:  # an option removed since the names were read
+                continue
+    return values
+
+
+def _pandas_set(values: dict) -> None:
+    pd = sys.modules["pandas"]
+    current = _pandas_get()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, value in values.items():
+            if name in current and not equal(current[name], value):
+                pd.set_option(name, value)
+
+
+def _sklearn_get() -> dict:
+    return dict(sys.modules["sklearn"].get_config())
+
+
+def _sklearn_set(config: dict) -> None:
+    sklearn = sys.modules["sklearn"]
+    known = sklearn.get_config()
+    sklearn.set_config(**{k: v for k, v in config.items() if k in known})
+
+
+def _warnings_get() -> list:
+    return list(warnings.filters)
+
+
+def _warnings_set(filters: list) -> None:
+    """The filter list as it was; then one filter added and taken away through ``simplefilter``, which
+    tells warnings that its filters changed (so what it remembers of warnings already shown is reset)."""
+    warnings.filters[:] = filters
+    count = len(warnings.filters)
+    warnings.simplefilter("default", _FiltersChanged, append=True)
+    if len(warnings.filters) > count:
+        warnings.filters.pop()
+
+
+class _FiltersChanged(Warning):
+    """Never issued: its filter is how ``_warnings_set`` marks the filters as changed."""
+
+
+def _environ_get() -> dict:
+    return dict(os.environ)
+
+
+def _environ_set(environ: dict) -> None:
+    for name in [n for n in os.environ if n not in environ]:
+        del os.environ[name]
+    for name, value in environ.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
+def _cwd_set(path: str) -> None:
+    if os.getcwd() != path:
+        os.chdir(path)
+
+
+def _sys_path_get() -> list:
+    return list(sys.path)
+
+
+def _sys_path_set(paths: list) -> None:
+    sys.path[:] = paths
+
+
+KINDS: tuple[AmbientKind, ...] = (
+    AmbientKind("random", "random", _random_get, _random_set, rng=True, seed=("random", "seed")),
+    AmbientKind("numpy.random", "numpy", _numpy_random_get, _numpy_random_set, rng=True,
+                seed=("numpy.random", "seed")),
+    AmbientKind("numpy print options", "numpy", _print_options_get, _print_options_set, shape="mapping", renders=True),
+    AmbientKind("matplotlib backend", "matplotlib", _backend_get, _backend_set, renders=True),
+    AmbientKind("matplotlib.rcParams", "matplotlib", _rc_get, _rc_set, shape="mapping", renders=True),
+    AmbientKind("pandas options", "pandas", _pandas_get, _pandas_set, shape="mapping", renders=True),
+    AmbientKind("scikit-learn config", "sklearn", _sklearn_get, _sklearn_set, shape="mapping"),
+    AmbientKind("warnings filters", "warnings", _warnings_get, _warnings_set, shape="sequence", renders=True,
+                unordered=True),
+    AmbientKind("environment variables", "os", _environ_get, _environ_set, shape="mapping"),
+    AmbientKind("working directory", "os", os.getcwd, _cwd_set),
+    AmbientKind("sys.path", "sys", _sys_path_get, _sys_path_set, shape="sequence"),
+)
+"""Every kind nbcache keeps, in the order they are set back (the backend before the rc settings)."""
+
+BY_NAME = {kind.name: kind for kind in KINDS}
+
+
+def global_generator(obj: Any) -> str | None:
+    """The module whose global random generator ``obj`` is (``random``'s, numpy's legacy one), or None.
+    ``from numpy.random import rand`` binds a method of that generator in the notebook."""
+    random = sys.modules.get("random")
+    if random is not None and obj is getattr(random.random, "__self__", None):
+        return "random"
+    np = sys.modules.get("numpy")
+    if np is not None and obj is getattr(np.random.rand, "__self__", None):
+        return "numpy.random"
+    return None
+
+
+def global_generator_method(module: str, name: str) -> Any:
+    """The method ``name`` of the global generator of ``module``, as it is in this process."""
+    owner = __import__(module, fromlist=["_"])
+    generator = (owner.random if module == "random" else owner.rand).__self__
+    return getattr(generator, name)
