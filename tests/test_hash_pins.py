@@ -1,0 +1,59 @@
+"""Pinned digests: the refactor of hashing into contexts (issue 10) changes no key.
+
+Every value below was hashed before the refactor; a key made from it must stay the same, or every entry
+in every existing cache would miss (``CACHE_FORMAT`` was not bumped). A function's digest is pinned for
+the one Python version its bytecode was compiled by.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+
+import nbcache
+from nbcache import hash_value
+from nbcache.key import make_key
+
+SCALE = 3
+
+
+def _helper(x):
+    return x * SCALE
+
+
+def _pinned_function(x, y=2):
+    """A docstring, which does not count."""
+    return _helper(x) + math.sqrt(y)
+
+
+class _Pinned:
+    k = 2
+
+    def fit(self, x):
+        return _helper(x) * self.k
+
+
+def test_values_hash_as_before_the_refactor():
+    assert hash_value({"a": 1, "b": [1, 2.5, None], "c": (True, b"x"), "d": {3, 1}}) == "071cd02a922a21078286b836a17466c6"
+    assert hash_value(np.arange(12.0).reshape(3, 4).T) == "59749a09ef046530480e9f94ad39f7e2"
+    assert hash_value(np.float64(1.5)) == "8f2253394dbe3db5f4b114a3884b0cf2"
+    selfref: list = [1]
+    selfref.append(selfref)
+    assert hash_value(selfref) == "8055d7bf655be2c5f7e0cc7057380a59"
+    assert hash_value(math) == "de6005e9836fa4c8fc4a11ffd1af9c98"
+    assert hash_value(len) == "e38470fa6674870234792b335987054b"
+    assert make_key("f", "0" * 32, {"x": "1" * 32}, None) == "421e94d188c832a61269679264e9c1c4"
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="bytecode pinned for Python 3.11")
+def test_code_hashes_as_before_the_refactor():
+    assert hash_value(_pinned_function) == "322c47f7651fee7f10d930e32957b15b"
+    assert hash_value(_Pinned) == "7674c2e4dae8f18bf4f0b3a8a1068315"
+    assert hash_value(_Pinned().fit) == "2fa8fa316aaf5ef8dc04c1eb85ffc69f"
+    assert hash_value([_pinned_function, _pinned_function]) == "1f96755e36da390c082c2344d45913c4"
+    assert nbcache.fingerprint(_pinned_function) == "33000c26dcacda07b227fcd8c0f02ad1"
+    assert hash_value(nbcache.step(_pinned_function)) == "dafbb8c45af66d08b89ba4d5a894c057"
+    assert hash_value(nbcache.step(version="2")(_helper)) == "69118c3ee3c8c5c8881aea0ba180566e"
