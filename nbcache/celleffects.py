@@ -1,0 +1,74 @@
+"""What a cell does that its variables do not show: shell commands, and reading the whole namespace.
+
+A cell that runs a shell command (``!make``, ``%%bash``, ``os.system``, ``subprocess.run``) has effects
+outside the kernel that a hit would not repeat; one that reads the notebook's namespace without naming
+variables (``globals()``) has inputs no analysis can list. Both make ``%%step`` run the cell every time
+(``--allow-shell`` caches the first kind anyway). Found anywhere in the cell, in functions too; no IPython.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+from .magiclines import SHELL_CELL_MAGICS, SHELL_LINE_MAGICS, ipython_call, string_arg
+
+__all__ = ["SHELL_FUNCTIONS", "Effects", "effects_of"]
+
+SHELL_FUNCTIONS = {
+    "os": {"system", "popen", "execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp", "execlpe",
+           "spawnv", "spawnve", "spawnvp", "spawnvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "posix_spawn",
+           "posix_spawnp"},
+    "subprocess": {"run", "call", "check_call", "check_output", "Popen", "getoutput", "getstatusoutput"},
+}
+"""The functions, by module as the cell names it, that start a program."""
+
+
+@dataclass(frozen=True)
+class Effects:
+    shell: tuple[str, ...]  # shell commands, as written and in order, once each: "!ls", "%%bash", "os.system()"
+    dynamic: str  # how it reads the namespace without naming variables: "globals()", or ""
+
+
+def effects_of(tree: ast.AST) -> Effects:
+    finder = _Finder()
+    finder.visit(tree)
+    return Effects(tuple(dict.fromkeys(finder.shell)), finder.dynamic)
+
+
+class _Finder(ast.NodeVisitor):
+    """Shell commands anywhere in the cell, and reads of the whole namespace (``globals()``; at top
+    level also ``locals()``, ``vars()`` and ``dir()`` with no argument)."""
+
+    def __init__(self) -> None:
+        self.shell: list[str] = []
+        self.dynamic = ""
+        self._depth = 0  # inside a function, lambda or class: locals() is its own
+
+    def visit_Call(self, node: ast.Call) -> None:
+        call = ipython_call(node)
+        if call is not None:
+            method, args = call
+            first = string_arg(args, 0)
+            if method in ("system", "getoutput"):
+                self.shell.append("!" + (first or "...").strip().split(" ")[0])
+            elif method == "run_line_magic" and first in SHELL_LINE_MAGICS:
+                self.shell.append(f"%{first}")
+            elif method == "run_cell_magic" and first in SHELL_CELL_MAGICS:
+                self.shell.append(f"%%{first}")
+        func = node.func
+        if (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+                and func.attr in SHELL_FUNCTIONS.get(func.value.id, ())):
+            self.shell.append(f"{func.value.id}.{func.attr}()")
+        if isinstance(func, ast.Name) and not self.dynamic:
+            if func.id == "globals" or (func.id in ("locals", "vars", "dir") and not node.args
+                                        and not node.keywords and self._depth == 0):
+                self.dynamic = f"{func.id}()"
+        self.generic_visit(node)
+
+    def _scope(self, node: ast.AST) -> None:
+        self._depth += 1
+        self.generic_visit(node)
+        self._depth -= 1
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = visit_ClassDef = _scope

@@ -1,0 +1,65 @@
+"""IPython's magics and shell escapes as they reach the analysis of a cell: calls on ``get_ipython()``.
+
+By the time a cell's source is analysed, IPython's input transformations have turned ``!ls`` into
+``get_ipython().system('ls')``, ``%time x = f()`` into ``get_ipython().run_line_magic('time', 'x = f()')``
+and a ``%%bash`` cell into ``get_ipython().run_cell_magic('bash', '', ...)``. This module recognises those
+calls in a syntax tree; no IPython here.
+"""
+
+from __future__ import annotations
+
+import ast
+
+__all__ = ["REPLAYED_MAGICS", "SHELL_CELL_MAGICS", "SHELL_LINE_MAGICS", "ipython_call", "line_magic", "string_arg",
+           "timed_code"]
+
+# Line magics whose effect lasts beyond the cell (settings of the kernel, IPython or matplotlib): a hit
+# runs them again, quietly, since the cell's body, which ran them the first time, does not run.
+REPLAYED_MAGICS = frozenset({
+    "matplotlib", "config", "load_ext", "reload_ext", "precision", "autoreload", "aimport", "xmode",
+    "colors", "env", "cd", "alias", "autocall", "automagic", "doctest_mode", "pdb", "set_env",
+})
+# Magics that run a shell command: their effect is outside the kernel, and a hit would not repeat it.
+SHELL_LINE_MAGICS = frozenset({"sx", "system", "sc"})
+SHELL_CELL_MAGICS = frozenset({"bash", "sh", "script", "system", "sx", "perl", "ruby", "zsh", "csh"})
+
+
+def ipython_call(node: ast.AST) -> tuple[str, list[ast.expr]] | None:
+    """``get_ipython().<method>(args)``, as IPython writes ``!ls`` and ``%magic``: (method, args)."""
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Call) and isinstance(node.func.value.func, ast.Name)
+            and node.func.value.func.id == "get_ipython"):
+        return node.func.attr, node.args
+    return None
+
+
+def string_arg(args: list[ast.expr], i: int) -> str | None:
+    """Argument ``i``, if it is a string literal (a magic's name, its line: IPython writes them so)."""
+    if len(args) > i and isinstance(args[i], ast.Constant) and isinstance(args[i].value, str):
+        return args[i].value
+    return None
+
+
+def line_magic(st: ast.stmt) -> tuple[str, str] | None:
+    """(name, line) of a statement that is a line magic alone (``%matplotlib inline``), else None."""
+    call = ipython_call(st.value) if isinstance(st, ast.Expr) else None
+    if call and call[0] == "run_line_magic":
+        name, line = string_arg(call[1], 0), string_arg(call[1], 1)
+        if name is not None and line is not None:
+            return name, line
+    return None
+
+
+def timed_code(st: ast.stmt) -> list[ast.stmt] | None:
+    """The statements of ``%time CODE`` (alone, or assigned: ``t = %time f()``), whose CODE IPython passes
+    as a string; None for any other statement, or for CODE that does not parse."""
+    call = st.value if isinstance(st, (ast.Expr, ast.Assign)) else None
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+            and call.func.attr == "run_line_magic" and len(call.args) == 2
+            and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in call.args)
+            and call.args[0].value == "time"):
+        return None
+    try:
+        return ast.parse(call.args[1].value).body
+    except SyntaxError:
+        return None
