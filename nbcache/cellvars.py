@@ -1,0 +1,111 @@
+"""What a ``%%step`` cell leaves in the notebook's namespace: which variables are its outputs, which it
+deleted, about how big they are and whether they can be stored.
+
+Plain functions of a namespace (a dict) and what the cell's analysis found; no IPython.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import re
+import sys
+import types
+from typing import Any, Mapping, Sequence
+
+from .hashing import hash_value
+from .step import Step
+from .store import Frame, Unpicklable
+
+__all__ = ["IPYTHON_NAMES", "deleted_names", "is_closed", "memory_size", "output_names", "picklable"]
+
+# Names IPython itself binds as cells run (_, __, _i3, _oh, ...): never a cell's outputs.
+IPYTHON_NAMES = re.compile(r"_+\d*|_i+\d*|_(oh|dh|ih|ii|iii)|In|Out|exit|quit|get_ipython")
+
+# A function's hash follows the globals it reads: a change there is no mutation of the function.
+_CODE_TYPES = (types.FunctionType, type, types.ModuleType, types.MethodType, Step)
+
+_ABSENT = object()
+
+
+def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Sequence[str],
+                 restrict: Sequence[str] | None, input_names: Sequence[str],
+                 inputs: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """The variables a cell's run leaves as its outputs, and the names ``--outputs`` gave that it did not
+    define.
+
+    ``before`` maps each name to the ``id`` of its value before the run. The outputs are what the cell
+    binds (``binds``, seen in its code, or a name that is new or rebound after it ran) and the data inputs
+    it changed in place (``input_names`` whose hash is no longer the one in ``inputs``); or, when
+    ``restrict`` (``--outputs``) is given, those of its names that are defined.
+    """
+    if restrict is not None:
+        return [n for n in restrict if n in ns], [n for n in restrict if n not in ns]
+    names = [n for n in binds if n in ns]
+    names += [n for n, v in ns.items() if before.get(n) != id(v) and n not in names
+              and not IPYTHON_NAMES.fullmatch(n) and not n.startswith("__")]
+    # the `f` of `with open(...) as f:` (a file, an archive, a temporary file) is closed by now:
+    # nothing to keep, and it cannot be stored
+    names = [n for n in names if not is_closed(ns[n])]
+    for name in input_names:
+        value = ns.get(name, _ABSENT)
+        if name in names or name not in inputs or value is _ABSENT or isinstance(value, _CODE_TYPES):
+            continue
+        try:
+            if hash_value(value) != inputs.get(name):
+                names.append(name)  # mutated in place: `items.append(x)`, `df["c"] = ...`
+        except Exception:
+            pass
+    return names, []
+
+
+def deleted_names(ns: Mapping[str, Any], before: Mapping[str, int]) -> list[str]:
+    """The names bound before the run that the cell deleted (``del x``), IPython's own left out."""
+    return [n for n in before if n not in ns and not IPYTHON_NAMES.fullmatch(n)]
+
+
+def is_closed(value: Any) -> bool:
+    """A closed file, archive or temporary file: what a ``with`` block leaves bound."""
+    if isinstance(value, io.IOBase):
+        return value.closed
+    module = type(value).__module__
+    try:
+        if module == "zipfile":
+            return getattr(value, "fp", False) is None
+        return module in ("tempfile", "tarfile") and getattr(value, "closed", None) is True
+    except Exception:
+        return False
+
+
+def memory_size(value: Any, depth: int = 3, seen: set[int] | None = None) -> int:
+    """About how many bytes a variable holds (its data for arrays and frames, and for the items of tuples,
+    lists, sets and dicts, a few levels deep, each object once), for the lineage details. It looks at
+    no more than about 10,000 objects: a rough size, quickly."""
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return 0
+    seen.add(id(value))
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    usage = getattr(value, "memory_usage", None)
+    if callable(usage) and type(value).__module__.startswith("pandas"):
+        try:
+            total = usage(deep=True)  # a Series of per-column sizes for a DataFrame, an int for a Series
+            return int(total.sum() if hasattr(total, "sum") else total)
+        except Exception:
+            pass
+    size = sys.getsizeof(value)
+    if depth and type(value) in (tuple, list, set, frozenset, dict) and len(seen) < 10_000:
+        items = [*value.keys(), *value.values()] if type(value) is dict else value
+        size += sum(memory_size(item, depth - 1, seen) for item in itertools.islice(items, 10_000))
+    return size
+
+
+def picklable(value: Any, by_value: set[int]) -> bool:
+    """Whether ``value`` can be stored (``by_value``: ids of the functions and classes pickled by value)."""
+    try:
+        Frame(value, by_value=by_value)
+        return True
+    except Unpicklable:
+        return False

@@ -1,0 +1,124 @@
+"""The tables and messages that ``%steps``/``%nbcache`` in a notebook and ``nbcache`` in a terminal share.
+
+Each table is a header and rows of cells; ``text_table`` lays it out for a terminal (or a notebook's plain
+text), ``html_table`` for a notebook, ``table_bundle`` as the mime bundle that carries both. No IPython:
+the notebook side publishes the bundle, the terminal side prints the text.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable, Sequence
+
+from .call import describe_last_change
+from .records import StepRun, format_bytes, format_seconds
+
+__all__ = ["KERNEL_RUNS_HEADER", "NO_KERNEL_RUNS", "NO_STEPS", "STEP_RUNS_HEADER", "STEPS_HEADER", "StepSummary",
+           "html_table", "info_text", "kernel_runs_rows", "removed_text", "step_runs_rows", "step_summaries",
+           "steps_rows", "table_bundle", "text_table", "when", "why_text"]
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """The table as lines of left-aligned columns two spaces apart, the header first; no trailing blanks."""
+    cells = [[str(c) for c in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """The table as HTML, its cells escaped and left-aligned."""
+    return "<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+        for row in rows) + "</table>"
+
+
+def table_bundle(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> dict[str, str]:
+    """The table as a mime bundle: plain text and HTML."""
+    return {"text/plain": text_table(header, rows), "text/html": html_table(header, rows)}
+
+
+def when(moment: datetime | str) -> str:
+    """A run's start (a ``datetime`` or its ISO text) in local time, to the second."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    return f"{moment.astimezone():%Y-%m-%d %H:%M:%S}"
+
+
+# -- %steps: this kernel's runs ----------------------------------------------------------------------------
+
+KERNEL_RUNS_HEADER = ["step", "state", "duration", "saved", "reason"]
+NO_KERNEL_RUNS = "no step has run in this kernel yet"
+
+
+def kernel_runs_rows(runs: Iterable[StepRun]) -> list[list[str]]:
+    """A row per run: its step, hit/ran/failed, how long it took, the time a hit saved, and why."""
+    return [[r.step, r.outcome, format_seconds(r.duration_s), format_seconds(r.saved_s) if r.cached else "",
+             r.reason] for r in runs]
+
+
+# -- nbcache ls: every step of a cache directory ------------------------------------------------------------
+
+STEPS_HEADER = ["step", "kind", "entries", "size", "last run", "last state"]
+NO_STEPS = "no steps yet"
+
+
+@dataclass
+class StepSummary:
+    """A step as ``nbcache ls`` lists it: its kind, its stored results and their bytes, its last run."""
+
+    step: str
+    kind: str = "?"  # "function" or "cell", from its last run; "?" when no run of it is recorded
+    entries: int = 0
+    bytes: int = 0
+    last: StepRun | None = None
+
+
+def step_summaries(runs: Iterable[StepRun], stored: Iterable[tuple[str, int]]) -> list[StepSummary]:
+    """Every step of the history and of the store, in the order they first appear (runs first).
+
+    ``stored`` gives, for each stored result, its step's name and its stored bytes. A step's kind and last
+    run are those of its latest run."""
+    steps: dict[str, StepSummary] = {}
+    for run in runs:
+        summary = steps.setdefault(run.step, StepSummary(run.step))
+        summary.kind, summary.last = run.kind, run
+    for name, nbytes in stored:
+        summary = steps.setdefault(name, StepSummary(name))
+        summary.entries += 1
+        summary.bytes += nbytes
+    return list(steps.values())
+
+
+def steps_rows(summaries: Iterable[StepSummary]) -> list[list[Any]]:
+    return [[s.step, s.kind, s.entries, format_bytes(s.bytes), when(s.last.started_at) if s.last else "",
+             s.last.outcome if s.last else ""] for s in summaries]
+
+
+# -- nbcache show: one step's runs --------------------------------------------------------------------------
+
+STEP_RUNS_HEADER = ["started", "state", "duration", "key", "reason"]
+
+
+def step_runs_rows(runs: Iterable[StepRun]) -> list[list[str]]:
+    return [[when(r.started_at), r.outcome, format_seconds(r.duration_s), r.key, r.reason] for r in runs]
+
+
+# -- messages ---------------------------------------------------------------------------------------------
+
+def why_text(runs: Sequence[StepRun], name: str) -> str | None:
+    """How step ``name``'s last run went and what changed since its previous one (None: it never ran)."""
+    return describe_last_change(runs, name)
+
+
+def info_text(stats: dict[str, Any], runs: int | None = None) -> str:
+    """A cache directory's ``stats()`` in lines (and its number of recorded runs, when given)."""
+    text = (f"cache directory: {stats['directory']}\nentries: {stats['entries']}\n"
+            f"size: {format_bytes(stats['size_bytes'])}")
+    return text if runs is None else f"{text}\nrecorded runs: {runs}"
+
+
+def removed_text(count: int, step: str | None = None) -> str:
+    """What ``clear`` did: ``removed 2 cached results`` (``of step 'load'``)."""
+    return f"removed {count} cached result{'s' if count != 1 else ''}" + (f" of step {step!r}" if step else "")
