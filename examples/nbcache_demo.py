@@ -1,5 +1,9 @@
 """The demo: importer -> normalizer -> trainer -> evaluator on scikit-learn's bundled digits, run twice.
 
+An example, not part of the ``nbcache`` package: a module of its own, ``nbcache_demo``, which an editable
+install (``pip install -e '.[demo]'``) finds here in ``examples/`` and the wheel carries next to ``nbcache``.
+``nbcache demo`` imports it and calls ``main``; ``python examples/nbcache_demo.py [DIR]`` runs it too.
+
 ``nbcache demo`` runs the pipeline once with one training epoch, then again with two, each time in a fresh
 Python process (as after a kernel restart), and prints how long each step took in each run: in the second
 run the importer and the normalizer come from the cache, and only the trainer and what depends on it
@@ -9,6 +13,9 @@ so nothing is downloaded.
 The work itself is in plain functions (``augment``, ``deskew``, ``fit``, ``accuracy``), so that the
 notebook ``notebooks/digits_pipeline.ipynb`` can wrap the same work in its own ``@step`` functions and
 ``%%step`` cells.
+
+It uses nbcache's public API (``step``, ``runs``, ``set_cache_dir``) but for one function,
+``_write_lineage``, which draws the lineage of another process's run with nbcache's graph and store.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 try:
     import numpy as np
@@ -29,8 +36,8 @@ try:
 except ImportError:  # pragma: no cover - exercised by users without the extra
     np = None
 
-from .records import SESSION
-from .step import step
+import nbcache
+from nbcache import step
 
 STEPS = ("importer", "normalizer", "trainer", "evaluator")
 ANGLES = (-15, -12.5, -10, -7.5, -5, -2.5, 2.5, 5, 7.5, 10, 12.5, 15)
@@ -117,11 +124,16 @@ def evaluator(weights, X, labels, held_out):
     return accuracy(weights, X, labels, held_out)
 
 
-def run_pipeline(epochs: int) -> float:
-    images, labels, held_out = importer()
-    X = normalizer(images)
-    weights = trainer(X, labels, held_out, epochs=epochs)
-    return evaluator(weights, X, labels, held_out)
+def _call(a_step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return a_step(*args, **kwargs)
+
+
+def run_pipeline(epochs: int, call: Callable[..., Any] = _call) -> float:
+    """The four steps in turn, each called as ``call(step, *args, **kwargs)``."""
+    images, labels, held_out = call(importer)
+    X = call(normalizer, images)
+    weights = call(trainer, X, labels, held_out, epochs=epochs)
+    return call(evaluator, weights, X, labels, held_out)
 
 
 def table(first: Sequence[Any], second: Sequence[Any]) -> str:
@@ -139,31 +151,36 @@ def table(first: Sequence[Any], second: Sequence[Any]) -> str:
     return "\n".join(rows)
 
 
-class _Progress:
-    """Child process: print each step run as a JSON line the moment it is recorded."""
-
-    def print(self, run) -> None:
-        print(json.dumps({"step": run.step, "duration_s": run.duration_s, "cached": run.cached,
-                          "reason": run.reason}), flush=True)
-
-
 def _run_once(epochs: int) -> None:
-    from .call import subscribe
+    """Child process: print each step's run as a JSON line the moment the step returns (or fails), then
+    the score and this process's session, whose lineage the parent draws."""
+    sessions = []
 
-    progress = _Progress()
-    subscribe(progress.print)
-    score = run_pipeline(epochs)
-    print(json.dumps({"accuracy": score, "session": SESSION}), flush=True)
+    def reporting(a_step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        before = len(nbcache.runs(a_step))
+        try:
+            return a_step(*args, **kwargs)
+        finally:
+            for run in nbcache.runs(a_step)[before:]:  # the run this call recorded
+                sessions.append(run.session)
+                print(json.dumps({"step": run.step, "duration_s": run.duration_s, "cached": run.cached,
+                                  "reason": run.reason}), flush=True)
+
+    score = run_pipeline(epochs, reporting)
+    print(json.dumps({"accuracy": score, "session": sessions[-1]}), flush=True)
 
 
-_CHILD = ("import sys, nbcache, nbcache.demo as d; nbcache.set_cache_dir(sys.argv[1]); "
-          "d._run_once(epochs=int(sys.argv[2]))")
+# The child imports this very file (its folder first on its path), whether it was found as an installed
+# module or run as a script.
+_CHILD = ("import sys; sys.path.insert(0, sys.argv[3]); import nbcache, nbcache_demo as d; "
+          "nbcache.set_cache_dir(sys.argv[1]); d._run_once(epochs=int(sys.argv[2]))")
 
 
 def _run_in_child(number: int, epochs: int, directory: Path) -> dict | None:
     """One run in a fresh Python process, printing a progress line as each step finishes; its result, or
     None if it failed (its traceback is on stderr, which it shares)."""
-    with subprocess.Popen([sys.executable, "-c", _CHILD, str(directory), str(epochs)],
+    here = str(Path(__file__).absolute().parent)
+    with subprocess.Popen([sys.executable, "-c", _CHILD, str(directory), str(epochs), here],
                           stdout=subprocess.PIPE, text=True) as child:
         try:
             return _follow(child, number)
@@ -223,8 +240,9 @@ def main(cache_dir: str | None = None, output: str = "lineage.svg") -> int:
 
 
 def _write_lineage(directory: Path, session: str, output: str) -> None:
-    from .graph import DotMissing, build, render_svg, to_dot
-    from .store import DiskStore
+    # nbcache's internals, the one place this example uses them: the lineage of another process's run
+    from nbcache.graph import DotMissing, build, render_svg, to_dot
+    from nbcache.store import DiskStore
 
     lineage = build(DiskStore(directory).read_runs(), session=session)
     try:
