@@ -16,11 +16,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .cache import Cache
-from .diskstore import DiskStore
-from .explain import describe_last_change
-from .records import format_bytes, format_seconds
-
 __all__ = ["main"]
 
 EXIT_UNKNOWN_STEP = 1
@@ -104,10 +99,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _directory(args: argparse.Namespace) -> Path:
     """--dir, else what a step in this shell would use (``$NBCACHE_DIR``, else ``./.nbcache``)."""
-    return Path(args.dir).expanduser().absolute() if args.dir else Cache().directory
+    from .store import cache_dir
+
+    return Path(args.dir).expanduser().absolute() if args.dir else cache_dir()
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .store import DiskStore
+
     directory = _directory(args)
     if not (directory / "store").is_dir():
         raise _Failure(f"no cache at {directory}: run a step first, or point --dir or NBCACHE_DIR at one",
@@ -116,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
     runs = store.read_runs()
     step = getattr(args, "step", None)
     if step is not None and step not in {r.step for r in runs}:
-        known = {r.step for r in runs} | {e.step for _, e in store.entries()}
+        known = {r.step for r in runs} | {e["step"] for _, e in store.entries()}
         if step not in known:
             hint = f"; known steps: {', '.join(sorted(known))}" if known else ""
             raise _Failure(f"no step named {step!r} in {directory}{hint}", EXIT_UNKNOWN_STEP)
@@ -129,12 +128,14 @@ def _ls(args: argparse.Namespace, store: Any, runs: list) -> int:
     for run in runs:  # the latest run of each step gives its kind and its last run
         steps.setdefault(run.step, {"step": run.step, "entries": 0, "bytes": 0}).update(kind=run.kind, last=run)
     for _, entry in store.entries():
-        row = steps.setdefault(entry.step, {"step": entry.step, "kind": "?", "entries": 0, "bytes": 0})
+        row = steps.setdefault(entry["step"], {"step": entry["step"], "kind": "?", "entries": 0, "bytes": 0})
         row["entries"] += 1
-        row["bytes"] += sum(entry.sizes.values())
+        row["bytes"] += sum(entry.get("sizes", {}).values())
     rows = [{**row, "last": _run_json(row["last"]) if "last" in row else None} for row in steps.values()]
     if args.json:
         return _print_json(rows)
+    from .records import format_bytes
+
     _print_table(["step", "kind", "entries", "size", "last run", "last state"],
                  [[r["step"], r["kind"], r["entries"], format_bytes(r["bytes"]),
                    _when(r["last"]["started_at"]) if r["last"] else "", r["last"]["outcome"] if r["last"] else ""]
@@ -146,6 +147,8 @@ def _show(args: argparse.Namespace, store: Any, runs: list) -> int:
     mine = [_run_json(r) for r in runs if r.step == args.step]
     if args.json:
         return _print_json(mine)
+    from .records import format_seconds
+
     _print_table(["started", "state", "duration", "key", "reason"],
                  [[_when(r["started_at"]), r["outcome"], format_seconds(r["duration_s"]), r["key"], r["reason"]]
                   for r in mine], empty=f"{args.step} has no recorded runs")
@@ -153,6 +156,8 @@ def _show(args: argparse.Namespace, store: Any, runs: list) -> int:
 
 
 def _why(args: argparse.Namespace, store: Any, runs: list) -> int:
+    from .call import describe_last_change
+
     text = describe_last_change(runs, args.step)
     if text is None:
         raise _Failure(f"step {args.step!r} has stored results but no recorded runs", EXIT_UNKNOWN_STEP)
@@ -164,7 +169,7 @@ def _why(args: argparse.Namespace, store: Any, runs: list) -> int:
 
 
 def _graph(args: argparse.Namespace, store: Any, runs: list) -> int:
-    import graphviz  # (and the graph module, which imports it: only for this command)
+    import graphviz
 
     from .graph import DOT_HELP, build, to_dot
 
@@ -196,9 +201,11 @@ def _clear(args: argparse.Namespace, store: Any, runs: list) -> int:
 
 
 def _info(args: argparse.Namespace, store: Any, runs: list) -> int:
-    stats = {**store.stats().as_dict(), "runs": len(runs)}
+    stats = {**store.stats(), "runs": len(runs)}
     if args.json:
         return _print_json(stats)
+    from .records import format_bytes
+
     print(f"cache directory: {stats['directory']}\nentries: {stats['entries']}\n"
           f"size: {format_bytes(stats['size_bytes'])}\nrecorded runs: {stats['runs']}")
     if stats["unreadable_entries"]:
