@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +39,23 @@ def test_demo_second_run_takes_the_first_two_steps_from_the_cache(tmp_path):
                             "-o", str(tmp_path / "lineage.svg")], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "run 1 came from the cache too" in again.stdout
+
+
+def test_the_demo_is_an_example_outside_the_package():
+    import importlib.util
+
+    import nbcache_demo
+
+    assert importlib.util.find_spec("nbcache.demo") is None  # no numpy/scipy/sklearn code in the library
+    assert Path(nbcache_demo.__file__).name == "nbcache_demo.py"
+    assert Path(nbcache_demo.__file__).parent != Path(nbcache.__file__).parent
+
+
+def test_demo_without_the_example_says_how_to_get_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "nbcache_demo", None)  # as if it were not installed
+    assert main(["demo"]) == 1
+    err = capsys.readouterr().err
+    assert "examples/nbcache_demo.py" in err and "pip install -e '.[demo]'" in err
 
 
 def test_unknown_command_is_a_usage_error(capsys):
