@@ -67,20 +67,19 @@ class Check:
             raise ValueError(f"unknown kind of check {_shown_value(kind)}")
         if not isinstance(target, str) or not target:
             raise ValueError(f"the target of a {kind} check is {_shown_value(target)}, not a non-empty string")
+        what = f"{kind} check {_short(target)}"
         if not isinstance(digest, str) or not digest:
-            raise ValueError(f"the digest of {kind} check {target!r} is {_shown_value(digest)}, not a non-empty"
-                             " string")
+            raise ValueError(f"the digest of {what} is {_shown_value(digest)}, not a non-empty string")
         if kind in _PAIRED_KINDS and "|" not in digest:
-            raise ValueError(f"the digest of {kind} check {target!r} is not of the form 'before|after'")
+            raise ValueError(f"the digest of {what} is not of the form 'before|after'")
         if kind == "setting" and "\t" not in target:
-            raise ValueError(f"the target of setting check {target!r} is not of the form 'state<TAB>key'")
+            raise ValueError(f"the target of {what} is not of the form 'state<TAB>key'")
         if st is None:
             return cls(kind, target, digest)
         if kind not in _FILE_KINDS:
-            raise ValueError(f"a {kind} check has no stat, but {target!r} has {_shown_value(st)}")
+            raise ValueError(f"a {kind} check has no stat, but {_short(target)} has {_shown_value(st)}")
         if not (isinstance(st, (list, tuple)) and len(st) == 3 and all(type(x) is int for x in st)):
-            raise ValueError(f"the stat of {kind} check {target!r} is {_shown_value(st)}, not [size, mtime_ns,"
-                             " inode]")
+            raise ValueError(f"the stat of {what} is {_shown_value(st)}, not [size, mtime_ns, inode]")
         return cls(kind, target, digest, (st[0], st[1], st[2]))
 
     def failure(self, namespace: dict | None) -> str | None:
@@ -187,9 +186,13 @@ def checks_from_json(items: Any) -> tuple[Check, ...]:
 
 
 def _shown_value(value: Any) -> str:
-    """A stored value as a message shows it: its type, and its start."""
+    """A stored value as a message shows it: its type, and the start of its repr."""
+    return f"{type(value).__name__} {_short(value)}"
+
+
+def _short(value: Any) -> str:
     text = repr(value)
-    return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
+    return text[:40] + "..." if len(text) > 40 else text
 
 
 def shown_path(path: str) -> str:
