@@ -1,0 +1,96 @@
+"""cellvars.py: what a cell's run leaves in the namespace as its outputs, and their sizes."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import threading
+import zipfile
+
+from nbcache.cellvars import deleted_names, is_closed, memory_size, output_names, picklable
+from nbcache.hashing import hash_value
+
+
+def run(ns: dict, code: str) -> dict[str, int]:
+    """Run ``code`` in ``ns``; return what ``before`` was."""
+    before = {name: id(value) for name, value in ns.items()}
+    exec(code, ns)
+    return before
+
+
+def outputs(ns, before, binds=(), restrict=None, input_names=(), inputs=None):
+    return output_names(ns, before, binds=list(binds), restrict=restrict, input_names=list(input_names),
+                        inputs=inputs or {})
+
+
+def test_what_the_cell_binds_or_rebinds_is_an_output_ipython_names_are_not():
+    ns = {"a": 1, "keep": [1], "_": None}
+    before = run(ns, "a = 2\nb = 3\n_ = 4\n_i5 = 'x'\nOut = {}\n__tmp = 1\nc = keep")
+    assert outputs(ns, before, binds=["a"]) == (["a", "b", "c"], [])
+
+
+def test_a_name_the_code_binds_but_the_run_left_unchanged_is_still_an_output():
+    ns = {"y": 1}
+    before = run(ns, "pass")
+    assert outputs(ns, before, binds=["y", "never_bound"]) == (["y"], [])
+
+
+def test_the_closed_file_of_a_with_block_is_not_an_output(tmp_path):
+    ns = {"path": str(tmp_path / "f.txt")}
+    before = run(ns, "with open(path, 'w') as f:\n    f.write('x')\nn = 1")
+    assert outputs(ns, before, binds=["f", "n"]) == (["n"], [])
+
+
+def test_an_input_changed_in_place_is_an_output_a_function_is_not():
+    ns = {"items": [1], "same": [2], "g": lambda: 1}
+    inputs = {name: hash_value(ns[name]) for name in ("items", "same")}
+    inputs["g"] = "whatever"
+    before = run(ns, "items.append(2)")
+    assert outputs(ns, before, input_names=["items", "same", "g"], inputs=inputs) == (["items"], [])
+
+
+def test_outputs_restricts_and_names_what_the_cell_did_not_define():
+    ns = {}
+    before = run(ns, "x = 1\ny = 2")
+    assert outputs(ns, before, binds=["x", "y"], restrict=["y", "typo"]) == (["y"], ["typo"])
+
+
+def test_deleted_names():
+    ns = {"a": 1, "b": 2, "_": 3, "_5": 4}
+    before = run(ns, "del a\ndel _\ndel _5")
+    assert deleted_names(ns, before) == ["a"]
+
+
+def test_what_a_with_block_leaves_is_closed(tmp_path):
+    with open(tmp_path / "f", "w") as f:
+        pass
+    with zipfile.ZipFile(tmp_path / "z.zip", "w") as z:
+        pass
+    with tempfile.TemporaryFile() as t:
+        pass
+    assert is_closed(f) and is_closed(z) and is_closed(t)
+    assert not is_closed(io.StringIO()) and not is_closed([1]) and not is_closed(None)
+
+
+def test_memory_size_counts_the_data_inside_containers_each_object_once():
+    class Array:
+        nbytes = 8_000_000
+
+    big = Array()
+    assert memory_size(big) == 8_000_000
+    assert memory_size((big, big)) < 8_001_000  # the same array twice is counted once
+    assert memory_size({"a": big, "b": Array()}) > 16_000_000
+    assert memory_size(b"x" * 10_000) >= 10_000
+
+
+def test_memory_size_is_quick_on_deep_and_long_data():
+    deep: list = []
+    for _ in range(10_000):
+        deep = [deep]
+    assert memory_size(deep) > 0
+    assert memory_size(list(range(1_000_000))) > 8_000_000
+
+
+def test_picklable():
+    assert picklable({"a": [1, 2]}, set())
+    assert not picklable(threading.Lock(), set())
