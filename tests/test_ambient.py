@@ -1,0 +1,180 @@
+"""Ambient state, directly: what a change between two states is (in each shape), snapshots and what
+changed since one, applying a run's changes to the state as it is now, and the digests checks compare.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+
+import numpy as np
+import pytest
+
+from nbcache import ambient
+from nbcache.statediff import SAME, applied, change, equal
+from nbcache.statekinds import KINDS, AmbientKind, global_generator, global_generator_method
+
+ENV = "environment variables"
+PRINT = "numpy print options"
+
+
+@pytest.fixture
+def print_options():
+    saved = np.get_printoptions()
+    yield
+    np.set_printoptions(**saved)
+
+
+# -- changes, in each shape ----------------------------------------------------------------------------------
+
+def test_equal_compares_states_that_hold_arrays():
+    state = np.random.get_state()
+    assert equal(state, tuple(x.copy() if isinstance(x, np.ndarray) else x for x in state))
+    assert not equal({"a": np.arange(3)}, {"a": np.arange(1, 4)})
+    assert equal([1, {"k": np.zeros(2)}], [1, {"k": np.zeros(2)}])
+    assert not equal([1], (1,))
+
+
+@pytest.mark.parametrize("shape, before, after, delta", [
+    ("value", 1, 1, SAME),
+    ("value", "/a", "/b", "/b"),
+    ("mapping", {"a": 1, "b": 2}, {"a": 1, "b": 2}, SAME),
+    ("mapping", {"a": 1, "b": 2}, {"a": 5, "c": 3}, {"set": {"a": 5, "c": 3}, "unset": ["b"]}),
+    ("sequence", ["a", "b"], ["n", "a", "b", "z"], {"front": ["n"], "back": ["z"], "removed": []}),
+    ("sequence", ["a", "b", "c"], ["a", "c"], {"front": [], "back": [], "removed": ["b"]}),
+])
+def test_a_change_in_each_shape(shape, before, after, delta):
+    found = change(shape, before, after)
+    if delta is SAME:
+        assert found is SAME
+    else:
+        assert found == delta
+        assert applied(shape, before, found) == after
+
+
+def test_a_mapping_change_keeps_what_was_set_since():
+    delta = change("mapping", {"a": 1, "b": 2}, {"a": 5, "b": 2})
+    assert applied("mapping", {"a": 1, "b": 2, "new": 9}, delta) == {"a": 5, "b": 2, "new": 9}
+
+
+def test_a_kind_of_an_unknown_shape_is_refused():
+    with pytest.raises(ValueError, match="shape 'set' is not one of value, mapping, sequence"):
+        AmbientKind("odd", "sys", list, print, shape="set")
+
+
+# -- snapshots, and applying what changed --------------------------------------------------------------------
+
+def test_numpy_print_options_changed_by_a_run_are_applied_again(print_options):
+    before = ambient.snapshot()
+    np.set_printoptions(precision=3)
+    changes = ambient.snapshot().changed_since(before)
+    assert changes == {PRINT: {"set": {"precision": 3}, "unset": []}}
+    np.set_printoptions(precision=8, linewidth=99)  # a new kernel, where another cell set the width
+    assert ambient.apply(changes) == []
+    assert (np.get_printoptions()["precision"], np.get_printoptions()["linewidth"]) == (3, 99)
+
+
+def test_environment_variables_set_and_removed_by_a_run_are_applied_again(monkeypatch):
+    monkeypatch.setenv("NBCACHE_TEST_GONE", "1")
+    monkeypatch.delenv("NBCACHE_TEST_NEW", raising=False)
+    before = ambient.snapshot()
+    monkeypatch.setenv("NBCACHE_TEST_NEW", "on")
+    monkeypatch.delenv("NBCACHE_TEST_GONE")
+    changes = ambient.snapshot().changed_since(before)
+    assert changes == {ENV: {"set": {"NBCACHE_TEST_NEW": "on"}, "unset": ["NBCACHE_TEST_GONE"]}}
+    monkeypatch.setenv("NBCACHE_TEST_GONE", "1")
+    monkeypatch.delenv("NBCACHE_TEST_NEW")
+    monkeypatch.setenv("NBCACHE_TEST_KERNEL", "kept")  # set since, by the kernel: not undone
+    assert ambient.apply(changes) == []
+    assert (os.environ.get("NBCACHE_TEST_NEW"), "NBCACHE_TEST_GONE" in os.environ,
+            os.environ.get("NBCACHE_TEST_KERNEL")) == ("on", False, "kept")
+
+
+def test_a_run_that_changes_nothing_has_no_changes():
+    before = ambient.snapshot()
+    assert ambient.snapshot().changed_since(before) == {}
+
+
+def test_a_kind_whose_library_the_run_imported_counts_whole():
+    now = ambient.snapshot()
+    was_not_imported = ambient.Snapshot({k: v for k, v in now.values.items() if k not in (ENV, "working directory")})
+    changes = now.changed_since(was_not_imported)
+    assert changes[ENV]["set"] == now.values[ENV] and changes[ENV]["unset"] == []
+    assert changes["working directory"] == now.values["working directory"]
+
+
+def test_a_change_that_cannot_be_made_is_named(print_options):
+    assert ambient.apply({PRINT: {"set": {"no_such_option": 1}, "unset": []}}) == [PRINT]
+
+
+def test_a_snapshot_knows_whether_a_kind_is_as_it_was():
+    random.seed(1)
+    snap = ambient.snapshot()
+    assert snap.same("random")
+    random.random()
+    assert not snap.same("random")
+
+
+def test_the_warnings_filters_a_run_added_are_added_again():
+    with warnings.catch_warnings():
+        before = ambient.snapshot()
+        warnings.filterwarnings("ignore", message="noisy")
+        changes = ambient.snapshot().changed_since(before)
+        warnings.resetwarnings()
+        warnings.simplefilter("default")
+        ambient.apply(changes)
+        assert warnings.filters[0][1].pattern == "noisy"
+        assert any(f[0] == "default" and f[1] is None for f in warnings.filters)
+
+
+# -- digests, for checks -------------------------------------------------------------------------------------
+
+def test_a_state_hash_follows_the_state(print_options):
+    now = ambient.state_hash(PRINT)
+    assert now == ambient.state_hash(PRINT, np.get_printoptions())
+    np.set_printoptions(precision=2)
+    assert ambient.state_hash(PRINT) != now
+    assert ambient.state_hash("no such kind") is None
+
+
+def test_the_warnings_filters_are_hashed_without_their_order():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="a")
+        warnings.filterwarnings("ignore", message="b")
+        filters = list(warnings.filters)
+    swapped = [filters[1], filters[0], *filters[2:]]
+    assert ambient.state_hash("warnings filters", filters) == ambient.state_hash("warnings filters", swapped)
+
+
+def test_a_setting_hash_is_of_one_key(monkeypatch):
+    monkeypatch.setenv("NBCACHE_TEST_MODE", "fast")
+    digest = ambient.setting_hash(ENV, "NBCACHE_TEST_MODE")
+    assert digest == ambient.setting_digest({"NBCACHE_TEST_MODE": "fast", "OTHER": "x"}, "NBCACHE_TEST_MODE")
+    monkeypatch.setenv("NBCACHE_TEST_OTHER", "changed")  # another variable: the setting's hash is the same
+    assert ambient.setting_hash(ENV, "NBCACHE_TEST_MODE") == digest
+    monkeypatch.delenv("NBCACHE_TEST_MODE")
+    assert ambient.setting_hash(ENV, "NBCACHE_TEST_MODE") == "none"
+    assert ambient.setting_hash("no such kind", "k") == "none"
+
+
+# -- the kinds -----------------------------------------------------------------------------------------------
+
+def test_every_kind_round_trips_through_its_snapshot():
+    import matplotlib.pyplot  # noqa: F401  (their kinds are active only while they are imported)
+    import pandas  # noqa: F401
+    import sklearn  # noqa: F401
+
+    for kind in KINDS:
+        assert kind.active(), kind.name
+        before = kind.get()
+        kind.set(before)
+        assert equal(kind.get(), before), kind.name
+
+
+def test_the_global_generators_are_recognised():
+    assert global_generator(np.random.rand.__self__) == "numpy.random"
+    assert global_generator(random.random.__self__) == "random"
+    assert global_generator(np.random.default_rng(0)) is None
+    assert global_generator_method("numpy.random", "rand") == np.random.rand
+    assert global_generator_method("random", "random") == random.random
