@@ -58,6 +58,22 @@ def test_a_mapping_change_keeps_what_was_set_since():
     assert applied("mapping", {"a": 1, "b": 2, "new": 9}, delta) == {"a": 5, "b": 2, "new": 9}
 
 
+@pytest.mark.parametrize("before, after, now, expected", [
+    (["a", "b", "c"], ["c", "a", "b"], ["x", "a", "b", "c"], ["c", "x", "a", "b"]),  # moved to the front
+    (["a", "b"], ["n", "a", "b"], ["a", "x"], ["n", "a", "x"]),  # put in front (filterwarnings)
+    (["a", "b"], ["a", "b", "n"], ["x", "a", "b"], ["x", "a", "b", "n"]),  # appended (sys.path.append)
+    (["a", "b", "c"], ["a", "c"], ["a", "b", "c", "x"], ["a", "c", "x"]),  # removed
+])
+def test_a_list_state_changes_by_moves_additions_and_removals(before, after, now, expected):
+    """What a step did to the warnings filters or sys.path is done again to the list as it is now: the
+    entries it added or moved, and no others it happened to find (which may be gone since)."""
+    state = {"list": list(now)}
+    kind = AmbientKind("a list", "sys", lambda: list(state["list"]),
+                               lambda value: state.update(list=list(value)), shape="sequence")
+    kind.apply(kind.change(before, after))
+    assert state["list"] == expected
+
+
 def test_a_kind_of_an_unknown_shape_is_refused():
     with pytest.raises(ValueError, match="shape 'set' is not one of value, mapping, sequence"):
         AmbientKind("odd", "sys", list, print, shape="set")

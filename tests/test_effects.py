@@ -17,7 +17,6 @@ import pytest
 
 import nbcache
 from nbcache import ambient
-from nbcache.cellcode import analyse_cell
 
 from .conftest import run_cell
 
@@ -305,24 +304,6 @@ def test_a_step_function_whose_helper_calls_globals_runs_every_time(ip):
     assert not last().cached and last().reason.startswith("runs every time: config() reads")
 
 
-def test_query_and_eval_strings_read_the_variables_they_name():
-    code = analyse_cell("r = df.query('tip > @limit and day == @day')")
-    assert set(code.reads) == {"df", "limit", "day"}
-
-
-# -- what a cell's analysis counts as inputs -----------------------------------------------------------------
-
-@pytest.mark.parametrize("source, inputs", [
-    ("for tree, (X, y) in zip(forest, sets):\n    tree.fit(X, y)", {"zip", "forest", "sets"}),
-    ("if retrain:\n    model = fit()\n    model.save()\nmodel.predict()", {"retrain", "fit", "model"}),
-    ("if a:\n    m = 1\nelse:\n    m = 2\nprint(m)", {"a", "print"}),
-    ("try:\n    v = f()\nexcept E as e:\n    log(e)\nprint(v)", {"f", "E", "log", "print", "v"}),
-    ("for i in range(3):\n    total = total + i", {"range", "total"}),
-])
-def test_a_name_bound_before_every_read_of_it_is_not_an_input(source, inputs):
-    assert set(analyse_cell(source).reads) == inputs
-
-
 # -- shell escapes -----------------------------------------------------------------------------------------
 
 def test_allow_shell_caches_a_shell_cell(ip):
@@ -484,22 +465,6 @@ def test_a_setting_a_step_derives_from_its_old_value_is_an_input(ip, monkeypatch
     assert os.environ["NBCACHE_TOOL_PATH"] == "/b/bin:/opt/tool"
 
 
-@pytest.mark.parametrize("before, after, now, expected", [
-    (["a", "b", "c"], ["c", "a", "b"], ["x", "a", "b", "c"], ["c", "x", "a", "b"]),  # moved to the front
-    (["a", "b"], ["n", "a", "b"], ["a", "x"], ["n", "a", "x"]),  # put in front (filterwarnings)
-    (["a", "b"], ["a", "b", "n"], ["x", "a", "b"], ["x", "a", "b", "n"]),  # appended (sys.path.append)
-    (["a", "b", "c"], ["a", "c"], ["a", "b", "c", "x"], ["a", "c", "x"]),  # removed
-])
-def test_a_list_state_changes_by_moves_additions_and_removals(before, after, now, expected):
-    """What a step did to the warnings filters or sys.path is done again to the list as it is now: the
-    entries it added or moved, and no others it happened to find (which may be gone since)."""
-    state = {"list": list(now)}
-    kind = ambient.AmbientKind("a list", "sys", lambda: list(state["list"]),
-                               lambda value: state.update(list=list(value)), shape="sequence")
-    kind.apply(kind.change(before, after))
-    assert state["list"] == expected
-
-
 def reset_pandas() -> None:
     import pandas as pd
 
@@ -536,11 +501,6 @@ def test_files_read_by_worker_threads_are_dependencies(ip, tmp_path):
     (tmp_path / "part2.txt").write_text("changed")
     run(ip, cell)
     assert (last().reason, ip.user_ns["parts"]) == ("file part2.txt changed", ["0", "1", "changed"])
-
-
-def test_a_binding_inside_a_suppressing_with_may_not_happen():
-    code = analyse_cell("with contextlib.suppress(KeyError):\n    y = cfg['y']\nz = y * 10")
-    assert "y" in code.reads
 
 
 @pytest.mark.parametrize("runner", ["%run -i {script}", "exec(open('{script}').read())"])
