@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from matplotlib import cbook, transforms
 
-from .hashing import Hasher, Walk, _feed_object, feed, register, skip_attributes
+from .hash_core import Handler, Hasher, Walk, feed
+from .hash_reduce import feed_object
 
 
-@register(cbook.CallbackRegistry)
 def _feed_callback_registry(obj: cbook.CallbackRegistry, h: Hasher, walk: Walk) -> None:
     h.update(b"mplcb")
     feed(sorted(map(str, getattr(obj, "_signals", None) or ())), h, walk)
@@ -30,9 +30,12 @@ def _feed_callback_registry(obj: cbook.CallbackRegistry, h: Hasher, walk: Walk) 
 _WIRING = frozenset({"_parents"})
 
 
-@register(transforms.TransformNode)
 def _feed_transform(obj: transforms.TransformNode, h: Hasher, walk: Walk) -> None:
-    _feed_object(obj, h, walk, drop=_WIRING)
+    feed_object(obj, h, walk, drop=_WIRING)
 
 
-skip_attributes("matplotlib", {"_stale", "_invalid"})
+HANDLERS: dict[type, Handler] = {
+    cbook.CallbackRegistry: _feed_callback_registry,
+    transforms.TransformNode: _feed_transform,
+}
+SKIPPED_ATTRIBUTES = frozenset({"_stale", "_invalid"})

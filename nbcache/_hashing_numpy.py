@@ -1,6 +1,6 @@
 """numpy handlers for ``hash_value``: dtype, shape and logical content, at memory speed.
 
-Imported by ``hashing`` only once the user's process has imported numpy. An array's data is fed to xxh3 in
+Loaded by ``hash_base`` only once the user's process has imported numpy. An array's data is fed to xxh3 in
 C order, a megabyte at a time, so a slice, a transpose or a memmap hashes like its contiguous copy while
 only one chunk is ever copied. Float chunks are checked for NaN with ``np.maximum.reduce`` (which
 propagates NaN and runs at memory speed on data already in cache); only a chunk that holds a NaN is
@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .hashing import Hasher, Unhashable, Walk, feed, new_hasher, register, _enter, _pack_len
+from .hash_core import Handler, Hasher, Unhashable, Walk, enter, feed, leave, new_hasher, pack_len
 
 CHUNK_BYTES = 1 << 20
 PARALLEL_BYTES = 16 << 20
@@ -146,7 +146,7 @@ def _feed_strings(flat: np.ndarray, h: Hasher) -> bool:
     if joined.count("\0") != max(0, flat.size - 1):
         return False
     data = joined.encode("utf-8", "surrogatepass")
-    h.update(b"strs" + _pack_len(flat.size) + _pack_len(len(data)))
+    h.update(b"strs" + pack_len(flat.size) + pack_len(len(data)))
     h.update(data)
     return True
 
@@ -163,11 +163,11 @@ def feed_ndarray(a: np.ndarray, h: Hasher, walk: Walk) -> None:
     h.update(_dtype_tag(a.dtype) + b"|" + repr(a.shape).encode())
     if not a.dtype.hasobject:
         feed_array_data(a, h, walk)
-    elif _enter(a, h, walk):  # an object array can hold itself
+    elif enter(a, h, walk):  # an object array can hold itself
         try:
             feed_array_data(a, h, walk)
         finally:
-            del walk.stack[id(a)]
+            leave(a, walk)
 
 
 def feed_masked(a: np.ma.MaskedArray, h: Hasher, walk: Walk) -> None:
@@ -191,7 +191,9 @@ def feed_dtype(dt: np.dtype, h: Hasher, walk: Walk) -> None:
     h.update(b"dt" + _dtype_tag(dt))
 
 
-register(np.ndarray, feed_ndarray)
-register(np.ma.MaskedArray, feed_masked)
-register(np.generic, feed_scalar)
-register(np.dtype, feed_dtype)
+HANDLERS: dict[type, Handler] = {
+    np.ndarray: feed_ndarray,
+    np.ma.MaskedArray: feed_masked,
+    np.generic: feed_scalar,
+    np.dtype: feed_dtype,
+}

@@ -16,9 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import _hashing_numpy  # noqa: F401  (pandas values are numpy buffers: register those handlers too)
-from .hashing import Hasher, Unhashable, Walk, feed, register, skip_attributes, _feed_bytes_tagged, _pack_len
 from ._hashing_numpy import feed_array_data, feed_ndarray
+from .hash_core import Handler, Hasher, Unhashable, Walk, feed, feed_bytes_tagged, pack_len
 
 _MASKED = (pd.arrays.IntegerArray, pd.arrays.FloatingArray, pd.arrays.BooleanArray)
 # pandas 2.1 renamed PandasArray, the array of plain numpy values behind a Series of them
@@ -27,8 +26,8 @@ _NUMPY_ARRAY = getattr(pd.arrays, "NumpyExtensionArray", None) or getattr(pd.arr
 
 def feed_values(values, h: Hasher, walk: Walk) -> None:
     """Feed a column's values, whatever array type backs it, tagged with its dtype."""
-    _feed_bytes_tagged(b"pv", str(values.dtype).encode(), h)
-    h.update(_pack_len(len(values)))
+    feed_bytes_tagged(b"pv", str(values.dtype).encode(), h)
+    h.update(pack_len(len(values)))
     if isinstance(values, np.ndarray):
         feed_array_data(values, h, walk)
     elif isinstance(values, pd.Categorical):
@@ -58,7 +57,7 @@ def feed_categorical(cat: pd.Categorical, h: Hasher, walk: Walk) -> None:
 
 
 def feed_index(index: pd.Index, h: Hasher, walk: Walk) -> None:
-    _feed_bytes_tagged(b"pidx", type(index).__name__.encode(), h)
+    feed_bytes_tagged(b"pidx", type(index).__name__.encode(), h)
     feed(list(index.names), h, walk)
     if isinstance(index, pd.RangeIndex):
         feed((index.start, index.stop, index.step), h, walk)
@@ -90,9 +89,11 @@ def feed_frame(frame: pd.DataFrame, h: Hasher, walk: Walk) -> None:
             raise e.at(f"[{label!r}]" if frame.columns.is_unique else f".iloc[:, {position}]") from None
 
 
-register(pd.DataFrame, feed_frame)
-register(pd.Series, feed_series)
-register(pd.Index, feed_index)
-register(pd.Categorical, feed_categorical)
-register(pd.api.extensions.ExtensionArray, feed_values)
-skip_attributes("pandas", {"_cache", "_engine"})
+HANDLERS: dict[type, Handler] = {
+    pd.DataFrame: feed_frame,
+    pd.Series: feed_series,
+    pd.Index: feed_index,
+    pd.Categorical: feed_categorical,
+    pd.api.extensions.ExtensionArray: feed_values,
+}
+SKIPPED_ATTRIBUTES = frozenset({"_cache", "_engine"})

@@ -180,12 +180,12 @@ def test_library_version_is_part_of_the_fingerprint(monkeypatch):
 
     import numpy
 
-    fingerprint_module = sys.modules["nbcache.fingerprint"]  # the package attribute is the function
+    handlers = sys.modules["nbcache.fingerprint_handlers"]  # where libraries are counted by version
     src = "def f(x):\n    return np.mean(x)\n"
     before = fp(src, np=numpy)
-    fingerprint_module.package_version.cache_clear()
-    real = fingerprint_module.package_version.__wrapped__
-    monkeypatch.setattr(fingerprint_module, "package_version",
+    handlers.package_version.cache_clear()
+    real = handlers.package_version.__wrapped__
+    monkeypatch.setattr(handlers, "package_version",
                         lambda name: real(name) + ("-patched" if name == "numpy" else ""))
     assert fp(src, np=numpy) != before
 
@@ -285,7 +285,7 @@ def test_unhashable_global_counts_by_type_with_a_warning():
 
 
 def test_static_analysis_is_cached_per_code_object():
-    from nbcache.fingerprint import _CODE_INFO
+    from nbcache.fingerprint_code import _CODE_INFO
 
     ns = define(BASE)
     fingerprint(ns["f"])

@@ -1,0 +1,95 @@
+"""The static part of a fingerprint: what one code object does, computed once and kept in a weak cache.
+
+Made from bytecode, never source text, so comments, blank lines, formatting and the code's position in
+its file or cell change nothing. Line numbers, file names and line tables are left out; constants, names,
+flags, the exception table and nested functions and lambdas are in. An unreferenced docstring is out.
+
+Besides the digest, the analysis lists every global name the bytecode loads, with the attribute chain
+after it (``utils.clean``, ``np.mean``), and every module an import inside the body names: what the names
+resolve to is the dynamic part, looked up on every call by ``fingerprint_handlers``.
+"""
+
+from __future__ import annotations
+
+import dis
+import types
+import weakref
+from dataclasses import dataclass
+
+from .hash_base import BASE
+from .hash_core import Walk, feed, feed_bytes_tagged, new_hasher
+
+__all__ = ["IMPORT_PREFIX", "CodeInfo", "code_info"]
+
+_GLOBAL_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
+_ATTR_LOADS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
+_CONST_OPS = frozenset(dis.hasconst)
+IMPORT_PREFIX = "import "
+"""Marks a chain that names a module imported inside the body (``import utils``), not a global."""
+
+
+@dataclass(frozen=True)
+class CodeInfo:
+    digest: bytes  # of the code itself (nested code included), none of the values its names resolve to
+    global_chains: tuple[tuple[str, ...], ...]  # what it reads: ("np", "mean"), ("import utils", "clean")
+
+
+_CODE_INFO: weakref.WeakKeyDictionary[types.CodeType, CodeInfo] = weakref.WeakKeyDictionary()
+
+
+def code_info(code: types.CodeType) -> CodeInfo:
+    """The analysis of ``code``, from the cache while the code object lives."""
+    info = _CODE_INFO.get(code)
+    if info is None:
+        info = _CODE_INFO[code] = _analyse(code)
+    return info
+
+
+def _analyse(code: types.CodeType) -> CodeInfo:
+    chains: set[tuple[str, ...]] = set()
+    chain: list[str] = []
+    const_zero_used = False
+    importing = ""
+    recent: list[dis.Instruction] = []
+    for ins in dis.get_instructions(code):
+        if ins.opcode in _CONST_OPS and ins.arg == 0:
+            const_zero_used = True
+        if ins.opname == "IMPORT_NAME":  # an import inside the body: `from utils import clean`
+            level = recent[-2].argval if len(recent) >= 2 and recent[-2].opname == "LOAD_CONST" else 0
+            importing = IMPORT_PREFIX + "." * (level or 0) + ins.argval
+            chains.add((importing,))
+        elif ins.opname == "IMPORT_FROM" and importing:
+            chains.add((importing, ins.argval))
+        if ins.opname in _GLOBAL_LOADS:
+            if chain:
+                chains.add(tuple(chain))
+            chain = [ins.argval]
+        elif ins.opname in _ATTR_LOADS and chain:
+            chain.append(ins.argval)
+        elif chain:
+            chains.add(tuple(chain))
+            chain = []
+        recent = [*recent[-1:], ins]
+    if chain:
+        chains.add(tuple(chain))
+
+    h = new_hasher()
+    walk = Walk(BASE)  # constants are builtin values: no code in them but nested code objects, fed below
+    for part in (code.co_name, code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars,
+                 (code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, code.co_flags)):
+        feed(part, h, walk)
+    feed_bytes_tagged(b"code", code.co_code, h)
+    feed_bytes_tagged(b"exc", getattr(code, "co_exceptiontable", b""), h)
+    consts = code.co_consts
+    if consts and isinstance(consts[0], str) and not const_zero_used:
+        consts = (None,) + consts[1:]  # a docstring: the bytecode never reads it
+    h.update(b"consts")
+    for const in consts:
+        if isinstance(const, types.CodeType):
+            nested = code_info(const)
+            h.update(b"nested" + nested.digest)
+            chains.update(nested.global_chains)
+        else:
+            feed(const, h, walk)
+    return CodeInfo(h.digest(), tuple(sorted(chains)))
+

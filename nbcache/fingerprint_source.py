@@ -1,0 +1,142 @@
+"""Where code comes from: the user's own, or an installed library's (and which version of it).
+
+The user's code (the notebook, and files outside the interpreter's, site-packages' and nbcache's own
+folders) is fingerprinted by what it does; a library counts by its name and version only, so that reading
+it costs nothing and upgrading it is noticed. ``observe`` uses the same line to tell the user's files from
+libraries' when it watches what a step reads.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import os
+import site
+import sys
+import sysconfig
+import types
+from typing import Any
+
+__all__ = [
+    "MISSING", "LibraryName", "imported", "imported_module", "is_user_code", "is_user_file", "library_path",
+    "library_roots", "module_file", "package_version",
+]
+
+MISSING = object()
+"""A name that resolves to nothing (unbound, or an import of a module that does not exist)."""
+
+
+def _library_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    roots.update(site.getsitepackages() if hasattr(site, "getsitepackages") else [])
+    roots.add(site.getusersitepackages())
+    return tuple(sorted(os.path.join(os.path.realpath(r), "") for r in roots))
+
+
+_OWN_PACKAGE = __name__.partition(".")[0]
+_LIBRARY_ROOTS = (*_library_roots(), os.path.join(os.path.dirname(os.path.realpath(__file__)), ""))
+
+
+def library_roots() -> tuple[str, ...]:
+    """The folders of the interpreter, of installed packages and of nbcache itself, each ending in a
+    separator: code found there is not the user's."""
+    return _LIBRARY_ROOTS
+
+
+@functools.lru_cache(maxsize=4096)
+def is_user_file(filename: str | None) -> bool:
+    """Code in a file outside the interpreter, site-packages and nbcache itself is the user's; so is code
+    with a pseudo file name such as a notebook cell's ``<ipython-input-...>``."""
+    if not filename or filename.startswith("<frozen"):
+        return False
+    return not os.path.realpath(filename).startswith(_LIBRARY_ROOTS)
+
+
+def library_path(filename: str) -> str:
+    """A library file's path below its root (``contextlib.py``), the same in every environment."""
+    real = os.path.realpath(filename)
+    for root in _LIBRARY_ROOTS:
+        if real.startswith(root):
+            return real[len(root):]
+    return os.path.basename(filename)
+
+
+def is_user_code(module_name: str | None, filename: str | None) -> bool:
+    """True for code the user wrote: the notebook (``__main__``) or files outside installed packages."""
+    if module_name == "__main__":
+        return True
+    if module_name and module_name.partition(".")[0] == _OWN_PACKAGE:
+        return False
+    return is_user_file(filename)
+
+
+@functools.lru_cache(maxsize=None)
+def _distributions() -> dict[str, list[str]]:
+    import importlib.metadata  # only when a version is looked up: it costs half of `import nbcache`
+
+    return importlib.metadata.packages_distributions()
+
+
+@functools.lru_cache(maxsize=1024)
+def package_version(module_name: str) -> str:
+    """``name==version`` of the installed distribution providing a module (or its ``__version__``)."""
+    top = module_name.partition(".")[0]
+    if top in sys.stdlib_module_names or top in ("builtins", "__main__"):
+        return top  # the Python version is in every key already
+    version = getattr(sys.modules.get(top), "__version__", None)
+    if isinstance(version, str):
+        return f"{top}=={version}"
+    # the distribution usually has the module's name; mapping all of them is slow, so it comes last
+    import importlib.metadata
+
+    try:
+        return f"{top}=={importlib.metadata.version(top)}"
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for dist in _distributions().get(top, []):  # (half a second the first time: only when needed)
+        try:
+            return f"{dist}=={importlib.metadata.version(dist)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return f"{top}==?"
+
+
+def module_file(module: types.ModuleType) -> str | None:
+    return getattr(module, "__file__", None)
+
+
+def imported(name: str, package: str | None) -> Any:
+    """The module an import inside a function body names, without running a library's import for it."""
+    try:
+        name = importlib.util.resolve_name(name, package)  # `from .core import clean`
+    except (ImportError, ValueError):
+        return MISSING
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    try:  # only the top-level package is looked up: finding a submodule would import its parents
+        spec = importlib.util.find_spec(name.partition(".")[0])
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return MISSING
+    if not is_user_code(name, spec.origin):
+        return LibraryName(name)
+    try:
+        return importlib.import_module(name)  # the body imports it anyway; its code must count
+    except Exception:
+        return MISSING
+
+
+def imported_module(name: str, package: str | None = None) -> Any:
+    """What ``import name`` gives, for hashing: the user's own module (imported), an installed module's
+    name (counted by name and version, without importing it), or None when there is no such module."""
+    module = imported(name, package)
+    return None if module is MISSING else module
+
+
+class LibraryName(str):
+    """An installed module not imported yet: it counts by name and version, like an imported one."""
+
