@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Callable
 
 __all__ = ["CellNames", "fits"]
 
@@ -12,7 +12,7 @@ class CellNames:
 
     A cell's name is made of what it binds and reads (``labels ← X``); when two cells would share one, the
     later gets ``labels ← X #2``. A cell keeps the name it had in an earlier kernel while that still fits
-    (its latest ingredients, filed under its id, hold it), so Restart & Run All in another order does not
+    (the store's latest ingredients of the cell hold it), so Restart & Run All in another order does not
     swap names.
     """
 
@@ -20,19 +20,16 @@ class CellNames:
         self._by_cell: dict[str, str] = {}
         self._taken: dict[str, str] = {}  # name -> cell id
 
-    def name_of(self, cell_id: str, base: str, store: Any, identity: str) -> str:
-        """The name of cell ``cell_id``, whose name made of its variables is ``base``; ``store`` holds the
-        latest ingredients filed under ``identity`` (and a ``name`` in them, the name it had before)."""
+    def name_of(self, cell_id: str, base: str, earlier_name: Callable[[], str | None]) -> str:
+        """The name of cell ``cell_id``, whose name made of its variables is ``base``. ``earlier_name()``
+        is the name the cell had when it last ran, in this kernel or an earlier one (None: not known); it
+        is asked only when this kernel has not named the cell yet, or its variables changed."""
         known = self._by_cell.get(cell_id)
         if known is not None and fits(known, base):
             return known
         if known is not None:
             self._taken.pop(known, None)
-        try:
-            last = store.get_last(identity)
-        except Exception:
-            last = None
-        earlier = last.get("name") if last else None
+        earlier = earlier_name()
         if isinstance(earlier, str) and fits(earlier, base) and self._taken.get(earlier, cell_id) == cell_id:
             name = earlier
         else:

@@ -65,6 +65,15 @@ def ends_with_semicolon(source: str) -> bool:
     return bool(tokens) and tokens[-1].string == ";"
 
 
+def _earlier_name(store: Any, identity: str) -> str | None:
+    """The name the step filed under ``identity`` had in its latest ingredients (None: not known)."""
+    try:
+        last = store.get_last(identity)
+    except Exception:
+        return None
+    return last.get("name") if last else None
+
+
 @dataclass(frozen=True)
 class Analysed:
     """What depends on a cell's text alone, worked out once per text."""
@@ -102,7 +111,7 @@ class CellCall(StepCall):
         elif cell_id:  # Jupyter's id of the cell: the same cell, however its code and variables change
             identity = f"cell:{cell_id}"
             base = code.default_name(input_names) if code.binds else f"cell-{cell_id[:8]}"
-            name = magics.names.name_of(cell_id, base, store, identity)
+            name = magics.names.name_of(cell_id, base, lambda: _earlier_name(store, identity))
         else:  # plain IPython, nbclient: the name made of what the cell binds and reads
             name, identity = code.default_name(input_names), None
         self.derived_identity = not args.name and not cell_id
