@@ -29,11 +29,10 @@ from .hash_base import BASE
 from .hash_core import (
     ATOMS, Handler, Handlers, Hasher, Unhashable, digest_of, feed, feed_bytes_tagged, feed_pairs, new_hasher, type_name,
 )
-from .hash_reduce import skip_attributes
 
 __all__ = [
     "CODE", "Handler", "Handlers", "Hasher", "Unhashable", "Walk", "digest_of", "feed", "feed_bytes_tagged",
-    "feed_pairs", "hash_items", "hash_value", "new_hasher", "register", "skip_attributes", "type_name",
+    "feed_pairs", "hash_items", "hash_value", "new_hasher", "register", "type_name",
 ]
 
 
