@@ -23,9 +23,9 @@ from .fingerprint_code import IMPORT_PREFIX, code_info
 from .fingerprint_source import (
     MISSING, LibraryName, imported, is_user_code, is_user_file, library_path, module_file, package_version,
 )
-from .generators import global_generator
 from .hash_base import BASE
 from .hash_core import Hasher, Unhashable, Walk, enter, feed, feed_bytes_tagged, leave, new_hasher, type_name
+from .statekinds import global_generator  # not ambient's re-export: ambient hashes with hash_value, over CODE
 
 __all__ = ["CODE", "feed_code", "label"]
 

@@ -1,7 +1,8 @@
 """The hashing walk: handler tables, the walk's state, and ``feed``, the one entry point every handler uses.
 
 A ``Handlers`` table says which function feeds a value of each type into the hasher. It is immutable to
-everything but the lazy loading of built-in plugins (``hash_base``); ``extend`` makes a new table over it,
+everything but the lazy loading of the built-in plugins into the base table (``hash_base``, through a
+loader the table calls itself, once the process has imported more modules); ``extend`` makes a new table,
 which is how ``fingerprint`` adds its code-aware handlers without changing what anyone else's hash means.
 The table travels with the walk (``Walk.handlers``), so every value inside a value is hashed the same way.
 

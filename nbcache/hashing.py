@@ -16,6 +16,8 @@ This module is the public face of hashing, over the modules that do the work, wh
 (builtin values, and the ``_hashing_*`` plugins for numpy, pandas, matplotlib and scipy, loaded when their
 library is first seen) <- ``fingerprint_handlers`` (``CODE``: the base table with code counted by what it
 does) <- here. No module changes another's table: each table is built once, and ``extend`` makes new ones.
+So this module belongs to the code layer, above ``fingerprint``: the values layer is ``hash_core``,
+``hash_reduce``, ``hash_base`` and the plugins.
 """
 
 from __future__ import annotations
