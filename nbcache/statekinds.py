@@ -7,6 +7,10 @@ library is imported (``import nbcache`` imports none of them), and reading one n
 
 Adding a kind is adding a row to ``KINDS``: its get and set must round-trip (``set(get())`` changes
 nothing), and its snapshot must pickle.
+
+This module sits in the values layer and imports no hashing: the code fingerprint uses
+``global_generator`` (a method of a global generator is counted by name), and hashing counts code by its
+fingerprint. Hashing a state is ``ambient.py``'s, above both.
 """
 
 from __future__ import annotations
