@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import os
 import uuid
@@ -10,10 +11,71 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
 
-__all__ = ["StepRun", "SESSION", "format_seconds", "format_bytes"]
+__all__ = ["StepRun", "Outcome", "Change", "ChangeKind", "SESSION", "format_seconds", "format_bytes"]
 
 #: Identifies this process (a kernel, until it restarts) in the history.
 SESSION = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class Outcome(enum.Enum):
+    """How a call went, and for a call that ran, why. The graph and the CLI read this, never ``reason``."""
+
+    HIT = "hit"
+    """Its stored result was used; the body did not run."""
+    FIRST_RUN = "first run"
+    """No earlier run of this step (under this cache format, as this kind of step) was recorded."""
+    CHANGED = "changed"
+    """Its code, an input, its version, or something its run read (a file, the RNG state) changed."""
+    REMOVED = "removed"
+    """Nothing changed, but its stored result had been removed (``clear``)."""
+    DAMAGED = "damaged"
+    """Its stored result was damaged or missing on disk; it was forgotten and recomputed."""
+    DISABLED = "disabled"
+    """Caching is turned off for this step."""
+    UNCACHEABLE = "uncacheable"
+    """An input could not be hashed or its code could not be fingerprinted."""
+    ALWAYS_RUNS = "always runs"
+    """It can never be served from the cache (a shell command, a widget, ``globals()``)."""
+    UNREADABLE = "unreadable"
+    """The cache itself could not be read; it ran without it."""
+    FAILED = "failed"
+    """Its body raised; nothing was stored."""
+
+    @property
+    def ran(self) -> bool:
+        return self is not Outcome.HIT
+
+
+class ChangeKind(enum.Enum):
+    """What kind of ingredient a ``Change`` is about."""
+
+    CODE = "code"  # a function of the step's code (``name`` ends in ``()``), or its own code (``name`` "")
+    GLOBAL = "global"  # a global value its code reads
+    INPUT = "input"  # an argument of a function step, a variable a cell reads
+    VERSION = "version"  # the ``version=`` string: ``before`` and ``after``
+    KIND = "kind"  # the name was a function step and is a cell now, or back: ``before`` and ``after``
+    FORMAT = "format"  # the latest ingredients were written by an nbcache of another cache format
+    READ = "read"  # something its run read, checked on lookup: ``name`` says what, in words
+
+
+@dataclass(frozen=True)
+class Change:
+    """One thing that differs from a step's latest run."""
+
+    kind: ChangeKind
+    name: str = ""
+    before: str | None = None
+    after: str | None = None
+
+    def to_json(self) -> list:
+        return [self.kind.value, self.name, self.before, self.after]
+
+    @classmethod
+    def from_json(cls, item: Any) -> Change:
+        kind, name, before, after = item
+        if not isinstance(name, str) or not all(v is None or isinstance(v, str) for v in (before, after)):
+            raise ValueError(f"malformed change {item!r}")
+        return cls(ChangeKind(kind), name, before, after)
 
 
 @dataclass(frozen=True)
@@ -46,6 +108,8 @@ class StepRun:
         output_names: For a cell, the variables its ``outputs`` were bound to.
         sizes: The stored bytes of each output, by its content hash.
         result: The content hash of a returned tuple as a whole (its elements are in ``outputs``).
+        state: How the call went, as an ``Outcome``: a hit, or why it ran (what the lineage colours).
+        changes: For a call that ran because something changed, what changed, as ``Change`` records.
     """
 
     step: str
@@ -67,6 +131,12 @@ class StepRun:
     output_names: tuple[str, ...] = ()
     sizes: Mapping[str, int] = field(default_factory=dict)  # stored bytes of each output, by its hash
     result: str = ""  # the hash of a returned tuple as a whole (its elements are in ``outputs``)
+    state: Outcome | None = None  # None: inferred (a record written before nbcache kept it)
+    changes: tuple[Change, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.state is None:
+            object.__setattr__(self, "state", _legacy_state(self))
 
     @property
     def outcome(self) -> str:
@@ -76,19 +146,70 @@ class StepRun:
     def to_json(self) -> str:
         record: dict[str, Any] = {name: getattr(self, name) for name in _FIELDS}
         record["started_at"] = self.started_at.isoformat()
+        record["state"] = self.state.value if self.state is not None else None
+        record["changes"] = [c.to_json() for c in self.changes]
         return json.dumps(record, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, line: str | bytes) -> StepRun:
+        """A run from its history line; raises ValueError (or KeyError, TypeError) if the line is not one."""
         record = json.loads(line)
+        if not isinstance(record, dict):
+            raise ValueError("a run record is a JSON object")
         record = {k: v for k, v in record.items() if k in _FIELDS}  # records written by a newer nbcache
+        for name, types in _TYPES.items():
+            if name in record and not isinstance(record[name], types) or name in _BOOLS and name in record \
+                    and not isinstance(record[name], bool):
+                raise TypeError(f"a run record's {name!r} is of type {type(record[name]).__name__}")
+        for name in ("inputs", "deps", "sizes"):
+            value_type = int if name == "sizes" else str
+            if not all(isinstance(v, value_type) for v in record.get(name, {}).values()):
+                raise TypeError(f"a run record's {name!r} holds values of the wrong type")
+        for name in ("outputs", "output_names"):
+            if not all(isinstance(v, str) for v in record.get(name, ())):
+                raise TypeError(f"a run record's {name!r} holds something other than strings")
         record["started_at"] = datetime.fromisoformat(record["started_at"])
+        if record["started_at"].tzinfo is None:
+            raise ValueError("a run record's 'started_at' has no time zone")
         record["outputs"] = tuple(record["outputs"])
         record["output_names"] = tuple(record.get("output_names", ()))
+        state = record.get("state")
+        record["state"] = Outcome(state) if state is not None else None
+        record["changes"] = tuple(Change.from_json(c) for c in record.get("changes") or ())
         return cls(**record)
 
 
+def _legacy_state(run: StepRun) -> Outcome:
+    """The outcome of a run recorded before nbcache kept one, from the words of its reason."""
+    if run.status == "failed":
+        return Outcome.FAILED
+    if run.cached:
+        return Outcome.HIT
+    reason = run.reason
+    for prefix, state in _LEGACY_PREFIXES:
+        if reason.startswith(prefix):
+            return state
+    return Outcome.CHANGED
+
+
+_LEGACY_PREFIXES = (
+    ("cache disabled", Outcome.DISABLED), ("uncacheable", Outcome.UNCACHEABLE),
+    ("cannot fingerprint", Outcome.UNCACHEABLE), ("cache unreadable", Outcome.UNREADABLE),
+    ("runs every time", Outcome.ALWAYS_RUNS), ("not cached", Outcome.ALWAYS_RUNS),
+    ("first run", Outcome.FIRST_RUN), ("cached result was removed", Outcome.REMOVED),
+    ("cached result was damaged", Outcome.DAMAGED), ("cached result was missing", Outcome.DAMAGED),
+)
+
+
 _FIELDS = tuple(f.name for f in dataclasses.fields(StepRun))
+_NUMBER = (int, float)
+_TYPES: dict[str, Any] = {
+    "step": str, "cached": bool, "duration_s": _NUMBER, "saved_s": _NUMBER, "key": str, "code": str,
+    "inputs": dict, "outputs": list, "reason": str, "started_at": str, "status": str,
+    "version": (str, type(None)), "deps": dict, "error": (str, type(None)), "kind": str, "session": str,
+    "output_names": list, "sizes": dict, "result": str, "state": (str, type(None)), "changes": (list, type(None)),
+}
+_BOOLS = {"cached"}
 
 
 def format_seconds(seconds: float) -> str:

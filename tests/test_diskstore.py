@@ -1,4 +1,5 @@
-"""The store: serialization round trips, checksums, damaged and missing values, the run history."""
+"""DiskStore, the store of a cache directory: value files, checksums, damaged and missing values, the history
+file, and what other programs may leave in the index. (What every store does: test_store_contract.py.)"""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import pytest
 
 import nbcache
 from nbcache import CacheWarning, step
+from nbcache.diskstore import DiskStore
+from nbcache.entry import Entry
+from nbcache.frame import Damaged, Frame, load_frame
 from nbcache.records import StepRun
-from nbcache.store import ENOVAL, Damaged, DiskStore, Frame, load_frame
 
 
 @pytest.fixture
@@ -38,11 +41,17 @@ VALUES = [
 ]
 
 
+def _put(store: DiskStore, address: str, frame: Frame) -> None:
+    store.put_blob(address, frame)
+    store.put_entry("k", Entry(step="s", kind="function", outputs=(address,), blobs=(address,),
+                               sizes={address: frame.nbytes}, created_at=0.0, duration_s=1.0))
+
+
 @pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__)
 def test_frames_round_trip_through_the_store(store, value):
     frame = Frame(value)
-    store.put_entry("k", "s", {"outputs": ("addr",)}, [("addr", frame)])
-    loaded = store.load_blob("addr")
+    _put(store, "addr", frame)
+    loaded = load_frame(store.open_blob("addr"))
     if isinstance(value, np.ndarray):
         np.testing.assert_array_equal(loaded, value)
         assert loaded.dtype == value.dtype and loaded.flags.writeable
@@ -57,13 +66,13 @@ def test_frames_round_trip_through_the_store(store, value):
 
 def test_big_buffers_are_files_not_sqlite_rows(store):
     frame = Frame(np.zeros(1_000_000))
-    store.put_entry("k", "s", {"outputs": ("big",)}, [("big", frame)])
+    _put(store, "big", frame)
     files = [p for p in (store.directory / "store").rglob("*.val")]
     assert len(files) == 1 and files[0].stat().st_size == frame.nbytes
 
 
-def test_missing_blob_reads_as_enoval(store):
-    assert store.load_blob("nothing") is ENOVAL
+def test_missing_blob_reads_as_none(store):
+    assert store.open_blob("nothing") is None
     assert store.get_entry("nothing") is None
 
 
@@ -74,7 +83,7 @@ def _blob_file(directory: Path) -> Path:
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "append"])
 def test_damaged_files_are_detected(store, damage):
-    store.put_entry("k", "s", {"outputs": ("a",)}, [("a", Frame(np.arange(100_000)))])
+    _put(store, "a", Frame(np.arange(100_000)))
     path = _blob_file(store.directory)
     data = bytearray(path.read_bytes())
     if damage == "flip":
@@ -87,7 +96,7 @@ def test_damaged_files_are_detected(store, damage):
         data += b"junk"
     path.write_bytes(bytes(data))
     with pytest.raises(Damaged):
-        store.load_blob("a")
+        load_frame(store.open_blob("a"))
 
 
 def test_damaged_inline_value_is_detected(store):
@@ -179,10 +188,10 @@ def test_run_records_round_trip_through_json(store):
 
 
 def test_stats(store):
-    store.put_entry("k", "s", {"outputs": ("a",)}, [("a", Frame(np.zeros(100_000)))])
+    _put(store, "a", Frame(np.zeros(100_000)))
     stats = store.stats()
-    assert stats["entries"] == 1 and stats["size_bytes"] >= 800_000
-    assert stats["directory"] == str(store.directory)
+    assert stats.entries == 1 and stats.size_bytes >= 800_000
+    assert stats.directory == str(store.directory)
 
 
 def test_history_file_is_plain_json_lines(cache_dir):
@@ -223,7 +232,8 @@ def test_a_pickle_planted_in_the_index_is_never_loaded(cache_dir, tmp_path, caps
         raw.set(_Planted(marker), "a pickled key")
     for command in (["ls"], ["info"], ["clear", "--older-than", "1d"], ["show", "small"], ["why", "small"]):
         assert main([*command, "--dir", str(cache_dir)]) == 0
-    assert small(3) == [0, 1, 2]  # the entry reads as absent: computed again, not loaded
+    with pytest.warns(CacheWarning, match="damaged"):
+        assert small(3) == [0, 1, 2]  # the entry reads as damaged: computed again, not loaded
     assert not marker.exists()
     assert nbcache.runs()[-1].cached is False
     capsys.readouterr()
@@ -249,3 +259,34 @@ def test_a_directory_of_an_older_cache_format_is_told_apart(cache_dir, capsys):
     nbcache.clear()
     assert main(["info", "--dir", str(cache_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["unreadable_entries"] == 0
+
+
+@pytest.mark.parametrize("text", [
+    "not json", "[1, 2]", '{"step": ["s"]}',
+    '{"step": "s", "tuple": false, "outputs": ["a", "b"], "blobs": ["a-1", "b-2"], "created_at": 1, "duration_s": 1}',
+    '{"step": "s", "tuple": false, "outputs": ["a"], "blobs": [], "sizes": {}, "created_at": 1, "duration_s": 1}',
+    '{"step": "s", "tuple": false, "outputs": ["a"], "blobs": ["a-1"], "sizes": {}, "created_at": "x", "duration_s": 1}',
+], ids=["text", "list", "step-a-list", "tuple-mismatch", "no-blobs", "time-a-string"])
+def test_a_malformed_entry_is_damage_repaired_with_one_warning(cache_dir, text):
+    """One damaged field never raises KeyError out of the user's step: the entry is forgotten, the step
+    recomputed with one warning, and the next call is a clean hit."""
+    import diskcache
+
+    @step
+    def double(n):
+        return 2 * n
+
+    double(4)
+    store = DiskStore(cache_dir)
+    ((key, _),) = store.entries()
+    with diskcache.Cache(str(cache_dir / "store")) as raw:
+        raw.set("entry:" + key, text, tag="double")
+    with pytest.raises(Damaged):
+        store.get_entry(key)
+    assert list(store.entries()) == [] and store.stats().unreadable_entries == 1
+    store.close()
+    with pytest.warns(CacheWarning, match=r"step 'double' is damaged") as record:
+        assert double(4) == 8
+    assert len(record) == 1
+    assert nbcache.runs()[-1].reason == "cached result was damaged"
+    assert double(4) == 8 and nbcache.runs()[-1].cached

@@ -1,0 +1,156 @@
+"""How values are pickled: cloudpickle, taught about the notebook they come from and go back to.
+
+Everything here takes the notebook's module as a parameter (IPython's ``user_module``; ``None`` means
+``sys.modules["__main__"]``, which it is in a Jupyter kernel): functions restored from the cache live in the
+notebook's namespace as they are unpickled, and a class or function of the notebook is stored by name.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import marshal
+import pickle
+import sys
+import types
+from typing import Any
+
+import cloudpickle
+
+from .ambient import global_generator, global_generator_method
+
+__all__ = ["NotebookPickler", "NotebookUnpickler", "notebook_globals"]
+
+_MISSING = object()
+
+
+def notebook_globals(notebook: types.ModuleType | None) -> dict:
+    """The namespace the notebook's cells run in: the globals of functions restored from the cache."""
+    module = notebook or sys.modules.get("__main__")
+    return vars(module) if module is not None else {"__builtins__": __builtins__}
+
+
+def main_attribute(notebook: types.ModuleType | None, qualname: str, default: Any = _MISSING) -> Any:
+    """``<notebook>.<qualname>``: how a notebook's class or function is named in a stored value."""
+    value: Any = notebook or sys.modules.get("__main__")
+    for part in qualname.split("."):
+        value = getattr(value, part, _MISSING)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise AttributeError(f"the notebook no longer defines {qualname}")
+            return default
+    return value
+
+
+class NotebookPickler(cloudpickle.Pickler):
+    """cloudpickle, with these exceptions.
+
+    - Open files are refused: cloudpickle would store a snapshot of the file's text, so a hit would
+      return stale contents where the step returned a file. Such a result is not cached at all.
+    - A class or function of the notebook (``__main__``) that the notebook can name is stored by name,
+      not by value, unless it is in ``by_value`` (defined by the very cell being stored). Restored, an
+      instance is then of the notebook's live class (``isinstance`` holds, methods read live globals);
+      if the notebook no longer defines that name, the stored value fails to load and is recomputed.
+    - A function whose globals are the notebook's is stored as its code (see ``_reduce_notebook_function``).
+    - An ``lru_cache`` function of the notebook is stored by value (by name it is undefined after a restart),
+      and a method of a global random generator (``from numpy.random import rand``) by reference.
+    """
+
+    def __init__(self, file: Any, *, notebook: types.ModuleType | None, by_value: set[int] = frozenset(),
+                 **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self._by_value = by_value
+        self._module = notebook
+        self._notebook = notebook_globals(notebook)  # (asked of every object pickled: looked up once)
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, io.IOBase) and not isinstance(obj, (io.BytesIO, io.StringIO)):
+            state = "closed" if obj.closed else "open"
+            raise pickle.PicklingError(f"a file object ({getattr(obj, 'name', '?')}, {state}) is not stored")
+        if (isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) == "__main__"
+                and id(obj) not in self._by_value
+                and main_attribute(self._module, obj.__qualname__, None) is obj
+                and id(main_attribute(self._module, obj.__qualname__.partition(".")[0], None))
+                not in self._by_value):
+            return _main_attribute, (obj.__qualname__,)  # (a method of a class stored by value is not)
+        if isinstance(obj, types.FunctionType) and obj.__globals__ is self._notebook:
+            return _reduce_notebook_function(obj)
+        if isinstance(obj, _LRU) and getattr(obj.__wrapped__, "__globals__", None) is self._notebook:
+            return _make_lru, (obj.__wrapped__, obj.cache_parameters())
+        if isinstance(obj, (types.MethodType, types.BuiltinMethodType)):
+            module = global_generator(getattr(obj, "__self__", None))
+            if module is not None:  # `from numpy.random import rand`: the live generator's, not a copy
+                return global_generator_method, (module, obj.__name__)
+        return super().reducer_override(obj)
+
+
+class NotebookUnpickler(pickle.Unpickler):
+    """pickle's Unpickler, which gives the two loaders that need the notebook (a notebook function made
+    again, a notebook name looked up) the notebook this load is for. Values stored when these loaders
+    lived in ``nbcache.store`` load too."""
+
+    def __init__(self, file: Any, *, notebook: types.ModuleType | None, buffers: Any = None) -> None:
+        super().__init__(file, buffers=buffers)
+        self._module = notebook
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in _LOADER_MODULES:
+            if name == "_make_notebook_function":
+                return functools.partial(_make_function, notebook_globals(self._module))
+            if name == "_main_attribute":
+                return functools.partial(main_attribute, self._module)
+            if name in ("_set_notebook_function_state", "_make_lru"):
+                return globals()[name]
+        return super().find_class(module, name)
+
+
+_LOADER_MODULES = frozenset({__name__, "nbcache.store"})
+_LRU = type(functools.lru_cache(lambda: None))
+
+
+def _make_lru(func: Any, parameters: dict) -> Any:
+    """A function wrapped in ``functools.lru_cache`` (or ``functools.cache``) again, with an empty cache."""
+    return functools.update_wrapper(functools.lru_cache(parameters["maxsize"], parameters["typed"])(func), func)
+
+
+def _main_attribute(qualname: str) -> Any:  # pragma: no cover - NotebookUnpickler binds it to a notebook
+    return main_attribute(None, qualname)
+
+
+# A function of the notebook stored by value (defined by the cell being stored, or a lambda or closure) is
+# stored as its code (marshal, which is exact for this Python version, and the Python minor version is in
+# every key) plus its defaults, closure and attributes, and made again on load with the notebook's live
+# namespace as its globals: as if its cell had just defined it. Neither a copy of the globals it saw when
+# it was stored nor how a pickling library rebuilds functions is involved.
+def _reduce_notebook_function(func: types.FunctionType) -> tuple:
+    cells = []
+    for cell in func.__closure__ or ():
+        try:
+            cells.append((True, cell.cell_contents))
+        except ValueError:  # a cell not filled yet
+            cells.append((False, None))
+    state = {"defaults": func.__defaults__, "kwdefaults": func.__kwdefaults__, "cells": cells,
+             "qualname": func.__qualname__, "doc": func.__doc__, "annotations": func.__annotations__,
+             "dict": dict(vars(func))}
+    # the state is pickled after the function itself is memoized, so a function that refers to itself
+    # (through its closure, defaults or attributes) is stored once and comes back as one object
+    return (_make_notebook_function, (marshal.dumps(func.__code__), func.__name__, len(cells)), state, None, None,
+            _set_notebook_function_state)
+
+
+def _make_notebook_function(code: bytes, name: str, free: int) -> types.FunctionType:
+    return _make_function(notebook_globals(None), code, name, free)  # (NotebookUnpickler binds a notebook)
+
+
+def _make_function(namespace: dict, code: bytes, name: str, free: int) -> types.FunctionType:
+    closure = tuple(types.CellType() for _ in range(free)) or None
+    return types.FunctionType(marshal.loads(code), namespace, name, None, closure)
+
+
+def _set_notebook_function_state(func: types.FunctionType, state: dict) -> None:
+    func.__defaults__, func.__kwdefaults__ = state["defaults"], state["kwdefaults"]
+    func.__qualname__, func.__doc__, func.__annotations__ = state["qualname"], state["doc"], state["annotations"]
+    func.__dict__.update(state["dict"])
+    for cell, (filled, value) in zip(func.__closure__ or (), state["cells"]):
+        if filled:
+            cell.cell_contents = value

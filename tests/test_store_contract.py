@@ -1,0 +1,127 @@
+"""The Store contract, run over every store: what the cached call relies on from whichever store it has."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+
+from nbcache import MemoryStore, Store
+from nbcache.diskstore import DiskStore
+from nbcache.entry import Entry, Latest
+from nbcache.frame import Frame, load_frame
+from nbcache.records import Change, ChangeKind, Outcome, StepRun
+
+
+@pytest.fixture(params=["disk", "memory"])
+def store(request, tmp_path):
+    s = DiskStore(tmp_path / "cache") if request.param == "disk" else MemoryStore()
+    yield s
+    s.close()
+
+
+def _entry(step: str = "s", blobs: tuple[str, ...] = ("a-1",), created_at: float | None = None) -> Entry:
+    return Entry(step=step, kind="function", outputs=tuple(b.split("-")[0] for b in blobs), blobs=blobs,
+                 sizes={b.split("-")[0]: 10 for b in blobs}, created_at=time.time() if created_at is None
+                 else created_at, duration_s=1.5, is_tuple=len(blobs) > 1)
+
+
+def _put(store: Store, key: str, entry: Entry, value: object = 1) -> None:
+    for address in entry.blobs:
+        store.put_blob(address, Frame(value))
+    store.put_entry(key, entry)
+
+
+def _run(step: str = "s", **fields: object) -> StepRun:
+    base = dict(step=step, cached=False, duration_s=1.0, saved_s=0.0, key="k", code="c", inputs={"a": "h"},
+                outputs=("o",), reason="first run", started_at=datetime(2026, 1, 2, tzinfo=timezone.utc))
+    return StepRun(**{**base, **fields})
+
+
+def test_every_store_keeps_the_protocol(store):
+    assert isinstance(store, Store)
+
+
+def test_entries_round_trip(store):
+    entry = _entry(blobs=("a-1", "b-2"))
+    _put(store, "k", entry)
+    assert store.get_entry("k") == entry
+    assert store.get_entry("other") is None
+    assert list(store.entries()) == [("k", entry)]
+
+
+@pytest.mark.parametrize("value", [None, [1, "x", {2.5}], np.arange(300_000.0)], ids=["none", "list", "big"])
+def test_blobs_round_trip_by_content_address(store, value):
+    store.put_blob("addr", Frame(value))
+    assert store.has_blob("addr") and not store.has_blob("other")
+    loaded = load_frame(store.open_blob("addr"))
+    if isinstance(value, np.ndarray):
+        np.testing.assert_array_equal(loaded, value)
+        assert loaded.flags.writeable
+    else:
+        assert loaded == value
+    assert store.open_blob("other") is None
+
+
+def test_a_blob_is_immutable_once_stored(store):
+    store.put_blob("addr", Frame("first"))
+    store.put_blob("addr", Frame("second"))
+    assert load_frame(store.open_blob("addr")) == "first"
+
+
+def test_the_latest_ingredients_round_trip(store):
+    latest = Latest(key="k", code="c", deps={"f()": "d"}, inputs={"x": "h"}, version="2", kind="cell",
+                    name="n", uncached="it runs a shell command")
+    assert store.get_latest("step") is None
+    store.put_latest("step", latest)
+    assert store.get_latest("step") == latest
+    store.put_latest("step", Latest(key="k2", code="c"))
+    assert store.get_latest("step").key == "k2"
+
+
+def test_the_history_keeps_every_run_in_order(store):
+    runs = [_run(), _run("t", cached=True, reason="cache hit", saved_s=1.0),
+            _run(state=Outcome.CHANGED, changes=(Change(ChangeKind.INPUT, "a"),), reason="argument a changed")]
+    for run in runs:
+        store.append_run(run)
+    assert store.read_runs() == runs
+    assert store.read_runs("t") == [runs[1]]
+    assert store.read_runs("nobody") == []
+
+
+def test_delete_drops_an_entry_and_the_blobs_named(store):
+    _put(store, "k", _entry(blobs=("a-1",)))
+    store.delete("k", ["a-1"])
+    assert store.get_entry("k") is None and store.open_blob("a-1") is None
+    store.delete("absent", ["absent"])  # forgetting what is gone is not an error
+
+
+def test_clear_removes_entries_and_unreferenced_blobs_but_keeps_history(store):
+    _put(store, "k1", _entry("s", ("a-1",)))
+    _put(store, "k2", _entry("t", ("b-2",)))
+    _put(store, "k3", _entry("t", ("a-1",)))  # shares its blob with k1
+    store.put_latest("s", Latest(key="k1", code="c"))
+    store.append_run(_run())
+    assert store.clear("s") == 1
+    assert store.get_entry("k1") is None and store.get_entry("k3") is not None
+    assert store.has_blob("a-1")  # still referenced by k3
+    assert store.clear() == 2
+    assert list(store.entries()) == [] and not store.has_blob("a-1") and not store.has_blob("b-2")
+    assert store.read_runs() == [_run()] and store.get_latest("s") is not None
+
+
+def test_clear_by_age(store):
+    _put(store, "old", _entry("s", ("a-1",), created_at=time.time() - 3 * 86400))
+    _put(store, "new", _entry("s", ("b-2",)))
+    assert store.clear(older_than_s=86400) == 1
+    assert store.get_entry("old") is None and not store.has_blob("a-1")
+    assert store.get_entry("new") is not None and store.has_blob("b-2")
+
+
+def test_stats_count_entries_and_bytes(store):
+    _put(store, "k", _entry(), np.zeros(100_000))
+    stats = store.stats()
+    assert stats.entries == 1 and stats.unreadable_entries == 0 and stats.size_bytes >= 800_000
+    assert stats.as_dict()["entries"] == 1
