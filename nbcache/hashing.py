@@ -27,14 +27,13 @@ from typing import Any
 from . import hash_core
 from .errors import UncacheableError
 from .fingerprint_handlers import CODE
-from .hash_base import BASE
 from .hash_core import (
     ATOMS, Handler, Handlers, Hasher, Unhashable, digest_of, feed, feed_bytes_tagged, feed_pairs, new_hasher, type_name,
 )
 
 __all__ = [
     "CODE", "Handler", "Handlers", "Hasher", "Unhashable", "Walk", "digest_of", "feed", "feed_bytes_tagged",
-    "feed_pairs", "hash_items", "hash_value", "new_hasher", "register", "type_name",
+    "feed_pairs", "hash_items", "hash_value", "new_hasher", "type_name",
 ]
 
 
@@ -93,13 +92,4 @@ def hash_items(values: tuple) -> tuple[str, list[str]]:
 
 def _public_error(e: Unhashable, root: str) -> UncacheableError:
     return UncacheableError(e.type_name, root + "".join(reversed(e.path)), e.detail)
-
-
-def register(tp: type, handler: Handler | None = None) -> Any:
-    """Deprecated, and gone once ``step`` defines ``Step.__nbcache_hash__`` (see ``hash_core.feed_stand_in``):
-    adds ``handler(obj, hasher, walk)`` for ``tp`` and its subclasses to every table, as before contexts."""
-    if handler is None:
-        return lambda fn: register(tp, fn)
-    BASE._add({tp: handler})
-    return handler
 

@@ -17,13 +17,16 @@ import types
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, TypeVar, overload
 
-from .call import StepCall, addresses_of, forget_last_written
+from .cache import Cache, default_cache
+from .cachedcall import StepCall, addresses_of
+from .entry import Entry
 from .errors import UncacheableError
 from .errors import warn as _warn
 from .fingerprint import fingerprint_parts
-from .hashing import Hasher, Walk, feed, hash_items, hash_value, register
+from .frame import Unpicklable
+from .hashing import Walk, hash_items, hash_value
 from .records import StepRun
-from .store import DiskStore, Unpicklable, get_store
+from .store import Store
 
 __all__ = ["Step", "step", "runs", "clear"]
 
@@ -41,6 +44,7 @@ class Step:
         enable_cache: ``False``: every call runs the body; calls are still recorded.
         ignore: The names of the arguments left out of the key.
         version: The string given as ``version=``, part of the key; ``None`` if none was given.
+        cache: The ``Cache`` its calls use; ``None``: the default one (``set_cache_dir``'s, at each call).
     """
 
     def __init__(
@@ -51,16 +55,18 @@ class Step:
         enable_cache: bool = True,
         ignore: Iterable[str] = (),
         version: str | None = None,
+        cache: Cache | None = None,
     ) -> None:
         if not callable(func) or isinstance(func, type):
             raise TypeError(f"@step decorates a function, not {type(func).__name__}")
-        ignore = _check_options(name, enable_cache, ignore, version)
+        ignore = _check_options(name, enable_cache, ignore, version, cache)
         functools.update_wrapper(self, func)  # sets __wrapped__, the function the step runs
         self._nbcache_function_ = func  # read by fingerprint(): a step's fingerprint is its function's
         self.name = name or _default_name(func)
         self.enable_cache = enable_cache
         self.version = version
         self.ignore = frozenset(ignore)
+        self.cache = cache
         self._signature = inspect.signature(func)
         params = self._signature.parameters
         unknown = sorted(self.ignore - set(params))
@@ -74,14 +80,19 @@ class Step:
     def __repr__(self) -> str:
         return f"<nbcache step {self.name!r}>"
 
+    def __nbcache_hash__(self) -> tuple[bytes, tuple]:
+        """A step used inside another step counts by its code, like the function it wraps, and its version."""
+        return b"step", (self.__wrapped__, self.version)
+
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         return self if instance is None else types.MethodType(self, instance)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         started_at = datetime.now(timezone.utc)
         t0 = time.perf_counter()
+        cache = self.cache or default_cache()
         try:
-            store = get_store()
+            store = cache.store()
         except Exception as exc:  # an unusable cache directory must not stop the user's work
             _warn(f"nbcache: step {self.name!r} ran without the cache: {exc}")
             return self.__wrapped__(*args, **kwargs)
@@ -90,15 +101,15 @@ class Step:
         except TypeError as exc:  # the error calling the function itself would give, with its name
             raise TypeError(f"{self.name}() {exc}") from None
         bound.apply_defaults()
-        return _Call(self, store, bound, started_at, t0).run()
+        return _Call(self, cache, store, bound, started_at, t0).run()
 
 
 class _Call(StepCall):
     """One call of a function step: hash its arguments, then serve it from the store or run it."""
 
-    def __init__(self, step: Step, store: DiskStore, bound: inspect.BoundArguments, started_at: datetime,
-                 t0: float) -> None:
-        super().__init__(store, step.name, version=step.version, started_at=started_at, t0=t0,
+    def __init__(self, step: Step, cache: Cache, store: Store, bound: inspect.BoundArguments,
+                 started_at: datetime, t0: float) -> None:
+        super().__init__(cache, store, step.name, version=step.version, started_at=started_at, t0=t0,
                          enabled=step.enable_cache)
         self.step = step
         self.bound = bound
@@ -115,12 +126,12 @@ class _Call(StepCall):
                     break
         self.make_key()
 
-    def restore(self, values: list[Any], entry: dict) -> Any:
-        if entry.get("ambient"):
+    def restore(self, values: list[Any], entry: Entry) -> Any:
+        if entry.ambient:
             self.set_state(values.pop())
-        self.record(cached=True, reason="cache hit", outputs=tuple(entry["outputs"]),
-                    saved_s=entry["duration_s"], result=entry.get("result", ""))
-        return tuple(values) if entry["tuple"] else values[0]
+        self.record(cached=True, reason="cache hit", outputs=entry.outputs, saved_s=entry.duration_s,
+                    result=entry.result)
+        return tuple(values) if entry.is_tuple else values[0]
 
     def execute(self, reason: str, *, store: bool) -> Any:
         t_body = time.perf_counter()
@@ -150,8 +161,8 @@ class _Call(StepCall):
             self.record(cached=False, reason=reason, outputs=addresses or addresses_of(values), result=whole)
             return result
         try:
-            addresses = self.save(values, {"tuple": is_tuple, "duration_s": duration, "result": whole},
-                                  addresses)
+            addresses = self.save(values, duration_s=duration, is_tuple=is_tuple, result=whole,
+                                  addresses=addresses)
         except Unpicklable as exc:
             _warn(f"nbcache: step {self.name!r} returned a value that cannot be pickled ({exc});"
                   " it is returned but not cached")
@@ -194,8 +205,10 @@ def _is_plain_data(value: Any) -> bool:
     return (np is not None and tp is np.ndarray) or (pd is not None and tp in (pd.DataFrame, pd.Series))
 
 
-def _check_options(name: Any, enable_cache: Any, ignore: Any, version: Any) -> tuple[str, ...]:
+def _check_options(name: Any, enable_cache: Any, ignore: Any, version: Any, cache: Any = None) -> tuple[str, ...]:
     """Validate @step's options (when they are given, not when the decorator is applied)."""
+    if cache is not None and not isinstance(cache, Cache):
+        raise TypeError(f"@step(cache=...) takes an nbcache.Cache, not {type(cache).__name__}")
     if not isinstance(enable_cache, bool):
         raise TypeError(f"@step(enable_cache=...) takes True or False, not {enable_cache!r}")
     if name is not None and (not isinstance(name, str) or not name.strip()):
@@ -214,25 +227,15 @@ def _default_name(func: Callable[..., Any]) -> str:
     return qualname.rpartition("<locals>.")[2]
 
 
-def _feed_step(obj: Step, h: Hasher, walk: Walk) -> None:
-    """A step used inside another step counts by its code, like the function it wraps."""
-    h.update(b"step")
-    feed(obj.__wrapped__, h, walk)
-    feed(obj.version, h, walk)
-
-
-register(Step, _feed_step)
-
-
 @overload
 def step(func: F) -> F: ...
 @overload
 def step(*, name: str | None = None, enable_cache: bool = True, ignore: Iterable[str] = (),
-         version: str | None = None) -> Callable[[F], F]: ...
+         version: str | None = None, cache: Cache | None = None) -> Callable[[F], F]: ...
 
 
 def step(func: Callable[..., Any] | None = None, *, name: str | None = None, enable_cache: bool = True,
-         ignore: Iterable[str] = (), version: str | None = None) -> Any:
+         ignore: Iterable[str] = (), version: str | None = None, cache: Cache | None = None) -> Any:
     """Cache a function's results on disk, keyed on its code and its arguments' content.
 
     Use as ``@step`` or ``@step(name=..., enable_cache=..., ignore=(...), version=...)``. The options are
@@ -244,6 +247,8 @@ def step(func: Callable[..., Any] | None = None, *, name: str | None = None, ena
             qualified name (``load``, ``Model.fit``). Two steps with one name share their history.
         enable_cache: ``False`` always runs the body while still recording the run, to switch caching off
             for one step without removing the decorator.
+        cache: The ``Cache`` to use (``nbcache.Cache(directory)``, or ``Cache(store=MemoryStore())``);
+            default: the one ``set_cache_dir`` sets, resolved at each call.
         ignore: Names of arguments left out of the key: a ``verbose`` flag, a logger, a lock. They are
             still passed to the function.
         version: A string to bump when something outside the code and the arguments changed (the data
@@ -256,10 +261,10 @@ def step(func: Callable[..., Any] | None = None, *, name: str | None = None, ena
         TypeError: An option of the wrong type, or a class or other non-function to decorate.
         ValueError: ``ignore`` names something that is not a parameter of the function (at decoration).
     """
-    _check_options(name, enable_cache, ignore, version)
+    _check_options(name, enable_cache, ignore, version, cache)
 
     def decorate(f: Callable[..., Any]) -> Step:
-        return Step(f, name=name, enable_cache=enable_cache, ignore=ignore, version=version)
+        return Step(f, name=name, enable_cache=enable_cache, ignore=ignore, version=version, cache=cache)
 
     if func is None:
         return decorate
@@ -279,7 +284,7 @@ def runs(step: str | Step | None = None) -> list[StepRun]:
     name = step.name if isinstance(step, Step) else step
     if name is not None and not isinstance(name, str):
         raise TypeError(f"runs() takes a step or a step name, not {type(step).__name__}")
-    return get_store().read_runs(name)
+    return default_cache().runs(name)
 
 
 def clear(step: str | Step | None = None) -> int:
@@ -290,7 +295,4 @@ def clear(step: str | Step | None = None) -> int:
     name = step.name if isinstance(step, Step) else step
     if name is not None and not isinstance(name, str):
         raise TypeError(f"clear() takes a step or a step name, not {type(step).__name__}")
-    store = get_store()
-    count = store.clear(name)
-    forget_last_written(store)
-    return count
+    return default_cache().clear(name)

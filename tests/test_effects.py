@@ -7,15 +7,18 @@ Each test runs a step, changes the world the way a new kernel or an edit would, 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
 import warnings
 
+import diskcache
 import numpy as np
 import pytest
 
 import nbcache
+import nbcache.cache
 from nbcache import ambient
 
 from .conftest import run_cell
@@ -241,9 +244,11 @@ def test_a_function_step_reading_a_file_and_a_step_calling_it_from_the_cache(tmp
 def test_damaged_checks_are_a_damaged_entry(ip):
     cell = "%%step\nv = 1"
     run(ip, cell)
-    store = nbcache.step.__globals__["get_store"]()
+    store = nbcache.cache.default_cache().store()
     key, entry = next(iter(store.entries()))
-    store.put_entry(key, entry["step"], {**entry, "checks": [["file"]]}, [])
+    record = json.loads(entry.to_json())
+    with diskcache.Cache(str(store.directory / "store")) as raw:  # what a damaged file leaves in the index
+        raw.set("entry:" + key, json.dumps({**record, "checks": [["file"]]}), tag=entry.step)
     with pytest.warns(nbcache.CacheWarning, match="damaged"):
         run(ip, cell)
     assert last().reason == "cached result was damaged"
@@ -558,9 +563,9 @@ def test_a_touched_file_is_read_once_then_known_by_its_new_stat(ip, tmp_path):
     os.utime(data, ns=(10**18, 10**18))
     run(ip, cell)
     assert last().cached
-    store = nbcache.step.__globals__["get_store"]()
+    store = nbcache.cache.default_cache().store()
     (_, entry), = list(store.entries())
-    assert entry["checks"][0][3][1] == 10**18  # the new mtime: the next hit does not read the file
+    assert entry.checks[0].stat[1] == 10**18  # the new mtime: the next hit does not read the file
 
 
 def test_an_lru_cached_function_defined_in_a_cell_comes_back_after_a_restart(ip):

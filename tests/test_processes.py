@@ -169,10 +169,10 @@ def test_two_processes_sharing_a_cache_lose_nothing(tmp_path):
 KILLED = textwrap.dedent('''
     import os, signal
     import numpy as np
-    import nbcache.store as store
+    import nbcache.frame as frame
     from nbcache import step
 
-    real_payload = store.Frame._payload
+    real_payload = frame.Frame._payload
 
     def payload_then_die(self):
         chunks = real_payload(self)
@@ -180,7 +180,7 @@ KILLED = textwrap.dedent('''
         yield next(chunks)
         os.kill(os.getpid(), signal.SIGKILL)  # killed halfway through writing the value
 
-    store.Frame._payload = payload_then_die
+    frame.Frame._payload = payload_then_die
 
     @step
     def big(n):

@@ -1,0 +1,140 @@
+"""``Cache``: one cache as an object. It owns which directory (and so which store) is used, the notebook
+module values are pickled against, the listeners of its runs, and what this process has written.
+
+Every part of nbcache that needs the cache is given one, or asks ``default_cache()``, the instance that
+``nbcache.set_cache_dir``, ``runs()``, ``clear()``, ``@step`` and ``%%step`` use unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import types
+from pathlib import Path
+from typing import Any
+
+from .diskstore import open_disk_store
+from .entry import Latest
+from .events import Events
+from .frame import Frame, load_frame
+from .records import StepRun
+from .store import Store
+
+__all__ = ["Cache", "default_cache", "cache_dir", "set_cache_dir"]
+
+
+class Cache:
+    """A cache: a directory (or a given ``store``), and the state of this process that goes with it.
+
+    ``directory=None`` follows ``$NBCACHE_DIR``, else ``./.nbcache`` of the working directory at each
+    call; ``store`` fixes the store outright (``MemoryStore()`` for a cache that lives in memory).
+    ``notebook`` is the module the notebook's cells run in (``None``: ``__main__``).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None, *, store: Store | None = None,
+                 notebook: types.ModuleType | None = None) -> None:
+        self._explicit_dir: str | None = None
+        self.set_directory(directory)
+        self._fixed_store = store
+        self._stores: dict[str, Store] = {}
+        self._stores_lock = threading.Lock()
+        self.notebook = notebook
+        self.events = Events()
+        # the ingredients each step's latest record holds, as far as this process knows, by (store, step):
+        # a hit then writes them only when they changed
+        self._latest_written: dict[tuple[int, str], str] = {}
+
+    def __repr__(self) -> str:
+        return f"Cache({self._fixed_store!r})" if self._fixed_store is not None else f"Cache({str(self.directory)!r})"
+
+    # where
+    def set_directory(self, path: str | os.PathLike[str] | None) -> None:
+        """Use ``path`` from now on (``None`` returns to ``NBCACHE_DIR`` or ``.nbcache``)."""
+        if path is not None and not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"set_cache_dir() takes a path, not {type(path).__name__}")
+        self._explicit_dir = None if path is None else os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+    @property
+    def directory(self) -> Path:
+        """The cache directory in use: the one set, else ``$NBCACHE_DIR``, else ``./.nbcache``."""
+        if self._explicit_dir is not None:
+            return Path(self._explicit_dir)
+        path = os.environ.get("NBCACHE_DIR") or ".nbcache"
+        if path.startswith("~"):
+            path = os.path.expanduser(path)
+        return Path(path if os.path.isabs(path) else os.path.join(os.getcwd(), path))
+
+    def store(self) -> Store:
+        """The store of the directory in use, opened once per directory; ``OSError`` if it is unusable."""
+        if self._fixed_store is not None:
+            return self._fixed_store
+        directory = str(self.directory)
+        store = self._stores.get(directory)
+        if store is None:
+            with self._stores_lock:
+                store = self._stores.get(directory)
+                if store is None:
+                    store = self._stores[directory] = open_disk_store(directory)
+        return store
+
+    # values
+    def frame(self, value: Any, by_value: set[int] = frozenset()) -> Frame:
+        """``value`` serialized against this cache's notebook; raises ``Unpicklable``."""
+        return Frame(value, notebook=self.notebook, by_value=by_value)
+
+    def load(self, store: Store, address: str) -> Any:
+        """The value of the blob at ``address``; ``None`` is a valid value, so a missing blob raises
+        ``KeyError``; a damaged one ``Damaged``."""
+        source = store.open_blob(address)
+        if source is None:
+            raise KeyError(address)
+        return load_frame(source, self.notebook)
+
+    # the latest ingredients, written only when they changed
+    def remember_latest(self, store: Store, identity: str, latest: Latest, *, force: bool = False) -> None:
+        slot = (id(store), identity)
+        written = f"{latest.key} {latest.uncached}" if latest.uncached else latest.key
+        if force or self._latest_written.get(slot) != written:
+            try:
+                store.put_latest(identity, latest)
+                self._latest_written[slot] = written
+            except Exception:
+                pass  # only the wording of a later reason depends on it
+
+    # history and maintenance
+    def record(self, store: Store, run: StepRun) -> None:
+        """Append ``run`` to the history and tell the listeners; raises ``OSError`` if it cannot be written
+        (the listeners are told anyway)."""
+        try:
+            store.append_run(run)
+        finally:
+            if self.events:
+                self.events.notify(run)
+
+    def runs(self, step: str | None = None) -> list[StepRun]:
+        return self.store().read_runs(step)
+
+    def clear(self, step: str | None = None, *, older_than_s: float | None = None) -> int:
+        store = self.store()
+        count = store.clear(step, older_than_s=older_than_s)
+        for slot in [s for s in self._latest_written if s[0] == id(store)]:
+            del self._latest_written[slot]
+        return count
+
+
+_default = Cache()
+
+
+def default_cache() -> Cache:
+    """The cache nbcache's functions and magics use unless given another."""
+    return _default
+
+
+def set_cache_dir(path: str | os.PathLike[str] | None) -> None:
+    """Use ``path`` for the cache from now on (``None`` returns to ``NBCACHE_DIR`` or ``.nbcache``)."""
+    _default.set_directory(path)
+
+
+def cache_dir() -> Path:
+    """The cache directory in use: set_cache_dir's, else ``$NBCACHE_DIR``, else ``./.nbcache``."""
+    return _default.directory

@@ -1,0 +1,285 @@
+"""One call of a step, whatever kind: its key, serving it from the store, saving it, and its record.
+
+``@step`` functions (``step.py``) and ``%%step`` cells (``cellstep.py``) differ in how they find their
+inputs and run their body; everything else, from the key to the record that says why a step ran, is here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from datetime import datetime
+from typing import Any, Sequence
+
+from . import ambient
+from .cache import Cache
+from .entry import AMBIENT_BLOB, Entry, Latest
+from .errors import UncacheableError
+from .errors import warn as _warn
+from .explain import FORMAT_CHANGED, changes_since, render
+from .frame import Damaged, Frame
+from .hashing import Walk, hash_value
+from .key import make_key
+from .observe import Observer, first_failure, inherit
+from .records import Change, ChangeKind, Outcome, StepRun
+from .store import Store
+
+__all__ = ["StepCall", "MISS", "addresses_of"]
+
+MISS = object()
+"""What ``lookup`` returns in place of the stored values when there are none to serve."""
+
+
+class StepCall:
+    """Key, lookup, save and record for one call. Subclasses fill ``code``, ``deps`` and ``inputs``."""
+
+    def __init__(self, cache: Cache, store: Store, name: str, *, version: str | None, started_at: datetime,
+                 t0: float, kind: str = "function", enabled: bool = True, identity: str | None = None) -> None:
+        self.cache = cache
+        self.store = store
+        self.enabled = enabled  # False: the user turned caching off for this step
+        self.name = name
+        self.identity = identity or name  # what keys and the latest ingredients are filed under
+        self.always_runs: str | None = None  # why this step is never served from the cache (a shell escape)
+        self.namespace: dict | None = None  # the notebook's variables, for the ones read through eval
+        self.observer: Observer | None = None  # what the run turned out to depend on
+        self.allow_shell = True  # False: a program its own code starts makes the run unrepeatable (cells)
+        self.version = version
+        self.kind = kind
+        self.started_at = started_at
+        self.t0 = t0
+        self.code = ""
+        self.deps: dict[str, str] = {}
+        self.inputs: dict[str, str] = {}
+        self.key = ""
+        self.sizes: dict[str, int] = {}  # stored bytes of each output, by address
+        self.problem: str | None = None  # why this call cannot be cached, as the run's reason
+        self.problem_detail = ""  # the same, in full, for the warning
+        self.outcome = Outcome.FIRST_RUN  # why it ran (set by ``run``), for the record
+        self.changes: tuple[Change, ...] = ()
+
+    def hash_input(self, name: str, value: Any, noun: str) -> bool:
+        """Hash one input; on failure note the problem and return False."""
+        walk = Walk()
+        try:
+            self.inputs[name] = hash_value(value, root=name, walk=walk)
+        except UncacheableError as exc:
+            self.problem = f"uncacheable {noun} {exc.path} ({exc.type_name})"
+            self.problem_detail = str(exc)
+            return False
+        self.note_globals_reader(walk)
+        return True
+
+    def note_globals_reader(self, walk: Walk) -> None:
+        """A function of the user's that this step calls reads the namespace through ``globals()``: what it
+        reads cannot be known, so the step runs every time (erring toward running)."""
+        if walk.globals_reader and not self.always_runs:
+            self.always_runs = (f"{walk.globals_reader} reads the notebook's variables through globals(), so"
+                                " nbcache cannot tell which ones it depends on")
+
+    def make_key(self) -> None:
+        """Make the key from the ingredients gathered, or warn why this call cannot have one."""
+        if self.problem:
+            if self.enabled:
+                _warn(f"nbcache: step {self.name!r} runs without the cache: {self.problem_detail}")
+            return
+        self.key = make_key(self.identity, self.code, self.inputs, self.version)
+
+    def run(self) -> Any:
+        """Serve the call from the store, or run it (and store it, when it can be)."""
+        if not self.enabled:
+            return self._execute_as(Outcome.DISABLED, "cache disabled", store=False)
+        if self.problem:
+            return self._execute_as(Outcome.UNCACHEABLE, self.problem, store=False)
+        if self.always_runs:
+            self.remember_last(uncached=self.always_runs)
+            return self._execute_as(Outcome.ALWAYS_RUNS, f"runs every time: {self.always_runs}", store=False)
+        try:
+            values, entry, reason = self.lookup()
+        except Exception as exc:  # the index itself failed (locked for too long, damaged): run uncached
+            _warn(f"nbcache: step {self.name!r} ran without the cache, which could not be read: {exc}")
+            return self._execute_as(Outcome.UNREADABLE, "cache unreadable", store=False)
+        if values is MISS:
+            return self.execute(reason, store=True)
+        self.outcome, self.changes = Outcome.HIT, ()
+        return self.restore(values, entry)
+
+    def _execute_as(self, outcome: Outcome, reason: str, *, store: bool) -> Any:
+        self.outcome, self.changes = outcome, ()
+        return self.execute(reason, store=store)
+
+    def execute(self, reason: str, *, store: bool) -> Any:
+        """Run the body, record the run, store the result if ``store``; return what the caller gets."""
+        raise NotImplementedError
+
+    def restore(self, values: list[Any], entry: Entry) -> Any:
+        """Give back a stored result and record the hit."""
+        raise NotImplementedError
+
+    def lookup(self) -> tuple[Any, Entry | None, str]:
+        """(stored values, entry, "") on a hit; (MISS, entry or None, why it ran) on a miss, with
+        ``outcome`` and ``changes`` set.
+
+        A damaged or missing stored value warns, is forgotten, and counts as a miss. Errors of the index
+        itself propagate: the caller runs uncached.
+        """
+        try:
+            entry = self.store.get_entry(self.key)
+        except Damaged as exc:
+            return MISS, None, self._damaged(exc, ())
+        if entry is None:
+            return MISS, None, self.why()
+        changed, refreshed = first_failure(entry.checks, self.namespace)
+        if changed:
+            self.outcome, self.changes = Outcome.CHANGED, (Change(ChangeKind.READ, changed),)
+            return MISS, entry, changed
+        if refreshed:  # files touched but not changed: remember their new stat, not to read them again
+            try:
+                entry = dataclasses.replace(entry, checks=refreshed)
+                self.store.put_entry(self.key, entry)
+            except Exception:
+                pass
+        inherit(entry.checks)  # a step running this one from its body depends on them too
+        try:
+            values = [self.cache.load(self.store, blob) for blob in entry.blobs]
+        except Damaged as exc:
+            return MISS, entry, self._damaged(exc, entry.blobs)
+        except KeyError:
+            _warn(f"nbcache: the cached result of step {self.name!r} is missing on disk; recomputing it")
+            self.store.delete(self.key, entry.blobs)  # the blob rows point at files that are gone
+            self.outcome, self.changes = Outcome.DAMAGED, ()
+            return MISS, entry, "cached result was missing"
+        self.remember_last()
+        self.sizes = dict(entry.sizes)
+        return values, entry, ""
+
+    def _damaged(self, exc: Exception, blobs: Sequence[str]) -> str:
+        _warn(f"nbcache: the cached result of step {self.name!r} is damaged ({exc}); recomputing it")
+        try:
+            self.store.delete(self.key, blobs)
+        except Exception:
+            pass
+        self.outcome, self.changes = Outcome.DAMAGED, ()
+        return "cached result was damaged"
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """On a hit: set the process-wide state the first run left (RNG, rc settings, options) again."""
+        failed = ambient.apply(state)
+        if failed:
+            _warn(f"nbcache: step {self.name!r} came from the cache, but its {', '.join(failed)} could not be"
+                  " set as its run left them")
+
+    def save(self, values: Sequence[Any], *, duration_s: float, is_tuple: bool, result: str = "",
+             addresses: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        """Store each of ``values`` under this call's key; return their content addresses. Raises
+        ``Unpicklable`` (nothing stored) if a value cannot be serialized; a failure to write warns, since
+        the caller still has its values."""
+        frames = [self.cache.frame(value) for value in values]
+        if addresses is None or not all(addresses):
+            addresses = tuple(_address(v, f) for v, f in zip(values, frames))
+        names = addresses
+        state = self.observer.changed_state() if self.observer else {}
+        if state:  # the process-wide state the run changed rides along as one more blob, set again on a hit
+            frames.append(self.cache.frame(state))
+            names = (*addresses, AMBIENT_BLOB)
+        self._put(frames, names, addresses, kind="function", duration_s=duration_s, is_tuple=is_tuple,
+                  result=result, ambient=bool(state))
+        return addresses
+
+    def save_payload(self, payload: Any, addresses: tuple[str, ...], *, duration_s: float, sizes: dict[str, int],
+                     by_value: set[int] = frozenset()) -> None:
+        """Store ``payload`` whole (one pickle keeps the identity of objects shared inside it), recording
+        ``addresses`` as the content addresses of the outputs and ``sizes`` as theirs. Raises
+        ``Unpicklable``."""
+        frame = self.cache.frame(payload, by_value=by_value)
+        self._put([frame], (hash_value(addresses),), addresses, kind="cell", duration_s=duration_s, sizes=sizes)
+
+    def _put(self, frames: list[Frame], names: tuple[str, ...], addresses: tuple[str, ...], *, kind: str,
+             duration_s: float, sizes: dict[str, int] | None = None, **fields: Any) -> None:
+        # A blob is named by content and by its exact bytes: values that hash alike but differ in what
+        # hashing ignores (dict order, DataFrame.attrs) are never served for one another.
+        blobs = tuple(f"{name}-{frame.identity()}" for name, frame in zip(names, frames))
+        self.sizes = sizes if sizes is not None else {a: f.nbytes for a, f in zip(addresses, frames)}
+        try:
+            entry = Entry(step=self.name, kind=kind, outputs=tuple(addresses), blobs=blobs, sizes=self.sizes,
+                          created_at=self.started_at.timestamp(), duration_s=duration_s,
+                          checks=self.observer.checks() if self.observer is not None else (), **fields)
+            for address, frame in zip(blobs, frames):
+                self.store.put_blob(address, frame)
+            self.store.put_entry(self.key, entry)
+            self.remember_last(force=True)
+        except Exception as exc:  # disk full, read-only directory, ...
+            _warn(f"nbcache: the result of step {self.name!r} could not be stored: {exc}")
+
+    def why(self) -> str:
+        """Why there is no entry: what differs from this step's latest run (sets ``outcome``, ``changes``)."""
+        try:
+            last = self.store.get_latest(self.identity)
+        except Damaged:  # written by an nbcache of another format
+            self.outcome, self.changes = Outcome.FIRST_RUN, (FORMAT_CHANGED,)
+            return render(self.outcome, self.changes)
+        except Exception:
+            last = None
+        self.outcome, self.changes = changes_since(last, self.code, self.deps, self.inputs, self.version, self.kind)
+        if self.outcome is Outcome.REMOVED and last is not None and last.key == self.key and last.uncached:
+            self.outcome = Outcome.ALWAYS_RUNS  # nothing changed, but nothing could be stored
+            return f"runs every time: {last.uncached}"
+        return render(self.outcome, self.changes, self.kind)
+
+    def remember_last(self, force: bool = False, uncached: str | None = None) -> None:
+        """Record this call's ingredients as the step's latest (``uncached``: why its result was not
+        stored, for the next run's reason)."""
+        latest = Latest(key=self.key, code=self.code, deps=self.deps, inputs=self.inputs, version=self.version,
+                        kind=self.kind, name=self.name, uncached=uncached)
+        self.cache.remember_latest(self.store, self.identity, latest, force=force)
+
+    def observe(self, bound: frozenset[str] = frozenset()) -> Observer:
+        """An observer for this call's run (what it reads, writes, draws and changes); ``bound``: the
+        variables the step itself binds. A cell's output depends on the display settings too."""
+        self.observer = Observer(self.store.location or os.devnull, self.namespace, bound,
+                                 renders=self.kind == "cell")
+        return self.observer
+
+    def not_cacheable_after_run(self) -> str | None:
+        """Why the run just observed must not be stored: it used something a hit cannot repeat."""
+        if self.observer is None:
+            return None
+        if self.observer.failed:
+            return "what it read could not be followed"
+        if self.observer.commands and not self.allow_shell:
+            return (f"it runs a shell command ({', '.join(self.observer.commands)}), which a hit would not run;"
+                    " %%step --allow-shell caches it anyway")
+        return None
+
+    def record(self, *, cached: bool, reason: str, outputs: tuple[str, ...], saved_s: float = 0.0,
+               status: str = "ok", error: str | None = None, output_names: tuple[str, ...] = (),
+               result: str = "") -> StepRun:
+        state = Outcome.HIT if cached else (Outcome.FAILED if status == "failed" else self.outcome)
+        run = StepRun(
+            step=self.name, cached=cached, duration_s=time.perf_counter() - self.t0, saved_s=saved_s,
+            key=self.key, code=self.code, inputs=self.inputs, outputs=outputs, reason=reason,
+            started_at=self.started_at, status=status, version=self.version, deps=self.deps, error=error,
+            kind=self.kind, output_names=output_names, sizes=self.sizes, result=result, state=state,
+            changes=self.changes,
+        )
+        try:
+            self.cache.record(self.store, run)
+        except OSError as exc:
+            _warn(f"nbcache: the run of step {self.name!r} could not be recorded: {exc}")
+        return run
+
+
+def addresses_of(values: Sequence[Any]) -> tuple[str, ...]:
+    """Content addresses of values that are not stored (for the record and the lineage)."""
+    return tuple(_address(v) for v in values)
+
+
+def _address(value: Any, frame: Frame | None = None) -> str:
+    """Content address of an output: its value hash, or for a value with no hashable content, its bytes."""
+    try:
+        return hash_value(value)
+    except UncacheableError:
+        if frame is None:
+            return ""
+        return "bytes-" + frame.checksum().hex()

@@ -1,0 +1,127 @@
+"""The Cache object: which directory and store it uses, its notebook module, its listeners, and that two
+caches in one process are independent."""
+
+from __future__ import annotations
+
+import os
+import types
+
+import pytest
+
+import nbcache
+from nbcache import Cache, MemoryStore, step
+from nbcache.cache import default_cache
+from nbcache.diskstore import DiskStore
+
+
+def test_a_cache_follows_nbcache_dir_and_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("NBCACHE_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    cache = Cache()
+    assert cache.directory == tmp_path / ".nbcache"
+    monkeypatch.setenv("NBCACHE_DIR", str(tmp_path / "elsewhere"))
+    assert cache.directory == tmp_path / "elsewhere"
+    cache.set_directory(tmp_path / "mine")
+    assert cache.directory == tmp_path / "mine"
+    assert isinstance(cache.store(), DiskStore) and cache.store() is cache.store()  # opened once
+
+
+def test_set_cache_dir_sets_the_default_cache(cache_dir):
+    assert nbcache.cache_dir() == cache_dir == default_cache().directory
+    with pytest.raises(TypeError, match="takes a path, not int"):
+        nbcache.set_cache_dir(3)
+
+
+def test_steps_given_a_cache_use_it_and_nothing_else(cache_dir):
+    memory = Cache(store=MemoryStore())
+    calls = []
+
+    @step(cache=memory, ignore=["log"])
+    def double(x, log):
+        log.append(x)
+        return 2 * x
+
+    assert double(2, calls) == 4 and double(2, calls) == 4 and calls == [2]
+    assert [r.state for r in memory.runs()] == [nbcache.Outcome.FIRST_RUN, nbcache.Outcome.HIT]
+    assert not (cache_dir / "store").exists()  # the default cache saw nothing
+    assert nbcache.runs() == []
+    assert memory.clear() == 1
+    double(2, calls)
+    assert calls == [2, 2] and memory.runs()[-1].reason == "cached result was removed"
+
+
+def test_step_refuses_something_that_is_not_a_cache():
+    with pytest.raises(TypeError, match=r"@step\(cache=...\) takes an nbcache.Cache, not str"):
+        step(cache=".nbcache")
+
+
+def test_listeners_hear_each_run_while_they_live(cache_dir):
+    cache = Cache(store=MemoryStore())
+    heard = []
+
+    class Listener:
+        def on_run(self, run):
+            heard.append(run.reason)
+
+    listener = Listener()
+    cache.events.subscribe(listener.on_run)
+
+    @step(cache=cache)
+    def one():
+        return 1
+
+    one()
+    one()
+    assert heard == ["first run", "cache hit"]
+    del listener
+    one()
+    assert heard == ["first run", "cache hit"]
+
+
+def test_a_listener_given_a_slot_replaces_the_one_before(cache_dir):
+    cache = Cache(store=MemoryStore())
+    heard = []
+
+    class Listener:
+        def __init__(self, name):
+            self.name = name
+
+        def on_run(self, run):
+            heard.append(self.name)
+
+    first, second = Listener("first"), Listener("second")
+    cache.events.subscribe(first.on_run, slot="widget")
+    cache.events.subscribe(second.on_run, slot="widget")
+
+    @step(cache=cache)
+    def one():
+        return 1
+
+    one()
+    assert heard == ["second"]
+
+
+def test_functions_come_back_into_the_cache_s_notebook_module(tmp_path):
+    """A function defined in the notebook is stored as code and made again in the namespace of the
+    notebook the cache is for, not in whatever __main__ is."""
+    notebook = types.ModuleType("notebook")
+    exec("K = 10\ndef scaled(x):\n    return x * K\n", vars(notebook))
+    notebook.scaled.__module__ = "notebook"
+    cache = Cache(tmp_path / "c", notebook=notebook)
+    frame = cache.frame([notebook.scaled])
+    store = cache.store()
+    store.put_blob("a", frame)
+    (restored,) = cache.load(store, "a")
+    assert restored is not notebook.scaled and restored.__globals__ is vars(notebook)
+    notebook.K = 3
+    assert restored(2) == 6  # reads the notebook's live globals
+    with pytest.raises(KeyError):
+        cache.load(store, "absent")
+
+
+def test_an_unusable_directory_says_what_to_do(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OSError, match="set NBCACHE_DIR or call nbcache.set_cache_dir"):
+        Cache(blocker / "cache").store()
+    assert os.path.exists(blocker)
