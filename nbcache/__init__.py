@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .cache import Cache, cache_dir, set_cache_dir
 from .errors import CacheWarning, NBCacheError, UncacheableError
 from .fingerprint import fingerprint
 from .hashing import hash_value
 from .key import CACHE_FORMAT
-from .records import StepRun
+from .records import Change, ChangeKind, Outcome, StepRun
 from .step import Step, clear, runs, step
-from .store import cache_dir, set_cache_dir
+from .store import MemoryStore, Store
 
 if TYPE_CHECKING:
     from .widget import LineageWidget
@@ -29,17 +30,18 @@ def lineage(*, history: bool = False) -> LineageWidget:
     ``history=True`` shows the latest run of every step the cache directory knows. The widget's
     ``graph`` is the ``graphviz.Digraph``; ``save("lineage.svg")`` (or .png, .pdf) writes the picture.
     """
-    from .widget import LineageWidget
+    from .widget import lineage as lineage_widget  # (ipywidgets and graphviz: imported when first used)
 
-    return LineageWidget(history=history)
+    return lineage_widget(history=history)
 
 
 def load_ipython_extension(ipython: object) -> None:
     """``%load_ext nbcache``: register ``%%step``, ``%steps`` and ``%nbcache`` (IPython is imported here,
     not by ``import nbcache``)."""
     from .magics import load_ipython_extension as load
+    from .widget import lineage as lineage_widget
 
-    load(ipython)
+    load(ipython, lineage=lineage_widget)
 
 
 def unload_ipython_extension(ipython: object) -> None:
@@ -50,10 +52,16 @@ def unload_ipython_extension(ipython: object) -> None:
 
 __all__ = [
     "CACHE_FORMAT",
+    "Cache",
     "CacheWarning",
+    "Change",
+    "ChangeKind",
+    "MemoryStore",
     "NBCacheError",
+    "Outcome",
     "Step",
     "StepRun",
+    "Store",
     "UncacheableError",
     "cache_dir",
     "clear",

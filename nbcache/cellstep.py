@@ -24,16 +24,19 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from .call import StepCall, addresses_of
+from .cachedcall import StepCall, addresses_of
+from .cache import Cache
 from .capture import Recorder, publish, replay, show_result_as_recorded
 from .cellcode import CellCode
 from .cellnames import CellNames
 from .cellvars import deleted_names, memory_size, output_names, picklable
 from .errors import warn as _warn
+from .entry import Entry
 from .fingerprint import imported_module
+from .frame import Unpicklable
 from .hashing import hash_value
 from .records import format_seconds
-from .store import Unpicklable, get_store
+from .store import Store
 
 __all__ = ["Analysed", "CellCall", "CellUsageError", "StepCellFailed", "ends_with_semicolon"]
 
@@ -50,6 +53,7 @@ class Magics(Protocol):
     """What a cell's run needs of the magics that started it."""
 
     shell: Any  # IPython's InteractiveShell
+    cache: Cache  # the cache its cells use
     names: CellNames  # the names of this kernel's cells
     settings: Any  # with ``quiet``: say nothing when a cell comes from the cache
 
@@ -65,13 +69,13 @@ def ends_with_semicolon(source: str) -> bool:
     return bool(tokens) and tokens[-1].string == ";"
 
 
-def _earlier_name(store: Any, identity: str) -> str | None:
+def _earlier_name(store: Store, identity: str) -> str | None:
     """The name the step filed under ``identity`` had in its latest ingredients (None: not known)."""
     try:
-        last = store.get_last(identity)
+        latest = store.get_latest(identity)
     except Exception:
         return None
-    return last.get("name") if last else None
+    return latest.name or None if latest else None
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,7 @@ class CellCall(StepCall):
         hidden = shell.user_ns_hidden  # what IPython itself put in the namespace (get_ipython, open)
         input_names = [n for n in dict.fromkeys([*code.reads, *args.inputs])
                        if n in ns and not (n in hidden and ns[n] is hidden[n]) and n not in args.ignore]
-        store = get_store()
+        store = magics.cache.store()
         if args.name:  # the user's name is the step's identity
             name, identity = args.name, None
         elif cell_id:  # Jupyter's id of the cell: the same cell, however its code and variables change
@@ -115,7 +119,7 @@ class CellCall(StepCall):
         else:  # plain IPython, nbclient: the name made of what the cell binds and reads
             name, identity = code.default_name(input_names), None
         self.derived_identity = not args.name and not cell_id
-        super().__init__(store, name, version=args.version, started_at=datetime.now(timezone.utc),
+        super().__init__(magics.cache, store, name, version=args.version, started_at=datetime.now(timezone.utc),
                          t0=time.perf_counter(), kind="cell", enabled=not args.no_cache, identity=identity)
         self.namespace = ns
         self.magics = magics
@@ -145,7 +149,7 @@ class CellCall(StepCall):
                 self.hash_input(f"import {module}", imported_module(module, package), "input")
         self.make_key()
 
-    def restore(self, values: list[Any], entry: dict) -> Any:
+    def restore(self, values: list[Any], entry: Entry) -> Any:
         return self._restore(values[0], entry)
 
     def why(self) -> str:
@@ -155,7 +159,7 @@ class CellCall(StepCall):
                        " without a Jupyter cell id nbcache cannot tell them apart; %%step NAME can)")
         return reason
 
-    def _restore(self, payload: dict, entry: dict) -> Any:
+    def _restore(self, payload: dict, entry: Entry) -> Any:
         ns = self.shell.user_ns
         for module in self.imports:  # `import a.b` binds `a`; the restored `a` needs `a.b` imported again
             if not module.startswith("."):
@@ -165,11 +169,11 @@ class CellCall(StepCall):
                     pass
         self._run_magics_again()
         self.set_state(payload.get("ambient") or {})  # after the magics: `%matplotlib inline` sets rc too
-        ns.update(payload["variables"])  # functions and classes come back living in ns (see store.py)
+        ns.update(payload["variables"])  # functions and classes come back living in ns (see pickler.py)
         for name in payload["deleted"]:
             ns.pop(name, None)
         if not self.magics.settings.quiet:  # what it cost now, next to what running it cost then
-            took, ran = format_seconds(time.perf_counter() - self.t0), format_seconds(entry["duration_s"])
+            took, ran = format_seconds(time.perf_counter() - self.t0), format_seconds(entry.duration_s)
             publish(
                 self.shell,
                 {"text/plain": f"nbcache: step {self.name!r} from the cache in {took} (running it took {ran})",
@@ -188,8 +192,8 @@ class CellCall(StepCall):
         replay(self.shell, payload["events"], show_result)
         if not shown:  # recorded by an nbcache that did not mark where the result came
             show_result()
-        self.record(cached=True, reason="cache hit", outputs=tuple(entry["outputs"]),
-                    saved_s=entry["duration_s"], output_names=tuple(payload["variables"]))
+        self.record(cached=True, reason="cache hit", outputs=entry.outputs,
+                    saved_s=entry.duration_s, output_names=tuple(payload["variables"]))
         return None  # shown already, in its place among the outputs
 
     def _run_magics_again(self) -> None:
@@ -246,9 +250,9 @@ class CellCall(StepCall):
                         and id(v) not in before.values()}
         try:
             sizes = {a: memory_size(v) for a, v in zip(addresses, variables.values()) if a}
-            self.save_payload(payload, addresses, {"duration_s": duration}, sizes=sizes, by_value=defined_here)
+            self.save_payload(payload, addresses, duration_s=duration, sizes=sizes, by_value=defined_here)
         except Unpicklable as exc:
-            what = next((f"variable {n!r}" for n, v in variables.items() if not picklable(v, defined_here)),
+            what = next((f"variable {n!r}" for n, v in variables.items() if not picklable(v, defined_here, self.cache.notebook)),
                         "its output")
             _warn(f"nbcache: step {self.name!r} was not cached: {what} cannot be pickled ({exc.reason})")
             reason = self._not_stored(reason, f"{what} cannot be pickled")

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from .hashing import hash_value
 from .step import Step
-from .store import Frame, Unpicklable
+from .frame import Frame, Unpicklable
 
 __all__ = ["IPYTHON_NAMES", "deleted_names", "is_closed", "memory_size", "output_names", "picklable"]
 
@@ -102,10 +102,11 @@ def memory_size(value: Any, depth: int = 3, seen: set[int] | None = None) -> int
     return size
 
 
-def picklable(value: Any, by_value: set[int]) -> bool:
-    """Whether ``value`` can be stored (``by_value``: ids of the functions and classes pickled by value)."""
+def picklable(value: Any, by_value: set[int], notebook: types.ModuleType | None = None) -> bool:
+    """Whether ``value`` can be stored (``by_value``: ids of the functions and classes pickled by value;
+    ``notebook``: the module the notebook's cells run in)."""
     try:
-        Frame(value, by_value=by_value)
+        Frame(value, notebook=notebook, by_value=by_value)
         return True
     except Unpicklable:
         return False

@@ -12,9 +12,15 @@ import json
 import os
 import re
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from .cache import Cache
+from .diskstore import DiskStore
+from .records import StepRun
+from .store import Store
+from .tables import (NO_STEPS, STEP_RUNS_HEADER, STEPS_HEADER, info_text, removed_text, step_runs_rows,
+                     step_summaries, steps_rows, text_table, why_text)
 
 __all__ = ["main"]
 
@@ -99,14 +105,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _directory(args: argparse.Namespace) -> Path:
     """--dir, else what a step in this shell would use (``$NBCACHE_DIR``, else ``./.nbcache``)."""
-    from .store import cache_dir
-
-    return Path(args.dir).expanduser().absolute() if args.dir else cache_dir()
+    return Path(args.dir).expanduser().absolute() if args.dir else Cache().directory
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .store import DiskStore
-
     directory = _directory(args)
     if not (directory / "store").is_dir():
         raise _Failure(f"no cache at {directory}: run a step first, or point --dir or NBCACHE_DIR at one",
@@ -115,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
     runs = store.read_runs()
     step = getattr(args, "step", None)
     if step is not None and step not in {r.step for r in runs}:
-        known = {r.step for r in runs} | {e["step"] for _, e in store.entries()}
+        known = {r.step for r in runs} | {e.step for _, e in store.entries()}
         if step not in known:
             hint = f"; known steps: {', '.join(sorted(known))}" if known else ""
             raise _Failure(f"no step named {step!r} in {directory}{hint}", EXIT_UNKNOWN_STEP)
@@ -123,42 +125,25 @@ def _run(args: argparse.Namespace) -> int:
     return handler[args.command](args, store, runs)
 
 
-def _ls(args: argparse.Namespace, store: Any, runs: list) -> int:
-    steps: dict[str, dict[str, Any]] = {}
-    for run in runs:  # the latest run of each step gives its kind and its last run
-        steps.setdefault(run.step, {"step": run.step, "entries": 0, "bytes": 0}).update(kind=run.kind, last=run)
-    for _, entry in store.entries():
-        row = steps.setdefault(entry["step"], {"step": entry["step"], "kind": "?", "entries": 0, "bytes": 0})
-        row["entries"] += 1
-        row["bytes"] += sum(entry.get("sizes", {}).values())
-    rows = [{**row, "last": _run_json(row["last"]) if "last" in row else None} for row in steps.values()]
+def _ls(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
+    summaries = step_summaries(runs, ((e.step, sum(e.sizes.values())) for _, e in store.entries()))
     if args.json:
-        return _print_json(rows)
-    from .records import format_bytes
-
-    _print_table(["step", "kind", "entries", "size", "last run", "last state"],
-                 [[r["step"], r["kind"], r["entries"], format_bytes(r["bytes"]),
-                   _when(r["last"]["started_at"]) if r["last"] else "", r["last"]["outcome"] if r["last"] else ""]
-                  for r in rows], empty="no steps yet")
+        return _print_json([{"step": s.step, "kind": s.kind, "entries": s.entries, "bytes": s.bytes,
+                             "last": _run_json(s.last) if s.last else None} for s in summaries])
+    _print_table(STEPS_HEADER, steps_rows(summaries), empty=NO_STEPS)
     return 0
 
 
-def _show(args: argparse.Namespace, store: Any, runs: list) -> int:
-    mine = [_run_json(r) for r in runs if r.step == args.step]
+def _show(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
+    mine = [r for r in runs if r.step == args.step]
     if args.json:
-        return _print_json(mine)
-    from .records import format_seconds
-
-    _print_table(["started", "state", "duration", "key", "reason"],
-                 [[_when(r["started_at"]), r["outcome"], format_seconds(r["duration_s"]), r["key"], r["reason"]]
-                  for r in mine], empty=f"{args.step} has no recorded runs")
+        return _print_json([_run_json(r) for r in mine])
+    _print_table(STEP_RUNS_HEADER, step_runs_rows(mine), empty=f"{args.step} has no recorded runs")
     return 0
 
 
-def _why(args: argparse.Namespace, store: Any, runs: list) -> int:
-    from .call import describe_last_change
-
-    text = describe_last_change(runs, args.step)
+def _why(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
+    text = why_text(runs, args.step)
     if text is None:
         raise _Failure(f"step {args.step!r} has stored results but no recorded runs", EXIT_UNKNOWN_STEP)
     if args.json:
@@ -168,8 +153,8 @@ def _why(args: argparse.Namespace, store: Any, runs: list) -> int:
     return 0
 
 
-def _graph(args: argparse.Namespace, store: Any, runs: list) -> int:
-    import graphviz
+def _graph(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
+    import graphviz  # (and the graph module, which imports it: only for this command)
 
     from .graph import DOT_HELP, build, to_dot
 
@@ -192,34 +177,24 @@ def _graph(args: argparse.Namespace, store: Any, runs: list) -> int:
     return 0
 
 
-def _clear(args: argparse.Namespace, store: Any, runs: list) -> int:
+def _clear(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
     count = store.clear(args.step, older_than_s=args.older_than)
     if args.json:
         return _print_json({"removed": count})
-    print(f"removed {count} cached result{'s' if count != 1 else ''}")
+    print(removed_text(count, args.step))
     return 0
 
 
-def _info(args: argparse.Namespace, store: Any, runs: list) -> int:
-    stats = {**store.stats(), "runs": len(runs)}
+def _info(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
+    stats = store.stats()
     if args.json:
-        return _print_json(stats)
-    from .records import format_bytes
-
-    print(f"cache directory: {stats['directory']}\nentries: {stats['entries']}\n"
-          f"size: {format_bytes(stats['size_bytes'])}\nrecorded runs: {stats['runs']}")
-    if stats["unreadable_entries"]:
-        print(f"unreadable entries: {stats['unreadable_entries']} (written by an nbcache with another cache"
-              " format; `nbcache clear` removes them)")
+        return _print_json({**stats.as_dict(), "runs": len(runs)})
+    print(info_text(stats, runs=len(runs)))
     return 0
 
 
-def _run_json(run: Any) -> dict[str, Any]:
+def _run_json(run: StepRun) -> dict[str, Any]:
     return {**json.loads(run.to_json()), "outcome": run.outcome}
-
-
-def _when(iso: str) -> str:
-    return f"{datetime.fromisoformat(iso).astimezone():%Y-%m-%d %H:%M:%S}"
 
 
 def _print_json(value: Any) -> int:
@@ -228,13 +203,7 @@ def _print_json(value: Any) -> int:
 
 
 def _print_table(header: list[str], rows: list[list[Any]], *, empty: str) -> None:
-    if not rows:
-        print(empty)
-        return
-    cells = [[str(c) for c in row] for row in [header, *rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    print(text_table(header, rows) if rows else empty)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Iterable
 
 import graphviz
 
-from .records import SESSION, StepRun, format_seconds
+from .records import SESSION, Outcome, StepRun, format_seconds
 
 __all__ = ["Lineage", "Node", "Edge", "State", "build", "to_dot", "render_svg", "DotMissing"]
 
@@ -41,16 +41,13 @@ class State(enum.Enum):
 
     @classmethod
     def of(cls, run: StepRun) -> State:
-        if run.status == "failed":
-            return cls.FAILED
-        if run.cached:
-            return cls.HIT
-        if run.reason.startswith(("cache disabled", "uncacheable", "cache unreadable", "cannot fingerprint",
-                                  "runs every time", "not cached")):
-            return cls.UNCACHED
-        if run.reason.startswith("first run"):  # also "first run; result not cached: cannot be pickled"
-            return cls.FIRST
-        return cls.RERUN
+        return _STATES.get(run.state, cls.RERUN)
+
+
+_STATES = {Outcome.HIT: State.HIT, Outcome.FAILED: State.FAILED, Outcome.FIRST_RUN: State.FIRST,
+           Outcome.DISABLED: State.UNCACHED, Outcome.UNCACHEABLE: State.UNCACHED,
+           Outcome.ALWAYS_RUNS: State.UNCACHED, Outcome.UNREADABLE: State.UNCACHED}
+"""The colour of each outcome; the others (changed, removed, damaged) re-ran."""
 
 
 @dataclass(frozen=True)

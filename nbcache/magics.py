@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -19,15 +19,13 @@ from IPython.display import publish_display_data
 from traitlets import Bool, Unicode, observe
 from traitlets.config import Configurable
 
+from .cache import Cache, default_cache
 from .cellcode import analyse_cell
 from .cellnames import CellNames
 from .cellstep import Analysed, CellCall, CellUsageError, StepCellFailed, ends_with_semicolon
 from .records import SESSION
-from .step import clear
-from .store import get_store, set_cache_dir, set_notebook_module
 from .tables import (KERNEL_RUNS_HEADER, NO_KERNEL_RUNS, info_text, kernel_runs_rows, removed_text, table_bundle,
                      why_text)
-from .widget import LineageWidget
 
 __all__ = ["NBCache", "StepMagics", "load_ipython_extension", "unload_ipython_extension"]
 
@@ -40,9 +38,13 @@ class NBCache(Configurable):
                         ).tag(config=True)
     quiet = Bool(False, help="Do not print the line that says a cell came from the cache.").tag(config=True)
 
+    def __init__(self, cache: Cache, **kwargs: Any) -> None:
+        self.cache = cache  # before the config is applied, which may set cache_dir
+        super().__init__(**kwargs)
+
     @observe("cache_dir")
     def _cache_dir_changed(self, change: dict) -> None:
-        set_cache_dir(change["new"] or None)
+        self.cache.set_directory(change["new"] or None)
 
 
 def _show_step_failure(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None) -> None:
@@ -66,9 +68,11 @@ _NBCACHE_USAGE = "usage: %nbcache info | %nbcache clear [NAME] | %nbcache why NA
 class StepMagics(Magics):
     """``%%step``, ``%steps``, ``%lineage`` and ``%nbcache``."""
 
-    def __init__(self, shell: Any, settings: NBCache) -> None:
+    def __init__(self, shell: Any, settings: NBCache, lineage: Callable[..., Any]) -> None:
         super().__init__(shell)
         self.settings = settings
+        self.cache = settings.cache
+        self._lineage = lineage  # makes the widget (the magics do not import the widget layer above them)
         self._analysed: dict[str, Analysed] = {}
         self.cell_id: str | None = None  # the Jupyter id of the cell being run (None in a plain IPython)
         self.names = CellNames()
@@ -118,7 +122,7 @@ class StepMagics(Magics):
         """A table of this kernel's step runs: name, hit or ran, duration, time saved, reason."""
         if line.strip():
             raise UsageError("%steps takes no arguments")
-        rows = kernel_runs_rows(r for r in get_store().read_runs() if r.session == SESSION)
+        rows = kernel_runs_rows(r for r in self.cache.runs() if r.session == SESSION)
         if rows:
             publish_display_data(table_bundle(KERNEL_RUNS_HEADER, rows))
         else:
@@ -130,7 +134,7 @@ class StepMagics(Magics):
     def lineage(self, line: str) -> Any:
         """Show the lineage graph of the steps, which keeps itself up to date as steps run."""
         args = parse_argstring(self.lineage, line)
-        return LineageWidget(history=args.history)
+        return self._lineage(history=args.history, cache=self.cache)
 
     @magic_arguments()
     @argument("command", choices=["info", "clear", "why"],
@@ -145,11 +149,11 @@ class StepMagics(Magics):
         args = self._parse(self.nbcache, line, _NBCACHE_USAGE)
         name = " ".join(args.name)
         if args.command == "info" and not name:
-            print(info_text(get_store().stats()))
+            print(info_text(self.cache.store().stats()))
         elif args.command == "clear":
-            print(removed_text(clear(name or None), name or None))
+            print(removed_text(self.cache.clear(name or None), name or None))
         elif args.command == "why" and name:
-            text = why_text(get_store().read_runs(name), name)
+            text = why_text(self.cache.runs(name), name)
             if text is None:
                 raise UsageError(f"no step named {name!r} has run with this cache directory;"
                                  " `nbcache ls` in a terminal lists those that have")
@@ -171,13 +175,16 @@ class StepMagics(Magics):
 
 # -- loading -----------------------------------------------------------------------------------------------
 
-def load_ipython_extension(shell: Any) -> None:
-    settings = NBCache(parent=shell)
-    shell.configurables.append(settings)  # (a cache_dir from config already reached set_cache_dir)
-    magics = StepMagics(shell, settings)
+def load_ipython_extension(shell: Any, lineage: Callable[..., Any], cache: Cache | None = None) -> None:
+    """Register the magics on ``shell``, working with ``cache`` (default: nbcache's default cache);
+    ``lineage(history=..., cache=...)`` makes the widget ``%lineage`` shows."""
+    cache = default_cache() if cache is None else cache
+    settings = NBCache(cache, parent=shell)
+    shell.configurables.append(settings)  # (a cache_dir from config has already reached the cache)
+    magics = StepMagics(shell, settings, lineage)
     shell.register_magics(magics)
     shell.events.register("pre_run_cell", magics.pre_run_cell)
-    set_notebook_module(shell.user_module)
+    cache.notebook = shell.user_module  # what the cells define is pickled by value against it
     if not shell.custom_exceptions:  # show a failed cell's own traceback once, then one line from us
         shell.set_custom_exc((StepCellFailed,), _show_step_failure)
 
@@ -188,7 +195,8 @@ def unload_ipython_extension(shell: Any) -> None:
             shell.events.unregister("pre_run_cell", callback)
     for kind, name in (("cell", "step"), ("line", "steps"), ("line", "nbcache"), ("line", "lineage")):
         shell.magics_manager.magics[kind].pop(name, None)
+    for settings in [c for c in shell.configurables if isinstance(c, NBCache)]:
+        settings.cache.notebook = None
     shell.configurables[:] = [c for c in shell.configurables if not isinstance(c, NBCache)]
     if shell.custom_exceptions == (StepCellFailed,):
         shell.set_custom_exc((), None)
-    set_notebook_module(None)

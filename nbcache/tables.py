@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
-from .call import describe_last_change
+from .explain import describe_last_change
 from .records import StepRun, format_bytes, format_seconds
+from .store import StoreStats
 
 __all__ = ["KERNEL_RUNS_HEADER", "NO_KERNEL_RUNS", "NO_STEPS", "STEP_RUNS_HEADER", "STEPS_HEADER", "StepSummary",
            "html_table", "info_text", "kernel_runs_rows", "removed_text", "step_runs_rows", "step_summaries",
@@ -112,11 +113,15 @@ def why_text(runs: Sequence[StepRun], name: str) -> str | None:
     return describe_last_change(runs, name)
 
 
-def info_text(stats: dict[str, Any], runs: int | None = None) -> str:
+def info_text(stats: StoreStats, runs: int | None = None) -> str:
     """A cache directory's ``stats()`` in lines (and its number of recorded runs, when given)."""
-    text = (f"cache directory: {stats['directory']}\nentries: {stats['entries']}\n"
-            f"size: {format_bytes(stats['size_bytes'])}")
-    return text if runs is None else f"{text}\nrecorded runs: {runs}"
+    text = f"cache directory: {stats.directory}\nentries: {stats.entries}\nsize: {format_bytes(stats.size_bytes)}"
+    if runs is not None:
+        text += f"\nrecorded runs: {runs}"
+    if stats.unreadable_entries:
+        text += (f"\nunreadable entries: {stats.unreadable_entries} (written by an nbcache with another cache"
+                 " format, or damaged; `nbcache clear` removes them)")
+    return text
 
 
 def removed_text(count: int, step: str | None = None) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import os
+import sys
 import time
 import weakref
 from typing import Any
@@ -18,22 +19,29 @@ from typing import Any
 import graphviz
 import ipywidgets as widgets
 
-from .call import subscribe
+from .cache import Cache, default_cache
 from .graph import DOT_HELP, DotMissing, Lineage, Node, State, build, render_svg, runs_table_html, to_dot
 from .records import StepRun, format_bytes, format_seconds
-from .store import get_store
-
-__all__ = ["LineageWidget"]
+__all__ = ["LineageWidget", "lineage"]
 
 _REDRAW_EVERY_S = 0.5
-_live: dict[bool, list[LineageWidget]] = {}  # the widget of each kind (history or not) that follows runs
+
+
+def lineage(*, history: bool = False, cache: Cache | None = None) -> LineageWidget:
+    """The lineage graph of this kernel's steps as a widget that keeps itself up to date.
+
+    ``history=True`` shows the latest run of every step the cache directory knows. The widget's
+    ``graph`` is the ``graphviz.Digraph``; ``save("lineage.svg")`` (or .png, .pdf) writes the picture.
+    """
+    return LineageWidget(history=history, cache=cache)
 
 
 class LineageWidget(widgets.VBox):
     """The lineage graph of this kernel's steps (or of the whole history), and a step's details."""
 
-    def __init__(self, *, history: bool = False) -> None:
+    def __init__(self, *, history: bool = False, cache: Cache | None = None) -> None:
         self._history = history
+        self._cache = cache or default_cache()
         self._picture = widgets.HTML(layout=widgets.Layout(overflow="auto"))
         self._picker = widgets.Dropdown(description="step", options=[], layout=widgets.Layout(width="max-content"))
         self._details = widgets.HTML()
@@ -44,12 +52,10 @@ class LineageWidget(widgets.VBox):
         self._lineage = Lineage({}, ())
         self._drawn_at = 0.0
         self._dirty = False
-        self._following = True
         self.refresh()
-        for older in _live.get(history, []):  # ipywidgets keeps every widget alive: the newest one of
-            older._following = False  # each kind follows the runs, earlier ones keep their last picture
-        _live[history] = [self]
-        subscribe(self._on_run)
+        # ipywidgets keeps every widget alive: the newest one of each kind follows the runs, earlier ones
+        # keep their last picture
+        self._cache.events.subscribe(self._on_run, slot=(LineageWidget, history))
         _after_each_cell(self._redraw_if_dirty)
 
     # -- the public surface ----------------------------------------------------------------------------
@@ -78,7 +84,7 @@ class LineageWidget(widgets.VBox):
 
     def refresh(self) -> None:
         """Read the history again and redraw."""
-        self._runs = get_store().read_runs()
+        self._runs = self._cache.runs()
         self._lineage = build(self._runs, history=self._history)
         self._picture.value = _picture_html(self._lineage)
         names = list(self._lineage.nodes)
@@ -95,15 +101,13 @@ class LineageWidget(widgets.VBox):
 
     # -- keeping up with runs --------------------------------------------------------------------------
     def _on_run(self, run: StepRun) -> None:
-        if not self._following:
-            return
         if time.monotonic() - self._drawn_at >= _REDRAW_EVERY_S:
             self.refresh()
         else:
             self._dirty = True
 
     def _redraw_if_dirty(self) -> None:
-        if self._dirty and self._following:
+        if self._dirty:
             self.refresh()
 
     def _show_details(self, change: Any = None) -> None:
@@ -155,12 +159,10 @@ def _details_html(node: Node, lineage: Lineage, runs: list[StepRun]) -> str:
 
 
 def _after_each_cell(method: Any) -> None:
-    """Call the bound ``method`` after every cell of the current IPython shell, while its object lives."""
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - ipywidgets depends on IPython
-        return
-    shell = get_ipython()
+    """Call the bound ``method`` after every cell of the running IPython shell, while its object lives.
+    (The shell is the one already running, if any: this module does not import IPython.)"""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
     if shell is None:
         return
     ref = weakref.WeakMethod(method)

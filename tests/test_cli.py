@@ -95,9 +95,7 @@ def test_ls_and_info(filled, capsys):
 def test_ls_gives_the_kind_of_the_latest_run(filled, capsys):
     import dataclasses
 
-    from nbcache.store import get_store
-
-    get_store().append_run(dataclasses.replace(nbcache.runs("load")[-1], kind="cell"))  # a cell took the name
+    nbcache.cache.default_cache().store().append_run(dataclasses.replace(nbcache.runs("load")[-1], kind="cell"))  # a cell took the name
     _, out, _ = cli(capsys, "ls", "--dir", filled)
     assert {line.split()[0]: line.split()[1] for line in out.splitlines()[1:]} == {"load": "cell", "total": "function"}
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from nbcache.records import StepRun
+import dataclasses
+
+from nbcache.store import StoreStats
 from nbcache.tables import (KERNEL_RUNS_HEADER, STEPS_HEADER, html_table, info_text, kernel_runs_rows,
                             removed_text, step_runs_rows, step_summaries, steps_rows, table_bundle, text_table,
                             when, why_text)
@@ -67,9 +70,12 @@ def test_when_is_local_time_to_the_second_from_a_datetime_or_its_iso_text():
 
 
 def test_messages():
-    stats = {"directory": "/c", "entries": 3, "size_bytes": 2048}
+    stats = StoreStats(directory="/c", entries=3, unreadable_entries=0, size_bytes=2048)
     assert info_text(stats) == "cache directory: /c\nentries: 3\nsize: 2.0 KB"
     assert info_text(stats, runs=5).endswith("\nrecorded runs: 5")
+    damaged = info_text(dataclasses.replace(stats, unreadable_entries=2), runs=5)
+    assert damaged.endswith("\nrecorded runs: 5\nunreadable entries: 2 (written by an nbcache with another"
+                            " cache format, or damaged; `nbcache clear` removes them)")
     assert removed_text(1) == "removed 1 cached result"
     assert removed_text(2, "load") == "removed 2 cached results of step 'load'"
 
