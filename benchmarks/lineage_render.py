@@ -38,9 +38,7 @@ def main() -> None:
     with temp_cache() as path:
         import os
 
-        from nbcache.store import get_store
-
-        store = get_store()
+        store = nbcache.Cache(path).store()
         for run in runs:
             store.append_run(run)
         t_widget = best_of(lambda: nbcache.lineage(), repeat=3)

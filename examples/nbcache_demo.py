@@ -240,11 +240,10 @@ def main(cache_dir: str | None = None, output: str = "lineage.svg") -> int:
 
 
 def _write_lineage(directory: Path, session: str, output: str) -> None:
-    # nbcache's internals, the one place this example uses them: the lineage of another process's run
+    # nbcache's graph module, the one internal this example uses: the lineage of another process's run
     from nbcache.graph import DotMissing, build, render_svg, to_dot
-    from nbcache.store import DiskStore
 
-    lineage = build(DiskStore(directory).read_runs(), session=session)
+    lineage = build(nbcache.Cache(directory).runs(), session=session)
     try:
         Path(output).write_text(render_svg(to_dot(lineage)))
     except DotMissing as exc:
