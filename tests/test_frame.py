@@ -1,0 +1,82 @@
+"""frame.py and pickler.py: a value's bytes, checked on the way back, and functions of the notebook coming
+back into the notebook they are loaded for (the module given, never a process-wide setting)."""
+
+from __future__ import annotations
+
+import io
+import threading
+import types
+
+import numpy as np
+import pytest
+
+from nbcache.frame import Damaged, Frame, Unpicklable, load_frame
+
+
+def notebook(source: str) -> types.ModuleType:
+    """A module standing for a notebook's namespace, with ``source`` run in it as a cell would be."""
+    module = types.ModuleType("__main__")
+    exec(compile(source, "<cell>", "exec"), vars(module))
+    return module
+
+
+@pytest.mark.parametrize("value", [None, 1, "text", {"a": [1, 2.5]}, np.arange(10.0).reshape(2, 5)])
+def test_a_frame_loads_back_from_bytes_and_from_a_file(value):
+    data = Frame(value).to_bytes()
+    for source in (data, io.BytesIO(data)):
+        loaded = load_frame(source)
+        if isinstance(value, np.ndarray):
+            assert np.array_equal(loaded, value) and loaded.flags.writeable
+        else:
+            assert loaded == value
+
+
+def test_the_identity_follows_the_bytes():
+    assert Frame([1, 2]).identity() == Frame([1, 2]).identity() != Frame([1, 3]).identity()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "trail", "magic"])
+def test_any_change_to_the_bytes_is_damage(damage):
+    data = bytearray(Frame(np.arange(1000)).to_bytes())
+    if damage == "truncate":
+        data = data[:-1]
+    elif damage == "flip":
+        data[-5] ^= 1
+    elif damage == "trail":
+        data += b"x"
+    else:
+        data[:4] = b"XXXX"
+    for source in (bytes(data), io.BytesIO(bytes(data))):
+        with pytest.raises(Damaged):
+            load_frame(source)
+
+
+def test_what_cannot_be_pickled_is_named():
+    with pytest.raises(Unpicklable, match="_thread.lock") as info:
+        Frame({"lock": threading.Lock()})
+    assert "lock" in info.value.reason
+
+
+def test_an_open_file_is_never_stored(tmp_path):
+    with open(tmp_path / "f.txt", "w") as f, pytest.raises(Unpicklable, match="a file object"):
+        Frame(f)
+
+
+def test_a_notebook_function_comes_back_living_in_the_notebook_it_is_loaded_for():
+    first = notebook("SCALE = 3\ndef scaled(x):\n    return SCALE * x\n")
+    data = Frame(first.scaled, notebook=first, by_value={id(first.scaled)}).to_bytes()
+    second = notebook("SCALE = 10\n")  # the same notebook after a restart, SCALE since changed
+    restored = load_frame(data, second)
+    assert restored.__globals__ is vars(second) and restored(2) == 20
+
+
+def test_a_notebook_class_is_stored_by_name_unless_the_cell_defines_it():
+    nb = notebook("class Point:\n    def __init__(self, x):\n        self.x = x\n")
+    point = nb.Point(1)
+    by_name = Frame(point, notebook=nb).to_bytes()
+    restored = load_frame(by_name, nb)
+    assert type(restored) is nb.Point and restored.x == 1  # an instance of the live class
+    with pytest.raises(Damaged, match="no longer defines Point"):
+        load_frame(by_name, notebook("pass\n"))  # the notebook has no Point any more: recompute
+    by_value = Frame(point, notebook=nb, by_value={id(nb.Point)}).to_bytes()
+    assert load_frame(by_value, notebook("pass\n")).x == 1
