@@ -77,4 +77,3 @@ def temp_cache() -> Iterator[str]:
             yield path
         finally:
             nbcache.set_cache_dir(None)
-

@@ -92,4 +92,3 @@ def _analyse(code: types.CodeType) -> CodeInfo:
         else:
             feed(const, h, walk)
     return CodeInfo(h.digest(), tuple(sorted(chains)))
-

@@ -59,7 +59,6 @@ def _feed_function(func: types.FunctionType, h: Hasher, walk: Walk) -> None:
         feed(dict(registry), h, walk)
 
 
-
 def _feed_code_object(code: types.CodeType, h: Hasher, walk: Walk) -> None:
     h.update(b"codeobj" + code_info(code).digest)
 
@@ -167,6 +166,7 @@ def _feed_library(obj: Any, h: Hasher) -> None:
     module = getattr(obj, "__module__", None) or getattr(getattr(obj, "__self__", None), "__name__", "")
     name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "")
     feed_bytes_tagged(b"lib", f"{module}.{name}@{package_version(module or 'builtins')}".encode(), h)
+
 
 def _feed_module(module: types.ModuleType, h: Hasher, walk: Walk) -> None:
     if not is_user_code(module.__name__, module_file(module)):

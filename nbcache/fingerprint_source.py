@@ -139,4 +139,3 @@ def imported_module(name: str, package: str | None = None) -> Any:
 
 class LibraryName(str):
     """An installed module not imported yet: it counts by name and version, like an imported one."""
-

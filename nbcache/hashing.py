@@ -92,4 +92,3 @@ def hash_items(values: tuple) -> tuple[str, list[str]]:
 
 def _public_error(e: Unhashable, root: str) -> UncacheableError:
     return UncacheableError(e.type_name, root + "".join(reversed(e.path)), e.detail)
-

@@ -32,6 +32,7 @@ __all__ = ["Step", "step", "runs", "clear"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
 class Step:
     """A function whose calls are cached on disk. Made by ``@step``; call it like the function.
 

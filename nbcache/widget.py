@@ -22,6 +22,7 @@ import ipywidgets as widgets
 from .cache import Cache, default_cache
 from .graph import DOT_HELP, DotMissing, Lineage, Node, State, build, render_svg, runs_table_html, to_dot
 from .records import StepRun, format_bytes, format_seconds
+
 __all__ = ["LineageWidget", "lineage"]
 
 _REDRAW_EVERY_S = 0.5
@@ -41,7 +42,7 @@ class LineageWidget(widgets.VBox):
 
     def __init__(self, *, history: bool = False, cache: Cache | None = None) -> None:
         self._history = history
-        self._cache = cache or default_cache()
+        self._cache = cache if cache is not None else default_cache()
         self._picture = widgets.HTML(layout=widgets.Layout(overflow="auto"))
         self._picker = widgets.Dropdown(description="step", options=[], layout=widgets.Layout(width="max-content"))
         self._details = widgets.HTML()
