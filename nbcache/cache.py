@@ -47,6 +47,22 @@ class Cache:
     def __repr__(self) -> str:
         return f"Cache({self._fixed_store!r})" if self._fixed_store is not None else f"Cache({str(self.directory)!r})"
 
+    def __reduce__(self) -> tuple:
+        """A cache pickles as where it is (a step that carries one is stored by a ``%%step`` cell); this
+        process's state does not travel, and a cache given a store of its own cannot be pickled."""
+        if self is _default:
+            return default_cache, ()
+        if self._fixed_store is not None:
+            raise TypeError("a Cache given a store= cannot be pickled; give it a directory instead")
+        return Cache, (self._explicit_dir,)
+
+    def __nbcache_hash__(self) -> tuple[bytes, tuple]:
+        """A cache counts as its directory as set (``None``: wherever the working directory puts it), or
+        as its store, when read by a step or a cell."""
+        if self._fixed_store is not None:
+            return b"nbcache.Cache", (type(self._fixed_store).__qualname__, self._fixed_store.location)
+        return b"nbcache.Cache", (self._explicit_dir,)
+
     # where
     def set_directory(self, path: str | os.PathLike[str] | None) -> None:
         """Use ``path`` from now on (``None`` returns to ``NBCACHE_DIR`` or ``.nbcache``)."""
@@ -55,20 +71,27 @@ class Cache:
         self._explicit_dir = None if path is None else os.path.abspath(os.path.expanduser(os.fspath(path)))
 
     @property
-    def directory(self) -> Path:
-        """The cache directory in use: the one set, else ``$NBCACHE_DIR``, else ``./.nbcache``."""
+    def directory(self) -> Path | None:
+        """The cache directory in use: the one set, else ``$NBCACHE_DIR``, else ``./.nbcache``; for a cache
+        given a store, that store's directory (``None`` for a ``MemoryStore``)."""
+        if self._fixed_store is not None:
+            location = self._fixed_store.location
+            return None if location is None else Path(location)
+        return Path(self._directory())
+
+    def _directory(self) -> str:
         if self._explicit_dir is not None:
-            return Path(self._explicit_dir)
+            return self._explicit_dir
         path = os.environ.get("NBCACHE_DIR") or ".nbcache"
         if path.startswith("~"):
             path = os.path.expanduser(path)
-        return Path(path if os.path.isabs(path) else os.path.join(os.getcwd(), path))
+        return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
 
     def store(self) -> Store:
         """The store of the directory in use, opened once per directory; ``OSError`` if it is unusable."""
         if self._fixed_store is not None:
             return self._fixed_store
-        directory = str(self.directory)
+        directory = self._directory()  # (a string: this is on every call's path)
         store = self._stores.get(directory)
         if store is None:
             with self._stores_lock:
@@ -137,4 +160,4 @@ def set_cache_dir(path: str | os.PathLike[str] | None) -> None:
 
 def cache_dir() -> Path:
     """The cache directory in use: set_cache_dir's, else ``$NBCACHE_DIR``, else ``./.nbcache``."""
-    return _default.directory
+    return Path(_default._directory())

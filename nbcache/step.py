@@ -17,6 +17,7 @@ import types
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, TypeVar, overload
 
+from .audit import unobserved
 from .cache import Cache, default_cache
 from .cachedcall import StepCall, addresses_of
 from .entry import Entry
@@ -47,6 +48,8 @@ class Step:
         version: The string given as ``version=``, part of the key; ``None`` if none was given.
         cache: The ``Cache`` its calls use; ``None``: the default one (``set_cache_dir``'s, at each call).
     """
+
+    cache: Cache | None = None  # (a class default, for a Step pickled by an nbcache that had no cache=)
 
     def __init__(
         self,
@@ -91,9 +94,10 @@ class Step:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         started_at = datetime.now(timezone.utc)
         t0 = time.perf_counter()
-        cache = self.cache or default_cache()
+        cache = self.cache if self.cache is not None else default_cache()
         try:
-            store = cache.store()
+            with unobserved:  # (opening a cache is no data the step this one runs in depends on)
+                store = cache.store()
         except Exception as exc:  # an unusable cache directory must not stop the user's work
             _warn(f"nbcache: step {self.name!r} ran without the cache: {exc}")
             return self.__wrapped__(*args, **kwargs)
@@ -285,7 +289,7 @@ def runs(step: str | Step | None = None) -> list[StepRun]:
     name = step.name if isinstance(step, Step) else step
     if name is not None and not isinstance(name, str):
         raise TypeError(f"runs() takes a step or a step name, not {type(step).__name__}")
-    return default_cache().runs(name)
+    return _cache_of(step).runs(name)
 
 
 def clear(step: str | Step | None = None) -> int:
@@ -296,4 +300,10 @@ def clear(step: str | Step | None = None) -> int:
     name = step.name if isinstance(step, Step) else step
     if name is not None and not isinstance(name, str):
         raise TypeError(f"clear() takes a step or a step name, not {type(step).__name__}")
-    return default_cache().clear(name)
+    return _cache_of(step).clear(name)
+
+
+def _cache_of(step: Any) -> Cache:
+    """A step's own cache (``@step(cache=...)``), else the default one."""
+    own = step.cache if isinstance(step, Step) else None
+    return own if own is not None else default_cache()

@@ -125,3 +125,65 @@ def test_an_unusable_directory_says_what_to_do(tmp_path):
     with pytest.raises(OSError, match="set NBCACHE_DIR or call nbcache.set_cache_dir"):
         Cache(blocker / "cache").store()
     assert os.path.exists(blocker)
+
+
+def test_a_step_calling_a_step_of_another_cache_does_not_depend_on_that_caches_files(cache_dir, tmp_path):
+    other = Cache(tmp_path / "other")
+    memory = Cache(store=MemoryStore())
+
+    @step(cache=other)
+    def inner(n):
+        return n * 2
+
+    @step
+    def outer(n):
+        return inner(n) + 1
+
+    @step(cache=memory)
+    def top(n):
+        return outer(n) * 10
+
+    assert [outer(3), outer(4), outer(3)] == [7, 9, 7]
+    assert [r.reason for r in nbcache.runs("outer")] == ["first run", "argument n changed", "cache hit"]
+    assert top(3) == 70 and top(3) == 70 and top(4) == 90
+    assert [r.reason for r in memory.runs()] == ["first run", "cache hit", "argument n changed"]
+    assert [r.reason for r in nbcache.runs("outer")][3:] == ["cache hit", "cache hit"]  # in top's runs
+
+
+def test_runs_and_clear_of_a_step_use_its_own_cache(cache_dir):
+    memory = Cache(store=MemoryStore())
+
+    @step(cache=memory)
+    def double(x):
+        return 2 * x
+
+    double(1)
+    assert [r.step for r in nbcache.runs(double)] == ["double"] and nbcache.runs("double") == []
+    assert nbcache.clear(double) == 1
+
+
+def test_a_cache_pickles_as_where_it_is_and_hashes_as_that(tmp_path):
+    import cloudpickle
+
+    mine = Cache(tmp_path / "c")
+    back = cloudpickle.loads(cloudpickle.dumps(mine))
+    assert back is not mine and back.directory == mine.directory
+    assert cloudpickle.loads(cloudpickle.dumps(default_cache())) is default_cache()
+    with pytest.raises(TypeError, match="give it a directory instead"):
+        cloudpickle.dumps(Cache(store=MemoryStore()))
+    assert nbcache.hash_value(mine) == nbcache.hash_value(Cache(tmp_path / "c"))
+    assert nbcache.hash_value(mine) != nbcache.hash_value(Cache(tmp_path / "d"))
+    assert nbcache.hash_value(Cache(store=MemoryStore())) != nbcache.hash_value(mine)
+    assert Cache(store=MemoryStore()).directory is None
+
+
+def test_a_step_pickled_before_steps_had_a_cache_still_runs(cache_dir):
+    import cloudpickle
+
+    @step
+    def triple(x):
+        return 3 * x
+
+    del triple.__dict__["cache"]  # as a Step pickled by an nbcache without cache= comes back
+    old = cloudpickle.loads(cloudpickle.dumps(triple))
+    assert old(2) == 6 and old(2) == 6 and nbcache.runs("triple")[-1].cached
