@@ -23,7 +23,7 @@ from typing import Callable, Protocol
 from .checks import Check
 from .fingerprint import is_user_code
 
-__all__ = ["Watcher", "inherit", "unwatch", "watch"]
+__all__ = ["Unobserved", "Watcher", "inherit", "unobserved", "unwatch", "watch"]
 
 
 class Watcher(Protocol):
@@ -44,6 +44,23 @@ class Watcher(Protocol):
 _active: list[Watcher] = []  # the watchers of the runs under way, innermost last (steps nest)
 _hook_installed = False
 _hook_lock = threading.Lock()
+_quiet = threading.local()  # .depth: how many ``unobserved`` blocks this thread is in
+
+
+class Unobserved:
+    """A block whose events no watcher hears: nbcache's own reads and writes of a cache (this step's, or
+    another cache's when a step calls a step kept elsewhere) are not data the step under way depends on."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _quiet.depth = getattr(_quiet, "depth", 0) + 1
+
+    def __exit__(self, *exc: object) -> None:
+        _quiet.depth -= 1
+
+
+unobserved = Unobserved()
 
 
 def watch(watcher: Watcher) -> None:
@@ -77,7 +94,7 @@ def _install_hook() -> None:
 
 
 def _audit(event: str, args: tuple) -> None:
-    if not _active:
+    if not _active or getattr(_quiet, "depth", 0):
         return
     handler = _HANDLERS.get(event)
     if handler is None:

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Sequence
 
 from . import ambient
+from .audit import unobserved
 from .cache import Cache
 from .entry import AMBIENT_BLOB, Entry, Latest
 from .errors import UncacheableError
@@ -122,8 +123,13 @@ class StepCall:
         ``outcome`` and ``changes`` set.
 
         A damaged or missing stored value warns, is forgotten, and counts as a miss. Errors of the index
-        itself propagate: the caller runs uncached.
+        itself propagate: the caller runs uncached. What it reads is the cache's, never data that a step this
+        call runs inside depends on.
         """
+        with unobserved:
+            return self._lookup()
+
+    def _lookup(self) -> tuple[Any, Entry | None, str]:
         try:
             entry = self.store.get_entry(self.key)
         except Damaged as exc:
@@ -205,9 +211,10 @@ class StepCall:
             entry = Entry(step=self.name, kind=kind, outputs=tuple(addresses), blobs=blobs, sizes=self.sizes,
                           created_at=self.started_at.timestamp(), duration_s=duration_s,
                           checks=self.observer.checks() if self.observer is not None else (), **fields)
-            for address, frame in zip(blobs, frames):
-                self.store.put_blob(address, frame)
-            self.store.put_entry(self.key, entry)
+            with unobserved:
+                for address, frame in zip(blobs, frames):
+                    self.store.put_blob(address, frame)
+                self.store.put_entry(self.key, entry)
             self.remember_last(force=True)
         except Exception as exc:  # disk full, read-only directory, ...
             _warn(f"nbcache: the result of step {self.name!r} could not be stored: {exc}")
@@ -232,7 +239,8 @@ class StepCall:
         stored, for the next run's reason)."""
         latest = Latest(key=self.key, code=self.code, deps=self.deps, inputs=self.inputs, version=self.version,
                         kind=self.kind, name=self.name, uncached=uncached)
-        self.cache.remember_latest(self.store, self.identity, latest, force=force)
+        with unobserved:
+            self.cache.remember_latest(self.store, self.identity, latest, force=force)
 
     def observe(self, bound: frozenset[str] = frozenset()) -> Observer:
         """An observer for this call's run (what it reads, writes, draws and changes); ``bound``: the
@@ -264,7 +272,8 @@ class StepCall:
             changes=self.changes,
         )
         try:
-            self.cache.record(self.store, run)
+            with unobserved:
+                self.cache.record(self.store, run)
         except OSError as exc:
             _warn(f"nbcache: the run of step {self.name!r} could not be recorded: {exc}")
         return run

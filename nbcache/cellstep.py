@@ -24,14 +24,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from .cachedcall import StepCall, addresses_of
+from .audit import unobserved
 from .cache import Cache
+from .cachedcall import StepCall, addresses_of
 from .capture import Recorder, publish, replay, show_result_as_recorded
 from .cellcode import CellCode
 from .cellnames import CellNames
 from .cellvars import deleted_names, memory_size, output_names, picklable
-from .errors import warn as _warn
 from .entry import Entry
+from .errors import warn as _warn
 from .fingerprint import imported_module
 from .frame import Unpicklable
 from .hashing import hash_value
@@ -109,7 +110,8 @@ class CellCall(StepCall):
         hidden = shell.user_ns_hidden  # what IPython itself put in the namespace (get_ipython, open)
         input_names = [n for n in dict.fromkeys([*code.reads, *args.inputs])
                        if n in ns and not (n in hidden and ns[n] is hidden[n]) and n not in args.ignore]
-        store = magics.cache.store()
+        with unobserved:
+            store = magics.cache.store()
         if args.name:  # the user's name is the step's identity
             name, identity = args.name, None
         elif cell_id:  # Jupyter's id of the cell: the same cell, however its code and variables change
