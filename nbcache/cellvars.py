@@ -13,9 +13,9 @@ import sys
 import types
 from typing import Any, Mapping, Sequence
 
+from .frame import Frame, Unpicklable
 from .hashing import hash_value
 from .step import Step
-from .frame import Frame, Unpicklable
 
 __all__ = ["IPYTHON_NAMES", "deleted_names", "is_closed", "memory_size", "output_names", "picklable"]
 
@@ -86,7 +86,7 @@ def memory_size(value: Any, depth: int = 3, seen: set[int] | None = None) -> int
         return 0
     seen.add(id(value))
     nbytes = getattr(value, "nbytes", None)
-    if isinstance(nbytes, int):
+    if type(nbytes) is int and nbytes >= 0:  # (an object's own nbytes may be anything)
         return nbytes
     usage = getattr(value, "memory_usage", None)
     if callable(usage) and type(value).__module__.startswith("pandas"):

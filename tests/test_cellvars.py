@@ -7,6 +7,8 @@ import tempfile
 import threading
 import zipfile
 
+import pytest
+
 from nbcache.cellvars import deleted_names, is_closed, memory_size, output_names, picklable
 from nbcache.hashing import hash_value
 
@@ -81,6 +83,13 @@ def test_memory_size_counts_the_data_inside_containers_each_object_once():
     assert memory_size((big, big)) < 8_001_000  # the same array twice is counted once
     assert memory_size({"a": big, "b": Array()}) > 16_000_000
     assert memory_size(b"x" * 10_000) >= 10_000
+
+
+@pytest.mark.parametrize("nbytes", [-1, True, 2.5, "8"])
+def test_memory_size_ignores_an_nbytes_that_is_no_size(nbytes):
+    odd = type("Odd", (), {"nbytes": nbytes})()
+    size = memory_size(odd)
+    assert type(size) is int and size > 0  # what a stored entry's sizes can hold
 
 
 def test_memory_size_is_quick_on_deep_and_long_data():
