@@ -173,10 +173,24 @@ class StepRun:
             raise ValueError("a run record's 'started_at' has no time zone")
         record["outputs"] = tuple(record["outputs"])
         record["output_names"] = tuple(record.get("output_names", ()))
+        # a newer nbcache's outcome or kind of change is read as an older one would: the outcome from the
+        # reason's words, and only the changes it knows
         state = record.get("state")
-        record["state"] = Outcome(state) if state is not None else None
-        record["changes"] = tuple(Change.from_json(c) for c in record.get("changes") or ())
+        record["state"] = Outcome(state) if state in _OUTCOMES else None
+        changes = record.get("changes") or ()
+        if not isinstance(changes, (list, tuple)):
+            raise TypeError("a run record's 'changes' is not a list")
+        record["changes"] = tuple(Change.from_json(c) for c in changes if not _newer_change(c))
         return cls(**record)
+
+
+_OUTCOMES = frozenset(o.value for o in Outcome)
+_CHANGE_KINDS = frozenset(k.value for k in ChangeKind)
+
+
+def _newer_change(item: Any) -> bool:
+    """A change of a kind a newer nbcache records: left out, where a malformed one is an error."""
+    return isinstance(item, list) and bool(item) and isinstance(item[0], str) and item[0] not in _CHANGE_KINDS
 
 
 def _legacy_state(run: StepRun) -> Outcome:

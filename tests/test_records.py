@@ -72,6 +72,16 @@ def test_a_record_of_a_newer_nbcache_reads_without_its_new_fields():
     assert StepRun.from_json(json.dumps(record)) == make(state=Outcome.FIRST_RUN)
 
 
+def test_a_newer_nbcaches_outcome_and_kinds_of_change_read_as_an_older_one_would():
+    record = json.loads(make(state=Outcome.CHANGED, reason="argument x changed",
+                             changes=(Change(ChangeKind.INPUT, "x"),)).to_json())
+    record["state"] = "served by a colleague"
+    record["changes"].append(["telepathy", "y", None, None])
+    run = StepRun.from_json(json.dumps(record))
+    assert run.state is Outcome.CHANGED  # from the reason's words
+    assert run.changes == (Change(ChangeKind.INPUT, "x"),)
+
+
 def test_change_json():
     change = Change(ChangeKind.VERSION, "", "1", None)
     assert change.to_json() == ["version", "", "1", None]
@@ -176,8 +186,6 @@ MALFORMED = [
     pytest.param(replaced(started_at=5), id="started_at a number"),
     pytest.param(replaced(started_at="yesterday"), id="started_at not a date"),
     pytest.param(replaced(outputs=None), id="outputs null"),
-    pytest.param(replaced(state="exploded"), id="unknown state"),
-    pytest.param(replaced(changes=[["nonsense", "", None, None]]), id="unknown change kind"),
     pytest.param(replaced(changes=[["input"]]), id="change too short"),
     pytest.param(replaced(changes=[5]), id="change a number"),
     pytest.param(replaced(changes=5), id="changes a number"),
@@ -208,7 +216,7 @@ def test_a_record_with_inputs_of_the_wrong_type_never_crashes_why():
 def test_the_history_skips_lines_that_are_not_records(tmp_path):
     good = [make(state=Outcome.FIRST_RUN), make(cached=True, reason="cache hit", state=Outcome.HIT)]
     lines = [good[0].to_json(), "not json", legacy_line()[:40], "[1, 2]", "null", without("started_at"),
-             replaced(state="exploded"), good[1].to_json(), legacy_line(reason="cache disabled")]
+             replaced(started_at="yesterday"), good[1].to_json(), legacy_line(reason="cache disabled")]
     (tmp_path / "runs.jsonl").write_text("\n" + "\n".join(lines) + "\n")
     store = DiskStore(tmp_path)
     try:
