@@ -36,6 +36,7 @@ __all__ = ["DiskStore", "open_disk_store"]
 
 _INLINE_BYTES = 64 << 10  # smaller values live in the SQLite index; larger ones are files
 _ABSENT = diskcache.core.ENOVAL
+_PARSED_MAX = 4096  # entries remembered parsed (each about a kilobyte)
 
 
 class _FrameDisk(diskcache.Disk):
@@ -86,6 +87,7 @@ class DiskStore:
         self._log_path = self.directory / "runs.jsonl"
         self._log_fd: int | None = None
         self._lock = threading.Lock()
+        self._parsed: dict[str, Entry] = {}  # entries read, by their text: a hit parses its entry once
 
     def __repr__(self) -> str:
         return f"DiskStore({str(self.directory)!r})"
@@ -93,7 +95,15 @@ class DiskStore:
     # entries and blobs
     def get_entry(self, key: str) -> Entry | None:
         text = self._cache.get("entry:" + key, _ABSENT)
-        return None if text is _ABSENT else Entry.from_json(text)
+        if text is _ABSENT:
+            return None
+        entry = self._parsed.get(text) if type(text) is str else None
+        if entry is None:
+            entry = Entry.from_json(text)  # (raises Damaged: nothing is remembered)
+            if len(self._parsed) >= _PARSED_MAX:
+                self._parsed.clear()
+            self._parsed[text] = entry
+        return entry
 
     def put_entry(self, key: str, entry: Entry) -> None:
         self._cache.set("entry:" + key, entry.to_json(), tag=entry.step)

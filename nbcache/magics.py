@@ -68,7 +68,7 @@ _NBCACHE_USAGE = "usage: %nbcache info | %nbcache clear [NAME] | %nbcache why NA
 class StepMagics(Magics):
     """``%%step``, ``%steps``, ``%lineage`` and ``%nbcache``."""
 
-    def __init__(self, shell: Any, settings: NBCache, lineage: Callable[..., Any]) -> None:
+    def __init__(self, shell: Any, settings: NBCache, lineage: Callable[..., Any] | None) -> None:
         super().__init__(shell)
         self.settings = settings
         self.cache = settings.cache
@@ -134,6 +134,9 @@ class StepMagics(Magics):
     def lineage(self, line: str) -> Any:
         """Show the lineage graph of the steps, which keeps itself up to date as steps run."""
         args = parse_argstring(self.lineage, line)
+        if self._lineage is None:
+            raise UsageError("%lineage needs the widget, which %load_ext nbcache loads (this kernel loaded"
+                             " nbcache.magics alone)")
         return self._lineage(history=args.history, cache=self.cache)
 
     @magic_arguments()
@@ -175,9 +178,10 @@ class StepMagics(Magics):
 
 # -- loading -----------------------------------------------------------------------------------------------
 
-def load_ipython_extension(shell: Any, lineage: Callable[..., Any], cache: Cache | None = None) -> None:
+def load_ipython_extension(shell: Any, lineage: Callable[..., Any] | None = None, cache: Cache | None = None) -> None:
     """Register the magics on ``shell``, working with ``cache`` (default: nbcache's default cache);
-    ``lineage(history=..., cache=...)`` makes the widget ``%lineage`` shows."""
+    ``lineage(history=..., cache=...)`` makes the widget ``%lineage`` shows (``%load_ext nbcache`` gives it;
+    without it ``%lineage`` says to load that)."""
     cache = default_cache() if cache is None else cache
     settings = NBCache(cache, parent=shell)
     shell.configurables.append(settings)  # (a cache_dir from config has already reached the cache)

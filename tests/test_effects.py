@@ -385,7 +385,7 @@ def test_without_cell_ids_two_cells_with_one_derived_name_are_not_claimed_to_be_
     assert last().reason == "code changed"  # a name the user gave is the cell's identity
 
 
-def test_a_sqlite_database_opened_by_path_is_a_file_it_reads(tmp_path):
+def test_a_sqlite_database_opened_by_path_is_a_file_it_reads(tmp_path, cache_dir):
     import sqlite3
 
     path = tmp_path / "shop.sqlite"
