@@ -2,28 +2,33 @@
 
 ``@step`` functions (``step.py``) and ``%%step`` cells (``cellstep.py``) differ in how they find their
 inputs and run their body; everything else, from the key to the record that says why a step ran, is here.
+
+Nothing nbcache does may cost a result: what fails in keeping it (pickling, storing, recording) is a trouble,
+told in one warning by the run's record (every call ends with one); ``keep`` guards all that follows the
+body, ``watching`` the observer; what fails in computing the key (``make_key``) runs the call uncached.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from . import ambient
 from .audit import unobserved
 from .cache import Cache
 from .entry import AMBIENT_BLOB, Entry, Latest
-from .errors import UncacheableError
+from .errors import CacheWarning, UncacheableError
 from .errors import warn as _warn
 from .explain import FORMAT_CHANGED, changes_since, render
 from .frame import Damaged, Frame
 from .hashing import Walk, hash_value
 from .key import make_key
 from .observe import Observer, first_failure, inherit
-from .records import Change, ChangeKind, Outcome, StepRun
+from .records import Change, ChangeKind, Outcome, StepRun, describe_error
 from .store import Store
 
 __all__ = ["StepCall", "MISS", "addresses_of"]
@@ -59,9 +64,28 @@ class StepCall:
         self.problem_detail = ""  # the same, in full, for the warning
         self.outcome = Outcome.FIRST_RUN  # why it ran (set by ``run``), for the record
         self.changes: tuple[Change, ...] = ()
+        self.troubles: list[str] = []  # what went wrong keeping this call, for the one warning its record gives
+        self.uncached_by_trouble = self.stored = False  # one of them cost the result its store; it was stored
+        self.recorded = 0  # how many records this call has written (or tried to)
+        self.doing = ""  # what ``keep`` is at, for its warning
+
+    def make_key(self, gather: Callable[[], None] | None = None) -> None:
+        """Gather the key's ingredients (``gather``: code, inputs), make the key, or warn why there is none: what
+        fails in it, not only an input that cannot be hashed (a hasher's bug, memory), runs the call uncached."""
+        try:
+            if gather is not None:
+                gather()
+            if not self.problem:
+                self.key = make_key(self.identity, self.code, self.inputs, self.version)
+        except Exception as exc:
+            if not self.problem:
+                self.problem = f"its key could not be computed ({type(exc).__name__})"
+                self.problem_detail = f"computing its key failed ({describe_error(exc)})"
+        if self.problem and self.enabled:
+            _warn(f"nbcache: step {self.name!r} runs without the cache: {self.problem_detail}")
 
     def hash_input(self, name: str, value: Any, noun: str) -> bool:
-        """Hash one input; on failure note the problem and return False."""
+        """Hash one input; if it cannot be, note the problem and return False (anything else: ``make_key``'s)."""
         walk = Walk()
         try:
             self.inputs[name] = hash_value(value, root=name, walk=walk)
@@ -73,19 +97,11 @@ class StepCall:
         return True
 
     def note_globals_reader(self, walk: Walk) -> None:
-        """A function of the user's that this step calls reads the namespace through ``globals()``: what it
-        reads cannot be known, so the step runs every time (erring toward running)."""
+        """A function this step calls reads the namespace through ``globals()``: it runs every time (what it
+        reads cannot be known)."""
         if walk.globals_reader and not self.always_runs:
             self.always_runs = (f"{walk.globals_reader} reads the notebook's variables through globals(), so"
                                 " nbcache cannot tell which ones it depends on")
-
-    def make_key(self) -> None:
-        """Make the key from the ingredients gathered, or warn why this call cannot have one."""
-        if self.problem:
-            if self.enabled:
-                _warn(f"nbcache: step {self.name!r} runs without the cache: {self.problem_detail}")
-            return
-        self.key = make_key(self.identity, self.code, self.inputs, self.version)
 
     def run(self) -> Any:
         """Serve the call from the store, or run it (and store it, when it can be)."""
@@ -94,7 +110,7 @@ class StepCall:
         if self.problem:
             return self._execute_as(Outcome.UNCACHEABLE, self.problem, store=False)
         if self.always_runs:
-            self.remember_last(uncached=self.always_runs)
+            self.remember_last(uncached=self.always_runs)  # (a failure to is told by the run's record)
             return self._execute_as(Outcome.ALWAYS_RUNS, f"runs every time: {self.always_runs}", store=False)
         try:
             values, entry, reason = self.lookup()
@@ -119,13 +135,9 @@ class StepCall:
         raise NotImplementedError
 
     def lookup(self) -> tuple[Any, Entry | None, str]:
-        """(stored values, entry, "") on a hit; (MISS, entry or None, why it ran) on a miss, with
-        ``outcome`` and ``changes`` set.
-
-        A damaged or missing stored value warns, is forgotten, and counts as a miss. Errors of the index
-        itself propagate: the caller runs uncached. What it reads is the cache's, never data that a step this
-        call runs inside depends on.
-        """
+        """(stored values, entry, "") on a hit; (MISS, entry or None, why it ran) on a miss, with ``outcome``
+        and ``changes`` set. A damaged or missing stored value warns, is forgotten, and counts as a miss. Errors
+        of the index propagate (the caller runs uncached). What it reads is no data a step's run depends on."""
         with unobserved:
             return self._lookup()
 
@@ -141,11 +153,9 @@ class StepCall:
             self.outcome, self.changes = Outcome.CHANGED, (Change(ChangeKind.READ, changed),)
             return MISS, entry, changed
         if refreshed:  # files touched but not changed: remember their new stat, not to read them again
-            try:
+            with contextlib.suppress(Exception):
                 entry = dataclasses.replace(entry, checks=refreshed)
                 self.store.put_entry(self.key, entry)
-            except Exception:
-                pass
         inherit(entry.checks)  # a step running this one from its body depends on them too
         try:
             values = [self.cache.load(self.store, blob) for blob in entry.blobs]
@@ -162,10 +172,8 @@ class StepCall:
 
     def _damaged(self, exc: Exception, blobs: Sequence[str]) -> str:
         _warn(f"nbcache: the cached result of step {self.name!r} is damaged ({exc}); recomputing it")
-        try:
+        with contextlib.suppress(Exception):
             self.store.delete(self.key, blobs)
-        except Exception:
-            pass
         self.outcome, self.changes = Outcome.DAMAGED, ()
         return "cached result was damaged"
 
@@ -178,13 +186,14 @@ class StepCall:
 
     def save(self, values: Sequence[Any], *, duration_s: float, is_tuple: bool, result: str = "",
              addresses: tuple[str, ...] | None = None) -> tuple[str, ...]:
-        """Store each of ``values`` under this call's key; return their content addresses. Raises
-        ``Unpicklable`` (nothing stored) if a value cannot be serialized; a failure to write warns, since
-        the caller still has its values."""
+        """Store each of ``values`` under this call's key; return their content addresses. Raises ``Unpicklable``
+        (nothing stored) if a value cannot be serialized; a failure to write is a trouble (a warning)."""
+        self.doing = "pickling its result"
         frames = [self.cache.frame(value) for value in values]
         if addresses is None or not all(addresses):
             addresses = tuple(_address(v, f) for v, f in zip(values, frames))
         names = addresses
+        self.doing = "storing its result"
         state = self.observer.changed_state() if self.observer else {}
         if state:  # the process-wide state the run changed rides along as one more blob, set again on a hit
             frames.append(self.cache.frame(state))
@@ -196,18 +205,19 @@ class StepCall:
     def save_payload(self, payload: Any, addresses: tuple[str, ...], *, duration_s: float, sizes: dict[str, int],
                      by_value: set[int] = frozenset()) -> None:
         """Store ``payload`` whole (one pickle keeps the identity of objects shared inside it), recording
-        ``addresses`` as the content addresses of the outputs and ``sizes`` as theirs. Raises
-        ``Unpicklable``."""
+        ``addresses`` as the content addresses of the outputs and ``sizes`` as theirs. Raises ``Unpicklable``."""
+        self.doing = "pickling its result"
         frame = self.cache.frame(payload, by_value=by_value)
+        self.doing = "storing its result"
         self._put([frame], (hash_value(addresses),), addresses, kind="cell", duration_s=duration_s, sizes=sizes)
 
     def _put(self, frames: list[Frame], names: tuple[str, ...], addresses: tuple[str, ...], *, kind: str,
              duration_s: float, sizes: dict[str, int] | None = None, **fields: Any) -> None:
-        # A blob is named by content and by its exact bytes: values that hash alike but differ in what
-        # hashing ignores (dict order, DataFrame.attrs) are never served for one another.
-        blobs = tuple(f"{name}-{frame.identity()}" for name, frame in zip(names, frames))
-        self.sizes = sizes if sizes is not None else {a: f.nbytes for a, f in zip(addresses, frames)}
         try:
+            # A blob is named by content and by its exact bytes: values that hash alike but differ in what
+            # hashing ignores (dict order, DataFrame.attrs) are never served for one another.
+            blobs = tuple(f"{name}-{frame.identity()}" for name, frame in zip(names, frames))
+            self.sizes = sizes if sizes is not None else {a: f.nbytes for a, f in zip(addresses, frames)}
             entry = Entry(step=self.name, kind=kind, outputs=tuple(addresses), blobs=blobs, sizes=self.sizes,
                           created_at=self.started_at.timestamp(), duration_s=duration_s,
                           checks=self.observer.checks() if self.observer is not None else (), **fields)
@@ -215,9 +225,11 @@ class StepCall:
                 for address, frame in zip(blobs, frames):
                     self.store.put_blob(address, frame)
                 self.store.put_entry(self.key, entry)
-            self.remember_last(force=True)
         except Exception as exc:  # disk full, read-only directory, ...
-            _warn(f"nbcache: the result of step {self.name!r} could not be stored: {exc}")
+            self.trouble(f"its result could not be stored ({describe_error(exc)})", uncached=True)
+            return
+        self.stored = True
+        self.remember_last(force=True)
 
     def why(self) -> str:
         """Why there is no entry: what differs from this step's latest run (sets ``outcome``, ``changes``)."""
@@ -235,25 +247,24 @@ class StepCall:
         return render(self.outcome, self.changes, self.kind)
 
     def remember_last(self, force: bool = False, uncached: str | None = None) -> None:
-        """Record this call's ingredients as the step's latest (``uncached``: why its result was not
-        stored, for the next run's reason)."""
-        latest = Latest(key=self.key, code=self.code, deps=self.deps, inputs=self.inputs, version=self.version,
-                        kind=self.kind, name=self.name, uncached=uncached)
-        with unobserved:
-            self.cache.remember_latest(self.store, self.identity, latest, force=force)
+        """Record this call's ingredients as the step's latest (``uncached``: why its result was not stored)."""
+        try:
+            latest = Latest(key=self.key, code=self.code, deps=self.deps, inputs=self.inputs, version=self.version,
+                            kind=self.kind, name=self.name, uncached=uncached)
+            with unobserved:
+                self.cache.remember_latest(self.store, self.identity, latest, force=force)
+        except Exception as exc:  # only the wording of a later reason depends on it: say so, go on
+            self.trouble(f"its ingredients could not be written ({describe_error(exc)})")
 
     def observe(self, bound: frozenset[str] = frozenset()) -> Observer:
-        """An observer for this call's run (what it reads, writes, draws and changes); ``bound``: the
-        variables the step itself binds. A cell's output depends on the display settings too."""
+        """An observer of this call's run (what it reads, writes, draws, changes); ``bound``: what it binds."""
         self.observer = Observer(self.store.location or os.devnull, self.namespace, bound,
                                  renders=self.kind == "cell")
         return self.observer
 
     def not_cacheable_after_run(self) -> str | None:
         """Why the run just observed must not be stored: it used something a hit cannot repeat."""
-        if self.observer is None:
-            return None
-        if self.observer.failed:
+        if self.observer is None or self.observer.failed:  # (None: it failed to start)
             return "what it read could not be followed"
         if self.observer.commands and not self.allow_shell:
             return (f"it runs a shell command ({', '.join(self.observer.commands)}), which a hit would not run;"
@@ -262,21 +273,77 @@ class StepCall:
 
     def record(self, *, cached: bool, reason: str, outputs: tuple[str, ...], saved_s: float = 0.0,
                status: str = "ok", error: str | None = None, output_names: tuple[str, ...] = (),
-               result: str = "") -> StepRun:
-        state = Outcome.HIT if cached else (Outcome.FAILED if status == "failed" else self.outcome)
-        run = StepRun(
-            step=self.name, cached=cached, duration_s=time.perf_counter() - self.t0, saved_s=saved_s,
-            key=self.key, code=self.code, inputs=self.inputs, outputs=outputs, reason=reason,
-            started_at=self.started_at, status=status, version=self.version, deps=self.deps, error=error,
-            kind=self.kind, output_names=output_names, sizes=self.sizes, result=result, state=state,
-            changes=self.changes,
-        )
+               result: str = "") -> StepRun | None:
+        """Append the run to the history (the last thing every call does); then the one warning of what went
+        wrong keeping the call, if anything did. Never raises (but that warning, made an error)."""
+        self.recorded, run = self.recorded + 1, None
         try:
+            state = Outcome.HIT if cached else (Outcome.FAILED if status == "failed" else self.outcome)
+            run = StepRun(
+                step=self.name, cached=cached, duration_s=time.perf_counter() - self.t0, saved_s=saved_s,
+                key=self.key, code=self.code, inputs=self.inputs, outputs=outputs, reason=reason,
+                started_at=self.started_at, status=status, version=self.version, deps=self.deps, error=error,
+                kind=self.kind, output_names=output_names, sizes=self.sizes, result=result, state=state,
+                changes=self.changes)
             with unobserved:
                 self.cache.record(self.store, run)
-        except OSError as exc:
-            _warn(f"nbcache: the run of step {self.name!r} could not be recorded: {exc}")
+        except Exception as exc:
+            self.trouble(f"its run could not be recorded ({describe_error(exc)})")
+        self.warn_troubles(hit=cached)
         return run
+
+    def trouble(self, what: str, *, uncached: bool = False) -> None:
+        """Note what went wrong keeping this call (``uncached``: so its result is not stored) for the warning."""
+        self.troubles.append(what)
+        self.uncached_by_trouble |= uncached
+
+    def warn_troubles(self, *, hit: bool = False) -> None:
+        """Say in one warning what went wrong keeping this call since the last one, if anything did."""
+        if self.troubles:
+            what, self.troubles = ", and ".join(self.troubles), []
+            tail = "" if hit or not self.uncached_by_trouble else \
+                "; the cell was not cached" if self.kind == "cell" else "; it is returned but not cached"
+            _warn(f"nbcache: step {self.name!r} {'came from the cache' if hit else 'ran'}, but {what}{tail}")
+
+    def keep(self, keeping: Callable[[], None], reason: str, **fields: Any) -> None:
+        """Do ``keeping``, all that follows a body that returned (store what it returned, record the run): what
+        fails in it costs no result; one warning says what, and the run is recorded if it was not yet."""
+        recorded, self.doing = self.recorded, "keeping its result"
+        try:
+            keeping()
+        except CacheWarning:  # a warning the user made an error: theirs to see
+            raise
+        except Exception as exc:
+            self.trouble(f"{self.doing} failed ({describe_error(exc)})", uncached=not self.stored)
+            if self.recorded == recorded:
+                self.record(cached=False, reason=f"{reason}; not cached: {self.doing} failed", outputs=(), **fields)
+            else:
+                self.warn_troubles()
+
+    @contextlib.contextmanager
+    def watching(self, store: bool, bound: frozenset[str] = frozenset()) -> Iterator[None]:
+        """Observe the body's run when its result is to be stored. An observer that fails to start or stop costs
+        the cache (``not_cacheable_after_run``), never the result; the body's own exception passes untouched."""
+        observer, failures = None, []
+        try:
+            if store:
+                (observer := self.observe(bound)).__enter__()
+        except Exception as exc:  # (self.observer is None if there is none, which is as failed)
+            failures.append(exc)
+        raised = True
+        try:
+            yield
+            raised = False
+        finally:
+            try:
+                if observer is not None:
+                    observer.__exit__(None, None, None)
+            except Exception as exc:
+                failures.append(exc)
+            if failures and not raised:  # an observer that missed some of the run must not say what it read
+                if observer is not None:
+                    observer.failed = True
+                self.trouble(f"what it read could not be followed ({describe_error(failures[0])})", uncached=True)
 
 
 def addresses_of(values: Sequence[Any]) -> tuple[str, ...]:
@@ -288,7 +355,6 @@ def _address(value: Any, frame: Frame | None = None) -> str:
     """Content address of an output: its value hash, or for a value with no hashable content, its bytes."""
     try:
         return hash_value(value)
-    except UncacheableError:
-        if frame is None:
-            return ""
-        return "bytes-" + frame.checksum().hex()
+    except Exception:  # (an UncacheableError, or an exception that cannot even be shown)
+        return "" if frame is None else "bytes-" + frame.checksum().hex()
+

@@ -36,7 +36,7 @@ from .errors import warn as _warn
 from .fingerprint import imported_module
 from .frame import Unpicklable
 from .hashing import hash_value
-from .records import format_seconds
+from .records import describe_error, format_seconds
 from .store import Store
 
 __all__ = ["Analysed", "CellCall", "CellUsageError", "StepCellFailed", "ends_with_semicolon"]
@@ -139,9 +139,13 @@ class CellCall(StepCall):
         self.missing_outputs: list[str] = []  # what --outputs names but the cell did not define
         self.imports = code.imports
         self.quiet = analysed.quiet
-        self.code = hash_value((code.digest, self.restrict, self.quiet))
         self.binds = list(code.binds)
         self.input_names = input_names
+        self.make_key(lambda: self._ingredients(code.digest))  # (whatever fails in it runs the cell uncached)
+
+    def _ingredients(self, digest: str) -> None:
+        ns = self.shell.user_ns
+        self.code = hash_value((digest, self.restrict, self.quiet))
         for name in self.input_names:
             if not self.hash_input(name, ns[name], "input"):
                 break
@@ -149,7 +153,6 @@ class CellCall(StepCall):
         for module in self.imports:  # the code of the user's own modules it imports counts, like a helper's
             if not self.problem:
                 self.hash_input(f"import {module}", imported_module(module, package), "input")
-        self.make_key()
 
     def restore(self, values: list[Any], entry: Entry) -> Any:
         return self._restore(values[0], entry)
@@ -215,7 +218,7 @@ class CellCall(StepCall):
         before = {name: id(value) for name, value in ns.items()}
         t_body = time.perf_counter()
         outer = shell.displayhook.exec_result  # the %%step cell's own result, which the inner run replaces
-        with Recorder(shell) as recorder, (self.observe(frozenset(self.binds)) if store else contextlib.nullcontext()):
+        with Recorder(shell) as recorder, self.watching(store, frozenset(self.binds)):
             if self.quiet:  # IPython looks for the `;` in the %%step line's cell, not in this one
                 recorder.patch(shell.displayhook, "quiet", lambda: True)
             outcome = shell.run_cell(self.cell, store_history=False)
@@ -226,8 +229,16 @@ class CellCall(StepCall):
         if not outcome.success:
             error = outcome.error_in_exec or outcome.error_before_exec
             self.record(cached=False, reason=reason, outputs=(), status="failed",
-                        error=f"{type(error).__name__}: {error}")
+                        error=describe_error(error, limit=10_000))
             raise StepCellFailed(f"step {self.name!r} failed; nothing was stored")
+        # whatever fails from here on, the cell's variables stay bound and its output shown
+        self.keep(lambda: self._keep(before, recorder, outcome, reason, store=store, duration=duration), reason)
+        return None  # the shell has shown the result already
+
+    def _keep(self, before: dict[str, int], recorder: Recorder, outcome: Any, reason: str, *, store: bool,
+              duration: float) -> None:
+        """Store what the cell bound (when ``store``) and record the run."""
+        ns = self.shell.user_ns
         names = self._outputs(before)
         variables = {name: ns[name] for name in names}
         addresses = addresses_of(list(variables.values()))
@@ -241,7 +252,7 @@ class CellCall(StepCall):
             reason, store = self._not_stored(reason, unrepeatable), False
         if not store:
             self.record(cached=False, reason=reason, outputs=addresses, output_names=tuple(names))
-            return None
+            return
         deleted = deleted_names(ns, before)
         assert self.observer is not None
         payload = {"variables": variables, "deleted": deleted, "events": recorder.recorded(),
@@ -256,12 +267,9 @@ class CellCall(StepCall):
         except Unpicklable as exc:
             what = next((f"variable {n!r}" for n, v in variables.items() if not picklable(v, defined_here, self.cache.notebook)),
                         "its output")
-            _warn(f"nbcache: step {self.name!r} was not cached: {what} cannot be pickled ({exc.reason})")
+            self.trouble(f"{what} cannot be pickled ({exc.reason})", uncached=True)
             reason = self._not_stored(reason, f"{what} cannot be pickled")
-            self.record(cached=False, reason=reason, outputs=addresses, output_names=tuple(names))
-            return None
         self.record(cached=False, reason=reason, outputs=addresses, output_names=tuple(names))
-        return None  # the shell has shown the result already
 
     def _not_stored(self, reason: str, why: str) -> str:
         """The reason of a run whose result cannot be stored, for ``why``; the next run will say it runs

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
 
-__all__ = ["StepRun", "Outcome", "Change", "ChangeKind", "SESSION", "format_seconds", "format_bytes"]
+__all__ = ["StepRun", "Outcome", "Change", "ChangeKind", "SESSION", "describe_error", "format_seconds",
+           "format_bytes"]
 
 #: Identifies this process (a kernel, until it restarts) in the history.
 SESSION = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -236,3 +237,14 @@ def format_bytes(nbytes: float) -> str:
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
         nbytes /= 1024
     return f"{nbytes:.1f} GB"
+
+
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of an exception (a run's ``error``, a warning's cause), its message cut at ``limit``
+    characters, even when the message cannot be had (a ``__str__`` that raises)."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

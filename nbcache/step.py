@@ -8,7 +8,6 @@ raised by the function itself pass through untouched and are never cached.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import sys
@@ -21,12 +20,11 @@ from .audit import unobserved
 from .cache import Cache, default_cache
 from .cachedcall import StepCall, addresses_of
 from .entry import Entry
-from .errors import UncacheableError
 from .errors import warn as _warn
 from .fingerprint import fingerprint_parts
 from .frame import Unpicklable
 from .hashing import Walk, hash_items, hash_value
-from .records import StepRun
+from .records import StepRun, describe_error
 from .store import Store
 
 __all__ = ["Step", "step", "runs", "clear"]
@@ -119,17 +117,19 @@ class _Call(StepCall):
         self.step = step
         self.bound = bound
         self.namespace = getattr(step.__wrapped__, "__globals__", None)
+        self.make_key(self._ingredients)  # (whatever fails in it runs the call uncached)
+
+    def _ingredients(self) -> None:
         walk = Walk()
         try:
-            self.code, self.deps = fingerprint_parts(step.__wrapped__, walk)
+            self.code, self.deps = fingerprint_parts(self.step.__wrapped__, walk)
         except TypeError as exc:
             self.problem = self.problem_detail = str(exc)
-        else:
-            self.note_globals_reader(walk)
-            for name, value in bound.arguments.items():
-                if name not in step.ignore and not self.hash_input(name, value, "argument"):
-                    break
-        self.make_key()
+            return
+        self.note_globals_reader(walk)
+        for name, value in self.bound.arguments.items():
+            if name not in self.step.ignore and not self.hash_input(name, value, "argument"):
+                break
 
     def restore(self, values: list[Any], entry: Entry) -> Any:
         if entry.ambient:
@@ -141,13 +141,18 @@ class _Call(StepCall):
     def execute(self, reason: str, *, store: bool) -> Any:
         t_body = time.perf_counter()
         try:
-            with self.observe() if store else contextlib.nullcontext():
+            with self.watching(store):
                 result = self.step.__wrapped__(*self.bound.args, **self.bound.kwargs)
         except BaseException as exc:
             self.record(cached=False, reason=reason, outputs=(), status="failed",
-                        error=f"{type(exc).__name__}: {exc}")
+                        error=describe_error(exc, limit=10_000))
             raise
         duration = time.perf_counter() - t_body
+        self.keep(lambda: self._keep(result, reason, store=store, duration=duration), reason)  # (never raises)
+        return result
+
+    def _keep(self, result: Any, reason: str, *, store: bool, duration: float) -> None:
+        """Store what the body returned (when ``store``) and record the run."""
         unrepeatable = self.not_cacheable_after_run() if store else None
         if unrepeatable:
             reason, store = f"{reason}; not cached: {unrepeatable}", False
@@ -160,22 +165,20 @@ class _Call(StepCall):
             try:
                 whole, items = hash_items(result)
                 addresses = tuple(items)
-            except UncacheableError:
-                pass
+            except Exception:  # (an UncacheableError; or one of its items recursing forever): item by item
+                whole = ""
         if not store:
             self.record(cached=False, reason=reason, outputs=addresses or addresses_of(values), result=whole)
-            return result
+            return
         try:
             addresses = self.save(values, duration_s=duration, is_tuple=is_tuple, result=whole,
                                   addresses=addresses)
         except Unpicklable as exc:
-            _warn(f"nbcache: step {self.name!r} returned a value that cannot be pickled ({exc});"
-                  " it is returned but not cached")
+            self.trouble(f"it returned a value that cannot be pickled ({exc})", uncached=True)
             self.record(cached=False, reason=reason + "; result not cached: cannot be pickled",
                         outputs=addresses_of(values))
-            return result
+            return
         self.record(cached=False, reason=reason, outputs=addresses, result=whole)
-        return result
 
     def _check_arguments_unchanged(self) -> None:
         """Warn when the body changed a data argument in place: a hit returns the result but cannot repeat
