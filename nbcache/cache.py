@@ -17,6 +17,7 @@ from .diskstore import open_disk_store
 from .entry import Latest
 from .events import Events
 from .frame import Frame, load_frame
+from .keys import load_key, parse_key
 from .records import StepRun
 from .store import Store
 
@@ -28,11 +29,14 @@ class Cache:
 
     ``directory=None`` follows ``$NBCACHE_DIR``, else ``./.nbcache`` of the working directory at each
     call; ``store`` fixes the store outright (``MemoryStore()`` for a cache that lives in memory).
-    ``notebook`` is the module the notebook's cells run in (``None``: ``__main__``).
+    ``notebook`` is the module the notebook's cells run in (``None``: ``__main__``). ``key`` signs and
+    checks every value stored (hex, at least 32 digits); ``None``: ``NBCACHE_KEY``, ``NBCACHE_KEY_FILE``, or
+    the user's own key, made on first use (see ``keys.py``).
     """
 
     def __init__(self, directory: str | os.PathLike[str] | None = None, *, store: Store | None = None,
-                 notebook: types.ModuleType | None = None) -> None:
+                 notebook: types.ModuleType | None = None, key: str | None = None) -> None:
+        self._key: bytes | None = None if key is None else parse_key(key, "Cache(key=...)")
         self._explicit_dir: str | None = None
         self.set_directory(directory)
         self._fixed_store = store
@@ -87,8 +91,18 @@ class Cache:
             path = os.path.expanduser(path)
         return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
 
+    @property
+    def key(self) -> bytes:
+        """The key values are signed with (resolved on first use; ``SigningKeyError`` if it cannot be)."""
+        if self._key is None:
+            self._key = load_key()
+        return self._key
+
     def store(self) -> Store:
-        """The store of the directory in use, opened once per directory; ``OSError`` if it is unusable."""
+        """The store of the directory in use, opened once per directory; ``OSError`` if it is unusable,
+        ``SigningKeyError`` if there is no key to sign its values with."""
+        if self._key is None:
+            self._key = load_key()
         if self._fixed_store is not None:
             return self._fixed_store
         directory = self._directory()  # (a string: this is on every call's path)
@@ -103,7 +117,7 @@ class Cache:
     # values
     def frame(self, value: Any, by_value: set[int] = frozenset()) -> Frame:
         """``value`` serialized against this cache's notebook; raises ``Unpicklable``."""
-        return Frame(value, notebook=self.notebook, by_value=by_value)
+        return Frame(value, notebook=self.notebook, by_value=by_value, key=self.key)
 
     def load(self, store: Store, address: str) -> Any:
         """The value of the blob at ``address``; ``None`` is a valid value, so a missing blob raises
@@ -111,7 +125,7 @@ class Cache:
         source = store.open_blob(address)
         if source is None:
             raise KeyError(address)
-        return load_frame(source, self.notebook)
+        return load_frame(source, self.notebook, key=self.key)
 
     # the latest ingredients, written only when they changed
     def remember_latest(self, store: Store, identity: str, latest: Latest, *, force: bool = False) -> None:

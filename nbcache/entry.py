@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from .checks import Check, checks_from_json
 from .frame import Damaged
+from .key import CACHE_FORMAT
 
 __all__ = ["Entry", "Latest", "AMBIENT_BLOB"]
 
@@ -102,10 +103,11 @@ class Latest:
     kind: str = "function"
     name: str = ""
     uncached: str | None = None
+    format: int | None = CACHE_FORMAT  # the cache format it was written with (None: before it was recorded)
 
     def to_json(self) -> str:
         record = {"key": self.key, "code": self.code, "deps": dict(self.deps), "inputs": dict(self.inputs),
-                  "version": self.version, "kind": self.kind, "name": self.name}
+                  "version": self.version, "kind": self.kind, "name": self.name, "format": self.format}
         if self.uncached:
             record["uncached"] = self.uncached
         return json.dumps(record)
@@ -119,7 +121,8 @@ class Latest:
                    deps=_string_map(record, "deps"), inputs=_string_map(record, "inputs"),
                    version=_typed(record, "version", (str, type(None)), None),
                    kind=_kind(_typed(record, "kind", str, "function")), name=_typed(record, "name", str, ""),
-                   uncached=_typed(record, "uncached", (str, type(None)), None))
+                   uncached=_typed(record, "uncached", (str, type(None)), None),
+                   format=_typed(record, "format", (int, type(None)), None))
 
 
 _REQUIRED = object()

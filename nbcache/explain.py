@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from .entry import Latest
+from .key import CACHE_FORMAT
 from .records import Change, ChangeKind, Outcome, StepRun
 
 __all__ = ["changes_since", "render", "describe_last_change", "FORMAT_CHANGED", "KIND_WORDS"]
@@ -26,6 +27,8 @@ def changes_since(last: Latest | None, code: str, deps: Mapping[str, str], input
     nothing (``REMOVED``: with the same ingredients, its result is simply not stored any more)."""
     if last is None:
         return Outcome.FIRST_RUN, ()
+    if last.format != CACHE_FORMAT:  # its results were stored in a layout this nbcache does not read
+        return Outcome.FIRST_RUN, (FORMAT_CHANGED,)
     if last.kind != kind:  # one name, used by a function before and by a cell now (or back)
         return Outcome.FIRST_RUN, (Change(ChangeKind.KIND, before=last.kind, after=kind),)
     changes = []

@@ -1,15 +1,21 @@
-"""The format of one stored value: a small pickle plus the raw buffers it refers to, checksummed.
+"""The format of one stored value: a small pickle plus the raw buffers it refers to, signed.
 
 Values are serialized with ``pickler.NotebookPickler`` (cloudpickle), protocol 5, with out-of-band
 buffers: a numpy array or a pandas block is not copied into the pickle but written as its own byte range,
 straight from the array's memory, and read back with ``readinto`` into fresh memory, which is what
-``np.save`` and ``np.load`` do. Every serialized value carries an xxh3 checksum; a value that fails it, or
-cannot be unpickled, raises ``Damaged`` and the caller recomputes it.
+``np.save`` and ``np.load`` do.
+
+Every value carries an HMAC-SHA256 tag under the cache's key (``keys.py``) over its header, the digests of
+its buffers and its pickle. A value is never unpickled before its tag is checked: one written by another
+user, planted or altered raises ``Damaged``, as does one whose header does not fit its size or whose buffer
+fails its digest, and the caller recomputes it.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import io
 import os
 import struct
@@ -24,14 +30,16 @@ from .pickler import NotebookPickler, NotebookUnpickler
 
 __all__ = ["Frame", "load_frame", "Damaged", "Unpicklable"]
 
-_MAGIC = b"NBC1"
-_HEAD = struct.Struct("<4s16sQI")  # magic, checksum, pickle length, buffer count
-_LEN = struct.Struct("<Q")
+_MAGIC = b"NBC2"
+_OLD_MAGIC = b"NBC1"  # unsigned values of an earlier nbcache: never unpickled
+_HEAD = struct.Struct("<4s32sQI")  # magic, tag, pickle length, buffer count
+_ROW = struct.Struct("<Q16s")  # per buffer: its length and its xxh3-128 digest
 READ_CHUNK = 8 << 20  # read and checksum big buffers piece by piece, while the piece is in cache
 
 
 class Damaged(Exception):
-    """A stored value or entry is unreadable: truncated, altered on disk, or no longer unpicklable."""
+    """A stored value or entry is unreadable: truncated, altered on disk, not signed with this cache's key,
+    or no longer unpicklable."""
 
 
 class Unpicklable(Exception):
@@ -43,17 +51,20 @@ class Unpicklable(Exception):
 
 
 class Frame:
-    """A serialized value. Layout: magic, xxh3-128 checksum, pickle length, buffer count, buffer lengths,
-    pickle, buffers. The checksum covers everything after it.
+    """A serialized value. Layout: the head (magic, tag, pickle length, buffer count), a row per raw buffer
+    (its length and xxh3-128 digest), the pickle, the buffers.
 
-    ``notebook`` is the module the notebook's cells run in (``None``: ``__main__``); ``by_value`` the ids of
-    the notebook's classes and functions to store by value rather than by name.
+    The tag is an HMAC-SHA256, under the cache's key, of the head's fields, the rows and the pickle: all
+    that could run code when loaded, and the digests of the raw buffers, so a reader can trust the pickle
+    without reading the buffers first. ``notebook`` is the module the notebook's cells run in (``None``:
+    ``__main__``); ``by_value`` the ids of the notebook's classes and functions to store by value rather
+    than by name; ``key`` signs the frame when it is written.
     """
 
-    __slots__ = ("pickled", "buffers", "lengths", "nbytes", "_checksum")
+    __slots__ = ("pickled", "buffers", "nbytes", "key", "_digests")
 
     def __init__(self, value: Any, *, notebook: types.ModuleType | None = None,
-                 by_value: set[int] = frozenset()) -> None:
+                 by_value: set[int] = frozenset(), key: bytes | None = None) -> None:
         buffers: list = []
         out = io.BytesIO()
         try:
@@ -63,53 +74,79 @@ class Frame:
             raise Unpicklable(f"{type(value).__module__}.{type(value).__qualname__}: {exc}", str(exc)) from None
         self.pickled = out.getvalue()
         self.buffers = [b.raw() for b in buffers]
-        self.lengths = b"".join(_LEN.pack(b.nbytes) for b in self.buffers)
-        self.nbytes = _HEAD.size + len(self.lengths) + len(self.pickled) + sum(b.nbytes for b in self.buffers)
-        self._checksum: bytes | None = None
+        self.nbytes = (_HEAD.size + _ROW.size * len(self.buffers) + len(self.pickled)
+                       + sum(b.nbytes for b in self.buffers))
+        self.key = key
+        self._digests: list[bytes] | None = None
 
-    def _head(self, checksum: bytes) -> bytes:
-        return _HEAD.pack(_MAGIC, checksum, len(self.pickled), len(self.buffers)) + self.lengths
+    def _rows(self, digests: list[bytes]) -> bytes:
+        return b"".join(_ROW.pack(b.nbytes, d) for b, d in zip(self.buffers, digests))
+
+    def _head(self, rows: bytes) -> bytes:
+        if self.key is None:
+            raise ValueError("a Frame is written with the key that signs it: Frame(value, key=...)")
+        tag = _tag(self.key, len(self.pickled), len(self.buffers), rows, self.pickled)
+        return _HEAD.pack(_MAGIC, tag, len(self.pickled), len(self.buffers)) + rows
+
+    def _pieces(self, buf: memoryview) -> Iterator[memoryview]:
+        for start in range(0, buf.nbytes, READ_CHUNK):
+            yield buf[start:start + READ_CHUNK]
 
     def _payload(self) -> Iterator[bytes | memoryview]:
-        """What follows the head, big buffers cut into pieces."""
+        """What follows the head and rows, big buffers cut into pieces."""
         yield self.pickled
         for buf in self.buffers:
-            for start in range(0, buf.nbytes, READ_CHUNK):
-                yield buf[start:start + READ_CHUNK]
+            yield from self._pieces(buf)
+
+    def digests(self) -> list[bytes]:
+        """The xxh3-128 digest of each raw buffer."""
+        if self._digests is None:
+            self._digests = [xxhash.xxh3_128_digest(buf) for buf in self.buffers]
+        return self._digests
 
     def identity(self) -> str:
         """A short digest of the pickle itself, without the big buffers (whose content the value's hash
         covers): two values that hash alike but pickle differently get different names."""
-        return xxhash.xxh3_64_hexdigest(self.lengths + self.pickled)
+        lengths = b"".join(struct.pack("<Q", b.nbytes) for b in self.buffers)
+        return xxhash.xxh3_64_hexdigest(lengths + self.pickled)
 
     def checksum(self) -> bytes:
-        if self._checksum is None:
-            h = xxhash.xxh3_128(self.lengths)
-            for part in self._payload():
-                h.update(part)
-            self._checksum = h.digest()
-        return self._checksum
+        """A digest of the whole value, pickle and buffers (the same whatever the key)."""
+        return xxhash.xxh3_128_digest(self._rows(self.digests()) + self.pickled)
 
     def to_bytes(self) -> bytes:
-        return b"".join([self._head(self.checksum()), *self._payload()])
+        return b"".join([self._head(self._rows(self.digests())), *self._payload()])
 
     def write(self, f: Any) -> int:
-        """Write to a new binary file: each piece is checksummed on a second thread while it is written
-        (both release the GIL), and the head, which holds the checksum, is written last, in place."""
-        head_size = _HEAD.size + len(self.lengths)
-        f.write(bytes(head_size))
-        h = xxhash.xxh3_128(self.lengths)
-        for part in self._payload():
-            pending = _checksum_thread().submit(h.update, part) if len(part) >= READ_CHUNK else None
-            f.write(part)
-            if pending is None:
-                h.update(part)
-            else:
-                pending.result()
-        self._checksum = h.digest()
+        """Write to a new binary file: each big buffer is checksummed on a second thread while it is
+        written (both release the GIL), and the head and rows, which hold the tag and digests, are written
+        last, in place."""
+        if self.key is None:
+            raise ValueError("a Frame is written with the key that signs it: Frame(value, key=...)")
+        f.write(bytes(_HEAD.size + _ROW.size * len(self.buffers)))
+        f.write(self.pickled)
+        digests = []
+        for buf in self.buffers:
+            h = xxhash.xxh3_128()
+            for piece in self._pieces(buf):
+                pending = _checksum_thread().submit(h.update, piece) if len(piece) >= READ_CHUNK else None
+                f.write(piece)
+                if pending is None:
+                    h.update(piece)
+                else:
+                    pending.result()
+            digests.append(h.digest())
+        self._digests = digests
         f.flush()
-        os.pwrite(f.fileno(), self._head(self._checksum), 0)
+        os.pwrite(f.fileno(), self._head(self._rows(digests)), 0)
         return self.nbytes
+
+
+def _tag(key: bytes, pickle_len: int, nbuf: int, rows: bytes | memoryview, pickled: bytes | memoryview) -> bytes:
+    mac = hmac.new(key, _MAGIC + struct.pack("<QI", pickle_len, nbuf), hashlib.sha256)
+    mac.update(rows)
+    mac.update(pickled)
+    return mac.digest()
 
 
 @functools.cache
@@ -130,9 +167,10 @@ def _alloc(n: int) -> Any:
     return np.empty(n, dtype=np.uint8) if np is not None else bytearray(n)
 
 
-def _read_exact(f: Any, view: memoryview, h: Any) -> None:
-    """Fill ``view`` from ``f`` and feed it to ``h``. A big buffer is read a piece at a time while the
-    helper thread checksums the previous piece."""
+def _read_exact(f: Any, view: memoryview) -> bytes:
+    """Fill ``view`` from ``f``; return its xxh3-128 digest. A big buffer is read a piece at a time while
+    the helper thread checksums the previous piece."""
+    h = xxhash.xxh3_128()
     pending = None
     for start in range(0, len(view), READ_CHUNK):
         piece = view[start:start + READ_CHUNK]
@@ -144,66 +182,81 @@ def _read_exact(f: Any, view: memoryview, h: Any) -> None:
             got += more
         if len(view) <= READ_CHUNK:
             h.update(piece)
-            return
+            return h.digest()
         if pending is not None:
             pending.result()
         pending = _checksum_thread().submit(h.update, piece)
     if pending is not None:
         pending.result()
+    return h.digest()
 
 
-def load_frame(source: bytes | Any, notebook: types.ModuleType | None = None) -> Any:
-    """Read a value written by ``Frame`` from bytes or a binary file, verifying its checksum; functions of
-    the notebook come back with ``notebook``'s namespace (``None``: ``__main__``) as their globals."""
+def _parse_head(head: bytes | memoryview, size: int) -> tuple[bytes, int, int]:
+    """(tag, pickle length, buffer count) of a value of ``size`` bytes; every field is checked against
+    the size before anything is allocated."""
+    if size < _HEAD.size:
+        raise Damaged("it is truncated")
+    magic, tag, pickle_len, nbuf = _HEAD.unpack_from(head)
+    if magic == _OLD_MAGIC:
+        raise Damaged("it was written by an earlier nbcache, without a signature")
+    if magic != _MAGIC:
+        raise Damaged("it is not an nbcache value")
+    if nbuf > (size - _HEAD.size) // _ROW.size or pickle_len > size - _HEAD.size - _ROW.size * nbuf:
+        raise Damaged("its header does not fit its size")
+    return tag, pickle_len, nbuf
+
+
+def _check(key: bytes, tag: bytes, pickle_len: int, nbuf: int, rows: bytes | memoryview, pickled: Any,
+           size: int) -> list[tuple[int, bytes]]:
+    """The (length, digest) rows, once the tag proves the head, rows and pickle were written with ``key``."""
+    if not hmac.compare_digest(tag, _tag(key, pickle_len, nbuf, rows, pickled)):
+        raise Damaged("its signature does not match this cache's key (another user wrote it, or it was"
+                      " altered)")
+    table = list(_ROW.iter_unpack(rows))
+    if _HEAD.size + len(rows) + pickle_len + sum(n for n, _ in table) != size:
+        raise Damaged("its size does not match its header")
+    return table
+
+
+def load_frame(source: bytes | Any, notebook: types.ModuleType | None = None, *, key: bytes) -> Any:
+    """Read a value written by ``Frame`` from bytes or a binary file: its tag is checked under ``key``
+    before anything is unpickled, and every buffer against its digest; functions of the notebook come back
+    with ``notebook``'s namespace (``None``: ``__main__``) as their globals."""
     if isinstance(source, (bytes, bytearray)):
-        return _load_bytes(bytes(source), notebook)
+        return _load_bytes(bytes(source), notebook, key)
     if not hasattr(source, "read"):  # a value of another format in the index (left unpickled)
         raise Damaged("the value is not one nbcache wrote")
     with source as f:
-        head = f.read(_HEAD.size)
-        if len(head) != _HEAD.size:
-            raise Damaged("the file is truncated")
-        magic, checksum, pickle_len, nbuf = _HEAD.unpack(head)
-        if magic != _MAGIC:
-            raise Damaged("the file is not an nbcache value")
-        lengths_raw = f.read(_LEN.size * nbuf)
-        if len(lengths_raw) != _LEN.size * nbuf:
-            raise Damaged("the file is truncated")
-        h = xxhash.xxh3_128(lengths_raw)
+        size = f.seek(0, os.SEEK_END)
+        f.seek(0)
+        tag, pickle_len, nbuf = _parse_head(f.read(_HEAD.size), size)
+        rows = f.read(_ROW.size * nbuf)
         pickled = f.read(pickle_len)
-        if len(pickled) != pickle_len:
+        if len(rows) != _ROW.size * nbuf or len(pickled) != pickle_len:
             raise Damaged("the file is truncated")
-        h.update(pickled)
+        table = _check(key, tag, pickle_len, nbuf, rows, pickled, size)
         buffers = []
-        for (n,) in struct.iter_unpack("<Q", lengths_raw):
+        for n, digest in table:
             buf = _alloc(n)
-            _read_exact(f, memoryview(buf), h)
+            if _read_exact(f, memoryview(buf).cast("B")) != digest:
+                raise Damaged("a buffer's checksum does not match")
             buffers.append(buf)
-        if f.read(1):
-            raise Damaged("the file has trailing bytes")
-    if h.digest() != checksum:
-        raise Damaged("its checksum does not match")
     return _unpickle(pickled, buffers, notebook)
 
 
-def _load_bytes(data: bytes, notebook: types.ModuleType | None) -> Any:
-    if len(data) < _HEAD.size:
-        raise Damaged("the value is truncated")
-    magic, checksum, pickle_len, nbuf = _HEAD.unpack_from(data)
-    if magic != _MAGIC:
-        raise Damaged("the value is not an nbcache value")
+def _load_bytes(data: bytes, notebook: types.ModuleType | None, key: bytes) -> Any:
+    tag, pickle_len, nbuf = _parse_head(data, len(data))
     view = memoryview(data)
     pos = _HEAD.size
-    lengths_raw = view[pos:pos + _LEN.size * nbuf]
-    pos += len(lengths_raw)
-    h = xxhash.xxh3_128(lengths_raw)
-    h.update(view[pos:])
-    if h.digest() != checksum:
-        raise Damaged("its checksum does not match")
+    rows = view[pos:pos + _ROW.size * nbuf]
+    pos += len(rows)
     pickled = view[pos:pos + pickle_len]
     pos += pickle_len
+    table = _check(key, tag, pickle_len, nbuf, rows, pickled, len(data))
     buffers = []
-    for (n,) in struct.iter_unpack("<Q", lengths_raw):
+    for n, digest in table:
+        if xxhash.xxh3_128_digest(view[pos:pos + n]) != digest:
+            raise Damaged("a buffer's checksum does not match")
         buffers.append(bytearray(view[pos:pos + n]))  # writable, like an array loaded from a file
         pos += n
     return _unpickle(pickled, buffers, notebook)

@@ -1,13 +1,23 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 import nbcache
+
+# The suite signs with a throwaway key of its own (kernels and subprocesses inherit it), never with the
+# user's ~/.config/nbcache/key; tests/test_keys.py covers how that one is found and made.
+TEST_KEY = secrets.token_hex(32)
+_key_file = Path(tempfile.mkdtemp(prefix="nbcache-test-key-")) / "key"
+_key_file.write_text(TEST_KEY + "\n")
+os.environ["NBCACHE_KEY_FILE"] = str(_key_file)
+os.environ.pop("NBCACHE_KEY", None)
 
 
 @pytest.fixture

@@ -19,6 +19,9 @@ from nbcache.diskstore import DiskStore
 from nbcache.entry import Entry
 from nbcache.frame import Damaged, Frame, load_frame
 from nbcache.records import StepRun
+from nbcache.keys import load_key
+
+KEY = load_key()  # (the suite's own key: conftest.py)
 
 
 @pytest.fixture
@@ -49,9 +52,9 @@ def _put(store: DiskStore, address: str, frame: Frame) -> None:
 
 @pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__)
 def test_frames_round_trip_through_the_store(store, value):
-    frame = Frame(value)
+    frame = Frame(value, key=KEY)
     _put(store, "addr", frame)
-    loaded = load_frame(store.open_blob("addr"))
+    loaded = load_frame(store.open_blob("addr"), key=KEY)
     if isinstance(value, np.ndarray):
         np.testing.assert_array_equal(loaded, value)
         assert loaded.dtype == value.dtype and loaded.flags.writeable
@@ -61,11 +64,11 @@ def test_frames_round_trip_through_the_store(store, value):
         assert loaded(1) == 2
     else:
         assert loaded == value
-    assert load_frame(frame.to_bytes()) is not None or value is None
+    assert load_frame(frame.to_bytes(), key=KEY) is not None or value is None
 
 
 def test_big_buffers_are_files_not_sqlite_rows(store):
-    frame = Frame(np.zeros(1_000_000))
+    frame = Frame(np.zeros(1_000_000), key=KEY)
     _put(store, "big", frame)
     files = [p for p in (store.directory / "store").rglob("*.val")]
     assert len(files) == 1 and files[0].stat().st_size == frame.nbytes
@@ -83,7 +86,7 @@ def _blob_file(directory: Path) -> Path:
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "append"])
 def test_damaged_files_are_detected(store, damage):
-    _put(store, "a", Frame(np.arange(100_000)))
+    _put(store, "a", Frame(np.arange(100_000), key=KEY))
     path = _blob_file(store.directory)
     data = bytearray(path.read_bytes())
     if damage == "flip":
@@ -96,15 +99,15 @@ def test_damaged_files_are_detected(store, damage):
         data += b"junk"
     path.write_bytes(bytes(data))
     with pytest.raises(Damaged):
-        load_frame(store.open_blob("a"))
+        load_frame(store.open_blob("a"), key=KEY)
 
 
 def test_damaged_inline_value_is_detected(store):
-    frame = Frame([1, 2, 3])
+    frame = Frame([1, 2, 3], key=KEY)
     raw = bytearray(frame.to_bytes())
     raw[-3] ^= 0x01
-    with pytest.raises(Damaged, match="checksum"):
-        load_frame(bytes(raw))
+    with pytest.raises(Damaged, match="signature does not match"):
+        load_frame(bytes(raw), key=KEY)
 
 
 def _big_step():
@@ -122,7 +125,7 @@ def test_a_damaged_entry_is_recomputed_with_a_warning(cache_dir):
     data = bytearray(path.read_bytes())
     data[-8] ^= 0xFF  # one value in the array, silently wrong unless checked
     path.write_bytes(bytes(data))
-    with pytest.warns(CacheWarning, match=r"step 'big' is damaged \(its checksum does not match\)") as record:
+    with pytest.warns(CacheWarning, match=r"step 'big' is damaged \(a buffer's checksum does not match\)") as record:
         again = big(200_000)
     assert record[0].filename == __file__
     np.testing.assert_array_equal(again, expected)
@@ -188,7 +191,7 @@ def test_run_records_round_trip_through_json(store):
 
 
 def test_stats(store):
-    _put(store, "a", Frame(np.zeros(100_000)))
+    _put(store, "a", Frame(np.zeros(100_000), key=KEY))
     stats = store.stats()
     assert stats.entries == 1 and stats.size_bytes >= 800_000
     assert stats.directory == str(store.directory)

@@ -119,7 +119,7 @@ def test_line_magics_with_lasting_effect_run_again_quietly_on_a_hit(ip, capsys):
     assert capsys.readouterr().out == ""  # run again without printing anything the replay did not
 
 
-def test_a_function_step_that_seeds_leaves_the_generator_as_its_run_did():
+def test_a_function_step_that_seeds_leaves_the_generator_as_its_run_did(cache_dir):
     @nbcache.step
     def sample(n):
         np.random.seed(0)
@@ -158,7 +158,7 @@ def test_seeding_before_drawing_does_not_depend_on_the_starting_state(ip):
     assert last().cached
 
 
-def test_a_function_step_drawing_from_the_global_generator_depends_on_its_state():
+def test_a_function_step_drawing_from_the_global_generator_depends_on_its_state(cache_dir):
     @nbcache.step
     def noisy():
         return random.random()
@@ -222,7 +222,7 @@ def test_a_folder_listed_is_checked_for_new_and_removed_files(ip, tmp_path):
     assert ip.user_ns["files"] == ["parts/a.txt", "parts/b.txt"]
 
 
-def test_a_function_step_reading_a_file_and_a_step_calling_it_from_the_cache(tmp_path):
+def test_a_function_step_reading_a_file_and_a_step_calling_it_from_the_cache(tmp_path, cache_dir):
     data = tmp_path / "rows.txt"
     data.write_text("1\n2\n")
 

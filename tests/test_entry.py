@@ -9,6 +9,7 @@ import json
 import pytest
 
 from nbcache.checks import Check
+from nbcache.key import CACHE_FORMAT
 from nbcache.entry import AMBIENT_BLOB, Entry, Latest
 from nbcache.frame import Damaged
 
@@ -196,7 +197,7 @@ def test_a_function_entry_with_several_outputs_but_no_tuple_says_so():
 # Latest
 
 LATEST = {"key": "a" * 32, "code": "fp", "deps": {"clean()": "d1", "SCALE": "g"}, "inputs": {"path": "h"},
-          "version": "2", "kind": "cell", "name": "cell_1"}
+          "version": "2", "kind": "cell", "name": "cell_1", "format": CACHE_FORMAT}
 
 
 def latest_damaged(text_: str) -> str:
@@ -221,7 +222,7 @@ def test_latest_with_why_it_was_not_stored_reads_back():
 def test_latest_of_an_older_nbcache_gets_defaults():
     latest = Latest.from_json(json.dumps({"key": "k", "code": "c"}))
     assert latest == Latest(key="k", code="c", deps={}, inputs={}, version=None, kind="function", name="",
-                            uncached=None)
+                            uncached=None, format=None)  # (format None: written before formats were kept)
     assert Latest.from_json(json.dumps({**LATEST, "version": None, "uncached": None})).version is None
 
 

@@ -259,3 +259,12 @@ def test_a_rerun_with_nothing_changed_leaves_the_reason_to_say_why():
     assert describe_last_change(runs, "load") == (
         f"load ran at {shown(at(1))}: file data.csv changed\n"
         "  since its previous run: its code and inputs did not change")
+
+
+def test_the_latest_ingredients_of_another_cache_format_make_a_first_run():
+    import dataclasses
+
+    same = Latest(key="k", code="c", inputs={"x": "1"})
+    older = dataclasses.replace(same, format=None)  # written before the format was kept, or by another one
+    assert changes_since(same, "c", {}, {"x": "1"}, None) == (Outcome.REMOVED, ())
+    assert changes_since(older, "c", {}, {"x": "1"}, None) == (Outcome.FIRST_RUN, (FORMAT_CHANGED,))

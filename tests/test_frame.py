@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 
 from nbcache.frame import Damaged, Frame, Unpicklable, load_frame
+from nbcache.keys import load_key
+
+KEY = load_key()  # (the suite's own key: conftest.py)
 
 
 def notebook(source: str) -> types.ModuleType:
@@ -22,9 +25,9 @@ def notebook(source: str) -> types.ModuleType:
 
 @pytest.mark.parametrize("value", [None, 1, "text", {"a": [1, 2.5]}, np.arange(10.0).reshape(2, 5)])
 def test_a_frame_loads_back_from_bytes_and_from_a_file(value):
-    data = Frame(value).to_bytes()
+    data = Frame(value, key=KEY).to_bytes()
     for source in (data, io.BytesIO(data)):
-        loaded = load_frame(source)
+        loaded = load_frame(source, key=KEY)
         if isinstance(value, np.ndarray):
             assert np.array_equal(loaded, value) and loaded.flags.writeable
         else:
@@ -32,12 +35,12 @@ def test_a_frame_loads_back_from_bytes_and_from_a_file(value):
 
 
 def test_the_identity_follows_the_bytes():
-    assert Frame([1, 2]).identity() == Frame([1, 2]).identity() != Frame([1, 3]).identity()
+    assert Frame([1, 2], key=KEY).identity() == Frame([1, 2], key=KEY).identity() != Frame([1, 3], key=KEY).identity()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "trail", "magic"])
 def test_any_change_to_the_bytes_is_damage(damage):
-    data = bytearray(Frame(np.arange(1000)).to_bytes())
+    data = bytearray(Frame(np.arange(1000), key=KEY).to_bytes())
     if damage == "truncate":
         data = data[:-1]
     elif damage == "flip":
@@ -48,35 +51,35 @@ def test_any_change_to_the_bytes_is_damage(damage):
         data[:4] = b"XXXX"
     for source in (bytes(data), io.BytesIO(bytes(data))):
         with pytest.raises(Damaged):
-            load_frame(source)
+            load_frame(source, key=KEY)
 
 
 def test_what_cannot_be_pickled_is_named():
     with pytest.raises(Unpicklable, match="_thread.lock") as info:
-        Frame({"lock": threading.Lock()})
+        Frame({"lock": threading.Lock()}, key=KEY)
     assert "lock" in info.value.reason
 
 
 def test_an_open_file_is_never_stored(tmp_path):
     with open(tmp_path / "f.txt", "w") as f, pytest.raises(Unpicklable, match="a file object"):
-        Frame(f)
+        Frame(f, key=KEY)
 
 
 def test_a_notebook_function_comes_back_living_in_the_notebook_it_is_loaded_for():
     first = notebook("SCALE = 3\ndef scaled(x):\n    return SCALE * x\n")
-    data = Frame(first.scaled, notebook=first, by_value={id(first.scaled)}).to_bytes()
+    data = Frame(first.scaled, notebook=first, by_value={id(first.scaled)}, key=KEY).to_bytes()
     second = notebook("SCALE = 10\n")  # the same notebook after a restart, SCALE since changed
-    restored = load_frame(data, second)
+    restored = load_frame(data, second, key=KEY)
     assert restored.__globals__ is vars(second) and restored(2) == 20
 
 
 def test_a_notebook_class_is_stored_by_name_unless_the_cell_defines_it():
     nb = notebook("class Point:\n    def __init__(self, x):\n        self.x = x\n")
     point = nb.Point(1)
-    by_name = Frame(point, notebook=nb).to_bytes()
-    restored = load_frame(by_name, nb)
+    by_name = Frame(point, notebook=nb, key=KEY).to_bytes()
+    restored = load_frame(by_name, nb, key=KEY)
     assert type(restored) is nb.Point and restored.x == 1  # an instance of the live class
     with pytest.raises(Damaged, match="no longer defines Point"):
-        load_frame(by_name, notebook("pass\n"))  # the notebook has no Point any more: recompute
-    by_value = Frame(point, notebook=nb, by_value={id(nb.Point)}).to_bytes()
-    assert load_frame(by_value, notebook("pass\n")).x == 1
+        load_frame(by_name, notebook("pass\n"), key=KEY)  # the notebook has no Point any more: recompute
+    by_value = Frame(point, notebook=nb, by_value={id(nb.Point)}, key=KEY).to_bytes()
+    assert load_frame(by_value, notebook("pass\n"), key=KEY).x == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -108,7 +109,8 @@ PIPELINE = textwrap.dedent('''
 
 def _pipeline(cache, offset=1, seed="0"):
     proc = subprocess.run([sys.executable, "-c", PIPELINE.format(offset=offset)], capture_output=True, text=True,
-                          env={"NBCACHE_DIR": str(cache), "PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"},
+                          env={"NBCACHE_DIR": str(cache), "PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin",
+                               "NBCACHE_KEY_FILE": os.environ["NBCACHE_KEY_FILE"]},
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     result, hits = proc.stdout.split()
@@ -142,7 +144,8 @@ CONCURRENT = textwrap.dedent('''
 
 
 def test_two_processes_sharing_a_cache_lose_nothing(tmp_path):
-    env = {"NBCACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    env = {"NBCACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin",
+           "NBCACHE_KEY_FILE": os.environ["NBCACHE_KEY_FILE"]}
     workers = [subprocess.Popen([sys.executable, "-c", CONCURRENT, str(w)], env=env, stderr=subprocess.PIPE,
                                 text=True) for w in (1, 2)]
     for proc in workers:
@@ -172,15 +175,14 @@ KILLED = textwrap.dedent('''
     import nbcache.frame as frame
     from nbcache import step
 
-    real_payload = frame.Frame._payload
+    real_pieces = frame.Frame._pieces
 
-    def payload_then_die(self):
-        chunks = real_payload(self)
-        yield next(chunks)
+    def pieces_then_die(self, buf):
+        chunks = real_pieces(self, buf)
         yield next(chunks)
         os.kill(os.getpid(), signal.SIGKILL)  # killed halfway through writing the value
 
-    frame.Frame._payload = payload_then_die
+    frame.Frame._pieces = pieces_then_die
 
     @step
     def big(n):
@@ -209,7 +211,8 @@ AFTER_KILL = textwrap.dedent('''
 
 
 def test_a_process_killed_mid_write_leaves_no_valid_looking_entry(tmp_path):
-    env = {"NBCACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    env = {"NBCACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin",
+           "NBCACHE_KEY_FILE": os.environ["NBCACHE_KEY_FILE"]}
     proc = subprocess.run([sys.executable, "-c", KILLED], env=env, capture_output=True, timeout=120)
     assert proc.returncode == -9
     partial = [p for p in (tmp_path / "cache" / "store").rglob("*.val")]

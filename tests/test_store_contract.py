@@ -13,6 +13,9 @@ from nbcache.diskstore import DiskStore
 from nbcache.entry import Entry, Latest
 from nbcache.frame import Frame, load_frame
 from nbcache.records import Change, ChangeKind, Outcome, StepRun
+from nbcache.keys import load_key
+
+KEY = load_key()  # (the suite's own key: conftest.py)
 
 
 @pytest.fixture(params=["disk", "memory"])
@@ -30,7 +33,7 @@ def _entry(step: str = "s", blobs: tuple[str, ...] = ("a-1",), created_at: float
 
 def _put(store: Store, key: str, entry: Entry, value: object = 1) -> None:
     for address in entry.blobs:
-        store.put_blob(address, Frame(value))
+        store.put_blob(address, Frame(value, key=KEY))
     store.put_entry(key, entry)
 
 
@@ -54,9 +57,9 @@ def test_entries_round_trip(store):
 
 @pytest.mark.parametrize("value", [None, [1, "x", {2.5}], np.arange(300_000.0)], ids=["none", "list", "big"])
 def test_blobs_round_trip_by_content_address(store, value):
-    store.put_blob("addr", Frame(value))
+    store.put_blob("addr", Frame(value, key=KEY))
     assert store.has_blob("addr") and not store.has_blob("other")
-    loaded = load_frame(store.open_blob("addr"))
+    loaded = load_frame(store.open_blob("addr"), key=KEY)
     if isinstance(value, np.ndarray):
         np.testing.assert_array_equal(loaded, value)
         assert loaded.flags.writeable
@@ -66,9 +69,9 @@ def test_blobs_round_trip_by_content_address(store, value):
 
 
 def test_a_blob_is_immutable_once_stored(store):
-    store.put_blob("addr", Frame("first"))
-    store.put_blob("addr", Frame("second"))
-    assert load_frame(store.open_blob("addr")) == "first"
+    store.put_blob("addr", Frame("first", key=KEY))
+    store.put_blob("addr", Frame("second", key=KEY))
+    assert load_frame(store.open_blob("addr"), key=KEY) == "first"
 
 
 def test_the_latest_ingredients_round_trip(store):
