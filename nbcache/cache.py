@@ -15,6 +15,7 @@ from typing import Any
 
 from .diskstore import open_disk_store
 from .entry import Latest
+from .errors import warn
 from .events import Events
 from .frame import Frame, load_frame
 from .keys import load_key, parse_key
@@ -44,6 +45,8 @@ class Cache:
         self._stores_lock = threading.Lock()
         self.notebook = notebook
         self.events = Events()
+        # how long a caller waits for another computing the same key before computing it too
+        self.lock_timeout_s = _seconds(os.environ.get("NBCACHE_LOCK_TIMEOUT"), default=900.0)
         # the ingredients each step's latest record holds, as far as this process knows, by (store, step):
         # a hit then writes them only when they changed
         self._latest_written: dict[tuple[int, str], str] = {}
@@ -157,6 +160,16 @@ class Cache:
         for slot in [s for s in self._latest_written if s[0] == id(store)]:
             del self._latest_written[slot]
         return count
+
+
+def _seconds(text: str | None, *, default: float) -> float:
+    if not text:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        warn(f"nbcache: NBCACHE_LOCK_TIMEOUT is a number of seconds, not {text!r}; waiting {default:g} s")
+        return default
 
 
 _default = Cache()

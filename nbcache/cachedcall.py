@@ -4,8 +4,9 @@
 inputs and run their body; everything else, from the key to the record that says why a step ran, is here.
 
 Nothing nbcache does may cost a result: what fails in keeping it (pickling, storing, recording) is a trouble,
-told in one warning by the run's record (every call ends with one); ``keep`` guards all that follows the
-body, ``watching`` the observer; what fails in computing the key (``make_key``) runs the call uncached.
+told in one warning by the run's record (every call ends with one; ``keeping.py``); what fails in computing
+the key (``make_key``) runs the call uncached. While one caller computes a key, others wait for its result
+(``compute_once``).
 """
 
 from __future__ import annotations
@@ -15,17 +16,18 @@ import dataclasses
 import os
 import time
 from datetime import datetime
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from . import ambient
 from .audit import unobserved
 from .cache import Cache
 from .entry import AMBIENT_BLOB, Entry, Latest
-from .errors import CacheWarning, UncacheableError
+from .errors import UncacheableError
 from .errors import warn as _warn
 from .explain import FORMAT_CHANGED, changes_since, render
 from .frame import Damaged, Frame
 from .hashing import Walk, hash_value
+from .keeping import Keeping
 from .key import make_key
 from .observe import Observer, first_failure, inherit
 from .records import Change, ChangeKind, Outcome, StepRun, describe_error
@@ -37,7 +39,7 @@ MISS = object()
 """What ``lookup`` returns in place of the stored values when there are none to serve."""
 
 
-class StepCall:
+class StepCall(Keeping):
     """Key, lookup, save and record for one call. Subclasses fill ``code``, ``deps`` and ``inputs``."""
 
     def __init__(self, cache: Cache, store: Store, name: str, *, version: str | None, started_at: datetime,
@@ -64,10 +66,7 @@ class StepCall:
         self.problem_detail = ""  # the same, in full, for the warning
         self.outcome = Outcome.FIRST_RUN  # why it ran (set by ``run``), for the record
         self.changes: tuple[Change, ...] = ()
-        self.troubles: list[str] = []  # what went wrong keeping this call, for the one warning its record gives
-        self.uncached_by_trouble = self.stored = False  # one of them cost the result its store; it was stored
-        self.recorded = 0  # how many records this call has written (or tried to)
-        self.doing = ""  # what ``keep`` is at, for its warning
+        super().__init__()  # (the troubles of keeping its result: keeping.py)
 
     def make_key(self, gather: Callable[[], None] | None = None) -> None:
         """Gather the key's ingredients (``gather``: code, inputs), make the key, or warn why there is none: what
@@ -118,9 +117,31 @@ class StepCall:
             _warn(f"nbcache: step {self.name!r} ran without the cache, which could not be read: {exc}")
             return self._execute_as(Outcome.UNREADABLE, "cache unreadable", store=False)
         if values is MISS:
-            return self.execute(reason, store=True)
+            return self.compute_once(reason)
         self.outcome, self.changes = Outcome.HIT, ()
         return self.restore(values, entry)
+
+    def compute_once(self, reason: str) -> Any:
+        """Run the body holding the key's lock, so that callers of the same key at the same time (threads,
+        processes, kernels sharing the cache) run it once: the others wait, then find its result. A caller
+        that waited ``cache.lock_timeout_s`` (or whose lock cannot be had at all) runs the body itself."""
+        try:
+            with unobserved:
+                held = self.store.lock(self.key, self.cache.lock_timeout_s)
+                acquired = held.__enter__()
+        except Exception:  # a directory where no lock can be made: no single-flight, but the result
+            return self.execute(reason, store=True)
+        try:
+            if acquired:  # whoever held it may have stored the result meanwhile
+                with unobserved:
+                    values, entry, again = self.lookup()
+                if values is not MISS:
+                    self.outcome, self.changes = Outcome.HIT, ()
+                    return self.restore(values, entry)
+            return self.execute(reason, store=True)
+        finally:
+            with unobserved, contextlib.suppress(Exception):
+                held.__exit__(None, None, None)
 
     def _execute_as(self, outcome: Outcome, reason: str, *, store: bool) -> Any:
         self.outcome, self.changes = outcome, ()
@@ -291,59 +312,6 @@ class StepCall:
             self.trouble(f"its run could not be recorded ({describe_error(exc)})")
         self.warn_troubles(hit=cached)
         return run
-
-    def trouble(self, what: str, *, uncached: bool = False) -> None:
-        """Note what went wrong keeping this call (``uncached``: so its result is not stored) for the warning."""
-        self.troubles.append(what)
-        self.uncached_by_trouble |= uncached
-
-    def warn_troubles(self, *, hit: bool = False) -> None:
-        """Say in one warning what went wrong keeping this call since the last one, if anything did."""
-        if self.troubles:
-            what, self.troubles = ", and ".join(self.troubles), []
-            tail = "" if hit or not self.uncached_by_trouble else \
-                "; the cell was not cached" if self.kind == "cell" else "; it is returned but not cached"
-            _warn(f"nbcache: step {self.name!r} {'came from the cache' if hit else 'ran'}, but {what}{tail}")
-
-    def keep(self, keeping: Callable[[], None], reason: str, **fields: Any) -> None:
-        """Do ``keeping``, all that follows a body that returned (store what it returned, record the run): what
-        fails in it costs no result; one warning says what, and the run is recorded if it was not yet."""
-        recorded, self.doing = self.recorded, "keeping its result"
-        try:
-            keeping()
-        except CacheWarning:  # a warning the user made an error: theirs to see
-            raise
-        except Exception as exc:
-            self.trouble(f"{self.doing} failed ({describe_error(exc)})", uncached=not self.stored)
-            if self.recorded == recorded:
-                self.record(cached=False, reason=f"{reason}; not cached: {self.doing} failed", outputs=(), **fields)
-            else:
-                self.warn_troubles()
-
-    @contextlib.contextmanager
-    def watching(self, store: bool, bound: frozenset[str] = frozenset()) -> Iterator[None]:
-        """Observe the body's run when its result is to be stored. An observer that fails to start or stop costs
-        the cache (``not_cacheable_after_run``), never the result; the body's own exception passes untouched."""
-        observer, failures = None, []
-        try:
-            if store:
-                (observer := self.observe(bound)).__enter__()
-        except Exception as exc:  # (self.observer is None if there is none, which is as failed)
-            failures.append(exc)
-        raised = True
-        try:
-            yield
-            raised = False
-        finally:
-            try:
-                if observer is not None:
-                    observer.__exit__(None, None, None)
-            except Exception as exc:
-                failures.append(exc)
-            if failures and not raised:  # an observer that missed some of the run must not say what it read
-                if observer is not None:
-                    observer.failed = True
-                self.trouble(f"what it read could not be followed ({describe_error(failures[0])})", uncached=True)
 
 
 def addresses_of(values: Sequence[Any]) -> tuple[str, ...]:

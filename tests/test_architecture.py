@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("key", {"key"}),
     ("store", {"records", "pickler", "frame", "keys", "entry", "store", "diskfiles", "diskgc", "diskerrors",
                "diskstore"}),
-    ("cached call", {"events", "explain", "cache", "cachedcall"}),
+    ("cached call", {"events", "explain", "cache", "keeping", "cachedcall"}),
     ("step and magics", {"step", "capture", "cellnames", "cellvars", "tables", "cellstep", "magics"}),
     ("graph", {"graph"}),
     ("widget and cli", {"widget", "cli", "__init__"}),
