@@ -133,11 +133,13 @@ class StepCall(Keeping):
             return self.execute(reason, store=True)
         try:
             if acquired:  # whoever held it may have stored the result meanwhile
+                why_it_runs = self.outcome, self.changes
                 with unobserved:
-                    values, entry, again = self.lookup()
+                    values, entry, _ = self.lookup()
                 if values is not MISS:
                     self.outcome, self.changes = Outcome.HIT, ()
                     return self.restore(values, entry)
+                self.outcome, self.changes = why_it_runs  # (the first look said why: damage, a change, ...)
             return self.execute(reason, store=True)
         finally:
             with unobserved, contextlib.suppress(Exception):
