@@ -3,6 +3,10 @@
 Every command reads ``--dir`` (default: ``$NBCACHE_DIR``, else ``./.nbcache``) and never creates it: a
 directory that is not there is an error with exit code 4, an unknown step one with exit code 1, a usage
 error 2 (argparse's), anything else 3. ``--json`` prints what scripts need instead of a table.
+
+What the cache holds is never trusted to be well-formed or harmless: a history line that is no run is
+skipped (and counted by ``info``), and every text printed is ``printable`` (a step named with a terminal
+escape sequence shows it as ``\x1b[...``); ``--json`` escapes all that is not ASCII.
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ from typing import Any
 
 from .cache import Cache
 from .diskstore import DiskStore
-from .records import StepRun
+from .records import StepRun, read_history
 from .store import Store
-from .tables import (NO_STEPS, STEP_RUNS_HEADER, STEPS_HEADER, info_text, removed_text, step_runs_rows,
-                     step_summaries, steps_rows, text_table, why_text)
+from .tables import (NO_STEPS, STEP_RUNS_HEADER, STEPS_HEADER, collected_text, info_text, printable, removed_text,
+                     step_runs_rows, step_summaries, steps_rows, text_table, why_text)
 
 __all__ = ["main"]
 
@@ -63,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     clear.add_argument("step", nargs="?")
     clear.add_argument("--older-than", type=_duration, metavar="AGE", help="only results stored before AGE ago")
     commands.add_parser("info", parents=[common], help="the directory, its size and entry count")
+    commands.add_parser("gc", parents=[common], help="remove files left behind by writers that were killed")
     demo = commands.add_parser("demo", help="run the digits pipeline twice; the second run changes the trainer")
     demo.add_argument("--dir", help="cache directory to use (default: a fresh temporary one)")
     demo.add_argument("-o", "--output", default="lineage.svg", help="where to write the lineage of run 2")
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             raise _Failure(f"cannot use the cache at {_directory(args)}: {type(exc).__name__}: {exc}",
                            EXIT_FAILED) from exc
     except _Failure as failure:
-        print(f"nbcache: {failure}", file=sys.stderr)
+        _say(f"nbcache: {failure}", file=sys.stderr)
         return failure.code
     except BrokenPipeError:  # `nbcache ls | head`: the reader left; stop quietly, as the Python docs advise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail
@@ -114,14 +119,17 @@ def _run(args: argparse.Namespace) -> int:
         raise _Failure(f"no cache at {directory}: run a step first, or point --dir or NBCACHE_DIR at one",
                        EXIT_NO_CACHE)
     store = DiskStore(directory)
-    runs = store.read_runs()
+    # (the history DiskStore keeps, read here to count the lines that are no runs as well)
+    runs, unreadable = read_history(directory / "runs.jsonl")
     step = getattr(args, "step", None)
     if step is not None and step not in {r.step for r in runs}:
         known = {r.step for r in runs} | {e.step for _, e in store.entries()}
         if step not in known:
             hint = f"; known steps: {', '.join(sorted(known))}" if known else ""
             raise _Failure(f"no step named {step!r} in {directory}{hint}", EXIT_UNKNOWN_STEP)
-    handler = {"ls": _ls, "show": _show, "why": _why, "graph": _graph, "clear": _clear, "info": _info}
+    if args.command == "info":
+        return _info(args, store, runs, unreadable)
+    handler = {"ls": _ls, "show": _show, "why": _why, "graph": _graph, "clear": _clear, "gc": _gc}
     return handler[args.command](args, store, runs)
 
 
@@ -149,7 +157,7 @@ def _why(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
     if args.json:
         last = next(r for r in reversed(runs) if r.step == args.step)
         return _print_json({"step": args.step, "reason": last.reason, "explanation": text})
-    print(text)
+    _say(text)
     return 0
 
 
@@ -173,7 +181,7 @@ def _graph(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
     if args.json:
         return _print_json({"output": str(Path(args.output).absolute()), "steps": len(lineage.nodes),
                             "edges": len(lineage.edges)})
-    print(f"wrote {args.output}: {len(lineage.nodes)} steps, {len(lineage.edges)} edges")
+    _say(f"wrote {args.output}: {len(lineage.nodes)} steps, {len(lineage.edges)} edges")
     return 0
 
 
@@ -181,15 +189,25 @@ def _clear(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
     count = store.clear(args.step, older_than_s=args.older_than)
     if args.json:
         return _print_json({"removed": count})
-    print(removed_text(count, args.step))
+    _say(removed_text(count, args.step))
     return 0
 
 
-def _info(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
+def _gc(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
+    if not callable(getattr(store, "gc", None)):
+        raise _Failure(f"the store at {_directory(args)} cannot collect what is left behind", EXIT_FAILED)
+    collected = store.gc()
+    if args.json:
+        return _print_json({"removed_files": collected.files, "freed_bytes": collected.bytes})
+    _say(collected_text(collected))
+    return 0
+
+
+def _info(args: argparse.Namespace, store: Store, runs: list[StepRun], unreadable: int) -> int:
     stats = store.stats()
     if args.json:
-        return _print_json({**stats.as_dict(), "runs": len(runs)})
-    print(info_text(stats, runs=len(runs)))
+        return _print_json({**stats.as_dict(), "runs": len(runs), "unreadable_history_lines": unreadable})
+    _say(info_text(stats, runs=len(runs), unreadable_runs=unreadable))
     return 0
 
 
@@ -198,12 +216,17 @@ def _run_json(run: StepRun) -> dict[str, Any]:
 
 
 def _print_json(value: Any) -> int:
-    print(json.dumps(value, indent=2))
+    print(json.dumps(value, indent=2, ensure_ascii=True))  # (control characters, lone surrogates: \u escapes)
     return 0
 
 
 def _print_table(header: list[str], rows: list[list[Any]], *, empty: str) -> None:
-    print(text_table(header, rows) if rows else empty)
+    _say(text_table(header, rows) if rows else empty)
+
+
+def _say(text: str, file: Any = None) -> None:
+    """Print text for a person: whatever the cache held, nothing in it acts on the terminal."""
+    print(printable(text, newlines=True), file=file or sys.stdout)
 
 
 if __name__ == "__main__":

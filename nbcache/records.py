@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import os
+import re
+import stat
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 __all__ = ["StepRun", "Outcome", "Change", "ChangeKind", "SESSION", "describe_error", "format_seconds",
-           "format_bytes"]
+           "format_bytes", "parse_runs", "read_history"]
 
 #: Identifies this process (a kernel, until it restarts) in the history.
 SESSION = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -153,10 +156,22 @@ class StepRun:
 
     @classmethod
     def from_json(cls, line: str | bytes) -> StepRun:
-        """A run from its history line; raises ValueError (or KeyError, TypeError) if the line is not one."""
+        """A run from its history line; raises ValueError (or KeyError, TypeError) if the line is not one:
+        not JSON, nested too deeply to parse, a field missing, of the wrong type or out of range."""
+        try:
+            return cls._from_json(line)
+        except (ValueError, KeyError, TypeError):
+            raise
+        except Exception as exc:  # (RecursionError: JSON nested 100,000 deep; OverflowError, MemoryError)
+            raise ValueError(f"not a run record ({type(exc).__name__})") from None
+
+    @classmethod
+    def _from_json(cls, line: str | bytes) -> StepRun:
         record = json.loads(line)
         if not isinstance(record, dict):
             raise ValueError("a run record is a JSON object")
+        if _SURROGATE.search(line if isinstance(line, bytes) else line.encode("utf-8", "surrogatepass")):
+            json.dumps(record, ensure_ascii=False).encode()  # a lone surrogate is no text: UnicodeEncodeError
         record = {k: v for k, v in record.items() if k in _FIELDS}  # records written by a newer nbcache
         for name, types in _TYPES.items():
             if name in record and not isinstance(record[name], types) or name in _BOOLS and name in record \
@@ -169,9 +184,14 @@ class StepRun:
         for name in ("outputs", "output_names"):
             if not all(isinstance(v, str) for v in record.get(name, ())):
                 raise TypeError(f"a run record's {name!r} holds something other than strings")
+        if not all(not isinstance(v, bool) and 0 <= v < 2**63 for v in record.get("sizes", {}).values()) or \
+                not all(math.isfinite(record.get(name, 0)) for name in ("duration_s", "saved_s")):
+            raise ValueError("a run record's 'sizes', 'duration_s' or 'saved_s' is out of range")
         record["started_at"] = datetime.fromisoformat(record["started_at"])
         if record["started_at"].tzinfo is None:
             raise ValueError("a run record's 'started_at' has no time zone")
+        if not 1 < record["started_at"].year < 9999:  # (a time that cannot be shown in every time zone)
+            raise ValueError("a run record's 'started_at' is out of range")
         record["outputs"] = tuple(record["outputs"])
         record["output_names"] = tuple(record.get("output_names", ()))
         # a newer nbcache's outcome or kind of change is read as an older one would: the outcome from the
@@ -185,7 +205,36 @@ class StepRun:
         return cls(**record)
 
 
+def parse_runs(lines: Iterable[str | bytes]) -> tuple[list[StepRun], int]:
+    """The runs of history lines, oldest first, and how many lines were not runs (blank lines aside): cut short
+    by a killed process, written by hand, damaged. One bad record never costs the others."""
+    runs, skipped = [], 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            runs.append(StepRun.from_json(line))
+        except Exception:  # (ValueError, KeyError, TypeError, as from_json says)
+            skipped += 1
+    return runs, skipped
+
+
+def read_history(path: str | os.PathLike[str]) -> tuple[list[StepRun], int]:
+    """``parse_runs`` of a history file (none: no runs). Raises ``OSError`` for a path that is not a regular
+    file (a FIFO, a device): it is never waited on nor read without end."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return [], 0
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"the history {os.fspath(path)} is not a regular file")
+    with open(fd, "rb") as f:
+        return parse_runs(f)
+
+
 _OUTCOMES = frozenset(o.value for o in Outcome)
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")  # (a pair is one character: JSON's emoji)
 _CHANGE_KINDS = frozenset(k.value for k in ChangeKind)
 
 

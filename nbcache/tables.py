@@ -8,22 +8,44 @@ the notebook side publishes the bundle, the terminal side prints the text.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
 from .explain import describe_last_change
 from .records import StepRun, format_bytes, format_seconds
-from .store import StoreStats
+from .store import Collected, StoreStats
 
 __all__ = ["KERNEL_RUNS_HEADER", "NO_KERNEL_RUNS", "NO_STEPS", "STEP_RUNS_HEADER", "STEPS_HEADER", "StepSummary",
-           "html_table", "info_text", "kernel_runs_rows", "removed_text", "step_runs_rows", "step_summaries",
-           "steps_rows", "table_bundle", "text_table", "when", "why_text"]
+           "collected_text", "html_table", "info_text", "kernel_runs_rows", "printable", "removed_text",
+           "step_runs_rows", "step_summaries", "steps_rows", "table_bundle", "text_table", "when", "why_text"]
+
+# What must not reach a terminal as it is: C0 and C1 control characters (ANSI escape sequences, carriage
+# returns, backspaces, bells), the marks that reorder text (bidi overrides), line separators, lone surrogates.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+                          "\ud800-\udfff]")
+
+
+def printable(text: str, *, newlines: bool = False) -> str:
+    """``text`` safe to print to a terminal: each character that would act on it rather than show (``ESC``,
+    ``\\r``, a bidi override, a lone surrogate) written as its escape, ``\\x1b``, ``\\r``, ``\\u202e``, as
+    ``repr`` does; ``newlines`` keeps line breaks (a message of several lines)."""
+    if not _UNPRINTABLE.search(text):
+        return text
+    return _UNPRINTABLE.sub(lambda m: m.group() if newlines and m.group() == "\n" else _escape(m.group()), text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    named = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}.get(char)
+    return named or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
 def text_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """The table as lines of left-aligned columns two spaces apart, the header first; no trailing blanks."""
-    cells = [[str(c) for c in row] for row in [header, *rows]]
+    """The table as lines of left-aligned columns two spaces apart, the header first; no trailing blanks.
+    Every cell is ``printable``: one line, no control characters."""
+    cells = [[printable(str(c)) for c in row] for row in [header, *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
@@ -113,15 +135,25 @@ def why_text(runs: Sequence[StepRun], name: str) -> str | None:
     return describe_last_change(runs, name)
 
 
-def info_text(stats: StoreStats, runs: int | None = None) -> str:
-    """A cache directory's ``stats()`` in lines (and its number of recorded runs, when given)."""
+def info_text(stats: StoreStats, runs: int | None = None, unreadable_runs: int = 0) -> str:
+    """A cache directory's ``stats()`` in lines (and its number of recorded runs, when given, and of history
+    lines that are no runs, when there are any)."""
     text = f"cache directory: {stats.directory}\nentries: {stats.entries}\nsize: {format_bytes(stats.size_bytes)}"
     if runs is not None:
         text += f"\nrecorded runs: {runs}"
+    if unreadable_runs:
+        text += (f"\nunreadable history lines: {unreadable_runs} (cut short by a process that was killed, or"
+                 " damaged; they are skipped)")
     if stats.unreadable_entries:
         text += (f"\nunreadable entries: {stats.unreadable_entries} (written by an nbcache with another cache"
                  " format, or damaged; `nbcache clear` removes them)")
     return text
+
+
+def collected_text(collected: Collected) -> str:
+    """What ``gc`` did: ``removed 3 files left behind (1.2 MB)``."""
+    files = collected.files
+    return f"removed {files} file{'s' if files != 1 else ''} left behind ({format_bytes(collected.bytes)})"
 
 
 def removed_text(count: int, step: str | None = None) -> str:

@@ -205,3 +205,96 @@ def test_demo_checks_where_it_will_write_before_running(tmp_path, capsys):
         assert main(["demo", "--dir", str(tmp_path / "c"), "-o", str(output)]) == 3
         assert capsys.readouterr().err.strip().endswith(problem)
     assert not (tmp_path / "c").exists()  # nothing ran
+
+
+# -- a history nbcache did not write: skipped, counted, and never printed raw (issue 11) ----------------------
+
+def record(step: str, **fields) -> dict:
+    """A history record as nbcache writes one, by hand."""
+    return {"step": step, "cached": False, "duration_s": 0.5, "saved_s": 0.0, "key": "k" * 32, "code": "c",
+            "inputs": {"n": "i" * 32}, "outputs": ["o" * 32], "reason": "first run",
+            "started_at": "2024-05-01T12:00:00+00:00", "status": "ok", "kind": "function", **fields}
+
+
+WRONG_TYPES = [record(["a"]), record("load", inputs=5), record("load", sizes={"x": "big"}),
+               record("load", started_at=5), record("load", sizes={"x": 10**400}), record("load\ud800"),
+               record("load", changes=[[5]]), record("load", cached="yes")]
+
+
+def write_history(directory: Path, records: list, *extra: str) -> None:
+    lines = [json.dumps(r) for r in records] + list(extra)
+    (directory / "store").mkdir(parents=True, exist_ok=True)
+    (directory / "runs.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_records_of_the_wrong_type_are_skipped_and_counted_by_every_command(tmp_path, capsys):
+    good = [record("load"), record("total", inputs={"values": "o" * 32}, started_at="2024-05-01T12:01:00+00:00")]
+    write_history(tmp_path, [good[0], *WRONG_TYPES, good[1]], "[" * 100_000 + "]" * 100_000, "{cut short")
+    skipped = len(WRONG_TYPES) + 2
+    code, out, err = cli(capsys, "ls", "--dir", str(tmp_path))
+    assert code == 0 and [line.split()[0] for line in out.splitlines()[1:]] == ["load", "total"], err
+    code, out, err = cli(capsys, "show", "load", "--dir", str(tmp_path))
+    assert code == 0 and len(out.splitlines()) == 2, err
+    code, out, err = cli(capsys, "why", "total", "--dir", str(tmp_path))
+    assert code == 0 and out.startswith("total ran at "), err
+    code, out, err = cli(capsys, "info", "--dir", str(tmp_path))
+    assert code == 0 and "recorded runs: 2" in out and f"unreadable history lines: {skipped} (" in out, err
+    code, out, err = cli(capsys, "info", "--dir", str(tmp_path), "--json")
+    assert code == 0 and json.loads(out)["unreadable_history_lines"] == skipped and json.loads(out)["runs"] == 2
+    if dot_missing() is None:
+        code, out, err = cli(capsys, "graph", "-o", str(tmp_path / "g.svg"), "--dir", str(tmp_path))
+        assert code == 0 and "2 steps, 1 edges" in out, err
+    assert [r.step for r in nbcache.Cache(tmp_path).runs()] == ["load", "total"]  # (what runs() reads, too)
+
+
+def test_a_history_that_is_not_a_file_is_an_error_not_a_hang(tmp_path, capsys):
+    (tmp_path / "store").mkdir()
+    os.mkfifo(tmp_path / "runs.jsonl")  # reading it would wait for a writer forever
+    code, _, err = cli(capsys, "ls", "--dir", str(tmp_path))
+    assert code == 3 and "is not a regular file" in err
+
+
+HOSTILE = "evil\x1b[2J\x1b]0;owned\x07\rname\u202e"
+
+
+def test_control_characters_in_what_the_cache_holds_never_reach_the_terminal(tmp_path, capsys):
+    write_history(tmp_path, [record(HOSTILE, reason="first run\x1b[1A\x1b[2K"),
+                             record("fit", status="failed", error="ValueError: \x1b[31mred\x1b[0m")])
+    outputs = []
+    for args in (["ls"], ["show", HOSTILE], ["why", HOSTILE], ["why", "fit"], ["show", "nope"], ["info"]):
+        code, out, err = cli(capsys, *args, "--dir", str(tmp_path))
+        outputs.append(out + err)
+    shown = "\n".join(outputs)
+    assert not any(c in shown for c in "\x1b\x07\r\u202e")
+    assert "evil\\x1b[2J\\x1b]0;owned\\x07\\rname\\u202e" in outputs[0]  # each control as its escape
+    assert "\\x1b[1A\\x1b[2K" in outputs[1] and "known steps: evil\\x1b[2J" in outputs[4]
+    for args in (["ls"], ["show", HOSTILE], ["why", HOSTILE]):  # --json: every control a \u escape, ASCII only
+        code, out, _ = cli(capsys, *args, "--dir", str(tmp_path), "--json")
+        assert code == 0 and out.isascii() and "\\u001b[2J" in out
+    assert json.loads(cli(capsys, "ls", "--dir", str(tmp_path), "--json")[1])[0]["step"] == HOSTILE
+
+
+def test_a_directory_name_with_controls_is_escaped_in_messages(tmp_path, capsys):
+    missing = tmp_path / "no\x1b[2Jcache"
+    code, _, err = cli(capsys, "ls", "--dir", str(missing))
+    assert code == 4 and "\x1b" not in err and "no\\x1b[2Jcache" in err
+
+
+# -- gc ---------------------------------------------------------------------------------------------------------
+
+def test_gc_removes_what_writers_left_and_says_what_it_freed(filled, capsys, monkeypatch):
+    code, out, err = cli(capsys, "gc", "--dir", filled)
+    assert code == 0 and out.startswith("removed ") and "file" in out, err
+    code, out, _ = cli(capsys, "gc", "--dir", filled, "--json")
+    assert code == 0 and set(json.loads(out)) == {"removed_files", "freed_bytes"}
+    called = []
+
+    def gc(self):
+        called.append(self.directory)
+        return nbcache.store.Collected(files=2, bytes=4096)
+
+    monkeypatch.setattr(nbcache.diskstore.DiskStore, "gc", gc)
+    assert cli(capsys, "gc", "--dir", filled)[1] == "removed 2 files left behind (4.0 KB)\n"
+    assert json.loads(cli(capsys, "gc", "--dir", filled, "--json")[1]) == {"removed_files": 2, "freed_bytes": 4096}
+    assert len(called) == 2
+    assert cli(capsys, "ls", "--dir", filled)[0] == 0  # nothing a step needs went

@@ -10,7 +10,7 @@ import pytest
 
 from nbcache.diskstore import DiskStore
 from nbcache.explain import describe_last_change
-from nbcache.records import Change, ChangeKind, Outcome, StepRun
+from nbcache.records import Change, ChangeKind, Outcome, StepRun, parse_runs, read_history
 
 WHEN = datetime(2024, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
 
@@ -189,6 +189,20 @@ MALFORMED = [
     pytest.param(replaced(changes=[["input"]]), id="change too short"),
     pytest.param(replaced(changes=[5]), id="change a number"),
     pytest.param(replaced(changes=5), id="changes a number"),
+    # records of the wrong type, written by hand or by something else (issue 11)
+    pytest.param(replaced(step=["a"]), id="step a list"),
+    pytest.param(replaced(inputs=5), id="inputs a number"),
+    pytest.param(replaced(sizes={"x": "big"}), id="a size a string"),
+    pytest.param(replaced(sizes={"x": True}), id="a size a bool"),
+    pytest.param(replaced(sizes={"x": -1}), id="a size negative"),
+    pytest.param(replaced(sizes={"x": 10**400}), id="a size past any disk"),
+    pytest.param(replaced(duration_s=10**400), id="duration too big for a float"),
+    pytest.param(replaced(saved_s=float("nan")), id="saved not a number"),
+    pytest.param(replaced(started_at="0001-01-01T00:00:00+14:00"), id="started_at out of range"),
+    pytest.param(replaced(step="a\ud800"), id="step a lone surrogate"),
+    pytest.param(json.dumps({**GOOD, "reason": "\udfff"}, ensure_ascii=False), id="a raw lone surrogate"),
+    pytest.param("[" * 100_000 + "]" * 100_000, id="JSON nested 100000 deep"),
+    pytest.param('{"step": ' + "[" * 100_000 + "]" * 100_000 + "}", id="a field nested 100000 deep"),
 ]
 
 
@@ -196,6 +210,39 @@ MALFORMED = [
 def test_a_malformed_line_raises_what_the_history_skips(line):
     with pytest.raises((ValueError, KeyError, TypeError)):
         StepRun.from_json(line)
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        StepRun.from_json(line.encode("utf-8", "surrogatepass"))  # as the history reads it
+
+
+def test_what_the_history_can_hold_still_reads():
+    assert StepRun.from_json(replaced(step="\U0001F600 plot")).step == "\U0001F600 plot"  # (a surrogate pair)
+    assert StepRun.from_json(replaced(step="load\x1b[31m")).step == "load\x1b[31m"  # escaped when printed
+    assert StepRun.from_json(replaced(sizes={"o1": 0}, duration_s=0)).sizes == {"o1": 0}
+
+
+def test_parse_runs_skips_and_counts_what_is_not_a_run():
+    good = [make(state=Outcome.FIRST_RUN), make(cached=True, reason="cache hit", state=Outcome.HIT)]
+    lines = ["", good[0].to_json(), *(p.values[0] for p in MALFORMED if p.values[0]), "  ", good[1].to_json()]
+    runs, skipped = parse_runs(lines)
+    assert runs == good and skipped == sum(1 for p in MALFORMED if p.values[0])  # blank lines are no records
+
+
+def test_read_history_of_a_file(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    assert read_history(path) == ([], 0)  # none yet
+    path.write_bytes(b"\n" + make().to_json().encode() + b"\n" + replaced(step=["a"]).encode() + b"\n{cut")
+    assert read_history(path) == ([make()], 2)
+
+
+def test_read_history_never_waits_on_a_fifo_nor_reads_a_device(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    devices = [d for d in ("/dev/zero", "/dev/urandom", "/dev/null") if os.path.exists(d)]
+    for path in (fifo, tmp_path, *devices):
+        with pytest.raises(OSError, match="not a regular file"):
+            read_history(path)
 
 
 @pytest.mark.parametrize("line", ["[1, 2]", "null", '"a string"', "42"])

@@ -8,9 +8,10 @@ from nbcache.records import StepRun
 import dataclasses
 
 from nbcache.store import StoreStats
-from nbcache.tables import (KERNEL_RUNS_HEADER, STEPS_HEADER, html_table, info_text, kernel_runs_rows,
-                            removed_text, step_runs_rows, step_summaries, steps_rows, table_bundle, text_table,
-                            when, why_text)
+from nbcache.store import Collected
+from nbcache.tables import (KERNEL_RUNS_HEADER, STEPS_HEADER, collected_text, html_table, info_text,
+                            kernel_runs_rows, printable, removed_text, step_runs_rows, step_summaries, steps_rows,
+                            table_bundle, text_table, when, why_text)
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -83,3 +84,32 @@ def test_messages():
 def test_why_text_of_a_step_that_never_ran_is_none():
     assert why_text([a_run("load")], "other") is None
     assert why_text([a_run("load")], "load").startswith("load ran at ")
+
+
+def test_printable_escapes_what_would_act_on_a_terminal():
+    hostile = "load\x1b[31mRED\x1b[0m\rX\x1b[2J\x07\x08\x00\x7f\x85\x9b\u202egnp.exe\u2028\ud800\tend"
+    shown = printable(hostile)
+    assert shown == ("load\\x1b[31mRED\\x1b[0m\\rX\\x1b[2J\\x07\\x08\\x00\\x7f\\x85\\x9b\\u202egnp.exe\\u2028"
+                     "\\ud800\\tend")
+    assert shown.isprintable() and printable(shown) == shown  # (escaping twice changes nothing)
+    assert printable("a\nb\x1b", newlines=True) == "a\nb\\x1b" and printable("a\nb") == "a\\nb"
+    text = "naïve 数据 \U0001F600 \\ back\\slash"
+    assert printable(text) is text  # what is printable stays as it is
+
+
+def test_text_table_escapes_its_cells_and_aligns_what_it_shows():
+    table = text_table(["step", "state"], [["a\x1b[2Jb", "hit"], ["two\nlines", "ran"]])
+    assert table == ("step        state\n"
+                     "a\\x1b[2Jb   hit\n"
+                     "two\\nlines  ran")
+    assert "\x1b" not in table and table_bundle(["s"], [["\x1b"]])["text/plain"] == "s\n\\x1b"
+
+
+def test_info_counts_unreadable_history_lines_and_gc_says_what_it_freed():
+    stats = StoreStats(directory="/c", entries=3, unreadable_entries=0, size_bytes=2048)
+    assert "unreadable history" not in info_text(stats, runs=5)
+    assert info_text(stats, runs=5, unreadable_runs=2).endswith(
+        "\nrecorded runs: 5\nunreadable history lines: 2 (cut short by a process that was killed, or damaged;"
+        " they are skipped)")
+    assert collected_text(Collected(files=3, bytes=3 * 1024 * 1024)) == "removed 3 files left behind (3.0 MB)"
+    assert collected_text(Collected()) == "removed 0 files left behind (0 B)"
