@@ -9,74 +9,63 @@ Layout of a cache directory (``.nbcache/`` by default):
 - ``runs.jsonl``: one JSON line per step call, appended with a single ``write`` on an ``O_APPEND`` file so
   that a hit costs about a microsecond to record and processes sharing the directory never interleave;
   lines that do not parse (cut short by a killed process) are skipped when reading.
+- ``locks/``: one lock file per key being computed (``lock``), so that one caller computes it at a time.
 
-diskcache writes a value's file before it commits the row that points to it, so a process killed mid-write
-leaves an orphan file, never an entry that reads as valid.
+What is read, written and deleted on disk, and with which permissions, is ``diskfiles.py``'s: a value file
+is written under a temporary name and renamed into place before the row that points to it is committed,
+so a process killed mid-write leaves a temporary or an orphan file, never an entry that reads as valid;
+``gc`` (``diskgc.py``) removes those. Errors of a directory that cannot be used say why and what to do
+(``diskerrors.py``).
 """
 
 from __future__ import annotations
 
-import errno
+import contextlib
+import hashlib
 import os
 import pickle
+import re
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import diskcache
+import filelock
 
+from .diskerrors import StoreError, describe
+from .diskfiles import Modes, _FrameDisk, make_dir, make_file, shared_from_env
+from .diskgc import collect, disk_usage
 from .entry import Entry, Latest
 from .frame import Damaged, Frame
 from .records import StepRun
-from .store import StoreStats
+from .store import Collected, StoreStats
 
-__all__ = ["DiskStore", "open_disk_store"]
+__all__ = ["DiskStore", "StoreError", "open_disk_store"]
 
-_INLINE_BYTES = 64 << 10  # smaller values live in the SQLite index; larger ones are files
 _ABSENT = diskcache.core.ENOVAL
 _PARSED_MAX = 4096  # entries remembered parsed (each about a kilobyte)
-
-
-class _FrameDisk(diskcache.Disk):
-    """diskcache's Disk, taught to write a Frame's parts straight to a file without joining them, and
-    never to unpickle a value of the index: nbcache writes its entries as JSON text, so a pickle found
-    there was put by something else, and loading it could run its code (``nbcache ls`` reads entries)."""
-
-    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
-        if mode == diskcache.core.MODE_PICKLE:
-            return None
-        return super().fetch(mode, filename, value, read)
-
-    def get(self, key: Any, raw: bool) -> Any:
-        """A key as stored: nbcache's keys are strings, stored raw; a pickled key is left unloaded."""
-        return super().get(key, raw) if raw else None
-
-    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
-        if not isinstance(value, Frame):
-            return super().store(value, read, key=key)
-        if value.nbytes < _INLINE_BYTES:
-            return 0, diskcache.core.MODE_RAW, None, sqlite3.Binary(value.to_bytes())
-        filename, full_path = self.filename(key, value)
-        os.makedirs(os.path.dirname(full_path), exist_ok=True)
-        with open(full_path, "xb") as f:
-            try:  # reserve the space first, as np.save does: one allocation instead of many, and a full
-                os.posix_fallocate(f.fileno(), 0, value.nbytes)  # disk fails here rather than mid-write
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise
-            size = value.write(f)
-        return size, diskcache.core.MODE_BINARY, filename, None
+_LOCK_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")  # a key usable as a file name as it is
 
 
 class DiskStore:
-    """The cache of one directory. Safe to share between threads and processes."""
+    """The cache of one directory. Safe to share between threads and processes.
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    What it creates is private to the user (folders 0700, files 0600) unless ``shared`` (default: the
+    environment variable ``NBCACHE_SHARED=1``) says the directory is shared with a group: 0770 and 0660,
+    the umask applying as usual. A directory that exists keeps its permissions."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, shared: bool | None = None) -> None:
         self.directory = Path(directory)
         self.location = str(self.directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.shared = shared_from_env() if shared is None else bool(shared)
+        self._modes = Modes(self.shared)
+        make_dir(self.directory, self._modes.dir)
+        make_dir(self.directory / "store", self._modes.dir)
+        # SQLite would create its index 0644; made first, it keeps its mode, and its -wal and -shm files take it
+        make_file(self.directory / "store" / "cache.db", self._modes.file)
         self._cache = diskcache.Cache(
             str(self.directory / "store"),
             disk=_FrameDisk,
@@ -84,6 +73,8 @@ class DiskStore:
             tag_index=True,
             disk_pickle_protocol=pickle.HIGHEST_PROTOCOL,
         )
+        self._cache.disk.modes = self._modes
+        self._locks_dir = self.directory / "locks"
         self._log_path = self.directory / "runs.jsonl"
         self._log_fd: int | None = None
         self._lock = threading.Lock()
@@ -106,15 +97,21 @@ class DiskStore:
         return entry
 
     def put_entry(self, key: str, entry: Entry) -> None:
-        self._cache.set("entry:" + key, entry.to_json(), tag=entry.step)
+        try:
+            self._cache.set("entry:" + key, entry.to_json(), tag=entry.step)
+        except (OSError, sqlite3.Error) as exc:
+            raise describe(exc, self.directory) from exc
 
     def has_blob(self, address: str) -> bool:
         return "blob:" + address in self._cache
 
     def put_blob(self, address: str, frame: Frame) -> None:
         name = "blob:" + address
-        if name not in self._cache:
-            self._cache.set(name, frame)
+        try:
+            if name not in self._cache:
+                self._cache.set(name, frame)
+        except (OSError, sqlite3.Error) as exc:
+            raise describe(exc, self.directory) from exc
 
     def open_blob(self, address: str) -> Any:
         handle = self._cache.get("blob:" + address, _ABSENT, read=True)
@@ -125,9 +122,12 @@ class DiskStore:
         return handle
 
     def delete(self, key: str, blobs: Iterable[str] = ()) -> None:
-        self._cache.delete("entry:" + key)
-        for address in blobs:
-            self._cache.delete("blob:" + address)
+        try:
+            self._cache.delete("entry:" + key)
+            for address in blobs:
+                self._cache.delete("blob:" + address)
+        except (OSError, sqlite3.Error) as exc:
+            raise describe(exc, self.directory) from exc
 
     # the latest ingredients of each step
     def get_latest(self, identity: str) -> Latest | None:
@@ -135,17 +135,24 @@ class DiskStore:
         return None if text is _ABSENT else Latest.from_json(text)
 
     def put_latest(self, identity: str, latest: Latest) -> None:
-        self._cache.set("last:" + identity, latest.to_json())
+        try:
+            self._cache.set("last:" + identity, latest.to_json())
+        except (OSError, sqlite3.Error) as exc:
+            raise describe(exc, self.directory) from exc
 
     # the run history
     def append_run(self, run: StepRun) -> None:
         # The newline goes first: a line left unfinished by a killed process is then never glued to the
         # next record, whichever process writes it.
         line = ("\n" + run.to_json()).encode()
-        with self._lock:
-            if self._log_fd is None:
-                self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            os.write(self._log_fd, line)
+        try:
+            with self._lock:
+                if self._log_fd is None:
+                    self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                                           self._modes.file)
+                os.write(self._log_fd, line)
+        except OSError as exc:
+            raise describe(exc, self.directory) from exc
 
     def read_runs(self, step: str | None = None) -> list[StepRun]:
         try:
@@ -182,6 +189,15 @@ class DiskStore:
                 yield name[6:], entry
 
     def clear(self, step: str | None = None, *, older_than_s: float | None = None) -> int:
+        try:
+            count = self._clear(step, older_than_s)
+            if step is None:
+                self.gc()
+        except (OSError, sqlite3.Error) as exc:
+            raise describe(exc, self.directory) from exc
+        return count
+
+    def _clear(self, step: str | None, older_than_s: float | None) -> int:
         if older_than_s is not None:
             cutoff = time.time() - older_than_s
             count = 0
@@ -208,10 +224,43 @@ class DiskStore:
             if name[5:] not in live:
                 self._cache.delete(name)
 
+    def gc(self) -> Collected:
+        """Remove the temporaries of writers no longer alive, value files the index does not name (once ten
+        minutes old) and lock files unused for as long (``diskgc.py``)."""
+        try:
+            return collect(self.directory / "store", self._locks_dir)
+        except (OSError, sqlite3.Error) as exc:
+            raise describe(exc, self.directory) from exc
+
     def stats(self) -> StoreStats:
+        """``size_bytes`` is what ``du -s`` reports for the directory: every file in it, orphans included."""
         names = self._names("entry:")
         readable = sum(1 for name in names if self._read_entry(name) is not None)
-        return StoreStats(str(self.directory), readable, len(names) - readable, self._cache.volume())
+        return StoreStats(str(self.directory), readable, len(names) - readable, disk_usage(self.directory))
+
+    # single-flight
+    @contextlib.contextmanager
+    def lock(self, key: str, timeout: float) -> Iterator[bool]:
+        """An exclusive lock on ``locks/<key>.lock`` (``flock``: the system releases it when its holder
+        dies). Yields False, to compute anyway, if it timed out or no lock file can be made."""
+        held = None
+        try:
+            if not self._locks_dir.is_dir():
+                make_dir(self._locks_dir, self._modes.dir)
+            name = key if _LOCK_NAME.fullmatch(key) else hashlib.sha256(key.encode()).hexdigest()
+            path = self._locks_dir / (name + ".lock")
+            make_file(path, self._modes.file)  # (made here, the umask applies to it as to every file)
+            held = filelock.FileLock(str(path), mode=self._modes.file)
+            held.acquire(timeout=timeout)
+            with contextlib.suppress(OSError):
+                os.utime(path)  # in use: gc leaves it
+        except (filelock.Timeout, OSError):
+            held = None
+        try:
+            yield held is not None
+        finally:
+            if held is not None:
+                held.release()
 
     def close(self) -> None:
         self._cache.close()
@@ -221,17 +270,10 @@ class DiskStore:
                 self._log_fd = None
 
 
-def open_disk_store(directory: str) -> DiskStore:
-    """A ``DiskStore`` of ``directory``, or an ``OSError`` that says what is wrong and what to do."""
+def open_disk_store(directory: str | os.PathLike[str], *, shared: bool | None = None) -> DiskStore:
+    """A ``DiskStore`` of ``directory``, or a ``StoreError`` (an ``OSError``) that says what is wrong
+    (read-only, full, permission denied, damaged index) and what to do."""
     try:
-        return DiskStore(directory)
-    except OSError as exc:
-        raise OSError(
-            f"nbcache cannot use {directory} as its cache directory ({exc.strerror or exc});"
-            " set NBCACHE_DIR or call nbcache.set_cache_dir() to choose another"
-        ) from None
-    except sqlite3.DatabaseError as exc:
-        raise OSError(
-            f"nbcache's index in {directory} is damaged ({exc}); move or delete that directory"
-            " to start a fresh cache"
-        ) from None
+        return DiskStore(directory, shared=shared)
+    except (OSError, sqlite3.Error) as exc:
+        raise describe(exc, directory) from None

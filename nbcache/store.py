@@ -15,16 +15,17 @@ every store passes the contract suite in ``tests/test_store_contract.py``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterable, Iterator, Protocol, runtime_checkable
+from typing import Any, BinaryIO, ContextManager, Iterable, Iterator, Protocol, runtime_checkable
 
 from .entry import Entry, Latest
 from .frame import Damaged, Frame
 from .records import StepRun
 
-__all__ = ["Store", "StoreStats", "MemoryStore", "Damaged"]
+__all__ = ["Collected", "Damaged", "MemoryStore", "Store", "StoreStats"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,14 @@ class StoreStats:
     def as_dict(self) -> dict[str, Any]:
         return {"directory": self.directory, "entries": self.entries,
                 "unreadable_entries": self.unreadable_entries, "size_bytes": self.size_bytes}
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What ``Store.gc`` removed: how many files, and the disk space they took (bytes, as ``du`` counts)."""
+
+    files: int = 0
+    bytes: int = 0
 
 
 @runtime_checkable
@@ -88,6 +97,16 @@ class Store(Protocol):
         the blobs no entry refers to any more; return how many entries went. The history and the latest
         ingredients stay."""
 
+    def gc(self) -> Collected:
+        """Remove what no entry needs and no live writer owns: files left by writers that were killed, and
+        values the index no longer refers to. ``clear()`` of everything does it too."""
+
+    def lock(self, key: str, timeout: float) -> ContextManager[bool]:
+        """Hold the lock of ``key`` for the ``with`` block, so one caller computes a key while the others
+        wait (single-flight). The block gets True if the lock was acquired, False if ``timeout`` seconds
+        passed first (a negative timeout waits for ever): the caller then computes anyway. A lock held by a
+        process that dies is released."""
+
     def stats(self) -> StoreStats:
         """Where the store is, its readable and unreadable entries and its size."""
 
@@ -106,6 +125,7 @@ class MemoryStore:
         self._latest: dict[str, str] = {}
         self._runs: list[str] = []
         self._lock = threading.Lock()
+        self._key_locks: dict[str, tuple[threading.Lock, int]] = {}  # key -> (its lock, callers using it)
 
     def __repr__(self) -> str:
         return "MemoryStore()"
@@ -167,6 +187,27 @@ class MemoryStore:
             for address in [a for a in self._blobs if a not in live]:
                 del self._blobs[address]
         return len(gone)
+
+    def gc(self) -> Collected:
+        return Collected()  # (nothing is ever left behind in memory)
+
+    @contextlib.contextmanager
+    def lock(self, key: str, timeout: float) -> Iterator[bool]:
+        with self._lock:
+            lock, users = self._key_locks.get(key) or (threading.Lock(), 0)
+            self._key_locks[key] = (lock, users + 1)
+        acquired = lock.acquire(timeout=-1 if timeout < 0 else timeout)
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                lock.release()
+            with self._lock:  # the last caller of a key forgets its lock
+                lock, users = self._key_locks[key]
+                if users == 1:
+                    del self._key_locks[key]
+                else:
+                    self._key_locks[key] = (lock, users - 1)
 
     def stats(self) -> StoreStats:
         readable = sum(1 for _ in self.entries())
