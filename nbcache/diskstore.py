@@ -66,13 +66,7 @@ class DiskStore:
         make_dir(self.directory / "store", self._modes.dir)
         # SQLite would create its index 0644; made first, it keeps its mode, and its -wal and -shm files take it
         make_file(self.directory / "store" / "cache.db", self._modes.file)
-        self._cache = diskcache.Cache(
-            str(self.directory / "store"),
-            disk=_FrameDisk,
-            eviction_policy="none",  # never drop a result behind the user's back; `clear` does that
-            tag_index=True,
-            disk_pickle_protocol=pickle.HIGHEST_PROTOCOL,
-        )
+        self._cache = _open_index(self.directory / "store")
         self._cache.disk.modes = self._modes
         self._locks_dir = self.directory / "locks"
         self._log_path = self.directory / "runs.jsonl"
@@ -249,8 +243,10 @@ class DiskStore:
                 make_dir(self._locks_dir, self._modes.dir)
             name = key if _LOCK_NAME.fullmatch(key) else hashlib.sha256(key.encode()).hexdigest()
             path = self._locks_dir / (name + ".lock")
-            make_file(path, self._modes.file)  # (made here, the umask applies to it as to every file)
-            held = filelock.FileLock(str(path), mode=self._modes.file)
+            # Made here, the umask applies to it as to every file; filelock then keeps the mode it has
+            # (it sets the mode it is given on the file, some versions every time)
+            make_file(path, self._modes.file)
+            held = filelock.FileLock(str(path), mode=os.stat(path).st_mode & 0o777)
             held.acquire(timeout=timeout)
             with contextlib.suppress(OSError):
                 os.utime(path)  # in use: gc leaves it
@@ -268,6 +264,26 @@ class DiskStore:
             if self._log_fd is not None:
                 os.close(self._log_fd)
                 self._log_fd = None
+
+
+def _open_index(directory: Path) -> diskcache.Cache:
+    """The diskcache of ``directory``. Processes creating the same index at once can find it locked by
+    one another in a statement diskcache does not retry: they try again, for as long as diskcache waits for
+    a lock (60 s)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return diskcache.Cache(
+                str(directory),
+                disk=_FrameDisk,
+                eviction_policy="none",  # never drop a result behind the user's back; `clear` does that
+                tag_index=True,
+                disk_pickle_protocol=pickle.HIGHEST_PROTOCOL,
+            )
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 def open_disk_store(directory: str | os.PathLike[str], *, shared: bool | None = None) -> DiskStore:
