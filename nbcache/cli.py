@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from .cache import Cache
-from .diskstore import DiskStore
-from .records import StepRun, read_history
+from .diskerrors import StoreError
+from .diskstore import open_disk_store
+from .records import StepRun
 from .store import Store
 from .tables import (NO_STEPS, STEP_RUNS_HEADER, STEPS_HEADER, collected_text, info_text, printable, removed_text,
                      step_runs_rows, step_summaries, steps_rows, text_table, why_text)
@@ -83,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         except (_Failure, BrokenPipeError):
             raise
-        except Exception as exc:  # a directory it may not write to, a damaged index: say so, in one line
+        except StoreError as exc:  # read-only, full, not ours, damaged: it says which, and what to do
+            raise _Failure(str(exc), EXIT_FAILED) from exc
+        except Exception as exc:  # anything else: say so, in one line
             raise _Failure(f"cannot use the cache at {_directory(args)}: {type(exc).__name__}: {exc}",
                            EXIT_FAILED) from exc
     except _Failure as failure:
@@ -118,9 +121,9 @@ def _run(args: argparse.Namespace) -> int:
     if not (directory / "store").is_dir():
         raise _Failure(f"no cache at {directory}: run a step first, or point --dir or NBCACHE_DIR at one",
                        EXIT_NO_CACHE)
-    store = DiskStore(directory)
-    # (the history DiskStore keeps, read here to count the lines that are no runs as well)
-    runs, unreadable = read_history(directory / "runs.jsonl")
+    store = open_disk_store(str(directory))
+    runs = store.read_runs()
+    unreadable = store.unreadable_runs
     step = getattr(args, "step", None)
     if step is not None and step not in {r.step for r in runs}:
         known = {r.step for r in runs} | {e.step for _, e in store.entries()}

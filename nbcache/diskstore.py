@@ -40,7 +40,7 @@ from .diskfiles import Modes, _FrameDisk, make_dir, make_file, shared_from_env
 from .diskgc import collect, disk_usage
 from .entry import Entry, Latest
 from .frame import Damaged, Frame
-from .records import StepRun
+from .records import StepRun, read_history
 from .store import Collected, StoreStats
 
 __all__ = ["DiskStore", "StoreError", "open_disk_store"]
@@ -71,6 +71,7 @@ class DiskStore:
         self._locks_dir = self.directory / "locks"
         self._log_path = self.directory / "runs.jsonl"
         self._log_fd: int | None = None
+        self.unreadable_runs = 0  # history lines the last read_runs skipped
         self._lock = threading.Lock()
         self._parsed: dict[str, Entry] = {}  # entries read, by their text: a hit parses its entry once
 
@@ -149,22 +150,9 @@ class DiskStore:
             raise describe(exc, self.directory) from exc
 
     def read_runs(self, step: str | None = None) -> list[StepRun]:
-        try:
-            with open(self._log_path, "rb") as f:
-                lines = f.read().splitlines()
-        except FileNotFoundError:
-            return []
-        runs = []
-        for line in lines:
-            if not line:
-                continue
-            try:
-                run = StepRun.from_json(line)
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue  # a line cut short by a killed process: the run it described is not lost data
-            if step is None or run.step == step:
-                runs.append(run)
-        return runs
+        # a line cut short by a killed process (or damaged) is skipped and counted: the others are read
+        runs, self.unreadable_runs = read_history(self._log_path)
+        return runs if step is None else [r for r in runs if r.step == step]
 
     # maintenance
     def _names(self, prefix: str) -> list[str]:

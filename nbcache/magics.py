@@ -152,7 +152,9 @@ class StepMagics(Magics):
         args = self._parse(self.nbcache, line, _NBCACHE_USAGE)
         name = " ".join(args.name)
         if args.command == "info" and not name:
-            print(info_text(self.cache.store().stats()))
+            store = self.cache.store()
+            runs = store.read_runs()
+            print(info_text(store.stats(), runs=len(runs), unreadable_runs=store.unreadable_runs))
         elif args.command == "clear":
             print(removed_text(self.cache.clear(name or None), name or None))
         elif args.command == "why" and name:

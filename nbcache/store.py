@@ -59,6 +59,9 @@ class Store(Protocol):
     """The directory the store keeps its files in (what a step's run reading them does not depend on), or
     None for a store with no files."""
 
+    unreadable_runs: int
+    """How many records of the history the last ``read_runs`` skipped as unreadable."""
+
     def get_entry(self, key: str) -> Entry | None:
         """The entry of ``key``; None if there is none; raises ``Damaged`` if it is malformed."""
 
@@ -118,6 +121,7 @@ class MemoryStore:
     """A store that lives in this process's memory: for tests, and as the reference of the contract."""
 
     location = None
+    unreadable_runs = 0  # (it keeps only records it wrote)
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[str, str]] = {}  # key -> (step, JSON text)

@@ -215,7 +215,7 @@ def test_a_process_killed_mid_write_leaves_no_valid_looking_entry(tmp_path):
            "NBCACHE_KEY_FILE": os.environ["NBCACHE_KEY_FILE"]}
     proc = subprocess.run([sys.executable, "-c", KILLED], env=env, capture_output=True, timeout=120)
     assert proc.returncode == -9
-    partial = [p for p in (tmp_path / "cache" / "store").rglob("*.val")]
+    partial = [p for p in (tmp_path / "cache" / "store").rglob("*.tmp-*")]  # (values are renamed into place whole)
     with open(partial[0], "rb") as f:
         assert f.read(4) == bytes(4)  # the write really was cut short: the head is written last
     out = run_python(AFTER_KILL, env=env)
