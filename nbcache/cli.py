@@ -21,6 +21,7 @@ from typing import Any
 
 from .cache import Cache
 from .diskerrors import StoreError
+from .frame import Damaged, signature_problem
 from .diskstore import open_disk_store
 from .records import StepRun
 from .store import Store
@@ -208,10 +209,28 @@ def _gc(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
 
 def _info(args: argparse.Namespace, store: Store, runs: list[StepRun], unreadable: int) -> int:
     stats = store.stats()
+    unsigned = _unsigned_values(store)
     if args.json:
-        return _print_json({**stats.as_dict(), "runs": len(runs), "unreadable_history_lines": unreadable})
-    _say(info_text(stats, runs=len(runs), unreadable_runs=unreadable))
+        return _print_json({**stats.as_dict(), "runs": len(runs), "unreadable_history_lines": unreadable,
+                            "unsigned_values": unsigned})
+    _say(info_text(stats, runs=len(runs), unreadable_runs=unreadable, unsigned=unsigned))
     return 0
+
+
+def _unsigned_values(store: Store) -> int:
+    """How many stored values a step would refuse: not signed with this user's key (or damaged). Their
+    headers and pickles are read, never unpickled; the buffers are not read."""
+    key = Cache().key
+    count = 0
+    for address in sorted({b for _, entry in store.entries() for b in entry.blobs}):
+        try:
+            source = store.open_blob(address)
+        except Damaged:
+            count += 1
+            continue
+        if source is not None and signature_problem(source, key=key):
+            count += 1
+    return count
 
 
 def _run_json(run: StepRun) -> dict[str, Any]:

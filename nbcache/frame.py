@@ -28,7 +28,7 @@ import xxhash
 
 from .pickler import NotebookPickler, NotebookUnpickler
 
-__all__ = ["Frame", "load_frame", "Damaged", "Unpicklable"]
+__all__ = ["Frame", "load_frame", "signature_problem", "Damaged", "Unpicklable"]
 
 _MAGIC = b"NBC2"
 _OLD_MAGIC = b"NBC1"  # unsigned values of an earlier nbcache: never unpickled
@@ -242,6 +242,31 @@ def load_frame(source: bytes | Any, notebook: types.ModuleType | None = None, *,
                 raise Damaged("a buffer's checksum does not match")
             buffers.append(buf)
     return _unpickle(pickled, buffers, notebook)
+
+
+def signature_problem(source: bytes | Any, *, key: bytes) -> str | None:
+    """What is wrong with a stored value's header or signature under ``key`` (None: nothing), read without
+    its buffers and without unpickling anything: how ``nbcache info`` counts values it would refuse."""
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            data = memoryview(bytes(source))
+            tag, pickle_len, nbuf = _parse_head(data, len(data))
+            rows = data[_HEAD.size:_HEAD.size + _ROW.size * nbuf]
+            _check(key, tag, pickle_len, nbuf, rows, data[_HEAD.size + len(rows):][:pickle_len], len(data))
+            return None
+        if not hasattr(source, "read"):
+            return "the value is not one nbcache wrote"
+        with source as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(0)
+            tag, pickle_len, nbuf = _parse_head(f.read(_HEAD.size), size)
+            rows, pickled = f.read(_ROW.size * nbuf), f.read(pickle_len)
+            if len(rows) != _ROW.size * nbuf or len(pickled) != pickle_len:
+                return "the file is truncated"
+            _check(key, tag, pickle_len, nbuf, rows, pickled, size)
+            return None
+    except Damaged as exc:
+        return str(exc)
 
 
 def _load_bytes(data: bytes, notebook: types.ModuleType | None, key: bytes) -> Any:

@@ -135,15 +135,18 @@ def why_text(runs: Sequence[StepRun], name: str) -> str | None:
     return describe_last_change(runs, name)
 
 
-def info_text(stats: StoreStats, runs: int | None = None, unreadable_runs: int = 0) -> str:
-    """A cache directory's ``stats()`` in lines (and its number of recorded runs, when given, and of history
-    lines that are no runs, when there are any)."""
+def info_text(stats: StoreStats, runs: int | None = None, unreadable_runs: int = 0, unsigned: int = 0) -> str:
+    """A cache directory's ``stats()`` in lines (and its number of recorded runs, when given, of history
+    lines that are no runs and of values not signed with the user's key, when there are any)."""
     text = f"cache directory: {stats.directory}\nentries: {stats.entries}\nsize: {format_bytes(stats.size_bytes)}"
     if runs is not None:
         text += f"\nrecorded runs: {runs}"
     if unreadable_runs:
         text += (f"\nunreadable history lines: {unreadable_runs} (cut short by a process that was killed, or"
                  " damaged; they are skipped)")
+    if unsigned:
+        text += (f"\nvalues not signed with your key: {unsigned} (written by another user, or altered; never"
+                 " loaded: their steps run again)")
     if stats.unreadable_entries:
         text += (f"\nunreadable entries: {stats.unreadable_entries} (written by an nbcache with another cache"
                  " format, or damaged; `nbcache clear` removes them)")

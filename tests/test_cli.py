@@ -298,3 +298,13 @@ def test_gc_removes_what_writers_left_and_says_what_it_freed(filled, capsys, mon
     assert json.loads(cli(capsys, "gc", "--dir", filled, "--json")[1]) == {"removed_files": 2, "freed_bytes": 4096}
     assert len(called) == 2
     assert cli(capsys, "ls", "--dir", filled)[0] == 0  # nothing a step needs went
+
+
+def test_info_counts_values_that_are_not_signed_with_your_key(filled, capsys, monkeypatch):
+    code, out, _ = cli(capsys, "info", "--dir", filled, "--json")
+    assert json.loads(out)["unsigned_values"] == 0
+    monkeypatch.setenv("NBCACHE_KEY", "ab" * 32)  # another user, whose key is not the one that signed them
+    code, out, _ = cli(capsys, "info", "--dir", filled, "--json")
+    assert code == 0 and json.loads(out)["unsigned_values"] == 4
+    code, out, _ = cli(capsys, "info", "--dir", filled)
+    assert "values not signed with your key: 4 (written by another user, or altered; never loaded" in out
