@@ -14,8 +14,9 @@ Layout of a cache directory (``.nbcache/`` by default):
 What is read, written and deleted on disk, and with which permissions, is ``diskfiles.py``'s: a value file
 is written under a temporary name and renamed into place before the row that points to it is committed,
 so a process killed mid-write leaves a temporary or an orphan file, never an entry that reads as valid;
-``gc`` (``diskgc.py``) removes those. Errors of a directory that cannot be used say why and what to do
-(``diskerrors.py``).
+``gc`` (``diskgc.py``) removes those. A hit notes its entry as used in memory, written to the index
+later in one batch, for ``evict`` and ``clear(keep_last=...)`` (``diskevict.py``). Errors of a directory
+that cannot be used say why and what to do (``diskerrors.py``).
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ import diskcache
 import filelock
 
 from .diskerrors import StoreError, describe
+from .diskevict import Recency, candidates, index_bytes, last_used
 from .diskfiles import Modes, _FrameDisk, make_dir, make_file, shared_from_env
 from .diskgc import collect, disk_usage
 from .entry import Entry, Latest
+from .eviction import beyond_last, choose_victims
 from .frame import Damaged, Frame
 from .records import StepRun, read_history
 from .store import Collected, StoreStats
@@ -68,6 +71,7 @@ class DiskStore:
         make_file(self.directory / "store" / "cache.db", self._modes.file)
         self._cache = _open_index(self.directory / "store")
         self._cache.disk.modes = self._modes
+        self._recency = Recency(self._cache)  # when entries were last served, written in batches
         self._locks_dir = self.directory / "locks"
         self._log_path = self.directory / "runs.jsonl"
         self._log_fd: int | None = None
@@ -170,34 +174,65 @@ class DiskStore:
             if entry is not None:
                 yield name[6:], entry
 
-    def clear(self, step: str | None = None, *, older_than_s: float | None = None) -> int:
+    def clear(self, step: str | None = None, *, older_than_s: float | None = None,
+              keep_last: int | None = None) -> int:
         try:
-            count = self._clear(step, older_than_s)
+            count = self._clear(step, older_than_s, keep_last)
             if step is None:
                 self.gc()
         except (OSError, sqlite3.Error) as exc:
             raise describe(exc, self.directory) from exc
         return count
 
-    def _clear(self, step: str | None, older_than_s: float | None) -> int:
-        if older_than_s is not None:
-            cutoff = time.time() - older_than_s
-            count = 0
-            for key, entry in self.entries():
-                if entry.created_at < cutoff and step in (None, entry.step):
-                    self._cache.delete("entry:" + key)
-                    count += 1
-            self._collect_blobs()
-            return count
-        if step is None:
+    def _clear(self, step: str | None, older_than_s: float | None, keep_last: int | None) -> int:
+        if older_than_s is None and keep_last is None:
+            if step is not None:
+                count = self._cache.evict(step)
+                self._collect_blobs()
+                return count
             count = 0
             for name in self._names(("entry:", "blob:")):
                 count += name.startswith("entry:")
                 self._cache.delete(name)
             return count
-        count = self._cache.evict(step)
+        mine = [(key, entry) for key, entry in self.entries() if step in (None, entry.step)]
+        if older_than_s is not None:
+            cutoff = time.time() - older_than_s
+            doomed = {key for key, entry in mine if entry.created_at < cutoff}
+        else:
+            doomed = {key for key, _ in mine}
+        if keep_last is not None:
+            self._recency.flush()  # (what this process served counts as used)
+            used = last_used(self._cache)
+            doomed &= set(beyond_last(((key, e.step, used.get(key, e.created_at)) for key, e in mine), keep_last))
+        for key in doomed:
+            self._cache.delete("entry:" + key)
         self._collect_blobs()
-        return count
+        return len(doomed)
+
+    # recency and size
+    def touch(self, key: str) -> None:
+        """Note that ``key`` was served: in memory, written in one batch later (``diskevict.Recency``)."""
+        self._recency.touch(key)
+
+    def evict(self, limit_bytes: int, *, keep: Iterable[str] = ()) -> int:
+        """Remove the least recently used entries (of every process: the index is shared) and the blobs only
+        they use until the index and its files take at most ``limit_bytes``; never those of ``keep``."""
+        try:
+            self._recency.flush()
+            total = index_bytes(self._cache)
+            if total <= limit_bytes:
+                return 0
+            entries = [(name[6:], self._read_entry(name)) for name in self._names("entry:")]
+            found, blob_sizes = candidates(self._cache, entries)
+            victims = choose_victims(found, blob_sizes, total, limit_bytes, keep)
+            for key, blobs in victims:
+                self._cache.delete("entry:" + key)
+                for address in blobs:
+                    self._cache.delete("blob:" + address)
+        except (OSError, sqlite3.Error) as exc:
+            raise describe(exc, self.directory) from exc
+        return len(victims)
 
     def _collect_blobs(self) -> None:
         """Delete blobs that no entry refers to any more (blobs are shared between entries)."""
@@ -247,6 +282,7 @@ class DiskStore:
                 held.release()
 
     def close(self) -> None:
+        self._recency.close()
         self._cache.close()
         with self._lock:
             if self._log_fd is not None:

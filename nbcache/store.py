@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, ContextManager, Iterable, Iterator, Protocol, runtime_checkable
 
 from .entry import Entry, Latest
+from .eviction import Candidate, beyond_last, choose_victims
 from .frame import Damaged, Frame
 from .records import StepRun
 
@@ -95,10 +96,21 @@ class Store(Protocol):
     def delete(self, key: str, blobs: Iterable[str] = ()) -> None:
         """Drop the entry of ``key`` and the blobs named (damaged ones, so recomputed values replace them)."""
 
-    def clear(self, step: str | None = None, *, older_than_s: float | None = None) -> int:
-        """Remove entries (all, one step's, or those stored more than ``older_than_s`` seconds ago) and
-        the blobs no entry refers to any more; return how many entries went. The history and the latest
-        ingredients stay."""
+    def clear(self, step: str | None = None, *, older_than_s: float | None = None,
+              keep_last: int | None = None) -> int:
+        """Remove entries (all, one step's, those stored more than ``older_than_s`` seconds ago, all but each
+        step's ``keep_last`` most recently used; both: those old and not among the last) and the blobs no
+        entry refers to any more; return how many entries went. The history and the latest ingredients
+        stay."""
+
+    def touch(self, key: str) -> None:
+        """Note that the entry of ``key`` was just served, for ``evict`` and ``clear(keep_last=...)``: cheap,
+        on a hit's path, so no synchronous write (a store may keep it in memory and write it later)."""
+
+    def evict(self, limit_bytes: int, *, keep: Iterable[str] = ()) -> int:
+        """If the store takes more than ``limit_bytes``, remove entries least recently used first (stored
+        or ``touch``-ed, by any process), each with the blobs no other entry uses, until it takes at most
+        that; never those of ``keep``. Return how many entries went."""
 
     def gc(self) -> Collected:
         """Remove what no entry needs and no live writer owns: files left by writers that were killed, and
@@ -128,6 +140,7 @@ class MemoryStore:
         self._blobs: dict[str, bytes] = {}
         self._latest: dict[str, str] = {}
         self._runs: list[str] = []
+        self._used: dict[str, float] = {}  # key -> when its entry was last stored or served
         self._lock = threading.Lock()
         self._key_locks: dict[str, tuple[threading.Lock, int]] = {}  # key -> (its lock, callers using it)
 
@@ -141,6 +154,7 @@ class MemoryStore:
     def put_entry(self, key: str, entry: Entry) -> None:
         with self._lock:
             self._entries[key] = (entry.step, entry.to_json())
+            self._used[key] = time.time()
 
     def has_blob(self, address: str) -> bool:
         return address in self._blobs
@@ -177,20 +191,53 @@ class MemoryStore:
     def delete(self, key: str, blobs: Iterable[str] = ()) -> None:
         with self._lock:
             self._entries.pop(key, None)
+            self._used.pop(key, None)
             for address in blobs:
                 self._blobs.pop(address, None)
 
-    def clear(self, step: str | None = None, *, older_than_s: float | None = None) -> int:
+    def clear(self, step: str | None = None, *, older_than_s: float | None = None,
+              keep_last: int | None = None) -> int:
         cutoff = None if older_than_s is None else time.time() - older_than_s
         with self._lock:
             gone = [key for key, (name, text) in self._entries.items() if step in (None, name)
                     and (cutoff is None or _created_before(text, cutoff))]
+            if keep_last is not None:
+                beyond = set(beyond_last(((k, self._entries[k][0], self._used.get(k, 0.0)) for k in
+                                          self._entries if step in (None, self._entries[k][0])), keep_last))
+                gone = [key for key in gone if key in beyond]
             for key in gone:
                 del self._entries[key]
-            live = {b for key, (_, text) in self._entries.items() for b in _blobs_of(text)}
-            for address in [a for a in self._blobs if a not in live]:
-                del self._blobs[address]
+                self._used.pop(key, None)
+            self._collect_blobs()
         return len(gone)
+
+    def _collect_blobs(self) -> None:
+        live = {b for key, (_, text) in self._entries.items() for b in _blobs_of(text)}
+        for address in [a for a in self._blobs if a not in live]:
+            del self._blobs[address]
+
+    def touch(self, key: str) -> None:
+        if key in self._entries:
+            self._used[key] = time.time()
+
+    def evict(self, limit_bytes: int, *, keep: Iterable[str] = ()) -> int:
+        with self._lock:
+            total = self._size()
+            if total <= limit_bytes:
+                return 0
+            candidates = [Candidate(key, self._used.get(key, 0.0), len(text), _blobs_of(text))
+                          for key, (_, text) in self._entries.items()]
+            sizes = {address: len(data) for address, data in self._blobs.items()}
+            victims = choose_victims(candidates, sizes, total, limit_bytes, keep)
+            for key, blobs in victims:
+                del self._entries[key]
+                self._used.pop(key, None)
+                for address in blobs:
+                    self._blobs.pop(address, None)
+        return len(victims)
+
+    def _size(self) -> int:
+        return sum(map(len, self._blobs.values())) + sum(len(t) for _, t in self._entries.values())
 
     def gc(self) -> Collected:
         return Collected()  # (nothing is ever left behind in memory)
@@ -215,8 +262,7 @@ class MemoryStore:
 
     def stats(self) -> StoreStats:
         readable = sum(1 for _ in self.entries())
-        size = sum(map(len, self._blobs.values())) + sum(len(t) for _, t in self._entries.values())
-        return StoreStats("(memory)", readable, len(self._entries) - readable, size)
+        return StoreStats("(memory)", readable, len(self._entries) - readable, self._size())
 
     def close(self) -> None:
         pass

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, set[str]]] = [
               "ambient", "cellflow", "celleffects", "magiclines", "cellcode", "checks", "audit", "observe"}),
     ("key", {"key"}),
     ("store", {"records", "pickler", "frame", "keys", "entry", "store", "diskfiles", "diskgc", "diskerrors",
-               "diskstore"}),
+               "eviction", "diskevict", "diskstore"}),
     ("cached call", {"events", "explain", "cache", "keeping", "cachedcall"}),
     ("step and magics", {"step", "capture", "cellnames", "cellvars", "tables", "cellstep", "magics"}),
     ("graph", {"graph"}),

@@ -128,3 +128,47 @@ def test_stats_count_entries_and_bytes(store):
     stats = store.stats()
     assert stats.entries == 1 and stats.unreadable_entries == 0 and stats.size_bytes >= 800_000
     assert stats.as_dict()["entries"] == 1
+
+
+def _stored_in_order(store: Store, *specs: tuple[str, str, tuple[str, ...]], value: object = 1) -> None:
+    """Store entries (key, step, blobs) one after the other, each used later than the one before."""
+    for key, step, blobs in specs:
+        _put(store, key, _entry(step, blobs), value)
+        time.sleep(0.01)
+
+
+def test_clear_keep_last_keeps_each_steps_most_recently_used(store):
+    _stored_in_order(store, ("s1", "s", ("a-1",)), ("s2", "s", ("b-2",)), ("s3", "s", ("c-3",)),
+                     ("t1", "t", ("a-1",)), ("t2", "t", ("d-4",)))
+    store.touch("s1")  # served: now the most recently used of step s
+    assert store.clear(keep_last=2) == 1  # s2 (step t has only two)
+    assert {key for key, _ in store.entries()} == {"s1", "s3", "t1", "t2"}
+    assert not store.has_blob("b-2") and store.has_blob("a-1")  # a-1 is shared with t1, kept
+    assert store.clear("t", keep_last=0) == 2
+    assert {key for key, _ in store.entries()} == {"s1", "s3"} and store.has_blob("a-1")
+
+
+def test_clear_keep_last_with_an_age_removes_only_old_results_past_the_last(store):
+    for i, age in enumerate([5, 4, 3]):  # days
+        _put(store, f"k{i}", _entry("s", (f"a{i}-{i}",), created_at=time.time() - age * 86400))
+        time.sleep(0.01)
+    _put(store, "new", _entry("s", ("n-9",)))
+    assert store.clear(older_than_s=86400, keep_last=2) == 2
+    assert {key for key, _ in store.entries()} == {"k2", "new"}
+    with pytest.raises(ValueError, match="keep_last"):
+        store.clear(keep_last=-1)
+
+
+def test_evict_removes_least_recently_used_until_under_the_limit(store):
+    big = np.zeros(30_000)  # 240 kB each, so the blobs dominate the total
+    _stored_in_order(store, ("k1", "s", ("a-1",)), ("k2", "s", ("b-2",)), value=big)
+    _put(store, "k3", _entry("t", ("c-3",)), big[:10])  # tiny blob
+    _put(store, "k4", _entry("t", ("c-3", "d-4")), np.ones(30_000))  # shares c-3 with k3
+    store.touch("k1")  # k2 is now the least recently used
+    assert store.evict(10**12) == 0
+    assert store.evict(600_000, keep=["k4"]) == 1
+    assert {key for key, _ in store.entries()} == {"k1", "k3", "k4"} and not store.has_blob("b-2")
+    # k4 is kept, and k1, k3 go: c-3 stays, k4 uses it
+    assert store.evict(0, keep=["k4"]) == 2
+    assert [key for key, _ in store.entries()] == ["k4"]
+    assert store.has_blob("c-3") and store.has_blob("d-4") and not store.has_blob("a-1")
