@@ -17,6 +17,7 @@ from .diskstore import open_disk_store
 from .entry import Latest
 from .errors import warn
 from .events import Events
+from .eviction import parse_size, size_limit_from_env
 from .frame import Frame, load_frame
 from .keys import load_key, parse_key
 from .records import StepRun
@@ -32,12 +33,16 @@ class Cache:
     call; ``store`` fixes the store outright (``MemoryStore()`` for a cache that lives in memory).
     ``notebook`` is the module the notebook's cells run in (``None``: ``__main__``). ``key`` signs and
     checks every value stored (hex, at least 32 digits); ``None``: ``NBCACHE_KEY``, ``NBCACHE_KEY_FILE``, or
-    the user's own key, made on first use (see ``keys.py``).
+    the user's own key, made on first use (see ``keys.py``). ``size_limit`` caps what the directory's
+    store takes (``20GB``, ``500MB``, ``1.5GiB`` or bytes): past it, each store evicts the least recently
+    used entries; ``None``: ``NBCACHE_SIZE_LIMIT``, else no limit.
     """
 
     def __init__(self, directory: str | os.PathLike[str] | None = None, *, store: Store | None = None,
-                 notebook: types.ModuleType | None = None, key: str | None = None) -> None:
+                 notebook: types.ModuleType | None = None, key: str | None = None,
+                 size_limit: int | str | None = None) -> None:
         self._key: bytes | None = None if key is None else parse_key(key, "Cache(key=...)")
+        self._size_limit = None if size_limit is None else parse_size(size_limit, "Cache(size_limit=...)")
         self._explicit_dir: str | None = None
         self.set_directory(directory)
         self._fixed_store = store
@@ -93,6 +98,23 @@ class Cache:
         if path.startswith("~"):
             path = os.path.expanduser(path)
         return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+    @property
+    def size_limit(self) -> int | None:
+        """The most bytes the store may take before stores evict (the one set, else ``NBCACHE_SIZE_LIMIT``,
+        else None: no limit). Set it to ``'20GB'``, ``'500MB'``, ``'1.5GiB'`` or bytes; ``None`` returns to
+        ``NBCACHE_SIZE_LIMIT``. ``ValueError`` if malformed."""
+        return self._size_limit if self._size_limit is not None else size_limit_from_env()
+
+    @size_limit.setter
+    def size_limit(self, value: int | str | None) -> None:
+        self._size_limit = None if value is None else parse_size(value, "Cache.size_limit")
+
+    def make_room(self, store: Store, keep: str) -> int:
+        """After ``keep`` was stored: evict least recently used entries while the store is over the size
+        limit (none if there is no limit); return how many went. ``ValueError`` if the limit is malformed."""
+        limit = self.size_limit
+        return 0 if limit is None else store.evict(limit, keep=(keep,))
 
     @property
     def key(self) -> bytes:
@@ -154,9 +176,10 @@ class Cache:
     def runs(self, step: str | None = None) -> list[StepRun]:
         return self.store().read_runs(step)
 
-    def clear(self, step: str | None = None, *, older_than_s: float | None = None) -> int:
+    def clear(self, step: str | None = None, *, older_than_s: float | None = None,
+              keep_last: int | None = None) -> int:
         store = self.store()
-        count = store.clear(step, older_than_s=older_than_s)
+        count = store.clear(step, older_than_s=older_than_s, keep_last=keep_last)
         for slot in [s for s in self._latest_written if s[0] == id(store)]:
             del self._latest_written[slot]
         return count

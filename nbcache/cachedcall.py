@@ -190,6 +190,7 @@ class StepCall(Keeping):
             self.outcome, self.changes = Outcome.DAMAGED, ()
             return MISS, entry, "cached result was missing"
         self.remember_last()
+        self.store.touch(self.key)  # (noted in memory: a hit writes nothing for it)
         self.sizes = dict(entry.sizes)
         return values, entry, ""
 
@@ -253,6 +254,12 @@ class StepCall(Keeping):
             return
         self.stored = True
         self.remember_last(force=True)
+        try:  # past the size limit, the least recently used entries go (never this one)
+            with unobserved:
+                self.cache.make_room(self.store, self.key)
+        except Exception as exc:
+            self.trouble(f"older results could not be evicted to keep the cache under its size limit"
+                         f" ({describe_error(exc)})")
 
     def why(self) -> str:
         """Why there is no entry: what differs from this step's latest run (sets ``outcome``, ``changes``)."""

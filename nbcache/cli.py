@@ -23,6 +23,7 @@ from .cache import Cache
 from .diskerrors import StoreError
 from .frame import Damaged, signature_problem
 from .diskstore import open_disk_store
+from .eviction import size_limit_from_env
 from .records import StepRun
 from .store import Store
 from .tables import (NO_STEPS, STEP_RUNS_HEADER, STEPS_HEADER, collected_text, info_text, printable, removed_text,
@@ -52,6 +53,13 @@ def _duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+def _count(text: str) -> int:
+    """``--keep-last``: a whole number, 0 or more."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number of results to keep, such as 3, not {text!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dir", help="cache directory (default: $NBCACHE_DIR, else ./.nbcache)")
@@ -68,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     clear = commands.add_parser("clear", parents=[common], help="remove cached results (the history stays)")
     clear.add_argument("step", nargs="?")
     clear.add_argument("--older-than", type=_duration, metavar="AGE", help="only results stored before AGE ago")
+    clear.add_argument("--keep-last", type=_count, metavar="N",
+                       help="keep each step's N most recently used results (stored or served), remove the others")
     commands.add_parser("info", parents=[common], help="the directory, its size and entry count")
     commands.add_parser("gc", parents=[common], help="remove files left behind by writers that were killed")
     demo = commands.add_parser("demo", help="run the digits pipeline twice; the second run changes the trainer")
@@ -190,7 +200,7 @@ def _graph(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
 
 
 def _clear(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
-    count = store.clear(args.step, older_than_s=args.older_than)
+    count = store.clear(args.step, older_than_s=args.older_than, keep_last=args.keep_last)
     if args.json:
         return _print_json({"removed": count})
     _say(removed_text(count, args.step))
@@ -210,10 +220,14 @@ def _gc(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
 def _info(args: argparse.Namespace, store: Store, runs: list[StepRun], unreadable: int) -> int:
     stats = store.stats()
     unsigned = _unsigned_values(store)
+    try:
+        limit = size_limit_from_env()
+    except ValueError as exc:
+        raise _Failure(str(exc), EXIT_FAILED) from None
     if args.json:
         return _print_json({**stats.as_dict(), "runs": len(runs), "unreadable_history_lines": unreadable,
-                            "unsigned_values": unsigned})
-    _say(info_text(stats, runs=len(runs), unreadable_runs=unreadable, unsigned=unsigned))
+                            "unsigned_values": unsigned, "size_limit_bytes": limit})
+    _say(info_text(stats, runs=len(runs), unreadable_runs=unreadable, unsigned=unsigned, size_limit=limit))
     return 0
 
 

@@ -16,13 +16,14 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import publish_display_data
-from traitlets import Bool, Unicode, observe
+from traitlets import Bool, Int, TraitError, Unicode, Union, observe, validate
 from traitlets.config import Configurable
 
 from .cache import Cache, default_cache
 from .cellcode import analyse_cell
 from .cellnames import CellNames
 from .cellstep import Analysed, CellCall, CellUsageError, StepCellFailed, ends_with_semicolon
+from .eviction import parse_size
 from .records import SESSION
 from .tables import (KERNEL_RUNS_HEADER, NO_KERNEL_RUNS, info_text, kernel_runs_rows, removed_text, table_bundle,
                      why_text)
@@ -37,6 +38,10 @@ class NBCache(Configurable):
                         help="Cache directory (default: $NBCACHE_DIR, else .nbcache next to the notebook)."
                         ).tag(config=True)
     quiet = Bool(False, help="Do not print the line that says a cell came from the cache.").tag(config=True)
+    size_limit = Union([Int(), Unicode()], default_value=None, allow_none=True,
+                       help="Most the cache may take, such as '20GB', '500MB', '1.5GiB' or bytes: past it, the"
+                       " least recently used results are evicted (default: $NBCACHE_SIZE_LIMIT, else no limit)."
+                       ).tag(config=True)
 
     def __init__(self, cache: Cache, **kwargs: Any) -> None:
         self.cache = cache  # before the config is applied, which may set cache_dir
@@ -45,6 +50,20 @@ class NBCache(Configurable):
     @observe("cache_dir")
     def _cache_dir_changed(self, change: dict) -> None:
         self.cache.set_directory(change["new"] or None)
+
+    @validate("size_limit")
+    def _valid_size_limit(self, proposal: dict) -> Any:
+        value = proposal["value"]
+        if value is not None and value != "":
+            try:
+                parse_size(value, "NBCache.size_limit")
+            except ValueError as exc:
+                raise TraitError(str(exc)) from None
+        return value
+
+    @observe("size_limit")
+    def _size_limit_changed(self, change: dict) -> None:
+        self.cache.size_limit = change["new"] if change["new"] not in (None, "") else None
 
 
 def _show_step_failure(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None) -> None:
@@ -154,7 +173,8 @@ class StepMagics(Magics):
         if args.command == "info" and not name:
             store = self.cache.store()
             runs = store.read_runs()
-            print(info_text(store.stats(), runs=len(runs), unreadable_runs=store.unreadable_runs))
+            print(info_text(store.stats(), runs=len(runs), unreadable_runs=store.unreadable_runs,
+                            size_limit=self.cache.size_limit))
         elif args.command == "clear":
             print(removed_text(self.cache.clear(name or None), name or None))
         elif args.command == "why" and name:

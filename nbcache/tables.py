@@ -135,10 +135,15 @@ def why_text(runs: Sequence[StepRun], name: str) -> str | None:
     return describe_last_change(runs, name)
 
 
-def info_text(stats: StoreStats, runs: int | None = None, unreadable_runs: int = 0, unsigned: int = 0) -> str:
-    """A cache directory's ``stats()`` in lines (and its number of recorded runs, when given, of history
-    lines that are no runs and of values not signed with the user's key, when there are any)."""
+def info_text(stats: StoreStats, runs: int | None = None, unreadable_runs: int = 0, unsigned: int = 0,
+              size_limit: int | None = None) -> str:
+    """A cache directory's ``stats()`` in lines (and its number of recorded runs, when given, its size
+    limit if it has one, of history lines that are no runs and of values not signed with the user's key,
+    when there are any)."""
     text = f"cache directory: {stats.directory}\nentries: {stats.entries}\nsize: {format_bytes(stats.size_bytes)}"
+    if size_limit is not None:
+        text += (f"\nsize limit: {format_bytes(size_limit)} ({size_limit} bytes; the least recently used"
+                 " results are evicted past it)")
     if runs is not None:
         text += f"\nrecorded runs: {runs}"
     if unreadable_runs:
