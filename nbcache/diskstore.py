@@ -39,7 +39,7 @@ import filelock
 from .diskerrors import StoreError, describe
 from .diskevict import Recency, candidates, index_bytes, last_used
 from .diskfiles import Modes, _FrameDisk, make_dir, make_file, shared_from_env
-from .diskgc import collect, disk_usage
+from .diskgc import GRACE_S, collect, disk_usage
 from .entry import Entry, Latest
 from .eviction import beyond_last, choose_victims
 from .frame import Damaged, Frame
@@ -245,9 +245,22 @@ class DiskStore:
         """Remove the temporaries of writers no longer alive, value files the index does not name (once ten
         minutes old) and lock files unused for as long (``diskgc.py``)."""
         try:
-            return collect(self.directory / "store", self._locks_dir)
+            dropped = self._drop_unnamed_blobs(time.time() - GRACE_S)
+            collected = collect(self.directory / "store", self._locks_dir)
         except (OSError, sqlite3.Error) as exc:
             raise describe(exc, self.directory) from exc
+        return Collected(collected.files + dropped.files, collected.bytes + dropped.bytes)
+
+    def _drop_unnamed_blobs(self, before: float) -> Collected:
+        """Values no entry names, stored before ``before``: a writer killed between its values and its entry
+        left them (younger ones may be a live writer's, about to be named)."""
+        named = {address for _, entry in self.entries() for address in entry.blobs}
+        rows = self._cache._sql("SELECT key, store_time, size FROM Cache WHERE raw = 1 AND key LIKE 'blob:%'")
+        files = nbytes = 0
+        for name, stored_at, size in rows.fetchall():
+            if name[5:] not in named and stored_at < before and self._cache.delete(name):
+                files, nbytes = files + 1, nbytes + (size or 0)
+        return Collected(files, nbytes)
 
     def stats(self) -> StoreStats:
         """``size_bytes`` is what ``du -s`` reports for the directory: every file in it, orphans included."""

@@ -140,3 +140,35 @@ def test_the_size_reported_is_what_du_measures(store):
     du = int(subprocess.run(["du", "-s", "-B1", str(store.directory)], capture_output=True, text=True,
                             check=True).stdout.split()[0])
     assert store.stats().size_bytes == du
+
+
+KILLED_BEFORE_ENTRY = '''
+import os, signal, numpy as np, nbcache.diskstore as ds
+from nbcache import step
+ds.DiskStore.put_entry = lambda self, key, entry: os.kill(os.getpid(), signal.SIGKILL)
+@step
+def big(n):
+    return np.arange(n, dtype=np.float64)
+big(1_000_000)
+'''
+
+
+def test_values_no_entry_names_are_collected_once_old(tmp_path):
+    """A writer killed between storing its value and its entry leaves a value that no entry names."""
+    env = {**os.environ, "NBCACHE_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", KILLED_BEFORE_ENTRY], env=env, capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    store = DiskStore(tmp_path)
+    try:
+        assert list(store.entries()) == [] and len(value_files(tmp_path)) == 1
+        assert store.gc().files == 0  # a live writer might be about to name it
+        db = tmp_path / "store" / "cache.db"
+        with sqlite3.connect(db) as con:
+            con.execute("UPDATE Cache SET store_time = store_time - ?", (GRACE_S + 1,))
+        for path in value_files(tmp_path):
+            os.utime(path, (time.time() - GRACE_S - 1,) * 2)
+        collected = store.gc()
+        assert collected.files >= 1 and collected.bytes >= 8_000_000
+        assert value_files(tmp_path) == [] and not list(store._cache.iterkeys())
+    finally:
+        store.close()
