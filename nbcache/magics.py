@@ -19,10 +19,12 @@ from IPython.display import publish_display_data
 from traitlets import Bool, Int, TraitError, Unicode, Union, observe, validate
 from traitlets.config import Configurable
 
+from .audit import unobserved
 from .cache import Cache, default_cache
 from .cellcode import analyse_cell
 from .cellnames import CellNames
 from .cellstep import Analysed, CellCall, CellUsageError, StepCellFailed, ends_with_semicolon
+from .errors import warn
 from .eviction import parse_size
 from .records import SESSION
 from .tables import (KERNEL_RUNS_HEADER, NO_KERNEL_RUNS, info_text, kernel_runs_rows, removed_text, table_bundle,
@@ -130,6 +132,12 @@ class StepMagics(Magics):
                              " async function and run it with asyncio.run(), or run the cell without %%step")
         if analysed.code is None:
             return self._run_plain(cell)  # let the shell report the syntax error as usual
+        try:
+            with unobserved:
+                self.cache.store()
+        except Exception as exc:  # a cache directory it cannot use must not stop the user's work
+            warn(f"nbcache: the cell ran without the cache: {exc}")
+            return self._run_plain(cell)
         try:
             call = CellCall(self, args, cell, analysed, cell_id)
         except CellUsageError as exc:

@@ -306,6 +306,17 @@ def test_config_quiet_and_cache_dir(ip, tmp_path, capsys):
         ip.run_line_magic("config", "NBCache.cache_dir = None")
 
 
+def test_a_cache_directory_it_cannot_use_runs_the_cell_with_one_warning(ip, tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    ip.run_line_magic("config", f"NBCache.cache_dir = {str(tmp_path / 'a-file' / 'cache')!r}")
+    try:
+        with pytest.warns(nbcache.CacheWarning, match="the cell ran without the cache: .*a-file"):
+            run(ip, "%%step u\nu = 41 + 1\nprint('ran', u)")
+        assert ip.user_ns["u"] == 42
+    finally:
+        ip.run_line_magic("config", "NBCache.cache_dir = None")
+
+
 def test_profile_configuration_and_unloading(shell):
     from traitlets.config import Config
 
