@@ -153,6 +153,10 @@ class Cache:
         return load_frame(source, self.notebook, key=self.key)
 
     # the latest ingredients, written only when they changed
+    def latest_is(self, store: Store, identity: str, key: str) -> bool:
+        """Whether this process knows ``key`` (stored) to be the latest of ``identity`` already."""
+        return self._latest_written.get((id(store), identity)) == key
+
     def remember_latest(self, store: Store, identity: str, latest: Latest, *, force: bool = False) -> None:
         slot = (id(store), identity)
         written = f"{latest.key} {latest.uncached}" if latest.uncached else latest.key

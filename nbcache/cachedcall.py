@@ -279,6 +279,8 @@ class StepCall(Keeping):
 
     def remember_last(self, force: bool = False, uncached: str | None = None) -> None:
         """Record this call's ingredients as the step's latest (``uncached``: why its result was not stored)."""
+        if not force and uncached is None and self.cache.latest_is(self.store, self.identity, self.key):
+            return  # (a hit of the latest ingredients: nothing to write, nor to build)
         try:
             latest = Latest(key=self.key, code=self.code, deps=self.deps, inputs=self.inputs, version=self.version,
                             kind=self.kind, name=self.name, uncached=uncached)

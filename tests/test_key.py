@@ -36,3 +36,13 @@ def test_cache_format_and_python_version_are_in_every_key(monkeypatch):
     monkeypatch.setattr(key_module, "PYTHON_VERSION", "3.99")
     other_python = make_key(**BASE)
     assert len({base, bumped_format, other_python}) == 3
+
+
+def test_ingredients_that_read_alike_never_share_a_key():
+    from nbcache.key import make_key
+
+    assert make_key("ab", "c", {}, None) != make_key("a", "bc", {}, None)
+    assert make_key("s", "c", {"x": "1", "y": "2"}, None) != make_key("s", "c", {"x": "12"}, None)
+    assert make_key("s", "c", {}, None) != make_key("s", "c", {}, "")
+    assert make_key("s", "c", {"a": "1"}, None) == make_key("s", "c", {"a": "1"}, None)
+    assert make_key("s\udcff", "c", {}, None) != make_key("s", "c", {}, None)  # any character a name holds
