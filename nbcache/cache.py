@@ -7,6 +7,8 @@ Every part of nbcache that needs the cache is given one, or asks ``default_cache
 
 from __future__ import annotations
 
+import dataclasses
+import hmac
 import os
 import threading
 import types
@@ -14,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from .diskstore import open_disk_store
-from .entry import Latest
+from .entry import Entry, Latest
 from .errors import warn
 from .events import Events
 from .eviction import parse_size, size_limit_from_env
-from .frame import Frame, load_frame
+from .frame import Damaged, Frame, load_frame, signature_problem
 from .keys import load_key, parse_key
 from .records import StepRun
 from .store import Store
@@ -55,6 +57,7 @@ class Cache:
         # the ingredients each step's latest record holds, as far as this process knows, by (store, step):
         # a hit then writes them only when they changed
         self._latest_written: dict[tuple[int, str], str] = {}
+        self._sealed: dict[str, Entry] = {}  # the entry last found sealed for each key
 
     def __repr__(self) -> str:
         return f"Cache({self._fixed_store!r})" if self._fixed_store is not None else f"Cache({str(self.directory)!r})"
@@ -151,6 +154,32 @@ class Cache:
         if source is None:
             raise KeyError(address)
         return load_frame(source, self.notebook, key=self.key)
+
+    def is_signed(self, store: Store, address: str) -> bool:
+        """Whether the blob at ``address`` is intact and signed with this cache's key (read without its
+        buffers, never unpickled)."""
+        try:
+            source = store.open_blob(address)
+        except Damaged:
+            return False
+        return source is not None and signature_problem(source, key=self.key) is None
+
+    # entries, sealed to the key they are filed under
+    def seal(self, key: str, entry: Entry) -> Entry:
+        """``entry`` with its seal: an HMAC under this cache's key of the entry and ``key``, so an entry
+        moved under another key, or any field of it changed, reads as damaged."""
+        return dataclasses.replace(entry, seal=hmac.digest(self.key, entry.sealed_text(key), "sha256").hex())
+
+    def check_seal(self, key: str, entry: Entry) -> None:
+        """Raise ``Damaged`` unless ``entry`` was sealed by this cache's key for ``key``."""
+        if self._sealed.get(key) is entry:  # (a store hands back the entry it parsed from the same text)
+            return
+        expected = hmac.digest(self.key, entry.sealed_text(key), "sha256").hex()
+        if not hmac.compare_digest(entry.seal, expected):
+            raise Damaged("its seal does not match this cache's key and the key it is filed under")
+        if len(self._sealed) >= 4096:
+            self._sealed.clear()
+        self._sealed[key] = entry
 
     # the latest ingredients, written only when they changed
     def latest_is(self, store: Store, identity: str, key: str) -> bool:

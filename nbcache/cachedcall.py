@@ -171,13 +171,17 @@ class StepCall(Keeping):
             return MISS, None, self._damaged(exc, ())
         if entry is None:
             return MISS, None, self.why()
+        try:
+            self.cache.check_seal(self.key, entry)
+        except Damaged as exc:  # (not the values it names: they may be other entries', and are checked apart)
+            return MISS, None, self._damaged(exc, ())
         changed, refreshed = first_failure(entry.checks, self.namespace)
         if changed:
             self.outcome, self.changes = Outcome.CHANGED, (Change(ChangeKind.READ, changed),)
             return MISS, entry, changed
         if refreshed:  # files touched but not changed: remember their new stat, not to read them again
             with contextlib.suppress(Exception):
-                entry = dataclasses.replace(entry, checks=refreshed)
+                entry = self.cache.seal(self.key, dataclasses.replace(entry, checks=refreshed))
                 self.store.put_entry(self.key, entry)
         inherit(entry.checks)  # a step running this one from its body depends on them too
         try:
@@ -246,8 +250,11 @@ class StepCall(Keeping):
             entry = Entry(step=self.name, kind=kind, outputs=tuple(addresses), blobs=blobs, sizes=self.sizes,
                           created_at=self.started_at.timestamp(), duration_s=duration_s,
                           checks=self.observer.checks() if self.observer is not None else (), **fields)
+            entry = self.cache.seal(self.key, entry)
             with unobserved:
                 for address, frame in zip(blobs, frames):
+                    if self.store.has_blob(address) and not self.cache.is_signed(self.store, address):
+                        self.store.delete("", (address,))  # another key's, or damaged: ours replaces it
                     self.store.put_blob(address, frame)
                 self.store.put_entry(self.key, entry)
         except Exception as exc:  # disk full, read-only directory, ...

@@ -9,6 +9,7 @@ never indexing into a dict that lacks a key.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -43,6 +44,11 @@ class Entry:
     result: str = ""  # the hash of a returned tuple as a whole
     ambient: bool = False
     checks: tuple[Check, ...] = ()
+    seal: str = ""  # an HMAC under the cache's key of the entry and the key it is filed under (cache.py)
+
+    def sealed_text(self, key: str) -> bytes:
+        """What the seal covers: the cache key and every field but the seal."""
+        return key.encode() + b"\n" + dataclasses.replace(self, seal="").to_json().encode()
 
     def __post_init__(self) -> None:
         if self.kind == "function":
@@ -70,6 +76,8 @@ class Entry:
             record["ambient"] = True
         if self.checks:
             record["checks"] = [c.to_json() for c in self.checks]
+        if self.seal:
+            record["seal"] = self.seal
         return json.dumps(record)
 
     @classmethod
@@ -86,6 +94,7 @@ class Entry:
                 created_at=_seconds(record, "created_at"), duration_s=_seconds(record, "duration_s"),
                 is_tuple=_typed(record, "tuple", bool, False), result=_typed(record, "result", str, ""),
                 ambient=_typed(record, "ambient", bool, False), checks=checks_from_json(record.get("checks")),
+                seal=_typed(record, "seal", str, ""),
             )
         except ValueError as exc:  # malformed checks
             raise Damaged(str(exc)) from None

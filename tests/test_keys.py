@@ -155,7 +155,7 @@ def test_a_cache_written_under_another_key_is_recomputed_with_one_warning_then_k
     assert run(A) == "cache hit |"
     other = run(B)  # another user (or a tampered cache): nothing of it is trusted
     assert other.startswith("cached result was damaged | nbcache: the cached result of step 'double' is"
-                            " damaged (its signature does not match this cache's key")
+                            " damaged (its seal does not match this cache's key")
     assert run(B) == "cache hit |"
 
 
@@ -172,5 +172,38 @@ def test_a_cache_given_a_key_signs_with_it(tmp_path):
     assert step(cache=theirs)(f)(1) == [1] and theirs.runs()[-1].cached  # a teammate with the key
     with pytest.raises(SigningKeyError):
         Cache(key="short")
-    with pytest.warns(CacheWarning, match="signature does not match"):
+    with pytest.warns(CacheWarning, match="seal does not match this cache.s key"):
         assert step(cache=Cache(store=shared, key=B))(f)(1) == [1]  # a stranger without it
+
+
+def test_an_entry_moved_under_another_key_or_edited_is_damage_never_another_steps_value(cache_dir):
+    """Each value is validly signed; what an entry names, and under which key, is sealed too: swapping the
+    entries of two calls (or editing one's fields) never makes a step return the other's value."""
+    import json
+    import sqlite3
+
+    from nbcache import runs, step
+
+    @step
+    def square(x):
+        return x * x
+
+    assert (square(3), square(4)) == (9, 16)
+    db = cache_dir / "store" / "cache.db"
+    with sqlite3.connect(db) as con:
+        rows = dict(con.execute("SELECT key, value FROM Cache WHERE key LIKE 'entry:%'").fetchall())
+        (k3, e3), (k4, e4) = rows.items()
+        con.execute("UPDATE Cache SET value = ? WHERE key = ?", (e4, k3))  # swap what the two keys name
+        con.execute("UPDATE Cache SET value = ? WHERE key = ?", (e3, k4))
+    with pytest.warns(CacheWarning, match="seal does not match"):
+        assert square(3) == 9
+    with pytest.warns(CacheWarning, match="seal does not match"):
+        assert square(4) == 16
+    assert (square(3), square(4)) == (9, 16) and runs()[-1].cached and runs()[-2].cached
+    with sqlite3.connect(db) as con:  # an edit that keeps the JSON well formed: a longer duration
+        key, text = con.execute("SELECT key, value FROM Cache WHERE key LIKE 'entry:%'").fetchone()
+        record = json.loads(text)
+        record["duration_s"] += 100
+        con.execute("UPDATE Cache SET value = ? WHERE key = ?", (json.dumps(record), key))
+    with pytest.warns(CacheWarning, match="seal does not match"):
+        square(3), square(4)
