@@ -58,6 +58,7 @@ class Cache:
         # a hit then writes them only when they changed
         self._latest_written: dict[tuple[int, str], str] = {}
         self._sealed: dict[str, Entry] = {}  # the entry last found sealed for each key
+        self._computing = threading.local()  # .keys: the keys this thread is computing, holding their locks
 
     def __repr__(self) -> str:
         return f"Cache({self._fixed_store!r})" if self._fixed_store is not None else f"Cache({str(self.directory)!r})"
@@ -147,13 +148,26 @@ class Cache:
         """``value`` serialized against this cache's notebook; raises ``Unpicklable``."""
         return Frame(value, notebook=self.notebook, by_value=by_value, key=self.key)
 
+    def put(self, store: Store, address: str, frame: Frame) -> None:
+        """Store ``frame`` at ``address``, signed with this cache's key and that name (under which alone it
+        verifies: a value copied under another name is refused)."""
+        frame.name = address
+        store.put_blob(address, frame)
+
     def load(self, store: Store, address: str) -> Any:
         """The value of the blob at ``address``; ``None`` is a valid value, so a missing blob raises
         ``KeyError``; a damaged one ``Damaged``."""
         source = store.open_blob(address)
         if source is None:
             raise KeyError(address)
-        return load_frame(source, self.notebook, key=self.key)
+        return load_frame(source, self.notebook, key=self.key, name=address)
+
+    def keys_computing(self) -> set[str]:
+        """The keys this thread is computing now (their bodies running, their locks held)."""
+        keys = getattr(self._computing, "keys", None)
+        if keys is None:
+            keys = self._computing.keys = set()
+        return keys
 
     def is_signed(self, store: Store, address: str) -> bool:
         """Whether the blob at ``address`` is intact and signed with this cache's key (read without its
@@ -162,7 +176,7 @@ class Cache:
             source = store.open_blob(address)
         except Damaged:
             return False
-        return source is not None and signature_problem(source, key=self.key) is None
+        return source is not None and signature_problem(source, key=self.key, name=address) is None
 
     # entries, sealed to the key they are filed under
     def seal(self, key: str, entry: Entry) -> Entry:

@@ -124,7 +124,11 @@ class StepCall(Keeping):
     def compute_once(self, reason: str) -> Any:
         """Run the body holding the key's lock, so that callers of the same key at the same time (threads,
         processes, kernels sharing the cache) run it once: the others wait, then find its result. A caller
-        that waited ``cache.lock_timeout_s`` (or whose lock cannot be had at all) runs the body itself."""
+        that waited ``cache.lock_timeout_s`` (or whose lock cannot be had at all) runs the body itself, as does
+        a call of the key this very thread is computing (a step calling itself: waiting would never end)."""
+        mine = self.cache.keys_computing()
+        if self.key in mine:
+            return self.execute(reason, store=True)
         try:
             with unobserved:
                 held = self.store.lock(self.key, self.cache.lock_timeout_s)
@@ -140,8 +144,10 @@ class StepCall(Keeping):
                     self.outcome, self.changes = Outcome.HIT, ()
                     return self.restore(values, entry)
                 self.outcome, self.changes = why_it_runs  # (the first look said why: damage, a change, ...)
+            mine.add(self.key)
             return self.execute(reason, store=True)
         finally:
+            mine.discard(self.key)
             with unobserved, contextlib.suppress(Exception):
                 held.__exit__(None, None, None)
 
@@ -255,7 +261,7 @@ class StepCall(Keeping):
                 for address, frame in zip(blobs, frames):
                     if self.store.has_blob(address) and not self.cache.is_signed(self.store, address):
                         self.store.delete("", (address,))  # another key's, or damaged: ours replaces it
-                    self.store.put_blob(address, frame)
+                    self.cache.put(self.store, address, frame)
                 self.store.put_entry(self.key, entry)
         except Exception as exc:  # disk full, read-only directory, ...
             self.trouble(f"its result could not be stored ({describe_error(exc)})", uncached=True)

@@ -242,7 +242,7 @@ def _unsigned_values(store: Store) -> int:
         except Damaged:
             count += 1
             continue
-        if source is not None and signature_problem(source, key=key):
+        if source is not None and signature_problem(source, key=key, name=address):
             count += 1
     return count
 

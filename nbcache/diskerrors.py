@@ -14,7 +14,7 @@ __all__ = ["StoreError", "describe"]
 
 READ_ONLY, FULL, PERMISSION, DAMAGED, OTHER = "read-only", "full", "permission", "damaged", "other"
 _CHOOSE = "set NBCACHE_DIR or call nbcache.set_cache_dir() to choose another cache directory"
-_CHOOSE_FIRST = "C" + _CHOOSE[1:]
+_CHOOSE_FIRST = _CHOOSE[0].upper() + _CHOOSE[1:]
 _ERRNO = {READ_ONLY: errno.EROFS, FULL: errno.ENOSPC, PERMISSION: errno.EACCES, DAMAGED: errno.EIO}
 # SQLite's primary result codes (https://sqlite.org/rescode.html)
 _SQLITE_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB

@@ -22,7 +22,7 @@ import struct
 import sys
 import types
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import xxhash
 
@@ -35,6 +35,7 @@ _OLD_MAGIC = b"NBC1"  # unsigned values of an earlier nbcache: never unpickled
 _HEAD = struct.Struct("<4s32sQI")  # magic, tag, pickle length, buffer count
 _ROW = struct.Struct("<Q16s")  # per buffer: its length and its xxh3-128 digest
 READ_CHUNK = 8 << 20  # read and checksum big buffers piece by piece, while the piece is in cache
+_SMALL_PICKLE = 64 << 20  # a longer pickle is proven in a first pass before memory is taken for it
 
 
 class Damaged(Exception):
@@ -61,7 +62,7 @@ class Frame:
     than by name; ``key`` signs the frame when it is written.
     """
 
-    __slots__ = ("pickled", "buffers", "nbytes", "key", "_digests")
+    __slots__ = ("pickled", "buffers", "nbytes", "key", "name", "_digests")
 
     def __init__(self, value: Any, *, notebook: types.ModuleType | None = None,
                  by_value: set[int] = frozenset(), key: bytes | None = None) -> None:
@@ -77,6 +78,7 @@ class Frame:
         self.nbytes = (_HEAD.size + _ROW.size * len(self.buffers) + len(self.pickled)
                        + sum(b.nbytes for b in self.buffers))
         self.key = key
+        self.name = ""  # the address it is stored under, which the tag covers: set before it is written
         self._digests: list[bytes] | None = None
 
     def _rows(self, digests: list[bytes]) -> bytes:
@@ -85,7 +87,7 @@ class Frame:
     def _head(self, rows: bytes) -> bytes:
         if self.key is None:
             raise ValueError("a Frame is written with the key that signs it: Frame(value, key=...)")
-        tag = _tag(self.key, len(self.pickled), len(self.buffers), rows, self.pickled)
+        tag = _tag(self.key, self.name, len(self.pickled), len(self.buffers), rows, [self.pickled])
         return _HEAD.pack(_MAGIC, tag, len(self.pickled), len(self.buffers)) + rows
 
     def _pieces(self, buf: memoryview) -> Iterator[memoryview]:
@@ -142,10 +144,16 @@ class Frame:
         return self.nbytes
 
 
-def _tag(key: bytes, pickle_len: int, nbuf: int, rows: bytes | memoryview, pickled: bytes | memoryview) -> bytes:
-    mac = hmac.new(key, _MAGIC + struct.pack("<QI", pickle_len, nbuf), hashlib.sha256)
+def _tag(key: bytes, name: str, pickle_len: int, nbuf: int, rows: bytes | memoryview,
+         pickled: Iterable[bytes | memoryview]) -> bytes:
+    """The HMAC of a value: its name (the address it is stored under, so that a value copied under another
+    name does not verify), its header's fields, its buffer rows and its pickle (given in pieces)."""
+    label = name.encode("utf-8", "surrogatepass")
+    mac = hmac.new(key, _MAGIC + struct.pack("<Q", len(label)) + label + struct.pack("<QI", pickle_len, nbuf),
+                   hashlib.sha256)
     mac.update(rows)
-    mac.update(pickled)
+    for piece in pickled:
+        mac.update(piece)
     return mac.digest()
 
 
@@ -206,35 +214,65 @@ def _parse_head(head: bytes | memoryview, size: int) -> tuple[bytes, int, int]:
     return tag, pickle_len, nbuf
 
 
-def _check(key: bytes, tag: bytes, pickle_len: int, nbuf: int, rows: bytes | memoryview, pickled: Any,
-           size: int) -> list[tuple[int, bytes]]:
-    """The (length, digest) rows, once the tag proves the head, rows and pickle were written with ``key``."""
-    if not hmac.compare_digest(tag, _tag(key, pickle_len, nbuf, rows, pickled)):
-        raise Damaged("its signature does not match this cache's key (another user wrote it, or it was"
-                      " altered)")
+def _check(key: bytes, name: str, tag: bytes, pickle_len: int, nbuf: int, rows: bytes | memoryview,
+           pickled: Iterable[bytes | memoryview], size: int) -> list[tuple[int, bytes]]:
+    """The (length, digest) rows, once the tag proves the name, head, rows and pickle were written with
+    ``key``."""
+    if not hmac.compare_digest(tag, _tag(key, name, pickle_len, nbuf, rows, pickled)):
+        raise Damaged("its signature does not match this cache's key and its name (another user wrote it,"
+                      " or it was altered or moved)")
     table = list(_ROW.iter_unpack(rows))
     if _HEAD.size + len(rows) + pickle_len + sum(n for n, _ in table) != size:
         raise Damaged("its size does not match its header")
     return table
 
 
-def load_frame(source: bytes | Any, notebook: types.ModuleType | None = None, *, key: bytes) -> Any:
-    """Read a value written by ``Frame`` from bytes or a binary file: its tag is checked under ``key``
-    before anything is unpickled, and every buffer against its digest; functions of the notebook come back
-    with ``notebook``'s namespace (``None``: ``__main__``) as their globals."""
+def _pieces_of(f: Any, n: int) -> Iterator[bytes]:
+    """The next ``n`` bytes of ``f`` in pieces, none kept: a header's length is checked before it is
+    believed enough to allocate that much."""
+    while n > 0:
+        piece = f.read(min(n, READ_CHUNK))
+        if not piece:
+            raise Damaged("the file is truncated")
+        n -= len(piece)
+        yield piece
+
+
+def _open_checked(f: Any, key: bytes, name: str) -> tuple[list[tuple[int, bytes]], bytes | int]:
+    """Check the file value at ``f``'s header and signature; return its buffer rows, and its pickle if it
+    was small enough to read at once (else its length: ``f`` is left at the pickle, to read it again now
+    that it is proven)."""
+    size = f.seek(0, os.SEEK_END)
+    f.seek(0)
+    tag, pickle_len, nbuf = _parse_head(f.read(_HEAD.size), size)
+    rows = f.read(_ROW.size * nbuf)
+    if len(rows) != _ROW.size * nbuf:
+        raise Damaged("the file is truncated")
+    if pickle_len <= _SMALL_PICKLE:
+        pickled = f.read(pickle_len)
+        if len(pickled) != pickle_len:
+            raise Damaged("the file is truncated")
+        return _check(key, name, tag, pickle_len, nbuf, rows, [pickled], size), pickled
+    start = f.tell()
+    table = _check(key, name, tag, pickle_len, nbuf, rows, _pieces_of(f, pickle_len), size)
+    f.seek(start)
+    return table, pickle_len
+
+
+def load_frame(source: bytes | Any, notebook: types.ModuleType | None = None, *, key: bytes,
+               name: str = "") -> Any:
+    """Read a value written by ``Frame`` from bytes or a binary file: its tag is checked under ``key`` and
+    the ``name`` it was stored under before anything is unpickled, and every buffer against its digest;
+    functions of the notebook come back with ``notebook``'s namespace (``None``: ``__main__``) as their
+    globals."""
     if isinstance(source, (bytes, bytearray)):
-        return _load_bytes(bytes(source), notebook, key)
+        return _load_bytes(bytes(source), notebook, key, name)
     if not hasattr(source, "read"):  # a value of another format in the index (left unpickled)
         raise Damaged("the value is not one nbcache wrote")
     with source as f:
-        size = f.seek(0, os.SEEK_END)
-        f.seek(0)
-        tag, pickle_len, nbuf = _parse_head(f.read(_HEAD.size), size)
-        rows = f.read(_ROW.size * nbuf)
-        pickled = f.read(pickle_len)
-        if len(rows) != _ROW.size * nbuf or len(pickled) != pickle_len:
-            raise Damaged("the file is truncated")
-        table = _check(key, tag, pickle_len, nbuf, rows, pickled, size)
+        table, pickled = _open_checked(f, key, name)
+        if isinstance(pickled, int):  # (a big pickle, proven by a first pass: read it now)
+            pickled = f.read(pickled)
         buffers = []
         for n, digest in table:
             buf = _alloc(n)
@@ -244,32 +282,28 @@ def load_frame(source: bytes | Any, notebook: types.ModuleType | None = None, *,
     return _unpickle(pickled, buffers, notebook)
 
 
-def signature_problem(source: bytes | Any, *, key: bytes) -> str | None:
-    """What is wrong with a stored value's header or signature under ``key`` (None: nothing), read without
-    its buffers and without unpickling anything: how ``nbcache info`` counts values it would refuse."""
+def signature_problem(source: bytes | Any, *, key: bytes, name: str = "") -> str | None:
+    """What is wrong with a stored value's header or signature under ``key`` and ``name`` (None: nothing),
+    read without its buffers and without unpickling anything: how ``nbcache info`` counts values it would
+    refuse."""
     try:
         if isinstance(source, (bytes, bytearray)):
             data = memoryview(bytes(source))
             tag, pickle_len, nbuf = _parse_head(data, len(data))
             rows = data[_HEAD.size:_HEAD.size + _ROW.size * nbuf]
-            _check(key, tag, pickle_len, nbuf, rows, data[_HEAD.size + len(rows):][:pickle_len], len(data))
+            pickled = data[_HEAD.size + len(rows):][:pickle_len]
+            _check(key, name, tag, pickle_len, nbuf, rows, [pickled], len(data))
             return None
         if not hasattr(source, "read"):
             return "the value is not one nbcache wrote"
         with source as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(0)
-            tag, pickle_len, nbuf = _parse_head(f.read(_HEAD.size), size)
-            rows, pickled = f.read(_ROW.size * nbuf), f.read(pickle_len)
-            if len(rows) != _ROW.size * nbuf or len(pickled) != pickle_len:
-                return "the file is truncated"
-            _check(key, tag, pickle_len, nbuf, rows, pickled, size)
+            _open_checked(f, key, name)
             return None
     except Damaged as exc:
         return str(exc)
 
 
-def _load_bytes(data: bytes, notebook: types.ModuleType | None, key: bytes) -> Any:
+def _load_bytes(data: bytes, notebook: types.ModuleType | None, key: bytes, name: str) -> Any:
     tag, pickle_len, nbuf = _parse_head(data, len(data))
     view = memoryview(data)
     pos = _HEAD.size
@@ -277,7 +311,7 @@ def _load_bytes(data: bytes, notebook: types.ModuleType | None, key: bytes) -> A
     pos += len(rows)
     pickled = view[pos:pos + pickle_len]
     pos += pickle_len
-    table = _check(key, tag, pickle_len, nbuf, rows, pickled, len(data))
+    table = _check(key, name, tag, pickle_len, nbuf, rows, [pickled], len(data))
     buffers = []
     for n, digest in table:
         if xxhash.xxh3_128_digest(view[pos:pos + n]) != digest:

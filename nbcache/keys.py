@@ -84,6 +84,7 @@ def parse_key(text: str, where: str) -> bytes:
     except ValueError:
         key = b""
     if len(key) * 2 < MIN_HEX_DIGITS:
-        raise SigningKeyError(f"the signing key in {where} is not a key: expected at least {MIN_HEX_DIGITS} hex digits"
+        raise SigningKeyError(f"the signing key in {where} is not a key: expected an even number, at least"
+                              f" {MIN_HEX_DIGITS}, of hex digits (0-9, a-f) and nothing else"
                         " (python -c \"import secrets; print(secrets.token_hex(32))\" makes one)")
     return key

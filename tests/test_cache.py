@@ -110,7 +110,7 @@ def test_functions_come_back_into_the_cache_s_notebook_module(tmp_path):
     cache = Cache(tmp_path / "c", notebook=notebook)
     frame = cache.frame([notebook.scaled])
     store = cache.store()
-    store.put_blob("a", frame)
+    cache.put(store, "a", frame)
     (restored,) = cache.load(store, "a")
     assert restored is not notebook.scaled and restored.__globals__ is vars(notebook)
     notebook.K = 3

@@ -83,3 +83,28 @@ def test_a_notebook_class_is_stored_by_name_unless_the_cell_defines_it():
         load_frame(by_name, notebook("pass\n"), key=KEY)  # the notebook has no Point any more: recompute
     by_value = Frame(point, notebook=nb, by_value={id(nb.Point)}, key=KEY).to_bytes()
     assert load_frame(by_value, notebook("pass\n"), key=KEY).x == 1
+
+
+def test_a_huge_pickle_length_in_a_sparse_file_is_proven_before_memory_is_taken(tmp_path):
+    """A planted header may claim a pickle of any length the file (sparse, so free on disk) has: the
+    signature is checked over it in pieces before any memory is taken for it."""
+    import tracemalloc
+
+    from nbcache.frame import signature_problem
+
+    path = tmp_path / "value"
+    path.write_bytes(Frame([1, 2, 3], key=KEY).to_bytes())
+    size = 300 << 20
+    with open(path, "r+b") as f:
+        f.truncate(size)  # sparse
+        f.seek(36)
+        f.write((size - 48).to_bytes(8, "little") + (0).to_bytes(4, "little"))
+    tracemalloc.start()
+    try:
+        with pytest.raises(Damaged, match="signature does not match"):
+            load_frame(open(path, "rb"), key=KEY)
+        assert "signature does not match" in signature_problem(open(path, "rb"), key=KEY)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20

@@ -62,7 +62,7 @@ def test_a_key_given_by_environment_or_file_wins(no_key, monkeypatch, tmp_path):
 @pytest.mark.parametrize("text", ["", "not hex", "ab" * 8, "abc"])
 def test_a_malformed_key_is_refused_saying_where_it_came_from(monkeypatch, text):
     monkeypatch.setenv("NBCACHE_KEY", text or " ")
-    with pytest.raises(SigningKeyError, match="NBCACHE_KEY is not a key: expected at least 32 hex digits"):
+    with pytest.raises(SigningKeyError, match="NBCACHE_KEY is not a key: expected an even number, at least 32, of hex digits"):
         load_key()
     with pytest.raises(TypeError):
         parse_key(b"ab" * 32, "here")
@@ -207,3 +207,30 @@ def test_an_entry_moved_under_another_key_or_edited_is_damage_never_another_step
         con.execute("UPDATE Cache SET value = ? WHERE key = ?", (json.dumps(record), key))
     with pytest.warns(CacheWarning, match="seal does not match"):
         square(3), square(4)
+
+
+@pytest.mark.parametrize("size", [10, 100_000], ids=["inline", "file"])
+def test_a_value_copied_under_another_values_name_is_damage_never_served(cache_dir, size):
+    """Values are signed with the name they are stored under: copying one step's validly signed value over
+    another's (in the index, or its file) makes a recompute with one warning, never the wrong value."""
+    import shutil
+    import sqlite3
+
+    from nbcache import step
+
+    @step
+    def full(x):
+        return np.full(size, x)
+
+    assert full(1)[0] == 1 and full(2)[0] == 2
+    db = cache_dir / "store" / "cache.db"
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT key, value, filename FROM Cache WHERE key LIKE 'blob:%'").fetchall()
+        (_, v1, f1), (_, v2, f2) = rows
+        if size == 10:
+            con.execute("UPDATE Cache SET value = ? WHERE value = ?", (v2, v1))
+        else:
+            shutil.copyfile(cache_dir / "store" / f2, cache_dir / "store" / f1)
+    with pytest.warns(CacheWarning, match="signature does not match this cache's key and its name"):
+        values = [full(1)[0], full(2)[0]]
+    assert values == [1, 2] and full(1)[0] == 1 and full(2)[0] == 2

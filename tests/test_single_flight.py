@@ -100,3 +100,16 @@ def test_threads_calling_one_key_run_its_body_once():
     assert results == [2] * 4 and ran == [1]
     assert sorted(r.cached for r in cache.runs()) == [False, True, True, True]
     assert nbcache.runs("slow") == []
+
+
+def test_a_step_calling_itself_with_its_own_key_does_not_wait_for_itself(cache_dir, monkeypatch):
+    monkeypatch.setattr(nbcache.cache.default_cache(), "lock_timeout_s", 60.0)
+
+    @step(ignore=["inner"])
+    def nested(x, inner=False):
+        return nested(x, inner=True) + 1 if not inner else x
+
+    t0 = time.perf_counter()
+    assert nested(3) == 4
+    assert time.perf_counter() - t0 < 10  # not the lock's timeout
+    assert nested(3) == 4 and nbcache.runs()[-1].cached
