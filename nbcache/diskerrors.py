@@ -54,8 +54,8 @@ def describe(exc: BaseException, directory: str | os.PathLike[str]) -> StoreErro
                    f" ({detail}). {_CHOOSE_FIRST}, or use this one again once it is writable.{intact}")
     elif kind == FULL:
         message = (f"nbcache cannot write to its cache directory {directory}: no space is left on its device"
-                   f" ({detail}). Free some space (`nbcache clear --older-than 30d` removes old results), or"
-                   f" {_CHOOSE}.{intact}")
+                   f" ({detail}). Free some space on that device (`df -h {directory}` shows it; once a little is"
+                   f" free, `nbcache clear --older-than 30d` removes old results), or {_CHOOSE}.{intact}")
     elif kind == PERMISSION:
         message = (f"nbcache may not use its cache directory {directory}: permission denied ({detail};"
                    f" {_owner(directory)}). Fix its permissions (a cache directory belongs to the user who"
