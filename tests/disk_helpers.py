@@ -57,3 +57,20 @@ def temporaries(directory: Path) -> list[Path]:
 
 def mode_of(path: Path) -> int:
     return os.lstat(path).st_mode & 0o777
+
+
+def kill_a_writer(directory: Path, writer: str) -> int:
+    """Run ``writer`` (a script given the cache directory and the repository) until it says it is writing a
+    value, then kill it with SIGKILL; return its pid."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", writer, str(directory), str(Path(__file__).parent.parent)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "writing\n"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return proc.pid

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -23,7 +22,8 @@ from nbcache.diskstore import DiskStore
 from nbcache.frame import Damaged, Frame
 from nbcache.records import StepRun
 
-from .disk_helpers import MODE_BINARY, MODE_TEXT, entry, frame, mode_of, plant, temporaries, value_files
+from .disk_helpers import (MODE_BINARY, MODE_TEXT, entry, frame, kill_a_writer, mode_of, plant, temporaries,
+                           value_files)
 
 
 @pytest.fixture
@@ -294,16 +294,10 @@ WRITER = textwrap.dedent("""
 def test_a_writer_killed_mid_write_leaves_only_a_temporary(tmp_path):
     directory = tmp_path / "c"
     DiskStore(directory).close()
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(directory), str(Path(__file__).parent.parent)],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline() == "writing\n"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    pid = kill_a_writer(directory, WRITER)
     assert value_files(directory) == []
     (temp,) = temporaries(directory)
-    assert temp.name.endswith(f".val.tmp-{proc.pid}") and temp.stat().st_size >= 16_000_000
+    assert temp.name.endswith(f".val.tmp-{pid}") and temp.stat().st_size >= 16_000_000
     store = DiskStore(directory)
     assert not store.has_blob("a") and store.open_blob("a") is None
     store.close()

@@ -19,7 +19,7 @@ from nbcache.diskgc import GRACE_S
 from nbcache.diskstore import DiskStore
 from nbcache.store import Collected
 
-from .disk_helpers import entry, frame, temporaries, value_files
+from .disk_helpers import entry, frame, kill_a_writer, temporaries, value_files
 from .test_diskfiles import WRITER
 
 
@@ -96,13 +96,7 @@ def test_a_killed_writers_temporary_is_collected_and_counted_until_then(tmp_path
     store = DiskStore(directory)
     store.put_blob("small", frame(np.arange(10)))
     size = store.stats().size_bytes
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(directory), str(Path(__file__).parent.parent)],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline() == "writing\n"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_a_writer(directory, WRITER)
     (temp,) = temporaries(directory)
     blocks = temp.stat().st_blocks * 512
     assert blocks >= 16_000_000 and store.stats().size_bytes >= size + blocks  # counted, as du counts it
