@@ -138,8 +138,7 @@ class StepCall(Keeping):
         try:
             if acquired:  # whoever held it may have stored the result meanwhile
                 why_it_runs = self.outcome, self.changes
-                with unobserved:
-                    values, entry, _ = self.lookup()
+                values, entry, _ = self.lookup()
                 if values is not MISS:
                     self.outcome, self.changes = Outcome.HIT, ()
                     return self.restore(values, entry)
