@@ -21,7 +21,6 @@ from typing import Any
 
 from .cache import Cache
 from .diskerrors import StoreError
-from .frame import Damaged, signature_problem
 from .diskstore import open_disk_store
 from .eviction import size_limit_from_env
 from .records import StepRun
@@ -232,19 +231,11 @@ def _info(args: argparse.Namespace, store: Store, runs: list[StepRun], unreadabl
 
 
 def _unsigned_values(store: Store) -> int:
-    """How many stored values a step would refuse: not signed with this user's key (or damaged). Their
+    """How many stored values a step would refuse: not signed with this user's key, damaged or missing. Their
     headers and pickles are read, never unpickled; the buffers are not read."""
-    key = Cache().key
-    count = 0
-    for address in sorted({b for _, entry in store.entries() for b in entry.blobs}):
-        try:
-            source = store.open_blob(address)
-        except Damaged:
-            count += 1
-            continue
-        if source is not None and signature_problem(source, key=key, name=address):
-            count += 1
-    return count
+    cache = Cache()
+    return sum(not cache.is_signed(store, address)
+               for address in sorted({b for _, entry in store.entries() for b in entry.blobs}))
 
 
 def _run_json(run: StepRun) -> dict[str, Any]:
