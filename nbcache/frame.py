@@ -238,25 +238,27 @@ def _pieces_of(f: Any, n: int) -> Iterator[bytes]:
         yield piece
 
 
-def _open_checked(f: Any, key: bytes, name: str) -> tuple[list[tuple[int, bytes]], bytes | int]:
-    """Check the file value at ``f``'s header and signature; return its buffer rows, and its pickle if it
-    was small enough to read at once (else its length: ``f`` is left at the pickle, to read it again now
-    that it is proven)."""
+def _open_checked(f: Any, key: bytes, name: str, *, keep: bool = True) -> tuple[list[tuple[int, bytes]], bytes]:
+    """Check the value ``f`` reads from: its header, its size and its signature; return its buffer rows and
+    (``keep``) its pickle, with ``f`` left at the first buffer. A pickle longer than ``_SMALL_PICKLE`` is
+    proven in pieces before memory is taken for it (a planted sparse file may claim any length), then read
+    and proven again, so what is unpickled is what was proven."""
     size = f.seek(0, os.SEEK_END)
     f.seek(0)
     tag, pickle_len, nbuf = _parse_head(f.read(_HEAD.size), size)
     rows = f.read(_ROW.size * nbuf)
     if len(rows) != _ROW.size * nbuf:
         raise Damaged("the file is truncated")
-    if pickle_len <= _SMALL_PICKLE:
-        pickled = f.read(pickle_len)
-        if len(pickled) != pickle_len:
-            raise Damaged("the file is truncated")
-        return _check(key, name, tag, pickle_len, nbuf, rows, [pickled], size), pickled
     start = f.tell()
-    table = _check(key, name, tag, pickle_len, nbuf, rows, _pieces_of(f, pickle_len), size)
-    f.seek(start)
-    return table, pickle_len
+    if pickle_len > _SMALL_PICKLE:
+        table = _check(key, name, tag, pickle_len, nbuf, rows, _pieces_of(f, pickle_len), size)
+        if not keep:
+            return table, b""
+        f.seek(start)
+    pickled = f.read(pickle_len)
+    if len(pickled) != pickle_len:
+        raise Damaged("the file is truncated")
+    return _check(key, name, tag, pickle_len, nbuf, rows, [pickled], size), pickled
 
 
 def load_frame(source: bytes | Any, notebook: types.ModuleType | None = None, *, key: bytes,
@@ -266,16 +268,14 @@ def load_frame(source: bytes | Any, notebook: types.ModuleType | None = None, *,
     functions of the notebook come back with ``notebook``'s namespace (``None``: ``__main__``) as their
     globals."""
     if isinstance(source, (bytes, bytearray)):
-        return _load_bytes(bytes(source), notebook, key, name)
-    if not hasattr(source, "read"):  # a value of another format in the index (left unpickled)
+        source = io.BytesIO(source)
+    elif not hasattr(source, "read"):  # a value of another format in the index (left unpickled)
         raise Damaged("the value is not one nbcache wrote")
     with source as f:
         table, pickled = _open_checked(f, key, name)
-        if isinstance(pickled, int):  # (a big pickle, proven by a first pass: read it now)
-            pickled = f.read(pickled)
         buffers = []
         for n, digest in table:
-            buf = _alloc(n)
+            buf = _alloc(n)  # (writable, like an array np.load reads)
             if _read_exact(f, memoryview(buf).cast("B")) != digest:
                 raise Damaged("a buffer's checksum does not match")
             buffers.append(buf)
@@ -286,39 +286,16 @@ def signature_problem(source: bytes | Any, *, key: bytes, name: str = "") -> str
     """What is wrong with a stored value's header or signature under ``key`` and ``name`` (None: nothing),
     read without its buffers and without unpickling anything: how ``nbcache info`` counts values it would
     refuse."""
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    elif not hasattr(source, "read"):
+        return "the value is not one nbcache wrote"
     try:
-        if isinstance(source, (bytes, bytearray)):
-            data = memoryview(bytes(source))
-            tag, pickle_len, nbuf = _parse_head(data, len(data))
-            rows = data[_HEAD.size:_HEAD.size + _ROW.size * nbuf]
-            pickled = data[_HEAD.size + len(rows):][:pickle_len]
-            _check(key, name, tag, pickle_len, nbuf, rows, [pickled], len(data))
-            return None
-        if not hasattr(source, "read"):
-            return "the value is not one nbcache wrote"
         with source as f:
-            _open_checked(f, key, name)
-            return None
+            _open_checked(f, key, name, keep=False)
     except Damaged as exc:
         return str(exc)
-
-
-def _load_bytes(data: bytes, notebook: types.ModuleType | None, key: bytes, name: str) -> Any:
-    tag, pickle_len, nbuf = _parse_head(data, len(data))
-    view = memoryview(data)
-    pos = _HEAD.size
-    rows = view[pos:pos + _ROW.size * nbuf]
-    pos += len(rows)
-    pickled = view[pos:pos + pickle_len]
-    pos += pickle_len
-    table = _check(key, name, tag, pickle_len, nbuf, rows, [pickled], len(data))
-    buffers = []
-    for n, digest in table:
-        if xxhash.xxh3_128_digest(view[pos:pos + n]) != digest:
-            raise Damaged("a buffer's checksum does not match")
-        buffers.append(bytearray(view[pos:pos + n]))  # writable, like an array loaded from a file
-        pos += n
-    return _unpickle(pickled, buffers, notebook)
+    return None
 
 
 def _unpickle(pickled: bytes | memoryview, buffers: list, notebook: types.ModuleType | None) -> Any:
