@@ -52,8 +52,7 @@ class Cache:
         self._stores_lock = threading.Lock()
         self.notebook = notebook
         self.events = Events()
-        # how long a caller waits for another computing the same key before computing it too
-        self.lock_timeout_s = _seconds(os.environ.get("NBCACHE_LOCK_TIMEOUT"), default=900.0)
+        self._lock_timeout_s: float | None = None
         # the ingredients each step's latest record holds, as far as this process knows, by (store, step):
         # a hit then writes them only when they changed
         self._latest_written: dict[tuple[int, str], str] = {}
@@ -121,6 +120,18 @@ class Cache:
         return 0 if limit is None else store.evict(limit, keep=(keep,))
 
     @property
+    def lock_timeout_s(self) -> float:
+        """How long a caller waits for another computing the same key before computing it too: the one set,
+        else ``NBCACHE_LOCK_TIMEOUT`` (seconds, read at each wait), else 900; a negative one waits for ever."""
+        if self._lock_timeout_s is not None:
+            return self._lock_timeout_s
+        return _seconds(os.environ.get("NBCACHE_LOCK_TIMEOUT"), default=900.0)
+
+    @lock_timeout_s.setter
+    def lock_timeout_s(self, seconds: float | None) -> None:
+        self._lock_timeout_s = seconds
+
+    @property
     def key(self) -> bytes:
         """The key values are signed with (resolved on first use; ``SigningKeyError`` if it cannot be)."""
         if self._key is None:
@@ -130,8 +141,7 @@ class Cache:
     def store(self) -> Store:
         """The store of the directory in use, opened once per directory; ``OSError`` if it is unusable,
         ``SigningKeyError`` if there is no key to sign its values with."""
-        if self._key is None:
-            self._key = load_key()
+        self.key  # noqa: B018  (resolved here, where a failure runs the step uncached, not mid-store)
         if self._fixed_store is not None:
             return self._fixed_store
         directory = self._directory()  # (a string: this is on every call's path)
@@ -150,7 +160,10 @@ class Cache:
 
     def put(self, store: Store, address: str, frame: Frame) -> None:
         """Store ``frame`` at ``address``, signed with this cache's key and that name (under which alone it
-        verifies: a value copied under another name is refused)."""
+        verifies: a value copied under another name is refused). A value already there that does not verify
+        (another key's, or damaged) is replaced; values are otherwise immutable."""
+        if store.has_blob(address) and not self.is_signed(store, address):
+            store.delete("", (address,))
         frame.name = address
         store.put_blob(address, frame)
 
@@ -236,10 +249,13 @@ def _seconds(text: str | None, *, default: float) -> float:
     if not text:
         return default
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
+        seconds = float("nan")
+    if seconds != seconds or seconds == float("inf"):
         warn(f"nbcache: NBCACHE_LOCK_TIMEOUT is a number of seconds, not {text!r}; waiting {default:g} s")
         return default
+    return seconds
 
 
 _default = Cache()

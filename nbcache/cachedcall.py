@@ -193,23 +193,22 @@ class StepCall(Keeping):
             values = [self.cache.load(self.store, blob) for blob in entry.blobs]
         except Damaged as exc:
             return MISS, entry, self._damaged(exc, entry.blobs)
-        except KeyError:
-            _warn(f"nbcache: the cached result of step {self.name!r} is missing on disk; recomputing it")
-            self.store.delete(self.key, entry.blobs)  # the blob rows point at files that are gone
-            self.outcome, self.changes = Outcome.DAMAGED, ()
-            return MISS, entry, "cached result was missing"
+        except KeyError:  # (the blob rows point at files that are gone)
+            return MISS, entry, self._damaged("is missing on disk", entry.blobs, word="missing")
         self.remember_last()
         with contextlib.suppress(Exception):  # (noted in memory: a hit writes nothing for it, nor fails by it)
             self.store.touch(self.key)
         self.sizes = dict(entry.sizes)
         return values, entry, ""
 
-    def _damaged(self, exc: Exception, blobs: Sequence[str]) -> str:
-        _warn(f"nbcache: the cached result of step {self.name!r} is damaged ({exc}); recomputing it")
+    def _damaged(self, problem: Exception | str, blobs: Sequence[str], *, word: str = "damaged") -> str:
+        """Forget a damaged (or missing) result and say so; the reason of the run that recomputes it."""
+        what = problem if isinstance(problem, str) else f"is damaged ({problem})"
+        _warn(f"nbcache: the cached result of step {self.name!r} {what}; recomputing it")
         with contextlib.suppress(Exception):
             self.store.delete(self.key, blobs)
         self.outcome, self.changes = Outcome.DAMAGED, ()
-        return "cached result was damaged"
+        return f"cached result was {word}"
 
     def set_state(self, state: dict[str, Any]) -> None:
         """On a hit: set the process-wide state the first run left (RNG, rc settings, options) again."""
@@ -258,8 +257,6 @@ class StepCall(Keeping):
             entry = self.cache.seal(self.key, entry)
             with unobserved:
                 for address, frame in zip(blobs, frames):
-                    if self.store.has_blob(address) and not self.cache.is_signed(self.store, address):
-                        self.store.delete("", (address,))  # another key's, or damaged: ours replaces it
                     self.cache.put(self.store, address, frame)
                 self.store.put_entry(self.key, entry)
         except Exception as exc:  # disk full, read-only directory, ...
