@@ -34,7 +34,7 @@ from .audit import unobserved
 from .entry import Entry
 from .eviction import Candidate
 
-__all__ = ["FLUSH_S", "Recency", "candidates", "index_bytes", "last_used"]
+__all__ = ["FLUSH_S", "Recency", "candidates", "last_used"]
 
 FLUSH_S = 30.0  # the hits of a process are written this long after the first one not yet written, at most
 
@@ -113,16 +113,6 @@ def last_used(cache: diskcache.Cache) -> dict[str, float]:
     rows = cache._sql("SELECT key, access_time FROM Cache WHERE raw = 1 AND key LIKE 'entry:%'").fetchall()
     return {name[6:]: float(used) for name, used in rows if isinstance(name, str)
             and isinstance(used, (int, float))}
-
-
-def index_bytes(cache: diskcache.Cache) -> int:
-    """What the index takes: SQLite's pages in use, and the value files its rows name."""
-    sql = cache._sql
-    ((pages,),) = sql("PRAGMA page_count").fetchall()
-    ((free,),) = sql("PRAGMA freelist_count").fetchall()
-    ((page_size,),) = sql("PRAGMA page_size").fetchall()
-    ((files,),) = sql("SELECT COALESCE(SUM(size), 0) FROM Cache").fetchall()
-    return (pages - free) * page_size + int(files)
 
 
 def candidates(cache: diskcache.Cache, entries: Iterable[tuple[str, Entry | None]]

@@ -37,7 +37,7 @@ import diskcache
 import filelock
 
 from .diskerrors import StoreError, describe
-from .diskevict import Recency, candidates, index_bytes, last_used
+from .diskevict import Recency, candidates, last_used
 from .diskfiles import Modes, _FrameDisk, make_dir, make_file, shared_from_env
 from .diskgc import GRACE_S, collect, disk_usage
 from .entry import Entry, Latest
@@ -219,10 +219,10 @@ class DiskStore:
         """Remove the least recently used entries (of every process: the index is shared) and the blobs only
         they use until the index and its files take at most ``limit_bytes``; never those of ``keep``."""
         try:
-            self._recency.flush()
-            total = index_bytes(self._cache)
+            total = self._cache.volume()  # (diskcache's: the index's pages and the files it names)
             if total <= limit_bytes:
                 return 0
+            self._recency.flush()  # (the hits noted so far decide what is least recently used)
             entries = [(name[6:], self._read_entry(name)) for name in self._names("entry:")]
             found, blob_sizes = candidates(self._cache, entries)
             victims = choose_victims(found, blob_sizes, total, limit_bytes, keep)
