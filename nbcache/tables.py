@@ -37,9 +37,7 @@ def printable(text: str, *, newlines: bool = False) -> str:
 
 
 def _escape(char: str) -> str:
-    code = ord(char)
-    named = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}.get(char)
-    return named or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    return repr(char)[1:-1]  # (Python's own escape: \t, \x1b, \u202e, \udcff)
 
 
 def text_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
