@@ -7,23 +7,26 @@ Every part of nbcache that needs the cache is given one, or asks ``default_cache
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hmac
 import os
 import threading
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .diskstore import open_disk_store
+from .background import Worker
 from .entry import Entry, Latest
 from .errors import warn
 from .events import Events
 from .eviction import parse_size, size_limit_from_env
-from .frame import Damaged, Frame, load_frame, signature_problem
+from .frame import Damaged, Frame, read_frame, signature_problem
 from .keys import load_key, parse_key
 from .records import StepRun
 from .store import Store
+from .verifier import Verification, Verifier, verify_lazily, verify_store
 
 __all__ = ["Cache", "default_cache", "cache_dir", "set_cache_dir"]
 
@@ -58,6 +61,9 @@ class Cache:
         self._latest_written: dict[tuple[int, str], str] = {}
         self._sealed: dict[str, Entry] = {}  # the entry last found sealed for each key
         self._computing = threading.local()  # .keys: the keys this thread is computing, holding their locks
+        self.verifier = Verifier()  # checks the buffers of the big values hits mapped, in the background
+        self.later = Worker("nbcache-latest", flush_at_exit=True)  # what a hit leaves to write
+        self._latest_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Cache({self._fixed_store!r})" if self._fixed_store is not None else f"Cache({str(self.directory)!r})"
@@ -167,13 +173,30 @@ class Cache:
         frame.name = address
         store.put_blob(address, frame)
 
-    def load(self, store: Store, address: str) -> Any:
+    def load(self, store: Store, address: str, on_damage: Callable[[str], None] | None = None) -> Any:
         """The value of the blob at ``address``; ``None`` is a valid value, so a missing blob raises
-        ``KeyError``; a damaged one ``Damaged``."""
+        ``KeyError``; a damaged one ``Damaged``. A big value is mapped from its file; with ``on_damage``,
+        its buffers are checked in the background (``verifier.py``), which calls ``on_damage(problem)`` if
+        they are not intact; without, before it is returned."""
         source = store.open_blob(address)
         if source is None:
             raise KeyError(address)
-        return load_frame(source, self.notebook, key=self.key, name=address)
+        lazy = on_damage is not None and verify_lazily()
+        value, unchecked = read_frame(source, self.notebook, key=self.key, name=address, lazy=lazy)
+        if unchecked is not None:
+            self.verifier.submit(unchecked, on_damage)
+        return value
+
+    def verify(self, *, remove: bool = False) -> Verification:
+        """Read every stored result whole and check it (entries' seals, values' signatures and buffers),
+        unpickling nothing; ``remove``: remove the results that are not intact, so they are recomputed."""
+        self.verifier.drain()
+        store = self.store()
+        found = verify_store(store, self.key, self.check_seal)
+        if remove:
+            for key in {p.key for p in found.problems}:
+                store.delete(key, [p.address for p in found.problems if p.key == key and p.address])
+        return found
 
     def keys_computing(self) -> set[str]:
         """The keys this thread is computing now (their bodies running, their locks held)."""
@@ -209,19 +232,35 @@ class Cache:
         self._sealed[key] = entry
 
     # the latest ingredients, written only when they changed
-    def latest_is(self, store: Store, identity: str, key: str) -> bool:
-        """Whether this process knows ``key`` (stored) to be the latest of ``identity`` already."""
-        return self._latest_written.get((id(store), identity)) == key
-
     def remember_latest(self, store: Store, identity: str, latest: Latest, *, force: bool = False) -> None:
         slot = (id(store), identity)
         written = f"{latest.key} {latest.uncached}" if latest.uncached else latest.key
         if force or self._latest_written.get(slot) != written:
-            try:
+            with self._latest_lock, contextlib.suppress(Exception):  # (only a later reason's wording needs it)
                 store.put_latest(identity, latest)
                 self._latest_written[slot] = written
-            except Exception:
-                pass  # only the wording of a later reason depends on it
+
+    def remember_latest_later(self, store: Store, identity: str, key: str, latest: Callable[[], Latest]) -> None:
+        """On a hit of ``key``: make it the latest of ``identity`` unless it is already, on the ``later``
+        thread (reading what is stored, and writing ``latest()`` if that is another key): a hit writes nothing
+        itself. A newer write of this process in the meantime wins."""
+        slot = (id(store), identity)
+        if self._latest_written.get(slot) == key:
+            return
+        self._latest_written[slot] = key
+
+        def write_if_stale() -> None:
+            with self._latest_lock:
+                if self._latest_written.get(slot) != key:
+                    return  # a newer call of the step wrote its own
+                try:
+                    stored = store.get_latest(identity)
+                except Damaged:
+                    stored = None
+                if stored is None or stored.key != key or stored.uncached:
+                    store.put_latest(identity, latest())
+
+        self.later.submit(write_if_stale)
 
     # history and maintenance
     def record(self, store: Store, run: StepRun) -> None:

@@ -12,7 +12,6 @@ the key (``make_key``) runs the call uncached. While one caller computes a key, 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import time
 from datetime import datetime
@@ -24,22 +23,18 @@ from .cache import Cache
 from .entry import AMBIENT_BLOB, Entry, Latest
 from .errors import UncacheableError
 from .errors import warn as _warn
-from .explain import FORMAT_CHANGED, changes_since, render
-from .frame import Damaged, Frame
+from .frame import Frame
 from .hashing import Walk, hash_value
 from .keeping import Keeping
+from .serving import MISS, Serving
 from .key import make_key
-from .observe import Observer, first_failure, inherit
-from .records import Change, ChangeKind, Outcome, StepRun, describe_error
+from .observe import Observer
+from .records import Change, Outcome, StepRun, describe_error
 from .store import Store
 
 __all__ = ["StepCall", "MISS", "addresses_of"]
 
-MISS = object()
-"""What ``lookup`` returns in place of the stored values when there are none to serve."""
-
-
-class StepCall(Keeping):
+class StepCall(Serving, Keeping):
     """Key, lookup, save and record for one call. Subclasses fill ``code``, ``deps`` and ``inputs``."""
 
     def __init__(self, cache: Cache, store: Store, name: str, *, version: str | None, started_at: datetime,
@@ -162,54 +157,6 @@ class StepCall(Keeping):
         """Give back a stored result and record the hit."""
         raise NotImplementedError
 
-    def lookup(self) -> tuple[Any, Entry | None, str]:
-        """(stored values, entry, "") on a hit; (MISS, entry or None, why it ran) on a miss, with ``outcome``
-        and ``changes`` set. A damaged or missing stored value warns, is forgotten, and counts as a miss. Errors
-        of the index propagate (the caller runs uncached). What it reads is no data a step's run depends on."""
-        with unobserved:
-            return self._lookup()
-
-    def _lookup(self) -> tuple[Any, Entry | None, str]:
-        try:
-            entry = self.store.get_entry(self.key)
-        except Damaged as exc:
-            return MISS, None, self._damaged(exc, ())
-        if entry is None:
-            return MISS, None, self.why()
-        try:
-            self.cache.check_seal(self.key, entry)
-        except Damaged as exc:  # (not the values it names: they may be other entries', and are checked apart)
-            return MISS, None, self._damaged(exc, ())
-        changed, refreshed = first_failure(entry.checks, self.namespace)
-        if changed:
-            self.outcome, self.changes = Outcome.CHANGED, (Change(ChangeKind.READ, changed),)
-            return MISS, entry, changed
-        if refreshed:  # files touched but not changed: remember their new stat, not to read them again
-            with contextlib.suppress(Exception):
-                entry = self.cache.seal(self.key, dataclasses.replace(entry, checks=refreshed))
-                self.store.put_entry(self.key, entry)
-        inherit(entry.checks)  # a step running this one from its body depends on them too
-        try:
-            values = [self.cache.load(self.store, blob) for blob in entry.blobs]
-        except Damaged as exc:
-            return MISS, entry, self._damaged(exc, entry.blobs)
-        except KeyError:  # (the blob rows point at files that are gone)
-            return MISS, entry, self._damaged("is missing on disk", entry.blobs, word="missing")
-        self.remember_last()
-        with contextlib.suppress(Exception):  # (noted in memory: a hit writes nothing for it, nor fails by it)
-            self.store.touch(self.key)
-        self.sizes = dict(entry.sizes)
-        return values, entry, ""
-
-    def _damaged(self, problem: Exception | str, blobs: Sequence[str], *, word: str = "damaged") -> str:
-        """Forget a damaged (or missing) result and say so; the reason of the run that recomputes it."""
-        what = problem if isinstance(problem, str) else f"is damaged ({problem})"
-        _warn(f"nbcache: the cached result of step {self.name!r} {what}; recomputing it")
-        with contextlib.suppress(Exception):
-            self.store.delete(self.key, blobs)
-        self.outcome, self.changes = Outcome.DAMAGED, ()
-        return f"cached result was {word}"
-
     def set_state(self, state: dict[str, Any]) -> None:
         """On a hit: set the process-wide state the first run left (RNG, rc settings, options) again."""
         failed = ambient.apply(state)
@@ -271,32 +218,17 @@ class StepCall(Keeping):
             self.trouble(f"older results could not be evicted to keep the cache under its size limit"
                          f" ({describe_error(exc)})")
 
-    def why(self) -> str:
-        """Why there is no entry: what differs from this step's latest run (sets ``outcome``, ``changes``)."""
-        try:
-            last = self.store.get_latest(self.identity)
-        except Damaged:  # written by an nbcache of another format
-            self.outcome, self.changes = Outcome.FIRST_RUN, (FORMAT_CHANGED,)
-            return render(self.outcome, self.changes)
-        except Exception:
-            last = None
-        self.outcome, self.changes = changes_since(last, self.code, self.deps, self.inputs, self.version, self.kind)
-        if self.outcome is Outcome.REMOVED and last is not None and last.key == self.key and last.uncached:
-            self.outcome = Outcome.ALWAYS_RUNS  # nothing changed, but nothing could be stored
-            return f"runs every time: {last.uncached}"
-        return render(self.outcome, self.changes, self.kind)
-
     def remember_last(self, force: bool = False, uncached: str | None = None) -> None:
         """Record this call's ingredients as the step's latest (``uncached``: why its result was not stored)."""
-        if not force and uncached is None and self.cache.latest_is(self.store, self.identity, self.key):
-            return  # (a hit of the latest ingredients: nothing to write, nor to build)
         try:
-            latest = Latest(key=self.key, code=self.code, deps=self.deps, inputs=self.inputs, version=self.version,
-                            kind=self.kind, name=self.name, uncached=uncached)
             with unobserved:
-                self.cache.remember_latest(self.store, self.identity, latest, force=force)
+                self.cache.remember_latest(self.store, self.identity, self._latest(uncached), force=force)
         except Exception as exc:  # only the wording of a later reason depends on it: say so, go on
             self.trouble(f"its ingredients could not be written ({describe_error(exc)})")
+
+    def _latest(self, uncached: str | None = None) -> Latest:
+        return Latest(key=self.key, code=self.code, deps=self.deps, inputs=self.inputs, version=self.version,
+                      kind=self.kind, name=self.name, uncached=uncached)
 
     def observe(self, bound: frozenset[str] = frozenset()) -> Observer:
         """An observer of this call's run (what it reads, writes, draws, changes); ``bound``: what it binds."""

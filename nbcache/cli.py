@@ -12,6 +12,7 @@ escape sequence shows it as ``\x1b[...``); ``--json`` escapes all that is not AS
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from .eviction import size_limit_from_env
 from .records import StepRun
 from .store import Store
 from .tables import (NO_STEPS, STEP_RUNS_HEADER, STEPS_HEADER, collected_text, info_text, printable, removed_text,
-                     step_runs_rows, step_summaries, steps_rows, text_table, why_text)
+                     step_runs_rows, step_summaries, steps_rows, text_table, verify_text, why_text)
 
 __all__ = ["main"]
 
@@ -34,6 +35,7 @@ EXIT_UNKNOWN_STEP = 1
 # 2 is argparse's: a usage error (an unknown command or option, a malformed --older-than)
 EXIT_FAILED = 3  # anything else: a bad output file name, Graphviz missing
 EXIT_NO_CACHE = 4
+EXIT_NOT_INTACT = 5  # verify found results that are not intact
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -79,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="keep each step's N most recently used results (stored or served), remove the others")
     commands.add_parser("info", parents=[common], help="the directory, its size and entry count")
     commands.add_parser("gc", parents=[common], help="remove files left behind by writers that were killed")
+    verify = commands.add_parser("verify", parents=[common],
+                                 help="read every stored result whole and check it (exit 5 if one is not intact)")
+    verify.add_argument("--remove", action="store_true", help="remove the results that are not intact")
     demo = commands.add_parser("demo", help="run the digits pipeline twice; the second run changes the trainer")
     demo.add_argument("--dir", help="cache directory to use (default: a fresh temporary one)")
     demo.add_argument("-o", "--output", default="lineage.svg", help="where to write the lineage of run 2")
@@ -142,7 +147,8 @@ def _run(args: argparse.Namespace) -> int:
             raise _Failure(f"no step named {step!r} in {directory}{hint}", EXIT_UNKNOWN_STEP)
     if args.command == "info":
         return _info(args, store, runs, unreadable)
-    handler = {"ls": _ls, "show": _show, "why": _why, "graph": _graph, "clear": _clear, "gc": _gc}
+    handler = {"ls": _ls, "show": _show, "why": _why, "graph": _graph, "clear": _clear, "gc": _gc,
+               "verify": _verify}
     return handler[args.command](args, store, runs)
 
 
@@ -214,6 +220,16 @@ def _gc(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
         return _print_json({"removed_files": collected.files, "freed_bytes": collected.bytes})
     _say(collected_text(collected))
     return 0
+
+
+def _verify(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
+    found = Cache(store=store).verify(remove=args.remove)
+    if args.json:
+        _print_json({"entries": found.entries, "values": found.values, "removed": args.remove,
+                     "problems": [dataclasses.asdict(p) for p in found.problems]})
+    else:
+        _say(verify_text(found, removed=args.remove))
+    return EXIT_NOT_INTACT if found.problems else 0
 
 
 def _info(args: argparse.Namespace, store: Store, runs: list[StepRun], unreadable: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import warnings
 
 __all__ = ["CacheWarning", "NBCacheError", "UncacheableError", "warn"]
@@ -46,4 +47,6 @@ def warn(message: str) -> None:
     frame, level = sys._getframe(1), 2
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         frame, level = frame.f_back, level + 1
+    if frame is None or frame.f_code.co_filename == threading.__file__:  # nbcache's own thread: no user line
+        level = 2
     warnings.warn(message, CacheWarning, stacklevel=level)

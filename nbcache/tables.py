@@ -16,9 +16,10 @@ from typing import Any, Iterable, Sequence
 from .explain import describe_last_change
 from .records import StepRun, format_bytes, format_seconds
 from .store import Collected, StoreStats
+from .verifier import Verification
 
 __all__ = ["KERNEL_RUNS_HEADER", "NO_KERNEL_RUNS", "NO_STEPS", "STEP_RUNS_HEADER", "STEPS_HEADER", "StepSummary",
-           "collected_text", "html_table", "info_text", "kernel_runs_rows", "printable", "removed_text",
+           "collected_text", "html_table", "info_text", "verify_text", "kernel_runs_rows", "printable", "removed_text",
            "step_runs_rows", "step_summaries", "steps_rows", "table_bundle", "text_table", "when", "why_text"]
 
 # What must not reach a terminal as it is: C0 and C1 control characters (ANSI escape sequences, carriage
@@ -165,3 +166,16 @@ def collected_text(collected: Collected) -> str:
 def removed_text(count: int, step: str | None = None) -> str:
     """What ``clear`` did: ``removed 2 cached results`` (``of step 'load'``)."""
     return f"removed {count} cached result{'s' if count != 1 else ''}" + (f" of step {step!r}" if step else "")
+
+
+def verify_text(found: Verification, *, removed: bool = False) -> str:
+    """What ``verify`` found: every value read whole and checked, and the results that are not intact."""
+    checked = (f"checked {found.entries} cached result{'s' if found.entries != 1 else ''}"
+               f" ({found.values} value{'s' if found.values != 1 else ''}, read whole)")
+    if not found.problems:
+        return f"{checked}: all intact"
+    rows = [[p.step, p.address or "(its entry)", p.what] for p in found.problems]
+    results = len({p.key for p in found.problems})
+    then = ("removed them: their steps recompute when run" if removed
+            else "nbcache verify --remove removes them, so that their steps recompute")
+    return (f"{checked}: {results} not intact\n" + text_table(["STEP", "VALUE", "PROBLEM"], rows) + f"\n{then}")

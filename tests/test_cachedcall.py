@@ -4,6 +4,7 @@ here is the smallest kind of step there is: one input, a body, one value stored.
 
 from __future__ import annotations
 
+import threading
 import time
 import types
 from datetime import datetime, timezone
@@ -113,5 +114,41 @@ def test_hits_write_the_latest_ingredients_only_when_they_changed():
         call(cache, 1)
     assert store.latest_writes == written  # three hits of the same ingredients: nothing written
     call(cache, 2)
-    call(cache, 1)  # a hit of other ingredients than the latest: they are the latest now
+    call(cache, 1)  # a hit of other ingredients than the latest: they are the latest now, written later
+    assert cache.later.drain(timeout=30)
     assert store.get_latest("s").inputs == call(cache, 1)[1].inputs
+
+
+class Watched(Counting):
+    """A store whose writes of latest ingredients say which thread made them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers: list[str] = []
+
+    def put_latest(self, identity: str, latest: Any) -> None:
+        self.writers.append(threading.current_thread().name)
+        super().put_latest(identity, latest)
+
+
+def test_a_hit_leaves_stale_latest_ingredients_to_the_background_and_a_newer_call_wins():
+    store = Watched()
+    cache = Cache(store=store)
+    call(cache, 1)
+    call(cache, 2)
+    fresh = Cache(store=store)  # another process's view: it knows nothing of what is latest
+    call(fresh, 1)  # a hit, while the latest stored is of x=2: written, but not by the hit itself
+    assert fresh.later.drain(timeout=30)
+    assert store.writers[-1] == "nbcache-latest" and store.get_latest("s").inputs == call(fresh, 1)[1].inputs
+    writes = store.latest_writes
+    call(Cache(store=store), 1)  # a hit of what is already the latest: read, nothing written
+    assert store.latest_writes == writes
+    gate = threading.Event()
+    fresh.later.submit(gate.wait)  # hold the background thread
+    slow = Cache(store=store)
+    slow.later = fresh.later
+    call(slow, 2)  # a hit of x=2: queued behind the gate
+    call(slow, 3)  # a miss: its latest is written at once, and the queued one must not undo it
+    gate.set()
+    assert slow.later.drain(timeout=30)
+    assert store.get_latest("s").inputs == call(slow, 3)[1].inputs

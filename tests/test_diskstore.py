@@ -118,19 +118,21 @@ def _big_step():
     return big
 
 
-def test_a_damaged_entry_is_recomputed_with_a_warning(cache_dir):
+@pytest.mark.parametrize("n", [20_000, 200_000])  # read into memory; mapped (checked before it returns)
+def test_a_damaged_entry_is_recomputed_with_a_warning(cache_dir, monkeypatch, n):
+    monkeypatch.setenv("NBCACHE_VERIFY", "eager")  # (the background check of a mapped value: test_mapped.py)
     big = _big_step()
-    expected = big(200_000)
+    expected = big(n)
     path = _blob_file(cache_dir)
     data = bytearray(path.read_bytes())
     data[-8] ^= 0xFF  # one value in the array, silently wrong unless checked
     path.write_bytes(bytes(data))
     with pytest.warns(CacheWarning, match=r"step 'big' is damaged \(a buffer's checksum does not match\)") as record:
-        again = big(200_000)
+        again = big(n)
     assert record[0].filename == __file__
     np.testing.assert_array_equal(again, expected)
     assert nbcache.runs()[-1].reason == "cached result was damaged"
-    np.testing.assert_array_equal(big(200_000), expected)  # repaired: a clean hit, no warning
+    np.testing.assert_array_equal(big(n), expected)  # repaired: a clean hit, no warning
     assert nbcache.runs()[-1].cached
 
 

@@ -1,0 +1,87 @@
+"""Work a hit leaves for later, so that it returns at once: one daemon thread per ``Worker`` runs the jobs
+in the order given. ``Cache`` has two: one checks the buffers of mapped values (``verifier.py``), one writes
+the latest ingredients a hit found stale (flushed when the interpreter exits)."""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import os
+import threading
+import time
+import weakref
+from typing import Callable
+
+__all__ = ["Worker"]
+
+_WORKERS: weakref.WeakSet[Worker] = weakref.WeakSet()
+
+
+class Worker:
+    """A queue of jobs and the daemon thread that runs them, one at a time. A job's exception is dropped:
+    jobs say what went wrong themselves. ``flush_at_exit``: the interpreter waits (a few seconds at most)
+    for the jobs left when it exits."""
+
+    def __init__(self, name: str, *, flush_at_exit: bool = False) -> None:
+        self.name = name
+        self._reset()
+        _WORKERS.add(self)
+        if flush_at_exit:
+            atexit.register(_flush, weakref.ref(self))
+
+    def _reset(self) -> None:
+        self._queue: collections.deque[Callable[[], None]] = collections.deque()
+        self._busy = 0  # jobs taken from the queue and not finished
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._cond:
+            self._queue.append(job)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every job submitted has run (at most ``timeout`` seconds); True if all have."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._busy:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                job = self._queue.popleft()
+                self._busy += 1
+            try:
+                with contextlib.suppress(Exception):
+                    job()
+            finally:
+                with self._cond:
+                    self._busy -= 1
+                    self._cond.notify_all()
+
+
+def _flush(ref: weakref.ref[Worker]) -> None:
+    worker = ref()
+    if worker is not None:
+        worker.drain(timeout=5.0)
+
+
+def _after_fork() -> None:
+    """A forked child has none of its parent's threads, and a lock may have been held when it forked."""
+    for worker in list(_WORKERS):
+        worker._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

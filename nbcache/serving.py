@@ -1,0 +1,129 @@
+"""Serving a call from the store: a mixin of ``cachedcall.StepCall``.
+
+``lookup`` finds the call's entry, checks its seal and what it read (files, the environment), and loads its
+values; what is damaged or missing is forgotten with a warning and counts as a miss, whose reason ``why``
+tells by comparing the call with its step's latest ingredients. A hit writes nothing itself: the latest
+ingredients and when the entry was used are written later, by ``Cache`` and the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+from .audit import unobserved
+from .cache import Cache
+from .entry import Entry, Latest
+from .errors import warn as _warn
+from .explain import FORMAT_CHANGED, changes_since, render
+from .frame import Damaged
+from .observe import first_failure, inherit
+from .records import Change, ChangeKind, Outcome
+from .store import Store
+
+__all__ = ["MISS", "Serving"]
+
+MISS = object()
+"""What ``lookup`` returns in place of the stored values when there are none to serve."""
+
+
+class Serving:
+    """The lookup of one call. The class using it provides the attributes ``cachedcall.StepCall`` sets."""
+
+    cache: Cache
+    store: Store
+    name: str
+    identity: str
+    key: str
+    code: str
+    deps: dict[str, str]
+    inputs: dict[str, str]
+    version: str | None
+    kind: str
+    namespace: dict | None
+    outcome: Outcome
+    changes: tuple[Change, ...]
+    sizes: dict[str, int]
+
+    def _latest(self, uncached: str | None = None) -> Latest:
+        raise NotImplementedError
+
+    def lookup(self) -> tuple[Any, Entry | None, str]:
+        """(stored values, entry, "") on a hit; (MISS, entry or None, why it ran) on a miss, with ``outcome``
+        and ``changes`` set. A damaged or missing stored value warns, is forgotten, and counts as a miss. Errors
+        of the index propagate (the caller runs uncached). What it reads is no data a step's run depends on."""
+        with unobserved:
+            return self._lookup()
+
+    def _lookup(self) -> tuple[Any, Entry | None, str]:
+        try:
+            entry = self.store.get_entry(self.key)
+        except Damaged as exc:
+            return MISS, None, self._damaged(exc, ())
+        if entry is None:
+            return MISS, None, self.why()
+        try:
+            self.cache.check_seal(self.key, entry)
+        except Damaged as exc:  # (not the values it names: they may be other entries', and are checked apart)
+            return MISS, None, self._damaged(exc, ())
+        changed, refreshed = first_failure(entry.checks, self.namespace)
+        if changed:
+            self.outcome, self.changes = Outcome.CHANGED, (Change(ChangeKind.READ, changed),)
+            return MISS, entry, changed
+        if refreshed:  # files touched but not changed: remember their new stat, not to read them again
+            with contextlib.suppress(Exception):
+                entry = self.cache.seal(self.key, dataclasses.replace(entry, checks=refreshed))
+                self.store.put_entry(self.key, entry)
+        inherit(entry.checks)  # a step running this one from its body depends on them too
+        try:
+            on_damage = self._found_damaged_later(entry)
+            values = [self.cache.load(self.store, blob, on_damage) for blob in entry.blobs]
+        except Damaged as exc:
+            return MISS, entry, self._damaged(exc, entry.blobs)
+        except KeyError:  # (the blob rows point at files that are gone)
+            return MISS, entry, self._damaged("is missing on disk", entry.blobs, word="missing")
+        with contextlib.suppress(Exception):  # (in memory, written later: a hit writes nothing, nor fails by it)
+            self.cache.remember_latest_later(self.store, self.identity, self.key, self._latest)
+            self.store.touch(self.key)
+        self.sizes = dict(entry.sizes)
+        return values, entry, ""
+
+    def _damaged(self, problem: Exception | str, blobs: Sequence[str], *, word: str = "damaged") -> str:
+        """Forget a damaged (or missing) result and say so; the reason of the run that recomputes it."""
+        what = problem if isinstance(problem, str) else f"is damaged ({problem})"
+        _warn(f"nbcache: the cached result of step {self.name!r} {what}; recomputing it")
+        with contextlib.suppress(Exception):
+            self.store.delete(self.key, blobs)
+        self.outcome, self.changes = Outcome.DAMAGED, ()
+        return f"cached result was {word}"
+
+    def _found_damaged_later(self, entry: Entry) -> Callable[[str], None]:
+        """What to do if the background check finds a mapped value served by this hit damaged on disk."""
+        name, key, store, served = self.name, self.key, self.store, time.time()
+
+        def damaged(problem: str) -> None:
+            at = time.strftime("%H:%M:%S", time.localtime(served))
+            _warn(f"nbcache: the cached result step {name!r} returned at {at} was found damaged on disk"
+                  f" after it was served ({problem}), so that value may be wrong; it is removed from the cache:"
+                  " run the step again to recompute it")
+            store.delete(key, entry.blobs)
+
+        return damaged
+
+    def why(self) -> str:
+        """Why there is no entry: what differs from this step's latest run (sets ``outcome``, ``changes``)."""
+        try:
+            last = self.store.get_latest(self.identity)
+        except Damaged:  # written by an nbcache of another format
+            self.outcome, self.changes = Outcome.FIRST_RUN, (FORMAT_CHANGED,)
+            return render(self.outcome, self.changes)
+        except Exception:
+            last = None
+        self.outcome, self.changes = changes_since(last, self.code, self.deps, self.inputs, self.version, self.kind)
+        if self.outcome is Outcome.REMOVED and last is not None and last.key == self.key and last.uncached:
+            self.outcome = Outcome.ALWAYS_RUNS  # nothing changed, but nothing could be stored
+            return f"runs every time: {last.uncached}"
+        return render(self.outcome, self.changes, self.kind)
+
