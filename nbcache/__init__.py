@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .cache import Cache, cache_dir, set_cache_dir
+from .cache import default_cache as _default_cache
 from .errors import CacheWarning, NBCacheError, UncacheableError
 from .fingerprint import fingerprint
 from .hashing import hash_value
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from .widget import LineageWidget
 
 __version__ = "0.1.0"
+
+Cache.warm(_default_cache())  # the key and the store of ./.nbcache (or $NBCACHE_DIR), if there is one
 
 
 def lineage(*, history: bool = False) -> LineageWidget:

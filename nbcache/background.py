@@ -36,13 +36,21 @@ class Worker:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
+    def start(self) -> None:
+        """Start the thread now, if it is not running (``submit`` does otherwise)."""
+        with self._cond:
+            self._start()
+
     def submit(self, job: Callable[[], None]) -> None:
         with self._cond:
             self._queue.append(job)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-                self._thread.start()
+            self._start()
             self._cond.notify()
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():  # (none yet, or the process forked)
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every job submitted has run (at most ``timeout`` seconds); True if all have."""

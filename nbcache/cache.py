@@ -16,14 +16,13 @@ import types
 from pathlib import Path
 from typing import Any, Callable
 
-from .diskstore import open_disk_store
-from .background import Worker
 from .entry import Entry, Latest
 from .errors import warn
 from .events import Events
 from .eviction import parse_size, size_limit_from_env
 from .frame import Damaged, Frame, read_frame, signature_problem
 from .keys import load_key, parse_key
+from .latestwrites import LatestWrites
 from .records import StepRun
 from .store import Store
 from .verifier import Verification, Verifier, verify_lazily, verify_store
@@ -56,14 +55,12 @@ class Cache:
         self.notebook = notebook
         self.events = Events()
         self._lock_timeout_s: float | None = None
-        # the ingredients each step's latest record holds, as far as this process knows, by (store, step):
-        # a hit then writes them only when they changed
-        self._latest_written: dict[tuple[int, str], str] = {}
+        self.latest = LatestWrites()  # what each step's latest record holds, as far as this process knows
         self._sealed: dict[str, Entry] = {}  # the entry last found sealed for each key
         self._computing = threading.local()  # .keys: the keys this thread is computing, holding their locks
         self.verifier = Verifier()  # checks the buffers of the big values hits mapped, in the background
-        self.later = Worker("nbcache-latest", flush_at_exit=True)  # what a hit leaves to write
-        self._latest_lock = threading.Lock()
+        self._warming: threading.Thread | None = None  # opening the store ahead of the first call (``warm``)
+        self._warm_key: tuple[tuple, bytes] | None = None  # the key ``warm`` read, and what chose it
 
     def __repr__(self) -> str:
         return f"Cache({self._fixed_store!r})" if self._fixed_store is not None else f"Cache({str(self.directory)!r})"
@@ -141,7 +138,10 @@ class Cache:
     def key(self) -> bytes:
         """The key values are signed with (resolved on first use; ``SigningKeyError`` if it cannot be)."""
         if self._key is None:
-            self._key = load_key()
+            self._wait_warm()
+            warmed, self._warm_key = self._warm_key, None
+            # (the key read ahead counts only if nothing that chooses the key changed since)
+            self._key = warmed[1] if warmed and warmed[0] == _key_sources() else load_key()
         return self._key
 
     def store(self) -> Store:
@@ -153,11 +153,51 @@ class Cache:
         directory = self._directory()  # (a string: this is on every call's path)
         store = self._stores.get(directory)
         if store is None:
+            self._wait_warm()
             with self._stores_lock:
                 store = self._stores.get(directory)
                 if store is None:
-                    store = self._stores[directory] = open_disk_store(directory)
+                    store = self._stores[directory] = self._open(directory)
         return store
+
+    def warm(self) -> None:
+        """Read the signing key and open the store of the directory in use on a background thread, if that
+        directory holds a cache already (nothing is created, no key is made): ``import nbcache`` warms the
+        default cache, so that the notebook's first step finds both ready while the notebook imports its
+        libraries."""
+        if self._fixed_store is not None or self._warming is not None:
+            return
+        directory = self._directory()
+        if not os.path.isdir(os.path.join(directory, "store")):
+            return
+
+        def open_ahead() -> None:
+            with contextlib.suppress(Exception):  # (what fails here fails again, and is told, when used)
+                if self._key is None:
+                    sources = _key_sources()
+                    key = load_key(make=False)
+                    self._warm_key = None if key is None else (sources, key)
+                store = self._open(directory)
+                store.prepare()
+                with self._stores_lock:
+                    self._stores.setdefault(directory, store)
+                self.latest.worker.start()  # (threads a hit would otherwise start)
+                self.verifier.worker.start()
+
+        self._warming = threading.Thread(target=open_ahead, name="nbcache-warm", daemon=True)
+        self._warming.start()
+
+    @staticmethod
+    def _open(directory: str) -> Store:
+        from .diskstore import open_disk_store  # (diskcache and SQLite: imported when a directory is opened)
+
+        return open_disk_store(directory)
+
+    def _wait_warm(self) -> None:
+        warming = self._warming
+        if warming is not None:
+            warming.join()  # (a thread of the parent of a forked process counts as ended)
+            self._warming = None
 
     # values
     def frame(self, value: Any, by_value: set[int] = frozenset()) -> Frame:
@@ -231,36 +271,13 @@ class Cache:
             self._sealed.clear()
         self._sealed[key] = entry
 
-    # the latest ingredients, written only when they changed
+    # the latest ingredients, written only when they changed (``latestwrites.py``)
     def remember_latest(self, store: Store, identity: str, latest: Latest, *, force: bool = False) -> None:
-        slot = (id(store), identity)
-        written = f"{latest.key} {latest.uncached}" if latest.uncached else latest.key
-        if force or self._latest_written.get(slot) != written:
-            with self._latest_lock, contextlib.suppress(Exception):  # (only a later reason's wording needs it)
-                store.put_latest(identity, latest)
-                self._latest_written[slot] = written
+        self.latest.write(store, identity, latest, force=force)
 
     def remember_latest_later(self, store: Store, identity: str, key: str, latest: Callable[[], Latest]) -> None:
-        """On a hit of ``key``: make it the latest of ``identity`` unless it is already, on the ``later``
-        thread (reading what is stored, and writing ``latest()`` if that is another key): a hit writes nothing
-        itself. A newer write of this process in the meantime wins."""
-        slot = (id(store), identity)
-        if self._latest_written.get(slot) == key:
-            return
-        self._latest_written[slot] = key
-
-        def write_if_stale() -> None:
-            with self._latest_lock:
-                if self._latest_written.get(slot) != key:
-                    return  # a newer call of the step wrote its own
-                try:
-                    stored = store.get_latest(identity)
-                except Damaged:
-                    stored = None
-                if stored is None or stored.key != key or stored.uncached:
-                    store.put_latest(identity, latest())
-
-        self.later.submit(write_if_stale)
+        """On a hit of ``key``: make it the latest of ``identity`` unless it is already, in the background."""
+        self.latest.write_later(store, identity, key, latest)
 
     # history and maintenance
     def record(self, store: Store, run: StepRun) -> None:
@@ -279,9 +296,14 @@ class Cache:
               keep_last: int | None = None) -> int:
         store = self.store()
         count = store.clear(step, older_than_s=older_than_s, keep_last=keep_last)
-        for slot in [s for s in self._latest_written if s[0] == id(store)]:
-            del self._latest_written[slot]
+        self.latest.forget(store)
         return count
+
+
+def _key_sources() -> tuple:
+    """What decides which signing key is used (``keys.py``): set after ``import nbcache``, it still counts."""
+    return (os.environ.get("NBCACHE_KEY"), os.environ.get("NBCACHE_KEY_FILE"), os.environ.get("XDG_CONFIG_HOME"),
+            os.environ.get("HOME"))
 
 
 def _seconds(text: str | None, *, default: float) -> float:
@@ -298,6 +320,13 @@ def _seconds(text: str | None, *, default: float) -> float:
 
 
 _default = Cache()
+
+
+def _after_fork() -> None:  # a lock held by the parent's warming thread when it forked is free in the child
+    _default._stores_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def default_cache() -> Cache:

@@ -8,7 +8,7 @@ hold, and costs a transaction), so ``Recency.touch`` only notes the time in memo
 written in one transaction:
 
 - before this process evicts or clears (so what it just served counts as recently used),
-- by a timer thread ``FLUSH_S`` seconds after the first hit not yet written, off the hit's path,
+- every ``FLUSH_S`` seconds, by one thread of the process (started with its first store, off any hit's path),
 - when the store is closed, and when the process exits (``atexit``).
 
 A process killed before then loses at most ``FLUSH_S`` seconds of hits: those entries count as used when
@@ -46,29 +46,11 @@ class Recency:
         self._cache = cache
         self._pending: dict[str, float] = {}  # "entry:<key>" -> when it was last served
         self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
+        _flusher.watch(self)  # (its thread starts with the store, not on a hit)
 
     def touch(self, key: str) -> None:
-        """Note that the entry of ``key`` was served now (a dict assignment; a timer started if none is)."""
+        """Note that the entry of ``key`` was served now (a dict assignment)."""
         self._pending["entry:" + key] = time.time()
-        if self._timer is None:
-            self._start_timer()
-
-    def _start_timer(self) -> None:
-        with self._lock:
-            if self._timer is not None:
-                return
-            timer = threading.Timer(FLUSH_S, self._on_timer)
-            timer.daemon = True
-            self._timer = timer
-            _unwritten.add(self)
-        timer.start()
-
-    def _on_timer(self) -> None:
-        with self._lock:
-            self._timer = None
-        with unobserved, contextlib.suppress(Exception):  # (recency only orders evictions: never fail for it)
-            self.flush()  # (unobserved: no step running meanwhile reads or writes the index for it)
 
     def flush(self) -> None:
         """Write the times noted since the last flush, in one transaction; raises what the index raises
@@ -90,22 +72,50 @@ class Recency:
             raise
 
     def close(self) -> None:
-        """Stop the timer and write what is noted (quietly: the store is being closed)."""
-        with self._lock:
-            timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
+        """Write what is noted (quietly: the store is being closed) and stop being flushed."""
+        _flusher.forget(self)
         with contextlib.suppress(Exception):
             self.flush()
 
 
-_unwritten: weakref.WeakSet[Recency] = weakref.WeakSet()  # stores that noted hits, to flush at exit
+class _Flusher:
+    """The one thread of a process that writes the noted hits of its stores every ``FLUSH_S`` seconds, and
+    at exit."""
+
+    def __init__(self) -> None:
+        self._stores: weakref.WeakSet[Recency] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        atexit.register(self.flush_all)
+
+    def watch(self, recency: Recency) -> None:
+        with self._lock:
+            self._stores.add(recency)
+            if self._thread is None or not self._thread.is_alive():  # (none yet, or the process forked)
+                self._thread = threading.Thread(target=self._run, name="nbcache-recency", daemon=True)
+                self._thread.start()
+
+    def forget(self, recency: Recency) -> None:
+        with self._lock:
+            self._stores.discard(recency)
+
+    def flush_all(self) -> None:
+        with self._lock:
+            stores = list(self._stores)
+        for recency in stores:  # (recency only orders evictions: never fail for it)
+            with unobserved, contextlib.suppress(Exception):  # (no step's run reads or writes the index for it)
+                recency.flush()
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while True:
+            time.sleep(min(FLUSH_S, 1.0))  # (FLUSH_S read each time: a test may shorten it)
+            if time.monotonic() - last >= FLUSH_S:
+                self.flush_all()
+                last = time.monotonic()
 
 
-@atexit.register
-def _flush_at_exit() -> None:
-    for recency in list(_unwritten):
-        recency.close()
+_flusher = _Flusher()
 
 
 def last_used(cache: diskcache.Cache) -> dict[str, float]:

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import diskcache
-import filelock
 
 from .diskerrors import StoreError, describe
 from .diskevict import Recency, candidates, last_used
@@ -140,6 +139,15 @@ class DiskStore:
             raise describe(exc, self.directory) from exc
 
     # the run history
+    def prepare(self) -> None:
+        """Open the history for appending now, rather than on the first call (``Cache.warm``)."""
+        with self._lock:
+            if self._log_fd is None:
+                self._log_fd = self._open_log()
+
+    def _open_log(self) -> int:
+        return os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, self._modes.file)
+
     def append_run(self, run: StepRun) -> None:
         # The newline goes first: a line left unfinished by a killed process is then never glued to the
         # next record, whichever process writes it.
@@ -147,8 +155,7 @@ class DiskStore:
         try:
             with self._lock:
                 if self._log_fd is None:
-                    self._log_fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                                           self._modes.file)
+                    self._log_fd = self._open_log()
                 os.write(self._log_fd, line)
         except OSError as exc:
             raise describe(exc, self.directory) from exc
@@ -282,11 +289,16 @@ class DiskStore:
             # Made here, the umask applies to it as to every file; filelock then keeps the mode it has
             # (it sets the mode it is given on the file, some versions every time)
             make_file(path, self._modes.file)
+            import filelock  # (a miss needs it, never a hit: kept off import's path)
+
             held = filelock.FileLock(str(path), mode=os.stat(path).st_mode & 0o777)
-            held.acquire(timeout=timeout)
+            try:
+                held.acquire(timeout=timeout)
+            except filelock.Timeout:
+                held = None
             with contextlib.suppress(OSError):
                 os.utime(path)  # in use: gc leaves it
-        except (filelock.Timeout, OSError):
+        except OSError:
             held = None
         try:
             yield held is not None

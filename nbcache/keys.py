@@ -33,9 +33,10 @@ def user_key_path() -> Path:
     return Path(platformdirs.user_config_dir("nbcache", appauthor=False)) / "key"
 
 
-def load_key() -> bytes:
+def load_key(*, make: bool = True) -> bytes | None:
     """The signing key, from ``NBCACHE_KEY``, ``NBCACHE_KEY_FILE`` or the user's own key file (made on first
-    use); ``SigningKeyError`` if the one given is malformed or cannot be read or made."""
+    use; ``make=False``: None if there is none yet); ``SigningKeyError`` if the one given is malformed or
+    cannot be read or made."""
     text = os.environ.get("NBCACHE_KEY")
     if text:
         return parse_key(text, "NBCACHE_KEY")
@@ -50,7 +51,7 @@ def load_key() -> bytes:
     except OSError as exc:
         raise SigningKeyError(f"nbcache cannot read its signing key {path} ({exc.strerror or exc}); set NBCACHE_KEY"
                         " or NBCACHE_KEY_FILE to give one") from None
-    return _make(path)
+    return _make(path) if make else None
 
 
 def _make(path: Path) -> bytes:

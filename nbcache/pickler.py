@@ -15,8 +15,6 @@ import sys
 import types
 from typing import Any
 
-import cloudpickle
-
 from .ambient import global_generator, global_generator_method
 
 __all__ = ["NotebookPickler", "NotebookUnpickler", "notebook_globals"]
@@ -42,46 +40,59 @@ def main_attribute(notebook: types.ModuleType | None, qualname: str, default: An
     return value
 
 
-class NotebookPickler(cloudpickle.Pickler):
-    """cloudpickle, with these exceptions.
+def NotebookPickler(file: Any, *, notebook: types.ModuleType | None, by_value: set[int] = frozenset(),  # noqa: N802
+                    **kwargs: Any) -> pickle.Pickler:
+    """A pickler of values of ``notebook`` (see ``_pickler_class``); cloudpickle is imported on the first
+    value stored, not by ``import nbcache`` (a hit never needs it)."""
+    return _pickler_class()(file, notebook=notebook, by_value=by_value, **kwargs)
 
-    - Open files are refused: cloudpickle would store a snapshot of the file's text, so a hit would
-      return stale contents where the step returned a file. Such a result is not cached at all.
-    - A class or function of the notebook (``__main__``) that the notebook can name is stored by name,
-      not by value, unless it is in ``by_value`` (defined by the very cell being stored). Restored, an
-      instance is then of the notebook's live class (``isinstance`` holds, methods read live globals);
-      if the notebook no longer defines that name, the stored value fails to load and is recomputed.
-    - A function whose globals are the notebook's is stored as its code (see ``_reduce_notebook_function``).
-    - An ``lru_cache`` function of the notebook is stored by value (by name it is undefined after a restart),
-      and a method of a global random generator (``from numpy.random import rand``) by reference.
-    """
 
-    def __init__(self, file: Any, *, notebook: types.ModuleType | None, by_value: set[int] = frozenset(),
-                 **kwargs: Any) -> None:
-        super().__init__(file, **kwargs)
-        self._by_value = by_value
-        self._module = notebook
-        self._notebook = notebook_globals(notebook)  # (asked of every object pickled: looked up once)
+@functools.cache
+def _pickler_class() -> type:
+    import cloudpickle
 
-    def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, io.IOBase) and not isinstance(obj, (io.BytesIO, io.StringIO)):
-            state = "closed" if obj.closed else "open"
-            raise pickle.PicklingError(f"a file object ({getattr(obj, 'name', '?')}, {state}) is not stored")
-        if (isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) == "__main__"
-                and id(obj) not in self._by_value
-                and main_attribute(self._module, obj.__qualname__, None) is obj
-                and id(main_attribute(self._module, obj.__qualname__.partition(".")[0], None))
-                not in self._by_value):
-            return _main_attribute, (obj.__qualname__,)  # (a method of a class stored by value is not)
-        if isinstance(obj, types.FunctionType) and obj.__globals__ is self._notebook:
-            return _reduce_notebook_function(obj)
-        if isinstance(obj, _LRU) and getattr(obj.__wrapped__, "__globals__", None) is self._notebook:
-            return _make_lru, (obj.__wrapped__, obj.cache_parameters())
-        if isinstance(obj, (types.MethodType, types.BuiltinMethodType)):
-            module = global_generator(getattr(obj, "__self__", None))
-            if module is not None:  # `from numpy.random import rand`: the live generator's, not a copy
-                return global_generator_method, (module, obj.__name__)
-        return super().reducer_override(obj)
+    class NotebookPickler(cloudpickle.Pickler):
+        """cloudpickle, with these exceptions.
+
+        - Open files are refused: cloudpickle would store a snapshot of the file's text, so a hit would
+          return stale contents where the step returned a file. Such a result is not cached at all.
+        - A class or function of the notebook (``__main__``) that the notebook can name is stored by name,
+          not by value, unless it is in ``by_value`` (defined by the very cell being stored). Restored, an
+          instance is then of the notebook's live class (``isinstance`` holds, methods read live globals);
+          if the notebook no longer defines that name, the stored value fails to load and is recomputed.
+        - A function whose globals are the notebook's is stored as its code (see ``_reduce_notebook_function``).
+        - An ``lru_cache`` function of the notebook is stored by value (by name it is undefined after a restart),
+          and a method of a global random generator (``from numpy.random import rand``) by reference.
+        """
+
+        def __init__(self, file: Any, *, notebook: types.ModuleType | None, by_value: set[int] = frozenset(),
+                     **kwargs: Any) -> None:
+            super().__init__(file, **kwargs)
+            self._by_value = by_value
+            self._module = notebook
+            self._notebook = notebook_globals(notebook)  # (asked of every object pickled: looked up once)
+
+        def reducer_override(self, obj: Any) -> Any:
+            if isinstance(obj, io.IOBase) and not isinstance(obj, (io.BytesIO, io.StringIO)):
+                state = "closed" if obj.closed else "open"
+                raise pickle.PicklingError(f"a file object ({getattr(obj, 'name', '?')}, {state}) is not stored")
+            if (isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) == "__main__"
+                    and id(obj) not in self._by_value
+                    and main_attribute(self._module, obj.__qualname__, None) is obj
+                    and id(main_attribute(self._module, obj.__qualname__.partition(".")[0], None))
+                    not in self._by_value):
+                return _main_attribute, (obj.__qualname__,)  # (a method of a class stored by value is not)
+            if isinstance(obj, types.FunctionType) and obj.__globals__ is self._notebook:
+                return _reduce_notebook_function(obj)
+            if isinstance(obj, _LRU) and getattr(obj.__wrapped__, "__globals__", None) is self._notebook:
+                return _make_lru, (obj.__wrapped__, obj.cache_parameters())
+            if isinstance(obj, (types.MethodType, types.BuiltinMethodType)):
+                module = global_generator(getattr(obj, "__self__", None))
+                if module is not None:  # `from numpy.random import rand`: the live generator's, not a copy
+                    return global_generator_method, (module, obj.__name__)
+            return super().reducer_override(obj)
+
+    return NotebookPickler
 
 
 class NotebookUnpickler(pickle.Unpickler):

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("key", {"key"}),
     ("store", {"records", "pickler", "frameformat", "frameread", "frame", "keys", "entry", "store", "diskfiles", "diskgc", "diskerrors",
                "eviction", "diskevict", "diskstore"}),
-    ("cached call", {"events", "explain", "background", "verifier", "cache", "keeping", "serving", "cachedcall"}),
+    ("cached call", {"events", "explain", "background", "verifier", "latestwrites", "cache", "keeping", "serving", "cachedcall"}),
     ("step and magics", {"step", "capture", "cellnames", "cellvars", "tables", "cellstep", "magics"}),
     ("graph", {"graph"}),
     ("widget and cli", {"widget", "cli", "__init__"}),
@@ -29,8 +29,9 @@ IPYTHON_LAYER = {"magics"}  # the only modules that import IPython or traitlets
 MAX_LINES = 360  # "about 350"
 # Imports that are deferred on purpose, to keep `import nbcache` light: a library's hashing handlers, loaded
 # once the user's code has imported that library; the widget and the magics, imported when a lineage is first
-# asked for or the extension loaded; the graph (and graphviz), for `nbcache graph` only.
-DEFERRED = {("hashing", "importlib"), ("__init__", "widget"), ("__init__", "magics"), ("cli", "graph")}
+# asked for or the extension loaded; the graph (and graphviz), for `nbcache graph` only; the disk store (diskcache,
+# SQLite), when a cache first opens its directory.
+DEFERRED = {("cache", "diskstore"), ("hashing", "importlib"), ("__init__", "widget"), ("__init__", "magics"), ("cli", "graph")}
 
 
 def _modules() -> dict[str, ast.Module]:

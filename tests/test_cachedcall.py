@@ -115,7 +115,7 @@ def test_hits_write_the_latest_ingredients_only_when_they_changed():
     assert store.latest_writes == written  # three hits of the same ingredients: nothing written
     call(cache, 2)
     call(cache, 1)  # a hit of other ingredients than the latest: they are the latest now, written later
-    assert cache.later.drain(timeout=30)
+    assert cache.latest.worker.drain(timeout=30)
     assert store.get_latest("s").inputs == call(cache, 1)[1].inputs
 
 
@@ -138,17 +138,18 @@ def test_a_hit_leaves_stale_latest_ingredients_to_the_background_and_a_newer_cal
     call(cache, 2)
     fresh = Cache(store=store)  # another process's view: it knows nothing of what is latest
     call(fresh, 1)  # a hit, while the latest stored is of x=2: written, but not by the hit itself
-    assert fresh.later.drain(timeout=30)
+    assert fresh.latest.worker.drain(timeout=30)
     assert store.writers[-1] == "nbcache-latest" and store.get_latest("s").inputs == call(fresh, 1)[1].inputs
     writes = store.latest_writes
-    call(Cache(store=store), 1)  # a hit of what is already the latest: read, nothing written
-    assert store.latest_writes == writes
+    third = Cache(store=store)
+    call(third, 1)  # a hit of what is already the latest: read, nothing written
+    assert third.latest.worker.drain(timeout=30) and store.latest_writes == writes
     gate = threading.Event()
-    fresh.later.submit(gate.wait)  # hold the background thread
+    fresh.latest.worker.submit(gate.wait)  # hold the background thread
     slow = Cache(store=store)
-    slow.later = fresh.later
+    slow.latest.worker = fresh.latest.worker
     call(slow, 2)  # a hit of x=2: queued behind the gate
     call(slow, 3)  # a miss: its latest is written at once, and the queued one must not undo it
     gate.set()
-    assert slow.later.drain(timeout=30)
+    assert slow.latest.worker.drain(timeout=30)
     assert store.get_latest("s").inputs == call(slow, 3)[1].inputs

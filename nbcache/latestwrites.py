@@ -1,0 +1,65 @@
+"""The latest ingredients of each step, written only when they changed: a hit writes none itself.
+
+A step's latest ingredients (``Latest``) say what its latest call was made of, so that the next miss can
+tell what changed. A call that stored a result, or could not, writes them at once. A hit leaves them to a
+background worker, which reads what is stored and writes only if it is another key's (the first hit of a
+process knows nothing of what is stored; it is usually the same key). A newer write of the process wins
+over a background write queued before it; the worker is flushed when the interpreter exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Callable
+
+from .background import Worker
+from .entry import Latest
+from .frame import Damaged
+from .store import Store
+
+__all__ = ["LatestWrites"]
+
+
+class LatestWrites:
+    """What this process knows each step's latest record to hold, by (store, step identity)."""
+
+    def __init__(self) -> None:
+        self.worker = Worker("nbcache-latest", flush_at_exit=True)
+        self._written: dict[tuple[int, str], str] = {}
+        self._lock = threading.Lock()
+
+    def write(self, store: Store, identity: str, latest: Latest, *, force: bool = False) -> None:
+        """Write ``latest`` now, unless (``force`` aside) this process knows it is written already."""
+        slot = (id(store), identity)
+        written = f"{latest.key} {latest.uncached}" if latest.uncached else latest.key
+        if force or self._written.get(slot) != written:
+            with self._lock, contextlib.suppress(Exception):  # (only a later reason's wording needs it)
+                store.put_latest(identity, latest)
+                self._written[slot] = written
+
+    def write_later(self, store: Store, identity: str, key: str, latest: Callable[[], Latest]) -> None:
+        """On a hit of ``key``: make it the latest of ``identity`` unless it is already, on the worker's
+        thread (reading what is stored, and writing ``latest()`` if that is another key)."""
+        slot = (id(store), identity)
+        if self._written.get(slot) == key:
+            return
+        self._written[slot] = key
+
+        def write_if_stale() -> None:
+            with self._lock:
+                if self._written.get(slot) != key:
+                    return  # a newer call of the step wrote its own
+                try:
+                    stored = store.get_latest(identity)
+                except Damaged:
+                    stored = None
+                if stored is None or stored.key != key or stored.uncached:
+                    store.put_latest(identity, latest())
+
+        self.worker.submit(write_if_stale)
+
+    def forget(self, store: Store) -> None:
+        """Know nothing of ``store`` (it was cleared)."""
+        for slot in [s for s in self._written if s[0] == id(store)]:
+            del self._written[slot]

@@ -1,0 +1,83 @@
+"""``import nbcache`` opens the default cache's store and reads its key on a background thread, if the
+directory holds a cache already, so the notebook's first step finds them ready: nothing is created by it,
+no key is made, nothing heavy is imported on the main thread, and what is set after the import still counts."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from .conftest import run_python
+
+KEY_A, KEY_B = secrets.token_hex(32), secrets.token_hex(32)
+
+
+def _env(tmp_path: Path, directory: Path, **extra: str) -> dict[str, str]:
+    env = {"NBCACHE_DIR": str(directory), "HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": "",
+           "NBCACHE_KEY_FILE": "", "NBCACHE_KEY": ""}
+    return {**env, **extra}
+
+
+def test_import_opens_an_existing_cache_ahead_and_the_first_call_is_served(tmp_path):
+    directory = tmp_path / "cache"
+    store = f"""
+import nbcache
+@nbcache.step
+def add(a, b=2):
+    return a + b
+print(add(1), nbcache.runs()[-1].cached)
+"""
+    assert run_python(store, env=_env(tmp_path, directory, NBCACHE_KEY=KEY_A)).split() == ["3", "False"]
+    probe = store + """
+import sys
+from nbcache.cache import default_cache
+print(default_cache()._warming is None, "diskcache" in sys.modules)
+"""
+    out = run_python(f"""
+import sys, nbcache
+from nbcache.cache import default_cache
+warming = default_cache()._warming
+print(warming is not None and warming.name == "nbcache-warm")
+warming.join(60)
+print(any(str(s.directory) == {str(directory)!r} for s in default_cache()._stores.values()))
+""" + probe.replace("import nbcache\n", "", 1), env=_env(tmp_path, directory, NBCACHE_KEY=KEY_A))
+    assert out.split() == ["True", "True", "3", "True", "True", "True"]
+
+
+def test_import_creates_nothing_and_makes_no_key(tmp_path):
+    directory = tmp_path / "nowhere"
+    out = run_python("""
+import sys, nbcache
+from nbcache.cache import default_cache
+print(default_cache()._warming is None, "diskcache" in sys.modules, "cloudpickle" in sys.modules,
+      "filelock" in sys.modules, "numpy" in sys.modules, "IPython" in sys.modules)
+""", env=_env(tmp_path, directory))
+    assert out.split() == ["True", "False", "False", "False", "False", "False"]
+    assert not directory.exists() and not (tmp_path / "home").exists()
+    directory.mkdir()
+    (directory / "store").mkdir()  # a cache directory, but no key anywhere yet: none is made ahead of use
+    run_python("import nbcache\nfrom nbcache.cache import default_cache\ndefault_cache()._warming.join(60)",
+               env=_env(tmp_path, directory))
+    assert not (tmp_path / "home").exists()
+
+
+def test_a_key_set_after_the_import_is_the_one_used(tmp_path):
+    directory = tmp_path / "cache"
+    directory.joinpath("store").mkdir(parents=True)
+    out = run_python(f"""
+import os, nbcache
+from nbcache.cache import default_cache
+default_cache()._warming.join(60)  # it read KEY_A ahead
+os.environ["NBCACHE_KEY"] = {KEY_B!r}
+print(default_cache().key.hex())
+""", env=_env(tmp_path, directory, NBCACHE_KEY=KEY_A))
+    assert out.strip() == KEY_B
+    out = run_python("""
+import nbcache
+from nbcache.cache import default_cache
+default_cache()._warming.join(60)
+print(default_cache().key.hex())
+""", env=_env(tmp_path, directory, NBCACHE_KEY=KEY_A))
+    assert out.strip() == KEY_A  # nothing changed: the key read ahead is used
+    assert os.path.isdir(directory / "store")
