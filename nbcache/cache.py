@@ -16,6 +16,7 @@ import types
 from pathlib import Path
 from typing import Any, Callable
 
+from .carry import Carry
 from .entry import Entry, Latest
 from .errors import warn
 from .events import Events
@@ -59,6 +60,7 @@ class Cache:
         self._sealed: dict[str, Entry] = {}  # the entry last found sealed for each key
         self._computing = threading.local()  # .keys: the keys this thread is computing, holding their locks
         self.verifier = Verifier()  # checks the buffers of the big values hits mapped, in the background
+        self.carry = Carry()  # the content addresses restored arrays carry to the next step
         self._warming: threading.Thread | None = None  # opening the store ahead of the first call (``warm``)
         self._warm_key: tuple[tuple, bytes] | None = None  # the key ``warm`` read, and what chose it
 
@@ -213,18 +215,22 @@ class Cache:
         frame.name = address
         store.put_blob(address, frame)
 
-    def load(self, store: Store, address: str, on_damage: Callable[[str], None] | None = None) -> Any:
+    def load(self, store: Store, address: str, on_damage: Callable[[str], None] | None = None,
+             content_address: str | None = None) -> Any:
         """The value of the blob at ``address``; ``None`` is a valid value, so a missing blob raises
         ``KeyError``; a damaged one ``Damaged``. A big value is mapped from its file; with ``on_damage``,
         its buffers are checked in the background (``verifier.py``), which calls ``on_damage(problem)`` if
-        they are not intact; without, before it is returned."""
+        they are not intact; without, before it is returned. A mapped array carries ``content_address`` to
+        the steps it is passed to (``carry.py``)."""
         source = store.open_blob(address)
         if source is None:
             raise KeyError(address)
         lazy = on_damage is not None and verify_lazily()
         value, unchecked = read_frame(source, self.notebook, key=self.key, name=address, lazy=lazy)
-        if unchecked is not None:
-            self.verifier.submit(unchecked, on_damage)
+        if unchecked is not None and on_damage is not None:
+            if content_address:
+                self.carry.note(value, content_address, unchecked.identity)
+            self.verifier.submit(unchecked, self.carry.with_derived(unchecked.identity, on_damage))
         return value
 
     def verify(self, *, remove: bool = False) -> Verification:

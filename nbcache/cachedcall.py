@@ -61,6 +61,7 @@ class StepCall(Serving, Keeping):
         self.problem_detail = ""  # the same, in full, for the warning
         self.outcome = Outcome.FIRST_RUN  # why it ran (set by ``run``), for the record
         self.changes: tuple[Change, ...] = ()
+        self.carried_from: set[tuple[int, int, int]] = set()  # files of the inputs whose address was carried
         super().__init__()  # (the troubles of keeping its result: keeping.py)
 
     def make_key(self, gather: Callable[[], None] | None = None) -> None:
@@ -79,7 +80,13 @@ class StepCall(Serving, Keeping):
             _warn(f"nbcache: step {self.name!r} runs without the cache: {self.problem_detail}")
 
     def hash_input(self, name: str, value: Any, noun: str) -> bool:
-        """Hash one input; if it cannot be, note the problem and return False (anything else: ``make_key``'s)."""
+        """Hash one input (an array restored unchanged carries its address: ``carry.py``); if it cannot be
+        hashed, note the problem and return False (anything else: ``make_key``'s)."""
+        carried = self.cache.carry.address_of(value)
+        if carried is not None:
+            self.inputs[name] = carried.address
+            self.carried_from.add(carried.identity)
+            return True
         walk = Walk()
         try:
             self.inputs[name] = hash_value(value, root=name, walk=walk)
@@ -210,6 +217,8 @@ class StepCall(Serving, Keeping):
             self.trouble(f"its result could not be stored ({describe_error(exc)})", uncached=True)
             return
         self.stored = True
+        if self.carried_from:  # (if one of those turns out damaged, this result goes with it)
+            self.cache.carry.derived(self.carried_from, self.store, self.key, blobs)
         self.remember_last(force=True)
         try:  # past the size limit, the least recently used entries go (never this one)
             with unobserved:

@@ -79,7 +79,9 @@ class Serving:
         inherit(entry.checks)  # a step running this one from its body depends on them too
         try:
             on_damage = self._found_damaged_later(entry)
-            values = [self.cache.load(self.store, blob, on_damage) for blob in entry.blobs]
+            addresses = entry.outputs if entry.kind == "function" else ()  # (a cell's values share one blob)
+            values = [self.cache.load(self.store, blob, on_damage, addresses[i] if i < len(addresses) else None)
+                      for i, blob in enumerate(entry.blobs)]
         except Damaged as exc:
             return MISS, entry, self._damaged(exc, entry.blobs)
         except KeyError:  # (the blob rows point at files that are gone)

@@ -190,6 +190,9 @@ class _Call(StepCall):
             value = self.bound.arguments[name]
             if not _is_plain_data(value):
                 continue
+            carried = self.cache.carry.address_of(value)
+            if carried is not None and carried.address == digest:
+                continue  # a restored array no page of which was written: unchanged, nothing to read
             try:
                 if hash_value(value, root=name) != digest:
                     changed.append(name)

@@ -1,0 +1,140 @@
+"""Content addresses that values restored from the cache carry to the next step, so a chain of cached steps
+does not hash its big intermediates again.
+
+A numpy array served by a hit is mapped from its file (``frameread.py``), and its content address (its
+``hash_value``) is in the entry that served it. When the same array is passed to a step, its address is
+reused instead of hashing every byte again, if this is proven to be the same content:
+
+- it is the very object restored (by identity, held weakly), with the same data pointer, shape, strides
+  and dtype (an in-place reshape or a ``.dtype =`` changes those);
+- none of its pages was written since it was mapped: a write to a copy-on-write page makes it a private,
+  anonymous page, which Linux tells in ``/proc/self/pagemap``. Where that cannot be read, nothing is
+  carried and the array is hashed as usual.
+
+The buffers of a mapped value are checked against their digests in the background (``verifier.py``). If a
+value turns out damaged after it was served, the results computed from its carried address in this process
+are removed with it (``derived_from``), so that none stays filed under the address of the intact value.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import warn
+
+__all__ = ["Carried", "Carry"]
+
+_PAGEMAP = "/proc/self/pagemap"
+
+
+@dataclass
+class Carried:
+    """What a restored array was when it was served: its address, and what proves it unchanged."""
+
+    address: str
+    identity: tuple[int, int, int]  # the file it is mapped from (device, inode, mtime)
+    ref: weakref.ref
+    layout: tuple  # (data pointer, shape, strides, dtype)
+    region: tuple[int, int]  # (start, length) of its memory
+    derived: list[tuple[Any, str, tuple[str, ...]]] = field(default_factory=list)
+
+
+class Carry:
+    """The restored arrays of one cache, by ``id``; ``address_of`` proves one unchanged, or says None."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, Carried] = {}
+        self._by_file: dict[tuple[int, int, int], list[tuple[Any, str, tuple[str, ...]]]] = {}
+        self._damaged: set[tuple[int, int, int]] = set()  # files found damaged: nothing carried from them
+        self._lock = threading.Lock()
+        self.enabled = os.path.exists(_PAGEMAP)
+
+    def note(self, value: Any, address: str, identity: tuple[int, int, int]) -> None:
+        """``value`` was just restored, mapped from the file ``identity``, with content address ``address``."""
+        np = sys.modules.get("numpy")
+        if not self.enabled or np is None or type(value) is not np.ndarray or not _is_mapped(value):
+            return
+        key = id(value)
+        ref = weakref.ref(value, lambda _: self._by_id.pop(key, None))
+        self._by_id[key] = Carried(address, identity, ref, _layout(value), (value.ctypes.data, value.nbytes))
+
+    def address_of(self, value: Any) -> Carried | None:
+        """The carried address of ``value`` if it is a restored array, provably unchanged since."""
+        carried = self._by_id.get(id(value))
+        if (carried is None or carried.ref() is not value or _layout(value) != carried.layout
+                or carried.identity in self._damaged):
+            return None
+        return carried if _unwritten(*carried.region) else None
+
+    def derived(self, identities: set[tuple[int, int, int]], store: Any, key: str, blobs: tuple[str, ...]) -> None:
+        """The result stored under ``key`` was computed from values carried from the files ``identities``
+        (if one was found damaged meanwhile, the result is removed at once)."""
+        with self._lock:
+            damaged = bool(identities & self._damaged)
+            for identity in identities - self._damaged:
+                self._by_file.setdefault(identity, []).append((store, key, blobs))
+        if damaged:
+            _remove([(store, key, blobs)])
+
+    def with_derived(self, identity: tuple[int, int, int], on_damage: Callable[[str], None]) -> Callable[[str], None]:
+        """``on_damage`` of a value mapped from the file ``identity``, which also removes the results computed
+        from addresses carried from it."""
+
+        def damaged(problem: str) -> None:
+            with self._lock:
+                self._damaged.add(identity)
+                derived = self._by_file.pop(identity, [])
+            on_damage(problem)
+            _remove(derived)
+
+        return damaged
+
+
+def _remove(derived: list[tuple[Any, str, tuple[str, ...]]]) -> None:
+    for store, key, _ in derived:
+        store.delete(key, ())
+    if derived:
+        warn(f"nbcache: {len(derived)} cached result(s) computed from that value were removed too")
+
+
+def _layout(a: Any) -> tuple:
+    return (a.ctypes.data, a.shape, a.strides, a.dtype.str)
+
+
+def _is_mapped(a: Any) -> bool:
+    """Whether ``a``'s memory belongs to an ``mmap`` (what a mapped value's arrays are views of)."""
+    base = a
+    while getattr(base, "base", None) is not None:
+        base = base.base
+    return isinstance(getattr(base, "obj", None), mmap.mmap)
+
+
+def _unwritten(start: int, length: int) -> bool:
+    """Whether no page of ``[start, start + length)`` was written by this process: each is unmapped yet, or
+    maps its file's page (a written copy-on-write page is anonymous; a swapped-out one can only be that)."""
+    if length == 0:
+        return True
+    page = mmap.PAGESIZE
+    first, last = start // page, (start + length - 1) // page
+    try:
+        fd = os.open(_PAGEMAP, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.pread(fd, (last - first + 1) * 8, first * 8)
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    if len(data) != (last - first + 1) * 8:
+        return False
+    np = sys.modules["numpy"]
+    entries = np.frombuffer(data, dtype=np.uint64)
+    present = (entries >> np.uint64(63)) & np.uint64(1)
+    swapped = (entries >> np.uint64(62)) & np.uint64(1)
+    file_page = (entries >> np.uint64(61)) & np.uint64(1)
+    return not bool(np.any(swapped | (present & (file_page ^ np.uint64(1)))))

@@ -1,0 +1,147 @@
+"""A big array served by a hit carries its content address to the next step, which then does not hash it
+again, but only while it is provably the same content: the same object, layout and unwritten pages. Every
+case is checked against the same calls without the cache: the carried address never changes a result."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nbcache
+from nbcache import CacheWarning, cachedcall
+from nbcache.frameread import MAP_MIN
+
+N = MAP_MIN // 8 * 2  # float64s: a value that is mapped
+
+
+def _importer(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(N)
+
+
+def _normalizer(x: np.ndarray, calls: list) -> np.ndarray:
+    calls.append("normalizer")
+    return (x - x.mean()) / x.std()
+
+
+def _steps(cache: nbcache.Cache, calls: list):
+    importer = nbcache.step(_importer, name="importer", cache=cache)
+    normalizer = nbcache.step(_normalizer, name="normalizer", ignore=["calls"], cache=cache)
+    return importer, (lambda x: normalizer(x, calls))
+
+
+@pytest.fixture
+def hashed(monkeypatch):
+    """The arrays ``hash_value`` read whole while computing keys (by id)."""
+    seen: list[int] = []
+    original = cachedcall.hash_value
+
+    def counting(value, **kwargs):
+        if isinstance(value, np.ndarray):
+            seen.append(id(value))
+        return original(value, **kwargs)
+
+    monkeypatch.setattr(cachedcall, "hash_value", counting)
+    return seen
+
+
+def _stored(directory: Path) -> None:
+    calls: list = []
+    importer, normalizer = _steps(nbcache.Cache(directory), calls)
+    normalizer(importer(1))
+
+
+def test_a_restored_array_passed_on_is_not_hashed_again(tmp_path, hashed):
+    _stored(tmp_path / "c")
+    calls: list = []
+    cache = nbcache.Cache(tmp_path / "c")  # a new process's view
+    importer, normalizer = _steps(cache, calls)
+    x = importer(1)
+    hashed.clear()
+    result = normalizer(x)
+    assert calls == [] and id(x) not in hashed  # a hit, keyed on the carried address
+    assert cache.runs()[-1].cached and cache.runs()[-1].inputs["x"] == cache.runs()[-2].outputs[0]
+    np.testing.assert_array_equal(result, _normalizer(_importer(1), []))
+    assert cache.verifier.drain(timeout=60)
+
+
+@pytest.mark.parametrize("change", ["write", "reshape", "view", "dtype"])
+def test_a_changed_array_is_hashed_and_recomputed(tmp_path, hashed, change):
+    _stored(tmp_path / "c")
+    calls: list = []
+    importer, normalizer = _steps(nbcache.Cache(tmp_path / "c"), calls)
+    x = importer(1)
+    if change == "write":
+        x[N // 2] = 7.0  # one page copied on write
+    elif change == "reshape":
+        x.shape = (2, N // 2)
+    elif change == "view":
+        x = x[1:]
+    else:
+        x.dtype = np.int64  # the same bytes, read as other numbers
+    hashed.clear()
+    result = normalizer(x)
+    assert id(x) in hashed and calls == ["normalizer"]
+    expected = _importer(1)
+    if change == "write":
+        expected[N // 2] = 7.0
+    elif change == "reshape":
+        expected.shape = (2, N // 2)
+    elif change == "view":
+        expected = expected[1:]
+    else:
+        expected.dtype = np.int64
+    np.testing.assert_array_equal(result, _normalizer(expected, []))
+
+
+def test_without_pagemap_nothing_is_carried(tmp_path, hashed):
+    _stored(tmp_path / "c")
+    calls: list = []
+    cache = nbcache.Cache(tmp_path / "c")
+    cache.carry.enabled = False  # (a system with no /proc/self/pagemap)
+    importer, normalizer = _steps(cache, calls)
+    x = importer(1)
+    hashed.clear()
+    normalizer(x)
+    assert id(x) in hashed and calls == []  # hashed, and still a hit
+
+
+def _value_file(directory: Path, size: int) -> Path:
+    (path,) = [p for p in (directory / "store").rglob("*.val") if p.stat().st_size >= size]
+    return path
+
+
+@pytest.mark.parametrize("found", ["after the next step stored", "before the next step"])
+def test_results_computed_from_a_value_found_damaged_go_with_it(tmp_path, found):
+    directory = tmp_path / "c"
+    calls: list = []
+    importer, _ = _steps(nbcache.Cache(directory), calls)
+    importer(1)
+    path = _value_file(directory, N * 8)
+    with open(path, "r+b") as f:  # one number changed on disk, under an intact signature
+        f.seek(-16, os.SEEK_END)
+        f.write(np.float64(123.0).tobytes())
+    cache = nbcache.Cache(directory)
+    gate = threading.Event()
+    cache.verifier.worker.submit(gate.wait)  # the background check waits until the test says
+    importer, normalizer = _steps(cache, calls)
+    with pytest.warns(CacheWarning) as record:
+        x = importer(1)  # served, damaged: nobody knows yet
+        if found == "before the next step":
+            gate.set()
+            assert cache.verifier.drain(timeout=60)
+        normalizer(x)
+        gate.set()
+        assert calls == ["normalizer"] and cache.verifier.drain(timeout=60)
+    told = " ".join(str(w.message) for w in record)
+    assert "found damaged on disk after it was served" in told
+    # computed from the carried (intact) address: removed with it; else keyed on the damaged bytes
+    assert ("1 cached result(s) computed from" in told) == (found == "after the next step stored")
+    fresh_calls: list = []
+    importer, normalizer = _steps(nbcache.Cache(directory), fresh_calls)
+    result = normalizer(importer(1))  # both recomputed: nothing wrong is served
+    assert fresh_calls == ["normalizer"]
+    np.testing.assert_array_equal(result, _normalizer(_importer(1), []))
