@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["hit_latency.py", "hash_array.py", "hash_dataframe.py", "store_load.py", "cell_hit.py",
-              "lineage_render.py", "peers.py"]
+BENCHMARKS = ["hit_latency.py", "first_hit.py", "hash_array.py", "hash_dataframe.py", "store_load.py",
+              "cell_hit.py", "lineage_render.py", "peers.py"]
 
 
 def main() -> int:

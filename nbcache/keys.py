@@ -12,7 +12,6 @@ Where it comes from, first found first:
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 from .errors import NBCacheError
@@ -57,6 +56,8 @@ def load_key(*, make: bool = True) -> bytes | None:
 def _make(path: Path) -> bytes:
     """A new random key in ``path``, 0600 in a 0700 folder. It is written whole under a temporary name and
     linked into place, so a process that made one first wins and nobody reads half a key."""
+    import secrets  # (only to make a key)
+
     key = secrets.token_hex(32)
     temporary = path.with_name(f".key-{os.getpid()}-{secrets.token_hex(4)}")
     try:

@@ -24,10 +24,10 @@ seen (``docs/pitfalls.md``).
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,8 +43,16 @@ from .hashing import hash_value
 __all__ = ["Check", "Observer", "checks_from_json", "first_failure", "inherit"]
 
 _IGNORED_SUFFIXES = (".pyc", ".so", ".pyd")  # compiled code, which imports load
-_KERNEL_CELLS = os.path.join(os.path.realpath(tempfile.gettempdir()), "ipykernel_")  # cells' code, as
-# ipykernel writes it for tracebacks: a new folder for every kernel
+
+
+@functools.cache
+def _kernel_cells() -> str:
+    """Where ipykernel writes cells' code for tracebacks (a new folder for every kernel)."""
+    import tempfile  # (with shutil and lzma: only once a run is observed, not on import's path)
+
+    return os.path.join(os.path.realpath(tempfile.gettempdir()), "ipykernel_")
+
+
 _SYSTEM_ROOTS = ("/proc/", "/sys/", "/dev/", "/etc/", "/usr/", "/run/")
 _ABSENT = object()
 
@@ -204,7 +212,7 @@ def _is_data_path(path: str, cache_dir: str) -> bool:
     if real.startswith(_SYSTEM_ROOTS) or real.startswith(library_roots()):
         return False
     cache = os.path.join(os.path.realpath(cache_dir), "")
-    return not (real + os.sep).startswith(cache) and not _is_config(real) and not real.startswith(_KERNEL_CELLS)
+    return not (real + os.sep).startswith(cache) and not _is_config(real) and not real.startswith(_kernel_cells())
 
 
 def _is_data_file(path: str, cache_dir: str) -> bool:

@@ -9,7 +9,6 @@ import math
 import os
 import re
 import stat
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Mapping
@@ -18,7 +17,7 @@ __all__ = ["StepRun", "Outcome", "Change", "ChangeKind", "SESSION", "describe_er
            "format_bytes", "parse_runs", "read_history"]
 
 #: Identifies this process (a kernel, until it restarts) in the history.
-SESSION = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+SESSION = f"{os.getpid()}-{os.urandom(4).hex()}"
 
 
 class Outcome(enum.Enum):
