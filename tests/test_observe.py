@@ -220,7 +220,7 @@ def test_an_observer_records_the_ambient_state_a_run_changed(monkeypatch, here):
     monkeypatch.delenv("NBCACHE_TEST_FLAG", raising=False)
     with Observer(str(here / "cache"), {}) as observer:
         os.environ["NBCACHE_TEST_FLAG"] = "on"
-    monkeypatch.delenv("NBCACHE_TEST_FLAG")
+    del os.environ["NBCACHE_TEST_FLAG"]  # (monkeypatch.delenv would set it back to "on" after the test)
     assert observer.changed_state() == {"environment variables": {"set": {"NBCACHE_TEST_FLAG": "on"}, "unset": []}}
     settings = [c for c in observer.checks() if c.kind == "setting"]
     assert [c.target for c in settings] == ["environment variables\tNBCACHE_TEST_FLAG"]
