@@ -22,6 +22,7 @@ from .errors import warn
 from .events import Events
 from .eviction import parse_size, size_limit_from_env
 from .frame import Damaged, Frame, read_frame, signature_problem
+from .background import Worker
 from .keys import load_key, parse_key
 from .latestwrites import LatestWrites
 from .records import StepRun
@@ -56,10 +57,12 @@ class Cache:
         self.notebook = notebook
         self.events = Events()
         self._lock_timeout_s: float | None = None
-        self.latest = LatestWrites()  # what each step's latest record holds, as far as this process knows
+        # what a hit leaves for later (latest ingredients, checking mapped values) is done on one thread
+        self.background = Worker("nbcache-background", flush_at_exit=True)
+        self.latest = LatestWrites(self.background)  # what each step's latest record holds, as this process knows
         self._sealed: dict[str, Entry] = {}  # the entry last found sealed for each key
         self._computing = threading.local()  # .keys: the keys this thread is computing, holding their locks
-        self.verifier = Verifier()  # checks the buffers of the big values hits mapped, in the background
+        self.verifier = Verifier(self.background)  # checks the buffers of big values hits mapped
         self.carry = Carry()  # the content addresses restored arrays carry to the next step
         self._warming: threading.Thread | None = None  # opening the store ahead of the first call (``warm``)
         self._warm_key: tuple[tuple, bytes] | None = None  # the key ``warm`` read, and what chose it
@@ -160,6 +163,7 @@ class Cache:
                 store = self._stores.get(directory)
                 if store is None:
                     store = self._stores[directory] = self._open(directory)
+            self.background.start()  # (now, rather than on a hit)
         return store
 
     def warm(self) -> None:
@@ -167,7 +171,7 @@ class Cache:
         directory holds a cache already (nothing is created, no key is made): ``import nbcache`` warms the
         default cache, so that the notebook's first step finds both ready while the notebook imports its
         libraries."""
-        if self._fixed_store is not None or self._warming is not None:
+        if self._fixed_store is not None:
             return
         directory = self._directory()
         if not os.path.isdir(os.path.join(directory, "store")):
@@ -183,8 +187,7 @@ class Cache:
                 store.prepare()
                 with self._stores_lock:
                     self._stores.setdefault(directory, store)
-                self.latest.worker.start()  # (threads a hit would otherwise start)
-                self.verifier.worker.start()
+                self.background.start()  # (a thread a hit would otherwise start)
 
         self._warming = threading.Thread(target=open_ahead, name="nbcache-warm", daemon=True)
         self._warming.start()
@@ -220,8 +223,8 @@ class Cache:
         """The value of the blob at ``address``; ``None`` is a valid value, so a missing blob raises
         ``KeyError``; a damaged one ``Damaged``. A big value is mapped from its file; with ``on_damage``,
         its buffers are checked in the background (``verifier.py``), which calls ``on_damage(problem)`` if
-        they are not intact; without, before it is returned. A mapped array carries ``content_address`` to
-        the steps it is passed to (``carry.py``)."""
+        they are not intact (once ``verifier.release()`` is called); without, before it is returned. A mapped
+        array carries ``content_address`` to the steps it is passed to (``carry.py``)."""
         source = store.open_blob(address)
         if source is None:
             raise KeyError(address)
@@ -230,7 +233,7 @@ class Cache:
         if unchecked is not None and on_damage is not None:
             if content_address:
                 self.carry.note(value, content_address, unchecked.identity)
-            self.verifier.submit(unchecked, self.carry.with_derived(unchecked.identity, on_damage))
+            self.verifier.submit(unchecked, self.carry.with_derived(unchecked.identity, on_damage), hold=True)
         return value
 
     def verify(self, *, remove: bool = False) -> Verification:
@@ -341,8 +344,10 @@ def default_cache() -> Cache:
 
 
 def set_cache_dir(path: str | os.PathLike[str] | None) -> None:
-    """Use ``path`` for the cache from now on (``None`` returns to ``NBCACHE_DIR`` or ``.nbcache``)."""
+    """Use ``path`` for the cache from now on (``None`` returns to ``NBCACHE_DIR`` or ``.nbcache``); if it
+    holds a cache, it is opened on a background thread meanwhile (``Cache.warm``)."""
     _default.set_directory(path)
+    _default.warm()
 
 
 def cache_dir() -> Path:

@@ -24,8 +24,8 @@ __all__ = ["LatestWrites"]
 class LatestWrites:
     """What this process knows each step's latest record to hold, by (store, step identity)."""
 
-    def __init__(self) -> None:
-        self.worker = Worker("nbcache-latest", flush_at_exit=True)
+    def __init__(self, worker: Worker | None = None) -> None:
+        self.worker = worker or Worker("nbcache-latest", flush_at_exit=True)
         self._written: dict[tuple[int, str], str] = {}
         self._lock = threading.Lock()
 

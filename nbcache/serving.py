@@ -86,6 +86,8 @@ class Serving:
             return MISS, entry, self._damaged(exc, entry.blobs)
         except KeyError:  # (the blob rows point at files that are gone)
             return MISS, entry, self._damaged("is missing on disk", entry.blobs, word="missing")
+        finally:
+            self.cache.verifier.release()  # (the mapped values are checked once all are loaded)
         with contextlib.suppress(Exception):  # (in memory, written later: a hit writes nothing, nor fails by it)
             self.cache.remember_latest_later(self.store, self.identity, self.key, self._latest)
             self.store.touch(self.key)

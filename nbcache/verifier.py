@@ -39,16 +39,27 @@ class Verifier:
     """Checks the buffers of mapped values on its worker's thread, each file once per process; calls a
     value's ``on_damage(problem)`` (on that thread) if it is not intact."""
 
-    def __init__(self) -> None:
-        self.worker = Worker("nbcache-verify")
+    def __init__(self, worker: Worker | None = None) -> None:
+        self.worker = worker or Worker("nbcache-verify")
         self._intact: set[tuple[int, int, int]] = set()  # files found intact, by (device, inode, mtime)
+        self._held: list[tuple[Unchecked, Callable[[str], None]]] = []
 
-    def submit(self, unchecked: Unchecked, on_damage: Callable[[str], None]) -> None:
-        """Check ``unchecked`` soon (not at all if its file was found intact before)."""
+    def submit(self, unchecked: Unchecked, on_damage: Callable[[str], None], *, hold: bool = False) -> None:
+        """Check ``unchecked`` soon (not at all if its file was found intact before); ``hold``: once
+        ``release`` is called (a hit loading several values starts checking them when it is done, not
+        while its next value loads)."""
         if unchecked.identity in self._intact:
             unchecked.close()
+        elif hold:
+            self._held.append((unchecked, on_damage))
         else:
             self.worker.submit(lambda: self._check(unchecked, on_damage))
+
+    def release(self) -> None:
+        """Start checking what was held."""
+        held, self._held = self._held, []
+        for unchecked, on_damage in held:
+            self.submit(unchecked, on_damage)
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every value submitted is checked (at most ``timeout`` seconds); True if all were."""

@@ -139,7 +139,7 @@ def test_a_hit_leaves_stale_latest_ingredients_to_the_background_and_a_newer_cal
     fresh = Cache(store=store)  # another process's view: it knows nothing of what is latest
     call(fresh, 1)  # a hit, while the latest stored is of x=2: written, but not by the hit itself
     assert fresh.latest.worker.drain(timeout=30)
-    assert store.writers[-1] == "nbcache-latest" and store.get_latest("s").inputs == call(fresh, 1)[1].inputs
+    assert store.writers[-1] == "nbcache-background" and store.get_latest("s").inputs == call(fresh, 1)[1].inputs
     writes = store.latest_writes
     third = Cache(store=store)
     call(third, 1)  # a hit of what is already the latest: read, nothing written
