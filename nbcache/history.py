@@ -10,7 +10,9 @@ ones in when those are no runs. The result is the same as parsing all of it (``l
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from typing import Iterable, Sequence
 
 from .records import StepRun, open_history
@@ -36,8 +38,9 @@ def last_runs(lines: Sequence[bytes]) -> list[StepRun]:
             parsed[i] = _run_or_none(lines[i])
         return parsed[i]
 
+    known: dict[bytes, str] = {}
     for i, line in enumerate(lines):
-        name = _named_first(line)
+        name = _named_first(line, known)
         if name is None:
             if not line.strip():
                 continue
@@ -62,22 +65,34 @@ def read_last_runs(path: str | os.PathLike[str]) -> list[StepRun]:
 
 
 _LEADING_STEP = b'{"step":"'
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')  # a JSON string (json.loads then checks it)
+_SPELLS_A_KEY_LETTER = re.compile(rb"\\u00[67]")  # an escape of a lowercase letter, such as s, t, e, p
 
 
-def _named_first(line: bytes) -> str | None:
+def _named_first(line: bytes, known: dict[bytes, str]) -> str | None:
     """The step a line as ``to_json`` writes it names, or None if the line must be parsed to know: it is in
-    another form, its name holds escapes, or it could name a second ``"step"``, written out (a second
-    ``"step"`` in the line, even inside a string) or with the ``\\u00XX`` escapes that could spell one."""
-    if not line.startswith(_LEADING_STEP) or line.count(b'"step"') != 1 or b"\\u00" in line:
+    another form, or it could name a second step, written out (a second ``"step"`` in the line, even
+    inside a string) or with escapes spelling the letters of ``step`` (which ``to_json`` never writes).
+    ``known``: the names read so far, by how they are written."""
+    if not line.startswith(_LEADING_STEP) or line.count(b'"step"') != 1 or (
+            b"\\u00" in line and _SPELLS_A_KEY_LETTER.search(line)):
         return None
     end = line.find(b'"', len(_LEADING_STEP))
-    name = line[len(_LEADING_STEP):end]
-    if end < 0 or b"\\" in name:
-        return None
+    written = line[len(_LEADING_STEP):end]
+    name = known.get(written)
+    if name is not None or end < 0:
+        return name
     try:
-        return name.decode()
-    except UnicodeDecodeError:  # (json reads it otherwise, and the record check refuses it: parse it)
+        if b"\\" not in written:
+            name = written.decode()
+        else:  # escapes (a cell's "labels \u2190 X"), decoded as json does
+            literal = _STRING.match(line, len(_LEADING_STEP) - 1)
+            name = json.loads(literal.group()) if literal else None
+    except ValueError:  # (not UTF-8, not JSON: json reads it otherwise, or not at all; parse it)
         return None
+    if name is not None and not written.endswith(b"\\"):  # (else that quote is escaped: the name goes on)
+        known[written] = name
+    return name
 
 
 def _run_or_none(line: bytes) -> StepRun | None:

@@ -63,6 +63,11 @@ OTHER_FORMS = [
 ]
 
 
+def test_a_name_spelled_two_ways_is_one_step():
+    lines = [line("объект", 0), line("b", 1), line("объект", 2).replace(b"\\u044a", b"\\u044A")]
+    assert b"\\u044A" in lines[2] and steps_and_times(last_runs(lines)) == [("объект", 2), ("b", 1)]
+
+
 def test_lines_in_other_forms_are_parsed_in_full():
     lines = [line("a", 0), *OTHER_FORMS, line("a", 30)]
     assert last_runs(lines) == parsed_in_full(lines)
@@ -83,14 +88,16 @@ def damage(rng: random.Random, raw: bytes) -> bytes:
     if kind == 3:
         return raw.replace(b'"cached":false', b'"cached":"no"')  # a field of the wrong type
     if kind == 4:
-        return raw.replace(b'{"step":', b'{"step": ', 1)  # another form, still a run
+        return rng.choice([raw.replace(b'{"step":', b'{"step": ', 1),  # another form, still a run
+                           raw.replace(b"\\u044a", b"\\u044A")])  # the same name, spelled otherwise
     return raw.replace(b'"step":"', b'"\\u0073tep":"', 1)  # its name spelled with escapes
 
 
 @pytest.mark.parametrize("seed", range(40))
 def test_any_damage_reads_as_parsing_it_all_would(seed):
     rng = random.Random(seed)
-    lines = [line(rng.choice("abcdefg"), i, cached=rng.random() < 0.5) for i in range(rng.randrange(1, 120))]
+    names = ["a", "b", "labels ← X", "объект", 'q"uote', 'q"other', "naïve", "tab\there"]
+    lines = [line(rng.choice(names), i, cached=rng.random() < 0.5) for i in range(rng.randrange(1, 120))]
     for i in rng.sample(range(len(lines)), k=len(lines) // 3):
         lines[i] = damage(rng, lines[i])
     assert last_runs(lines) == parsed_in_full(lines)
