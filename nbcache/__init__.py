@@ -27,15 +27,18 @@ __version__ = "0.1.0"
 Cache.warm(_default_cache())  # the key and the store of ./.nbcache (or $NBCACHE_DIR), if there is one
 
 
-def lineage(*, history: bool = False) -> LineageWidget:
+def lineage(*, history: bool = False, limit: int | None = 200) -> LineageWidget:
     """The lineage graph of this kernel's steps as a widget that keeps itself up to date.
 
-    ``history=True`` shows the latest run of every step the cache directory knows. The widget's
-    ``graph`` is the ``graphviz.Digraph``; ``save("lineage.svg")`` (or .png, .pdf) writes the picture.
+    ``history=True`` shows the latest run of every step the cache directory knows. Of more than ``limit``
+    steps (200: ``graph.DRAWN_MAX``), the picture draws those that ran last, with the earlier steps that fed
+    them, ``limit`` in all (``None``: every step, which takes ``dot`` seconds past a few hundred); any
+    step's details can be chosen under it. The widget's ``graph`` is the ``graphviz.Digraph`` of the
+    picture; ``save("lineage.svg")`` (or .png, .pdf) writes it.
     """
     from .widget import lineage as lineage_widget  # (ipywidgets and graphviz: imported when first used)
 
-    return lineage_widget(history=history)
+    return lineage_widget(history=history, limit=limit)
 
 
 def load_ipython_extension(ipython: object) -> None:

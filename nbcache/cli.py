@@ -137,6 +137,8 @@ def _run(args: argparse.Namespace) -> int:
         raise _Failure(f"no cache at {directory}: run a step first, or point --dir or NBCACHE_DIR at one",
                        EXIT_NO_CACHE)
     store = open_disk_store(str(directory))
+    if args.command == "ls":  # (the last run of each step: the history is not read in full)
+        return _ls(args, store)
     runs = store.read_runs()
     unreadable = store.unreadable_runs
     step = getattr(args, "step", None)
@@ -147,13 +149,12 @@ def _run(args: argparse.Namespace) -> int:
             raise _Failure(f"no step named {step!r} in {directory}{hint}", EXIT_UNKNOWN_STEP)
     if args.command == "info":
         return _info(args, store, runs, unreadable)
-    handler = {"ls": _ls, "show": _show, "why": _why, "graph": _graph, "clear": _clear, "gc": _gc,
-               "verify": _verify}
+    handler = {"show": _show, "why": _why, "graph": _graph, "clear": _clear, "gc": _gc, "verify": _verify}
     return handler[args.command](args, store, runs)
 
 
-def _ls(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
-    summaries = step_summaries(runs, ((e.step, sum(e.sizes.values())) for _, e in store.entries()))
+def _ls(args: argparse.Namespace, store: Store) -> int:
+    summaries = step_summaries(store.last_runs(), ((e.step, sum(e.sizes.values())) for _, e in store.entries()))
     if args.json:
         return _print_json([{"step": s.step, "kind": s.kind, "entries": s.entries, "bytes": s.bytes,
                              "last": _run_json(s.last) if s.last else None} for s in summaries])

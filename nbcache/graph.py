@@ -5,6 +5,11 @@ latest run of every step the cache directory has a record of. An edge goes from 
 consumed one of its outputs, matched by content hash, so the graph is right across kernel restarts and
 when a value went through plain cells on the way. No IPython and no widgets here: ``widget.py`` shows it. (The module is not called lineage: that name is
 ``nbcache.lineage()``, the function that returns the widget.)
+
+A long lineage is drawn in part (``recent``): the steps that ran last, with the earlier steps that fed
+them, at most ``DRAWN_MAX`` in all. Past a few hundred steps a picture is too big to read, and ``dot``'s
+layout takes seconds (it grows faster than the graph: 17 s for 2,000 steps); what is left out is said
+under the picture.
 """
 
 from __future__ import annotations
@@ -18,7 +23,11 @@ import graphviz
 
 from .records import SESSION, Outcome, StepRun, format_seconds
 
-__all__ = ["Lineage", "Node", "Edge", "State", "build", "to_dot", "render_svg", "DotMissing"]
+__all__ = ["DRAWN_MAX", "Lineage", "Node", "Edge", "State", "build", "check_limit", "left_out_text", "recent",
+           "to_dot", "render_svg", "DotMissing"]
+
+DRAWN_MAX = 200
+"""The most steps ``recent`` keeps to draw, by default (the lineage widget's ``limit``)."""
 
 
 class State(enum.Enum):
@@ -75,6 +84,10 @@ class Edge:
 class Lineage:
     nodes: dict[str, Node]
     edges: tuple[Edge, ...]
+    earlier: frozenset[str] = frozenset()
+    """Of a part drawn (``recent``): the steps drawn only because they fed one drawn, dashed."""
+    left_out: int = 0
+    """Of a part drawn (``recent``): how many steps of the whole lineage it leaves out."""
 
     def producers(self, name: str) -> list[Edge]:
         return [e for e in self.edges if e.target == name]
@@ -107,6 +120,49 @@ def build(runs: Iterable[StepRun], *, history: bool = False, session: str = SESS
     return Lineage(nodes, tuple(Edge(s, t, tuple(v)) for (s, t), v in edges.items()))
 
 
+def recent(lineage: Lineage, limit: int | None = DRAWN_MAX) -> Lineage:
+    """The part of ``lineage`` to draw: the steps that ran last, each with the steps that produced its inputs
+    (those that ran before them are ``earlier``: drawn dashed, their own inputs not drawn), at most ``limit``
+    steps in all (the last step and its producers always), and every edge between them. A lineage of at
+    most ``limit`` steps, or ``limit=None``, is the whole of it."""
+    if check_limit(limit) is None or len(lineage.nodes) <= limit:
+        return lineage
+    producers: dict[str, set[str]] = {}
+    for edge in lineage.edges:
+        producers.setdefault(edge.target, set()).add(edge.source)
+    shown: set[str] = set()
+    last: set[str] = set()  # the steps that ran last, drawn in full
+    for name in reversed(list(lineage.nodes)):  # (in the order of their latest runs: the last first)
+        needed = {name, *producers.get(name, ())} - shown
+        if last and len(shown) + len(needed) > limit:
+            break
+        shown |= needed
+        last.add(name)
+    return Lineage({name: node for name, node in lineage.nodes.items() if name in shown},
+                   tuple(e for e in lineage.edges if e.source in shown and e.target in shown),
+                   earlier=frozenset(shown - last), left_out=len(lineage.nodes) - len(shown))
+
+
+def check_limit(limit: int | None) -> int | None:
+    """``limit`` if it is a number of steps to draw, 1 or more, or None (all of them); else ValueError."""
+    if limit is not None and (type(limit) is not int or limit < 1):
+        raise ValueError(f"limit is the most steps to draw, a whole number from 1 (or None: all), not {limit!r}")
+    return limit
+
+
+def left_out_text(lineage: Lineage) -> str:
+    """What a part drawn leaves out, in a sentence ("" when it is the whole lineage)."""
+    if not lineage.left_out:
+        return ""
+    drawn, earlier = len(lineage.nodes) - len(lineage.earlier), len(lineage.earlier)
+    text = ("The step that ran last" if drawn == 1 else f"The {drawn:,} steps that ran last") + \
+        f", of {len(lineage.nodes) + lineage.left_out:,}"
+    if earlier:
+        text += (f"; dashed, {'the earlier step' if earlier == 1 else f'{earlier:,} earlier steps'} that fed"
+                 f" {'it' if drawn == 1 else 'them'}")
+    return text + ". nbcache.lineage(limit=None) draws every step."
+
+
 def _producer(candidates: list[StepRun], consumer: StepRun) -> StepRun | None:
     """The step that made a value: of the runs that produced it before the consumer started, the latest.
 
@@ -122,15 +178,24 @@ def to_dot(lineage: Lineage, *, legend: bool = True) -> graphviz.Digraph:
                              node_attr={"shape": "box", "style": "rounded,filled", "fontname": "Helvetica",
                                         "fontsize": "11"},
                              edge_attr={"color": "#757575", "fontname": "Helvetica", "fontsize": "9"})
+    if len(lineage.nodes) > DRAWN_MAX:  # (a picture of every step, asked for: dot's search for the best
+        graph.attr(nslimit="0.2", mclimit="0.1")  # layout is cut short: 2,000 steps take 2 s, not 17)
     for node in lineage.nodes.values():
+        earlier = node.name in lineage.earlier
         graph.node(_id(node.name), node.label, fillcolor=node.state.fill, color=node.state.line,
-                   tooltip=f"{node.name}: {node.run.reason}", id=f"step_{_id(node.name)}",
-                   **{"class": f"nbcache_step nbcache_{node.state.name.lower()}"})  # for styles and tests
+                   tooltip=f"{node.name}: {node.run.reason}" + (" (drawn for a step it fed)" if earlier else ""),
+                   id=f"step_{_id(node.name)}", style="rounded,filled,dashed" if earlier else None,
+                   **{"class": f"nbcache_step nbcache_{node.state.name.lower()}"  # for styles and tests
+                      + (" nbcache_earlier" if earlier else "")})
     for edge in lineage.edges:
         graph.edge(_id(edge.source), _id(edge.target), label=", ".join(edge.values))
-    if legend and lineage.nodes:  # one row of coloured boxes under the graph
+    if legend and lineage.nodes:  # one row of coloured boxes under the graph, and what is not drawn
         cells = "".join(f'<TD BGCOLOR="{s.fill}" COLOR="{s.line}" BORDER="1" STYLE="rounded" CELLPADDING="3">'
                         f'<FONT POINT-SIZE="9" FACE="Helvetica">{s.label}</FONT></TD>' for s in State)
+        note = left_out_text(lineage)
+        if note:
+            cells += (f'</TR><TR><TD COLSPAN="{len(State)}" ALIGN="LEFT"><FONT POINT-SIZE="9" FACE="Helvetica">'
+                      f'{html.escape(note)}</FONT></TD>')
         graph.attr(label=f'<<TABLE BORDER="0" CELLSPACING="6"><TR>{cells}</TR></TABLE>>', labelloc="b",
                    labeljust="l")
     return graph
@@ -161,8 +226,9 @@ def runs_table_html(lineage: Lineage) -> str:
         f"<td>{format_seconds(n.run.saved_s) if n.state is State.HIT else ''}</td>"
         f"<td style='text-align:left'>{html.escape(n.run.reason)}</td></tr>"
         for n in lineage.nodes.values())
+    note = f"<p>{html.escape(left_out_text(lineage))}</p>" if lineage.left_out else ""
     return ("<table><tr><th>step</th><th>state</th><th>duration</th><th>saved</th><th>reason</th></tr>"
-            f"{rows}</table>")
+            f"{rows}</table>{note}")
 
 
 def _id(name: str) -> str:

@@ -157,6 +157,8 @@ class StepMagics(Magics):
 
     @magic_arguments()
     @argument("--history", action="store_true", help="every step the cache knows, not only this kernel's")
+    @argument("--all", action="store_true", help="draw every step (of more than 200, the picture draws those"
+              " that ran last and the steps that fed them)")
     @line_magic
     def lineage(self, line: str) -> Any:
         """Show the lineage graph of the steps, which keeps itself up to date as steps run."""
@@ -164,7 +166,7 @@ class StepMagics(Magics):
         if self._lineage is None:
             raise UsageError("%lineage needs the widget, which %load_ext nbcache loads (this kernel loaded"
                              " nbcache.magics alone)")
-        return self._lineage(history=args.history, cache=self.cache)
+        return self._lineage(history=args.history, cache=self.cache, **({"limit": None} if args.all else {}))
 
     @magic_arguments()
     @argument("command", choices=["info", "clear", "why"],

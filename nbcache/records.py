@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
@@ -11,10 +12,10 @@ import re
 import stat
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable, Mapping
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 __all__ = ["StepRun", "Outcome", "Change", "ChangeKind", "SESSION", "describe_error", "format_seconds",
-           "format_bytes", "parse_runs", "read_history"]
+           "format_bytes", "open_history", "parse_runs", "read_history"]
 
 #: Identifies this process (a kernel, until it restarts) in the history.
 SESSION = f"{os.getpid()}-{os.urandom(4).hex()}"
@@ -221,15 +222,26 @@ def parse_runs(lines: Iterable[str | bytes]) -> tuple[list[StepRun], int]:
 def read_history(path: str | os.PathLike[str]) -> tuple[list[StepRun], int]:
     """``parse_runs`` of a history file (none: no runs). Raises ``OSError`` for a path that is not a regular
     file (a FIFO, a device): it is never waited on nor read without end."""
+    with open_history(path) as f:
+        return parse_runs(f) if f is not None else ([], 0)
+
+
+@contextlib.contextmanager
+def open_history(path: str | os.PathLike[str]) -> Iterator[BinaryIO | None]:
+    """The history file opened to read, in binary (None: there is none); ``OSError`` if it is not a regular
+    file, before anything is read from it."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        return [], 0
+        fd = None
+    if fd is None:
+        yield None
+        return
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(f"the history {os.fspath(path)} is not a regular file")
     with open(fd, "rb") as f:
-        return parse_runs(f)
+        yield f
 
 
 _OUTCOMES = frozenset(o.value for o in Outcome)

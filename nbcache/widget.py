@@ -20,7 +20,8 @@ import graphviz
 import ipywidgets as widgets
 
 from .cache import Cache, default_cache
-from .graph import DOT_HELP, DotMissing, Lineage, Node, State, build, render_svg, runs_table_html, to_dot
+from .graph import (DOT_HELP, DRAWN_MAX, DotMissing, Lineage, Node, State, build, check_limit, recent, render_svg,
+                    runs_table_html, to_dot)
 from .records import StepRun, format_bytes, format_seconds
 
 __all__ = ["LineageWidget", "lineage"]
@@ -28,20 +29,22 @@ __all__ = ["LineageWidget", "lineage"]
 _REDRAW_EVERY_S = 0.5
 
 
-def lineage(*, history: bool = False, cache: Cache | None = None) -> LineageWidget:
+def lineage(*, history: bool = False, limit: int | None = DRAWN_MAX, cache: Cache | None = None) -> LineageWidget:
     """The lineage graph of this kernel's steps as a widget that keeps itself up to date.
 
-    ``history=True`` shows the latest run of every step the cache directory knows. The widget's
-    ``graph`` is the ``graphviz.Digraph``; ``save("lineage.svg")`` (or .png, .pdf) writes the picture.
+    ``history=True`` shows the latest run of every step the cache directory knows. Of more than ``limit``
+    steps, the picture draws those that ran last, with the earlier steps that fed them, ``limit`` in all
+    (``None``: every step); any step's details can be chosen. The widget's ``graph`` is the
+    ``graphviz.Digraph`` of the picture; ``save("lineage.svg")`` (or .png, .pdf) writes it.
     """
-    return LineageWidget(history=history, cache=cache)
+    return LineageWidget(history=history, limit=limit, cache=cache)
 
 
 class LineageWidget(widgets.VBox):
     """The lineage graph of this kernel's steps (or of the whole history), and a step's details."""
 
-    def __init__(self, *, history: bool = False, cache: Cache | None = None) -> None:
-        self._history = history
+    def __init__(self, *, history: bool = False, limit: int | None = DRAWN_MAX, cache: Cache | None = None) -> None:
+        self._history, self._limit = history, check_limit(limit)  # (ValueError before anything is made)
         self._cache = cache if cache is not None else default_cache()
         self._picture = widgets.HTML(layout=widgets.Layout(overflow="auto"))
         self._picker = widgets.Dropdown(description="step", options=[], layout=widgets.Layout(width="max-content"))
@@ -50,7 +53,7 @@ class LineageWidget(widgets.VBox):
         super().__init__([self._picture, self._picker, self._details])
         self.add_class("nbcache-lineage")
         self._runs: list[StepRun] = []
-        self._lineage = Lineage({}, ())
+        self._lineage = self._drawn = Lineage({}, ())
         self._drawn_at = 0.0
         self._dirty = False
         self.refresh()
@@ -62,12 +65,18 @@ class LineageWidget(widgets.VBox):
     # -- the public surface ----------------------------------------------------------------------------
     @property
     def lineage(self) -> Lineage:
+        """Every step, whether or not the picture draws it."""
         return self._lineage
 
     @property
+    def drawn(self) -> Lineage:
+        """The part of the lineage the picture draws (``graph.recent``): all of it, up to ``limit`` steps."""
+        return self._drawn
+
+    @property
     def graph(self) -> graphviz.Digraph:
-        """The graph as a ``graphviz.Digraph``, to render or restyle as you like."""
-        return to_dot(self._lineage)
+        """The picture as a ``graphviz.Digraph``, to render or restyle as you like."""
+        return to_dot(self._drawn)
 
     def save(self, path: str | os.PathLike[str]) -> str:
         """Write the picture to ``path``; its suffix (.svg, .png, .pdf) picks the format. Needs ``dot``."""
@@ -87,7 +96,8 @@ class LineageWidget(widgets.VBox):
         """Read the history again and redraw."""
         self._runs = self._cache.runs()
         self._lineage = build(self._runs, history=self._history)
-        self._picture.value = _picture_html(self._lineage)
+        self._drawn = recent(self._lineage, self._limit)
+        self._picture.value = _picture_html(self._drawn)
         names = list(self._lineage.nodes)
         chosen = self._picker.value if self._picker.value in names else (names[-1] if names else None)
         self._picker.options = names

@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("code", {"fingerprint_source", "fingerprint_code", "fingerprint_handlers", "fingerprint", "hashing",
               "ambient", "cellflow", "celleffects", "magiclines", "cellcode", "checks", "audit", "observe"}),
     ("key", {"key"}),
-    ("store", {"records", "pickler", "frameformat", "frameread", "frame", "keys", "entry", "store", "diskfiles", "diskgc", "diskerrors",
+    ("store", {"records", "history", "pickler", "frameformat", "frameread", "frame", "keys", "entry", "store", "diskfiles", "diskgc", "diskerrors",
                "eviction", "diskevict", "diskstore"}),
     ("cached call", {"events", "explain", "background", "verifier", "carry", "latestwrites", "cache", "keeping", "serving", "cachedcall"}),
     ("step and magics", {"step", "capture", "cellnames", "cellvars", "tables", "cellstep", "magics"}),

@@ -247,6 +247,21 @@ def test_records_of_the_wrong_type_are_skipped_and_counted_by_every_command(tmp_
     assert [r.step for r in nbcache.Cache(tmp_path).runs()] == ["load", "total"]  # (what runs() reads, too)
 
 
+def test_ls_lists_the_last_run_of_each_step_that_reads(tmp_path, capsys):
+    from nbcache.records import StepRun
+
+    def line(step: str, minute: int, **fields) -> str:
+        return StepRun.from_json(json.dumps(record(step, started_at=f"2024-05-01T12:0{minute}:00+00:00",
+                                                   **fields))).to_json()  # (as nbcache writes it)
+
+    write_history(tmp_path, [], line("total", 0)[:25], line("load", 1), line("total", 2),
+                  line("load", 3, cached=True, reason="cache hit"), line("total", 4)[:-9])  # two cut short
+    code, out, err = cli(capsys, "ls", "--dir", str(tmp_path), "--json")
+    listed = json.loads(out)
+    assert code == 0 and [s["step"] for s in listed] == ["load", "total"], err
+    assert listed[0]["last"]["reason"] == "cache hit" and listed[1]["last"]["started_at"].startswith("2024-05-01T12:02")
+
+
 def test_a_history_that_is_not_a_file_is_an_error_not_a_hang(tmp_path, capsys):
     (tmp_path / "store").mkdir()
     os.mkfifo(tmp_path / "runs.jsonl")  # reading it would wait for a writer forever

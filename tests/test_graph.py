@@ -7,7 +7,8 @@ from datetime import datetime, timedelta, timezone
 import graphviz
 import pytest
 
-from nbcache.graph import DotMissing, State, build, render_svg, runs_table_html, to_dot
+from nbcache.graph import (DRAWN_MAX, DotMissing, State, build, left_out_text, recent, render_svg, runs_table_html,
+                           to_dot)
 from nbcache.records import StepRun
 
 from .conftest import dot_missing, require
@@ -123,3 +124,66 @@ def test_without_dot_a_clear_error_and_a_table(monkeypatch):
         render_svg(to_dot(lineage))
     table = runs_table_html(lineage)
     assert table.count("<tr>") == 5 and "ran for the first time" in table
+
+
+# a long lineage: the steps that ran last, with the steps that fed them
+
+def chain(n: int, *, session: str = "k1") -> list[StepRun]:
+    """n steps, each consuming the output of the one before and of s00 (the first)."""
+    return [run(f"s{i:02d}", at=i, outputs=[f"h{i}"], session=session,
+                inputs={"prev": f"h{i - 1}", "first": "h0"} if i > 1 else {"prev": "h0"} if i else None)
+            for i in range(n)]
+
+
+def test_a_long_lineage_is_drawn_in_part_the_steps_that_ran_last_and_what_fed_them():
+    whole = build(chain(30), session="k1")
+    part = recent(whole, 10)
+    assert list(part.nodes) == ["s00", *[f"s{i:02d}" for i in range(21, 30)]]  # in the order they ran
+    assert part.earlier == {"s00", "s21"}  # s22 drawn in full with what fed it; s21's producer s20 did not fit
+    assert part.left_out == 20 and part.nodes["s25"] is whole.nodes["s25"]
+    assert {(e.source, e.target) for e in part.edges} == (
+        {(f"s{i - 1:02d}", f"s{i:02d}") for i in range(22, 30)} | {("s00", f"s{i:02d}") for i in range(21, 30)})
+    assert recent(whole, 30) is whole and recent(whole, None) is whole  # short enough, or asked for all
+
+
+def test_the_last_step_is_drawn_with_all_its_producers_whatever_the_limit():
+    part = recent(build(chain(5), session="k1"), 1)
+    assert set(part.nodes) == {"s04", "s03", "s00"} and part.earlier == {"s03", "s00"} and part.left_out == 2
+
+
+@pytest.mark.parametrize("limit", [0, -3, 2.5, True, "10"])
+def test_a_limit_that_is_no_number_of_steps_is_refused(limit):
+    with pytest.raises(ValueError, match="limit is the most steps to draw"):
+        recent(build(chain(3), session="k1"), limit)
+
+
+def test_the_picture_says_what_it_leaves_out_and_dashes_the_earlier_steps():
+    source = to_dot(recent(build(chain(30), session="k1"), 10)).source
+    assert "The 8 steps that ran last, of 30; dashed, 2 earlier steps that fed them." in source
+    assert "nbcache.lineage(limit=None) draws every step" in source
+    assert source.count("nbcache_earlier") == 2 and source.count("rounded,filled,dashed") == 2
+    whole = to_dot(build(chain(30), session="k1")).source
+    assert "ran last" not in whole and "dashed" not in whole and "nslimit" not in whole
+    assert "nslimit" in to_dot(build(chain(DRAWN_MAX + 1), session="k1")).source  # (a bounded layout search)
+    table = runs_table_html(recent(build(chain(30), session="k1"), 10))
+    assert table.count("<tr>") == 11 and "The 8 steps that ran last, of 30" in table
+
+
+def test_svg_of_a_part_dashes_the_earlier_steps():
+    require(dot_missing())
+    svg = render_svg(to_dot(recent(build(chain(30), session="k1"), 10)))
+    assert svg.count('class="node nbcache_step') == 10 and svg.count("nbcache_earlier") == 2
+    assert "stroke-dasharray" in svg and "ran last, of 30" in svg
+
+
+def test_what_is_left_out_is_said_in_words():
+    assert left_out_text(build(chain(3), session="k1")) == ""
+    assert left_out_text(recent(build(chain(5), session="k1"), 1)) == (
+        "The step that ran last, of 5; dashed, 2 earlier steps that fed it. nbcache.lineage(limit=None) draws"
+        " every step.")
+    lone = [run(f"s{i:04d}", at=i) for i in range(1200)]  # steps with no inputs
+    assert left_out_text(recent(build(lone, session="k1"), 3)).startswith("The 3 steps that ran last, of 1,200.")
+    fed_by_a = [run("a", at=0, outputs=["h"]), run("x", at=1), run("b", at=2, inputs={"v": "h"}),
+                run("c", at=3, inputs={"v": "h"})]
+    assert left_out_text(recent(build(fed_by_a, session="k1"), 3)).startswith(
+        "The 2 steps that ran last, of 4; dashed, the earlier step that fed them.")

@@ -94,6 +94,14 @@ def test_the_history_keeps_every_run_in_order(store):
     assert store.read_runs("nobody") == []
 
 
+def test_the_last_run_of_each_step_in_the_order_the_steps_first_ran(store):
+    assert store.last_runs() == []
+    runs = [_run("s"), _run("t", kind="cell"), _run("s", cached=True, reason="cache hit"), _run("u")]
+    for run in runs:
+        store.append_run(run)
+    assert store.last_runs() == [runs[2], runs[1], runs[3]]
+
+
 def test_delete_drops_an_entry_and_the_blobs_named(store):
     _put(store, "k", _entry(blobs=("a-1",)))
     store.delete("k", ["a-1"])

@@ -105,3 +105,43 @@ def test_lineage_magic_and_history_option(ip, cache_dir):
     assert list(widget.lineage.nodes) == ["load", "total"]
     history = ip.run_line_magic("lineage", "--history")
     assert list(history.lineage.nodes) == ["load", "total"]
+
+
+def long_history(steps: int) -> None:
+    """``steps`` steps in this kernel, each consuming the output of the one before."""
+    from datetime import datetime, timedelta, timezone
+
+    from nbcache.records import SESSION, StepRun
+
+    store, t0 = nbcache.cache.default_cache().store(), datetime(2026, 1, 1, tzinfo=timezone.utc)
+    for i in range(steps):
+        store.append_run(StepRun(step=f"s{i:03d}", cached=False, duration_s=0.1, saved_s=0.0, key=f"k{i}", code="c",
+                                 inputs={"x": f"h{i - 1}"} if i else {}, outputs=(f"h{i}",), reason="first run",
+                                 started_at=t0 + timedelta(seconds=i), session=SESSION))
+
+
+def test_a_long_history_draws_the_steps_that_ran_last_and_lists_every_one(cache_dir, tmp_path):
+    long_history(30)
+    widget = nbcache.lineage(limit=10)
+    assert len(widget.lineage.nodes) == 30 and list(widget.drawn.nodes) == [f"s{i:03d}" for i in range(20, 30)]
+    assert widget.drawn.earlier == {"s020"}  # it fed s021, drawn in full
+    assert widget._picker.options == tuple(widget.lineage.nodes)  # any step's details can be chosen
+    widget._picker.value = "s005"
+    assert "s004" in widget._details.value  # where its input came from, though neither is drawn
+    assert widget.graph.source.count("nbcache_step") == 10
+    if dot_missing() is None:
+        picture = widget._picture.value
+        assert picture.count('class="node nbcache_step') == 10 and "The 9 steps that ran last, of 30" in picture
+        assert widget.save(tmp_path / "part.svg").endswith("part.svg")
+        assert "The 9 steps that ran last" in (tmp_path / "part.svg").read_text()  # what is drawn is saved
+    assert len(nbcache.lineage(limit=None).drawn.nodes) == 30 and len(nbcache.lineage().drawn.nodes) == 30
+    with pytest.raises(ValueError, match="limit is the most steps to draw"):
+        nbcache.lineage(limit=0)
+
+
+def test_lineage_magic_draws_every_step_when_asked(ip, cache_dir):
+    from nbcache.graph import DRAWN_MAX
+
+    long_history(DRAWN_MAX + 5)
+    assert len(ip.run_line_magic("lineage", "").drawn.nodes) == DRAWN_MAX == len(nbcache.lineage().drawn.nodes)
+    assert len(ip.run_line_magic("lineage", "--all").drawn.nodes) == DRAWN_MAX + 5
