@@ -14,7 +14,7 @@ import os
 import threading
 import types
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .carry import Carry
 from .entry import Entry, Latest
@@ -219,20 +219,21 @@ class Cache:
         store.put_blob(address, frame)
 
     def load(self, store: Store, address: str, on_damage: Callable[[str], None] | None = None,
-             content_address: str | None = None) -> Any:
+             carried: Callable[[Any], Iterable[tuple[Any, str]]] | None = None) -> Any:
         """The value of the blob at ``address``; ``None`` is a valid value, so a missing blob raises
         ``KeyError``; a damaged one ``Damaged``. A big value is mapped from its file; with ``on_damage``,
         its buffers are checked in the background (``verifier.py``), which calls ``on_damage(problem)`` if
-        they are not intact (once ``verifier.release()`` is called); without, before it is returned. A mapped
-        array carries ``content_address`` to the steps it is passed to (``carry.py``)."""
+        they are not intact (once ``verifier.release()`` is called); without, before it is returned. The
+        arrays of a mapped value carry to the steps they are passed to the addresses ``carried(value)``
+        pairs them with (``carry.py``)."""
         source = store.open_blob(address)
         if source is None:
             raise KeyError(address)
         lazy = on_damage is not None and verify_lazily()
         value, unchecked = read_frame(source, self.notebook, key=self.key, name=address, lazy=lazy)
         if unchecked is not None and on_damage is not None:
-            if content_address:
-                self.carry.note(value, content_address, unchecked.identity)
+            for obj, content_address in carried(value) if carried is not None else ():
+                self.carry.note(obj, content_address, unchecked.identity)
             self.verifier.submit(unchecked, self.carry.with_derived(unchecked.identity, on_damage), hold=True)
         return value
 

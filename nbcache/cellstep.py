@@ -22,7 +22,7 @@ import tokenize
 import types
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from .audit import unobserved
 from .cache import Cache
@@ -157,6 +157,10 @@ class CellCall(StepCall):
     def restore(self, values: list[Any], entry: Entry) -> Any:
         return self._restore(values[0], entry)
 
+    def carried(self, entry: Entry, i: int) -> Callable[[Any], list[tuple[Any, str]]]:
+        """The cell's variables, with their content addresses (the payload keeps them in that order)."""
+        return lambda payload: [(v, a) for v, a in zip(payload["variables"].values(), entry.outputs) if a]
+
     def why(self) -> str:
         reason = super().why()
         if self.derived_identity and reason.startswith("code changed"):  # never claim two cells are one
@@ -281,7 +285,8 @@ class CellCall(StepCall):
         """What the cell bound (seen in its code, or as a name that is new or rebound after it ran), and
         the data inputs it changed in place; or what --outputs names."""
         names, missing = output_names(self.shell.user_ns, before, binds=self.binds, restrict=self.restrict,
-                                      input_names=self.input_names, inputs=self.inputs)
+                                      input_names=self.input_names, inputs=self.inputs,
+                                      carried=self.cache.carry.address_of)
         if missing:  # a typo: storing the rest would leave the name undefined after a hit
             self.missing_outputs = missing
             _warn(f"nbcache: --outputs names {', '.join(missing)}, which the cell did not define; the cell"

@@ -11,7 +11,7 @@ import itertools
 import re
 import sys
 import types
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .frame import Frame, Unpicklable
 from .hashing import hash_value
@@ -29,15 +29,16 @@ _ABSENT = object()
 
 
 def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Sequence[str],
-                 restrict: Sequence[str] | None, input_names: Sequence[str],
-                 inputs: Mapping[str, str]) -> tuple[list[str], list[str]]:
+                 restrict: Sequence[str] | None, input_names: Sequence[str], inputs: Mapping[str, str],
+                 carried: Callable[[Any], Any] = lambda value: None) -> tuple[list[str], list[str]]:
     """The variables a cell's run leaves as its outputs, and the names ``--outputs`` gave that it did not
     define.
 
     ``before`` maps each name to the ``id`` of its value before the run. The outputs are what the cell
     binds (``binds``, seen in its code, or a name that is new or rebound after it ran) and the data inputs
     it changed in place (``input_names`` whose hash is no longer the one in ``inputs``); or, when
-    ``restrict`` (``--outputs``) is given, those of its names that are defined.
+    ``restrict`` (``--outputs``) is given, those of its names that are defined. ``carried(value)`` is the
+    ``carry.Carried`` of an array restored and provably unchanged since (not read again), else None.
     """
     if restrict is not None:
         return [n for n in restrict if n in ns], [n for n in restrict if n not in ns]
@@ -51,6 +52,9 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
         value = ns.get(name, _ABSENT)
         if name in names or name not in inputs or value is _ABSENT or isinstance(value, _CODE_TYPES):
             continue
+        known = carried(value)
+        if known is not None and known.address == inputs.get(name):
+            continue  # a restored array none of whose pages was written
         try:
             if hash_value(value) != inputs.get(name):
                 names.append(name)  # mutated in place: `items.append(x)`, `df["c"] = ...`

@@ -79,8 +79,7 @@ class Serving:
         inherit(entry.checks)  # a step running this one from its body depends on them too
         try:
             on_damage = self._found_damaged_later(entry)
-            addresses = entry.outputs if entry.kind == "function" else ()  # (a cell's values share one blob)
-            values = [self.cache.load(self.store, blob, on_damage, addresses[i] if i < len(addresses) else None)
+            values = [self.cache.load(self.store, blob, on_damage, self.carried(entry, i))
                       for i, blob in enumerate(entry.blobs)]
         except Damaged as exc:
             return MISS, entry, self._damaged(exc, entry.blobs)
@@ -93,6 +92,12 @@ class Serving:
             self.store.touch(self.key)
         self.sizes = dict(entry.sizes)
         return values, entry, ""
+
+    def carried(self, entry: Entry, i: int) -> Callable[[Any], list[tuple[Any, str]]]:
+        """The values in the ``i``-th blob of ``entry``, each with its content address (``carry.py``): a
+        function's ``i``-th output (a ``%%step`` cell's variables share one blob: ``CellCall`` says)."""
+        address = entry.outputs[i] if i < len(entry.outputs) else ""
+        return lambda value: [(value, address)] if address else []
 
     def _damaged(self, problem: Exception | str, blobs: Sequence[str], *, word: str = "damaged") -> str:
         """Forget a damaged (or missing) result and say so; the reason of the run that recomputes it."""

@@ -15,6 +15,8 @@ import nbcache
 from nbcache import CacheWarning, cachedcall
 from nbcache.frameread import MAP_MIN
 
+from .conftest import run_cell
+
 N = MAP_MIN // 8 * 2  # float64s: a value that is mapped
 
 
@@ -145,3 +147,47 @@ def test_results_computed_from_a_value_found_damaged_go_with_it(tmp_path, found)
     result = normalizer(importer(1))  # both recomputed: nothing wrong is served
     assert fresh_calls == ["normalizer"]
     np.testing.assert_array_equal(result, _normalizer(_importer(1), []))
+
+
+IMPORTER_CELL = f"""%%step importer
+import numpy as np
+images = np.random.default_rng(1).standard_normal({N})
+"""
+NORMALIZER_CELL = """%%step normalizer
+open(LOG, "a").write("x")
+X = (images - images.mean()) / images.std()
+"""
+
+
+def test_a_cell_variable_restored_from_the_cache_carries_its_address_to_the_next_cell(shell, cache_dir, tmp_path,
+                                                                                       monkeypatch):
+    from nbcache.cache import default_cache
+    from nbcache import cellvars
+
+    shell.reset()
+    shell.user_ns["LOG"] = str(tmp_path / "ran.log")
+    run_cell(shell, IMPORTER_CELL)
+    run_cell(shell, NORMALIZER_CELL)
+    expected = shell.user_ns["X"].copy()
+    default_cache().carry = type(default_cache().carry)()  # what this process knew of restored values: gone
+    del shell.user_ns["images"], shell.user_ns["X"]
+    seen: list[int] = []
+    original = cachedcall.hash_value
+
+    def counting(value, **kwargs):
+        if isinstance(value, np.ndarray):
+            seen.append(id(value))
+        return original(value, **kwargs)
+
+    monkeypatch.setattr(cachedcall, "hash_value", counting)
+    monkeypatch.setattr(cellvars, "hash_value", counting)
+    run_cell(shell, IMPORTER_CELL)  # a hit: `images` comes back mapped, carrying its address
+    images = shell.user_ns["images"]
+    run_cell(shell, NORMALIZER_CELL)  # a hit keyed on the carried address: `images` is not read
+    assert id(images) not in seen and (tmp_path / "ran.log").read_text() == "x"
+    assert [r.cached for r in nbcache.runs()[-2:]] == [True, True]
+    np.testing.assert_array_equal(shell.user_ns["X"], expected)
+    images[0] = 5.0  # changed in place: read again, and the normalizer runs on what it holds now
+    run_cell(shell, NORMALIZER_CELL)
+    assert id(images) in seen and (tmp_path / "ran.log").read_text() == "xx"
+    assert shell.user_ns["X"][0] == pytest.approx((5.0 - images.mean()) / images.std())
