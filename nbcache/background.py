@@ -13,7 +13,9 @@ import time
 import weakref
 from typing import Callable
 
-__all__ = ["Worker"]
+__all__ = ["IDLE_S", "Worker"]
+
+IDLE_S = 60.0  # a worker's thread ends after this long with nothing to do
 
 _WORKERS: weakref.WeakSet[Worker] = weakref.WeakSet()
 
@@ -66,8 +68,12 @@ class Worker:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue:
-                    self._cond.wait()
+                if not self._queue:
+                    self._cond.wait(IDLE_S)
+                if not self._queue:  # idle for a while: the thread ends (``submit`` starts another)
+                    if self._thread is threading.current_thread():
+                        self._thread = None
+                    return
                 job = self._queue.popleft()
                 self._busy += 1
             try:

@@ -183,6 +183,8 @@ class Cache:
                     sources = _key_sources()
                     key = load_key(make=False)
                     self._warm_key = None if key is None else (sources, key)
+                    if key is not None:
+                        hmac.digest(key, b"", "sha256")  # (the first HMAC of a process sets up its hash)
                 store = self._open(directory)
                 store.prepare()
                 with self._stores_lock:

@@ -23,13 +23,14 @@ from __future__ import annotations
 import types
 from typing import Any, Callable
 
+from .fingerprint_code import code_info
 from .fingerprint_handlers import CODE, feed_code, label
 from .fingerprint_source import imported_module, is_user_code, library_roots, package_version
 from .hash_core import Unhashable, Walk, feed, new_hasher
 
 __all__ = [
     "CODE", "fingerprint", "fingerprint_parts", "imported_module", "is_user_code", "library_roots",
-    "package_version",
+    "package_version", "prepare",
 ]
 
 
@@ -73,3 +74,35 @@ def fingerprint_parts(func: Callable[..., Any], walk: Walk | None = None) -> tup
     except Exception as exc:  # a value it reads whose pickle protocol misbehaves
         raise TypeError(f"cannot fingerprint {label(func)}: {type(exc).__name__}: {exc}") from None
     return h.hexdigest(), dict(sorted(parts.items()))
+
+
+def prepare(func: Callable[..., Any], limit: int = 256) -> None:
+    """Do ahead what a function's first fingerprint needs and keeps (a step's, on a background thread, so its
+    first call in a process finds it done): the analysis of its code and of the user's functions it reads,
+    and the versions of the libraries they name. Reads globals as they are, runs nothing of the user's,
+    hashes no value, never raises."""
+    seen: set[int] = set()
+    todo = [getattr(func, "_nbcache_function_", func)]
+    try:
+        CODE.load()  # the hashing plugins of the libraries imported so far (numpy's, ...)
+        while todo and len(seen) < limit:
+            f = todo.pop()
+            code = getattr(f, "__code__", None)
+            if not isinstance(code, types.CodeType) or id(code) in seen:
+                continue
+            seen.add(id(code))
+            namespace = getattr(f, "__globals__", None) or {}
+            for chain in code_info(code).global_chains:
+                target = namespace.get(chain[0]) if isinstance(namespace, dict) else None
+                if isinstance(target, types.FunctionType):
+                    if is_user_code(target.__module__, target.__code__.co_filename):
+                        todo.append(target)
+                        continue
+                if isinstance(target, types.ModuleType):
+                    module = target.__name__
+                else:
+                    module = getattr(target, "__module__", None)
+                if isinstance(module, str):
+                    package_version(module)
+    except Exception:  # (the call does it again, and says what fails)
+        pass

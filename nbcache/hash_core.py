@@ -113,6 +113,12 @@ class Handlers:
             handler = self._cache[tp] = self._resolve(tp)
         return handler
 
+    def load(self) -> None:
+        """Load the plugins of libraries imported since the last look now (``handler`` does it first)."""
+        root = self._root
+        if root._loader is not None and len(sys.modules) != root._modules_seen:
+            root._load()
+
     def _resolve(self, tp: type) -> Handler:
         for cls in tp.__mro__:
             table: Handlers | None = self

@@ -13,6 +13,7 @@ buffer before a hit returns instead (a hit then reads the whole value, as ``np.l
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,7 +22,9 @@ from .errors import warn
 from .frameread import Unchecked, verify_frame
 from .store import Store
 
-__all__ = ["Problem", "Verification", "Verifier", "verify_lazily", "verify_store"]
+__all__ = ["DELAY_S", "Problem", "Verification", "Verifier", "verify_lazily", "verify_store"]
+
+DELAY_S = 0.05  # how long after a hit its mapped values start being checked
 
 
 def verify_lazily() -> bool:
@@ -56,19 +59,23 @@ class Verifier:
             self.worker.submit(lambda: self._check(unchecked, on_damage))
 
     def release(self) -> None:
-        """Start checking what was held."""
+        """Check what was held, from ``DELAY_S`` on: a check reads a whole file on another thread, and
+        would slow down what the hit and the steps right after it still do in this one."""
         held, self._held = self._held, []
-        for unchecked, on_damage in held:
-            self.submit(unchecked, on_damage)
+        if held:
+            not_before = time.monotonic() + DELAY_S
+            for unchecked, on_damage in held:
+                self.worker.submit(lambda u=unchecked, d=on_damage: self._check(u, d, not_before))
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every value submitted is checked (at most ``timeout`` seconds); True if all were."""
         return self.worker.drain(timeout)
 
-    def _check(self, unchecked: Unchecked, on_damage: Callable[[str], None]) -> None:
+    def _check(self, unchecked: Unchecked, on_damage: Callable[[str], None], not_before: float = 0.0) -> None:
         if unchecked.identity in self._intact:
             unchecked.close()
             return
+        time.sleep(max(0.0, not_before - time.monotonic()))
         problem = unchecked.check()
         if problem is None:
             self._intact.add(unchecked.identity)
