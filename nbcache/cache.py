@@ -7,7 +7,6 @@ Every part of nbcache that needs the cache is given one, or asks ``default_cache
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hmac
 import os
@@ -28,6 +27,7 @@ from .latestwrites import LatestWrites
 from .records import StepRun
 from .store import Store
 from .verifier import Verification, Verifier, verify_lazily, verify_store
+from .warming import Warming, ready_for_a_miss
 
 __all__ = ["Cache", "default_cache", "cache_dir", "set_cache_dir"]
 
@@ -64,8 +64,7 @@ class Cache:
         self._computing = threading.local()  # .keys: the keys this thread is computing, holding their locks
         self.verifier = Verifier(self.background)  # checks the buffers of big values hits mapped
         self.carry = Carry()  # the content addresses restored arrays carry to the next step
-        self._warming: threading.Thread | None = None  # opening the store ahead of the first call (``warm``)
-        self._warm_key: tuple[tuple, bytes] | None = None  # the key ``warm`` read, and what chose it
+        self._warming = Warming()  # opening the store ahead of the first call (``warm``)
 
     def __repr__(self) -> str:
         return f"Cache({self._fixed_store!r})" if self._fixed_store is not None else f"Cache({str(self.directory)!r})"
@@ -143,10 +142,8 @@ class Cache:
     def key(self) -> bytes:
         """The key values are signed with (resolved on first use; ``SigningKeyError`` if it cannot be)."""
         if self._key is None:
-            self._wait_warm()
-            warmed, self._warm_key = self._warm_key, None
-            # (the key read ahead counts only if nothing that chooses the key changed since)
-            self._key = warmed[1] if warmed and warmed[0] == _key_sources() else load_key()
+            self._warming.wait()
+            self._key = self._warming.take_key() or load_key()
         return self._key
 
     def store(self) -> Store:
@@ -158,7 +155,7 @@ class Cache:
         directory = self._directory()  # (a string: this is on every call's path)
         store = self._stores.get(directory)
         if store is None:
-            self._wait_warm()
+            self._warming.wait()
             with self._stores_lock:
                 store = self._stores.get(directory)
                 if store is None:
@@ -168,43 +165,27 @@ class Cache:
 
     def warm(self) -> None:
         """Read the signing key and open the store of the directory in use on a background thread, if that
-        directory holds a cache already (nothing is created, no key is made): ``import nbcache`` warms the
-        default cache, so that the notebook's first step finds both ready while the notebook imports its
-        libraries."""
+        directory holds a cache already (nothing is created, no key is made): see ``warming.py``."""
         if self._fixed_store is not None:
             return
         directory = self._directory()
         if not os.path.isdir(os.path.join(directory, "store")):
             return
 
-        def open_ahead() -> None:
-            with contextlib.suppress(Exception):  # (what fails here fails again, and is told, when used)
-                if self._key is None:
-                    sources = _key_sources()
-                    key = load_key(make=False)
-                    self._warm_key = None if key is None else (sources, key)
-                    if key is not None:
-                        hmac.digest(key, b"", "sha256")  # (the first HMAC of a process sets up its hash)
-                store = self._open(directory)
-                store.prepare()
-                with self._stores_lock:
-                    self._stores.setdefault(directory, store)
-                self.background.start()  # (a thread a hit would otherwise start)
+        def open_store() -> None:
+            store = self._open(directory)
+            store.prepare()
+            with self._stores_lock:
+                self._stores.setdefault(directory, store)
 
-        self._warming = threading.Thread(target=open_ahead, name="nbcache-warm", daemon=True)
-        self._warming.start()
+        self._warming.start(open_store, need_key=self._key is None,
+                            then=lambda: self.background.submit(ready_for_a_miss))
 
     @staticmethod
     def _open(directory: str) -> Store:
         from .diskstore import open_disk_store  # (diskcache and SQLite: imported when a directory is opened)
 
         return open_disk_store(directory)
-
-    def _wait_warm(self) -> None:
-        warming = self._warming
-        if warming is not None:
-            warming.join()  # (a thread of the parent of a forked process counts as ended)
-            self._warming = None
 
     # values
     def frame(self, value: Any, by_value: set[int] = frozenset()) -> Frame:
@@ -310,12 +291,6 @@ class Cache:
         count = store.clear(step, older_than_s=older_than_s, keep_last=keep_last)
         self.latest.forget(store)
         return count
-
-
-def _key_sources() -> tuple:
-    """What decides which signing key is used (``keys.py``): set after ``import nbcache``, it still counts."""
-    return (os.environ.get("NBCACHE_KEY"), os.environ.get("NBCACHE_KEY_FILE"), os.environ.get("XDG_CONFIG_HOME"),
-            os.environ.get("HOME"))
 
 
 def _seconds(text: str | None, *, default: float) -> float:

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("key", {"key"}),
     ("store", {"records", "history", "pickler", "frameformat", "frameread", "frame", "keys", "entry", "store", "diskfiles", "diskgc", "diskerrors",
                "eviction", "diskevict", "diskstore"}),
-    ("cached call", {"events", "explain", "background", "verifier", "carry", "latestwrites", "cache", "keeping", "serving", "cachedcall"}),
+    ("cached call", {"events", "explain", "background", "verifier", "carry", "latestwrites", "warming", "cache", "keeping", "serving", "cachedcall"}),
     ("step and magics", {"step", "capture", "cellnames", "cellvars", "tables", "cellstep", "magics"}),
     ("graph", {"graph"}),
     ("widget and cli", {"widget", "cli", "__init__"}),

@@ -32,14 +32,14 @@ print(add(1), nbcache.runs()[-1].cached)
     probe = store + """
 import sys
 from nbcache.cache import default_cache
-print(default_cache()._warming is None, "diskcache" in sys.modules)
+print(default_cache()._warming.thread is None, "diskcache" in sys.modules)
 """
     out = run_python(f"""
 import sys, nbcache
 from nbcache.cache import default_cache
 warming = default_cache()._warming
-print(warming is not None and warming.name == "nbcache-warm")
-warming.join(60)
+print(warming.thread is not None and warming.thread.name == "nbcache-warm")
+warming.wait()
 print(any(str(s.directory) == {str(directory)!r} for s in default_cache()._stores.values()))
 """ + probe.replace("import nbcache\n", "", 1), env=_env(tmp_path, directory, NBCACHE_KEY=KEY_A))
     assert out.split() == ["True", "True", "3", "True", "True", "True"]
@@ -50,14 +50,14 @@ def test_import_creates_nothing_and_makes_no_key(tmp_path):
     out = run_python("""
 import sys, nbcache
 from nbcache.cache import default_cache
-print(default_cache()._warming is None, "diskcache" in sys.modules, "cloudpickle" in sys.modules,
+print(default_cache()._warming.thread is None, "diskcache" in sys.modules, "cloudpickle" in sys.modules,
       "filelock" in sys.modules, "numpy" in sys.modules, "IPython" in sys.modules)
 """, env=_env(tmp_path, directory))
     assert out.split() == ["True", "False", "False", "False", "False", "False"]
     assert not directory.exists() and not (tmp_path / "home").exists()
     directory.mkdir()
     (directory / "store").mkdir()  # a cache directory, but no key anywhere yet: none is made ahead of use
-    run_python("import nbcache\nfrom nbcache.cache import default_cache\ndefault_cache()._warming.join(60)",
+    run_python("import nbcache\nfrom nbcache.cache import default_cache\ndefault_cache()._warming.wait()",
                env=_env(tmp_path, directory))
     assert not (tmp_path / "home").exists()
 
@@ -68,7 +68,7 @@ def test_a_key_set_after_the_import_is_the_one_used(tmp_path):
     out = run_python(f"""
 import os, nbcache
 from nbcache.cache import default_cache
-default_cache()._warming.join(60)  # it read KEY_A ahead
+default_cache()._warming.wait()  # it read KEY_A ahead
 os.environ["NBCACHE_KEY"] = {KEY_B!r}
 print(default_cache().key.hex())
 """, env=_env(tmp_path, directory, NBCACHE_KEY=KEY_A))
@@ -76,7 +76,7 @@ print(default_cache().key.hex())
     out = run_python("""
 import nbcache
 from nbcache.cache import default_cache
-default_cache()._warming.join(60)
+default_cache()._warming.wait()
 print(default_cache().key.hex())
 """, env=_env(tmp_path, directory, NBCACHE_KEY=KEY_A))
     assert out.strip() == KEY_A  # nothing changed: the key read ahead is used
