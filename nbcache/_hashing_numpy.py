@@ -5,10 +5,15 @@ C order, a megabyte at a time, so a slice, a transpose or a memmap hashes like i
 only one chunk is ever copied. Float chunks are checked for NaN with ``np.maximum.reduce`` (which
 propagates NaN and runs at memory speed on data already in cache); only a chunk that holds a NaN is
 rewritten, so that every NaN bit pattern hashes alike and arrays equal up to NaN positions are equal.
+
+Masked arrays have their own handler, but ``numpy.ma`` is not imported for it (numpy imports it only on
+first use, which costs more than hashing most values): an ndarray subclass is looked up in ``numpy.ma``
+only once the user's code has imported it, since no masked array exists before.
 """
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -157,9 +162,15 @@ def _dtype_tag(dt: np.dtype) -> bytes:
 
 def feed_ndarray(a: np.ndarray, h: Hasher, walk: Walk) -> None:
     tp = type(a)
-    h.update(b"nd")
     if tp is not np.ndarray and tp is not np.memmap:  # a memmap is its data; other subclasses add meaning
+        ma = sys.modules.get("numpy.ma")  # (a masked array can exist only once numpy.ma is imported)
+        if ma is not None and isinstance(a, ma.MaskedArray):
+            feed_masked(a, h, walk)
+            return
+        h.update(b"nd")
         feed(tp, h, walk)
+    else:
+        h.update(b"nd")
     h.update(_dtype_tag(a.dtype) + b"|" + repr(a.shape).encode())
     if not a.dtype.hasobject:
         feed_array_data(a, h, walk)
@@ -172,8 +183,9 @@ def feed_ndarray(a: np.ndarray, h: Hasher, walk: Walk) -> None:
 
 def feed_masked(a: np.ma.MaskedArray, h: Hasher, walk: Walk) -> None:
     """Data and mask; what hides under the mask does not count, where a neutral value can stand in."""
+    ma = sys.modules["numpy.ma"]
     h.update(b"ma")
-    data, mask = np.ma.getdata(a), np.ma.getmaskarray(a)
+    data, mask = ma.getdata(a), ma.getmaskarray(a)
     if data.dtype.kind in "biufcmM" and mask.any():
         data = np.where(mask, np.zeros((), dtype=data.dtype), data)
     feed_ndarray(data, h, walk)
@@ -191,9 +203,8 @@ def feed_dtype(dt: np.dtype, h: Hasher, walk: Walk) -> None:
     h.update(b"dt" + _dtype_tag(dt))
 
 
-HANDLERS: dict[type, Handler] = {
+HANDLERS: dict[type, Handler] = {  # masked arrays: through feed_ndarray, which does not import numpy.ma
     np.ndarray: feed_ndarray,
-    np.ma.MaskedArray: feed_masked,
     np.generic: feed_scalar,
     np.dtype: feed_dtype,
 }

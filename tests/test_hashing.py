@@ -352,6 +352,33 @@ def test_numpy_scalars_hash_the_same_before_and_after_arrays_are_seen():
     assert run_python(code).split() == ["True", "True"]
 
 
+def test_hashing_arrays_does_not_import_numpy_ma():
+    """numpy imports numpy.ma on first use (over 10 ms): hashing plain arrays must not be that use."""
+    code = ("import sys, numpy as np, nbcache\n"
+            "before = 'numpy.ma' in sys.modules\n"
+            "nbcache.hash_value([np.arange(3.0), np.float32(1), np.arange(4).reshape(2, 2).T, np.dtype('f8')])\n"
+            "print(before, 'numpy.ma' in sys.modules)")
+    assert run_python(code).split() == ["False", "False"]
+
+
+def test_masked_arrays_hash_with_their_mask_once_numpy_ma_is_imported():
+    code = ("import numpy as np, nbcache\n"
+            "plain = nbcache.hash_value(np.arange(3.0))\n"  # the numpy handlers loaded before numpy.ma
+            "import numpy.ma as ma\n"
+            "a = ma.masked_array([1.0, 2.0, 3.0], mask=[0, 1, 0])\n"
+            "print(nbcache.hash_value(a) == nbcache.hash_value(ma.masked_array([1.0, 9.0, 3.0], mask=[0, 1, 0])),\n"
+            "      nbcache.hash_value(a) != nbcache.hash_value(ma.masked_array([1.0, 2.0, 3.0], mask=[0, 0, 1])),\n"
+            "      nbcache.hash_value(a) != nbcache.hash_value(a.data), plain == nbcache.hash_value(np.arange(3.0)))")
+    assert run_python(code).split() == ["True", "True", "True", "True"]
+
+    class Sub(np.ma.MaskedArray):
+        pass
+
+    sub = np.ma.masked_array([1.0, 2.0], mask=[0, 1]).view(Sub)
+    assert H(sub) == H(np.ma.masked_array([1.0, 5.0], mask=[0, 1]).view(Sub))  # a subclass is hashed as masked
+    assert H(sub) != H(np.array([1.0, 2.0]).view(np.ma.MaskedArray))
+
+
 def test_bound_builtin_methods_hash_their_object():
     assert H({"a": 1}.get) != H({"a": 2}.get)
     assert H([1].append) != H([2].append)
