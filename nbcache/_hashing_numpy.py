@@ -3,8 +3,10 @@
 Loaded by ``hash_base`` only once the user's process has imported numpy. An array's data is fed to xxh3 in
 C order, a megabyte at a time, so a slice, a transpose or a memmap hashes like its contiguous copy while
 only one chunk is ever copied. Float chunks are checked for NaN with ``np.maximum.reduce`` (which
-propagates NaN and runs at memory speed on data already in cache); only a chunk that holds a NaN is
-rewritten, so that every NaN bit pattern hashes alike and arrays equal up to NaN positions are equal.
+propagates NaN and runs at several times memory speed on data already in cache); only a chunk that holds a
+NaN is rewritten, so that every NaN bit pattern hashes alike and arrays equal up to NaN positions are equal.
+A contiguous float array is read from memory once, on the calling thread: each chunk is hashed, then
+checked while it is still in the core's cache (``_float_digest``).
 
 Masked arrays have their own handler, but ``numpy.ma`` is not imported for it (numpy imports it only on
 first use, which costs more than hashing most values): an ndarray subclass is looked up in ``numpy.ma``
@@ -14,14 +16,13 @@ only once the user's code has imported it, since no masked array exists before.
 from __future__ import annotations
 
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .hash_core import Handler, Hasher, Unhashable, Walk, enter, feed, leave, new_hasher, pack_len
 
 CHUNK_BYTES = 1 << 20
-PARALLEL_BYTES = 16 << 20
+FUSED_BYTES = 256 << 10  # hashed, then checked for NaN while still in the core's L2 cache (measured best)
 _BUFFER_KINDS = frozenset("biufcmMSUV")
 _maximum = np.maximum.reduce
 
@@ -76,30 +77,36 @@ def _chunks(a: np.ndarray):
         yield np.ascontiguousarray(a[start:start + step]).reshape(-1)
 
 
-def _has_nan(flat: np.ndarray) -> bool:
-    top = _maximum(_float_view(flat))
-    return bool(top != top)
+def _float_digest(flat: np.ndarray) -> bytes:
+    """xxh3 of contiguous real floats, NaN made canonical, in one pass over memory.
 
-
-_executor: ThreadPoolExecutor | None = None
+    Hashing a chunk reads it from memory; the NaN check that follows finds it in cache, where it costs a
+    fraction of the hash (a second thread checking the whole array from memory is as fast only while a core
+    is free for it). A chunk that holds a NaN is hashed again, rewritten, from the state before it: the
+    bytes fed are those of the chunk-by-chunk path, and streaming xxh3 gives the digest of the bytes
+    whatever the chunks.
+    """
+    sub = new_hasher()
+    step = max(1, FUSED_BYTES // flat.itemsize)
+    for start in range(0, flat.size, step):
+        chunk = flat[start:start + step]
+        before = sub.copy()
+        sub.update(chunk)
+        top = _maximum(chunk)
+        if top != top:  # max propagates NaN
+            sub = before
+            sub.update(_canonical(chunk))
+    return sub.digest()
 
 
 def _buffer_digest(a: np.ndarray) -> bytes:
-    """xxh3 of the array's bytes in C order, NaN made canonical.
-
-    A big contiguous float array is hashed whole while a second thread looks for NaN (both release the GIL),
-    which keeps hashing at raw xxh3 speed; in the rare case a NaN is found, it is hashed again chunk by chunk.
-    """
-    global _executor
+    """xxh3 of the array's bytes in C order, NaN made canonical (and bools 0 or 1)."""
+    if type(a) is not np.ndarray:  # the data of a subclass (a matrix stays 2-d when reshaped, and reduces so)
+        a = a.view(np.ndarray)
     floats = a.dtype.kind in "fc"
-    if floats and a.nbytes >= PARALLEL_BYTES and a.flags.c_contiguous and not _is_long_double(a.dtype):
-        if _executor is None:
-            _executor = ThreadPoolExecutor(1, thread_name_prefix="nbcache-nan-check")
-        flat = a.reshape(-1)
-        nan_check = _executor.submit(_has_nan, flat)
-        sub = new_hasher(flat.view(np.uint8))
-        if not nan_check.result():
-            return sub.digest()
+    if floats and a.flags.c_contiguous and a.dtype.isnative and not _is_long_double(a.dtype):
+        return _float_digest(_float_view(a.reshape(-1)))
+    # (byte-swapped floats keep the megabyte chunks: a chunk holding a NaN is fed rewritten in native order)
     canonical = _canonical if floats else _canonical_bools if a.dtype.kind == "b" else None
     sub = new_hasher()
     for chunk in _chunks(a):

@@ -379,6 +379,30 @@ def test_masked_arrays_hash_with_their_mask_once_numpy_ma_is_imported():
     assert H(sub) != H(np.array([1.0, 2.0]).view(np.ma.MaskedArray))
 
 
+def test_big_float_arrays_hash_nan_alike_in_every_chunk():
+    a = np.arange(3_000_000, dtype=np.float64)
+    b = a.copy()
+    for i in (0, 32_767, 32_768, 1_500_000, 2_999_999):  # chunk boundaries, and the last element
+        a[i] = np.nan
+        b.view(np.uint64)[i] = 0xFFF8000000000000 | i  # other NaN bits
+    assert H(a) == H(b)
+    assert H(a) != H(np.where(np.isnan(a), 0.0, a))
+    c = a.astype(np.float32)
+    d = b.astype(np.float32)
+    d[-1] = -np.nan
+    assert H(c) == H(d)
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # numpy discourages np.matrix
+def test_a_matrix_hashes_by_content_and_class():
+    """A matrix stays 2-d when flattened, and its reductions too: its data is hashed as a plain array's."""
+    m = np.asmatrix(np.arange(6.0).reshape(2, 3))
+    assert H(m) == H(np.asmatrix(np.arange(6.0).reshape(2, 3)))
+    assert H(m) != H(np.asmatrix(np.arange(1.0, 7.0).reshape(2, 3)))
+    assert H(m) != H(np.arange(6.0).reshape(2, 3))
+    assert H(m.T) == H(np.asmatrix(np.arange(6.0).reshape(2, 3).T.copy()))
+
+
 def test_bound_builtin_methods_hash_their_object():
     assert H({"a": 1}.get) != H({"a": 2}.get)
     assert H([1].append) != H([2].append)
