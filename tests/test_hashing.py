@@ -393,6 +393,24 @@ def test_big_float_arrays_hash_nan_alike_in_every_chunk():
     assert H(c) == H(d)
 
 
+def test_big_float_arrays_hash_alike_with_or_without_a_second_thread(monkeypatch):
+    """Over PARALLEL_BYTES, a second thread checks for NaN when a core looks free: the digest is the same."""
+    from nbcache import _hashing_numpy
+
+    a = np.arange((20 << 20) // 8, dtype=np.float64)
+    b = a.copy()
+    b[[7, 1_000_000]] = np.nan
+    c = b.copy()
+    c.view(np.uint64)[7] = 0xFFF8000000000001
+    assert _hashing_numpy._core_to_spare() in (True, False)  # (a guess from the running tasks)
+    digests = {}
+    for spare in (False, True):
+        monkeypatch.setattr(_hashing_numpy, "_core_to_spare", lambda spare=spare: spare)
+        digests[spare] = [H(a), H(b), H(c)]
+    assert digests[True] == digests[False]
+    assert digests[False][1] == digests[False][2] != digests[False][0]
+
+
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # numpy discourages np.matrix
 def test_a_matrix_hashes_by_content_and_class():
     """A matrix stays 2-d when flattened, and its reductions too: its data is hashed as a plain array's."""
