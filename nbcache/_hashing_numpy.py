@@ -3,12 +3,22 @@
 Loaded by ``hash_base`` only once the user's process has imported numpy. An array's data is fed to xxh3 in
 C order, a megabyte at a time, so a slice, a transpose or a memmap hashes like its contiguous copy while
 only one chunk is ever copied. Float chunks are checked for NaN with ``np.maximum.reduce`` (which
-propagates NaN and runs at memory speed on data already in cache); only a chunk that holds a NaN is
-rewritten, so that every NaN bit pattern hashes alike and arrays equal up to NaN positions are equal.
+propagates NaN and runs at several times memory speed on data already in cache); only a chunk that holds a
+NaN is rewritten, so that every NaN bit pattern hashes alike and arrays equal up to NaN positions are equal.
+A contiguous float array is read from memory once, on the calling thread: each chunk is hashed, then
+checked while it is still in the core's cache (``_float_digest``), at about two thirds of raw xxh3's speed.
+A big one is hashed whole at raw speed while a second thread checks it, when a core looks free for that
+thread (``_core_to_spare``); with every core busy, the second thread would make it slower than one pass.
+
+Masked arrays have their own handler, but ``numpy.ma`` is not imported for it (numpy imports it only on
+first use, which costs more than hashing most values): an ndarray subclass is looked up in ``numpy.ma``
+only once the user's code has imported it, since no masked array exists before.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,7 +26,8 @@ import numpy as np
 from .hash_core import Handler, Hasher, Unhashable, Walk, enter, feed, leave, new_hasher, pack_len
 
 CHUNK_BYTES = 1 << 20
-PARALLEL_BYTES = 16 << 20
+FUSED_BYTES = 256 << 10  # hashed, then checked for NaN while still in the core's L2 cache (measured best)
+PARALLEL_BYTES = 16 << 20  # from here, a second thread may check for NaN while this one hashes
 _BUFFER_KINDS = frozenset("biufcmMSUV")
 _maximum = np.maximum.reduce
 
@@ -71,30 +82,70 @@ def _chunks(a: np.ndarray):
         yield np.ascontiguousarray(a[start:start + step]).reshape(-1)
 
 
-def _has_nan(flat: np.ndarray) -> bool:
-    top = _maximum(_float_view(flat))
-    return bool(top != top)
+def _float_digest(flat: np.ndarray) -> bytes:
+    """xxh3 of contiguous real floats, NaN made canonical, in one pass over memory.
+
+    Hashing a chunk reads it from memory; the NaN check that follows finds it in cache, where it costs a
+    fraction of the hash (a second thread checking the whole array from memory is as fast only while a core
+    is free for it). A chunk that holds a NaN is hashed again, rewritten, from the state before it: the
+    bytes fed are those of the chunk-by-chunk path, and streaming xxh3 gives the digest of the bytes
+    whatever the chunks.
+    """
+    sub = new_hasher()
+    step = max(1, FUSED_BYTES // flat.itemsize)
+    for start in range(0, flat.size, step):
+        chunk = flat[start:start + step]
+        before = sub.copy()
+        sub.update(chunk)
+        top = _maximum(chunk)
+        if top != top:  # max propagates NaN
+            sub = before
+            sub.update(_canonical(chunk))
+    return sub.digest()
 
 
 _executor: ThreadPoolExecutor | None = None
 
 
-def _buffer_digest(a: np.ndarray) -> bytes:
-    """xxh3 of the array's bytes in C order, NaN made canonical.
+def _has_nan(flat: np.ndarray) -> bool:
+    top = _maximum(flat)
+    return bool(top != top)
 
-    A big contiguous float array is hashed whole while a second thread looks for NaN (both release the GIL),
-    which keeps hashing at raw xxh3 speed; in the rare case a NaN is found, it is hashed again chunk by chunk.
-    """
+
+def _core_to_spare() -> bool:
+    """Whether a core looks idle: fewer tasks running now (this one among them) than CPUs this process may
+    use. A guess either way costs speed only, never a different digest."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cpus < 2:
+        return False
+    try:
+        with open("/proc/loadavg", "rb") as f:  # "0.52 0.58 0.59 2/345 6789": 2 running
+            running = int(f.read().split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        return cpus >= 4  # no way to tell (not Linux): several cores, likely one free
+    return running < cpus
+
+
+def _parallel_digest(flat: np.ndarray) -> bytes:
+    """xxh3 of the whole buffer while a second thread looks for NaN (both release the GIL); if one is
+    found, the one-pass way hashes it again."""
     global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(1, thread_name_prefix="nbcache-nan-check")
+    nan_check = _executor.submit(_has_nan, flat)
+    sub = new_hasher(flat)
+    return sub.digest() if not nan_check.result() else _float_digest(flat)
+
+
+def _buffer_digest(a: np.ndarray) -> bytes:
+    """xxh3 of the array's bytes in C order, NaN made canonical (and bools 0 or 1)."""
+    if type(a) is not np.ndarray:  # the data of a subclass (a matrix stays 2-d when reshaped, and reduces so)
+        a = a.view(np.ndarray)
     floats = a.dtype.kind in "fc"
-    if floats and a.nbytes >= PARALLEL_BYTES and a.flags.c_contiguous and not _is_long_double(a.dtype):
-        if _executor is None:
-            _executor = ThreadPoolExecutor(1, thread_name_prefix="nbcache-nan-check")
-        flat = a.reshape(-1)
-        nan_check = _executor.submit(_has_nan, flat)
-        sub = new_hasher(flat.view(np.uint8))
-        if not nan_check.result():
-            return sub.digest()
+    if floats and a.flags.c_contiguous and a.dtype.isnative and not _is_long_double(a.dtype):
+        flat = _float_view(a.reshape(-1))
+        return _parallel_digest(flat) if flat.nbytes >= PARALLEL_BYTES and _core_to_spare() else _float_digest(flat)
+    # (byte-swapped floats keep the megabyte chunks: a chunk holding a NaN is fed rewritten in native order)
     canonical = _canonical if floats else _canonical_bools if a.dtype.kind == "b" else None
     sub = new_hasher()
     for chunk in _chunks(a):
@@ -157,9 +208,15 @@ def _dtype_tag(dt: np.dtype) -> bytes:
 
 def feed_ndarray(a: np.ndarray, h: Hasher, walk: Walk) -> None:
     tp = type(a)
-    h.update(b"nd")
     if tp is not np.ndarray and tp is not np.memmap:  # a memmap is its data; other subclasses add meaning
+        ma = sys.modules.get("numpy.ma")  # (a masked array can exist only once numpy.ma is imported)
+        if ma is not None and isinstance(a, ma.MaskedArray):
+            feed_masked(a, h, walk)
+            return
+        h.update(b"nd")
         feed(tp, h, walk)
+    else:
+        h.update(b"nd")
     h.update(_dtype_tag(a.dtype) + b"|" + repr(a.shape).encode())
     if not a.dtype.hasobject:
         feed_array_data(a, h, walk)
@@ -172,8 +229,9 @@ def feed_ndarray(a: np.ndarray, h: Hasher, walk: Walk) -> None:
 
 def feed_masked(a: np.ma.MaskedArray, h: Hasher, walk: Walk) -> None:
     """Data and mask; what hides under the mask does not count, where a neutral value can stand in."""
+    ma = sys.modules["numpy.ma"]
     h.update(b"ma")
-    data, mask = np.ma.getdata(a), np.ma.getmaskarray(a)
+    data, mask = ma.getdata(a), ma.getmaskarray(a)
     if data.dtype.kind in "biufcmM" and mask.any():
         data = np.where(mask, np.zeros((), dtype=data.dtype), data)
     feed_ndarray(data, h, walk)
@@ -191,9 +249,8 @@ def feed_dtype(dt: np.dtype, h: Hasher, walk: Walk) -> None:
     h.update(b"dt" + _dtype_tag(dt))
 
 
-HANDLERS: dict[type, Handler] = {
+HANDLERS: dict[type, Handler] = {  # masked arrays: through feed_ndarray, which does not import numpy.ma
     np.ndarray: feed_ndarray,
-    np.ma.MaskedArray: feed_masked,
     np.generic: feed_scalar,
     np.dtype: feed_dtype,
 }

@@ -27,12 +27,12 @@ import xxhash
 
 from .hashing import hash_value
 from .statediff import EMPTY, SAME, equal
-from .statekinds import BY_NAME, KINDS, AmbientKind, global_generator, global_generator_method
+from .statekinds import BY_NAME, KINDS, AmbientKind, global_generator, global_generator_method, when_imported
 
 # AmbientKind, KINDS, equal and the global generators are defined in statekinds.py and statediff.py; the
 # modules that keep or restore ambient state import them from here
 __all__ = ["KINDS", "AmbientKind", "Snapshot", "apply", "equal", "global_generator", "global_generator_method",
-           "setting_digest", "setting_hash", "snapshot", "state_hash"]
+           "setting_digest", "setting_hash", "snapshot", "state_hash", "when_imported"]
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ class Observer:
     drew_first: set[str] = field(default_factory=set)  # generators drawn from before being seeded
     _patches: list[tuple[Any, str, Any]] = field(default_factory=list)
     _aliases: list[tuple[Any, Any]] = field(default_factory=list)  # (a seeding function, its wrapper)
+    _pending: list[Any] = field(default_factory=list)  # cancel the taking of a state when its module is imported
 
     def __enter__(self) -> Observer:
         self.before = ambient.snapshot()
@@ -91,6 +92,9 @@ class Observer:
 
     def __exit__(self, *exc: Any) -> None:
         unwatch(self)
+        for cancel in self._pending:
+            cancel()
+        self._pending.clear()
         for owner, name, value in reversed(self._patches):
             setattr(owner, name, value)
         self._patches.clear()
@@ -107,27 +111,44 @@ class Observer:
         to it with ``from numpy.random import seed``), to tell `seed(); draw()`, which does not depend on
         the state the step started from, from `draw()`, which does."""
         assert self.before is not None
-        aliases = self.namespace or {}
         for kind in ambient.KINDS:
-            if not (kind.rng and kind.seed and kind.name in self.before.values):
-                continue
-            owner = sys.modules.get(kind.seed[0])
-            original = getattr(owner, kind.seed[1], None)
-            if owner is None or original is None:
-                continue
+            if kind.rng and kind.seed and kind.name in self.before.values:
+                self._patch_seed(kind)
+            elif kind.rng and kind.pending():  # numpy.random, not imported yet: its state is the one it gets
+                # on import, and whether the run seeds it is seen from then on (as if it had been imported now)
+                self._pending.append(ambient.when_imported(kind.module, lambda _, kind=kind: self._imported(kind)))
 
-            def seed(*args: Any, _kind: ambient.AmbientKind = kind, _original: Any = original, **kwargs: Any) -> Any:
-                if _kind.name not in self.seeded_first and _kind.name not in self.drew_first:
-                    unchanged = self.before is not None and self.before.same(_kind.name)
-                    (self.seeded_first if unchanged else self.drew_first).add(_kind.name)
-                return _original(*args, **kwargs)
+    def _imported(self, kind: ambient.AmbientKind) -> None:
+        """The run imported the module of a generator: its state as imported is the one the run started from."""
+        assert self.before is not None
+        if not self._pending:  # (imported by another thread as the run ended)
+            return
+        try:
+            self.before.values[kind.name] = kind.get()
+        except Exception:
+            return
+        self._patch_seed(kind)
 
-            self._patches.append((owner, kind.seed[1], original))
-            setattr(owner, kind.seed[1], seed)
-            self._aliases.append((original, seed))
-            for name, value in list(aliases.items()):
-                if value is original:
-                    aliases[name] = seed
+    def _patch_seed(self, kind: ambient.AmbientKind) -> None:
+        assert kind.seed is not None
+        owner = sys.modules.get(kind.seed[0])
+        original = getattr(owner, kind.seed[1], None)
+        if owner is None or original is None:
+            return
+
+        def seed(*args: Any, _kind: ambient.AmbientKind = kind, _original: Any = original, **kwargs: Any) -> Any:
+            if _kind.name not in self.seeded_first and _kind.name not in self.drew_first:
+                unchanged = self.before is not None and self.before.same(_kind.name)
+                (self.seeded_first if unchanged else self.drew_first).add(_kind.name)
+            return _original(*args, **kwargs)
+
+        self._patches.append((owner, kind.seed[1], original))
+        setattr(owner, kind.seed[1], seed)
+        self._aliases.append((original, seed))
+        aliases = self.namespace or {}
+        for name, value in list(aliases.items()):
+            if value is original:
+                aliases[name] = seed
 
     def changed_state(self) -> dict[str, Any]:
         """The ambient state the run changed, to be set again on a hit."""

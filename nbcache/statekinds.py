@@ -3,7 +3,10 @@
 Each ``AmbientKind`` knows how to take a picklable snapshot of one kind of process-wide state
 (``np.random``'s, ``matplotlib.rcParams``, ``os.environ``, ...), how to set the process back to one, and
 its shape (``statediff.py``), which says what a change to it is. A kind is looked at only while its
-library is imported (``import nbcache`` imports none of them), and reading one never changes it.
+library is imported (``import nbcache`` imports none of them), and reading one never changes it. numpy's
+global generator lives in ``numpy.random``, which numpy imports only when it is first used: until then its
+state is the one it gets when imported, which an observer takes at that moment (``pending``,
+``when_imported``), so that a step that never draws does not import it.
 
 Adding a kind is adding a row to ``KINDS``: its get and set must round-trip (``set(get())`` changes
 nothing), and its snapshot must pickle.
@@ -17,13 +20,14 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from .statediff import SHAPES, applied, change, equal
 
-__all__ = ["BY_NAME", "KINDS", "AmbientKind", "global_generator", "global_generator_method"]
+__all__ = ["BY_NAME", "KINDS", "AmbientKind", "global_generator", "global_generator_method", "when_imported"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class AmbientKind:
     unordered: bool = False  # as an input, which entries it holds counts, not their order
     rng: bool = False  # a global random generator: a step that draws from it depends on its state
     seed: tuple[str, str] | None = None  # (module, attribute) of the function that seeds it
+    lazy_in: str | None = None  # the library that imports ``module`` on first use (numpy, numpy.random)
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
@@ -47,6 +52,11 @@ class AmbientKind:
 
     def active(self) -> bool:
         return self.module in sys.modules
+
+    def pending(self) -> bool:
+        """Its library is imported but not yet the module that holds it: its state is the one that module
+        will get when imported (by the first use), and to be taken then (``when_imported``)."""
+        return self.lazy_in is not None and self.lazy_in in sys.modules and self.module not in sys.modules
 
     def change(self, before: Any, after: Any) -> Any:
         """What turned ``before`` into ``after``, in this kind's shape; ``statediff.SAME`` if nothing did."""
@@ -66,11 +76,11 @@ def _random_set(state: Any) -> None:
 
 
 def _numpy_random_get() -> Any:
-    return sys.modules["numpy"].random.get_state()
+    return sys.modules["numpy.random"].get_state()
 
 
 def _numpy_random_set(state: Any) -> None:
-    sys.modules["numpy"].random.set_state(state)
+    sys.modules["numpy.random"].set_state(state)
 
 
 def _print_options_get() -> dict:
@@ -214,8 +224,8 @@ def _sys_path_set(paths: list) -> None:
 
 KINDS: tuple[AmbientKind, ...] = (
     AmbientKind("random", "random", _random_get, _random_set, rng=True, seed=("random", "seed")),
-    AmbientKind("numpy.random", "numpy", _numpy_random_get, _numpy_random_set, rng=True,
-                seed=("numpy.random", "seed")),
+    AmbientKind("numpy.random", "numpy.random", _numpy_random_get, _numpy_random_set, rng=True,
+                seed=("numpy.random", "seed"), lazy_in="numpy"),
     AmbientKind("numpy print options", "numpy", _print_options_get, _print_options_set, shape="mapping", renders=True),
     AmbientKind("matplotlib backend", "matplotlib", _backend_get, _backend_set, renders=True),
     AmbientKind("matplotlib.rcParams", "matplotlib", _rc_get, _rc_set, shape="mapping", renders=True),
@@ -238,8 +248,8 @@ def global_generator(obj: Any) -> str | None:
     random = sys.modules.get("random")
     if random is not None and obj is getattr(random.random, "__self__", None):
         return "random"
-    np = sys.modules.get("numpy")
-    if np is not None and obj is getattr(np.random.rand, "__self__", None):
+    np_random = sys.modules.get("numpy.random")  # (not imported: no generator of its exists yet)
+    if np_random is not None and obj is getattr(np_random.rand, "__self__", None):
         return "numpy.random"
     return None
 
@@ -249,3 +259,77 @@ def global_generator_method(module: str, name: str) -> Any:
     owner = __import__(module, fromlist=["_"])
     generator = (owner.random if module == "random" else owner.rand).__self__
     return getattr(generator, name)
+
+
+# -- taking a state when its module is imported ----------------------------------------------------------
+
+_watched: dict[str, list[Callable[[Any], None]]] = {}  # module name -> callbacks, run once it is imported
+_watch_lock = threading.Lock()
+
+
+class _ImportWatch:
+    """A finder first on ``sys.meta_path`` that finds nothing itself: for a watched module it asks the
+    other finders, and has the loader run the callbacks once the module's code has run."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname not in _watched:
+            return None
+        for finder in sys.meta_path:
+            find_spec = getattr(finder, "find_spec", None)
+            spec = None if finder is self or find_spec is None else find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        exec_module = getattr(loader, "exec_module", None)
+        if exec_module is None:
+            return spec
+
+        def exec_then_call(module: Any) -> None:
+            try:
+                exec_module(module)
+            finally:
+                vars(loader).pop("exec_module", None)
+            with _watch_lock:
+                callbacks = _watched.pop(fullname, [])
+                _unwatch_if_idle()
+            for callback in callbacks:
+                try:
+                    callback(module)
+                except Exception:  # never the import's failure
+                    pass
+
+        try:
+            loader.exec_module = exec_then_call
+        except AttributeError:  # a loader that takes no attributes: not watched (its state is not taken)
+            pass
+        return spec
+
+
+_WATCH = _ImportWatch()
+
+
+def _unwatch_if_idle() -> None:
+    if not _watched and _WATCH in sys.meta_path:
+        sys.meta_path.remove(_WATCH)
+
+
+def when_imported(module: str, callback: Callable[[Any], None]) -> Callable[[], None]:
+    """Call ``callback(module object)`` once ``module`` has been imported (its code run), in the thread
+    that imports it; return a function that cancels the call if it has not happened."""
+    with _watch_lock:
+        _watched.setdefault(module, []).append(callback)
+        if _WATCH not in sys.meta_path:
+            sys.meta_path.insert(0, _WATCH)
+
+    def cancel() -> None:
+        with _watch_lock:
+            callbacks = _watched.get(module, [])
+            if any(c is callback for c in callbacks):
+                callbacks[:] = [c for c in callbacks if c is not callback]
+                if not callbacks:
+                    del _watched[module]
+            _unwatch_if_idle()
+
+    return cancel

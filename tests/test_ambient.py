@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import warnings
 
 import numpy as np
@@ -14,6 +15,8 @@ import pytest
 from nbcache import ambient
 from nbcache.statediff import SAME, applied, change, equal
 from nbcache.statekinds import KINDS, AmbientKind, global_generator, global_generator_method
+
+from .conftest import run_python
 
 ENV = "environment variables"
 PRINT = "numpy print options"
@@ -194,3 +197,77 @@ def test_the_global_generators_are_recognised():
     assert global_generator(np.random.default_rng(0)) is None
     assert global_generator_method("numpy.random", "rand") == np.random.rand
     assert global_generator_method("random", "random") == random.random
+
+
+# -- numpy.random, imported by numpy on first use ----------------------------------------------------------
+
+_STEPS = """
+import sys
+import numpy as np
+import nbcache
+imported_with_numpy = "numpy.random" in sys.modules
+nbcache.set_cache_dir(sys.argv[1])
+
+@nbcache.step
+def double(x):
+    return x * 2
+
+@nbcache.step
+def seeded(n):
+    np.random.seed(42)
+    return np.random.rand(n).tolist()
+
+@nbcache.step
+def unseeded(n):
+    return np.random.rand(n).tolist()
+
+for name in sys.argv[2].split(","):
+    globals()[name](3)
+    print(name, nbcache.runs()[-1].cached, "numpy.random" in sys.modules, imported_with_numpy)
+"""
+
+
+def _run_steps(tmp_path, names: str) -> list[list[str]]:
+    script = tmp_path / "steps.py"
+    script.write_text(_STEPS)
+    code = f"import sys; sys.argv = ['steps', {str(tmp_path / 'cache')!r}, {names!r}]; exec(open({str(script)!r}).read())"
+    return [line.split() for line in run_python(code).splitlines()]
+
+
+def test_a_step_that_does_not_draw_does_not_import_numpy_random(tmp_path):
+    """numpy imports numpy.random on first use (several ms); only a step that draws should be that use."""
+    lines = _run_steps(tmp_path, "double,double")
+    assert [(name, cached) for name, cached, *_ in lines] == [("double", "False"), ("double", "True")]
+    imported_with_numpy = lines[0][3] == "True"
+    # numpy 2 imports numpy.random lazily; a numpy that imports it with itself leaves nothing to spare
+    assert [imported for _, _, imported, _ in lines] == [str(imported_with_numpy)] * 2
+
+
+def test_a_step_that_first_uses_numpy_random_is_seen_as_if_imported_before(tmp_path):
+    """Its state is taken when imported and seeding is seen from then: a step that seeds first hits, one that
+    draws without seeding runs every time, in this process and after a restart."""
+    first = _run_steps(tmp_path, "seeded,seeded,unseeded,unseeded")
+    assert [(name, cached) for name, cached, *_ in first] == [
+        ("seeded", "False"), ("seeded", "True"), ("unseeded", "False"), ("unseeded", "False")]
+    restarted = _run_steps(tmp_path, "unseeded,seeded")
+    assert [(name, cached) for name, cached, *_ in restarted] == [("unseeded", "False"), ("seeded", "True")]
+
+
+def test_when_imported_calls_back_once_the_module_has_run(tmp_path, monkeypatch):
+    (tmp_path / "nbcache_lazy_probe.py").write_text("VALUE = 42\n")
+    (tmp_path / "nbcache_lazy_other.py").write_text("VALUE = 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    cancel = ambient.when_imported("nbcache_lazy_probe", lambda module: seen.append(module.VALUE))
+    cancelled = ambient.when_imported("nbcache_lazy_other", lambda module: seen.append("never"))
+    try:
+        cancelled()
+        import nbcache_lazy_other  # noqa: F401
+        assert seen == []
+        import nbcache_lazy_probe  # noqa: F401
+        assert seen == [42]
+        assert not any(type(finder).__name__ == "_ImportWatch" for finder in sys.meta_path)  # nothing left watched
+    finally:
+        cancel()
+        sys.modules.pop("nbcache_lazy_probe", None)
+        sys.modules.pop("nbcache_lazy_other", None)

@@ -57,3 +57,22 @@ def test_code_hashes_as_before_the_refactor():
     assert nbcache.fingerprint(_pinned_function) == "33000c26dcacda07b227fcd8c0f02ad1"
     assert hash_value(nbcache.step(_pinned_function)) == "dafbb8c45af66d08b89ba4d5a894c057"
     assert hash_value(nbcache.step(version="2")(_helper)) == "69118c3ee3c8c5c8881aea0ba180566e"
+
+
+def test_arrays_with_nan_and_masked_arrays_hash_as_before_the_single_pass_hashing():
+    """Pinned before hashing floats in one pass (issue 12): NaN across chunk boundaries, complex, byte-swapped
+    and strided arrays, and masked arrays, whose handler is now reached without importing numpy.ma."""
+    big = np.arange(1_000_003, dtype=np.float64) / 7  # 8 MB: chunks of every size
+    big[[0, 32767, 32768, 131071, 131072, 999_999]] = np.nan
+    big.view(np.uint64)[500_000] = 0xFFF0000000000042  # a NaN with a payload and the sign bit
+    assert hash_value(big) == "17bbb2ea52392feff919ba8d272df7f6"
+    assert hash_value(big[::3]) == "f785fbc75f86e5090115a34db014a54e"
+    c = (np.arange(300_001) + 1j).astype(np.complex64)
+    c[[5, 200_000]] = [complex(np.nan, 1), complex(2, -np.nan)]
+    assert hash_value(c) == "142b93a395598114d4903b408d5aa6f4"
+    swapped = (np.arange(200_000) / 3).astype(">f8")
+    swapped[150_000] = np.nan
+    assert hash_value(swapped) == "edd753d76a2f6db77ec652fbcf9554f2"
+    masked = np.ma.masked_array(np.arange(6.0), mask=[0, 1, 0, 0, 1, 0], fill_value=-1.0)
+    assert hash_value(masked) == "c4a724bbe0e1fd0501559345d6563783"
+    assert hash_value(np.ma.masked_array([1, 2, 3], mask=[0, 1, 0])) == "97481ce660d113d5218a72a241a6c0f8"

@@ -352,6 +352,75 @@ def test_numpy_scalars_hash_the_same_before_and_after_arrays_are_seen():
     assert run_python(code).split() == ["True", "True"]
 
 
+def test_hashing_arrays_does_not_import_numpy_ma():
+    """numpy imports numpy.ma on first use (over 10 ms): hashing plain arrays must not be that use."""
+    code = ("import sys, numpy as np, nbcache\n"
+            "before = 'numpy.ma' in sys.modules\n"
+            "nbcache.hash_value([np.arange(3.0), np.float32(1), np.arange(4).reshape(2, 2).T, np.dtype('f8')])\n"
+            "print(before, 'numpy.ma' in sys.modules)")
+    assert run_python(code).split() == ["False", "False"]
+
+
+def test_masked_arrays_hash_with_their_mask_once_numpy_ma_is_imported():
+    code = ("import numpy as np, nbcache\n"
+            "plain = nbcache.hash_value(np.arange(3.0))\n"  # the numpy handlers loaded before numpy.ma
+            "import numpy.ma as ma\n"
+            "a = ma.masked_array([1.0, 2.0, 3.0], mask=[0, 1, 0])\n"
+            "print(nbcache.hash_value(a) == nbcache.hash_value(ma.masked_array([1.0, 9.0, 3.0], mask=[0, 1, 0])),\n"
+            "      nbcache.hash_value(a) != nbcache.hash_value(ma.masked_array([1.0, 2.0, 3.0], mask=[0, 0, 1])),\n"
+            "      nbcache.hash_value(a) != nbcache.hash_value(a.data), plain == nbcache.hash_value(np.arange(3.0)))")
+    assert run_python(code).split() == ["True", "True", "True", "True"]
+
+    class Sub(np.ma.MaskedArray):
+        pass
+
+    sub = np.ma.masked_array([1.0, 2.0], mask=[0, 1]).view(Sub)
+    assert H(sub) == H(np.ma.masked_array([1.0, 5.0], mask=[0, 1]).view(Sub))  # a subclass is hashed as masked
+    assert H(sub) != H(np.array([1.0, 2.0]).view(np.ma.MaskedArray))
+
+
+def test_big_float_arrays_hash_nan_alike_in_every_chunk():
+    a = np.arange(3_000_000, dtype=np.float64)
+    b = a.copy()
+    for i in (0, 32_767, 32_768, 1_500_000, 2_999_999):  # chunk boundaries, and the last element
+        a[i] = np.nan
+        b.view(np.uint64)[i] = 0xFFF8000000000000 | i  # other NaN bits
+    assert H(a) == H(b)
+    assert H(a) != H(np.where(np.isnan(a), 0.0, a))
+    c = a.astype(np.float32)
+    d = b.astype(np.float32)
+    d[-1] = -np.nan
+    assert H(c) == H(d)
+
+
+def test_big_float_arrays_hash_alike_with_or_without_a_second_thread(monkeypatch):
+    """Over PARALLEL_BYTES, a second thread checks for NaN when a core looks free: the digest is the same."""
+    from nbcache import _hashing_numpy
+
+    a = np.arange((20 << 20) // 8, dtype=np.float64)
+    b = a.copy()
+    b[[7, 1_000_000]] = np.nan
+    c = b.copy()
+    c.view(np.uint64)[7] = 0xFFF8000000000001
+    assert _hashing_numpy._core_to_spare() in (True, False)  # (a guess from the running tasks)
+    digests = {}
+    for spare in (False, True):
+        monkeypatch.setattr(_hashing_numpy, "_core_to_spare", lambda spare=spare: spare)
+        digests[spare] = [H(a), H(b), H(c)]
+    assert digests[True] == digests[False]
+    assert digests[False][1] == digests[False][2] != digests[False][0]
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # numpy discourages np.matrix
+def test_a_matrix_hashes_by_content_and_class():
+    """A matrix stays 2-d when flattened, and its reductions too: its data is hashed as a plain array's."""
+    m = np.asmatrix(np.arange(6.0).reshape(2, 3))
+    assert H(m) == H(np.asmatrix(np.arange(6.0).reshape(2, 3)))
+    assert H(m) != H(np.asmatrix(np.arange(1.0, 7.0).reshape(2, 3)))
+    assert H(m) != H(np.arange(6.0).reshape(2, 3))
+    assert H(m.T) == H(np.asmatrix(np.arange(6.0).reshape(2, 3).T.copy()))
+
+
 def test_bound_builtin_methods_hash_their_object():
     assert H({"a": 1}.get) != H({"a": 2}.get)
     assert H([1].append) != H([2].append)
