@@ -201,21 +201,22 @@ class Cache:
         frame.name = address
         store.put_blob(address, frame)
 
-    def load(self, store: Store, address: str, on_damage: Callable[[str], None] | None = None,
-             carried: Callable[[Any], Iterable[tuple[Any, str]]] | None = None) -> Any:
+    def load(self, store: Store, address: str,
+             mapped: Callable[[Any], tuple[Callable[[str], None], Iterable[tuple[Any, str]]]] | None = None) -> Any:
         """The value of the blob at ``address``; ``None`` is a valid value, so a missing blob raises
-        ``KeyError``; a damaged one ``Damaged``. A big value is mapped from its file; with ``on_damage``,
-        its buffers are checked in the background (``verifier.py``), which calls ``on_damage(problem)`` if
-        they are not intact (once ``verifier.release()`` is called); without, before it is returned. The
-        arrays of a mapped value carry to the steps they are passed to the addresses ``carried(value)``
-        pairs them with (``carry.py``)."""
+        ``KeyError``; a damaged one ``Damaged``. A big value is mapped from its file. Given ``mapped``, its
+        buffers are checked in the background (``verifier.py``, once ``verifier.release()`` is called):
+        ``mapped(value)`` says what to do if they are not intact (``on_damage(problem)``) and which arrays
+        in it carry which content address to the steps they are passed to (``carry.py``); without, they are
+        checked before it is returned."""
         source = store.open_blob(address)
         if source is None:
             raise KeyError(address)
-        lazy = on_damage is not None and verify_lazily()
+        lazy = verify_lazily if mapped is not None else False  # (asked only of a value that is mapped)
         value, unchecked = read_frame(source, self.notebook, key=self.key, name=address, lazy=lazy)
-        if unchecked is not None and on_damage is not None:
-            for obj, content_address in carried(value) if carried is not None else ():
+        if unchecked is not None and mapped is not None:
+            on_damage, carried = mapped(value)
+            for obj, content_address in carried:
                 self.carry.note(obj, content_address, unchecked.identity)
             self.verifier.submit(unchecked, self.carry.with_derived(unchecked.identity, on_damage), hold=True)
         return value

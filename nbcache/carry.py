@@ -66,6 +66,8 @@ class Carry:
 
     def address_of(self, value: Any) -> Carried | None:
         """The carried address of ``value`` if it is a restored array, provably unchanged since."""
+        if not self._by_id:
+            return None
         carried = self._by_id.get(id(value))
         if (carried is None or carried.ref() is not value or _layout(value) != carried.layout
                 or carried.identity in self._damaged):

@@ -49,8 +49,10 @@ class Unpicklable(Exception):
 
 def buffer_offsets(magic: bytes, pickle_len: int, sizes: Sequence[int]) -> tuple[list[int], int]:
     """Where each buffer of a value starts in its file, and where the value ends."""
-    align = ALIGN if magic == MAGIC else 1
     position = HEAD.size + ROW.size * len(sizes) + pickle_len
+    if not sizes:
+        return [], position
+    align = ALIGN if magic == MAGIC else 1
     offsets = []
     for n in sizes:
         position = -(-position // align) * align

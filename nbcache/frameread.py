@@ -21,7 +21,7 @@ import sys
 import types
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import xxhash
 
@@ -87,9 +87,9 @@ def load_frame(source: bytes | Any, notebook: types.ModuleType | None = None, *,
 
 
 def read_frame(source: bytes | Any, notebook: types.ModuleType | None = None, *, key: bytes, name: str = "",
-               lazy: bool = True) -> tuple[Any, Unchecked | None]:
-    """``load_frame``, but a big value in a file is mapped, and (``lazy``) its buffers' digests are left to
-    check: (the value, what is left to check, or None if nothing is)."""
+               lazy: bool | Callable[[], bool] = True) -> tuple[Any, Unchecked | None]:
+    """``load_frame``, but a big value in a file is mapped, and (``lazy``, or what ``lazy()`` says once a
+    value is mapped) its buffers' digests are left to check: (the value, what is left to check, or None)."""
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     elif not hasattr(source, "read"):  # a value of another format in the index (left unpickled)
@@ -98,7 +98,7 @@ def read_frame(source: bytes | Any, notebook: types.ModuleType | None = None, *,
         table, offsets, pickled = _open_checked(f, key, name)
         if sum(n for n, _ in table) >= MAP_MIN and _is_file(f) and _MAPPINGS.room():
             buffers, unchecked = _map(f, table, offsets, name)
-            if not lazy:
+            if not (lazy() if callable(lazy) else lazy):
                 problem = unchecked.check()
                 if problem:
                     raise Damaged(problem)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, Sequence
 
@@ -78,8 +79,7 @@ class Serving:
                 self.store.put_entry(self.key, entry)
         inherit(entry.checks)  # a step running this one from its body depends on them too
         try:
-            on_damage = self._found_damaged_later(entry)
-            values = [self.cache.load(self.store, blob, on_damage, self.carried(entry, i))
+            values = [self.cache.load(self.store, blob, functools.partial(self._mapped, entry, i))
                       for i, blob in enumerate(entry.blobs)]
         except Damaged as exc:
             return MISS, entry, self._damaged(exc, entry.blobs)
@@ -92,6 +92,10 @@ class Serving:
             self.store.touch(self.key)
         self.sizes = dict(entry.sizes)
         return values, entry, ""
+
+    def _mapped(self, entry: Entry, i: int, value: Any) -> tuple[Callable[[str], None], list[tuple[Any, str]]]:
+        """For the ``i``-th value of ``entry``, mapped: what to do if it is found damaged, what it carries."""
+        return self._found_damaged_later(entry), self.carried(entry, i)(value)
 
     def carried(self, entry: Entry, i: int) -> Callable[[Any], list[tuple[Any, str]]]:
         """The values in the ``i``-th blob of ``entry``, each with its content address (``carry.py``): a
