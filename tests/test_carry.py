@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import nbcache
-from nbcache import CacheWarning, cachedcall
+from nbcache import CacheWarning, cachedcall, cellvars
+from nbcache.cache import default_cache
 from nbcache.frameread import MAP_MIN
 
 from .conftest import run_cell
@@ -47,6 +48,7 @@ def hashed(monkeypatch):
         return original(value, **kwargs)
 
     monkeypatch.setattr(cachedcall, "hash_value", counting)
+    monkeypatch.setattr(cellvars, "hash_value", counting)  # (a cell's check of inputs changed in place)
     return seen
 
 
@@ -160,10 +162,7 @@ X = (images - images.mean()) / images.std()
 
 
 def test_a_cell_variable_restored_from_the_cache_carries_its_address_to_the_next_cell(shell, cache_dir, tmp_path,
-                                                                                       monkeypatch):
-    from nbcache.cache import default_cache
-    from nbcache import cellvars
-
+                                                                                       hashed):
     shell.reset()
     shell.user_ns["LOG"] = str(tmp_path / "ran.log")
     run_cell(shell, IMPORTER_CELL)
@@ -171,23 +170,14 @@ def test_a_cell_variable_restored_from_the_cache_carries_its_address_to_the_next
     expected = shell.user_ns["X"].copy()
     default_cache().carry = type(default_cache().carry)()  # what this process knew of restored values: gone
     del shell.user_ns["images"], shell.user_ns["X"]
-    seen: list[int] = []
-    original = cachedcall.hash_value
-
-    def counting(value, **kwargs):
-        if isinstance(value, np.ndarray):
-            seen.append(id(value))
-        return original(value, **kwargs)
-
-    monkeypatch.setattr(cachedcall, "hash_value", counting)
-    monkeypatch.setattr(cellvars, "hash_value", counting)
+    hashed.clear()
     run_cell(shell, IMPORTER_CELL)  # a hit: `images` comes back mapped, carrying its address
     images = shell.user_ns["images"]
     run_cell(shell, NORMALIZER_CELL)  # a hit keyed on the carried address: `images` is not read
-    assert id(images) not in seen and (tmp_path / "ran.log").read_text() == "x"
+    assert id(images) not in hashed and (tmp_path / "ran.log").read_text() == "x"
     assert [r.cached for r in nbcache.runs()[-2:]] == [True, True]
     np.testing.assert_array_equal(shell.user_ns["X"], expected)
     images[0] = 5.0  # changed in place: read again, and the normalizer runs on what it holds now
     run_cell(shell, NORMALIZER_CELL)
-    assert id(images) in seen and (tmp_path / "ran.log").read_text() == "xx"
+    assert id(images) in hashed and (tmp_path / "ran.log").read_text() == "xx"
     assert shell.user_ns["X"][0] == pytest.approx((5.0 - images.mean()) / images.std())
