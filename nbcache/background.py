@@ -1,19 +1,24 @@
 """Work a hit leaves for later, so that it returns at once: one daemon thread per ``Worker`` runs the jobs
-in the order given. ``Cache`` has two: one checks the buffers of mapped values (``verifier.py``), one writes
-the latest ingredients a hit found stale (flushed when the interpreter exits)."""
+in the order given. Every ``Cache`` of a process shares one (``shared_worker``): it checks the buffers of
+mapped values (``verifier.py``), writes the latest ingredients a hit found stale (``latestwrites.py``),
+analyses steps' code ahead of their first call, and is flushed when the interpreter exits. Its jobs are
+nbcache's own work: no step under way is taken to depend on what they read or write (``unobserved``)."""
 
 from __future__ import annotations
 
 import atexit
 import collections
 import contextlib
+import functools
 import os
 import threading
 import time
 import weakref
 from typing import Callable
 
-__all__ = ["IDLE_S", "Worker"]
+from .audit import unobserved
+
+__all__ = ["IDLE_S", "Worker", "exiting", "shared_worker"]
 
 IDLE_S = 60.0  # a worker's thread ends after this long with nothing to do
 
@@ -77,7 +82,7 @@ class Worker:
                 job = self._queue.popleft()
                 self._busy += 1
             try:
-                with contextlib.suppress(Exception):
+                with unobserved, contextlib.suppress(Exception):
                     job()
             finally:
                 with self._cond:
@@ -85,7 +90,22 @@ class Worker:
                     self._cond.notify_all()
 
 
+_exiting = threading.Event()
+
+
+def exiting() -> bool:
+    """Whether the interpreter is exiting (a job that only checks something may then skip it)."""
+    return _exiting.is_set()
+
+
+@functools.cache
+def shared_worker() -> Worker:
+    """The worker every ``Cache`` of this process gives its background work to."""
+    return Worker("nbcache-background", flush_at_exit=True)
+
+
 def _flush(ref: weakref.ref[Worker]) -> None:
+    _exiting.set()
     worker = ref()
     if worker is not None:
         worker.drain(timeout=5.0)

@@ -21,7 +21,8 @@ from .errors import warn
 from .events import Events
 from .eviction import parse_size, size_limit_from_env
 from .frame import Damaged, Frame, read_frame, signature_problem
-from .background import Worker
+from .frameformat import NotSigned
+from .background import shared_worker
 from .keys import load_key, parse_key
 from .latestwrites import LatestWrites
 from .records import StepRun
@@ -58,7 +59,7 @@ class Cache:
         self.events = Events()
         self._lock_timeout_s: float | None = None
         # what a hit leaves for later (latest ingredients, checking mapped values) is done on one thread
-        self.background = Worker("nbcache-background", flush_at_exit=True)
+        self.background = shared_worker()
         self.latest = LatestWrites(self.background)  # what each step's latest record holds, as this process knows
         self._sealed: dict[str, Entry] = {}  # the entry last found sealed for each key
         self._computing = threading.local()  # .keys: the keys this thread is computing, holding their locks
@@ -169,14 +170,16 @@ class Cache:
         if self._fixed_store is not None:
             return
         directory = self._directory()
-        if not os.path.isdir(os.path.join(directory, "store")):
+        if directory in self._stores or not os.path.isdir(os.path.join(directory, "store")):
             return
 
         def open_store() -> None:
             store = self._open(directory)
             store.prepare()
             with self._stores_lock:
-                self._stores.setdefault(directory, store)
+                kept = self._stores.setdefault(directory, store)
+            if kept is not store:  # (opened meanwhile by a call)
+                store.close()
 
         self._warming.start(open_store, need_key=self._key is None,
                             then=lambda: self.background.submit(ready_for_a_miss))
@@ -223,13 +226,15 @@ class Cache:
 
     def verify(self, *, remove: bool = False) -> Verification:
         """Read every stored result whole and check it (entries' seals, values' signatures and buffers),
-        unpickling nothing; ``remove``: remove the results that are not intact, so they are recomputed."""
+        unpickling nothing; ``remove``: remove the results that are damaged (not those signed with another
+        key), so they are recomputed."""
         self.verifier.drain()
         store = self.store()
         found = verify_store(store, self.key, self.check_seal)
-        if remove:
-            for key in {p.key for p in found.problems}:
-                store.delete(key, [p.address for p in found.problems if p.key == key and p.address])
+        if remove:  # (not what another key signed: a team's results, or this user's under another key)
+            damaged = [p for p in found.problems if not p.foreign]
+            for key in {p.key for p in damaged}:
+                store.delete(key, [p.address for p in damaged if p.key == key and p.address])
         return found
 
     def keys_computing(self) -> set[str]:
@@ -260,7 +265,7 @@ class Cache:
             return
         expected = hmac.digest(self.key, entry.sealed_text(key), "sha256").hex()
         if not hmac.compare_digest(entry.seal, expected):
-            raise Damaged("its seal does not match this cache's key and the key it is filed under")
+            raise NotSigned("its seal does not match this cache's key and the key it is filed under")
         if len(self._sealed) >= 4096:
             self._sealed.clear()
         self._sealed[key] = entry

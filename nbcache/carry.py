@@ -18,15 +18,16 @@ are removed with it (``derived_from``), so that none stays filed under the addre
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import sys
-import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import warn
+from .forksafe import ForkSafeLock
 
 __all__ = ["Carried", "Carry"]
 
@@ -52,7 +53,7 @@ class Carry:
         self._by_id: dict[int, Carried] = {}
         self._by_file: dict[tuple[int, int, int], list[tuple[Any, str, tuple[str, ...]]]] = {}
         self._damaged: set[tuple[int, int, int]] = set()  # files found damaged: nothing carried from them
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self.enabled = os.path.exists(_PAGEMAP)
 
     def note(self, value: Any, address: str, identity: tuple[int, int, int]) -> None:
@@ -92,21 +93,24 @@ class Carry:
             with self._lock:
                 self._damaged.add(identity)
                 derived = self._by_file.pop(identity, [])
-            on_damage(problem)
-            _remove(derived)
+            try:
+                on_damage(problem)
+            finally:
+                _remove(derived)
 
         return damaged
 
 
 def _remove(derived: list[tuple[Any, str, tuple[str, ...]]]) -> None:
-    for store, key, _ in derived:
-        store.delete(key, ())
+    for store, key, _ in derived:  # (its values may be others' too: gc collects those no entry names)
+        with contextlib.suppress(Exception):
+            store.delete(key, ())
     if derived:
         warn(f"nbcache: {len(derived)} cached result(s) computed from that value were removed too")
 
 
 def _layout(a: Any) -> tuple:
-    return (a.ctypes.data, a.shape, a.strides, a.dtype.str)
+    return (a.ctypes.data, a.shape, a.strides, a.dtype)  # (dtypes compare by fields too: not by ``.str``)
 
 
 def _is_mapped(a: Any) -> bool:

@@ -24,6 +24,7 @@ from .cache import Cache
 from .diskerrors import StoreError
 from .diskstore import open_disk_store
 from .eviction import size_limit_from_env
+from .keys import load_key
 from .records import StepRun
 from .store import Store
 from .tables import (NO_STEPS, STEP_RUNS_HEADER, STEPS_HEADER, collected_text, info_text, printable, removed_text,
@@ -224,7 +225,11 @@ def _gc(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
 
 
 def _verify(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
-    found = Cache(store=store).verify(remove=args.remove)
+    key = load_key(make=False)  # (checking makes no key: with a new one, nothing would verify)
+    if key is None:
+        raise _Failure("no signing key to check the cache with: set NBCACHE_KEY or NBCACHE_KEY_FILE to the key its"
+                       " values were signed with (see docs/trust.md)", EXIT_FAILED)
+    found = Cache(store=store, key=key.hex()).verify(remove=args.remove)
     if args.json:
         _print_json({"entries": found.entries, "values": found.values, "removed": args.remove,
                      "problems": [dataclasses.asdict(p) for p in found.problems]})

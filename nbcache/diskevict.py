@@ -31,6 +31,7 @@ from typing import Iterable
 import diskcache
 
 from .audit import unobserved
+from .forksafe import ForkSafeLock
 from .entry import Entry
 from .eviction import Candidate
 
@@ -45,7 +46,7 @@ class Recency:
     def __init__(self, cache: diskcache.Cache) -> None:
         self._cache = cache
         self._pending: dict[str, float] = {}  # "entry:<key>" -> when it was last served
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         _flusher.watch(self)  # (its thread starts with the store, not on a hit)
 
     def touch(self, key: str) -> None:
@@ -84,7 +85,7 @@ class _Flusher:
 
     def __init__(self) -> None:
         self._stores: weakref.WeakSet[Recency] = weakref.WeakSet()
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self._thread: threading.Thread | None = None
         atexit.register(self.flush_all)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["ALIGN", "HEAD", "MAGIC", "READ_CHUNK", "ROW", "Damaged", "Unpicklable", "buffer_offsets",
+__all__ = ["ALIGN", "HEAD", "MAGIC", "READ_CHUNK", "ROW", "Damaged", "NotSigned", "Unpicklable", "buffer_offsets",
            "check_tag", "parse_head", "tag"]
 
 MAGIC = b"NBC3"  # buffers aligned to ALIGN
@@ -37,6 +37,11 @@ READ_CHUNK = 8 << 20  # read and checksum big buffers piece by piece, while the 
 class Damaged(Exception):
     """A stored value or entry is unreadable: truncated, altered on disk, not signed with this cache's key,
     or no longer unpicklable."""
+
+
+class NotSigned(Damaged):
+    """A stored value or entry whose signature does not match this cache's key: written with another key
+    (another user's, a team's), or altered."""
 
 
 class Unpicklable(Exception):
@@ -95,8 +100,8 @@ def check_tag(key: bytes, name: str, magic: bytes, signature: bytes, pickle_len:
     """The (length, digest) rows and the buffers' offsets, once the tag proves the name, head, rows and
     pickle were written with ``key`` and the layout they describe fills exactly ``size`` bytes."""
     if not hmac.compare_digest(signature, tag(key, magic, name, pickle_len, nbuf, rows, pickled)):
-        raise Damaged("its signature does not match this cache's key and its name (another user wrote it,"
-                      " or it was altered or moved)")
+        raise NotSigned("its signature does not match this cache's key and its name (another user wrote it,"
+                        " or it was altered or moved)")
     table = list(ROW.iter_unpack(rows))
     offsets, end = buffer_offsets(magic, pickle_len, [n for n, _ in table])
     if end != size:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 
 import xxhash
 
-from .frameformat import HEAD, READ_CHUNK, ROW, Damaged, check_tag, checksum_thread, parse_head
+from .frameformat import ALIGN, HEAD, READ_CHUNK, ROW, Damaged, check_tag, checksum_thread, parse_head
 from .pickler import NotebookUnpickler
 
 __all__ = ["MAP_MIN", "Unchecked", "load_frame", "read_frame", "signature_problem", "verify_frame"]
@@ -48,18 +48,15 @@ class Unchecked:
     def check(self) -> str | None:
         """What is wrong with the buffers (None: every digest matches)."""
         try:
-            longest = max((n for _, n, _ in self.rows), default=0)
-            scratch = memoryview(bytearray(min(READ_CHUNK, max(longest, 1))))
             for offset, n, digest in self.rows:
                 h = xxhash.xxh3_128()
                 done = 0
                 while done < n:
-                    piece = scratch[:min(len(scratch), n - done)]
-                    got = os.preadv(self.fd, [piece], offset + done)
-                    if got <= 0:
+                    piece = os.pread(self.fd, min(READ_CHUNK, n - done), offset + done)
+                    if not piece:
                         return "the file is truncated"
-                    h.update(piece[:got])
-                    done += got
+                    h.update(piece)
+                    done += len(piece)
                 if h.digest() != digest:
                     return "a buffer's checksum does not match"
             return None
@@ -96,15 +93,20 @@ def read_frame(source: bytes | Any, notebook: types.ModuleType | None = None, *,
         raise Damaged("the value is not one nbcache wrote")
     with source as f:
         table, offsets, pickled = _open_checked(f, key, name)
-        if sum(n for n, _ in table) >= MAP_MIN and _is_file(f) and _MAPPINGS.room():
-            buffers, unchecked = _map(f, table, offsets, name)
-            if not (lazy() if callable(lazy) else lazy):
-                problem = unchecked.check()
-                if problem:
-                    raise Damaged(problem)
-                unchecked = None
-        else:
-            buffers, unchecked = _read_buffers(f, table, offsets), None
+        buffers, unchecked = None, None
+        if (sum(n for n, _ in table) >= MAP_MIN and all(o % ALIGN == 0 for o in offsets) and _is_file(f)
+                and _MAPPINGS.room()):  # (an earlier format's packed buffers are read: aligned, as before)
+            try:
+                buffers, unchecked = _map(f, table, offsets, name)
+            except OSError:  # a file system that cannot map, no address space or descriptor left: read it
+                buffers = None
+        if buffers is None:
+            buffers = _read_buffers(f, table, offsets)
+        elif not (lazy() if callable(lazy) else lazy):
+            problem = unchecked.check()
+            if problem:
+                raise Damaged(problem)
+            unchecked = None
     return _unpickle(pickled, buffers, notebook), unchecked
 
 
@@ -112,20 +114,21 @@ def signature_problem(source: bytes | Any, *, key: bytes, name: str = "") -> str
     """What is wrong with a stored value's header or signature under ``key`` and ``name`` (None: nothing),
     read without its buffers and without unpickling anything: how ``nbcache info`` counts values it would
     refuse."""
-    return _problem(source, key, name, buffers=False)
+    problem = _problem(source, key, name, buffers=False)
+    return None if problem is None else str(problem)
 
 
-def verify_frame(source: bytes | Any, *, key: bytes, name: str = "") -> str | None:
-    """What is wrong with a stored value (None: nothing): its signature, and every buffer read and checked
-    against its digest, without unpickling anything: ``nbcache verify``."""
+def verify_frame(source: bytes | Any, *, key: bytes, name: str = "") -> Damaged | None:
+    """What is wrong with a stored value (None: nothing): its signature (``NotSigned``: not with ``key``),
+    and every buffer read and checked against its digest, without unpickling anything: ``nbcache verify``."""
     return _problem(source, key, name, buffers=True)
 
 
-def _problem(source: bytes | Any, key: bytes, name: str, *, buffers: bool) -> str | None:
+def _problem(source: bytes | Any, key: bytes, name: str, *, buffers: bool) -> Damaged | None:
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     elif not hasattr(source, "read"):
-        return "the value is not one nbcache wrote"
+        return Damaged("the value is not one nbcache wrote")
     try:
         with source as f:
             table, offsets, _ = _open_checked(f, key, name, keep=False)
@@ -133,9 +136,9 @@ def _problem(source: bytes | Any, key: bytes, name: str, *, buffers: bool) -> st
                 for (n, digest), offset in zip(table, offsets):
                     f.seek(offset)
                     if _read_exact(f, memoryview(_alloc(n)).cast("B")) != digest:
-                        return "a buffer's checksum does not match"
+                        return Damaged("a buffer's checksum does not match")
     except Damaged as exc:
-        return str(exc)
+        return exc
     return None
 
 

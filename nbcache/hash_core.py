@@ -16,8 +16,10 @@ For handler modules (the ``_hashing_*`` plugins and ``fingerprint``), ``__all__`
 
 from __future__ import annotations
 
+import os
 import struct
 import sys
+import threading
 import weakref
 from typing import Any, Callable, Mapping
 
@@ -63,6 +65,17 @@ def feed_bytes_tagged(tag: bytes, data: bytes, h: Hasher) -> None:
 # -- handler tables ---------------------------------------------------------------------------------------
 
 Loader = Callable[[], Mapping[type, Handler]]
+
+
+_LOADING = threading.Lock()  # (held while plugins load; made anew in a forked child, where it is free)
+
+
+def _after_fork_in_child() -> None:
+    global _LOADING
+    _LOADING = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Handlers:
@@ -132,12 +145,17 @@ class Handlers:
         return self._fallback
 
     def _load(self) -> None:
-        self._modules_seen = len(sys.modules)
-        assert self._loader is not None
-        added = self._loader()
-        if added:
-            self._add(added)
-            self._modules_seen = len(sys.modules)  # loading a plugin may have imported more
+        # One thread loads at a time, and counts the modules seen only once the handlers are in: another
+        # thread hashing meanwhile waits for them (fingerprint.prepare loads them on a background thread)
+        with _LOADING:
+            if len(sys.modules) == self._modules_seen:
+                return  # (loaded by the thread this one waited for)
+            seen = len(sys.modules)
+            assert self._loader is not None
+            added = self._loader()
+            if added:
+                self._add(added)
+            self._modules_seen = len(sys.modules) if added else seen  # (a plugin may have imported more)
 
     def _add(self, added: Mapping[type, Handler]) -> None:
         """(Root only) add class handlers, for every table over this one: the plugins' handlers."""

@@ -10,10 +10,10 @@ over a background write queued before it; the worker is flushed when the interpr
 from __future__ import annotations
 
 import contextlib
-import threading
 from typing import Callable
 
 from .background import Worker
+from .forksafe import ForkSafeLock
 from .entry import Latest
 from .frame import Damaged
 from .store import Store
@@ -27,7 +27,7 @@ class LatestWrites:
     def __init__(self, worker: Worker | None = None) -> None:
         self.worker = worker or Worker("nbcache-latest", flush_at_exit=True)
         self._written: dict[tuple[int, str], str] = {}
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
 
     def write(self, store: Store, identity: str, latest: Latest, *, force: bool = False) -> None:
         """Write ``latest`` now, unless (``force`` aside) this process knows it is written already."""

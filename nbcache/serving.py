@@ -82,11 +82,15 @@ class Serving:
             values = [self.cache.load(self.store, blob, functools.partial(self._mapped, entry, i))
                       for i, blob in enumerate(entry.blobs)]
         except Damaged as exc:
+            self.cache.verifier.discard()  # (nothing was served: what was mapped is not checked)
             return MISS, entry, self._damaged(exc, entry.blobs)
         except KeyError:  # (the blob rows point at files that are gone)
+            self.cache.verifier.discard()
             return MISS, entry, self._damaged("is missing on disk", entry.blobs, word="missing")
-        finally:
-            self.cache.verifier.release()  # (the mapped values are checked once all are loaded)
+        except BaseException:
+            self.cache.verifier.discard()
+            raise
+        self.cache.verifier.release()  # (the mapped values are checked once all are loaded)
         with contextlib.suppress(Exception):  # (in memory, written later: a hit writes nothing, nor fails by it)
             self.cache.remember_latest_later(self.store, self.identity, self.key, self._latest)
             self.store.touch(self.key)
@@ -117,11 +121,13 @@ class Serving:
         name, key, store, served = self.name, self.key, self.store, time.time()
 
         def damaged(problem: str) -> None:
+            with contextlib.suppress(Exception):  # (removed first: the warning may be made an error)
+                if store.get_entry(key) == entry:  # (not an entry stored since, from a recomputed result)
+                    store.delete(key, entry.blobs)
             at = time.strftime("%H:%M:%S", time.localtime(served))
             _warn(f"nbcache: the cached result step {name!r} returned at {at} was found damaged on disk"
                   f" after it was served ({problem}), so that value may be wrong; it is removed from the cache:"
                   " run the step again to recompute it")
-            store.delete(key, entry.blobs)
 
         return damaged
 

@@ -176,6 +176,10 @@ def verify_text(found: Verification, *, removed: bool = False) -> str:
         return f"{checked}: all intact"
     rows = [[p.step, p.address or "(its entry)", p.what] for p in found.problems]
     results = len({p.key for p in found.problems})
-    then = ("removed them: their steps recompute when run" if removed
-            else "nbcache verify --remove removes them, so that their steps recompute")
-    return (f"{checked}: {results} not intact\n" + text_table(["STEP", "VALUE", "PROBLEM"], rows) + f"\n{then}")
+    foreign = len({p.key for p in found.problems if p.foreign})
+    then = ("removed those that are damaged: their steps recompute when run" if removed
+            else "nbcache verify --remove removes those that are damaged, so that their steps recompute")
+    if foreign:
+        then += (f"\n{foreign} not signed with your key (another key's, or altered) were left: never loaded, their"
+                 " steps recompute; nbcache clear STEP removes them")
+    return f"{checked}: {results} not intact\n" + text_table(["STEP", "VALUE", "PROBLEM"], rows) + f"\n{then}"

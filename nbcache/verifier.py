@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .background import Worker
+from .background import Worker, exiting
 from .errors import warn
+from .frameformat import Damaged, NotSigned
 from .frameread import Unchecked, verify_frame
 from .store import Store
 
@@ -58,6 +59,12 @@ class Verifier:
         else:
             self.worker.submit(lambda: self._check(unchecked, on_damage))
 
+    def discard(self) -> None:
+        """Forget what was held (the hit that loaded it failed: nothing was served)."""
+        held, self._held = self._held, []
+        for unchecked, _ in held:
+            unchecked.close()
+
     def release(self) -> None:
         """Check what was held, from ``DELAY_S`` on: a check reads a whole file on another thread, and
         would slow down what the hit and the steps right after it still do in this one."""
@@ -72,10 +79,10 @@ class Verifier:
         return self.worker.drain(timeout)
 
     def _check(self, unchecked: Unchecked, on_damage: Callable[[str], None], not_before: float = 0.0) -> None:
-        if unchecked.identity in self._intact:
+        time.sleep(max(0.0, not_before - time.monotonic()))
+        if unchecked.identity in self._intact or exiting():  # (checked before, or no time left to)
             unchecked.close()
             return
-        time.sleep(max(0.0, not_before - time.monotonic()))
         problem = unchecked.check()
         if problem is None:
             self._intact.add(unchecked.identity)
@@ -92,6 +99,7 @@ class Problem:
     step: str
     address: str
     what: str
+    foreign: bool = False  # not signed with this key (another key's, or altered), rather than damaged
 
 
 @dataclass(frozen=True)
@@ -114,19 +122,21 @@ def verify_store(store: Store, key: bytes, check_seal: Callable[[str, Any], None
         try:
             check_seal(cache_key, entry)
         except Exception as exc:
-            problems.append(Problem(cache_key, entry.step, "", str(exc)))
+            problems.append(Problem(cache_key, entry.step, "", str(exc), isinstance(exc, NotSigned)))
             continue
         for address in entry.blobs:
             if address not in checked:
                 checked[address] = _value_problem(store, key, address)
-            if checked[address]:
-                problems.append(Problem(cache_key, entry.step, address, checked[address]))
+            problem = checked[address]
+            if problem is not None:
+                problems.append(Problem(cache_key, entry.step, address, str(problem) or type(problem).__name__,
+                                        isinstance(problem, NotSigned)))
     return Verification(entries, len(checked), tuple(problems))
 
 
-def _value_problem(store: Store, key: bytes, address: str) -> str | None:
+def _value_problem(store: Store, key: bytes, address: str) -> Exception | None:
     try:
         source = store.open_blob(address)
-        return "it is missing" if source is None else verify_frame(source, key=key, name=address)
+        return Damaged("it is missing") if source is None else verify_frame(source, key=key, name=address)
     except Exception as exc:  # (Damaged: the index points at something that is no value file)
-        return str(exc) or type(exc).__name__
+        return exc

@@ -15,12 +15,29 @@ import hmac
 import io
 import os
 import threading
-from typing import Callable
+from typing import Any, Callable
 
+from .audit import unobserved
 from .keys import load_key
 from .pickler import NotebookPickler
 
-__all__ = ["Warming", "key_sources", "ready_for_a_miss"]
+__all__ = ["Warming", "importing", "key_sources", "ready_for_a_miss"]
+
+# Held while a background thread imports modules, so that two of them do not import at once. (A process
+# that forks while one imports can leave its child an import lock nobody releases: not handled yet.)
+_IMPORTS = threading.Lock()
+
+
+def importing(job: Callable[[], Any]) -> Callable[[], None]:
+    """``job``, run holding the lock a fork waits for (it imports modules)."""
+
+    def run() -> None:
+        with _IMPORTS:
+            job()
+
+    return run
+
+
 
 
 def key_sources() -> tuple:
@@ -31,7 +48,7 @@ def key_sources() -> tuple:
 
 def ready_for_a_miss() -> None:
     """Import what a step's first miss needs (single-flight's filelock, cloudpickle)."""
-    with contextlib.suppress(Exception):
+    with _IMPORTS, contextlib.suppress(Exception):
         import filelock  # noqa: F401
 
         NotebookPickler(io.BytesIO(), notebook=None)
@@ -50,8 +67,8 @@ class Warming:
         ready = threading.Event()
 
         def ahead() -> None:
-            try:
-                with contextlib.suppress(Exception):  # (what fails here fails again, and is told, when used)
+            try:  # (unobserved: no step under way depends on what nbcache reads of its own cache)
+                with unobserved, _IMPORTS, contextlib.suppress(Exception):  # (what fails here fails again)
                     if need_key:
                         sources = key_sources()
                         key = load_key(make=False)
