@@ -21,6 +21,7 @@ from .errors import warn
 from .events import Events
 from .eviction import parse_size, size_limit_from_env
 from .frame import Damaged, Frame, read_frame, signature_problem
+from .forksafe import ForkSafeLock
 from .frameformat import NotSigned
 from .background import shared_worker
 from .keys import load_key, parse_key
@@ -54,7 +55,7 @@ class Cache:
         self.set_directory(directory)
         self._fixed_store = store
         self._stores: dict[str, Store] = {}
-        self._stores_lock = threading.Lock()
+        self._stores_lock = ForkSafeLock()  # (the warm-up's thread holds it; free again in a forked child)
         self.notebook = notebook
         self.events = Events()
         self._lock_timeout_s: float | None = None
@@ -313,13 +314,6 @@ def _seconds(text: str | None, *, default: float) -> float:
 
 
 _default = Cache()
-
-
-def _after_fork() -> None:  # a lock held by the parent's warming thread when it forked is free in the child
-    _default._stores_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork)
 
 
 def default_cache() -> Cache:

@@ -3,7 +3,7 @@ on demand (``nbcache verify``, as ``git fsck`` checks a repository).
 
 A big value is served by mapping its file (``frameread.py``): its signed head and pickle are checked before
 it is unpickled, its raw buffers are not read at all, which is what makes a hit cost the same whatever its
-size. Their digests are then checked by one background thread per cache, which reads each mapped file once
+size. Their digests are then checked by the process's background thread, which reads each mapped file once
 per process (a file already found intact is not read again). If a digest does not match (the disk flipped a
 bit, or something wrote into the file), the step's result is removed from the cache with a warning that
 says the value it served may be wrong: the next run recomputes it. ``NBCACHE_VERIFY=eager`` checks every

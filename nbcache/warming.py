@@ -29,7 +29,7 @@ _IMPORTS = threading.Lock()
 
 
 def importing(job: Callable[[], Any]) -> Callable[[], None]:
-    """``job``, run holding the lock a fork waits for (it imports modules)."""
+    """``job``, run holding the lock background imports take in turn (it imports modules)."""
 
     def run() -> None:
         with _IMPORTS:
