@@ -2,7 +2,8 @@
 in the order given. Every ``Cache`` of a process shares one (``shared_worker``): it checks the buffers of
 mapped values (``verifier.py``), writes the latest ingredients a hit found stale (``latestwrites.py``),
 analyses steps' code ahead of their first call, and is flushed when the interpreter exits. Its jobs are
-nbcache's own work: no step under way is taken to depend on what they read or write (``unobserved``)."""
+nbcache's own work: no step under way is taken to depend on what they read or write (``unobserved``), and
+a fork waits for the one under way (``forksafe.background_work``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import weakref
 from typing import Callable
 
 from .audit import unobserved
+from .forksafe import background_work
 
 __all__ = ["IDLE_S", "Worker", "exiting", "shared_worker"]
 
@@ -82,7 +84,7 @@ class Worker:
                 job = self._queue.popleft()
                 self._busy += 1
             try:
-                with unobserved, contextlib.suppress(Exception):
+                with background_work(), unobserved, contextlib.suppress(Exception):
                     job()
             finally:
                 with self._cond:

@@ -31,7 +31,7 @@ from typing import Iterable
 import diskcache
 
 from .audit import unobserved
-from .forksafe import ForkSafeLock
+from .forksafe import ForkSafeLock, background_work
 from .entry import Entry
 from .eviction import Candidate
 
@@ -112,7 +112,8 @@ class _Flusher:
         while True:
             time.sleep(min(FLUSH_S, 1.0))  # (FLUSH_S read each time: a test may shorten it)
             if time.monotonic() - last >= FLUSH_S:
-                self.flush_all()
+                with background_work():
+                    self.flush_all()
                 last = time.monotonic()
 
 

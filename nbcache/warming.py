@@ -4,8 +4,10 @@ thread, while the notebook imports its libraries, so that its first step finds b
 ``import nbcache`` warms the default cache, and ``set_cache_dir`` the directory it sets, if that directory
 holds a cache already: nothing is created and no key is made ahead of use. A key read ahead is used only if
 what chooses the key (``NBCACHE_KEY``, ``NBCACHE_KEY_FILE``, ``HOME``, ``XDG_CONFIG_HOME``) is unchanged
-when it is first needed. Once the store is open, what a step's first miss needs (filelock, cloudpickle) is
-imported on the cache's background thread too.
+when it is first needed. Once the store is open, cloudpickle, which a step's first miss needs to store its
+result, is imported on the cache's background thread too. Not filelock (single-flight's lock): it registers
+handlers of its own for ``os.fork``, and imported while a fork waits for the background work, its handler
+after the fork would run without the one before it (and print a ``KeyError``); a first miss imports it.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import threading
 from typing import Any, Callable
 
 from .audit import unobserved
+from .forksafe import background_work
 from .keys import load_key
 from .pickler import NotebookPickler
 
 __all__ = ["Warming", "importing", "key_sources", "ready_for_a_miss"]
 
-# Held while a background thread imports modules, so that two of them do not import at once. (A process
-# that forks while one imports can leave its child an import lock nobody releases: not handled yet.)
+# Held while a background thread imports modules, so that two of them do not import at once. (A fork waits
+# for them: ``forksafe.background_work``.)
 _IMPORTS = threading.Lock()
 
 
@@ -47,10 +50,8 @@ def key_sources() -> tuple:
 
 
 def ready_for_a_miss() -> None:
-    """Import what a step's first miss needs (single-flight's filelock, cloudpickle)."""
+    """Import what a step's first miss needs to store its result (cloudpickle)."""
     with _IMPORTS, contextlib.suppress(Exception):
-        import filelock  # noqa: F401
-
         NotebookPickler(io.BytesIO(), notebook=None)
 
 
@@ -68,7 +69,7 @@ class Warming:
 
         def ahead() -> None:
             try:  # (unobserved: no step under way depends on what nbcache reads of its own cache)
-                with unobserved, _IMPORTS, contextlib.suppress(Exception):  # (what fails here fails again)
+                with background_work(), unobserved, _IMPORTS, contextlib.suppress(Exception):  # (fails again)
                     if need_key:
                         sources = key_sources()
                         key = load_key(make=False)

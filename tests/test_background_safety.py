@@ -5,6 +5,8 @@ its value. Each case was found by a review of the background work and is checked
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -40,6 +42,33 @@ def test_a_lock_held_by_another_thread_when_the_process_forks_is_free_in_the_chi
     release.set()
     thread.join()
     assert os.waitpid(pid, 0)[1] == 0
+
+
+_FORK_AT_ONCE = """
+import logging, multiprocessing, sys, time  # (logging as a kernel has it: see forksafe.py)
+import nbcache
+
+def work(x):
+    return nbcache.step(lambda x: x + 1, name="inc")(x)
+
+time.sleep(float(sys.argv[1]))  # (the warm-up thread is importing diskcache and SQLite meanwhile)
+with multiprocessing.get_context("fork").Pool(2) as pool:
+    print(sorted(pool.map(work, [1, 2, 3, 4])))
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.002, 0.005, 0.01])
+def test_a_process_forking_just_after_import_nbcache_does_not_hang_its_children(tmp_path, delay):
+    """``import nbcache`` opens an existing cache on a thread that imports diskcache and SQLite: a child
+    forked meanwhile got the module locks that thread held, and hung on its first step (most of the time).
+    Nor may a library's own fork handlers complain (filelock's did, imported while the fork waited for it)."""
+    (tmp_path / "fork.py").write_text(_FORK_AT_ONCE)
+    env = {**os.environ, "NBCACHE_DIR": str(tmp_path / "cache")}
+    run_python("import nbcache; nbcache.step(lambda x: x + 1, name='inc')(1)", env=env, cwd=tmp_path)
+    done = subprocess.run([sys.executable, "fork.py", str(delay)], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "[2, 3, 4, 5]"), done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
 
 
 def test_nbcache_s_own_background_work_is_no_dependency_of_a_step_under_way(tmp_path, cache_dir):
