@@ -20,15 +20,15 @@ import threading
 from typing import Any, Callable
 
 from .audit import unobserved
-from .forksafe import background_work
+from .forksafe import ForkSafeLock, background_work
 from .keys import load_key
 from .pickler import NotebookPickler
 
 __all__ = ["Warming", "importing", "key_sources", "ready_for_a_miss"]
 
 # Held while a background thread imports modules, so that two of them do not import at once. (A fork waits
-# for them: ``forksafe.background_work``.)
-_IMPORTS = threading.Lock()
+# for them: ``forksafe.background_work``; if it waited in vain, the child has it free all the same.)
+_IMPORTS = ForkSafeLock()
 
 
 def importing(job: Callable[[], Any]) -> Callable[[], None]:
