@@ -254,10 +254,14 @@ def _info(args: argparse.Namespace, store: Store, runs: list[StepRun], unreadabl
 
 def _unsigned_values(store: Store) -> int:
     """How many stored values a step would refuse: not signed with this user's key, damaged or missing. Their
-    headers and pickles are read, never unpickled; the buffers are not read."""
-    cache = Cache()
-    return sum(not cache.is_signed(store, address)
-               for address in sorted({b for _, entry in store.entries() for b in entry.blobs}))
+    headers and pickles are read, never unpickled; the buffers are not read. Asking makes no key: a user who
+    has none yet would get a new one from a step, which refuses them all."""
+    addresses = sorted({b for _, entry in store.entries() for b in entry.blobs})
+    key = load_key(make=False)
+    if key is None:
+        return len(addresses)
+    cache = Cache(key=key.hex())
+    return sum(not cache.is_signed(store, address) for address in addresses)
 
 
 def _run_json(run: StepRun) -> dict[str, Any]:

@@ -315,6 +315,15 @@ def test_gc_removes_what_writers_left_and_says_what_it_freed(filled, capsys, mon
     assert cli(capsys, "ls", "--dir", filled)[0] == 0  # nothing a step needs went
 
 
+def test_info_makes_no_key_and_counts_every_value_unsigned_for_a_user_without_one(filled, capsys, monkeypatch,
+                                                                                    tmp_path):
+    monkeypatch.delenv("NBCACHE_KEY_FILE")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # a user with no key of their own yet
+    code, out, _ = cli(capsys, "info", "--dir", filled, "--json")
+    assert code == 0 and json.loads(out)["unsigned_values"] == 4  # a step would make a key, and refuse them
+    assert not (tmp_path / "config").exists()
+
+
 def test_info_counts_values_that_are_not_signed_with_your_key(filled, capsys, monkeypatch):
     code, out, _ = cli(capsys, "info", "--dir", filled, "--json")
     assert json.loads(out)["unsigned_values"] == 0
