@@ -22,7 +22,6 @@ from .cachedcall import StepCall, addresses_of
 from .entry import Entry
 from .errors import warn as _warn
 from .fingerprint import fingerprint_parts, prepare
-from .warming import importing
 from .frame import Unpicklable
 from .hashing import Walk, hash_items, hash_value
 from .records import StepRun, describe_error
@@ -71,7 +70,7 @@ class Step:
         self.ignore = frozenset(ignore)
         self.cache = cache
         self._signature = inspect.signature(func)
-        (cache or default_cache()).background.submit(importing(functools.partial(prepare, func)))  # (ahead)
+        (cache or default_cache()).background.submit(functools.partial(prepare, func))  # (its code, ahead)
         params = self._signature.parameters
         unknown = sorted(self.ignore - set(params))
         if unknown:

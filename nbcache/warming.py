@@ -17,31 +17,14 @@ import hmac
 import io
 import os
 import threading
-from typing import Any, Callable
+from typing import Callable
 
 from .audit import unobserved
-from .forksafe import ForkSafeLock, background_work
+from .forksafe import background_work
 from .keys import load_key
 from .pickler import NotebookPickler
 
-__all__ = ["Warming", "importing", "key_sources", "ready_for_a_miss"]
-
-# Held while a background thread imports modules, so that two of them do not import at once. (A fork waits
-# for them: ``forksafe.background_work``; if it waited in vain, the child has it free all the same.)
-_IMPORTS = ForkSafeLock()
-
-
-def importing(job: Callable[[], Any]) -> Callable[[], None]:
-    """``job``, run holding the lock background imports take in turn (it imports modules)."""
-
-    def run() -> None:
-        with _IMPORTS:
-            job()
-
-    return run
-
-
-
+__all__ = ["Warming", "key_sources", "ready_for_a_miss"]
 
 def key_sources() -> tuple:
     """What decides which signing key is used (``keys.py``): set after ``import nbcache``, it still counts."""
@@ -51,7 +34,7 @@ def key_sources() -> tuple:
 
 def ready_for_a_miss() -> None:
     """Import what a step's first miss needs to store its result (cloudpickle)."""
-    with _IMPORTS, contextlib.suppress(Exception):
+    with contextlib.suppress(Exception):
         NotebookPickler(io.BytesIO(), notebook=None)
 
 
@@ -69,7 +52,7 @@ class Warming:
 
         def ahead() -> None:
             try:  # (unobserved: no step under way depends on what nbcache reads of its own cache)
-                with background_work(), unobserved, _IMPORTS, contextlib.suppress(Exception):  # (fails again)
+                with background_work(), unobserved, contextlib.suppress(Exception):  # (what fails here fails again)
                     if need_key:
                         sources = key_sources()
                         key = load_key(make=False)
