@@ -1,7 +1,9 @@
 """Work a hit leaves for later, so that it returns at once: one daemon thread per ``Worker`` runs the jobs
 in the order given. Every ``Cache`` of a process shares one (``shared_worker``): it checks the buffers of
 mapped values (``verifier.py``), writes the latest ingredients a hit found stale (``latestwrites.py``),
-analyses steps' code ahead of their first call, and is flushed when the interpreter exits. Its jobs are
+analyses steps' code ahead of their first call, and is flushed when the interpreter exits. ``submit`` gives a
+``Job``: a caller that needs what a job does ``settle``s it first, so that it never races the job for the
+interpreter lock (it takes a queued job back and does that work itself, or waits for the one under way). Its jobs are
 nbcache's own work: no step under way is taken to depend on what they read or write (``unobserved``), and
 a fork waits for the one under way (``forksafe.background_work``)."""
 
@@ -20,11 +22,22 @@ from typing import Callable
 from .audit import unobserved
 from .forksafe import background_work
 
-__all__ = ["IDLE_S", "Worker", "exiting", "shared_worker"]
+__all__ = ["IDLE_S", "Job", "Worker", "exiting", "shared_worker"]
 
 IDLE_S = 60.0  # a worker's thread ends after this long with nothing to do
 
 _WORKERS: weakref.WeakSet[Worker] = weakref.WeakSet()
+
+
+class Job:
+    """A job given to a ``Worker``: its function and how far it got (queued, running, done or taken back)."""
+
+    __slots__ = ("fn", "state", "done")
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+        self.state = "queued"
+        self.done = threading.Event()
 
 
 class Worker:
@@ -40,7 +53,7 @@ class Worker:
             atexit.register(_flush, weakref.ref(self))
 
     def _reset(self) -> None:
-        self._queue: collections.deque[Callable[[], None]] = collections.deque()
+        self._queue: collections.deque[Job] = collections.deque()
         self._busy = 0  # jobs taken from the queue and not finished
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -50,11 +63,29 @@ class Worker:
         with self._cond:
             self._start()
 
-    def submit(self, job: Callable[[], None]) -> None:
+    def submit(self, fn: Callable[[], None]) -> Job:
+        job = Job(fn)
         with self._cond:
             self._queue.append(job)
             self._start()
             self._cond.notify()
+        return job
+
+    def settle(self, job: Job, timeout: float = 5.0) -> bool:
+        """Make sure ``job`` no longer runs beside the caller: taken back if it has not started (True: the
+        caller does its work), waited for if it is under way (``timeout`` seconds at most), else nothing."""
+        with self._cond:
+            if job.state == "queued":
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(job)
+                job.state = "taken back"
+                return True
+            thread = self._thread
+        deadline = time.monotonic() + timeout
+        while job.state == "running" and not job.done.wait(0.01):
+            if thread is None or not thread.is_alive() or time.monotonic() > deadline:  # (forked, or stuck)
+                break
+        return False
 
     def _start(self) -> None:
         if self._thread is None or not self._thread.is_alive():  # (none yet, or the process forked)
@@ -82,12 +113,15 @@ class Worker:
                         self._thread = None
                     return
                 job = self._queue.popleft()
+                job.state = "running"
                 self._busy += 1
             try:
                 with background_work(), unobserved, contextlib.suppress(Exception):
-                    job()
+                    job.fn()
             finally:
                 with self._cond:
+                    job.state = "done"
+                    job.done.set()
                     self._busy -= 1
                     self._cond.notify_all()
 

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, TypeVar, overload
 
 from .audit import unobserved
+from .background import Job, Worker
 from .cache import Cache, default_cache
 from .cachedcall import StepCall, addresses_of
 from .entry import Entry
@@ -70,7 +71,8 @@ class Step:
         self.ignore = frozenset(ignore)
         self.cache = cache
         self._signature = inspect.signature(func)
-        (cache or default_cache()).background.submit(functools.partial(prepare, func))  # (its code, ahead)
+        worker = (cache or default_cache()).background
+        self._ahead: tuple[Worker, Job] | None = (worker, worker.submit(functools.partial(prepare, func)))
         params = self._signature.parameters
         unknown = sorted(self.ignore - set(params))
         if unknown:
@@ -83,6 +85,10 @@ class Step:
     def __repr__(self) -> str:
         return f"<nbcache step {self.name!r}>"
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (cloudpickle, by value from a notebook): without the handle of its background job."""
+        return {k: v for k, v in self.__dict__.items() if k != "_ahead"}
+
     def __nbcache_hash__(self) -> tuple[bytes, tuple]:
         """A step used inside another step counts by its code, like the function it wraps, and its version."""
         return b"step", (self.__wrapped__, self.version)
@@ -94,6 +100,10 @@ class Step:
         started_at = datetime.now(timezone.utc)
         t0 = time.perf_counter()
         cache = self.cache if self.cache is not None else default_cache()
+        ahead = self.__dict__.pop("_ahead", None)  # the analysis of its code, ahead: taken back or waited for
+        if ahead is not None:
+            worker, job = ahead
+            worker.settle(job)
         try:
             with unobserved:  # (opening a cache is no data the step this one runs in depends on)
                 store = cache.store()

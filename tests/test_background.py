@@ -1,6 +1,7 @@
 """What nbcache does on its background threads: a Worker runs jobs in order, survives a failing job, ends
-its thread when idle and starts another when given work; a step's code is analysed ahead of its first call
-(``fingerprint.prepare``), which changes no fingerprint and never fails."""
+its thread when idle and starts another when given work, and gives a job back to a caller that needs it (or
+makes it wait for the job); a step's code is analysed ahead of its first call (``fingerprint.prepare``), which
+changes no fingerprint and never fails, and its first call settles that job rather than race it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import types
 
 import pytest
 
-from nbcache import background, fingerprint_code
+import nbcache
+from nbcache import background, fingerprint_code, step
+from nbcache.cache import default_cache
 from nbcache.background import Worker
 from nbcache.fingerprint import fingerprint, prepare
 
@@ -46,6 +49,46 @@ def test_drain_times_out_while_a_job_runs():
     assert not worker.drain(timeout=0.05)
     gate.set()
     assert worker.drain(timeout=30)
+
+
+def test_settle_takes_back_a_job_not_started_and_waits_for_one_under_way():
+    """A caller that needs what a job does never runs beside it: a queued job is taken back (the caller
+    does that work itself), one under way is waited for."""
+    worker = Worker("test-settle")
+    gate, started = threading.Event(), threading.Event()
+    done: list[str] = []
+
+    def slow() -> None:
+        started.set()
+        gate.wait(30)
+        done.append("slow")
+
+    running = worker.submit(slow)
+    queued = worker.submit(lambda: done.append("queued"))
+    assert started.wait(30)
+    assert worker.settle(queued) is True and queued.state == "taken back"
+    threading.Timer(0.05, gate.set).start()
+    assert worker.settle(running) is False and running.state == "done" and done == ["slow"]
+    assert worker.drain(timeout=30) and done == ["slow"]  # the job taken back never ran
+    assert worker.settle(running) is False  # (settled already: nothing to do)
+
+
+def test_a_steps_first_call_takes_back_the_analysis_of_its_code_not_started_yet(cache_dir):
+    gate = threading.Event()
+    busy = default_cache().background.submit(lambda: gate.wait(30))  # the worker is busy elsewhere
+
+    @step
+    def tripled(x):
+        return 3 * x
+
+    try:
+        _, job = tripled.__dict__["_ahead"]
+        assert job.state == "queued"
+        assert tripled(2) == 6  # (the call analyses the code itself)
+        assert job.state == "taken back" and "_ahead" not in tripled.__dict__
+    finally:
+        gate.set()
+    assert busy.done.wait(30) and tripled(2) == 6 and nbcache.runs()[-1].cached
 
 
 def _notebook(source: str) -> types.ModuleType:
