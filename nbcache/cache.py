@@ -7,6 +7,7 @@ Every part of nbcache that needs the cache is given one, or asks ``default_cache
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hmac
 import os
@@ -15,6 +16,7 @@ import types
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .audit import unobserved
 from .carry import Carry
 from .entry import Entry, Latest
 from .errors import warn
@@ -29,7 +31,7 @@ from .latestwrites import LatestWrites
 from .records import StepRun
 from .store import Store
 from .verifier import Verification, Verifier, verify_lazily, verify_store
-from .warming import Warming, ready_for_a_miss
+from .warming import WAIT_S, Warming
 
 __all__ = ["Cache", "default_cache", "cache_dir", "set_cache_dir"]
 
@@ -166,8 +168,8 @@ class Cache:
         return store
 
     def warm(self) -> None:
-        """Read the signing key and open the store of the directory in use on a background thread, if that
-        directory holds a cache already (nothing is created, no key is made): see ``warming.py``."""
+        """Read the signing key and open the store of the directory in use, if that directory holds a cache
+        already (nothing is created, no key is made), waiting for it a second at most: see ``warming.py``."""
         if self._fixed_store is not None:
             return
         directory = self._directory()
@@ -176,14 +178,18 @@ class Cache:
 
         def open_store() -> None:
             store = self._open(directory)
-            store.prepare()
             with self._stores_lock:
                 kept = self._stores.setdefault(directory, store)
             if kept is not store:  # (opened meanwhile by a call)
                 store.close()
 
-        self._warming.start(open_store, need_key=self._key is None,
-                            then=lambda: self.background.submit(ready_for_a_miss))
+        self._warming.start(open_store, need_key=self._key is None)
+        self._warming.wait(WAIT_S)
+        store = self._stores.get(directory)
+        prepare = getattr(store, "prepare", None)
+        if prepare is not None:  # open in time: made ready for this thread, the one that will call steps
+            with unobserved, contextlib.suppress(Exception):
+                prepare()
 
     @staticmethod
     def _open(directory: str) -> Store:
@@ -323,7 +329,7 @@ def default_cache() -> Cache:
 
 def set_cache_dir(path: str | os.PathLike[str] | None) -> None:
     """Use ``path`` for the cache from now on (``None`` returns to ``NBCACHE_DIR`` or ``.nbcache``); if it
-    holds a cache, it is opened on a background thread meanwhile (``Cache.warm``)."""
+    holds a cache, it is opened now (``Cache.warm``), so that the next step finds it open."""
     _default.set_directory(path)
     _default.warm()
 

@@ -141,10 +141,12 @@ class DiskStore:
 
     # the run history
     def prepare(self) -> None:
-        """Open the history for appending now, rather than on the first call (``Cache.warm``)."""
+        """Open the history for appending, and the calling thread's connection to the index (diskcache keeps
+        one per thread), now rather than on the first call (``Cache.warm``)."""
         with self._lock:
             if self._log_fd is None:
                 self._log_fd = self._open_log()
+        self._cache.get("entry:", _ABSENT)  # (a read: never waits for another process's write)
 
     def _open_log(self) -> int:
         return os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, self._modes.file)

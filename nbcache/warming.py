@@ -1,41 +1,42 @@
-"""Opening a cache ahead of its first call: the signing key read and the store opened on a background
-thread, while the notebook imports its libraries, so that its first step finds both ready.
+"""Opening a cache ahead of its first call: the signing key read and the store opened, so that the first
+step finds both ready.
 
 ``import nbcache`` warms the default cache, and ``set_cache_dir`` the directory it sets, if that directory
 holds a cache already: nothing is created and no key is made ahead of use. A key read ahead is used only if
 what chooses the key (``NBCACHE_KEY``, ``NBCACHE_KEY_FILE``, ``HOME``, ``XDG_CONFIG_HOME``) is unchanged
-when it is first needed. Once the store is open, cloudpickle, which a step's first miss needs to store its
-result, is imported on the cache's background thread too. Not filelock (single-flight's lock): it registers
-handlers of its own for ``os.fork``, and imported while a fork waits for the background work, its handler
-after the fork would run without the one before it (and print a ``KeyError``); a first miss imports it.
+when it is first needed.
+
+The opening runs on a thread of its own, and the import (or ``set_cache_dir``) waits for it, ``WAIT_S`` at
+most: about 12 ms of work (importing diskcache and SQLite, opening the index) that would cost the same on a
+thread running beside the user's code, since Python runs one thread at a time, and more, since the two
+would take turns at the interpreter lock. The thread is there for an index another process keeps locked for
+long: the import goes on after ``WAIT_S`` and the first step waits for the rest. Nothing else is done ahead:
+a first miss imports cloudpickle and filelock itself (filelock registers ``os.fork`` handlers, which must
+not happen while a fork waits for background work: its after-fork handler would run alone, and print a
+``KeyError``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
-import io
 import os
 import threading
+import time
 from typing import Callable
 
 from .audit import unobserved
 from .forksafe import background_work
 from .keys import load_key
-from .pickler import NotebookPickler
 
-__all__ = ["Warming", "key_sources", "ready_for_a_miss"]
+__all__ = ["WAIT_S", "Warming", "key_sources"]
+
+WAIT_S = 1.0  # how long the import waits for the opening (usually ~12 ms)
 
 def key_sources() -> tuple:
     """What decides which signing key is used (``keys.py``): set after ``import nbcache``, it still counts."""
     return (os.environ.get("NBCACHE_KEY"), os.environ.get("NBCACHE_KEY_FILE"), os.environ.get("XDG_CONFIG_HOME"),
             os.environ.get("HOME"))
-
-
-def ready_for_a_miss() -> None:
-    """Import what a step's first miss needs to store its result (cloudpickle)."""
-    with contextlib.suppress(Exception):
-        NotebookPickler(io.BytesIO(), notebook=None)
 
 
 class Warming:
@@ -46,8 +47,8 @@ class Warming:
         self._ready: threading.Event | None = None
         self._key: tuple[tuple, bytes] | None = None  # (what chose it, the key)
 
-    def start(self, open_store: Callable[[], None], *, need_key: bool, then: Callable[[], None]) -> None:
-        """Read the key (``need_key``) and ``open_store()`` on a new thread; ``then()`` once that is done."""
+    def start(self, open_store: Callable[[], None], *, need_key: bool) -> None:
+        """Read the key (``need_key``) and ``open_store()`` on a new thread."""
         ready = threading.Event()
 
         def ahead() -> None:
@@ -62,18 +63,22 @@ class Warming:
                     open_store()
             finally:
                 ready.set()
-            then()
 
         self.thread = threading.Thread(target=ahead, name="nbcache-warm", daemon=True)
         self._ready = ready
         self.thread.start()
 
-    def wait(self) -> None:
-        """Until the key is read and the store open (or that failed); at once if no warm-up is running."""
+    def wait(self, timeout: float | None = None) -> None:
+        """Until the key is read and the store open (or that failed), or ``timeout`` seconds have passed; at
+        once if no warm-up is running."""
         thread, ready = self.thread, self._ready
         if thread is not None and ready is not None:
-            while not ready.wait(0.05) and thread.is_alive():  # (a forked child has no such thread)
-                pass
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not ready.wait(0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))):
+                if not thread.is_alive():  # (a forked child has no such thread)
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
             self.thread = None
 
     def take_key(self) -> bytes | None:
