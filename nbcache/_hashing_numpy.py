@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 from .hash_core import Handler, Hasher, Unhashable, Walk, enter, feed, leave, new_hasher, pack_len
 
@@ -131,6 +134,8 @@ def _parallel_digest(flat: np.ndarray) -> bytes:
     found, the one-pass way hashes it again."""
     global _executor
     if _executor is None:
+        from concurrent.futures import ThreadPoolExecutor  # (6 ms with logging: only once a big array comes)
+
         _executor = ThreadPoolExecutor(1, thread_name_prefix="nbcache-nan-check")
     nan_check = _executor.submit(_has_nan, flat)
     sub = new_hasher(flat)

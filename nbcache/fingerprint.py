@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 from .fingerprint_code import code_info
 from .fingerprint_handlers import CODE, feed_code, label
-from .fingerprint_source import imported_module, is_user_code, library_roots, package_version
+from .fingerprint_source import (imported_module, is_user_code, is_user_file, library_path, library_roots, module_file,
+                                 package_version)
 from .hash_core import Unhashable, Walk, feed, new_hasher
 
 __all__ = [
@@ -76,6 +77,15 @@ def fingerprint_parts(func: Callable[..., Any], walk: Walk | None = None) -> tup
     return h.hexdigest(), dict(sorted(parts.items()))
 
 
+def _where_wrapped(func: types.FunctionType) -> None:
+    """Where a library's function and the function it wraps, if any, have their code (both kept: the
+    paths resolved ahead, so that a first call does not wait on the file system for them)."""
+    library_path(func.__code__.co_filename)
+    wrapped = getattr(func, "__wrapped__", None)
+    if isinstance(wrapped, types.FunctionType):
+        is_user_file(wrapped.__code__.co_filename)
+
+
 def prepare(func: Callable[..., Any], limit: int = 256) -> None:
     """Do ahead what a function's first fingerprint needs and keeps (a step's, on a background thread, so its
     first call in a process finds it done): the analysis of its code and of the user's functions it reads,
@@ -98,8 +108,10 @@ def prepare(func: Callable[..., Any], limit: int = 256) -> None:
                     if is_user_code(target.__module__, target.__code__.co_filename):
                         todo.append(target)
                         continue
+                    _where_wrapped(target)
                 if isinstance(target, types.ModuleType):
                     module = target.__name__
+                    is_user_code(module, module_file(target))
                 else:
                     module = getattr(target, "__module__", None)
                 if isinstance(module, str):

@@ -54,6 +54,7 @@ def is_user_file(filename: str | None) -> bool:
     return not os.path.realpath(filename).startswith(_LIBRARY_ROOTS)
 
 
+@functools.lru_cache(maxsize=4096)
 def library_path(filename: str) -> str:
     """A library file's path below its root (``contextlib.py``), the same in every environment."""
     real = os.path.realpath(filename)
