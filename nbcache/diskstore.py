@@ -112,6 +112,14 @@ class DiskStore:
         except (OSError, sqlite3.Error) as exc:
             raise describe(exc, self.directory) from exc
 
+    def put_blob_file(self, address: str, f: Any) -> None:
+        name = "blob:" + address
+        try:
+            if name not in self._cache:
+                self._cache.set(name, f, read=True)  # (a file of its own, written whole, then renamed)
+        except (OSError, sqlite3.Error) as exc:
+            raise describe(exc, self.directory) from exc
+
     def open_blob(self, address: str) -> Any:
         handle = self._cache.get("blob:" + address, _ABSENT, read=True)
         if handle is _ABSENT:

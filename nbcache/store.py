@@ -76,6 +76,10 @@ class Store(Protocol):
     def put_blob(self, address: str, frame: Frame) -> None:
         """Store ``frame`` under ``address`` (a blob is immutable: an existing one is kept)."""
 
+    def put_blob_file(self, address: str, f: BinaryIO) -> None:
+        """Store under ``address`` the blob read from ``f``, as another store kept it (``open_blob``'s bytes),
+        streamed: the team cache's download. Its signature is checked when it is loaded."""
+
     def open_blob(self, address: str) -> bytes | BinaryIO | None:
         """The blob at ``address`` as bytes or a binary file for ``load_frame``; None if it is gone."""
 
@@ -167,6 +171,11 @@ class MemoryStore:
     def put_blob(self, address: str, frame: Frame) -> None:
         with self._lock:
             self._blobs.setdefault(address, frame.to_bytes())
+
+    def put_blob_file(self, address: str, f: BinaryIO) -> None:
+        data = f.read()
+        with self._lock:
+            self._blobs.setdefault(address, data)
 
     def open_blob(self, address: str) -> bytes | None:
         return self._blobs.get(address)

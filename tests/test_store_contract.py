@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from datetime import datetime, timezone
 
@@ -66,6 +67,18 @@ def test_blobs_round_trip_by_content_address(store, value):
     else:
         assert loaded == value
     assert store.open_blob("other") is None
+
+
+@pytest.mark.parametrize("value", ["small", np.arange(300_000.0)], ids=["small", "big"])
+def test_a_blob_copied_from_another_store_as_a_file_reads_the_same(store, tmp_path, value):
+    """What the team cache does: another store's blob, as ``open_blob`` gave it, streamed in."""
+    other = DiskStore(tmp_path / "other")
+    other.put_blob("addr", Frame(value, key=KEY))
+    source = other.open_blob("addr")
+    store.put_blob_file("addr", source if hasattr(source, "read") else io.BytesIO(source))
+    other.close()
+    loaded = load_frame(store.open_blob("addr"), key=KEY)
+    assert np.array_equal(loaded, value) if isinstance(value, np.ndarray) else loaded == value
 
 
 def test_a_blob_is_immutable_once_stored(store):
