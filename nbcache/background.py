@@ -42,15 +42,15 @@ class Job:
 
 class Worker:
     """A queue of jobs and the daemon thread that runs them, one at a time. A job's exception is dropped:
-    jobs say what went wrong themselves. ``flush_at_exit``: the interpreter waits (a few seconds at most)
-    for the jobs left when it exits."""
+    jobs say what went wrong themselves. ``flush_at_exit``: the interpreter waits (``flush_s`` seconds at
+    most) for the jobs left when it exits."""
 
-    def __init__(self, name: str, *, flush_at_exit: bool = False) -> None:
+    def __init__(self, name: str, *, flush_at_exit: bool = False, flush_s: float = 5.0) -> None:
         self.name = name
         self._reset()
         _WORKERS.add(self)
         if flush_at_exit:
-            atexit.register(_flush, weakref.ref(self))
+            atexit.register(_flush, weakref.ref(self), flush_s)
 
     def _reset(self) -> None:
         self._queue: collections.deque[Job] = collections.deque()
@@ -140,11 +140,11 @@ def shared_worker() -> Worker:
     return Worker("nbcache-background", flush_at_exit=True)
 
 
-def _flush(ref: weakref.ref[Worker]) -> None:
+def _flush(ref: weakref.ref[Worker], timeout: float) -> None:
     _exiting.set()
     worker = ref()
     if worker is not None:
-        worker.drain(timeout=5.0)
+        worker.drain(timeout=timeout)
 
 
 def _after_fork() -> None:
