@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .cache import Cache, cache_dir, set_cache_dir
+from .cache import Cache, cache_dir, set_cache_dir, set_remote
 from .cache import default_cache as _default_cache
 from .errors import CacheWarning, NBCacheError, UncacheableError
 from .fingerprint import fingerprint
@@ -76,5 +76,6 @@ __all__ = [
     "lineage",
     "runs",
     "set_cache_dir",
+    "set_remote",
     "step",
 ]

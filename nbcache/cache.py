@@ -14,7 +14,7 @@ import os
 import threading
 import types
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .audit import unobserved
 from .carry import Carry
@@ -32,6 +32,9 @@ from .records import StepRun
 from .store import Store
 from .verifier import Verification, Verifier, verify_lazily, verify_store
 from .warming import WAIT_S, Warming
+
+if TYPE_CHECKING:
+    from .teamcache import TeamCache
 
 __all__ = ["Cache", "default_cache", "cache_dir", "set_cache_dir"]
 
@@ -69,6 +72,7 @@ class Cache:
         self.verifier = Verifier(self.background)  # checks the buffers of big values hits mapped
         self.carry = Carry()  # the content addresses restored arrays carry to the next step
         self._warming = Warming()  # opening the store ahead of the first call (``warm``)
+        self._team: TeamCache | None = None  # the remote cache it shares with a team, if any (``team``)
 
     def __repr__(self) -> str:
         return f"Cache({self._fixed_store!r})" if self._fixed_store is not None else f"Cache({str(self.directory)!r})"
@@ -141,6 +145,15 @@ class Cache:
     @lock_timeout_s.setter
     def lock_timeout_s(self, seconds: float | None) -> None:
         self._lock_timeout_s = seconds
+
+    @property
+    def team(self) -> TeamCache:
+        """Its link to the team cache (``teamcache.py``), made when first needed: the first miss."""
+        if self._team is None:
+            from .teamcache import TeamCache  # (and remote.py: not on `import nbcache`'s path)
+
+            self._team = TeamCache(self.check_seal)
+        return self._team
 
     @property
     def key(self) -> bytes:
@@ -332,6 +345,14 @@ def set_cache_dir(path: str | os.PathLike[str] | None) -> None:
     holds a cache, it is opened now (``Cache.warm``), so that the next step finds it open."""
     _default.set_directory(path)
     _default.warm()
+
+
+def set_remote(url: str | None, **storage_options: Any) -> None:
+    """Share results through the team cache at ``url`` (any fsspec URL: ``s3://bucket/prefix``, ``gs://...``,
+    a folder on a shared file system), with fsspec's ``storage_options`` (credentials, ``endpoint_url``):
+    what a step finds nowhere locally is looked for there, and what it stores is uploaded in the background.
+    ``None`` returns to ``NBCACHE_REMOTE``; ``""`` uses none. See ``docs/team.md``."""
+    _default.team.set(url, storage_options)
 
 
 def cache_dir() -> Path:

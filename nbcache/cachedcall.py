@@ -217,6 +217,8 @@ class StepCall(Serving, Keeping):
             self.trouble(f"its result could not be stored ({describe_error(exc)})", uncached=True)
             return
         self.stored = True
+        with contextlib.suppress(Exception):  # (what fails in an upload is said by the team cache, once)
+            self.cache.team.push_later(self.store, self.key, entry)
         if self.carried_from:  # (if one of those turns out damaged, this result goes with it)
             self.cache.carry.derived(self.carried_from, self.store, self.key, blobs)
         self.remember_last(force=True)

@@ -201,7 +201,7 @@ class CellCall(StepCall):
         replay(self.shell, payload["events"], show_result)
         if not shown:  # recorded by an nbcache that did not mark where the result came
             show_result()
-        self.record(cached=True, reason="cache hit", outputs=entry.outputs,
+        self.record(cached=True, reason=self.hit_reason(), outputs=entry.outputs,
                     saved_s=entry.duration_s, output_names=tuple(payload["variables"]))
         return None  # shown already, in its place among the outputs
 

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import time
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .audit import unobserved
 from .cache import Cache
@@ -23,6 +23,9 @@ from .frame import Damaged
 from .observe import first_failure, inherit
 from .records import Change, ChangeKind, Outcome
 from .store import Store
+
+if TYPE_CHECKING:
+    from .remote import TeamEntry
 
 __all__ = ["MISS", "Serving"]
 
@@ -48,8 +51,16 @@ class Serving:
     changes: tuple[Change, ...]
     sizes: dict[str, int]
 
+    team: TeamEntry | None = None  # the team cache's record of the result served, if it came from there
+
     def _latest(self, uncached: str | None = None) -> Latest:
         raise NotImplementedError
+
+    def hit_reason(self) -> str:
+        """Why a hit did not run: ``cache hit``, and where the result came from if another machine made it."""
+        if self.team is None:
+            return "cache hit"
+        return f"cache hit (team cache, computed by {self.team.by} at {self.team.at})"
 
     def lookup(self) -> tuple[Any, Entry | None, str]:
         """(stored values, entry, "") on a hit; (MISS, entry or None, why it ran) on a miss, with ``outcome``
@@ -64,7 +75,15 @@ class Serving:
         except Damaged as exc:
             return MISS, None, self._damaged(exc, ())
         if entry is None:
-            return MISS, None, self.why()
+            self.team = self.cache.team.pull(self.store, self.key)  # (the team cache: copied here, if there)
+            if self.team is None:
+                return MISS, None, self.why()
+            try:
+                entry = self.store.get_entry(self.key)
+            except Damaged as exc:
+                return MISS, None, self._damaged(exc, ())
+            if entry is None:
+                return MISS, None, self.why()
         try:
             self.cache.check_seal(self.key, entry)
         except Damaged as exc:  # (not the values it names: they may be other entries', and are checked apart)

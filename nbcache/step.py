@@ -145,7 +145,7 @@ class _Call(StepCall):
     def restore(self, values: list[Any], entry: Entry) -> Any:
         if entry.ambient:
             self.set_state(values.pop())
-        self.record(cached=True, reason="cache hit", outputs=entry.outputs, saved_s=entry.duration_s,
+        self.record(cached=True, reason=self.hit_reason(), outputs=entry.outputs, saved_s=entry.duration_s,
                     result=entry.result)
         return tuple(values) if entry.is_tuple else values[0]
 

@@ -18,8 +18,8 @@ LAYERS: list[tuple[str, set[str]]] = [
               "ambient", "cellflow", "celleffects", "magiclines", "cellcode", "checks", "audit", "observe"}),
     ("key", {"key"}),
     ("store", {"records", "history", "pickler", "frameformat", "frameread", "frame", "keys", "entry", "store", "diskfiles", "diskgc", "diskerrors",
-               "eviction", "diskevict", "diskstore"}),
-    ("cached call", {"events", "explain", "background", "verifier", "carry", "latestwrites", "warming", "cache", "keeping", "serving", "cachedcall"}),
+               "eviction", "diskevict", "diskstore", "remote"}),
+    ("cached call", {"events", "explain", "background", "verifier", "carry", "latestwrites", "warming", "teamcache", "cache", "keeping", "serving", "cachedcall"}),
     ("step and magics", {"step", "capture", "cellnames", "cellvars", "tables", "cellstep", "magics"}),
     ("graph", {"graph"}),
     ("widget and cli", {"widget", "cli", "__init__"}),
@@ -30,8 +30,8 @@ MAX_LINES = 360  # "about 350"
 # Imports that are deferred on purpose, to keep `import nbcache` light: a library's hashing handlers, loaded
 # once the user's code has imported that library; the widget and the magics, imported when a lineage is first
 # asked for or the extension loaded; the graph (and graphviz), for `nbcache graph` only; the disk store (diskcache,
-# SQLite), when a cache first opens its directory.
-DEFERRED = {("cache", "diskstore"), ("hashing", "importlib"), ("__init__", "widget"), ("__init__", "magics"), ("cli", "graph")}
+# SQLite), when a cache first opens its directory; the team cache (and fsspec), at the first miss.
+DEFERRED = {("cache", "diskstore"), ("cache", "teamcache"), ("hashing", "importlib"), ("__init__", "widget"), ("__init__", "magics"), ("cli", "graph")}
 
 
 def _modules() -> dict[str, ast.Module]:

@@ -1,0 +1,216 @@
+"""The team cache: a second level of the cache, on object storage or a shared folder, through fsspec.
+
+A cache directory stays the first level. A call that finds nothing there looks in the remote (``NBCACHE_REMOTE``
+or ``set_remote``: any fsspec URL, ``s3://bucket/prefix``, ``gs://...``, a path on a shared file system); what
+it finds is copied into the local directory and served from there. A result computed and stored locally is
+uploaded in the background. Layout under the URL, per cache format::
+
+    v<format>/blobs/<address>   a value, as the local store keeps it (signed; content-addressed, immutable)
+    v<format>/entries/<key>     {"entry": <the sealed entry>, "by": "user@host", "at": <ISO time>}
+
+An entry is uploaded after every blob it names, each through a temporary that is committed whole (fsspec's
+``autocommit=False``: an S3 multipart upload completed at the end, a local file renamed), so a killed upload
+publishes nothing. Entries and values are signed with the cache's key: a team shares one (``NBCACHE_KEY``), and
+an object signed with another key, or changed, is never unpickled. Credentials come as fsspec takes them (the
+environment, ``storage_options``) and are never written anywhere by nbcache.
+
+A remote that fails (unreachable, denied, too slow) never fails a step: ``Remote`` says so once, then is left
+alone for ``RETRY_S`` seconds, and the calls meanwhile use the local cache only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, BinaryIO, Callable
+
+from .errors import NBCacheError, warn
+from .key import CACHE_FORMAT
+
+__all__ = ["REMOTE_ENV", "RETRY_S", "Remote", "RemoteError", "TeamEntry", "author"]
+
+REMOTE_ENV = "NBCACHE_REMOTE"
+TIMEOUT_ENV = "NBCACHE_REMOTE_TIMEOUT"
+TIMEOUT_S = 10.0  # connect and read timeout of an S3 remote, unless its storage options say otherwise
+RETRY_S = 60.0  # how long a failed remote is left alone before it is tried again
+COPY_CHUNK = 8 << 20
+
+
+class RemoteError(NBCacheError):
+    """The remote cache named cannot be used as given (its URL, or the package its protocol needs)."""
+
+
+@dataclass(frozen=True)
+class TeamEntry:
+    """An entry as the remote keeps it: the sealed entry's JSON text, and who stored it, when."""
+
+    entry: str
+    by: str
+    at: str
+
+    def to_json(self) -> str:
+        return json.dumps({"entry": self.entry, "by": self.by, "at": self.at})
+
+    @classmethod
+    def from_json(cls, data: bytes) -> TeamEntry | None:
+        """The record, or None if it is not one (what is wrong with the entry itself, its seal says)."""
+        try:
+            record = json.loads(data)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return None
+        if not isinstance(record, dict):
+            return None
+        entry, by, at = record.get("entry"), record.get("by"), record.get("at")
+        if not (isinstance(entry, str) and isinstance(by, str) and isinstance(at, str)):
+            return None
+        return cls(entry, by[:200], at[:40])
+
+
+def author() -> tuple[str, str]:
+    """(``user@host``, the time now in ISO form, to the second), as an uploaded entry names its author."""
+    import getpass  # (with socket: only once a result is uploaded, not on `import nbcache`)
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # (no user name in the environment nor the password database)
+        user = str(os.getuid()) if hasattr(os, "getuid") else "?"
+    return f"{user}@{socket.gethostname()}", datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
+    try:
+        import fsspec
+    except ModuleNotFoundError:
+        raise RemoteError(f"a remote cache ({url}) needs fsspec: pip install 'nbcache[remote]'") from None
+    options = dict(options)
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    if protocol in ("s3", "s3a"):  # bounded waits: a remote that does not answer must not hold up a step
+        timeout = float(os.environ.get(TIMEOUT_ENV) or TIMEOUT_S)
+        config = dict(options.get("config_kwargs") or {})
+        config.setdefault("connect_timeout", timeout)
+        config.setdefault("read_timeout", timeout)
+        config.setdefault("retries", {"max_attempts": 2, "mode": "standard"})
+        options["config_kwargs"] = config
+        options.setdefault("skip_instance_cache", True)
+    try:
+        fs, root = fsspec.core.url_to_fs(url, **options)
+    except (ImportError, ValueError) as exc:  # the protocol's package is missing, or the URL is not one
+        raise RemoteError(f"cannot use {url!r} as the remote cache: {exc}") from None
+    return fs, root.rstrip("/")
+
+
+class Remote:
+    """One remote cache: its file system, the folder of this cache format in it, and whether it answers.
+
+    Every method that talks to it returns what it found, or, if the remote failed, ``None`` (a miss) or
+    ``False`` (not done), after one warning per outage: ``available`` is then False for ``RETRY_S``."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *,
+                 warn_once: Callable[[str], None] = warn) -> None:
+        if not isinstance(url, str) or not url.strip():
+            raise RemoteError(f"the remote cache is given as a URL (s3://bucket/prefix, a folder), not {url!r}")
+        self.url = url
+        self.fs, root = _filesystem(url, storage_options or {})
+        self.root = f"{root}/v{CACHE_FORMAT}"
+        self._warn = warn_once
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+
+    def __repr__(self) -> str:
+        return f"Remote({self.url!r})"
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, doing: str, exc: BaseException) -> None:
+        with self._lock:
+            was_up = self.available
+            self._down_until = time.monotonic() + RETRY_S
+        if was_up:
+            self._warn(f"nbcache: the team cache {self.url} failed while {doing} ({type(exc).__name__}: {exc});"
+                       f" using the local cache only for the next {RETRY_S:.0f} s")
+
+    def _path(self, kind: str, name: str) -> str:
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"not a name nbcache gives: {name!r}")
+        return f"{self.root}/{kind}/{name}"
+
+    # reading
+    def get_entry(self, key: str) -> TeamEntry | None:
+        """The entry stored under ``key``: one request. None if there is none, or it does not read."""
+        if not self.available:
+            return None
+        try:
+            data = self.fs.cat_file(self._path("entries", key))
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            self._failed("looking up a result", exc)
+            return None
+        return TeamEntry.from_json(data)
+
+    def copy_blob(self, address: str, put: Callable[[BinaryIO], None]) -> bool:
+        """Give ``put`` the blob at ``address`` as a file to read (streamed: one request); False if it is not
+        there or the remote failed."""
+        if not self.available:
+            return False
+        try:
+            with self.fs.open(self._path("blobs", address), "rb", block_size=COPY_CHUNK) as f:
+                put(f)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:  # (the local store's own errors are OSError too: they are not the remote's)
+            if getattr(exc, "filename", None):
+                raise
+            self._failed("downloading a result", exc)
+            return False
+        except Exception as exc:
+            self._failed("downloading a result", exc)
+            return False
+        return True
+
+    # writing
+    def put_blob(self, address: str, source: bytes | BinaryIO) -> bool:
+        """Upload a blob unless it is there already (blobs are immutable, whoever stores them)."""
+        path = self._path("blobs", address)
+        try:
+            if self.fs.exists(path):
+                return True
+            self._write(path, source)
+        except Exception as exc:
+            self._failed("uploading a result", exc)
+            return False
+        return True
+
+    def put_entry(self, key: str, entry: TeamEntry) -> bool:
+        """Upload an entry, once every blob it names is there."""
+        try:
+            self._write(self._path("entries", key), entry.to_json().encode())
+        except Exception as exc:
+            self._failed("uploading a result", exc)
+            return False
+        return True
+
+    def _write(self, path: str, source: bytes | BinaryIO) -> None:
+        """Write ``path`` whole or not at all: the bytes go to a file committed once complete."""
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        f = self.fs.open(path, "wb", autocommit=False)
+        try:
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                f.write(source)
+            else:
+                while chunk := source.read(COPY_CHUNK):
+                    f.write(chunk)
+            f.close()
+            f.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                f.discard()
+            raise

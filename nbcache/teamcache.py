@@ -1,0 +1,113 @@
+"""A ``Cache``'s link to its team cache (``remote.py``): which remote it uses, copying a result found there
+into the local store, and uploading what this process stores, in the background.
+
+The remote is ``set_remote``'s if one was set, else ``NBCACHE_REMOTE``'s (read when first needed; an unusable
+one is said once and ignored). Uploads run on a worker of their own, in the order results were stored; the
+interpreter waits for them when it exits (``UPLOAD_FLUSH_S`` at most); ``flush`` waits for them on demand.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from .background import Worker
+from .entry import Entry
+from .errors import warn
+from .frame import Damaged
+from .remote import REMOTE_ENV, Remote, RemoteError, TeamEntry, author
+from .store import Store
+
+__all__ = ["TeamCache", "UPLOAD_FLUSH_S"]
+
+UPLOAD_FLUSH_S = 60.0  # how long an exiting interpreter waits for its uploads
+
+
+class TeamCache:
+    """The team cache of one ``Cache``, whose ``check_seal(key, entry)`` raises ``Damaged`` for an entry not
+    sealed with its key."""
+
+    def __init__(self, check_seal: Callable[[str, Entry], None]) -> None:
+        self._check_seal = check_seal
+        self._set: tuple[str | None, dict[str, Any]] | None = None  # (None: from NBCACHE_REMOTE)
+        self._remote: Remote | None = None
+        self._from_env: str | None = None
+        self._uploads: Worker | None = None
+
+    def set(self, url: str | None, storage_options: dict[str, Any]) -> None:
+        """Use the remote at ``url`` (``None``: ``NBCACHE_REMOTE`` again; ``""``: none). Raises
+        ``RemoteError`` if it cannot be used as given; nothing is sent to it yet."""
+        self._remote = Remote(url, storage_options) if url else None
+        self._set = None if url is None else (url, dict(storage_options))
+
+    @property
+    def remote(self) -> Remote | None:
+        """The remote in use, if any."""
+        if self._set is not None:
+            return self._remote
+        url = os.environ.get(REMOTE_ENV) or None
+        if url != self._from_env:
+            self._from_env, self._remote = url, None
+            if url:
+                try:
+                    self._remote = Remote(url)
+                except RemoteError as exc:
+                    warn(f"nbcache: {REMOTE_ENV} is ignored: {exc}")
+        return self._remote
+
+    # reading
+    def pull(self, store: Store, key: str) -> TeamEntry | None:
+        """Copy the result of ``key`` from the remote into ``store`` (its blobs first, then its entry);
+        the remote's record of it, or None if there is none to use (a foreign or changed entry is refused
+        with a warning)."""
+        remote = self.remote
+        if remote is None:
+            return None
+        found = remote.get_entry(key)
+        if found is None:
+            return None
+        try:
+            entry = Entry.from_json(found.entry)
+            self._check_seal(key, entry)
+        except Damaged as exc:
+            warn(f"nbcache: the team cache {remote.url} holds a result for this call that is refused ({exc});"
+                 " it is computed here instead")
+            return None
+        for address in entry.blobs:
+            if not store.has_blob(address) and not remote.copy_blob(address, lambda f, a=address:
+                                                                    store.put_blob_file(a, f)):
+                return None  # (its values are checked when loaded: signed with the key, under their name)
+        store.put_entry(key, entry)
+        return found
+
+    # writing
+    def push_later(self, store: Store, key: str, entry: Entry) -> None:
+        """Upload the result of ``key`` (stored in ``store`` just now) in the background."""
+        remote = self.remote
+        if remote is None:
+            return
+        by, at = author()
+        record = TeamEntry(entry.to_json(), by, at)
+        if self._uploads is None:
+            self._uploads = Worker("nbcache-upload", flush_at_exit=True, flush_s=UPLOAD_FLUSH_S)
+        self._uploads.submit(lambda: self._push(remote, store, key, entry, record))
+
+    def _push(self, remote: Remote, store: Store, key: str, entry: Entry, record: TeamEntry) -> None:
+        if not remote.available:
+            return
+        for address in entry.blobs:
+            source = store.open_blob(address)
+            if source is None:
+                return
+            try:
+                if not remote.put_blob(address, source):
+                    return  # (no entry without all its blobs)
+            finally:
+                close = getattr(source, "close", None)
+                if close is not None:
+                    close()
+        remote.put_entry(key, record)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every upload asked for has been done (or given up); True if all were."""
+        return self._uploads is None or self._uploads.drain(timeout)

@@ -1,0 +1,174 @@
+"""The team cache, with the real engines on loopback: an S3 server from moto and s3fs as the client. Each
+"machine" is a process with a cache directory of its own; they share a bucket and a signing key."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import nbcache
+from nbcache.remote import Remote, RemoteError
+
+pytest.importorskip("s3fs", reason="the team cache's tests need the remote extra (in the test extra too)")
+from moto.server import ThreadedMotoServer  # noqa: E402
+
+TEAM_KEY = secrets.token_hex(32)
+
+STEP = '''
+import sys, nbcache
+
+@nbcache.step
+def squares(n):
+    sys.stderr.write("BODY RAN\\n")  # (a file it wrote would be an effect of the step, kept with its result)
+    return [i * i for i in range(n)]
+
+print(sum(squares(int(sys.argv[1]))))
+run = nbcache.runs()[-1]
+print(run.cached, "|", run.reason)
+'''
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(endpoint, monkeypatch):
+    for name, value in _aws(endpoint).items():
+        monkeypatch.setenv(name, value)
+    name = f"team-{uuid.uuid4().hex[:12]}"
+    Remote(f"s3://{name}").fs.mkdir(name)
+    return name
+
+
+def _aws(endpoint: str) -> dict[str, str]:
+    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint}
+
+
+def _machine(tmp_path: Path, name: str, remote: str, n: int = 1000, key: str = TEAM_KEY,
+             **extra: str) -> tuple[list[str], str]:
+    """Run the step in a new process with its own cache directory; (its stdout lines, its stderr). Each run
+    of the body is counted in the machine's ``ran.log``."""
+    folder = tmp_path / name
+    folder.mkdir(exist_ok=True)
+    script = folder / "step.py"
+    script.write_text(STEP)
+    env = {**os.environ, "NBCACHE_DIR": str(folder / "cache"), "NBCACHE_REMOTE": remote, "NBCACHE_KEY": key,
+           **extra}
+    env.pop("NBCACHE_KEY_FILE", None)
+    proc = subprocess.run([sys.executable, str(script), str(n)], capture_output=True, text=True, env=env,
+                          cwd=folder, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    with open(folder / "ran.log", "a") as log:
+        log.write("ran\n" * proc.stderr.count("BODY RAN"))
+    return proc.stdout.splitlines(), proc.stderr.replace("BODY RAN\n", "")
+
+
+def _ran(tmp_path: Path, name: str) -> int:
+    log = tmp_path / name / "ran.log"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_a_second_machine_gets_the_first_ones_result_without_running_the_body(tmp_path, bucket):
+    remote = f"s3://{bucket}/team"
+    first, _ = _machine(tmp_path, "alice", remote)
+    assert first[0] == str(sum(i * i for i in range(1000))) and first[1].startswith("False")
+    second, _ = _machine(tmp_path, "bob", remote)
+    assert second[0] == first[0] and _ran(tmp_path, "bob") == 0, second
+    cached, reason = second[1].split(" | ")
+    assert cached == "True" and reason.startswith("cache hit (team cache, computed by ")
+    assert f"@{socket.gethostname()} at " in reason
+    third, _ = _machine(tmp_path, "bob", "")  # now in bob's own cache: no remote needed
+    assert third == [first[0], "True | cache hit"] and _ran(tmp_path, "bob") == 0
+    other, _ = _machine(tmp_path, "bob", remote, n=10)  # a call nobody made runs, and is shared in turn
+    assert other[1].startswith("False") and _ran(tmp_path, "bob") == 1
+    assert _machine(tmp_path, "carol", remote, n=10)[0][1].startswith("True") and _ran(tmp_path, "carol") == 0
+
+
+def test_a_result_signed_with_another_key_or_changed_is_refused_and_computed(tmp_path, bucket):
+    remote = f"s3://{bucket}/team"
+    _machine(tmp_path, "alice", remote)
+    out, err = _machine(tmp_path, "mallory", remote, key=secrets.token_hex(32))
+    assert out[1].startswith("False") and _ran(tmp_path, "mallory") == 1
+    assert "refused" in err and err.count("CacheWarning") == 1
+    fs = Remote(remote).fs
+    [entry_path] = fs.find(f"{bucket}/team/v{nbcache.CACHE_FORMAT}/entries")
+    record = json.loads(fs.cat_file(entry_path))
+    entry = json.loads(record["entry"])
+    entry["duration_s"] += 1.0  # a field under the seal
+    fs.pipe_file(entry_path, json.dumps({**record, "entry": json.dumps(entry)}).encode())
+    out, err = _machine(tmp_path, "bob", remote)
+    assert out[1].startswith("False") and _ran(tmp_path, "bob") == 1 and "refused" in err
+
+
+def test_an_unreachable_remote_leaves_the_local_cache_working_with_one_warning(tmp_path, bucket):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    out, err = _machine(tmp_path, "alice", f"s3://{bucket}/team", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+                        NBCACHE_REMOTE_TIMEOUT="2")
+    assert out[1].startswith("False") and err.count("CacheWarning") == 1 and "team cache" in err
+    assert time.monotonic() - t0 < 60
+    again, err = _machine(tmp_path, "alice", "")
+    assert again[1] == "True | cache hit" and err == ""
+
+
+def test_an_upload_that_cannot_send_every_value_publishes_no_entry(tmp_path, bucket, monkeypatch):
+    from nbcache.teamcache import TeamCache
+
+    remote_url = f"s3://{bucket}/team"
+    monkeypatch.setenv("NBCACHE_REMOTE", remote_url)
+    cache = nbcache.Cache(tmp_path / "local", key=TEAM_KEY)
+
+    @nbcache.step(cache=cache)
+    def pair(n):
+        return list(range(n)), n
+
+    original = TeamCache._push
+
+    def losing_a_value(self, remote, store, key, entry, record):
+        store.delete("", entry.blobs[-1:])  # (the last value is gone before it is sent)
+        original(self, remote, store, key, entry, record)
+
+    monkeypatch.setattr(TeamCache, "_push", losing_a_value)
+    pair(3)
+    assert cache.team.flush(60)
+    fs = Remote(remote_url).fs
+    assert fs.find(f"{bucket}/team/v{nbcache.CACHE_FORMAT}/entries") == []
+    monkeypatch.setattr(TeamCache, "_push", original)
+    pair(4)
+    assert cache.team.flush(60)
+    assert len(fs.find(f"{bucket}/team/v{nbcache.CACHE_FORMAT}/entries")) == 1
+
+
+def test_a_remote_given_wrong_says_what_to_do():
+    with pytest.raises(RemoteError, match="URL"):
+        nbcache.set_remote("   ")
+    with pytest.raises(RemoteError, match="cannot use 'nosuchprotocol://x'"):
+        nbcache.set_remote("nosuchprotocol://x")
+    nbcache.set_remote(None)
+
+
+def test_a_folder_on_a_shared_file_system_is_a_remote_too(tmp_path):
+    shared = tmp_path / "shared"
+    first, _ = _machine(tmp_path, "alice", str(shared))
+    second, _ = _machine(tmp_path, "bob", str(shared))
+    assert second[0] == first[0] and second[1].startswith("True | cache hit (team cache")
+    assert _ran(tmp_path, "bob") == 0
+    assert not [p for p in shared.rglob("*") if ".tmp" in p.name or p.name.startswith("tmp")]
