@@ -30,14 +30,30 @@ _WORKERS: weakref.WeakSet[Worker] = weakref.WeakSet()
 
 
 class Job:
-    """A job given to a ``Worker``: its function and how far it got (queued, running, done or taken back)."""
+    """A job given to a ``Worker``: its function, its worker, and how far it got (queued, running, done or
+    taken back). A job pickles (or copies) as one already settled: its worker and function stay here."""
 
-    __slots__ = ("fn", "state", "done")
+    __slots__ = ("fn", "worker", "state", "done")
 
-    def __init__(self, fn: Callable[[], None]) -> None:
+    def __init__(self, fn: Callable[[], None], worker: Worker | None) -> None:
         self.fn = fn
+        self.worker = worker
         self.state = "queued"
         self.done = threading.Event()
+
+    def __reduce__(self) -> tuple:
+        return _settled_job, ()
+
+    def settle(self, timeout: float = 5.0) -> bool:
+        """``Worker.settle`` of this job (False at once for a job that has no worker here)."""
+        return False if self.worker is None else self.worker.settle(self, timeout)
+
+
+def _settled_job() -> Job:
+    job = Job(lambda: None, None)
+    job.state = "done"
+    job.done.set()
+    return job
 
 
 class Worker:
@@ -64,7 +80,7 @@ class Worker:
             self._start()
 
     def submit(self, fn: Callable[[], None]) -> Job:
-        job = Job(fn)
+        job = Job(fn, self)
         with self._cond:
             self._queue.append(job)
             self._start()

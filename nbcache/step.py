@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, TypeVar, overload
 
 from .audit import unobserved
-from .background import Job, Worker
+from .background import Job
 from .cache import Cache, default_cache
 from .cachedcall import StepCall, addresses_of
 from .entry import Entry
@@ -71,8 +71,8 @@ class Step:
         self.ignore = frozenset(ignore)
         self.cache = cache
         self._signature = inspect.signature(func)
-        worker = (cache or default_cache()).background
-        self._ahead: tuple[Worker, Job] | None = (worker, worker.submit(functools.partial(prepare, func)))
+        # the analysis of its code, ahead (a ``Job``: pickled or copied, by ``functools.wraps`` too, as done)
+        self._ahead: Job | None = (cache or default_cache()).background.submit(functools.partial(prepare, func))
         params = self._signature.parameters
         unknown = sorted(self.ignore - set(params))
         if unknown:
@@ -84,10 +84,6 @@ class Step:
 
     def __repr__(self) -> str:
         return f"<nbcache step {self.name!r}>"
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled (cloudpickle, by value from a notebook): without the handle of its background job."""
-        return {k: v for k, v in self.__dict__.items() if k != "_ahead"}
 
     def __nbcache_hash__(self) -> tuple[bytes, tuple]:
         """A step used inside another step counts by its code, like the function it wraps, and its version."""
@@ -102,8 +98,7 @@ class Step:
         cache = self.cache if self.cache is not None else default_cache()
         ahead = self.__dict__.pop("_ahead", None)  # the analysis of its code, ahead: taken back or waited for
         if ahead is not None:
-            worker, job = ahead
-            worker.settle(job)
+            ahead.settle()
         try:
             with unobserved:  # (opening a cache is no data the step this one runs in depends on)
                 store = cache.store()

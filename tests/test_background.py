@@ -5,6 +5,7 @@ changes no fingerprint and never fails, and its first call settles that job rath
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import types
@@ -82,13 +83,33 @@ def test_a_steps_first_call_takes_back_the_analysis_of_its_code_not_started_yet(
         return 3 * x
 
     try:
-        _, job = tripled.__dict__["_ahead"]
+        job = tripled.__dict__["_ahead"]
         assert job.state == "queued"
         assert tripled(2) == 6  # (the call analyses the code itself)
         assert job.state == "taken back" and "_ahead" not in tripled.__dict__
     finally:
         gate.set()
     assert busy.done.wait(30) and tripled(2) == 6 and nbcache.runs()[-1].cached
+
+
+def test_a_step_and_a_function_wrapping_it_pickle_and_copy_before_their_first_call(cache_dir):
+    """``functools.wraps`` copies a step's attributes, its background job among them, into the wrapper."""
+    import copy
+
+    import cloudpickle
+
+    @step
+    def plus_one(x):
+        return x + 1
+
+    @functools.wraps(plus_one)
+    def logged(*args):
+        return plus_one(*args)
+
+    for thing in (plus_one, logged):
+        assert cloudpickle.loads(cloudpickle.dumps(thing))(1) == 2
+        assert copy.deepcopy(thing)(1) == 2
+    assert plus_one(1) == 2 and nbcache.runs()[-1].cached
 
 
 def _notebook(source: str) -> types.ModuleType:
