@@ -22,11 +22,13 @@ that cannot be used say why and what to do (``diskerrors.py``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import pickle
 import re
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -157,7 +159,15 @@ class DiskStore:
         self._cache.get("entry:", _ABSENT)  # (a read: never waits for another process's write)
 
     def _open_log(self) -> int:
-        return os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, self._modes.file)
+        """The history, opened for appending; an ``OSError`` if it is not a regular file (a FIFO planted there
+        is never waited on: opened without blocking, it has no reader, or is refused)."""
+        fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK,
+                     self._modes.file)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "the run history is not a regular file", str(self._log_path))
+        os.set_blocking(fd, True)
+        return fd
 
     def append_run(self, run: StepRun) -> None:
         # The newline goes first: a line left unfinished by a killed process is then never glued to the

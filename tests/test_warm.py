@@ -104,3 +104,16 @@ print(default_cache().key.hex())
 """, env=_env(tmp_path, directory, NBCACHE_KEY=KEY_A))
     assert out.strip() == KEY_A  # nothing changed: the key read ahead is used
     assert os.path.isdir(directory / "store")
+
+
+def test_a_fifo_in_place_of_the_history_never_holds_up_the_import_nor_a_step(tmp_path):
+    directory = tmp_path / "cache"
+    env = _env(tmp_path, directory, NBCACHE_KEY=KEY_A)
+    step = "import nbcache\n@nbcache.step\ndef add(a, b=2):\n    return a + b\n"
+    run_python(step + "add(1)", env=env)
+    (directory / "runs.jsonl").unlink()
+    os.mkfifo(directory / "runs.jsonl")  # (opened to write, a FIFO waits for a reader: there is none)
+    proc = subprocess.run([sys.executable, "-W", "always", "-c", step + "print(add(1), add(5))"],
+                          capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
+    assert (proc.returncode, proc.stdout.split()) == (0, ["3", "7"]), proc.stderr
+    assert proc.stderr.count("could not be recorded") == 2
