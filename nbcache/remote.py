@@ -39,6 +39,7 @@ TIMEOUT_ENV = "NBCACHE_REMOTE_TIMEOUT"
 TIMEOUT_S = 10.0  # connect and read timeout of an S3 remote, unless its storage options say otherwise
 RETRY_S = 60.0  # how long a failed remote is left alone before it is tried again
 COPY_CHUNK = 8 << 20
+OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "az", "memory"}  # each object is published whole, by itself
 
 
 class RemoteError(NBCacheError):
@@ -118,6 +119,8 @@ class Remote:
         self.url = url
         self.fs, root = _filesystem(url, storage_options or {})
         self.root = f"{root}/v{CACHE_FORMAT}"
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
+        self._object_store = bool(OBJECT_STORES.intersection(protocols))
         self._warn = warn_once
         self._lock = threading.Lock()
         self._down_until = 0.0
@@ -199,9 +202,17 @@ class Remote:
         return True
 
     def _write(self, path: str, source: bytes | BinaryIO) -> None:
-        """Write ``path`` whole or not at all: the bytes go to a file committed once complete."""
-        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        f = self.fs.open(path, "wb", autocommit=False)
+        """Write ``path`` whole or not at all. An object store publishes an object whole by itself (one PUT,
+        or a multipart upload completed at the end); elsewhere the bytes go to a temporary, renamed once
+        complete (fsspec's ``autocommit=False``)."""
+        if self._object_store:
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                self.fs.pipe_file(path, bytes(source))  # (one request)
+                return
+            f = self.fs.open(path, "wb")
+        else:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            f = self.fs.open(path, "wb", autocommit=False)
         try:
             if isinstance(source, (bytes, bytearray, memoryview)):
                 f.write(source)
@@ -209,7 +220,8 @@ class Remote:
                 while chunk := source.read(COPY_CHUNK):
                     f.write(chunk)
             f.close()
-            f.commit()
+            if not self._object_store:
+                f.commit()
         except BaseException:
             with contextlib.suppress(Exception):
                 f.discard()

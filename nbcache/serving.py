@@ -52,6 +52,7 @@ class Serving:
     sizes: dict[str, int]
 
     team: TeamEntry | None = None  # the team cache's record of the result served, if it came from there
+    team_asked = False  # whether this call looked in the team cache already
 
     def _latest(self, uncached: str | None = None) -> Latest:
         raise NotImplementedError
@@ -75,6 +76,9 @@ class Serving:
         except Damaged as exc:
             return MISS, None, self._damaged(exc, ())
         if entry is None:
+            if self.team_asked:  # (a second look, under the key's lock, is for this machine's other callers)
+                return MISS, None, self.why()
+            self.team_asked = True
             self.team = self.cache.team.pull(self.store, self.key)  # (the team cache: copied here, if there)
             if self.team is None:
                 return MISS, None, self.why()

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -37,13 +39,36 @@ print(run.cached, "|", run.reason)
 '''
 
 
+class Requests(logging.Handler):
+    """The requests the S3 server answered, as ``METHOD /path``, from its (werkzeug) access log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = re.search(r'"(?:\x1b\[[0-9;]*m)*([A-Z]+ \S+)', record.getMessage())
+        if match:
+            self.seen.append(match.group(1))
+
+    def of(self, bucket: str) -> list[str]:
+        return [r for r in self.seen if r.split(" ", 1)[1].startswith((f"/{bucket}/", f"/{bucket}?"))]
+
+
+REQUESTS = Requests()
+
+
 @pytest.fixture(scope="module")
 def endpoint():
+    log = logging.getLogger("werkzeug")
+    log.addHandler(REQUESTS)
+    log.setLevel(logging.INFO)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+    log.removeHandler(REQUESTS)
 
 
 @pytest.fixture
@@ -67,7 +92,8 @@ def _machine(tmp_path: Path, name: str, remote: str, n: int = 1000, key: str = T
     folder = tmp_path / name
     folder.mkdir(exist_ok=True)
     script = folder / "step.py"
-    script.write_text(STEP)
+    if not script.exists():  # (a test may give a machine a step of its own)
+        script.write_text(STEP)
     env = {**os.environ, "NBCACHE_DIR": str(folder / "cache"), "NBCACHE_REMOTE": remote, "NBCACHE_KEY": key,
            **extra}
     env.pop("NBCACHE_KEY_FILE", None)
@@ -172,3 +198,36 @@ def test_a_folder_on_a_shared_file_system_is_a_remote_too(tmp_path):
     assert second[0] == first[0] and second[1].startswith("True | cache hit (team cache")
     assert _ran(tmp_path, "bob") == 0
     assert not [p for p in shared.rglob("*") if ".tmp" in p.name or p.name.startswith("tmp")]
+
+
+def test_requests_follow_the_cost_model(tmp_path, bucket):
+    """A miss: the entry's lookup (with s3fs a HEAD and a listing, as for any missing object), then in the
+    background, per value, a check that it is not there yet (the same two requests) and its upload, then the
+    entry's upload; a value already there is not sent again. A team-cache hit: the entry's read and one read
+    per value not already local (with s3fs a HEAD and a GET each). A hit in the local cache: nothing."""
+    remote = f"s3://{bucket}/team"
+    folder = f"/{bucket}/team/v{nbcache.CACHE_FORMAT}"
+    REQUESTS.seen.clear()
+    _machine(tmp_path, "alice", remote)
+    miss = REQUESTS.of(bucket)
+    assert [r.split(" ")[0] for r in miss] == ["HEAD", "GET", "HEAD", "GET", "PUT", "PUT"], miss
+    assert f"{folder}/entries/" in miss[0] and f"{folder}/blobs/" in miss[2] and f"{folder}/blobs/" in miss[4]
+    assert f"{folder}/entries/" in miss[5] and all("list-type" in miss[i] for i in (1, 3))
+    REQUESTS.seen.clear()
+    _machine(tmp_path, "bob", remote)
+    hit = REQUESTS.of(bucket)
+    assert [r.split(" ")[0] for r in hit] == ["HEAD", "GET", "HEAD", "GET"], hit
+    assert all(f"{folder}/entries/" in r for r in hit[:2]) and all(f"{folder}/blobs/" in r for r in hit[2:])
+    REQUESTS.seen.clear()
+    _machine(tmp_path, "bob", remote)
+    assert REQUESTS.of(bucket) == []
+    REQUESTS.seen.clear()
+    _machine(tmp_path, "carol", remote, n=0)  # [] is a value nobody stored yet; then one already there:
+    _machine(tmp_path, "dave", remote, n=0)
+    assert len(REQUESTS.of(bucket)) == 6 + 4
+    REQUESTS.seen.clear()
+    (tmp_path / "erin").mkdir()
+    (tmp_path / "erin" / "step.py").write_text(STEP.replace("i * i", "i * i + 0"))  # other code, same values
+    _machine(tmp_path, "erin", remote, n=0)
+    same_value = REQUESTS.of(bucket)
+    assert [r.split(" ")[0] for r in same_value] == ["HEAD", "GET", "HEAD", "PUT"], same_value
