@@ -30,7 +30,7 @@ import diskcache
 
 from .frame import Damaged, Frame
 
-__all__ = ["MAX_TEXT_BYTES", "TEMP_NAME", "Modes", "make_dir", "make_file", "shared_from_env"]
+__all__ = ["MAX_TEXT_BYTES", "TEMP_NAME", "Modes", "make_dir", "make_file", "open_append", "shared_from_env"]
 
 _INLINE_BYTES = 64 << 10  # smaller values live in the SQLite index; larger ones are files
 MAX_TEXT_BYTES = 16 << 20  # an entry or other text value of the index read from a file: far above any real one
@@ -66,6 +66,17 @@ def make_dir(path: str | os.PathLike[str], mode: int) -> bool:
             raise NotADirectoryError(errno.ENOTDIR, "not a directory", path) from None
         return False
     return True
+
+
+def open_append(path: str | os.PathLike[str], mode: int) -> int:
+    """A regular file opened for appending (made with ``mode`` if missing); ``OSError`` if it is anything
+    else. A FIFO put in its place is never waited on: opened without blocking, it has no reader, or is refused."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return fd
 
 
 def make_file(path: str | os.PathLike[str], mode: int) -> bool:

@@ -22,13 +22,11 @@ that cannot be used say why and what to do (``diskerrors.py``).
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import pickle
 import re
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -39,7 +37,7 @@ import diskcache
 
 from .diskerrors import StoreError, describe
 from .diskevict import Recency, candidates, last_used
-from .diskfiles import Modes, _FrameDisk, make_dir, make_file, shared_from_env
+from .diskfiles import Modes, _FrameDisk, make_dir, make_file, open_append, shared_from_env
 from .diskgc import GRACE_S, collect, disk_usage
 from .entry import Entry, Latest
 from .eviction import beyond_last, choose_victims
@@ -106,21 +104,16 @@ class DiskStore:
     def has_blob(self, address: str) -> bool:
         return "blob:" + address in self._cache
 
-    def put_blob(self, address: str, frame: Frame) -> None:
+    def put_blob(self, address: str, frame: Frame, *, read: bool = False) -> None:
         name = "blob:" + address
         try:
             if name not in self._cache:
-                self._cache.set(name, frame)
+                self._cache.set(name, frame, read=read)
         except (OSError, sqlite3.Error) as exc:
             raise describe(exc, self.directory) from exc
 
     def put_blob_file(self, address: str, f: Any) -> None:
-        name = "blob:" + address
-        try:
-            if name not in self._cache:
-                self._cache.set(name, f, read=True)  # (a file of its own, written whole, then renamed)
-        except (OSError, sqlite3.Error) as exc:
-            raise describe(exc, self.directory) from exc
+        self.put_blob(address, f, read=True)  # (a file of its own, written whole, then renamed)
 
     def open_blob(self, address: str) -> Any:
         handle = self._cache.get("blob:" + address, _ABSENT, read=True)
@@ -159,15 +152,7 @@ class DiskStore:
         self._cache.get("entry:", _ABSENT)  # (a read: never waits for another process's write)
 
     def _open_log(self) -> int:
-        """The history, opened for appending; an ``OSError`` if it is not a regular file (a FIFO planted there
-        is never waited on: opened without blocking, it has no reader, or is refused)."""
-        fd = os.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK,
-                     self._modes.file)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise OSError(errno.EINVAL, "the run history is not a regular file", str(self._log_path))
-        os.set_blocking(fd, True)
-        return fd
+        return open_append(self._log_path, self._modes.file)
 
     def append_run(self, run: StepRun) -> None:
         # The newline goes first: a line left unfinished by a killed process is then never glued to the
