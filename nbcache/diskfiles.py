@@ -137,6 +137,8 @@ class _FrameDisk(diskcache.Disk):
         parts = filename.split(os.sep)
         if any(part in ("", ".", "..") for part in parts):
             raise Damaged("the index points outside the cache directory")
+        if not filename.endswith(".val"):  # (diskcache names every value file so: never the index itself)
+            raise Damaged("the index points at a file that is not a value file")
         path = self._root  # (each folder on the way checked, rather than the whole path resolved: 3 lstat, not 10)
         for part in parts[:-1]:
             path = os.path.join(path, part)

@@ -60,6 +60,19 @@ def _pointing(how: str, store: DiskStore, target: Path) -> str:
     return os.path.relpath(link, store_dir)
 
 
+@pytest.mark.parametrize("named", ["cache.db", "cache.db-wal", "../runs.jsonl"])
+def test_a_row_naming_the_index_or_the_history_never_deletes_it(store, named):
+    _filled(store)
+    store.append_run(StepRun(step="s", cached=False, duration_s=1.0, saved_s=0.0, key="k", code="c", inputs={},
+                             outputs=(), reason="first run", started_at=datetime(2026, 1, 2, tzinfo=timezone.utc)))
+    plant(store.directory, "blob:a", named, MODE_BINARY)
+    with pytest.raises(Damaged):
+        store.open_blob("a")
+    store.delete("k", ["a"])
+    store.clear()
+    assert (store.directory / "store" / "cache.db").exists() and len(store.read_runs()) == 1
+
+
 @pytest.mark.parametrize("how", ["absolute", "dotdot", "symlink"])
 @pytest.mark.parametrize("removal", ["delete", "clear", "clear-step", "clear-older", "evict-by-overwrite"])
 def test_a_row_pointing_outside_is_never_read_nor_deleted(tmp_path, store, how, removal):
