@@ -39,6 +39,7 @@ class TeamCache:
         ``RemoteError`` if it cannot be used as given; nothing is sent to it yet."""
         self._remote = Remote(url, storage_options) if url else None
         self._set = None if url is None else (url, dict(storage_options))
+        self._from_env = None  # (``NBCACHE_REMOTE`` is read again when the remote is next needed)
 
     @property
     def remote(self) -> Remote | None:

@@ -183,6 +183,18 @@ def test_an_upload_that_cannot_send_every_value_publishes_no_entry(tmp_path, buc
     assert len(fs.find(f"{bucket}/team/v{nbcache.CACHE_FORMAT}/entries")) == 1
 
 
+def test_set_remote_none_returns_to_the_environment(tmp_path, monkeypatch):
+    cache = nbcache.Cache(tmp_path / "local")
+    monkeypatch.setenv("NBCACHE_REMOTE", str(tmp_path / "from-env"))
+    assert cache.team.remote.url == str(tmp_path / "from-env")
+    cache.team.set(str(tmp_path / "set"), {})
+    assert cache.team.remote.url == str(tmp_path / "set")
+    cache.team.set("", {})
+    assert cache.team.remote is None
+    cache.team.set(None, {})
+    assert cache.team.remote.url == str(tmp_path / "from-env")
+
+
 def test_a_remote_given_wrong_says_what_to_do():
     with pytest.raises(RemoteError, match="URL"):
         nbcache.set_remote("   ")
