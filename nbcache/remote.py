@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -102,7 +103,7 @@ def _filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
     try:
         fs, root = fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as exc:  # the protocol's package is missing, or the URL is not one
-        raise RemoteError(f"cannot use {url!r} as the remote cache: {exc}") from None
+        raise RemoteError(f"cannot use {re.sub(r'//[^/@]*@', '//', url)!r} as the remote cache: {exc}") from None
     return fs, root.rstrip("/")
 
 
@@ -116,7 +117,7 @@ class Remote:
                  warn_once: Callable[[str], None] = warn) -> None:
         if not isinstance(url, str) or not url.strip():
             raise RemoteError(f"the remote cache is given as a URL (s3://bucket/prefix, a folder), not {url!r}")
-        self.url = url
+        self.url = re.sub(r"//[^/@]*@", "//", url)  # (what is shown: without credentials written into it)
         self.fs, root = _filesystem(url, storage_options or {})
         self.root = f"{root}/v{CACHE_FORMAT}"
         protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
@@ -147,7 +148,8 @@ class Remote:
 
     # reading
     def get_entry(self, key: str) -> TeamEntry | None:
-        """The entry stored under ``key``: one request. None if there is none, or it does not read."""
+        """The entry stored under ``key`` (one read: with s3fs a HEAD and a GET); None if there is none, or
+        it does not read."""
         if not self.available:
             return None
         try:
@@ -160,7 +162,7 @@ class Remote:
         return TeamEntry.from_json(data)
 
     def copy_blob(self, address: str, put: Callable[[BinaryIO], None]) -> bool:
-        """Give ``put`` the blob at ``address`` as a file to read (streamed: one request); False if it is not
+        """Give ``put`` the blob at ``address`` as a file to read (streamed, one read); False if it is not
         there or the remote failed."""
         if not self.available:
             return False

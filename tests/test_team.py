@@ -200,6 +200,9 @@ def test_a_remote_given_wrong_says_what_to_do():
         nbcache.set_remote("   ")
     with pytest.raises(RemoteError, match="cannot use 'nosuchprotocol://x'"):
         nbcache.set_remote("nosuchprotocol://x")
+    with pytest.raises(RemoteError) as raised:  # (credentials written into a URL are never shown)
+        nbcache.set_remote("nosuchprotocol://user:s3cret@x")
+    assert "s3cret" not in str(raised.value)
     nbcache.set_remote(None)
 
 
