@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .hash_core import Handler, Hasher, Unhashable, Walk, enter, feed, leave, new_hasher, pack_len
+
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
-
-from .hash_core import Handler, Hasher, Unhashable, Walk, enter, feed, leave, new_hasher, pack_len
 
 CHUNK_BYTES = 1 << 20
 FUSED_BYTES = 256 << 10  # hashed, then checked for NaN while still in the core's L2 cache (measured best)

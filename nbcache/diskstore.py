@@ -104,16 +104,19 @@ class DiskStore:
     def has_blob(self, address: str) -> bool:
         return "blob:" + address in self._cache
 
-    def put_blob(self, address: str, frame: Frame, *, read: bool = False) -> None:
+    def put_blob(self, address: str, frame: Frame) -> None:
+        self._put_blob(address, frame, read=False)
+
+    def put_blob_file(self, address: str, f: Any) -> None:
+        self._put_blob(address, f, read=True)  # (a file of its own, written whole, then renamed)
+
+    def _put_blob(self, address: str, value: Frame | Any, *, read: bool) -> None:
         name = "blob:" + address
         try:
             if name not in self._cache:
-                self._cache.set(name, frame, read=read)
+                self._cache.set(name, value, read=read)
         except (OSError, sqlite3.Error) as exc:
             raise describe(exc, self.directory) from exc
-
-    def put_blob_file(self, address: str, f: Any) -> None:
-        self.put_blob(address, f, read=True)  # (a file of its own, written whole, then renamed)
 
     def open_blob(self, address: str) -> Any:
         handle = self._cache.get("blob:" + address, _ABSENT, read=True)

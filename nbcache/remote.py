@@ -21,19 +21,19 @@ alone for ``RETRY_S`` seconds, and the calls meanwhile use the local cache only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, BinaryIO, Callable
 
 from .errors import NBCacheError, warn
 from .key import CACHE_FORMAT
 
-__all__ = ["REMOTE_ENV", "RETRY_S", "Remote", "RemoteError", "TeamEntry", "author"]
+__all__ = ["REMOTE_ENV", "RETRY_S", "Remote", "RemoteError", "TeamEntry", "author", "shown"]
 
 REMOTE_ENV = "NBCACHE_REMOTE"
 TIMEOUT_ENV = "NBCACHE_REMOTE_TIMEOUT"
@@ -73,8 +73,9 @@ class TeamEntry:
         return cls(entry, by[:200], at[:40])
 
 
-def author() -> tuple[str, str]:
-    """(``user@host``, the time now in ISO form, to the second), as an uploaded entry names its author."""
+@functools.cache
+def author() -> str:
+    """``user@host``, as an uploaded entry names who stored it."""
     import getpass  # (with socket: only once a result is uploaded, not on `import nbcache`)
     import socket
 
@@ -82,7 +83,12 @@ def author() -> tuple[str, str]:
         user = getpass.getuser()
     except Exception:  # (no user name in the environment nor the password database)
         user = str(os.getuid()) if hasattr(os, "getuid") else "?"
-    return f"{user}@{socket.gethostname()}", datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return f"{user}@{socket.gethostname()}"
+
+
+def shown(url: str) -> str:
+    """``url`` as messages show it: without credentials written into it (``s3://key:secret@bucket``)."""
+    return re.sub(r"//[^/@]*@", "//", url)
 
 
 def _filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
@@ -103,7 +109,7 @@ def _filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
     try:
         fs, root = fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as exc:  # the protocol's package is missing, or the URL is not one
-        raise RemoteError(f"cannot use {re.sub(r'//[^/@]*@', '//', url)!r} as the remote cache: {exc}") from None
+        raise RemoteError(f"cannot use {shown(url)!r} as the remote cache: {exc}") from None
     return fs, root.rstrip("/")
 
 
@@ -113,16 +119,14 @@ class Remote:
     Every method that talks to it returns what it found, or, if the remote failed, ``None`` (a miss) or
     ``False`` (not done), after one warning per outage: ``available`` is then False for ``RETRY_S``."""
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *,
-                 warn_once: Callable[[str], None] = warn) -> None:
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         if not isinstance(url, str) or not url.strip():
             raise RemoteError(f"the remote cache is given as a URL (s3://bucket/prefix, a folder), not {url!r}")
-        self.url = re.sub(r"//[^/@]*@", "//", url)  # (what is shown: without credentials written into it)
+        self.url = shown(url)
         self.fs, root = _filesystem(url, storage_options or {})
         self.root = f"{root}/v{CACHE_FORMAT}"
         protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
         self._object_store = bool(OBJECT_STORES.intersection(protocols))
-        self._warn = warn_once
         self._lock = threading.Lock()
         self._down_until = 0.0
 
@@ -138,7 +142,7 @@ class Remote:
             was_up = self.available
             self._down_until = time.monotonic() + RETRY_S
         if was_up:
-            self._warn(f"nbcache: the team cache {self.url} failed while {doing} ({type(exc).__name__}: {exc});"
+            warn(f"nbcache: the team cache {self.url} failed while {doing} ({type(exc).__name__}: {exc});"
                        f" using the local cache only for the next {RETRY_S:.0f} s")
 
     def _path(self, kind: str, name: str) -> str:

@@ -79,15 +79,10 @@ class Serving:
             if self.team_asked:  # (a second look, under the key's lock, is for this machine's other callers)
                 return MISS, None, self.why()
             self.team_asked = True
-            self.team = self.cache.team.pull(self.store, self.key)  # (the team cache: copied here, if there)
-            if self.team is None:
+            pulled = self.cache.team.pull(self.store, self.key)  # (the team cache: copied here, if there)
+            if pulled is None:
                 return MISS, None, self.why()
-            try:
-                entry = self.store.get_entry(self.key)
-            except Damaged as exc:
-                return MISS, None, self._damaged(exc, ())
-            if entry is None:
-                return MISS, None, self.why()
+            self.team, entry = pulled
         try:
             self.cache.check_seal(self.key, entry)
         except Damaged as exc:  # (not the values it names: they may be other entries', and are checked apart)

@@ -9,6 +9,7 @@ interpreter waits for them when it exits (``UPLOAD_FLUSH_S`` at most); ``flush``
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from .background import Worker
@@ -29,7 +30,7 @@ class TeamCache:
 
     def __init__(self, check_seal: Callable[[str, Entry], None]) -> None:
         self._check_seal = check_seal
-        self._set: tuple[str | None, dict[str, Any]] | None = None  # (None: from NBCACHE_REMOTE)
+        self._chosen = False  # whether set() chose the remote (else it is NBCACHE_REMOTE's)
         self._remote: Remote | None = None
         self._from_env: str | None = None
         self._uploads: Worker | None = None
@@ -38,13 +39,13 @@ class TeamCache:
         """Use the remote at ``url`` (``None``: ``NBCACHE_REMOTE`` again; ``""``: none). Raises
         ``RemoteError`` if it cannot be used as given; nothing is sent to it yet."""
         self._remote = Remote(url, storage_options) if url else None
-        self._set = None if url is None else (url, dict(storage_options))
+        self._chosen = url is not None
         self._from_env = None  # (``NBCACHE_REMOTE`` is read again when the remote is next needed)
 
     @property
     def remote(self) -> Remote | None:
         """The remote in use, if any."""
-        if self._set is not None:
+        if self._chosen:
             return self._remote
         url = os.environ.get(REMOTE_ENV) or None
         if url != self._from_env:
@@ -57,10 +58,10 @@ class TeamCache:
         return self._remote
 
     # reading
-    def pull(self, store: Store, key: str) -> TeamEntry | None:
-        """Copy the result of ``key`` from the remote into ``store`` (its blobs first, then its entry);
-        the remote's record of it, or None if there is none to use (a foreign or changed entry is refused
-        with a warning)."""
+    def pull(self, store: Store, key: str) -> tuple[TeamEntry, Entry] | None:
+        """Copy the result of ``key`` from the remote into ``store`` (its blobs first, then its entry): the
+        remote's record of it and the entry (its seal checked), or None if there is none to use (a foreign
+        or changed entry is refused with a warning)."""
         remote = self.remote
         if remote is None:
             return None
@@ -79,7 +80,7 @@ class TeamCache:
                                                                     store.put_blob_file(a, f)):
                 return None  # (its values are checked when loaded: signed with the key, under their name)
         store.put_entry(key, entry)
-        return found
+        return found, entry
 
     # writing
     def push_later(self, store: Store, key: str, entry: Entry) -> None:
@@ -87,8 +88,7 @@ class TeamCache:
         remote = self.remote
         if remote is None:
             return
-        by, at = author()
-        record = TeamEntry(entry.to_json(), by, at)
+        record = TeamEntry(entry.to_json(), author(), datetime.now(timezone.utc).isoformat(timespec="seconds"))
         if self._uploads is None:
             self._uploads = Worker("nbcache-upload", flush_at_exit=True, flush_s=UPLOAD_FLUSH_S)
         self._uploads.submit(lambda: self._push(remote, store, key, entry, record))

@@ -16,12 +16,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from moto.server import ThreadedMotoServer  # (moto and s3fs: in the test extra, so these never skip)
 
 import nbcache
 from nbcache.remote import Remote, RemoteError
-
-pytest.importorskip("s3fs", reason="the team cache's tests need the remote extra (in the test extra too)")
-from moto.server import ThreadedMotoServer  # noqa: E402
 
 TEAM_KEY = secrets.token_hex(32)
 
