@@ -120,7 +120,7 @@ class StepCall(Serving, Keeping):
             return self._execute_as(Outcome.UNREADABLE, "cache unreadable", store=False)
         if values is MISS:
             return self.compute_once(reason)
-        self.outcome, self.changes = Outcome.HIT, ()
+        self.outcome, self.changes = self.hit_outcome(), ()
         return self.restore(values, entry)
 
     def compute_once(self, reason: str) -> Any:
@@ -142,7 +142,7 @@ class StepCall(Serving, Keeping):
                 why_it_runs = self.outcome, self.changes
                 values, entry, _ = self.lookup()
                 if values is not MISS:
-                    self.outcome, self.changes = Outcome.HIT, ()
+                    self.outcome, self.changes = self.hit_outcome(), ()
                     return self.restore(values, entry)
                 self.outcome, self.changes = why_it_runs  # (the first look said why: damage, a change, ...)
             mine.add(self.key)
@@ -263,7 +263,7 @@ class StepCall(Serving, Keeping):
         wrong keeping the call, if anything did. Never raises (but that warning, made an error)."""
         self.recorded, run = self.recorded + 1, None
         try:
-            state = Outcome.HIT if cached else (Outcome.FAILED if status == "failed" else self.outcome)
+            state = self.hit_outcome() if cached else (Outcome.FAILED if status == "failed" else self.outcome)
             run = StepRun(
                 step=self.name, cached=cached, duration_s=time.perf_counter() - self.t0, saved_s=saved_s,
                 key=self.key, code=self.code, inputs=self.inputs, outputs=outputs, reason=reason,

@@ -35,6 +35,8 @@ class State(enum.Enum):
 
     HIT = ("served from cache", "#c8e6c9", "#2e7d32")
     """Its stored result was used; the body did not run."""
+    TEAM_HIT = ("served from the team cache", "#b2ebf2", "#00838f")
+    """Its result was copied from the team cache (another machine computed it); the body did not run here."""
     FIRST = ("ran for the first time", "#bbdefb", "#1565c0")
     """No earlier run of this step was recorded."""
     RERUN = ("re-ran: something changed", "#ffe0b2", "#e65100")
@@ -48,12 +50,17 @@ class State(enum.Enum):
     def __init__(self, label: str, fill: str, line: str) -> None:
         self.label, self.fill, self.line = label, fill, line
 
+    @property
+    def served(self) -> bool:
+        """Whether the step's body did not run (its result was served from a cache)."""
+        return self is State.HIT or self is State.TEAM_HIT
+
     @classmethod
     def of(cls, run: StepRun) -> State:
         return _STATES.get(run.state, cls.RERUN)
 
 
-_STATES = {Outcome.HIT: State.HIT, Outcome.FAILED: State.FAILED, Outcome.FIRST_RUN: State.FIRST,
+_STATES = {Outcome.HIT: State.HIT, Outcome.TEAM_HIT: State.TEAM_HIT, Outcome.FAILED: State.FAILED, Outcome.FIRST_RUN: State.FIRST,
            Outcome.DISABLED: State.UNCACHED, Outcome.UNCACHEABLE: State.UNCACHED,
            Outcome.ALWAYS_RUNS: State.UNCACHED, Outcome.UNREADABLE: State.UNCACHED}
 """The colour of each outcome; the others (changed, removed, damaged) re-ran."""
@@ -68,7 +75,7 @@ class Node:
     @property
     def label(self) -> str:
         text = f"{self.name}\n{format_seconds(self.run.duration_s)}"
-        if self.state is State.HIT:
+        if self.state.served:
             text += f" · saved {format_seconds(self.run.saved_s)}"
         return text
 
@@ -223,7 +230,7 @@ def runs_table_html(lineage: Lineage) -> str:
         f"<tr><td style='text-align:left'>{html.escape(n.name)}</td>"
         f"<td style='text-align:left;background:{n.state.fill}'>{n.state.label}</td>"
         f"<td>{format_seconds(n.run.duration_s)}</td>"
-        f"<td>{format_seconds(n.run.saved_s) if n.state is State.HIT else ''}</td>"
+        f"<td>{format_seconds(n.run.saved_s) if n.state.served else ''}</td>"
         f"<td style='text-align:left'>{html.escape(n.run.reason)}</td></tr>"
         for n in lineage.nodes.values())
     note = f"<p>{html.escape(left_out_text(lineage))}</p>" if lineage.left_out else ""

@@ -26,6 +26,8 @@ class Outcome(enum.Enum):
 
     HIT = "hit"
     """Its stored result was used; the body did not run."""
+    TEAM_HIT = "team hit"
+    """Its result was copied from the team cache (another machine computed it); the body did not run."""
     FIRST_RUN = "first run"
     """No earlier run of this step (under this cache format, as this kind of step) was recorded."""
     CHANGED = "changed"
@@ -47,7 +49,7 @@ class Outcome(enum.Enum):
 
     @property
     def ran(self) -> bool:
-        return self is not Outcome.HIT
+        return self is not Outcome.HIT and self is not Outcome.TEAM_HIT
 
 
 class ChangeKind(enum.Enum):

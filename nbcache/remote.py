@@ -22,24 +22,28 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
+import io
 import json
 import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable
 
 from .errors import NBCacheError, warn
 from .key import CACHE_FORMAT
 
-__all__ = ["REMOTE_ENV", "RETRY_S", "Remote", "RemoteError", "TeamEntry", "author", "shown"]
+__all__ = ["REMOTE_ENV", "RETRY_S", "Remote", "RemoteError", "TeamEntry", "author", "shown", "size_of"]
 
 REMOTE_ENV = "NBCACHE_REMOTE"
 TIMEOUT_ENV = "NBCACHE_REMOTE_TIMEOUT"
 TIMEOUT_S = 10.0  # connect and read timeout of an S3 remote, unless its storage options say otherwise
 RETRY_S = 60.0  # how long a failed remote is left alone before it is tried again
 COPY_CHUNK = 8 << 20
+RANGE = 64 << 20  # a value is downloaded in ranges of this size, one request each
+SINGLE_PUT = 32 << 20  # a value up to this size is uploaded in one request
 OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "az", "memory"}  # each object is published whole, by itself
 
 
@@ -54,9 +58,10 @@ class TeamEntry:
     entry: str
     by: str
     at: str
+    sizes: dict[str, int] = field(default_factory=dict)  # the bytes of each blob, by address
 
     def to_json(self) -> str:
-        return json.dumps({"entry": self.entry, "by": self.by, "at": self.at})
+        return json.dumps({"entry": self.entry, "by": self.by, "at": self.at, "sizes": self.sizes})
 
     @classmethod
     def from_json(cls, data: bytes) -> TeamEntry | None:
@@ -70,7 +75,57 @@ class TeamEntry:
         entry, by, at = record.get("entry"), record.get("by"), record.get("at")
         if not (isinstance(entry, str) and isinstance(by, str) and isinstance(at, str)):
             return None
-        return cls(entry, by[:200], at[:40])
+        sizes = record.get("sizes")
+        if not (isinstance(sizes, dict)
+                and all(type(n) is int and 0 < n < 1 << 50 for n in sizes.values())):
+            sizes = {}  # (the blobs are then read without it)
+        return cls(entry, by[:200], at[:40], sizes)
+
+
+def size_of(source: bytes | BinaryIO) -> int:
+    """The bytes a blob to upload has (``source`` as ``Store.open_blob`` gives it)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return len(source)
+    try:
+        return os.fstat(source.fileno()).st_size
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        here = source.tell()
+        end = source.seek(0, os.SEEK_END)
+        source.seek(here)
+        return end - here
+
+
+class _NotAsListed(Exception):
+    """A value on the remote is not the size its entry says (changed, or cut short): it is not used."""
+
+
+class _Ranges(io.RawIOBase):
+    """A remote object of known ``size`` as a file read front to back, ``RANGE`` bytes per request."""
+
+    def __init__(self, fs: Any, path: str, size: int) -> None:
+        super().__init__()
+        self._fs, self._path, self._size = fs, path, size
+        self._at = 0  # where the range in ``_chunk`` starts
+        self._chunk = memoryview(b"")
+        self._used = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._used == len(self._chunk):
+            self._at += len(self._chunk)
+            if self._at >= self._size:
+                return 0
+            end = min(self._at + RANGE, self._size)
+            self._chunk = memoryview(self._fs.cat_file(self._path, start=self._at, end=end))
+            self._used = 0
+            if len(self._chunk) != end - self._at:
+                raise _NotAsListed(self._path)
+        n = min(len(buffer), len(self._chunk) - self._used)
+        buffer[:n] = self._chunk[self._used:self._used + n]
+        self._used += n
+        return n
 
 
 @functools.cache
@@ -106,6 +161,7 @@ def _filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
         config.setdefault("retries", {"max_attempts": 2, "mode": "standard"})
         options["config_kwargs"] = config
         options.setdefault("skip_instance_cache", True)
+        options.setdefault("max_concurrency", 1)  # (a read is one GET; more reads a size ahead, a HEAD)
     try:
         fs, root = fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as exc:  # the protocol's package is missing, or the URL is not one
@@ -127,6 +183,8 @@ class Remote:
         self.root = f"{root}/v{CACHE_FORMAT}"
         protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
         self._object_store = bool(OBJECT_STORES.intersection(protocols))
+        # conditional writes (``mode="create"``): s3fs has them since 2024.12; they fail on an existing object
+        self._create = "s3" in protocols and "mode" in inspect.signature(self.fs.pipe_file).parameters
         self._lock = threading.Lock()
         self._down_until = 0.0
 
@@ -152,8 +210,7 @@ class Remote:
 
     # reading
     def get_entry(self, key: str) -> TeamEntry | None:
-        """The entry stored under ``key`` (one read: with s3fs a HEAD and a GET); None if there is none, or
-        it does not read."""
+        """The entry stored under ``key`` (one request); None if there is none, or it does not read."""
         if not self.available:
             return None
         try:
@@ -165,15 +222,19 @@ class Remote:
             return None
         return TeamEntry.from_json(data)
 
-    def copy_blob(self, address: str, put: Callable[[BinaryIO], None]) -> bool:
-        """Give ``put`` the blob at ``address`` as a file to read (streamed, one read); False if it is not
-        there or the remote failed."""
+    def copy_blob(self, address: str, size: int | None, put: Callable[[BinaryIO], None]) -> bool:
+        """Give ``put`` the blob at ``address`` as a file to read, streamed: one request per ``RANGE`` bytes
+        when its ``size`` is known. False if it is not there or the remote failed."""
         if not self.available:
             return False
+        path = self._path("blobs", address)
         try:
-            with self.fs.open(self._path("blobs", address), "rb", block_size=COPY_CHUNK) as f:
-                put(f)
-        except FileNotFoundError:
+            if size is None:
+                with self.fs.open(path, "rb", block_size=COPY_CHUNK) as f:
+                    put(f)
+            else:
+                put(_Ranges(self.fs, path, size))
+        except (FileNotFoundError, _NotAsListed):
             return False
         except OSError as exc:  # (the local store's own errors are OSError too: they are not the remote's)
             if getattr(exc, "filename", None):
@@ -187,10 +248,18 @@ class Remote:
 
     # writing
     def put_blob(self, address: str, source: bytes | BinaryIO) -> bool:
-        """Upload a blob unless it is there already (blobs are immutable, whoever stores them)."""
+        """Upload a blob unless it is there already (blobs are immutable, whoever stores them): a small one
+        in one conditional request where the store has them (S3's ``If-None-Match``), else after a check."""
         path = self._path("blobs", address)
         try:
-            if self.fs.exists(path):
+            if self._create and size_of(source) <= SINGLE_PUT:
+                data = source if isinstance(source, (bytes, bytearray, memoryview)) else source.read()
+                try:
+                    self.fs.pipe_file(path, bytes(data), mode="create")
+                except FileExistsError:
+                    pass  # (stored by someone else: the same bytes)
+                return True
+            if self._exists(path):
                 return True
             self._write(path, source)
         except Exception as exc:
@@ -204,6 +273,14 @@ class Remote:
             self._write(self._path("entries", key), entry.to_json().encode())
         except Exception as exc:
             self._failed("uploading a result", exc)
+            return False
+        return True
+
+    def _exists(self, path: str) -> bool:
+        """Whether ``path`` is there, in one request (its first byte's; fsspec's ``exists`` lists too)."""
+        try:
+            self.fs.cat_file(path, start=0, end=1)
+        except FileNotFoundError:
             return False
         return True
 

@@ -63,6 +63,10 @@ class Serving:
             return "cache hit"
         return f"cache hit (team cache, computed by {self.team.by} at {self.team.at})"
 
+    def hit_outcome(self) -> Outcome:
+        """A hit's outcome: served from this machine's cache, or copied from the team cache."""
+        return Outcome.HIT if self.team is None else Outcome.TEAM_HIT
+
     def lookup(self) -> tuple[Any, Entry | None, str]:
         """(stored values, entry, "") on a hit; (MISS, entry or None, why it ran) on a miss, with ``outcome``
         and ``changes`` set. A damaged or missing stored value warns, is forgotten, and counts as a miss. Errors

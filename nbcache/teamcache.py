@@ -16,7 +16,7 @@ from .background import Worker
 from .entry import Entry
 from .errors import warn
 from .frame import Damaged
-from .remote import REMOTE_ENV, Remote, RemoteError, TeamEntry, author
+from .remote import REMOTE_ENV, Remote, RemoteError, TeamEntry, author, size_of
 from .store import Store
 
 __all__ = ["TeamCache", "UPLOAD_FLUSH_S"]
@@ -76,8 +76,8 @@ class TeamCache:
                  " it is computed here instead")
             return None
         for address in entry.blobs:
-            if not store.has_blob(address) and not remote.copy_blob(address, lambda f, a=address:
-                                                                    store.put_blob_file(a, f)):
+            if not store.has_blob(address) and not remote.copy_blob(
+                    address, found.sizes.get(address), lambda f, a=address: store.put_blob_file(a, f)):
                 return None  # (its values are checked when loaded: signed with the key, under their name)
         store.put_entry(key, entry)
         return found, entry
@@ -88,26 +88,28 @@ class TeamCache:
         remote = self.remote
         if remote is None:
             return
-        record = TeamEntry(entry.to_json(), author(), datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         if self._uploads is None:
             self._uploads = Worker("nbcache-upload", flush_at_exit=True, flush_s=UPLOAD_FLUSH_S)
-        self._uploads.submit(lambda: self._push(remote, store, key, entry, record))
+        self._uploads.submit(lambda: self._push(remote, store, key, entry, at))
 
-    def _push(self, remote: Remote, store: Store, key: str, entry: Entry, record: TeamEntry) -> None:
+    def _push(self, remote: Remote, store: Store, key: str, entry: Entry, at: str) -> None:
         if not remote.available:
             return
+        sizes = {}
         for address in entry.blobs:
             source = store.open_blob(address)
             if source is None:
                 return
             try:
+                sizes[address] = size_of(source)
                 if not remote.put_blob(address, source):
                     return  # (no entry without all its blobs)
             finally:
                 close = getattr(source, "close", None)
                 if close is not None:
                     close()
-        remote.put_entry(key, record)
+        remote.put_entry(key, TeamEntry(entry.to_json(), author(), at, sizes))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every upload asked for has been done (or given up); True if all were."""

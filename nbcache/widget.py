@@ -155,7 +155,7 @@ def _details_html(node: Node, lineage: Lineage, runs: list[StepRun]) -> str:
     outputs = "".join(
         f"<tr><td>{html.escape(name)}</td><td><code>{address[:12]}</code></td><td>{size(address)}</td></tr>"
         for name, address in zip(names, run.outputs))
-    saved = f", saved {format_seconds(run.saved_s)}" if node.state is State.HIT else ""
+    saved = f", saved {format_seconds(run.saved_s)}" if node.state.served else ""
     badge = (f"<span style='background:{node.state.fill};border:1px solid {node.state.line};"
              f"border-radius:3px;padding:0 4px'>{node.state.label}</span>")
     return (

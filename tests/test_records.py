@@ -158,8 +158,8 @@ def test_outcome_in_one_word_and_ran():
     assert make(cached=True, reason="cache hit").outcome == "hit"
     assert make().outcome == "ran"
     assert make(status="failed").outcome == "failed"
-    assert not Outcome.HIT.ran
-    assert all(o.ran for o in Outcome if o is not Outcome.HIT)
+    assert not Outcome.HIT.ran and not Outcome.TEAM_HIT.ran
+    assert all(o.ran for o in Outcome if o not in (Outcome.HIT, Outcome.TEAM_HIT))
 
 
 # lines that are not records
