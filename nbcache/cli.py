@@ -1,8 +1,10 @@
-"""The ``nbcache`` command: look into a cache directory from a terminal, draw its lineage, clear it.
+"""The ``nbcache`` command: look into a cache directory from a terminal, draw its lineage, clear it, and
+share it through the team cache (``push``, ``pull``, ``ls --remote``: ``teamsync.py``).
 
-Every command reads ``--dir`` (default: ``$NBCACHE_DIR``, else ``./.nbcache``) and never creates it: a
-directory that is not there is an error with exit code 4, an unknown step one with exit code 1, a usage
-error 2 (argparse's), anything else 3. ``--json`` prints what scripts need instead of a table.
+Every command reads ``--dir`` (default: ``$NBCACHE_DIR``, else ``./.nbcache``) and never creates it (but
+``pull``, which fills it): a directory that is not there is an error with exit code 4, an unknown step one with
+exit code 1, a usage error 2 (argparse's; and no team cache given), a team cache that fails 6, anything else 3.
+``--json`` prints what scripts need instead of a table.
 
 What the cache holds is never trusted to be well-formed or harmless: a history line that is no run is
 skipped (and counted by ``info``), and every text printed is ``printable`` (a step named with a terminal
@@ -26,17 +28,21 @@ from .diskstore import open_disk_store
 from .eviction import size_limit_from_env
 from .keys import load_key
 from .records import StepRun
+from .remote import REMOTE_ENV, Remote, RemoteError
 from .store import Store
-from .tables import (NO_STEPS, STEP_RUNS_HEADER, STEPS_HEADER, collected_text, info_text, printable, removed_text,
-                     step_runs_rows, step_summaries, steps_rows, text_table, verify_text, why_text)
+from .tables import (NO_STEPS, REMOTE_STEPS_HEADER, STEP_RUNS_HEADER, STEPS_HEADER, collected_text, info_text,
+                     printable, remote_steps_rows, removed_text, step_runs_rows, step_summaries, steps_rows,
+                     text_table, transfer_problems, transfer_text, verify_text, why_text)
+from .teamsync import pull, push, remote_steps
 
 __all__ = ["main"]
 
 EXIT_UNKNOWN_STEP = 1
-# 2 is argparse's: a usage error (an unknown command or option, a malformed --older-than)
+EXIT_USAGE = 2  # argparse's: a usage error (an unknown command or option, a malformed --older-than); no team cache
 EXIT_FAILED = 3  # anything else: a bad output file name, Graphviz missing
 EXIT_NO_CACHE = 4
 EXIT_NOT_INTACT = 5  # verify found results that are not intact
+EXIT_REMOTE = 6  # the team cache failed (unreachable, denied, no such bucket) or cannot be used as given
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -68,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser = argparse.ArgumentParser(prog="nbcache", description="Cache notebook steps on disk.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("ls", parents=[common], help="the steps, with entry counts, sizes and last run")
+    ls = commands.add_parser("ls", parents=[common], help="the steps, with entry counts, sizes and last run")
+    ls.add_argument("--remote", nargs="?", const="", metavar="URL",
+                    help=f"the steps of the team cache instead (URL default: ${REMOTE_ENV})")
     show = commands.add_parser("show", parents=[common], help="a step's runs and keys")
     show.add_argument("step")
     why = commands.add_parser("why", parents=[common], help="what changed before a step's last run")
@@ -85,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", parents=[common],
                                  help="read every stored result whole and check it (exit 5 if one is not intact)")
     verify.add_argument("--remove", action="store_true", help="remove the results that are not intact")
+    for name, what in (("push", "upload the results the team cache does not have yet"),
+                       ("pull", "download the team cache's results this directory does not have yet")):
+        sync = commands.add_parser(name, parents=[common], help=what)
+        sync.add_argument("step", nargs="?", help="only the results of this step")
+        sync.add_argument("--remote", metavar="URL", help=f"the team cache (default: ${REMOTE_ENV})")
     demo = commands.add_parser("demo", help="run the digits pipeline twice; the second run changes the trainer")
     demo.add_argument("--dir", help="cache directory to use (default: a fresh temporary one)")
     demo.add_argument("-o", "--output", default="lineage.svg", help="where to write the lineage of run 2")
@@ -97,9 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return _demo(args)
         try:
-            return _run(args)
+            team = args.command in ("push", "pull") or getattr(args, "remote", None) is not None
+            return _team(args) if team else _run(args)
         except (_Failure, BrokenPipeError):
             raise
+        except RemoteError as exc:  # unreachable, denied, a URL it cannot use: it says which (no credentials)
+            raise _Failure(str(exc), EXIT_REMOTE) from exc
         except StoreError as exc:  # read-only, full, not ours, damaged: it says which, and what to do
             raise _Failure(str(exc), EXIT_FAILED) from exc
         except Exception as exc:  # anything else: say so, in one line
@@ -132,12 +148,17 @@ def _directory(args: argparse.Namespace) -> Path:
     return Path(args.dir).expanduser().absolute() if args.dir else Cache().directory
 
 
-def _run(args: argparse.Namespace) -> int:
-    directory = _directory(args)
+def _existing(directory: Path) -> Store:
+    """The store of the cache at ``directory``, which must be there (looking at it never makes one)."""
     if not (directory / "store").is_dir():
         raise _Failure(f"no cache at {directory}: run a step first, or point --dir or NBCACHE_DIR at one",
                        EXIT_NO_CACHE)
-    store = open_disk_store(str(directory))
+    return open_disk_store(str(directory))
+
+
+def _run(args: argparse.Namespace) -> int:
+    directory = _directory(args)
+    store = _existing(directory)
     if args.command == "ls":  # (the last run of each step: the history is not read in full)
         return _ls(args, store)
     runs = store.read_runs()
@@ -224,12 +245,16 @@ def _gc(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
     return 0
 
 
-def _verify(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
+def _signing_key(what: str) -> bytes:
     key = load_key(make=False)  # (checking makes no key: with a new one, nothing would verify)
     if key is None:
-        raise _Failure("no signing key to check the cache with: set NBCACHE_KEY or NBCACHE_KEY_FILE to the key its"
+        raise _Failure(f"no signing key to check {what} with: set NBCACHE_KEY or NBCACHE_KEY_FILE to the key its"
                        " values were signed with (see docs/trust.md)", EXIT_FAILED)
-    found = Cache(store=store, key=key.hex()).verify(remove=args.remove)
+    return key
+
+
+def _verify(args: argparse.Namespace, store: Store, runs: list[StepRun]) -> int:
+    found = Cache(store=store, key=_signing_key("the cache").hex()).verify(remove=args.remove)
     if args.json:
         _print_json({"entries": found.entries, "values": found.values, "removed": args.remove,
                      "problems": [dataclasses.asdict(p) for p in found.problems]})
@@ -249,6 +274,46 @@ def _info(args: argparse.Namespace, store: Store, runs: list[StepRun], unreadabl
         return _print_json({**stats.as_dict(), "runs": len(runs), "unreadable_history_lines": unreadable,
                             "unsigned_values": unsigned, "size_limit_bytes": limit})
     _say(info_text(stats, runs=len(runs), unreadable_runs=unreadable, unsigned=unsigned, size_limit=limit))
+    return 0
+
+
+def _team(args: argparse.Namespace) -> int:
+    """``push``, ``pull``, ``ls --remote``: with the team cache of ``--remote``, else of ``NBCACHE_REMOTE``."""
+    url = args.remote or os.environ.get(REMOTE_ENV)
+    if not url:
+        raise _Failure(f"no team cache given: set {REMOTE_ENV} or pass --remote URL (s3://bucket/prefix, or a folder"
+                       " everyone mounts; see docs/team.md)", EXIT_USAGE)
+    remote = Remote(url, strict=True)  # (a failure raises RemoteError: exit 6)
+    return _ls_remote(args, remote) if args.command == "ls" else _transfer(args, remote)
+
+
+def _ls_remote(args: argparse.Namespace, remote: Remote) -> int:
+    steps, unreadable = remote_steps(remote)
+    if unreadable:
+        _say(f"nbcache: {unreadable} entries of {remote.url} do not read (damaged, or not nbcache's): not listed",
+             file=sys.stderr)
+    if args.json:
+        return _print_json([dataclasses.asdict(s) for s in steps])
+    _print_table(REMOTE_STEPS_HEADER, remote_steps_rows(steps), empty=f"{remote.url} holds no results yet")
+    return 0
+
+
+def _transfer(args: argparse.Namespace, remote: Remote) -> int:
+    """``push`` or ``pull``: what it copied on stdout, what it did not (and why) on stderr; exit 0 either way."""
+    pushed, directory = args.command == "push", _directory(args)
+    store = _existing(directory) if pushed else open_disk_store(str(directory))  # (pull fills a new one)
+    cache = Cache(store=store, key=_signing_key("the results" if pushed else "the team cache's results").hex())
+    done = (push if pushed else pull)(cache, remote, args.step)
+    if args.step is not None and args.step not in done.steps:
+        where = f"in {directory}" if pushed else f"on {remote.url}"
+        known = f"; its steps: {', '.join(sorted(done.steps))}" if done.steps else ""
+        raise _Failure(f"no results of step {args.step!r} {where}{known}", EXIT_UNKNOWN_STEP)
+    for problem in transfer_problems(done, pushed=pushed):
+        _say(f"nbcache: {problem}", file=sys.stderr)
+    if args.json:
+        return _print_json({"remote": remote.url, "copied": done.copied, "values": done.values, "bytes": done.bytes,
+                            "present": done.present, "refused": done.refused, "incomplete": done.incomplete})
+    _say(transfer_text(done, pushed=pushed, remote=remote.url, step=args.step))
     return 0
 
 

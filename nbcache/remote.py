@@ -15,7 +15,8 @@ an object signed with another key, or changed, is never unpickled. Credentials c
 environment, ``storage_options``) and are never written anywhere by nbcache.
 
 A remote that fails (unreachable, denied, too slow) never fails a step: ``Remote`` says so once, then is left
-alone for ``RETRY_S`` seconds, and the calls meanwhile use the local cache only.
+alone for ``RETRY_S`` seconds, and the calls meanwhile use the local cache only. A ``strict`` one, which the
+commands ``nbcache push``, ``pull`` and ``ls --remote`` use, raises ``RemoteError`` instead: they wait for it.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "az", "memory"}  # each objec
 
 
 class RemoteError(NBCacheError):
-    """The remote cache named cannot be used as given (its URL, or the package its protocol needs)."""
+    """The remote cache named cannot be used as given (its URL, or the package its protocol needs), or a
+    ``strict`` one failed."""
 
 
 @dataclass(frozen=True)
@@ -173,14 +175,38 @@ class Remote:
     """One remote cache: its file system, the folder of this cache format in it, and whether it answers.
 
     Every method that talks to it returns what it found, or, if the remote failed, ``None`` (a miss) or
-    ``False`` (not done), after one warning per outage: ``available`` is then False for ``RETRY_S``."""
+    ``False`` (not done), after one warning per outage: ``available`` is then False for ``RETRY_S``.
+    ``strict``: a failure raises ``RemoteError`` instead (for a command, which has nothing else to do)."""
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    strict = False
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *, strict: bool = False) -> None:
         if not isinstance(url, str) or not url.strip():
             raise RemoteError(f"the remote cache is given as a URL (s3://bucket/prefix, a folder), not {url!r}")
         self.url = shown(url)
         self.fs, root = _filesystem(url, storage_options or {})
         self.root = f"{root}/v{CACHE_FORMAT}"
+        self._setup()
+        self.strict = strict
+
+    def __repr__(self) -> str:
+        return f"Remote({self.url!r})"
+
+    def __reduce__(self) -> tuple:
+        """A remote travels (to a Dask worker) as its file system, which fsspec pickles with its options."""
+        return _remote_of, (self.url, self.fs, self.root)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Remote) and (self.root, self.fs) == (other.root, other.fs)
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _setup(self) -> None:
         protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
         self._object_store = bool(OBJECT_STORES.intersection(protocols))
         # conditional writes (``mode="create"``): s3fs has them since 2024.12; they fail on an existing object
@@ -188,14 +214,10 @@ class Remote:
         self._lock = threading.Lock()
         self._down_until = 0.0
 
-    def __repr__(self) -> str:
-        return f"Remote({self.url!r})"
-
-    @property
-    def available(self) -> bool:
-        return time.monotonic() >= self._down_until
-
     def _failed(self, doing: str, exc: BaseException) -> None:
+        if self.strict:
+            raise RemoteError(f"the team cache {self.url} failed while {doing}: {type(exc).__name__}:"
+                              f" {shown(str(exc))}") from exc
         with self._lock:
             was_up = self.available
             self._down_until = time.monotonic() + RETRY_S
@@ -309,3 +331,10 @@ class Remote:
             with contextlib.suppress(Exception):
                 f.discard()
             raise
+
+
+def _remote_of(url: str, fs: Any, root: str) -> Remote:
+    remote = Remote.__new__(Remote)
+    remote.url, remote.fs, remote.root = url, fs, root
+    remote._setup()
+    return remote

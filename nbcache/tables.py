@@ -11,16 +11,20 @@ import html
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from .explain import describe_last_change
 from .records import StepRun, format_bytes, format_seconds
 from .store import Collected, StoreStats
 from .verifier import Verification
 
-__all__ = ["KERNEL_RUNS_HEADER", "NO_KERNEL_RUNS", "NO_STEPS", "STEP_RUNS_HEADER", "STEPS_HEADER", "StepSummary",
-           "collected_text", "html_table", "info_text", "verify_text", "kernel_runs_rows", "printable", "removed_text",
-           "step_runs_rows", "step_summaries", "steps_rows", "table_bundle", "text_table", "when", "why_text"]
+if TYPE_CHECKING:  # (the team cache's modules: imported by the commands that use them)
+    from .teamsync import RemoteStep, Transfer
+
+__all__ = ["KERNEL_RUNS_HEADER", "NO_KERNEL_RUNS", "NO_STEPS", "REMOTE_STEPS_HEADER", "STEP_RUNS_HEADER", "STEPS_HEADER",
+           "StepSummary", "collected_text", "html_table", "info_text", "verify_text", "kernel_runs_rows", "printable",
+           "remote_steps_rows", "removed_text", "step_runs_rows", "step_summaries", "steps_rows", "table_bundle",
+           "text_table", "transfer_problems", "transfer_text", "when", "why_text"]
 
 # What must not reach a terminal as it is: C0 and C1 control characters (ANSI escape sequences, carriage
 # returns, backspaces, bells), the marks that reorder text (bidi overrides), line separators, lone surrogates.
@@ -118,6 +122,23 @@ def steps_rows(summaries: Iterable[StepSummary]) -> list[list[Any]]:
              s.last.outcome if s.last else ""] for s in summaries]
 
 
+# -- nbcache ls --remote: the steps of a team cache ------------------------------------------------------------
+
+REMOTE_STEPS_HEADER = ["step", "entries", "size", "latest by", "latest at"]
+
+
+def remote_steps_rows(steps: Iterable[RemoteStep]) -> list[list[Any]]:
+    return [[s.step, s.entries, format_bytes(s.bytes), s.by, _when_given(s.at)] for s in steps]
+
+
+def _when_given(at: str) -> str:
+    """An ISO time a remote holds, as ``when`` shows it; as it is if it is not one."""
+    try:
+        return when(at)
+    except (ValueError, OverflowError):
+        return at
+
+
 # -- nbcache show: one step's runs --------------------------------------------------------------------------
 
 STEP_RUNS_HEADER = ["started", "state", "duration", "key", "reason"]
@@ -183,3 +204,32 @@ def verify_text(found: Verification, *, removed: bool = False) -> str:
         then += (f"\n{foreign} not signed with your key (another key's, or altered) were left: never loaded, their"
                  " steps recompute; nbcache clear STEP removes them")
     return f"{checked}: {results} not intact\n" + text_table(["STEP", "VALUE", "PROBLEM"], rows) + f"\n{then}"
+
+
+def transfer_text(done: Transfer, *, pushed: bool, remote: str, step: str | None = None) -> str:
+    """What ``push`` or ``pull`` copied: ``pushed 2 results (3 values, 1.2 MB) to s3://b/t; 5 already there``."""
+    results = _plural(done.copied, "result") + (f" of step {step!r}" if step else "")
+    where = f"to {remote}; {done.present} already there" if pushed else f"from {remote}; {done.present} already here"
+    return (f"{'pushed' if pushed else 'pulled'} {results} ({_plural(done.values, 'value')},"
+            f" {format_bytes(done.bytes)}) {where}")
+
+
+def transfer_problems(done: Transfer, *, pushed: bool) -> list[str]:
+    """What ``push`` or ``pull`` did not copy, and why, one line each (none if it copied all it was asked)."""
+    problems = []
+    if done.refused and pushed:
+        problems.append(f"{_plural(done.refused, 'result')} not pushed: not sealed with your key (made under another"
+                        " key, or changed since); the team could not use them. nbcache verify says which")
+    elif done.refused:
+        problems.append(f"{_plural(done.refused, 'result')} refused: not sealed with your key (made under another"
+                        " key, or changed since it was stored); nothing of them was downloaded or loaded. Is"
+                        " NBCACHE_KEY the team's key?")
+    if done.incomplete:
+        where = "missing here (nbcache verify says which)" if pushed else "missing from the team cache"
+        problems.append(f"{_plural(done.incomplete, 'result')} not {'pushed' if pushed else 'pulled'}: a value of"
+                        f" theirs is {where}")
+    return problems
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"

@@ -19,7 +19,7 @@ from .frame import Damaged
 from .remote import REMOTE_ENV, Remote, RemoteError, TeamEntry, author, size_of
 from .store import Store
 
-__all__ = ["TeamCache", "UPLOAD_FLUSH_S"]
+__all__ = ["TeamCache", "UPLOAD_FLUSH_S", "upload"]
 
 UPLOAD_FLUSH_S = 60.0  # how long an exiting interpreter waits for its uploads
 
@@ -42,6 +42,10 @@ class TeamCache:
         self._chosen = url is not None
         self._from_env = None  # (``NBCACHE_REMOTE`` is read again when the remote is next needed)
 
+    def use(self, remote: Remote | None) -> None:
+        """Use ``remote`` as it is (a Dask worker uses its client's: ``cluster.py``)."""
+        self._remote, self._chosen, self._from_env = remote, True, None
+
     @property
     def remote(self) -> Remote | None:
         """The remote in use, if any."""
@@ -59,9 +63,8 @@ class TeamCache:
 
     # reading
     def pull(self, store: Store, key: str) -> tuple[TeamEntry, Entry] | None:
-        """Copy the result of ``key`` from the remote into ``store`` (its blobs first, then its entry): the
-        remote's record of it and the entry (its seal checked), or None if there is none to use (a foreign
-        or changed entry is refused with a warning)."""
+        """Copy the result of ``key`` from the remote into ``store`` (``take``): the remote's record of it and
+        the entry, or None if there is none to use (a foreign or changed entry is refused with a warning)."""
         remote = self.remote
         if remote is None:
             return None
@@ -69,18 +72,25 @@ class TeamCache:
         if found is None:
             return None
         try:
-            entry = Entry.from_json(found.entry)
-            self._check_seal(key, entry)
+            entry = self.take(remote, store, key, found)
         except Damaged as exc:
             warn(f"nbcache: the team cache {remote.url} holds a result for this call that is refused ({exc});"
                  " it is computed here instead")
             return None
+        return None if entry is None else (found, entry)
+
+    def take(self, remote: Remote, store: Store, key: str, found: TeamEntry) -> Entry | None:
+        """Copy ``found``, the remote's record of ``key``, into ``store``: the values ``store`` lacks, then the
+        entry. The entry, or None if a value could not be copied (no entry then); ``Damaged`` (nothing copied)
+        if the entry is not sealed with this cache's key, or was changed since. ``nbcache pull`` uses it too."""
+        entry = Entry.from_json(found.entry)
+        self._check_seal(key, entry)
         for address in entry.blobs:
             if not store.has_blob(address) and not remote.copy_blob(
                     address, found.sizes.get(address), lambda f, a=address: store.put_blob_file(a, f)):
                 return None  # (its values are checked when loaded: signed with the key, under their name)
         store.put_entry(key, entry)
-        return found, entry
+        return entry
 
     # writing
     def push_later(self, store: Store, key: str, entry: Entry) -> None:
@@ -94,23 +104,34 @@ class TeamCache:
         self._uploads.submit(lambda: self._push(remote, store, key, entry, at))
 
     def _push(self, remote: Remote, store: Store, key: str, entry: Entry, at: str) -> None:
-        if not remote.available:
-            return
-        sizes = {}
-        for address in entry.blobs:
-            source = store.open_blob(address)
-            if source is None:
-                return
-            try:
-                sizes[address] = size_of(source)
-                if not remote.put_blob(address, source):
-                    return  # (no entry without all its blobs)
-            finally:
-                close = getattr(source, "close", None)
-                if close is not None:
-                    close()
-        remote.put_entry(key, TeamEntry(entry.to_json(), author(), at, sizes))
+        if remote.available:
+            upload(remote, store, key, entry, at)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every upload asked for has been done (or given up); True if all were."""
         return self._uploads is None or self._uploads.drain(timeout)
+
+
+def upload(remote: Remote, store: Store, key: str, entry: Entry, at: str,
+           there: set[str] | None = None) -> dict[str, int] | None:
+    """Upload the result of ``key``: its values, then its entry, so that no entry is published without all of
+    them. A value in ``there`` (those known to be on the remote; it gets those sent) is not sent again. The
+    bytes of each value sent, by address; None if one is gone from ``store`` or the remote failed."""
+    there = set() if there is None else there
+    sizes, sent = {}, {}
+    for address in entry.blobs:
+        source = store.open_blob(address)
+        if source is None:
+            return None
+        try:
+            sizes[address] = size_of(source)
+            if address not in there:
+                if not remote.put_blob(address, source):
+                    return None  # (no entry without all its blobs)
+                sent[address] = sizes[address]
+                there.add(address)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+    return sent if remote.put_entry(key, TeamEntry(entry.to_json(), author(), at, sizes)) else None

@@ -19,8 +19,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("key", {"key"}),
     ("store", {"records", "history", "pickler", "frameformat", "frameread", "frame", "keys", "entry", "store", "diskfiles", "diskgc", "diskerrors",
                "eviction", "diskevict", "diskstore", "remote"}),
-    ("cached call", {"events", "explain", "background", "verifier", "carry", "latestwrites", "warming", "teamcache", "cache", "keeping", "serving", "cachedcall"}),
-    ("step and magics", {"step", "capture", "cellnames", "cellvars", "tables", "cellstep", "magics"}),
+    ("cached call", {"events", "explain", "background", "verifier", "carry", "latestwrites", "warming", "teamcache", "cache", "teamsync", "keeping", "serving", "cachedcall"}),
+    ("step and magics", {"cluster", "step", "capture", "cellnames", "cellvars", "tables", "cellstep", "magics"}),
     ("graph", {"graph"}),
     ("widget and cli", {"widget", "cli", "__init__"}),
 ]
