@@ -26,6 +26,7 @@ from .cellnames import CellNames
 from .cellstep import Analysed, CellCall, CellUsageError, StepCellFailed, ends_with_semicolon
 from .errors import warn
 from .eviction import parse_size
+from .remote import RemoteError
 from .records import SESSION
 from .tables import (KERNEL_RUNS_HEADER, NO_KERNEL_RUNS, info_text, kernel_runs_rows, removed_text, table_bundle,
                      why_text)
@@ -44,6 +45,9 @@ class NBCache(Configurable):
                        help="Most the cache may take, such as '20GB', '500MB', '1.5GiB' or bytes: past it, the"
                        " least recently used results are evicted (default: $NBCACHE_SIZE_LIMIT, else no limit)."
                        ).tag(config=True)
+    remote = Unicode(None, allow_none=True,
+                     help="The team cache: any fsspec URL, such as 's3://bucket/prefix' or a shared folder; '' for"
+                     " none (default: $NBCACHE_REMOTE). Credentials come from the environment.").tag(config=True)
 
     def __init__(self, cache: Cache, **kwargs: Any) -> None:
         self.cache = cache  # before the config is applied, which may set cache_dir
@@ -52,6 +56,14 @@ class NBCache(Configurable):
     @observe("cache_dir")
     def _cache_dir_changed(self, change: dict) -> None:
         self.cache.set_directory(change["new"] or None)
+
+    @validate("remote")
+    def _valid_remote(self, proposal: dict) -> Any:
+        try:  # (a URL fsspec cannot use, or whose package is missing, is refused where it is written)
+            self.cache.team.set(proposal["value"], {})
+        except RemoteError as exc:
+            raise TraitError(str(exc)) from None
+        return proposal["value"]
 
     @validate("size_limit")
     def _valid_size_limit(self, proposal: dict) -> Any:

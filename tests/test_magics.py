@@ -6,6 +6,7 @@ import pytest
 from IPython.core.error import UsageError
 
 import nbcache
+from nbcache.cache import default_cache
 
 from .conftest import run_cell
 
@@ -453,3 +454,18 @@ def test_a_syntax_error_is_reported_like_any_cell(ip, capsys):
     assert not result.success
     assert "SyntaxError" in captured.out + captured.err
     assert "analyse_cell" not in captured.out + captured.err and "During handling" not in captured.out
+
+
+def test_config_remote_shares_what_cells_store(ip, tmp_path, caplog):
+    shared = tmp_path / "shared"
+    ip.run_line_magic("config", f"NBCache.remote = {str(shared)!r}")
+    try:
+        run(ip, "%%step shared_cell\nshared_value = 6 * 7")
+        assert default_cache().team.flush(30)
+        assert len(list((shared / f"v{nbcache.CACHE_FORMAT}" / "entries").iterdir())) == 1
+        ip.run_line_magic("config", "NBCache.remote = 'nosuchprotocol://x'")  # (%config shows the error)
+        assert "cannot use 'nosuchprotocol://x' as the remote cache: Protocol not known" in caplog.text
+        assert default_cache().team.remote.url == str(shared)  # (the refused URL changed nothing)
+    finally:
+        ip.run_line_magic("config", "NBCache.remote = None")
+    assert default_cache().team.remote is None  # (NBCACHE_REMOTE is not set in the tests)
