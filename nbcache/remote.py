@@ -31,7 +31,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterable
 
 from .errors import NBCacheError, warn
 from .key import CACHE_FORMAT
@@ -184,6 +184,10 @@ class Remote:
         if not isinstance(url, str) or not url.strip():
             raise RemoteError(f"the remote cache is given as a URL (s3://bucket/prefix, a folder), not {url!r}")
         self.url = shown(url)
+        if re.search(r"^[^/]*//[^/@]*:[^/@]*@", url):  # (fsspec would pass them on, into its error messages too)
+            raise RemoteError(f"the remote cache {self.url} is given with credentials in its URL (user:secret@):"
+                              " give them as storage options (set_remote(url, key=..., secret=...)) or in the"
+                              " environment (AWS_ACCESS_KEY_ID, ...) instead")
         self.fs, root = _filesystem(url, storage_options or {})
         self.root = f"{root}/v{CACHE_FORMAT}"
         self._setup()
@@ -213,6 +217,7 @@ class Remote:
         self._create = "s3" in protocols and "mode" in inspect.signature(self.fs.pipe_file).parameters
         self._lock = threading.Lock()
         self._down_until = 0.0
+        self._damaged: set[str] = set()  # blobs whose copy on the remote was found damaged (``distrust``)
 
     def _failed(self, doing: str, exc: BaseException) -> None:
         if self.strict:
@@ -222,7 +227,7 @@ class Remote:
             was_up = self.available
             self._down_until = time.monotonic() + RETRY_S
         if was_up:
-            warn(f"nbcache: the team cache {self.url} failed while {doing} ({type(exc).__name__}: {exc});"
+            warn(f"nbcache: the team cache {self.url} failed while {doing} ({type(exc).__name__}: {shown(str(exc))});"
                        f" using the local cache only for the next {RETRY_S:.0f} s")
 
     def _path(self, kind: str, name: str) -> str:
@@ -256,7 +261,12 @@ class Remote:
                     put(f)
             else:
                 put(_Ranges(self.fs, path, size))
-        except (FileNotFoundError, _NotAsListed):
+        except FileNotFoundError:
+            return False
+        except _NotAsListed:
+            self.distrust([address])
+            warn(f"nbcache: the team cache {self.url} holds a damaged value (not the size its entry says);"
+                 " the result is computed here, and the value replaced when it is uploaded")
             return False
         except OSError as exc:  # (the local store's own errors are OSError too: they are not the remote's)
             if getattr(exc, "filename", None):
@@ -268,12 +278,21 @@ class Remote:
             return False
         return True
 
+    def distrust(self, addresses: Iterable[str]) -> None:
+        """The remote's copies of these blobs were found damaged: the next upload of each replaces it."""
+        self._damaged.update(addresses)
+
     # writing
     def put_blob(self, address: str, source: bytes | BinaryIO) -> bool:
         """Upload a blob unless it is there already (blobs are immutable, whoever stores them): a small one
-        in one conditional request where the store has them (S3's ``If-None-Match``), else after a check."""
+        in one conditional request where the store has them (S3's ``If-None-Match``), else after a check. One
+        found damaged (``distrust``) is written over."""
         path = self._path("blobs", address)
         try:
+            if address in self._damaged:
+                self._write(path, source)
+                self._damaged.discard(address)
+                return True
             if self._create and size_of(source) <= SINGLE_PUT:
                 data = source if isinstance(source, (bytes, bytearray, memoryview)) else source.read()
                 try:

@@ -144,6 +144,21 @@ def test_a_result_signed_with_another_key_or_changed_is_refused_and_computed(tmp
     assert out[1].startswith("False") and _ran(tmp_path, "bob") == 1 and "refused" in err
 
 
+@pytest.mark.parametrize("damage", ["cut short", "changed"])
+def test_a_damaged_value_in_the_team_cache_is_computed_and_replaced(tmp_path, bucket, damage):
+    remote = f"s3://{bucket}/team"
+    _machine(tmp_path, "alice", remote)
+    fs = Remote(remote).fs
+    (blob,) = fs.find(f"{bucket}/team/v{nbcache.CACHE_FORMAT}/blobs")
+    data = fs.cat_file(blob)
+    fs.pipe_file(blob, data[:-100] if damage == "cut short" else data[:-100] + bytes(100))
+    out, err = _machine(tmp_path, "bob", remote)
+    assert out[1].startswith("False") and _ran(tmp_path, "bob") == 1 and "damaged" in err
+    assert fs.cat_file(blob) == data  # (replaced by bob's upload)
+    out, _ = _machine(tmp_path, "carol", remote)
+    assert out[1].startswith("True | cache hit (team cache") and _ran(tmp_path, "carol") == 0
+
+
 def test_an_unreachable_remote_leaves_the_local_cache_working_with_one_warning(tmp_path, bucket):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -205,6 +220,9 @@ def test_a_remote_given_wrong_says_what_to_do():
     with pytest.raises(RemoteError) as raised:  # (credentials written into a URL are never shown)
         nbcache.set_remote("nosuchprotocol://user:s3cret@x")
     assert "s3cret" not in str(raised.value)
+    with pytest.raises(RemoteError, match="with credentials in its URL") as raised:  # (s3fs would show them)
+        nbcache.set_remote("s3://AKIAXXXX:S3CR3T@bucket/team")
+    assert "S3CR3T" not in str(raised.value)
     nbcache.set_remote(None)
 
 
@@ -256,5 +274,6 @@ def test_a_big_value_is_read_in_ranges_and_one_cut_short_is_not_used(tmp_path, m
     got: list[bytes] = []
     assert remote.copy_blob("abc", len(value), lambda f: got.append(f.read()))
     assert got == [value]
-    assert not remote.copy_blob("abc", len(value) + 10, lambda f: f.read())  # not as its entry says
+    with pytest.warns(nbcache.CacheWarning, match="holds a damaged value"):  # not as its entry says
+        assert not remote.copy_blob("abc", len(value) + 10, lambda f: f.read())
     assert not remote.copy_blob("nothing", 10, lambda f: f.read()) and remote.available
