@@ -19,6 +19,7 @@ output looks (``renders``); ``observe.py`` records those as checks, with the dig
 
 from __future__ import annotations
 
+import contextvars
 import pickle
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,26 @@ import xxhash
 from .hashing import hash_value
 from .statediff import EMPTY, SAME, equal
 from .statekinds import BY_NAME, KINDS, AmbientKind, global_generator, global_generator_method, when_imported
+
+
+
+@dataclass(frozen=True)
+class OnWorker:
+    """A submitted call running on a Dask worker (``cluster.py``): the worker's address, the session (kernel)
+    that submitted it, and the worker's own threads (its event loop, its executor's), whose doings are not the
+    step's. There the global random generators are the worker's, which Dask's own threads draw from too: a
+    step's draws from them cannot be told from Dask's, nor repeated, so a run there that saw them change keeps
+    a check that holds on workers only (``WORKER_DRAW``), and a hit sets no generator's state."""
+
+    address: str
+    session: str
+    foreign: frozenset[int]
+
+
+WORKER_DRAW = "drawn on a Dask worker"  # the digest of a "random" check made on a worker (``OnWorker``)
+
+#: The submitted call this context runs, on a Dask worker; ``None`` elsewhere (set by ``cluster.py``).
+RAN_ON: contextvars.ContextVar[OnWorker | None] = contextvars.ContextVar("nbcache_ran_on", default=None)
 
 # AmbientKind, KINDS, equal and the global generators are defined in statekinds.py and statediff.py; the
 # modules that keep or restore ambient state import them from here

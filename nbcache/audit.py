@@ -23,7 +23,7 @@ from typing import Callable, Protocol
 from .checks import Check
 from .fingerprint import is_user_code
 
-__all__ = ["Unobserved", "Watcher", "inherit", "unobserved", "unwatch", "watch"]
+__all__ = ["Unobserved", "Watcher", "inherit", "unobserved", "unwatch", "watch", "watched"]
 
 
 class Watcher(Protocol):
@@ -37,6 +37,7 @@ class Watcher(Protocol):
     listed: dict[str, None]  # folders listed
     evaluated: dict[str, None]  # notebook variables an eval'd or exec'd string reads
     commands: dict[str, None]  # programs the run's own code started
+    foreign: frozenset[int]  # threads that are not the run's (on a Dask worker, the worker's own: observe.py)
     inherited: list[Check]  # the checks of steps served from the cache inside this run
     failed: bool  # an event could not be followed: what the run read is not known
 
@@ -74,6 +75,12 @@ def unwatch(watcher: Watcher) -> None:
         _active.remove(watcher)
 
 
+def watched() -> bool:
+    """Whether a step is being observed in this thread (the call under way runs inside it)."""
+    thread = threading.get_ident()
+    return any(w.thread == thread for w in _active)
+
+
 def inherit(checks: tuple[Check, ...]) -> None:
     """A step served from the cache while another step runs: what it depends on, the outer one depends on
     too (its body did not open the files this time). Not its random state, which is the inner step's start
@@ -81,8 +88,13 @@ def inherit(checks: tuple[Check, ...]) -> None:
     if not _active or not checks:
         return
     thread = threading.get_ident()
-    for watcher in [w for w in _active if w.thread == thread] or _active:
+    for watcher in [w for w in _active if w.thread == thread] or _theirs(thread):
         watcher.inherited.extend(c for c in checks if c.kind != "random")
+
+
+def _theirs(thread: int) -> list[Watcher]:
+    """The runs an event of ``thread``, which runs no step, counts for: those it is not foreign to."""
+    return [w for w in _active if thread not in w.foreign]
 
 
 def _install_hook() -> None:
@@ -103,7 +115,7 @@ def _audit(event: str, args: tuple) -> None:
     own = [w for w in _active if w.thread == thread]
     # an event from a thread no step runs in comes from a worker the step started (a thread pool that
     # reads its files): it counts for every step under way, which can only make them run more often
-    for watcher in own or _active:
+    for watcher in own or _theirs(thread):
         try:
             handler(watcher, args)
         except Exception:  # never break the user's open() because of bookkeeping

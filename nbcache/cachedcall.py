@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, Callable, Sequence
 
 from . import ambient
-from .audit import unobserved
+from .audit import unobserved, watched
 from .cache import Cache
 from .entry import AMBIENT_BLOB, Entry, Latest
 from .errors import UncacheableError
@@ -29,7 +29,7 @@ from .keeping import Keeping
 from .serving import MISS, Serving
 from .key import make_key
 from .observe import Observer
-from .records import Change, Outcome, StepRun, describe_error
+from .records import SESSION, Change, Outcome, StepRun, describe_error
 from .store import Store
 
 __all__ = ["StepCall", "MISS", "addresses_of"]
@@ -68,8 +68,10 @@ class StepCall(Serving, Keeping):
         """Gather the key's ingredients (``gather``: code, inputs), make the key, or warn why there is none: what
         fails in it, not only an input that cannot be hashed (a hasher's bug, memory), runs the call uncached."""
         try:
-            if gather is not None:
-                gather()
+            if gather is not None:  # outside any step, what making the key reads is nbcache's own work, which
+                # a step running in another thread (a Dask worker's) must not take for its own
+                with contextlib.nullcontext() if watched() else unobserved:
+                    gather()
             if not self.problem:
                 self.key = make_key(self.identity, self.code, self.inputs, self.version)
         except Exception as exc:
@@ -263,13 +265,15 @@ class StepCall(Serving, Keeping):
         wrong keeping the call, if anything did. Never raises (but that warning, made an error)."""
         self.recorded, run = self.recorded + 1, None
         try:
+            on_worker = ambient.RAN_ON.get()  # (a call on a Dask worker is recorded for the session that sent it)
+            worker, session = (on_worker.address, on_worker.session) if on_worker else ("", SESSION)
             state = self.hit_outcome() if cached else (Outcome.FAILED if status == "failed" else self.outcome)
             run = StepRun(
                 step=self.name, cached=cached, duration_s=time.perf_counter() - self.t0, saved_s=saved_s,
                 key=self.key, code=self.code, inputs=self.inputs, outputs=outputs, reason=reason,
                 started_at=self.started_at, status=status, version=self.version, deps=self.deps, error=error,
                 kind=self.kind, output_names=output_names, sizes=self.sizes, result=result, state=state,
-                changes=self.changes)
+                changes=self.changes, worker=worker, session=session)
             with unobserved:
                 self.cache.record(self.store, run)
         except Exception as exc:

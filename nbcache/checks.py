@@ -97,6 +97,11 @@ class Check:
         if self.kind in _PAIRED_KINDS:
             return self._state_failure()
         if self.kind == "random":
+            if self.digest == ambient.WORKER_DRAW:  # (made on a Dask worker, where the generator is not the user's)
+                if ambient.RAN_ON.get() is None:
+                    return (f"it drew from the {self.target} global random generator on a Dask worker, where that"
+                            " generator is not yours; here it is, so it runs again")
+                return None
             if ambient.state_hash(self.target) != self.digest:
                 return (f"the {self.target} global random state differs from the one it started from when"
                         " cached (it draws random numbers without seeding them)")

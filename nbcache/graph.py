@@ -60,7 +60,8 @@ class State(enum.Enum):
         return _STATES.get(run.state, cls.RERUN)
 
 
-_STATES = {Outcome.HIT: State.HIT, Outcome.TEAM_HIT: State.TEAM_HIT, Outcome.FAILED: State.FAILED, Outcome.FIRST_RUN: State.FIRST,
+_STATES = {Outcome.HIT: State.HIT, Outcome.TEAM_HIT: State.TEAM_HIT, Outcome.FAILED: State.FAILED,
+           Outcome.FIRST_RUN: State.FIRST,
            Outcome.DISABLED: State.UNCACHED, Outcome.UNCACHEABLE: State.UNCACHED,
            Outcome.ALWAYS_RUNS: State.UNCACHED, Outcome.UNREADABLE: State.UNCACHED}
 """The colour of each outcome; the others (changed, removed, damaged) re-ran."""

@@ -80,11 +80,15 @@ class Observer:
     inherited: list[Check] = field(default_factory=list)  # the checks of steps served from the cache inside
     seeded_first: set[str] = field(default_factory=set)  # generators seeded before anything was drawn
     drew_first: set[str] = field(default_factory=set)  # generators drawn from before being seeded
+    foreign: frozenset[int] = frozenset()  # threads whose events are not the run's (see __enter__)
     _patches: list[tuple[Any, str, Any]] = field(default_factory=list)
     _aliases: list[tuple[Any, Any]] = field(default_factory=list)  # (a seeding function, its wrapper)
     _pending: list[Any] = field(default_factory=list)  # cancel the taking of a state when its module is imported
 
     def __enter__(self) -> Observer:
+        on_worker = ambient.RAN_ON.get()
+        if on_worker is not None:  # (on a Dask worker, what the worker's own threads do is not the step's)
+            self.foreign = on_worker.foreign - {self.thread}
         self.before = ambient.snapshot()
         self._patch_seeds()
         watch(self)
@@ -153,7 +157,10 @@ class Observer:
     def changed_state(self) -> dict[str, Any]:
         """The ambient state the run changed, to be set again on a hit."""
         assert self.before is not None and self.after is not None
-        return self.after.changed_since(self.before)
+        changed = self.after.changed_since(self.before)
+        if ambient.RAN_ON.get():  # (on a Dask worker the global generators are Dask's too: ambient.OnWorker)
+            changed = {name: v for name, v in changed.items() if not ambient.BY_NAME[name].rng}
+        return changed
 
     def checks(self) -> tuple[Check, ...]:
         """The dependencies seen, as checks to store with the result."""
@@ -171,12 +178,13 @@ class Observer:
         for path in self.listed:
             if _is_data_path(path, self.cache_dir) and os.path.isdir(path):
                 found.append(Check("folder", self._stored_path(path), listing_digest(path)))
+        on_worker = ambient.RAN_ON.get() is not None  # (a draw there holds on workers only: ambient.OnWorker)
         for kind in ambient.KINDS:
             if kind.rng and kind.name in self.before.values and kind.name in self.after.values \
                     and kind.name not in self.seeded_first \
                     and not ambient.equal(self.before.values[kind.name], self.after.values[kind.name]):
-                found.append(Check("random", kind.name, ambient.state_hash(kind.name, self.before.values[kind.name])
-                                   or ""))
+                found.append(Check("random", kind.name, ambient.WORKER_DRAW if on_worker else
+                                   ambient.state_hash(kind.name, self.before.values[kind.name]) or ""))
         found.extend(self._state_checks())
         if self.evaluated and self.namespace is not None:
             for name in self.evaluated:

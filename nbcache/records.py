@@ -116,6 +116,7 @@ class StepRun:
         result: The content hash of a returned tuple as a whole (its elements are in ``outputs``).
         state: How the call went, as an ``Outcome``: a hit, or why it ran (what the lineage colours).
         changes: For a call that ran because something changed, what changed, as ``Change`` records.
+        worker: The address of the Dask worker the call ran on (``Step.submit``); "" for this process.
     """
 
     step: str
@@ -139,6 +140,7 @@ class StepRun:
     result: str = ""  # the hash of a returned tuple as a whole (its elements are in ``outputs``)
     state: Outcome | None = None  # None: inferred (a record written before nbcache kept it)
     changes: tuple[Change, ...] = ()
+    worker: str = ""
 
     def __post_init__(self) -> None:
         if self.state is None:
@@ -285,6 +287,7 @@ _TYPES: dict[str, Any] = {
     "inputs": dict, "outputs": list, "reason": str, "started_at": str, "status": str,
     "version": (str, type(None)), "deps": dict, "error": (str, type(None)), "kind": str, "session": str,
     "output_names": list, "sizes": dict, "result": str, "state": (str, type(None)), "changes": (list, type(None)),
+    "worker": str,
 }
 _BOOLS = {"cached"}
 

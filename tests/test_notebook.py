@@ -132,11 +132,30 @@ def test_digits_notebook_with_step_cells_replays_the_cached_cells(digits):
     assert picture.count("nbcache_hit") == 2 and picture.count("nbcache_rerun") == 2
 
 
+@pytest.fixture(scope="module")
+def dask_sweep(tmp_path_factory) -> nbformat.NotebookNode:
+    """The sweep on a LocalCluster with a moto team cache, executed once in a fresh kernel (about 25 s)."""
+    folder = tmp_path_factory.mktemp("sweep")
+    return _execute(nbformat.read(NOTEBOOK.parent / "sweep_on_dask.ipynb", as_version=4), folder)
+
+
+def test_dask_sweep_notebook_runs_once_then_from_the_cache_then_from_the_team_cache(dask_sweep):
+    sweeps = [_stdout(c).splitlines() for c in dask_sweep.cells if "sweep(client)" in c.source
+              and c.cell_type == "code" and not c.source.startswith("@step")]
+    assert len(sweeps) == 3 and sweeps[0][0] == sweeps[1][0] == sweeps[2][0]  # the same best alpha, R²
+    assert sweeps[0][1].startswith("41 calls on 2 workers: {") and "hit" not in sweeps[0][1]
+    assert sweeps[1][1] == "41 calls on 2 workers: {'hit': 41}"
+    assert sweeps[2][1] == "41 calls on 2 workers: {'team hit': 41}"
+    picture = _cell(dask_sweep, "nbcache.lineage()").outputs[0]["data"]["text/html"]
+    assert picture.count('class="node nbcache_step nbcache_team_hit"') == 3
+
+
 @pytest.mark.parametrize("path", sorted(NOTEBOOK.parent.glob("*.ipynb")), ids=lambda p: p.name)
-def test_every_notebook_is_committed_without_outputs_and_runs_without_errors(path, tmp_path, digits):
+def test_every_notebook_is_committed_without_outputs_and_runs_without_errors(path, tmp_path, digits, dask_sweep):
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, f"strip the outputs of {path.name}"
-    executed = digits[0] if path.name == "digits_pipeline.ipynb" else _execute(nb, tmp_path)  # raises on errors
+    executed = {"digits_pipeline.ipynb": digits[0], "sweep_on_dask.ipynb": dask_sweep}.get(path.name) \
+        or _execute(nb, tmp_path)  # (raises on errors)
     assert not [o for c in executed.cells for o in c.get("outputs", []) if o.get("name") == "stderr"]

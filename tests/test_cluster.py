@@ -1,0 +1,240 @@
+"""Steps on a Dask cluster, with the real engines on loopback: ``distributed.LocalCluster`` with two worker
+processes, and for the team cache an S3 server from moto with s3fs. The client is a script run in a process
+of its own (its steps pickled by value, as a notebook's are); the bodies count their runs by appending to a
+file in /dev/shm, which nbcache, rightly, does not take for data the steps depend on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from distributed import Client  # (in the test extra: these tests never skip)
+
+import nbcache
+from nbcache import Cache, MemoryStore
+
+from .test_team import _aws, bucket, endpoint  # noqa: F401  (the moto server and a fresh bucket)
+
+CLIENT = '''
+import json, os, sys
+import nbcache
+from distributed import Client, LocalCluster
+
+COUNT = os.environ["BODY_LOG"]
+
+def ran(what):
+    with open(COUNT, "a") as log:
+        log.write(what + "\\n")
+
+@nbcache.step
+def load(n):
+    ran("load")
+    return [float(i % 7) for i in range(n)]
+
+@nbcache.step
+def scale(xs, factor):
+    ran("scale")
+    return [x * factor for x in xs]
+
+@nbcache.step
+def score(xs, power=1):
+    ran("score")
+    return sum(x ** power for x in xs)
+
+if __name__ == "__main__":
+    with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None) as cluster, \\
+            Client(cluster) as client:
+        data = load.submit(client, 1000)
+        scaled = scale.submit(client, data, 2.0)
+        final = score.submit(client, scaled)
+        sweep = score.map(client, [scaled] * 20, [p / 10 for p in range(20)])
+        print(json.dumps({"final": final.result(), "sweep": client.gather(sweep)}))
+    runs = nbcache.runs()
+    print(json.dumps([[r.step, r.state.value, r.worker, r.reason] for r in runs]))
+'''
+
+
+@pytest.fixture
+def body_log():
+    """Where the bodies count their runs (the same file for every run of a test: its name is a global the
+    steps' code reads, so part of their key)."""
+    log = Path("/dev/shm") / f"nbcache-test-{uuid.uuid4().hex}.log"
+    yield log
+    log.unlink(missing_ok=True)
+
+
+def _client(tmp_path: Path, log: Path, run: str, *, code: str = CLIENT,
+            **env: str) -> tuple[dict, list[list[str]], int]:
+    """Run the client once; (its results, its history, how many bodies ran on the workers)."""
+    script = tmp_path / "client.py"
+    script.write_text(code)
+    before = len(log.read_text().splitlines()) if log.exists() else 0
+    environment = {**os.environ, "NBCACHE_DIR": str(tmp_path / "client-cache"), "BODY_LOG": str(log), **env}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=environment,
+                          cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, f"{run}: {proc.stderr[-3000:]}"
+    bodies = (len(log.read_text().splitlines()) if log.exists() else 0) - before
+    results, history = (json.loads(line) for line in proc.stdout.splitlines()[-2:])
+    return results, history, bodies
+
+
+def test_a_pipeline_and_a_sweep_run_on_workers_then_come_from_the_team_cache(tmp_path, bucket, body_log):
+    """The workers keep caches of their own (NBCACHE_WORKER_DIR), so what they share travels through the team
+    cache: run again with empty worker caches, nothing runs anywhere, and every run is in the client's
+    history with the worker that made it."""
+    remote = {"NBCACHE_REMOTE": f"s3://{bucket}/team"}
+    first, history, bodies = _client(tmp_path, body_log, "cold", NBCACHE_WORKER_DIR=str(tmp_path / "w1"), **remote)
+    data = [float(i % 7) for i in range(1000)]
+    assert first["final"] == sum(x * 2 for x in data)
+    assert first["sweep"] == [sum((x * 2) ** (p / 10) for x in data) for p in range(20)]
+    assert bodies == 3 + 20 and len(history) == 1 + 1 + 1 + 20
+    assert all(worker.startswith("tcp://127.0.0.1:") for _, _, worker, _ in history)
+    assert {state for _, state, _, _ in history} <= {"first run", "changed"}
+
+    second, history, bodies = _client(tmp_path, body_log, "cached", NBCACHE_WORKER_DIR=str(tmp_path / "w2"), **remote)
+    assert second == first and bodies == 0
+    latest = history[-23:]
+    assert [state for _, state, _, _ in latest] == ["team hit"] * 23, latest
+    assert all(reason.startswith("cache hit (team cache, computed by ") for _, _, _, reason in latest)
+
+    # the loader's code changes but not what it returns: it runs again, and nothing downstream does
+    edited = CLIENT.replace("[float(i % 7) for i in range(n)]", "[float(i) % 7 for i in range(n)]")
+    third, history, bodies = _client(tmp_path, body_log, "edited", code=edited, NBCACHE_WORKER_DIR=str(tmp_path / "w2"),
+                                     **remote)
+    assert third == first and bodies == 1
+    assert [(step, state) for step, state, _, _ in history[-23:-21]] == [("load", "changed"), ("scale", "hit")]
+
+
+def test_workers_on_this_machine_share_its_cache_directory(tmp_path, body_log):
+    """No team cache: the workers of a LocalCluster find the client's own directory and use it, so a
+    result is stored once and each run is recorded once."""
+    first, history, bodies = _client(tmp_path, body_log, "cold")
+    assert bodies == 23 and len(history) == 23
+    second, history, bodies = _client(tmp_path, body_log, "cached")
+    assert second == first and bodies == 0 and len(history) == 46
+    assert [state for _, state, _, _ in history[23:]] == ["hit"] * 23
+    local = Cache(tmp_path / "client-cache")
+    assert {r.step for r in local.runs() if r.cached} == {"load", "scale", "score"}
+
+
+def test_a_failing_body_raises_from_its_future_and_is_recorded(tmp_path, body_log):
+    code = CLIENT.replace('    ran("scale")\n', '    ran("scale")\n    raise ValueError("no scaling today")\n')
+    code = code[:code.index('if __name__')] + '''if __name__ == "__main__":
+    with LocalCluster(n_workers=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+        future = scale.submit(client, load.submit(client, 10), 2.0)
+        try:
+            future.result()
+        except ValueError as exc:
+            print(json.dumps({"raised": str(exc)}))
+    print(json.dumps([[r.step, r.state.value, r.worker, r.error] for r in nbcache.runs()]))
+'''
+    results, history, bodies = _client(tmp_path, body_log, "failing", code=code)
+    assert results == {"raised": "no scaling today"} and bodies == 2
+    assert history[-1][0] == "scale" and history[-1][1] == "failed"
+    assert history[-1][3] == "ValueError: no scaling today" and history[-1][2].startswith("tcp://")
+
+
+def test_submit_says_what_it_needs():
+    @nbcache.step
+    def double(x):
+        return 2 * x
+
+    with pytest.raises(TypeError, match=r"double.submit\(\) takes a distributed.Client first"):
+        double.submit("tcp://127.0.0.1:8786", 1)
+    in_memory = nbcache.step(cache=Cache(store=MemoryStore()))(lambda x: x)
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        with pytest.raises(ValueError, match="lives in memory"):
+            in_memory.submit(client, 1)
+
+
+def test_the_base_install_does_not_import_dask_or_fsspec():
+    code = "import sys, nbcache; print(sorted({'distributed', 'dask', 'fsspec', 's3fs'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+READERS = '''
+from concurrent.futures import ThreadPoolExecutor
+
+_POOL = None
+
+
+def read_all(paths):
+    """Reads files through a pool it keeps between calls, as I/O libraries do."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(2)
+    return list(_POOL.map(lambda p: open(p).read(), paths))
+'''
+
+ODD_CASES = '''
+import json, os, random, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import nbcache
+import readers
+from distributed import Client, LocalCluster
+
+@nbcache.step
+def load(path):
+    return readers.read_all([path])[0]
+
+@nbcache.step
+def draw(n):
+    return [random.random() for _ in range(n)]
+
+signed_apart = nbcache.step(cache=nbcache.Cache(os.environ["APART"], key="11" * 32), name="apart")(lambda x: x + 1)
+
+if __name__ == "__main__":
+    out = {}
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \\
+            Client(cluster) as client, Client(cluster) as second:
+        out["read"] = client.gather(load.map(client, ["a.txt", "b.txt"]))
+        out["drawn"] = draw.submit(client, 3).result()
+        out["drawn again"] = draw.submit(second, 3).result()  # (a second client of the same scheduler)
+        out["apart here"] = signed_apart(1)
+        try:
+            signed_apart.submit(client, 1).result()
+        except Exception as exc:
+            out["apart there"] = str(exc)
+    random.seed(5)
+    out["drawn here"] = draw(3)
+    random.seed(5)
+    out["uncached here"] = [random.random() for _ in range(3)]
+    out["apart here again"] = signed_apart(1)
+    print(json.dumps(out))
+    print(json.dumps([[r.step, r.state.value, r.worker, r.reason] for r in nbcache.runs()]))
+'''
+
+
+def test_what_a_worker_cannot_know_is_not_taken_for_known(tmp_path, body_log):
+    """Files read through a pool kept between calls are the step's on a worker too; a draw from the worker's
+    global generator is not served where the generator is the notebook's; a worker signing with another key
+    is refused, not left to destroy the other's results; a second client does not record a run twice."""
+    (tmp_path / "readers.py").write_text(READERS)
+    for name in "ab":
+        (tmp_path / f"{name}.txt").write_text(f"{name}1")
+    apart = {"APART": str(tmp_path / "apart")}
+    first, history, _ = _client(tmp_path, body_log, "first", code=ODD_CASES, **apart)
+    assert first["read"] == ["a1", "b1"] and first["drawn again"] == first["drawn"]
+    assert first["drawn here"] == first["uncached here"] != first["drawn"]
+    assert "signs results with another key than the process that submitted" in first["apart there"]
+    assert first["apart here"] == first["apart here again"] == 2
+    assert len(history) == 2 + 2 + 1  # load x2, draw on the worker, its hit through the second client, here
+    assert history[-1][3] == ("it drew from the random global random generator on a Dask worker, where that"
+                              " generator is not yours; here it is, so it runs again")
+    assert nbcache.Cache(tmp_path / "apart", key="11" * 32).runs("apart")[-1].cached  # (nothing destroyed)
+
+    for name in "ab":
+        (tmp_path / f"{name}.txt").write_text(f"{name}2")
+    second, history, _ = _client(tmp_path, body_log, "files changed", code=ODD_CASES, **apart)
+    assert second["read"] == ["a2", "b2"]
+
+
+def test_a_worker_told_to_keep_its_cache_in_the_clients_directory_records_each_run_once(tmp_path, body_log):
+    _, history, bodies = _client(tmp_path, body_log, "cold", NBCACHE_WORKER_DIR=str(tmp_path / "client-cache"))
+    assert bodies == 23 and len(history) == 23
