@@ -12,7 +12,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["hit_latency.py", "first_hit.py", "hash_array.py", "hash_dataframe.py", "store_load.py",
-              "cell_hit.py", "lineage_render.py", "cli_ls.py", "peers.py"]
+              "cell_hit.py", "lineage_render.py", "cli_ls.py", "peers.py", "remote.py"]
 
 
 def main() -> int:
