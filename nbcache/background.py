@@ -87,6 +87,12 @@ class Worker:
             self._cond.notify()
         return job
 
+    @property
+    def pending(self) -> int:
+        """How many jobs are queued or running."""
+        with self._cond:
+            return len(self._queue) + self._busy
+
     def settle(self, job: Job, timeout: float = 5.0) -> bool:
         """Make sure ``job`` no longer runs beside the caller: taken back if it has not started (True: the
         caller does its work), waited for if it is under way (``timeout`` seconds at most), else nothing."""

@@ -19,9 +19,10 @@ from .frame import Damaged
 from .remote import REMOTE_ENV, Remote, RemoteError, TeamEntry, author, size_of
 from .store import Store
 
-__all__ = ["TeamCache", "UPLOAD_FLUSH_S", "upload"]
+__all__ = ["TeamCache", "UPLOAD_FLUSH_S", "UPLOAD_QUEUE_MAX", "upload"]
 
 UPLOAD_FLUSH_S = 60.0  # how long an exiting interpreter waits for its uploads
+UPLOAD_QUEUE_MAX = 1000  # uploads waiting at most; past it, results stay local until ``nbcache push``
 
 
 class TeamCache:
@@ -34,6 +35,7 @@ class TeamCache:
         self._remote: Remote | None = None
         self._from_env: str | None = None
         self._uploads: Worker | None = None
+        self._queue_full_said = False
 
     def set(self, url: str | None, storage_options: dict[str, Any]) -> None:
         """Use the remote at ``url`` (``None``: ``NBCACHE_REMOTE`` again; ``""``: none). Raises
@@ -101,6 +103,12 @@ class TeamCache:
         at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         if self._uploads is None:
             self._uploads = Worker("nbcache-upload", flush_at_exit=True, flush_s=UPLOAD_FLUSH_S)
+        if self._uploads.pending >= UPLOAD_QUEUE_MAX:  # (a bounded queue: the remote is slower than the steps)
+            if not self._queue_full_said:
+                self._queue_full_said = True
+                warn(f"nbcache: {UPLOAD_QUEUE_MAX} uploads to the team cache {remote.url} are waiting; results"
+                     " stored meanwhile stay local: `nbcache push` uploads them")
+            return
         self._uploads.submit(lambda: self._push(remote, store, key, entry, at))
 
     def _push(self, remote: Remote, store: Store, key: str, entry: Entry, at: str) -> None:

@@ -277,3 +277,28 @@ def test_a_big_value_is_read_in_ranges_and_one_cut_short_is_not_used(tmp_path, m
     with pytest.warns(nbcache.CacheWarning, match="holds a damaged value"):  # not as its entry says
         assert not remote.copy_blob("abc", len(value) + 10, lambda f: f.read())
     assert not remote.copy_blob("nothing", 10, lambda f: f.read()) and remote.available
+
+
+def test_uploads_wait_in_a_bounded_queue_and_push_sends_what_did_not_fit(tmp_path, monkeypatch):
+    import threading
+
+    from nbcache import teamcache, teamsync
+
+    release = threading.Event()
+    pushed = teamcache.TeamCache._push
+    monkeypatch.setattr(teamcache, "UPLOAD_QUEUE_MAX", 2)
+    monkeypatch.setattr(teamcache.TeamCache, "_push", lambda *a: (release.wait(30), pushed(*a)))
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("NBCACHE_REMOTE", str(shared))
+    cache = nbcache.Cache(tmp_path / "local", key=TEAM_KEY)
+    square = nbcache.step(cache=cache)(lambda n: n * n)
+    square(1), square(2)  # (one upload under way, one waiting: the queue is full)
+    with pytest.warns(nbcache.CacheWarning, match="2 uploads to the team cache .* are waiting"):
+        square(3)
+    square(4)  # (said once)
+    release.set()
+    assert cache.team.flush(30)
+    entries = shared / f"v{nbcache.CACHE_FORMAT}" / "entries"
+    assert len(list(entries.iterdir())) == 2
+    done = teamsync.push(cache, Remote(str(shared), strict=True))
+    assert (done.copied, done.present) == (2, 2) and len(list(entries.iterdir())) == 4
