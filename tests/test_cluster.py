@@ -238,3 +238,21 @@ def test_what_a_worker_cannot_know_is_not_taken_for_known(tmp_path, body_log):
 def test_a_worker_told_to_keep_its_cache_in_the_clients_directory_records_each_run_once(tmp_path, body_log):
     _, history, bodies = _client(tmp_path, body_log, "cold", NBCACHE_WORKER_DIR=str(tmp_path / "client-cache"))
     assert bodies == 23 and len(history) == 23
+
+
+def test_the_lineage_widget_hears_of_runs_on_workers_as_they_come(tmp_path):
+    import time
+
+    from nbcache.widget import LineageWidget, _REDRAW_EVERY_S
+
+    cache = Cache(tmp_path / "cache")
+    double = nbcache.step(cache=cache, name="double")(lambda x: 2 * x)
+    widget = LineageWidget(cache=cache)
+    time.sleep(_REDRAW_EVERY_S)  # (a redraw is due at the next run)
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        assert double.submit(client, 21).result() == 42
+        deadline = time.monotonic() + 30
+        while "double" not in widget.lineage.nodes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "double" in widget.lineage.nodes  # (drawn while the client runs, not at the end of a cell)
+        assert widget.lineage.nodes["double"].run.worker.startswith("inproc://")
