@@ -302,3 +302,45 @@ def test_uploads_wait_in_a_bounded_queue_and_push_sends_what_did_not_fit(tmp_pat
     assert len(list(entries.iterdir())) == 2
     done = teamsync.push(cache, Remote(str(shared), strict=True))
     assert (done.copied, done.present) == (2, 2) and len(list(entries.iterdir())) == 4
+
+
+BIG_STEP = '''
+import os, sys, nbcache
+
+@nbcache.step
+def noise(n):
+    sys.stderr.write("BODY RAN\\n")
+    return os.urandom(n)
+
+print(len(noise(int(sys.argv[1]))))
+'''
+
+
+def test_a_process_killed_while_it_uploads_publishes_nothing(tmp_path, bucket):
+    """A value over the one-request size goes up as a multipart upload, completed only at its end: killed
+    half-way (here once the upload has begun, while the exiting interpreter waits for it), the process leaves
+    neither the value nor its entry for anyone to find, and the next machine computes the result."""
+    remote = f"s3://{bucket}/team"
+    folder = tmp_path / "alice"
+    folder.mkdir()
+    (folder / "step.py").write_text(BIG_STEP)
+    env = {**os.environ, "NBCACHE_DIR": str(folder / "cache"), "NBCACHE_REMOTE": remote, "NBCACHE_KEY": TEAM_KEY}
+    env.pop("NBCACHE_KEY_FILE", None)
+    REQUESTS.seen.clear()
+    proc = subprocess.Popen([sys.executable, str(folder / "step.py"), str(120 << 20)], env=env, cwd=folder,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(r.startswith("POST ") and "uploads" in r for r in REQUESTS.of(bucket)):  # (begun)
+            assert proc.poll() is None and time.monotonic() < deadline, REQUESTS.of(bucket)
+            time.sleep(0.01)
+        proc.kill()
+    finally:
+        proc.wait(30)
+    assert proc.returncode == -9
+    fs = Remote(remote).fs
+    assert fs.find(f"{bucket}/team") == []  # (an unfinished multipart upload is no object)
+    (tmp_path / "bob").mkdir()
+    (tmp_path / "bob" / "step.py").write_text(BIG_STEP)
+    out, _ = _machine(tmp_path, "bob", remote, n=120 << 20)  # (the same call: nothing of alice's to find)
+    assert out[0] == str(120 << 20) and _ran(tmp_path, "bob") == 1
