@@ -18,7 +18,7 @@ from distributed import Client  # (in the test extra: these tests never skip)
 import nbcache
 from nbcache import Cache, MemoryStore
 
-from .test_team import _aws, bucket, endpoint  # noqa: F401  (the moto server and a fresh bucket)
+from .moto_s3 import bucket, endpoint  # noqa: F401  (the moto server and a fresh bucket)
 
 CLIENT = '''
 import json, os, sys

@@ -14,10 +14,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from moto.server import ThreadedMotoServer
 
 import nbcache
 from nbcache.remote import Remote
+
+from .moto_s3 import aws_env, endpoint  # noqa: F401  (the S3 server, a fixture)
 
 TEAM_KEY = secrets.token_hex(32)
 
@@ -41,30 +42,14 @@ for step in (squares, cubes)[:int(sys.argv[1])]:
 '''
 
 
-@pytest.fixture(scope="module")
-def endpoint():
-    with socket.socket() as probe:  # (a free port: moto 5.0 cannot say which one port=0 took)
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 @pytest.fixture
 def team(endpoint, monkeypatch, tmp_path):
     """The team's remote URL; the tests' own process reaches it too (to look at it, or tamper with it)."""
-    for name, value in _aws(endpoint).items():
+    for name, value in aws_env(endpoint).items():
         monkeypatch.setenv(name, value)
     bucket = f"team-{uuid.uuid4().hex[:12]}"
     Remote(f"s3://{bucket}").fs.mkdir(bucket)
     return f"s3://{bucket}/team"
-
-
-def _aws(endpoint: str) -> dict[str, str]:
-    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": endpoint}
 
 
 def _env(tmp_path: Path, machine: str, remote: str, **extra: str) -> dict[str, str]:
