@@ -154,10 +154,10 @@ class _Arrivals:
             run = StepRun.from_json(message["run"])
             if run.session != SESSION:
                 return
-            if message.get("shared"):  # (the worker wrote it to this very history)
-                self.cache.events.notify(run)
-            else:
-                self.cache.record(self.cache.store(), run)
+            if not message.get("shared"):  # (else the worker wrote it to this very history)
+                self.cache.store().append_run(run)  # (now: runs() read after the Futures have it)
+            if self.cache.events:  # (a redraw of the lineage is no work for Dask's event loop: in the background)
+                self.cache.background.submit(functools.partial(self.cache.events.notify, run))
         except Exception:  # (a run that cannot be recorded must not stop the client's event loop)
             pass
 
