@@ -31,7 +31,6 @@ from .statediff import EMPTY, SAME, equal
 from .statekinds import BY_NAME, KINDS, AmbientKind, global_generator, global_generator_method, when_imported
 
 
-
 @dataclass(frozen=True)
 class OnWorker:
     """A submitted call running on a Dask worker (``cluster.py``): the worker's address, the session (kernel)

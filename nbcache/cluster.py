@@ -84,16 +84,18 @@ def key_id(key: bytes) -> str:
 
 def submit(step: Step, client: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
     """``step(*args, **kwargs)`` as a task of ``client``: a ``distributed.Future`` of what it returns."""
-    where = _client_cache(step, client)
-    return client.submit(_run, step, where, args, kwargs, key=f"{step.name}-{os.urandom(8).hex()}",
-                         pure=False)
+    return _task(client, step, _client_cache(step, client), args, kwargs)
 
 
 def map_calls(step: Step, client: Any, iterables: tuple[Iterable, ...], kwargs: dict[str, Any]) -> list[Any]:
     """One ``submit`` per set of arguments, the i-th of each iterable, as ``map`` takes them."""
     where = _client_cache(step, client)
-    return [client.submit(_run, step, where, args, kwargs, key=f"{step.name}-{os.urandom(8).hex()}", pure=False)
-            for args in zip(*iterables)]
+    return [_task(client, step, where, args, kwargs) for args in zip(*iterables)]
+
+
+def _task(client: Any, step: Step, where: ClientCache, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """One call as a task of its own (named after the step, for Dask's dashboard), never merged with another."""
+    return client.submit(_run, step, where, args, kwargs, key=f"{step.name}-{os.urandom(8).hex()}", pure=False)
 
 
 def _client_cache(step: Step, client: Any) -> ClientCache:

@@ -16,7 +16,6 @@ import types
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, TypeVar, overload
 
-from . import cluster
 from .audit import unobserved
 from .background import Job
 from .cache import Cache, default_cache
@@ -117,11 +116,15 @@ class Step:
         """Call the step on a Dask cluster: a ``distributed.Future`` of what it returns. Arguments may be
         values or Futures of other submitted steps. A cached call is loaded on the worker and its body runs
         nowhere; a miss runs on a worker, which stores it (``cluster.py``; ``docs/team.md``)."""
+        from . import cluster  # (and socket, fsspec's side: when a step is first submitted, not on import)
+
         return cluster.submit(self, client, args, kwargs)
 
     def map(self, client: Any, /, *iterables: Iterable[Any], **kwargs: Any) -> list[Any]:
         """``submit`` for each set of arguments (the i-th item of each iterable; ``kwargs`` for all): a list
         of Futures, in order, such as a sweep."""
+        from . import cluster
+
         return cluster.map_calls(self, client, iterables, kwargs)
 
 

@@ -30,8 +30,9 @@ MAX_LINES = 360  # "about 350"
 # Imports that are deferred on purpose, to keep `import nbcache` light: a library's hashing handlers, loaded
 # once the user's code has imported that library; the widget and the magics, imported when a lineage is first
 # asked for or the extension loaded; the graph (and graphviz), for `nbcache graph` only; the disk store (diskcache,
-# SQLite), when a cache first opens its directory; the team cache (and fsspec), at the first miss.
-DEFERRED = {("cache", "diskstore"), ("cache", "teamcache"), ("hashing", "importlib"), ("__init__", "widget"), ("__init__", "magics"), ("cli", "graph")}
+# SQLite), when a cache first opens its directory; the team cache (and fsspec), at the first miss; the cluster
+# (and socket, distributed), when a step is first submitted.
+DEFERRED = {("cache", "diskstore"), ("cache", "teamcache"), ("hashing", "importlib"), ("__init__", "widget"), ("__init__", "magics"), ("cli", "graph"), ("step", "cluster")}
 
 
 def _modules() -> dict[str, ast.Module]:
