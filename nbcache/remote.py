@@ -6,10 +6,12 @@ it finds is copied into the local directory and served from there. A result comp
 uploaded in the background. Layout under the URL, per cache format::
 
     v<format>/blobs/<address>   a value, as the local store keeps it (signed; content-addressed, immutable)
-    v<format>/entries/<key>     {"entry": <the sealed entry>, "by": "user@host", "at": <ISO time>}
+    v<format>/entries/<key>     a result's values up to 16 MB in all, then its record: the sealed entry, who
+                                stored it and when (``teamentry.py``); its other values are blobs
 
-An entry is uploaded after every blob it names, each through a temporary that is committed whole (fsspec's
-``autocommit=False``: an S3 multipart upload completed at the end, a local file renamed), so a killed upload
+A team-cache hit on a result whose values travel in its entry is one request. An entry is uploaded after every
+blob it names, each through a temporary that is committed whole (fsspec's ``autocommit=False``: an S3
+multipart upload completed at the end, a local file renamed), so a killed upload
 publishes nothing. Entries and values are signed with the cache's key: a team shares one (``NBCACHE_KEY``), and
 an object signed with another key, or changed, is never unpickled. Credentials come as fsspec takes them (the
 environment, ``storage_options``) and are never written anywhere by nbcache.
@@ -25,18 +27,17 @@ import contextlib
 import functools
 import inspect
 import io
-import json
 import os
 import re
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterable
 
 from .errors import NBCacheError, warn
 from .key import CACHE_FORMAT
+from .teamentry import TeamEntry, Unreadable, read_entry_file
 
-__all__ = ["REMOTE_ENV", "RETRY_S", "Remote", "RemoteError", "TeamEntry", "author", "shown", "size_of"]
+__all__ = ["REMOTE_ENV", "RETRY_S", "Remote", "RemoteError", "author", "shown", "size_of"]
 
 REMOTE_ENV = "NBCACHE_REMOTE"
 TIMEOUT_ENV = "NBCACHE_REMOTE_TIMEOUT"
@@ -51,37 +52,6 @@ OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "az", "memory"}  # each objec
 class RemoteError(NBCacheError):
     """The remote cache named cannot be used as given (its URL, or the package its protocol needs), or a
     ``strict`` one failed."""
-
-
-@dataclass(frozen=True)
-class TeamEntry:
-    """An entry as the remote keeps it: the sealed entry's JSON text, and who stored it, when."""
-
-    entry: str
-    by: str
-    at: str
-    sizes: dict[str, int] = field(default_factory=dict)  # the bytes of each blob, by address
-
-    def to_json(self) -> str:
-        return json.dumps({"entry": self.entry, "by": self.by, "at": self.at, "sizes": self.sizes})
-
-    @classmethod
-    def from_json(cls, data: bytes) -> TeamEntry | None:
-        """The record, or None if it is not one (what is wrong with the entry itself, its seal says)."""
-        try:
-            record = json.loads(data)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return None
-        if not isinstance(record, dict):
-            return None
-        entry, by, at = record.get("entry"), record.get("by"), record.get("at")
-        if not (isinstance(entry, str) and isinstance(by, str) and isinstance(at, str)):
-            return None
-        sizes = record.get("sizes")
-        if not (isinstance(sizes, dict)
-                and all(type(n) is int and 0 < n < 1 << 50 for n in sizes.values())):
-            sizes = {}  # (the blobs are then read without it)
-        return cls(entry, by[:200], at[:40], sizes)
 
 
 def size_of(source: bytes | BinaryIO) -> int:
@@ -236,18 +206,25 @@ class Remote:
         return f"{self.root}/{kind}/{name}"
 
     # reading
-    def get_entry(self, key: str) -> TeamEntry | None:
-        """The entry stored under ``key`` (one request); None if there is none, or it does not read."""
+    def get_entry(self, key: str, into: str) -> TeamEntry | None:
+        """The record of the entry stored under ``key``, its object downloaded whole into the file ``into`` (one
+        request, written as it arrives); None if there is none, or it does not read (said: it is computed
+        here, and replaced when uploaded)."""
         if not self.available:
             return None
         try:
-            data = self.fs.cat_file(self._path("entries", key))
+            self.fs.get_file(self._path("entries", key), into)
         except FileNotFoundError:
             return None
         except Exception as exc:
             self._failed("looking up a result", exc)
             return None
-        return TeamEntry.from_json(data)
+        try:
+            return read_entry_file(into)
+        except Unreadable as exc:
+            warn(f"nbcache: the team cache {self.url} holds a damaged entry for this call ({exc}); the result is"
+                 " computed here, and the entry replaced when it is uploaded")
+            return None
 
     def copy_blob(self, address: str, size: int | None, put: Callable[[BinaryIO], None]) -> bool:
         """Give ``put`` the blob at ``address`` as a file to read, streamed: one request per ``RANGE`` bytes
@@ -308,10 +285,11 @@ class Remote:
             return False
         return True
 
-    def put_entry(self, key: str, entry: TeamEntry) -> bool:
-        """Upload an entry, once every blob it names is there."""
+    def put_entry(self, key: str, entry: TeamEntry, carried: Iterable[bytes] = ()) -> bool:
+        """Upload an entry, with the values it carries (``entry.inline``, in order), once every other value it
+        names is there."""
         try:
-            self._write(self._path("entries", key), entry.to_json().encode())
+            self._write(self._path("entries", key), b"".join([*carried, entry.record()]))
         except Exception as exc:
             self._failed("uploading a result", exc)
             return False

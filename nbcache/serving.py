@@ -25,7 +25,7 @@ from .records import Change, ChangeKind, Outcome
 from .store import Store
 
 if TYPE_CHECKING:
-    from .remote import TeamEntry
+    from .teamentry import TeamEntry
 
 __all__ = ["MISS", "Serving"]
 

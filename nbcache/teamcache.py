@@ -8,6 +8,7 @@ interpreter waits for them when it exits (``UPLOAD_FLUSH_S`` at most); ``flush``
 
 from __future__ import annotations
 
+import io
 import os
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -16,8 +17,9 @@ from .background import Worker
 from .entry import Entry
 from .errors import warn
 from .frame import Damaged
-from .remote import REMOTE_ENV, Remote, RemoteError, TeamEntry, author, size_of
+from .remote import REMOTE_ENV, Remote, RemoteError, author, size_of
 from .store import Store
+from .teamentry import INLINE, TeamEntry
 
 __all__ = ["TeamCache", "UPLOAD_FLUSH_S", "UPLOAD_QUEUE_MAX", "upload"]
 
@@ -70,26 +72,38 @@ class TeamCache:
         remote = self.remote
         if remote is None:
             return None
-        found = remote.get_entry(key)
-        if found is None:
-            return None
-        try:
-            entry = self.take(remote, store, key, found)
-        except Damaged as exc:
-            warn(f"nbcache: the team cache {remote.url} holds a result for this call that is refused ({exc});"
-                 " it is computed here instead")
-            return None
+        with store.scratch() as body:
+            found = remote.get_entry(key, body)
+            if found is None:
+                return None
+            try:
+                entry = self.take(remote, store, key, found, body)
+            except Damaged as exc:
+                warn(f"nbcache: the team cache {remote.url} holds a result for this call that is refused ({exc});"
+                     " it is computed here instead")
+                return None
         return None if entry is None else (found, entry)
 
-    def take(self, remote: Remote, store: Store, key: str, found: TeamEntry) -> Entry | None:
+    def take(self, remote: Remote, store: Store, key: str, found: TeamEntry, body: str | None = None) -> Entry | None:
         """Copy ``found``, the remote's record of ``key``, into ``store``: the values ``store`` lacks, then the
-        entry. The entry, or None if a value could not be copied (no entry then); ``Damaged`` (nothing copied)
-        if the entry is not sealed with this cache's key, or was changed since. ``nbcache pull`` uses it too."""
+        entry. ``body``: the entry's object, downloaded into that file of ``store.scratch()`` (if it is not, and
+        a value it carries is needed, it is downloaded). The entry, or None if a value could not be copied (no
+        entry then); ``Damaged`` (nothing copied) if the entry is not sealed with this cache's key, or was
+        changed since. ``nbcache pull`` uses it too."""
         entry = Entry.from_json(found.entry)
         self._check_seal(key, entry)
-        for address in entry.blobs:
-            if not store.has_blob(address) and not remote.copy_blob(
-                    address, found.sizes.get(address), lambda f, a=address: store.put_blob_file(a, f)):
+        carried = found.carried()
+        wanted = [address for address in dict.fromkeys(entry.blobs) if not store.has_blob(address)]
+        if body is None and carried.keys() & set(wanted):
+            with store.scratch() as body:
+                again = remote.get_entry(key, body)
+                return None if again is None else self.take(remote, store, key, again, body)
+        wanted.sort(key=lambda address: carried.get(address, (1, 0))[0] == 0)  # (the body's first value last)
+        for address in wanted:
+            if address in carried and body is not None:
+                _copy_carried(store, address, body, *carried[address])
+            elif not remote.copy_blob(address, found.sizes.get(address),
+                                      lambda f, a=address: store.put_blob_file(a, f)):
                 return None  # (its values are checked when loaded: signed with the key, under their name)
         store.put_entry(key, entry)
         return entry
@@ -122,24 +136,43 @@ class TeamCache:
 
 def upload(remote: Remote, store: Store, key: str, entry: Entry, at: str,
            there: set[str] | None = None) -> dict[str, int] | None:
-    """Upload the result of ``key``: its values, then its entry, so that no entry is published without all of
-    them. A value in ``there`` (those known to be on the remote; it gets those sent) is not sent again. The
-    bytes of each value sent, by address; None if one is gone from ``store`` or the remote failed."""
+    """Upload the result of ``key``: its values up to ``INLINE`` bytes in all inside its entry, the others
+    first, each by itself, so that no entry is published without all of them. A value in ``there`` (those known
+    to be on the remote; it gets those sent) is not sent by itself again. The bytes of each value sent, by
+    address; None if one is gone from ``store`` or the remote failed."""
     there = set() if there is None else there
-    sizes, sent = {}, {}
-    for address in entry.blobs:
+    sizes, sent, carried, room = {}, {}, {}, INLINE
+    for address in dict.fromkeys(entry.blobs):
         source = store.open_blob(address)
         if source is None:
             return None
         try:
-            sizes[address] = size_of(source)
-            if address not in there:
+            size = sizes[address] = size_of(source)
+            if size <= room:
+                carried[address] = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) \
+                    else source.read()
+                room -= size
+                sent[address] = size
+            elif address not in there:
                 if not remote.put_blob(address, source):
                     return None  # (no entry without all its blobs)
-                sent[address] = sizes[address]
+                sent[address] = size
                 there.add(address)
         finally:
             close = getattr(source, "close", None)
             if close is not None:
                 close()
-    return sent if remote.put_entry(key, TeamEntry(entry.to_json(), author(), at, sizes)) else None
+    record = TeamEntry(entry.to_json(), author(), at, sizes, tuple((a, len(data)) for a, data in carried.items()))
+    return sent if remote.put_entry(key, record, carried.values()) else None
+
+
+def _copy_carried(store: Store, address: str, body: str, start: int, size: int) -> None:
+    """Store the value carried in the entry object downloaded into the file ``body``, ``size`` bytes from
+    ``start``: the first one by cutting the file short and moving it into the store (so, last), others copied."""
+    if start == 0:
+        os.truncate(body, size)
+        store.adopt_blob_file(address, body)
+        return
+    with open(body, "rb") as f:
+        f.seek(start)
+        store.put_blob_file(address, io.BytesIO(f.read(size)))

@@ -2,11 +2,13 @@
 lacks copied from the other, for a command that waits for it.
 
 The remote given is ``strict`` (``remote.py``): a failure raises ``RemoteError``, which the command reports. What
-the remote holds is listed in one listing (on S3, one request per 1000 names); its entries are read
-``READ_BATCH`` at a time with fsspec's ``cat``, which s3fs runs concurrently, one GET each. A push uploads each
-result as a step's background upload does (``teamcache.upload``: values first, entry last); a pull copies each
-in as a team-cache hit does (``TeamCache.take``): the entry's seal is checked with the local key first, and an
-entry not sealed with it is refused, counted, and nothing of it is downloaded or unpickled.
+the remote holds is listed in one listing (on S3, one request per 1000 names); its entries' records are read
+``READ_BATCH`` at a time with fsspec's ``cat``, which s3fs runs concurrently, one GET each of an object's last
+``TAIL`` bytes (``teamentry.py``). A push uploads each result as a step's background upload does
+(``teamcache.upload``: values first, entry last); a pull copies each in as a team-cache hit does
+(``TeamCache.take``, which downloads the whole entry object if it needs a value carried in it): the entry's seal
+is checked with the local key first, and an entry not sealed with it is refused, counted, and nothing of it is
+downloaded or unpickled.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Iterable, Iterator
 from .cache import Cache
 from .entry import Entry
 from .frame import Damaged
-from .remote import Remote, RemoteError, TeamEntry, shown
+from .remote import Remote, RemoteError, shown
 from .teamcache import upload
+from .teamentry import TAIL, TeamEntry, Unreadable, read_record
 
 __all__ = ["READ_BATCH", "RemoteStep", "Transfer", "pull", "push", "remote_steps"]
 
@@ -146,12 +149,13 @@ def _names(remote: Remote, kind: str) -> set[str]:
 
 
 def _read_entries(remote: Remote, keys: Iterable[str]) -> Iterator[tuple[str, TeamEntry | None]]:
-    """(key, the remote's record of it) for each of ``keys`` still there; None for a record that does not read."""
+    """(key, the remote's record of it) for each of ``keys`` still there; None for a record that does not read.
+    Only the end of each object is read (``TAIL`` bytes, where its record is), not the values it carries."""
     keys = list(keys)
     for start in range(0, len(keys), READ_BATCH):
         paths = [f"{remote.root}/entries/{key}" for key in keys[start:start + READ_BATCH]]
         try:
-            found = remote.fs.cat(paths, on_error="return")
+            found = remote.fs.cat(paths, start=-TAIL, on_error="return")
         except Exception as exc:
             raise _failure(remote, "reading its entries", exc) from exc
         for path, data in found.items():
@@ -159,7 +163,20 @@ def _read_entries(remote: Remote, keys: Iterable[str]) -> Iterator[tuple[str, Te
                 continue  # (removed since it was listed)
             if isinstance(data, BaseException):
                 raise _failure(remote, "reading its entries", data) from data
-            yield path.rsplit("/", 1)[-1], TeamEntry.from_json(data)
+            yield path.rsplit("/", 1)[-1], _record(remote, path, data)
+
+
+def _record(remote: Remote, path: str, tail: bytes) -> TeamEntry | None:
+    """The record at the end of the entry object at ``path``, of which ``tail`` are the last bytes."""
+    try:
+        found = read_record(tail, len(tail) if len(tail) < TAIL else None)
+        if isinstance(found, int):  # (a record longer than TAIL)
+            found = read_record(remote.fs.cat_file(path, start=-found), None)
+    except Unreadable:
+        return None
+    except Exception as exc:
+        raise _failure(remote, "reading its entries", exc) from exc
+    return found if isinstance(found, TeamEntry) else None
 
 
 def _entry_of(found: TeamEntry | None) -> Entry | None:

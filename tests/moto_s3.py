@@ -1,8 +1,10 @@
-"""An S3 server from moto on loopback for the team-cache tests (a fresh bucket per test), and the requests it
-answered, from its access log."""
+"""An S3 server from moto on loopback for the team-cache tests (a fresh bucket per test), the requests it
+answered, from its access log, and a way to change an entry under its seal, as someone tampering would."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import re
 import socket
@@ -12,8 +14,19 @@ import pytest
 from moto.server import ThreadedMotoServer  # (moto and s3fs: in the test extra, so these never skip)
 
 from nbcache.remote import Remote
+from nbcache.teamentry import read_record
 
-__all__ = ["REQUESTS", "Requests", "aws_env", "bucket", "endpoint"]
+__all__ = ["REQUESTS", "Requests", "aws_env", "bucket", "change_sealed", "endpoint"]
+
+
+def change_sealed(fs, path: str) -> None:
+    """Change a field under the seal of the entry object at ``path`` (its values and the rest left as they are)."""
+    data = fs.cat_file(path)
+    record = read_record(data, len(data))
+    entry = json.loads(record.entry)
+    entry["duration_s"] += 1.0
+    values = data[:sum(size for _, size in record.inline)]
+    fs.pipe_file(path, values + dataclasses.replace(record, entry=json.dumps(entry)).record())
 
 
 class Requests(logging.Handler):

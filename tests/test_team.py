@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -17,8 +18,9 @@ import pytest
 import nbcache
 from nbcache import remote as remote_module
 from nbcache.remote import Remote, RemoteError
+from nbcache.teamentry import INLINE, TAIL, TeamEntry, Unreadable, read_entry_file, read_record
 
-from .moto_s3 import REQUESTS, aws_env, bucket, endpoint  # noqa: F401  (fixtures)
+from .moto_s3 import REQUESTS, aws_env, bucket, change_sealed, endpoint  # noqa: F401  (fixtures)
 
 TEAM_KEY = secrets.token_hex(32)
 
@@ -86,26 +88,45 @@ def test_a_result_signed_with_another_key_or_changed_is_refused_and_computed(tmp
     assert "refused" in err and err.count("CacheWarning") == 1
     fs = Remote(remote).fs
     [entry_path] = fs.find(f"{bucket}/team/v{nbcache.CACHE_FORMAT}/entries")
-    record = json.loads(fs.cat_file(entry_path))
-    entry = json.loads(record["entry"])
-    entry["duration_s"] += 1.0  # a field under the seal
-    fs.pipe_file(entry_path, json.dumps({**record, "entry": json.dumps(entry)}).encode())
+    change_sealed(fs, entry_path)  # a field under the seal
     out, err = _machine(tmp_path, "bob", remote)
     assert out[1].startswith("False") and _ran(tmp_path, "bob") == 1 and "refused" in err
 
 
+VALUE_STEP = '''
+import sys, nbcache
+
+@nbcache.step
+def block(n):
+    sys.stderr.write("BODY RAN\\n")
+    return n.to_bytes(8, "big") * (n // 8)
+
+print(len(block(int(sys.argv[1]))))
+run = nbcache.runs()[-1]
+print(run.cached, "|", run.reason)
+'''
+
+
 @pytest.mark.parametrize("damage", ["cut short", "changed"])
-def test_a_damaged_value_in_the_team_cache_is_computed_and_replaced(tmp_path, bucket, damage):
+@pytest.mark.parametrize("carried", [True, False], ids=["in its entry", "by itself"])
+def test_a_damaged_value_in_the_team_cache_is_computed_and_replaced(tmp_path, bucket, damage, carried):
+    """A value up to INLINE bytes travels inside its entry's object; a bigger one is an object of its own."""
     remote = f"s3://{bucket}/team"
-    _machine(tmp_path, "alice", remote)
+    n = 4000 if carried else INLINE + (1 << 20)
+    for name in ("alice", "bob", "carol"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "step.py").write_text(VALUE_STEP)
+    _machine(tmp_path, "alice", remote, n=n)
     fs = Remote(remote).fs
-    (blob,) = fs.find(f"{bucket}/team/v{nbcache.CACHE_FORMAT}/blobs")
-    data = fs.cat_file(blob)
-    fs.pipe_file(blob, data[:-100] if damage == "cut short" else data[:-100] + bytes(100))
-    out, err = _machine(tmp_path, "bob", remote)
+    (path,) = fs.find(f"{bucket}/team/v{nbcache.CACHE_FORMAT}/{'entries' if carried else 'blobs'}")
+    data = fs.cat_file(path)
+    end = sum(size for _, size in read_record(data, len(data)).inline) if carried else len(data)
+    assert end > n  # (the value, signed)
+    fs.pipe_file(path, data[:-100] if damage == "cut short" else data[:end - 100] + bytes(100) + data[end:])
+    out, err = _machine(tmp_path, "bob", remote, n=n)
     assert out[1].startswith("False") and _ran(tmp_path, "bob") == 1 and "damaged" in err
-    assert fs.cat_file(blob) == data  # (replaced by bob's upload)
-    out, _ = _machine(tmp_path, "carol", remote)
+    assert fs.cat_file(path)[:end] == data[:end]  # (replaced by bob's upload)
+    out, _ = _machine(tmp_path, "carol", remote, n=n)
     assert out[1].startswith("True | cache hit (team cache") and _ran(tmp_path, "carol") == 0
 
 
@@ -186,34 +207,61 @@ def test_a_folder_on_a_shared_file_system_is_a_remote_too(tmp_path):
 
 
 def test_requests_follow_the_cost_model(tmp_path, bucket):
-    """A miss: one request, the entry's lookup; then in the background one conditional upload per value (S3
-    refuses it if the value is there already: nothing is overwritten) and the entry's upload. A team-cache
-    hit: the entry's read and one read per value not already local. A hit in the local cache: nothing."""
+    """A miss: one request, the entry's lookup; then in the background the entry's upload, carrying the values
+    up to INLINE bytes, after one conditional upload per bigger value (S3 refuses it if the value is there
+    already: nothing is overwritten). A team-cache hit: the entry's read and one read per value not carried
+    and not already local. A hit in the local cache: nothing."""
     remote = f"s3://{bucket}/team"
     folder = f"/{bucket}/team/v{nbcache.CACHE_FORMAT}"
-    REQUESTS.seen.clear()
-    _machine(tmp_path, "alice", remote)
-    miss = REQUESTS.of(bucket)
-    assert [r.split(" ")[0] for r in miss] == ["GET", "PUT", "PUT"], miss
-    assert f"{folder}/entries/" in miss[0] and f"{folder}/blobs/" in miss[1] and f"{folder}/entries/" in miss[2]
-    REQUESTS.seen.clear()
-    _machine(tmp_path, "bob", remote)
-    hit = REQUESTS.of(bucket)
-    assert [r.split(" ")[0] for r in hit] == ["GET", "GET"], hit
-    assert f"{folder}/entries/" in hit[0] and f"{folder}/blobs/" in hit[1]
-    REQUESTS.seen.clear()
-    _machine(tmp_path, "bob", remote)
-    assert REQUESTS.of(bucket) == []
-    REQUESTS.seen.clear()
-    _machine(tmp_path, "carol", remote, n=0)  # [] is a value nobody stored yet; then one already there:
-    _machine(tmp_path, "dave", remote, n=0)
-    assert len(REQUESTS.of(bucket)) == 3 + 2
-    REQUESTS.seen.clear()
+
+    def requests(name: str, n: int = 1000) -> list[str]:
+        REQUESTS.seen.clear()
+        _machine(tmp_path, name, remote, n=n)
+        return REQUESTS.of(bucket)
+
+    miss = requests("alice")
+    assert [r.split(" ")[0] for r in miss] == ["GET", "PUT"], miss
+    assert f"{folder}/entries/" in miss[0] and f"{folder}/entries/" in miss[1]
+    hit = requests("bob")
+    assert [r.split(" ")[0] for r in hit] == ["GET"] and f"{folder}/entries/" in hit[0], hit
+    assert requests("bob") == []
     (tmp_path / "erin").mkdir()
     (tmp_path / "erin" / "step.py").write_text(STEP.replace("i * i", "i * i + 0"))  # other code, same values
-    _machine(tmp_path, "erin", remote, n=0)
-    same_value = REQUESTS.of(bucket)
+    same_value = requests("erin")
+    assert [r.split(" ")[0] for r in same_value] == ["GET", "PUT"], same_value
+
+    big = INLINE + 1000
+    for name in ("frank", "grace", "heidi"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "step.py").write_text(VALUE_STEP.replace("block(n):", "block(n):\n    n = n - 0"
+                                                                    if name == "heidi" else "block(n):"))
+    miss = requests("frank", big)
+    assert [r.split(" ")[0] for r in miss] == ["GET", "PUT", "PUT"], miss
+    assert f"{folder}/entries/" in miss[0] and f"{folder}/blobs/" in miss[1] and f"{folder}/entries/" in miss[2]
+    hit = requests("grace", big)
+    assert [r.split(" ")[0] for r in hit] == ["GET", "GET"], hit
+    assert f"{folder}/entries/" in hit[0] and f"{folder}/blobs/" in hit[1]
+    same_value = requests("heidi", big)  # (other code, the same big value: its upload is refused, not written)
     assert [r.split(" ")[0] for r in same_value] == ["GET", "PUT", "PUT"], same_value
+
+
+def test_an_entry_object_reads_back_and_one_damaged_is_not_read(tmp_path):
+    """The values an entry carries, then its record: read from the object's end, whole or in part."""
+    record = TeamEntry('{"step": "s"}', "me@here", "2026-12-06T00:00:00+00:00", {"a": 5, "b": 3, "c": 9},
+                       (("a", 5), ("b", 3)))
+    data = b"hello" + b"abc" + record.record()
+    assert read_record(data, len(data)) == record and record.carried() == {"a": (0, 5), "b": (5, 3)}
+    need = read_record(data[-20:], None)  # (``ls --remote`` reads the end of an object first)
+    assert isinstance(need, int) and read_record(data[-need:], None) == record
+    for damaged, size in [(data[:-1], len(data) - 1), (data[1:], len(data) - 1), (data + b"x", len(data) + 1),
+                          (b"\x00" * 40, 40), (data, len(data) + 1)]:
+        with pytest.raises(Unreadable):
+            read_record(damaged, size)
+    old = json.dumps({"entry": "{}", "by": "me@here", "at": "then"}).encode()  # (before values travelled inline)
+    assert read_record(old, len(old)) == TeamEntry("{}", "me@here", "then")
+    long = dataclasses.replace(record, entry=json.dumps({"step": "s" * (TAIL + 10)}))
+    (tmp_path / "object").write_bytes(b"hello" + b"abc" + long.record())  # (a record longer than TAIL)
+    assert read_entry_file(str(tmp_path / "object")) == long
 
 
 def test_a_big_value_is_read_in_ranges_and_one_cut_short_is_not_used(tmp_path, monkeypatch):

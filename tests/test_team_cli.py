@@ -18,7 +18,7 @@ import pytest
 import nbcache
 from nbcache.remote import Remote
 
-from .moto_s3 import aws_env, endpoint  # noqa: F401  (the S3 server, a fixture)
+from .moto_s3 import aws_env, change_sealed, endpoint  # noqa: F401  (the S3 server, a fixture)
 
 TEAM_KEY = secrets.token_hex(32)
 
@@ -141,10 +141,7 @@ def test_pull_refuses_a_changed_entry_and_one_sealed_with_another_key(tmp_path, 
     _run_steps(tmp_path, "alice", team)
     fs = Remote(team).fs
     [path] = _remote_entries(team)
-    record = json.loads(fs.cat_file(path))
-    entry = json.loads(record["entry"])
-    entry["duration_s"] += 1.0  # a field under the seal
-    fs.pipe_file(path, json.dumps({**record, "entry": json.dumps(entry)}).encode())
+    change_sealed(fs, path)  # a field under the seal
 
     caplog.set_level(logging.INFO, logger="werkzeug")  # (the requests the S3 server answered)
     caplog.clear()
