@@ -7,8 +7,8 @@ process of its own, so that it does not share this process's GIL, and s3fs is th
 Then every round calls it in a fresh, empty cache directory (made and opened untimed, as a notebook's is by its
 first step), so the result must come from the team cache, then is served from the local store as a local hit
 (mapped); each round's outcome is checked to be "team hit". A value up to 16 MB (``INLINE``) travels inside its
-entry's object: the hit is one GET, streamed into a file that becomes the local store's; a bigger one is an
-object of its own: one GET of the entry, then one per 64 MB of the value. The anchor is
+entry's object: the hit is one GET, its values then written into the local store; a bigger one is an object of
+its own: one GET of the entry, then one per 64 MB of the value, streamed into the local store. The anchor is
 ``S3FileSystem().cat_file`` of the object that holds the value (one GET, into memory), in the same process, its rounds separated by the same untimed work as the hit's (after an idle moment a request on
 the loopback costs a millisecond or so more than in a tight loop). For 256 MB, the same object read with
 ``cat_file`` in 64 MB ranges, the requests nbcache makes, is printed too: moto serves a whole object of that

@@ -22,15 +22,15 @@ import os
 import re
 import sqlite3
 import stat
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 import diskcache
 
 from .frame import Damaged, Frame
 
-__all__ = ["MAX_TEXT_BYTES", "TEMP_NAME", "Adopted", "Modes", "scratch_file", "make_dir", "make_file", "open_append", "shared_from_env"]
+__all__ = ["MAX_TEXT_BYTES", "TEMP_NAME", "Modes", "make_dir", "make_file", "open_append", "shared_from_env"]
 
 _INLINE_BYTES = 64 << 10  # smaller values live in the SQLite index; larger ones are files
 MAX_TEXT_BYTES = 16 << 20  # an entry or other text value of the index read from a file: far above any real one
@@ -86,27 +86,6 @@ def make_file(path: str | os.PathLike[str], mode: int) -> bool:
     except FileExistsError:
         return False
     return True
-
-
-@contextmanager
-def scratch_file(folder: str | os.PathLike[str]) -> Iterator[str]:
-    """A new name for a file in ``folder``, named as a temporary of this process (``gc`` removes it if the
-    process is killed); the file, once made, is removed at the end of the ``with`` unless it was moved away.
-    Not made here: a file made empty, then opened to be written (truncated), is flushed to disk when closed
-    (ext4's ``auto_da_alloc``), and cutting it short afterwards waits for that."""
-    path = os.path.join(folder, f"team-{os.urandom(12).hex()}.tmp-{os.getpid()}")
-    try:
-        yield path
-    finally:
-        with suppress(FileNotFoundError):
-            os.remove(path)
-
-
-class Adopted:
-    """A value to store that is a whole file already, in the store's folder: renamed into place, not copied."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
 
 
 class _FrameDisk(diskcache.Disk):
@@ -205,9 +184,6 @@ class _FrameDisk(diskcache.Disk):
 
     # writing
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
-        if isinstance(value, Adopted):
-            filename, full_path = self.filename(key, value)
-            return self._adopt(full_path, value.path), diskcache.core.MODE_BINARY, filename, None
         if not isinstance(value, Frame):
             return super().store(value, read, key=key)
         if value.nbytes < _INLINE_BYTES:
@@ -249,24 +225,11 @@ class _FrameDisk(diskcache.Disk):
             raise
         return size
 
-    def _adopt(self, full_path: str, source: str) -> int:
-        """Rename the complete file ``source`` (in this folder, written by this user) to ``full_path``, private
-        as a file written here is; its size."""
-        os.chmod(source, self.modes.file)
-        size = os.stat(source).st_size
-        self._in_folders(full_path, lambda: os.replace(source, full_path))
-        return size
-
     def _create(self, temp: str) -> int:
-        """Open a new file for writing, creating its folders (0700) first."""
-        return self._in_folders(temp, lambda: os.open(
-            temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, self.modes.file))
-
-    def _in_folders(self, path: str, make: Callable[[], Any]) -> Any:
-        """``make()`` the file at ``path``, creating its folders first; another process may remove an emptied
-        folder in between, so this tries again a few times, as diskcache does."""
+        """Open a new file for writing, creating its folders (0700) first; another process may remove an
+        emptied folder in between, so this tries again a few times, as diskcache does."""
         folders = []
-        folder = os.path.dirname(path)
+        folder = os.path.dirname(temp)
         while folder.startswith(self._directory + os.sep):
             folders.append(folder)
             folder = os.path.dirname(folder)
@@ -275,7 +238,8 @@ class _FrameDisk(diskcache.Disk):
                 with suppress(FileExistsError):
                     os.mkdir(folder, self.modes.dir)
             try:
-                return make()
+                return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                               self.modes.file)
             except FileNotFoundError:
                 if attempt == 9:
                     raise

@@ -31,13 +31,13 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import diskcache
 
 from .diskerrors import StoreError, describe
 from .diskevict import Recency, candidates, last_used
-from .diskfiles import Adopted, Modes, _FrameDisk, make_dir, make_file, open_append, scratch_file, shared_from_env
+from .diskfiles import Modes, _FrameDisk, make_dir, make_file, open_append, shared_from_env
 from .diskgc import GRACE_S, collect, disk_usage
 from .entry import Entry, Latest
 from .eviction import beyond_last, choose_victims
@@ -117,12 +117,6 @@ class DiskStore:
                 self._cache.set(name, value, read=read)
         except (OSError, sqlite3.Error) as exc:
             raise describe(exc, self.directory) from exc
-
-    def adopt_blob_file(self, address: str, path: str) -> None:
-        self._put_blob(address, Adopted(path), read=True)
-
-    def scratch(self) -> ContextManager[str]:
-        return scratch_file(self.directory / "store")
 
     def open_blob(self, address: str) -> Any:
         handle = self._cache.get("blob:" + address, _ABSENT, read=True)
@@ -253,7 +247,9 @@ class DiskStore:
             found, blob_sizes = candidates(self._cache, entries)
             victims = choose_victims(found, blob_sizes, total, limit_bytes, keep)
             for key, blobs in victims:
-                self.delete(key, blobs)
+                self._cache.delete("entry:" + key)
+                for address in blobs:
+                    self._cache.delete("blob:" + address)
         except (OSError, sqlite3.Error) as exc:
             raise describe(exc, self.directory) from exc
         return len(victims)
@@ -266,7 +262,8 @@ class DiskStore:
                 self._cache.delete(name)
 
     def gc(self) -> Collected:
-        """Remove dead writers' temporaries, and value and lock files unused for ten minutes (``diskgc.py``)."""
+        """Remove the temporaries of writers no longer alive, value files the index does not name (once ten
+        minutes old) and lock files unused for as long (``diskgc.py``)."""
         try:
             dropped = self._drop_unnamed_blobs(time.time() - GRACE_S)
             collected = collect(self.directory / "store", self._locks_dir)

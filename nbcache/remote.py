@@ -9,7 +9,8 @@ uploaded in the background. Layout under the URL, per cache format::
     v<format>/entries/<key>     a result's values up to 16 MB in all, then its record: the sealed entry, who
                                 stored it and when (``teamentry.py``); its other values are blobs
 
-A team-cache hit on a result whose values travel in its entry is one request. An entry is uploaded after every
+A team-cache hit on a result whose values travel in its entry is one request (the object is read into memory,
+16 MB of values at most, and written into the local store; bigger values are streamed). An entry is uploaded after every
 blob it names, each through a temporary that is committed whole (fsspec's ``autocommit=False``: an S3
 multipart upload completed at the end, a local file renamed), so a killed upload
 publishes nothing. Entries and values are signed with the cache's key: a team shares one (``NBCACHE_KEY``), and
@@ -35,7 +36,7 @@ from typing import Any, BinaryIO, Callable, Iterable
 
 from .errors import NBCacheError, warn
 from .key import CACHE_FORMAT
-from .teamentry import TeamEntry, Unreadable, read_entry_file
+from .teamentry import TeamEntry, Unreadable, read_record
 
 __all__ = ["REMOTE_ENV", "RETRY_S", "Remote", "RemoteError", "author", "shown", "size_of"]
 
@@ -206,25 +207,29 @@ class Remote:
         return f"{self.root}/{kind}/{name}"
 
     # reading
-    def get_entry(self, key: str, into: str) -> TeamEntry | None:
-        """The record of the entry stored under ``key``, its object downloaded whole into the file ``into`` (one
-        request, written as it arrives); None if there is none, or it does not read (said: it is computed
-        here, and replaced when uploaded)."""
+    def get_entry(self, key: str) -> tuple[TeamEntry, bytes] | None:
+        """The record of the entry stored under ``key`` and its whole object, with the values it carries (one
+        request); None if there is none, or it does not read (said: it is computed here, and the entry
+        replaced when it is uploaded)."""
         if not self.available:
             return None
         try:
-            self.fs.get_file(self._path("entries", key), into)
+            data = self.fs.cat_file(self._path("entries", key))
         except FileNotFoundError:
             return None
+        except IsADirectoryError:  # (a folder in its place, on a shared file system: nothing to read)
+            data = b""
         except Exception as exc:
             self._failed("looking up a result", exc)
             return None
         try:
-            return read_entry_file(into)
+            found = read_record(data, len(data))
         except Unreadable as exc:
             warn(f"nbcache: the team cache {self.url} holds a damaged entry for this call ({exc}); the result is"
                  " computed here, and the entry replaced when it is uploaded")
             return None
+        assert isinstance(found, TeamEntry)  # (the whole object was read)
+        return found, data
 
     def copy_blob(self, address: str, size: int | None, put: Callable[[BinaryIO], None]) -> bool:
         """Give ``put`` the blob at ``address`` as a file to read, streamed: one request per ``RANGE`` bytes

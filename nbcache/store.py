@@ -16,9 +16,6 @@ every store passes the contract suite in ``tests/test_store_contract.py``.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -82,15 +79,6 @@ class Store(Protocol):
     def put_blob_file(self, address: str, f: BinaryIO) -> None:
         """Store under ``address`` the blob read from ``f``, as another store kept it (``open_blob``'s bytes),
         streamed: the team cache's download. Its signature is checked when it is loaded."""
-
-    def adopt_blob_file(self, address: str, path: str) -> None:
-        """Store under ``address`` the blob that is the whole file at ``path``, a file of ``scratch()``: moved
-        into the store, not copied (an existing blob is kept, and the file left where it is)."""
-
-    def scratch(self) -> ContextManager[str]:
-        """A new path, in a folder only this user can write to, for a file to download into (not made yet),
-        where ``adopt_blob_file`` takes it from; the file is removed at the end of the ``with`` if it is still
-        there."""
 
     def open_blob(self, address: str) -> bytes | BinaryIO | None:
         """The blob at ``address`` as bytes or a binary file for ``load_frame``; None if it is gone."""
@@ -185,22 +173,9 @@ class MemoryStore:
             self._blobs.setdefault(address, frame.to_bytes())
 
     def put_blob_file(self, address: str, f: BinaryIO) -> None:
-        data = f.read()
+        data = bytes(f.read())
         with self._lock:
             self._blobs.setdefault(address, data)
-
-    def adopt_blob_file(self, address: str, path: str) -> None:
-        with open(path, "rb") as f:
-            self.put_blob_file(address, f)
-        os.remove(path)
-
-    @contextlib.contextmanager
-    def scratch(self) -> Iterator[str]:
-        folder = tempfile.mkdtemp(prefix="nbcache-")
-        try:
-            yield os.path.join(folder, "scratch")
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
 
     def open_blob(self, address: str) -> bytes | None:
         return self._blobs.get(address)

@@ -8,7 +8,6 @@ interpreter waits for them when it exits (``UPLOAD_FLUSH_S`` at most); ``flush``
 
 from __future__ import annotations
 
-import io
 import os
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -72,36 +71,35 @@ class TeamCache:
         remote = self.remote
         if remote is None:
             return None
-        with store.scratch() as body:
-            found = remote.get_entry(key, body)
-            if found is None:
-                return None
-            try:
-                entry = self.take(remote, store, key, found, body)
-            except Damaged as exc:
-                warn(f"nbcache: the team cache {remote.url} holds a result for this call that is refused ({exc});"
-                     " it is computed here instead")
-                return None
+        got = remote.get_entry(key)
+        if got is None:
+            return None
+        found, body = got
+        try:
+            entry = self.take(remote, store, key, found, body)
+        except Damaged as exc:
+            warn(f"nbcache: the team cache {remote.url} holds a result for this call that is refused ({exc});"
+                 " it is computed here instead")
+            return None
         return None if entry is None else (found, entry)
 
-    def take(self, remote: Remote, store: Store, key: str, found: TeamEntry, body: str | None = None) -> Entry | None:
+    def take(self, remote: Remote, store: Store, key: str, found: TeamEntry, body: bytes | None = None) -> Entry | None:
         """Copy ``found``, the remote's record of ``key``, into ``store``: the values ``store`` lacks, then the
-        entry. ``body``: the entry's object, downloaded into that file of ``store.scratch()`` (if it is not, and
-        a value it carries is needed, it is downloaded). The entry, or None if a value could not be copied (no
-        entry then); ``Damaged`` (nothing copied) if the entry is not sealed with this cache's key, or was
-        changed since. ``nbcache pull`` uses it too."""
+        entry. ``body``: the entry's whole object (if it is not given, and a value it carries is needed, it is
+        read). The entry, or None if a value could not be copied (no entry then); ``Damaged`` (nothing copied)
+        if the entry is not sealed with this cache's key, or was changed since. ``nbcache pull`` uses it too."""
         entry = Entry.from_json(found.entry)
         self._check_seal(key, entry)
         carried = found.carried()
         wanted = [address for address in dict.fromkeys(entry.blobs) if not store.has_blob(address)]
         if body is None and carried.keys() & set(wanted):
-            with store.scratch() as body:
-                again = remote.get_entry(key, body)
-                return None if again is None else self.take(remote, store, key, again, body)
-        wanted.sort(key=lambda address: carried.get(address, (1, 0))[0] == 0)  # (the body's first value last)
+            got = remote.get_entry(key)
+            return None if got is None else self.take(remote, store, key, *got)
+        view = memoryview(b"" if body is None else body)
         for address in wanted:
-            if address in carried and body is not None:
-                _copy_carried(store, address, body, *carried[address])
+            if address in carried:
+                start, size = carried[address]
+                store.put_blob_file(address, _Reader(view[start:start + size]))
             elif not remote.copy_blob(address, found.sizes.get(address),
                                       lambda f, a=address: store.put_blob_file(a, f)):
                 return None  # (its values are checked when loaded: signed with the key, under their name)
@@ -166,13 +164,13 @@ def upload(remote: Remote, store: Store, key: str, entry: Entry, at: str,
     return sent if remote.put_entry(key, record, carried.values()) else None
 
 
-def _copy_carried(store: Store, address: str, body: str, start: int, size: int) -> None:
-    """Store the value carried in the entry object downloaded into the file ``body``, ``size`` bytes from
-    ``start``: the first one by cutting the file short and moving it into the store (so, last), others copied."""
-    if start == 0:
-        os.truncate(body, size)
-        store.adopt_blob_file(address, body)
-        return
-    with open(body, "rb") as f:
-        f.seek(start)
-        store.put_blob_file(address, io.BytesIO(f.read(size)))
+class _Reader:
+    """Bytes as a file read front to back, in slices of them, not copies (a value carried in an entry)."""
+
+    def __init__(self, data: memoryview) -> None:
+        self._data, self._at = data, 0
+
+    def read(self, n: int | None = -1) -> memoryview:
+        end = len(self._data) if n is None or n < 0 else min(self._at + n, len(self._data))
+        chunk, self._at = self._data[self._at:end], end
+        return chunk

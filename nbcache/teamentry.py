@@ -10,19 +10,18 @@ The object ``v<format>/entries/<key>``::
               "sizes": {<address>: <bytes>, ...}, "inline": [[<address>, <bytes>], ...]}
 
 ``inline`` names the values the object carries, in order from its first byte; a result's values up to
-``INLINE`` bytes in all travel so (the others are objects of their own, ``v<format>/blobs/<address>``). The values
-come first, so that the object downloaded into a file becomes the local store's file of the first value by
-cutting the file short and renaming it, not by a copy; the record last, so that ``nbcache ls --remote`` reads
-only the end of each object. An object written by nbcache before values travelled inline is the record alone.
+``INLINE`` bytes in all travel so (the others are objects of their own, ``v<format>/blobs/<address>``). The record
+comes last, so that ``nbcache ls --remote`` reads only the end of each object. An object written by nbcache
+before values travelled inline is the record alone. Nothing here is trusted: the entry is sealed with the
+team's key, each value signed with it, and a record whose parts do not add up to its object is not read.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 
-__all__ = ["INLINE", "MAGIC", "TAIL", "TeamEntry", "Unreadable", "read_entry_file", "read_record"]
+__all__ = ["INLINE", "MAGIC", "TAIL", "TeamEntry", "Unreadable", "read_record"]
 
 INLINE = 16 << 20  # a result's values up to this many bytes in all travel inside its entry's object
 TAIL = 64 << 10  # the bytes read from an entry object's end to find its record (most records are a few KB)
@@ -56,7 +55,7 @@ class TeamEntry:
         """Where each value the object carries is in it: address -> (first byte, bytes)."""
         where, at = {}, 0
         for address, size in self.inline:
-            where.setdefault(address, (at, size))
+            where[address] = (at, size)
             at += size
         return where
 
@@ -78,7 +77,7 @@ class TeamEntry:
         inline = record.get("inline", [])
         if not (isinstance(inline, list) and all(
                 isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and type(item[1]) is int
-                and 0 <= item[1] <= INLINE for item in inline)):
+                and 0 < item[1] <= INLINE for item in inline) and len({item[0] for item in inline}) == len(inline)):
             return None  # (what it carries cannot be found in it)
         return cls(entry, by[:200], at[:40], sizes, tuple((a, n) for a, n in inline))
 
@@ -103,18 +102,4 @@ def read_record(tail: bytes, size: int | None) -> TeamEntry | int:
         raise Unreadable("its record does not read")
     if size is not None and sum(n for _, n in found.inline) + length + _TRAILER != size:
         raise Unreadable("it is not the size its record says")
-    return found
-
-
-def read_entry_file(path: str) -> TeamEntry:
-    """The record of the entry object downloaded whole into the file at ``path``; raises ``Unreadable``."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        f.seek(max(0, size - TAIL))
-        found = read_record(f.read(), size)
-        if isinstance(found, int):  # (a record longer than TAIL: read from where it starts)
-            f.seek(size - found)
-            found = read_record(f.read(), size)
-    if isinstance(found, int):
-        raise Unreadable("it is cut short")
     return found

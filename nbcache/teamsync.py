@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
 from .cache import Cache
+from .diskfiles import MAX_TEXT_BYTES
 from .entry import Entry
 from .frame import Damaged
 from .remote import Remote, RemoteError, shown
@@ -168,10 +169,17 @@ def _read_entries(remote: Remote, keys: Iterable[str]) -> Iterator[tuple[str, Te
 
 def _record(remote: Remote, path: str, tail: bytes) -> TeamEntry | None:
     """The record at the end of the entry object at ``path``, of which ``tail`` are the last bytes."""
+    size = len(tail) if len(tail) < TAIL else None
     try:
-        found = read_record(tail, len(tail) if len(tail) < TAIL else None)
-        if isinstance(found, int):  # (a record longer than TAIL)
-            found = read_record(remote.fs.cat_file(path, start=-found), None)
+        try:
+            found = read_record(tail, size)
+            if isinstance(found, int):  # (a record longer than TAIL)
+                found = read_record(remote.fs.cat_file(path, start=-found), None)
+        except Unreadable:
+            if size is not None:
+                return None
+            data = remote.fs.cat_file(path, start=0, end=MAX_TEXT_BYTES + 1)  # (a record alone, as written before
+            found = read_record(data, len(data))  # values travelled inline; a longer one is not an entry)
     except Unreadable:
         return None
     except Exception as exc:

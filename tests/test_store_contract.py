@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import time
 from datetime import datetime, timezone
 
@@ -78,29 +77,6 @@ def test_a_blob_copied_from_another_store_as_a_file_reads_the_same(store, tmp_pa
     source = other.open_blob("addr")
     store.put_blob_file("addr", source if hasattr(source, "read") else io.BytesIO(source))
     other.close()
-    loaded = load_frame(store.open_blob("addr"), key=KEY)
-    assert np.array_equal(loaded, value) if isinstance(value, np.ndarray) else loaded == value
-
-
-@pytest.mark.parametrize("value", ["small", np.arange(300_000.0)], ids=["small", "big"])
-def test_a_blob_downloaded_into_a_scratch_file_is_moved_in_whole(store, value):
-    """The team cache's download: a value written into ``scratch()`` becomes the blob without a copy; a
-    blob stored already is kept, and the scratch file goes at the end of the ``with`` either way."""
-    data = bytes(Frame(value, key=KEY).to_bytes())
-    with store.scratch() as path:
-        assert not os.path.exists(path)  # (a new name: the download makes the file)
-        with open(path, "xb") as f:
-            f.write(data)
-        os.chmod(path, 0o644)
-        store.adopt_blob_file("addr", path)
-        assert not os.path.exists(path)  # (moved, and private as every file of the store)
-    loaded = load_frame(store.open_blob("addr"), key=KEY)
-    assert np.array_equal(loaded, value) if isinstance(value, np.ndarray) else loaded == value
-    with store.scratch() as again:
-        with open(again, "xb") as f:
-            f.write(bytes(Frame("other", key=KEY).to_bytes()))
-        store.adopt_blob_file("addr", again)
-    assert not os.path.exists(again)
     loaded = load_frame(store.open_blob("addr"), key=KEY)
     assert np.array_equal(loaded, value) if isinstance(value, np.ndarray) else loaded == value
 

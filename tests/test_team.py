@@ -18,7 +18,7 @@ import pytest
 import nbcache
 from nbcache import remote as remote_module
 from nbcache.remote import Remote, RemoteError
-from nbcache.teamentry import INLINE, TAIL, TeamEntry, Unreadable, read_entry_file, read_record
+from nbcache.teamentry import INLINE, TAIL, TeamEntry, Unreadable, read_record
 
 from .moto_s3 import REQUESTS, aws_env, bucket, change_sealed, endpoint  # noqa: F401  (fixtures)
 
@@ -206,6 +206,42 @@ def test_a_folder_on_a_shared_file_system_is_a_remote_too(tmp_path):
     assert not [p for p in shared.rglob("*") if ".tmp" in p.name or p.name.startswith("tmp")]
 
 
+def test_an_entry_stored_before_values_travelled_inline_is_read_and_a_folder_in_its_place_is_not(tmp_path,
+                                                                                                  monkeypatch):
+    """An entry object that is its record alone (as nbcache wrote it before), even one longer than what ``ls
+    --remote`` reads of each object's end, still serves a hit and is listed. A folder where an entry should be
+    (a shared file system) is a damaged entry: said, and computed; the remote is not given up for it."""
+    from nbcache import teamsync
+
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("NBCACHE_REMOTE", str(shared))
+    def square(n):
+        return n * n
+
+    alice = nbcache.Cache(tmp_path / "alice", key=TEAM_KEY)
+    nbcache.step(square, cache=alice)(3), nbcache.step(square, cache=alice)(4)
+    assert alice.team.flush(30)
+    folder = shared / f"v{nbcache.CACHE_FORMAT}"
+    entries = sorted((folder / "entries").iterdir())
+    data = entries[0].read_bytes()
+    record = read_record(data, len(data))
+    (folder / "blobs").mkdir()
+    for address, (start, size) in record.carried().items():  # (then, every value was an object of its own)
+        (folder / "blobs" / address).write_bytes(data[start:start + size])
+    old = {"entry": record.entry, "by": record.by, "at": record.at, "pad": "x" * TAIL}
+    entries[0].write_text(json.dumps(old))
+    entries[1].unlink()
+    entries[1].mkdir()
+    steps, unreadable = teamsync.remote_steps(Remote(str(shared), strict=True))
+    assert [(s.step, s.entries) for s in steps] == [("square", 1)] and unreadable == 0
+
+    bob = nbcache.Cache(tmp_path / "bob", key=TEAM_KEY)
+    with pytest.warns(nbcache.CacheWarning, match="holds a damaged entry") as said:
+        assert [nbcache.step(square, cache=bob)(n) for n in (3, 4)] == [9, 16]
+    assert len(said) == 1 and bob.team.remote.available  # (one of them served, from the entry of the old kind)
+    assert sorted(r.cached for r in bob.runs()) == [False, True] and "team hit" in [r.state.value for r in bob.runs()]
+
+
 def test_requests_follow_the_cost_model(tmp_path, bucket):
     """A miss: one request, the entry's lookup; then in the background the entry's upload, carrying the values
     up to INLINE bytes, after one conditional upload per bigger value (S3 refuses it if the value is there
@@ -245,7 +281,7 @@ def test_requests_follow_the_cost_model(tmp_path, bucket):
     assert [r.split(" ")[0] for r in same_value] == ["GET", "PUT", "PUT"], same_value
 
 
-def test_an_entry_object_reads_back_and_one_damaged_is_not_read(tmp_path):
+def test_an_entry_object_reads_back_and_one_damaged_is_not_read():
     """The values an entry carries, then its record: read from the object's end, whole or in part."""
     record = TeamEntry('{"step": "s"}', "me@here", "2026-12-06T00:00:00+00:00", {"a": 5, "b": 3, "c": 9},
                        (("a", 5), ("b", 3)))
@@ -259,9 +295,14 @@ def test_an_entry_object_reads_back_and_one_damaged_is_not_read(tmp_path):
             read_record(damaged, size)
     old = json.dumps({"entry": "{}", "by": "me@here", "at": "then"}).encode()  # (before values travelled inline)
     assert read_record(old, len(old)) == TeamEntry("{}", "me@here", "then")
-    long = dataclasses.replace(record, entry=json.dumps({"step": "s" * (TAIL + 10)}))
-    (tmp_path / "object").write_bytes(b"hello" + b"abc" + long.record())  # (a record longer than TAIL)
-    assert read_entry_file(str(tmp_path / "object")) == long
+    long = dataclasses.replace(record, entry=json.dumps({"step": "s" * (TAIL + 10)}))  # (longer than TAIL)
+    data = b"hello" + b"abc" + long.record()
+    need = read_record(data[-TAIL:], None)
+    assert isinstance(need, int) and read_record(data[-need:], None) == read_record(data, len(data)) == long
+    for inline in [(("a", 0), ("b", 8)), (("a", 5), ("a", 3))]:  # (a value of no bytes; one carried twice)
+        crafted = dataclasses.replace(record, inline=inline)
+        with pytest.raises(Unreadable):
+            read_record(b"helloabc" + crafted.record(), 8 + len(crafted.record()))
 
 
 def test_a_big_value_is_read_in_ranges_and_one_cut_short_is_not_used(tmp_path, monkeypatch):
