@@ -12,7 +12,9 @@ its own: one GET of the entry, then one per 64 MB of the value, streamed into th
 ``S3FileSystem().cat_file`` of the object that holds the value (one GET, into memory), in the same process, its rounds separated by the same untimed work as the hit's (after an idle moment a request on
 the loopback costs a millisecond or so more than in a tight loop). For 256 MB, the same object read with
 ``cat_file`` in 64 MB ranges, the requests nbcache makes, is printed too: moto serves a whole object of that
-size more slowly than its ranges, so there the ratio says more about moto than about nbcache.
+size more slowly than its ranges, so there the ratio says more about moto than about nbcache. And, for
+information, s3fs's ``get_file`` of the object into a new local file: the transfer and a local write, as a hit
+makes them (which the goal's anchor, a cat into memory, does not).
 
 Sweep: two worker processes with one thread each, 20 points of a body that sleeps 0.2 s, through
 ``step.map(client, ...)``; cold in a fresh cache directory, then cached (the same sweep again), and the same
@@ -154,9 +156,11 @@ class FreshDirs:
         self.current = None
 
 
-def remote_hit(tmp: str, raw: Any, root: str, nbytes: int, rounds: int) -> tuple[int, float, float, float | None]:
+def remote_hit(tmp: str, raw: Any, root: str, nbytes: int, rounds: int) -> tuple[int, float, float, float | None,
+                                                                                 float]:
     """The value of ``nbytes`` stored and uploaded, then (the bytes of the object that holds it, best team-cache
-    hit, best s3fs cat of that object, best cat of it in ``RANGE`` pieces if it has more than one). The object
+    hit, best s3fs cat of that object, best cat of it in ``RANGE`` pieces if it has more than one, best s3fs
+    get_file of it into a new local file). The object
     is the entry's for a value it carries (up to ``INLINE`` bytes), else the value's own."""
     nbcache.set_cache_dir(os.path.join(tmp, "computed"))
     listed = lambda kind: set(raw.find(f"{root}/{kind}")) if raw.exists(f"{root}/{kind}") else set()
@@ -182,8 +186,9 @@ def remote_hit(tmp: str, raw: Any, root: str, nbytes: int, rounds: int) -> tuple
             raw.cat_file(path, start=at, end=min(at + RANGE, stored))
 
     t_ranges = best_of(by_ranges, repeat=rounds, between=anchor) if stored > RANGE else None
+    t_file = best_of(lambda: raw.get_file(path, os.path.join(anchor.current, "copy")), repeat=rounds, between=anchor)
     anchor.done()
-    return stored, t_hit, t_cat, t_ranges
+    return stored, t_hit, t_cat, t_ranges, t_file
 
 
 def remote_hits(tmp: str, raw: Any) -> None:
@@ -194,13 +199,14 @@ def remote_hits(tmp: str, raw: Any) -> None:
         rows.append((label, rounds, *remote_hit(tmp, raw, remote.root, nbytes, rounds)))
         gc.collect()
 
-    for label, rounds, stored, t_hit, t_cat, t_ranges in rows:
+    for label, rounds, stored, t_hit, t_cat, t_ranges, t_file in rows:
         big = stored >= 1 << 20
         print(f"   -- {label} ({stored:,} bytes in the object that holds it), best of {rounds}")
         show("team-cache hit (fresh local dir)", t_hit, nbytes=stored if big else None)
         show("s3fs cat_file of the same object", t_cat, nbytes=stored if big else None)
         if t_ranges is not None:
             show(f"s3fs cat_file, {RANGE >> 20} MB ranges (info)", t_ranges, nbytes=stored)
+        show("s3fs get_file to a new file (info)", t_file, nbytes=stored if big else None)
         goal(f"{label} hit / s3fs cat", t_hit / t_cat, "<=", 1.2)
 
 

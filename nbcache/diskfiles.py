@@ -184,6 +184,12 @@ class _FrameDisk(diskcache.Disk):
 
     # writing
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
+        if isinstance(value, memoryview):  # (a blob's bytes, as another store kept it: the team cache's)
+            if value.nbytes < _INLINE_BYTES:
+                return 0, diskcache.core.MODE_RAW, None, sqlite3.Binary(value)
+            filename, full_path = self.filename(key, value)
+            return self._publish(full_path, lambda f: f.write(value), reserve=value.nbytes), \
+                diskcache.core.MODE_BINARY, filename, None
         if not isinstance(value, Frame):
             return super().store(value, read, key=key)
         if value.nbytes < _INLINE_BYTES:

@@ -108,7 +108,10 @@ class DiskStore:
         self._put_blob(address, frame, read=False)
 
     def put_blob_file(self, address: str, f: Any) -> None:
-        self._put_blob(address, f, read=True)  # (a file of its own, written whole, then renamed)
+        if isinstance(f, (bytes, bytearray, memoryview)):  # (in the index if small, as a Frame would be)
+            self._put_blob(address, memoryview(f), read=False)
+        else:
+            self._put_blob(address, f, read=True)  # (a file of its own, written whole, then renamed)
 
     def _put_blob(self, address: str, value: Frame | Any, *, read: bool) -> None:
         name = "blob:" + address

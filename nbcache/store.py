@@ -76,9 +76,9 @@ class Store(Protocol):
     def put_blob(self, address: str, frame: Frame) -> None:
         """Store ``frame`` under ``address`` (a blob is immutable: an existing one is kept)."""
 
-    def put_blob_file(self, address: str, f: BinaryIO) -> None:
-        """Store under ``address`` the blob read from ``f``, as another store kept it (``open_blob``'s bytes),
-        streamed: the team cache's download. Its signature is checked when it is loaded."""
+    def put_blob_file(self, address: str, f: BinaryIO | bytes | memoryview) -> None:
+        """Store under ``address`` the blob read from ``f`` (or given as bytes), as another store kept it
+        (``open_blob``'s), streamed: the team cache's download. Its signature is checked when it is loaded."""
 
     def open_blob(self, address: str) -> bytes | BinaryIO | None:
         """The blob at ``address`` as bytes or a binary file for ``load_frame``; None if it is gone."""
@@ -172,8 +172,8 @@ class MemoryStore:
         with self._lock:
             self._blobs.setdefault(address, frame.to_bytes())
 
-    def put_blob_file(self, address: str, f: BinaryIO) -> None:
-        data = bytes(f.read())
+    def put_blob_file(self, address: str, f: BinaryIO | bytes | memoryview) -> None:
+        data = bytes(f) if isinstance(f, (bytes, bytearray, memoryview)) else f.read()
         with self._lock:
             self._blobs.setdefault(address, data)
 

@@ -99,7 +99,7 @@ class TeamCache:
         for address in wanted:
             if address in carried:
                 start, size = carried[address]
-                store.put_blob_file(address, _Reader(view[start:start + size]))
+                store.put_blob_file(address, view[start:start + size])
             elif not remote.copy_blob(address, found.sizes.get(address),
                                       lambda f, a=address: store.put_blob_file(a, f)):
                 return None  # (its values are checked when loaded: signed with the key, under their name)
@@ -162,15 +162,3 @@ def upload(remote: Remote, store: Store, key: str, entry: Entry, at: str,
                 close()
     record = TeamEntry(entry.to_json(), author(), at, sizes, tuple((a, len(data)) for a, data in carried.items()))
     return sent if remote.put_entry(key, record, carried.values()) else None
-
-
-class _Reader:
-    """Bytes as a file read front to back, in slices of them, not copies (a value carried in an entry)."""
-
-    def __init__(self, data: memoryview) -> None:
-        self._data, self._at = data, 0
-
-    def read(self, n: int | None = -1) -> memoryview:
-        end = len(self._data) if n is None or n < 0 else min(self._at + n, len(self._data))
-        chunk, self._at = self._data[self._at:end], end
-        return chunk

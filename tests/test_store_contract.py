@@ -76,9 +76,12 @@ def test_a_blob_copied_from_another_store_as_a_file_reads_the_same(store, tmp_pa
     other.put_blob("addr", Frame(value, key=KEY))
     source = other.open_blob("addr")
     store.put_blob_file("addr", source if hasattr(source, "read") else io.BytesIO(source))
+    data = source.seek(0) or source.read() if hasattr(source, "read") else source
+    store.put_blob_file("as bytes", memoryview(data))  # (as the team cache gives a value its entry carried)
     other.close()
-    loaded = load_frame(store.open_blob("addr"), key=KEY)
-    assert np.array_equal(loaded, value) if isinstance(value, np.ndarray) else loaded == value
+    for address in ("addr", "as bytes"):
+        loaded = load_frame(store.open_blob(address), key=KEY)
+        assert np.array_equal(loaded, value) if isinstance(value, np.ndarray) else loaded == value
 
 
 def test_a_blob_is_immutable_once_stored(store):
