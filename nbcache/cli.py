@@ -312,7 +312,8 @@ def _transfer(args: argparse.Namespace, remote: Remote) -> int:
         _say(f"nbcache: {problem}", file=sys.stderr)
     if args.json:
         return _print_json({"remote": remote.url, "copied": done.copied, "values": done.values, "bytes": done.bytes,
-                            "present": done.present, "refused": done.refused, "incomplete": done.incomplete})
+                            "present": done.present, "refused": done.refused, "incomplete": done.incomplete,
+                            **({} if pushed else {"unreadable": done.unreadable})})
     _say(transfer_text(done, pushed=pushed, remote=remote.url, step=args.step))
     return 0
 

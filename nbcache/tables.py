@@ -224,6 +224,10 @@ def transfer_problems(done: Transfer, *, pushed: bool) -> list[str]:
         problems.append(f"{_plural(done.refused, 'result')} refused: not sealed with your key (made under another"
                         " key, or changed since it was stored); nothing of them was downloaded or loaded. Is"
                         " NBCACHE_KEY the team's key?")
+    if done.unreadable:
+        problems.append(f"{_plural(done.unreadable, 'entry')} of the team cache not pulled: not readable (damaged, or"
+                        " not written by nbcache), and nothing of them loaded; a step that needs one computes its"
+                        " result, and its upload replaces the entry")
     if done.incomplete:
         where = "missing here (nbcache verify says which)" if pushed else "missing from the team cache"
         problems.append(f"{_plural(done.incomplete, 'result')} not {'pushed' if pushed else 'pulled'}: a value of"
@@ -232,4 +236,4 @@ def transfer_problems(done: Transfer, *, pushed: bool) -> list[str]:
 
 
 def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'s' if count != 1 else ''}"
+    return f"{count} {noun if count == 1 else noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"

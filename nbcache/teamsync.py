@@ -40,6 +40,7 @@ class Transfer:
     present: int = 0  # results the other side has already
     refused: int = 0  # not sealed with this key (made under another one, or changed since): not copied
     incomplete: int = 0  # a value of theirs is missing (gone here; not on the remote): not copied
+    unreadable: int = 0  # pull: an entry on the remote that does not read (damaged, or not nbcache's)
     steps: set[str] = field(default_factory=set)  # the steps of every result looked at, whatever the step asked
 
     def count(self, sent: dict[str, int]) -> None:
@@ -106,10 +107,11 @@ def pull(cache: Cache, remote: Remote, step: str | None = None) -> Transfer:
             done.steps.add(entry.step)
         if step is not None and (entry is None or entry.step != step):
             continue
-        missing = [] if entry is None else [a for a in dict.fromkeys(entry.blobs) if not store.has_blob(a)]
+        if found is None or entry is None:
+            done.unreadable += step is None  # (whose step it is cannot be read either)
+            continue
+        missing = [a for a in dict.fromkeys(entry.blobs) if not store.has_blob(a)]
         try:
-            if found is None:
-                raise Damaged("it is not a record nbcache wrote")
             taken = cache.team.take(remote, store, key, found)
         except Damaged:
             done.refused += 1

@@ -157,6 +157,11 @@ def test_pull_refuses_a_changed_entry_and_one_sealed_with_another_key(tmp_path, 
     foreign = _nbcache(tmp_path, "mallory", team, "pull", "--json", NBCACHE_KEY=secrets.token_hex(32))
     assert json.loads(foreign.stdout)["refused"] == 1 and "refused" in foreign.stderr
 
+    fs.pipe_file(path, fs.cat_file(path)[:-100])  # (cut short: no record to read, whatever the key)
+    damaged = _nbcache(tmp_path, "carol", team, "pull", "--json")
+    assert json.loads(damaged.stdout)["unreadable"] == 1 and json.loads(damaged.stdout)["refused"] == 0
+    assert "1 entry of the team cache not pulled: not readable" in damaged.stderr and "key" not in damaged.stderr
+
 
 def test_an_unreachable_remote_is_an_error_without_a_traceback(tmp_path, team, monkeypatch):
     monkeypatch.delenv("NBCACHE_REMOTE", raising=False)  # (a cache to push: made here, nothing uploaded)
