@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from .ambient import RAN_ON, OnWorker
 from .cache import Cache, default_cache
-from .errors import NBCacheError
+from .errors import SAID, NBCacheError, warn
 from .records import SESSION, StepRun
 from .remote import Remote
 
@@ -153,6 +153,11 @@ class _Arrivals:
                 self._seen[message["id"]] = None
                 if len(self._seen) > self.SEEN_MAX:
                     del self._seen[next(iter(self._seen))]
+            if "said" in message:  # (what nbcache warned on the worker: the user would never see it there)
+                if message.get("session") == SESSION:
+                    for said in message["said"]:
+                        warn(f"{said} (on the Dask worker {message['worker']})", relayed=True)
+                return
             run = StepRun.from_json(message["run"])
             if run.session != SESSION:
                 return
@@ -209,6 +214,7 @@ def _run(step: Step, where: ClientCache, args: tuple, kwargs: dict[str, Any]) ->
     collector = _Collector()
     cache.events.subscribe(collector.take)
     ran_on = RAN_ON.set(OnWorker(worker.address, where.session, _workers_threads(worker)))
+    mark = SAID.mark()
     try:
         call = copy.copy(step)
         call.cache = cache
@@ -218,6 +224,10 @@ def _run(step: Step, where: ClientCache, args: tuple, kwargs: dict[str, Any]) ->
         cache.team.flush(UPLOAD_WAIT_S)  # (what it stored is in the team cache before the call returns)
         for run in collector.runs:
             worker.log_event(where.topic, {"run": run.to_json(), "shared": shared, "id": os.urandom(12).hex()})
+        said = SAID.since(mark)  # (a call running beside it may send the same: each is shown once)
+        for n, message in said:
+            worker.log_event(where.topic, {"said": [message], "worker": worker.address, "session": where.session,
+                                           "id": f"{worker.address}/{os.getpid()}/{n}"})
 
 
 def _workers_threads(worker: Any) -> frozenset[int]:

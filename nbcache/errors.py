@@ -7,7 +7,7 @@ import sys
 import threading
 import warnings
 
-__all__ = ["CacheWarning", "NBCacheError", "UncacheableError", "warn"]
+__all__ = ["SAID", "CacheWarning", "NBCacheError", "Said", "UncacheableError", "warn"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -42,8 +42,40 @@ class CacheWarning(UserWarning):
     """Something went wrong with the cache, but the user's code ran and returned its real result."""
 
 
-def warn(message: str) -> None:
-    """Issue a CacheWarning attributed to the user's line: the first frame outside nbcache."""
+class Said:
+    """The latest warnings nbcache issued in this process, numbered (a bounded record): what a call on a Dask
+    worker said is sent back to the client with its runs (``cluster.py``), where the user sees it."""
+
+    KEPT = 100
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+        self._messages: list[tuple[int, str]] = []
+
+    def add(self, message: str) -> None:
+        with self._lock:
+            self._count += 1
+            self._messages = [*self._messages[-(self.KEPT - 1):], (self._count, message)]
+
+    def mark(self) -> int:
+        """Where the record is now: ``since`` gives what was said after."""
+        return self._count
+
+    def since(self, mark: int) -> list[tuple[int, str]]:
+        """The warnings issued after ``mark`` (those still kept), with their numbers."""
+        with self._lock:
+            return [(n, message) for n, message in self._messages if n > mark]
+
+
+SAID = Said()
+
+
+def warn(message: str, *, relayed: bool = False) -> None:
+    """Issue a CacheWarning attributed to the user's line: the first frame outside nbcache. ``relayed``: one
+    said elsewhere (a Dask worker), not this process's to send on."""
+    if not relayed:
+        SAID.add(message)
     frame, level = sys._getframe(1), 2
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         frame, level = frame.f_back, level + 1

@@ -258,3 +258,30 @@ def test_the_lineage_widget_hears_of_runs_on_workers_as_they_come(tmp_path):
             time.sleep(0.05)
         assert "double" in widget.lineage.nodes  # (drawn while the client runs, not at the end of a cell)
         assert widget.lineage.nodes["double"].run.worker.startswith("inproc://")
+
+
+def test_what_nbcache_says_on_a_worker_is_said_in_the_client_too(tmp_path):
+    """A warning on a worker (here: a team cache that cannot be used) would reach only the worker's log; it
+    comes back with the runs, once, naming the worker."""
+    import time
+    import warnings
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    cache = Cache(tmp_path / "cache")
+    cache.team.set(str(blocked / "team"), {})  # (a folder under a file: every request to it fails)
+    double = nbcache.step(cache=cache, name="double")(lambda x: 2 * x)
+
+    def relayed() -> list[str]:
+        return [str(w.message) for w in caught if "on the Dask worker" in str(w.message)]
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+            assert client.gather(double.map(client, [1, 2, 3])) == [2, 4, 6]
+            deadline = time.monotonic() + 30
+            while not relayed() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)  # (any second copy of it would have come by now)
+    assert len(relayed()) == 1, relayed()
+    assert "the team cache" in relayed()[0] and "failed while" in relayed()[0] and "inproc://" in relayed()[0]
