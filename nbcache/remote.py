@@ -10,10 +10,9 @@ uploaded in the background. Layout under the URL, per cache format::
                                 stored it and when (``teamentry.py``); its other values are blobs
 
 A team-cache hit on a result whose values travel in its entry is one request (the object is read into memory,
-16 MB of values at most, and written into the local store; bigger values are streamed). An entry is uploaded after every
-blob it names, each through a temporary that is committed whole (fsspec's ``autocommit=False``: an S3
-multipart upload completed at the end, a local file renamed), so a killed upload
-publishes nothing. Entries and values are signed with the cache's key: a team shares one (``NBCACHE_KEY``), and
+16 MB of values at most, and written into the local store; bigger values are streamed). An entry is uploaded
+after every blob it names, each through a temporary that is committed whole (fsspec's ``autocommit=False``: an
+S3 multipart upload completed at the end, a local file renamed), so a killed upload publishes nothing. Entries and values are signed with the cache's key: a team shares one (``NBCACHE_KEY``), and
 an object signed with another key, or changed, is never unpickled. Credentials come as fsspec takes them (the
 environment, ``storage_options``) and are never written anywhere by nbcache.
 

@@ -108,7 +108,7 @@ def pull(cache: Cache, remote: Remote, step: str | None = None) -> Transfer:
         if step is not None and (entry is None or entry.step != step):
             continue
         if found is None or entry is None:
-            done.unreadable += step is None  # (whose step it is cannot be read either)
+            done.unreadable += 1  # (counted only when every step is pulled: whose it is cannot be read)
             continue
         missing = [a for a in dict.fromkeys(entry.blobs) if not store.has_blob(a)]
         try:
