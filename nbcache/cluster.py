@@ -170,10 +170,18 @@ class _Arrivals:
 
 
 # on a worker
-@functools.lru_cache(maxsize=16)
+_OPENING = threading.Lock()  # (a worker's threads start calls at once: one of them opens the cache they share)
+
+
 def _worker_cache(where: ClientCache) -> tuple[Cache, bool]:
     """The cache a worker keeps for the calls of one client cache, and whether it is the client's directory.
     Raises ``NBCacheError`` if it signs with another key than the client where they share results."""
+    with _OPENING:
+        return _open_worker_cache(where)
+
+
+@functools.lru_cache(maxsize=16)
+def _open_worker_cache(where: ClientCache) -> tuple[Cache, bool]:
     own = os.environ.get(WORKER_DIR_ENV)
     if not own and where.is_directory(where.directory):
         cache = Cache(where.directory)
