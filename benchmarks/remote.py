@@ -9,8 +9,9 @@ first step), so the result must come from the team cache, then is served from th
 (mapped); each round's outcome is checked to be "team hit". A value up to 16 MB (``INLINE``) travels inside its
 entry's object: the hit is one GET, its values then written into the local store; a bigger one is an object of
 its own: one GET of the entry, then one per 64 MB of the value, streamed into the local store. The anchor is
-``S3FileSystem().cat_file`` of the object that holds the value (one GET, into memory), in the same process, its rounds separated by the same untimed work as the hit's (after an idle moment a request on
-the loopback costs a millisecond or so more than in a tight loop). For 256 MB, the same object read with
+``S3FileSystem().cat_file`` of the object that holds the value (one GET, into memory), in the same process, its
+rounds separated by the same untimed work as the hit's (after an idle moment a request on the loopback costs a
+millisecond or so more than in a tight loop). For 256 MB, the same object read with
 ``cat_file`` in 64 MB ranges, the requests nbcache makes, is printed too: moto serves a whole object of that
 size more slowly than its ranges, so there the ratio says more about moto than about nbcache. And, for
 information, s3fs's ``get_file`` of the object into a new local file: the transfer and a local write, as a hit
@@ -23,8 +24,8 @@ this process's cache directory. For information, the same sweep with the team ca
 points (the workers import s3fs and connect): cold (each worker uploads what it stored before its call
 returns), then in a fresh directory, so that every point is a team hit on a worker.
 
-Goals: a 1 KB, 10 MB and 256 MB remote hit <= 1.2x s3fs's cat of the object that holds the value. Cold sweep <= 1.2x plain ``client.map``; cached sweep <= 0.2x cold. About a minute; up to 1.5 GB of memory
-for a moment, as moto puts the 256 MB upload together (this process takes up to 0.9 GB, in s3fs's cat of it).
+Goals: a 1 KB, 10 MB and 256 MB remote hit <= 1.2x s3fs's cat of the object that holds the value. Cold sweep
+<= 1.2x plain ``client.map``; cached sweep <= 0.2x cold. About a minute; up to 1.5 GB of memory for a moment, as moto puts the 256 MB upload together (this process takes up to 0.9 GB, in s3fs's cat of it).
 
 Run it as ``python benchmarks/remote.py``: the steps are pickled to the workers by value, from ``__main__``.
 """

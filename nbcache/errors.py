@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import threading
@@ -51,12 +52,12 @@ class Said:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._count = 0
-        self._messages: list[tuple[int, str]] = []
+        self._messages: collections.deque[tuple[int, str]] = collections.deque(maxlen=self.KEPT)
 
     def add(self, message: str) -> None:
         with self._lock:
             self._count += 1
-            self._messages = [*self._messages[-(self.KEPT - 1):], (self._count, message)]
+            self._messages.append((self._count, message))
 
     def mark(self) -> int:
         """Where the record is now: ``since`` gives what was said after."""

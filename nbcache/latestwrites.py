@@ -3,8 +3,9 @@
 A step's latest ingredients (``Latest``) say what its latest call was made of, so that the next miss can
 tell what changed. A call that stored a result, or could not, writes them at once. A hit leaves them to a
 background worker, which reads what is stored and writes only if it is another key's (the first hit of a
-process knows nothing of what is stored; it is usually the same key), once no hit came for a moment. A newer write of the process wins
-over a background write queued before it; the worker is flushed when the interpreter exits.
+process knows nothing of what is stored; it is usually the same key), once no hit came for a moment. A newer
+write of the process wins over a background write queued before it; the worker is flushed when the interpreter
+exits.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ uploaded in the background. Layout under the URL, per cache format::
 A team-cache hit on a result whose values travel in its entry is one request (the object is read into memory,
 16 MB of values at most, and written into the local store; bigger values are streamed). An entry is uploaded
 after every blob it names, each through a temporary that is committed whole (fsspec's ``autocommit=False``: an
-S3 multipart upload completed at the end, a local file renamed), so a killed upload publishes nothing. Entries and values are signed with the cache's key: a team shares one (``NBCACHE_KEY``), and
-an object signed with another key, or changed, is never unpickled. Credentials come as fsspec takes them (the
+S3 multipart upload completed at the end, a local file renamed), so a killed upload publishes nothing. Entries and
+values are signed with the cache's key: a team shares one (``NBCACHE_KEY``), and an object signed with another
+key, or changed, is never unpickled. Credentials come as fsspec takes them (the
 environment, ``storage_options``) and are never written anywhere by nbcache.
 
 A remote that fails (unreachable, denied, too slow) never fails a step: ``Remote`` says so once, then is left
@@ -71,33 +72,33 @@ class _NotAsListed(Exception):
     """A value on the remote is not the size its entry says (changed, or cut short): it is not used."""
 
 
-class _Ranges(io.RawIOBase):
-    """A remote object of known ``size`` as a file read front to back, ``RANGE`` bytes per request."""
+class _Ranges:
+    """A remote object of known ``size`` as a file read front to back (``read`` only), ``RANGE`` bytes per
+    request."""
 
     def __init__(self, fs: Any, path: str, size: int) -> None:
-        super().__init__()
         self._fs, self._path, self._size = fs, path, size
         self._at = 0  # where the range in ``_chunk`` starts
         self._chunk = memoryview(b"")
         self._used = 0
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
+    def read(self, size: int | None = -1) -> bytes | memoryview:
+        """The next ``size`` bytes at most, as a slice of the range read, not a copy of it (all that is left,
+        as bytes: ``size`` < 0)."""
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(RANGE), b""))
         if self._used == len(self._chunk):
             self._at += len(self._chunk)
             if self._at >= self._size:
-                return 0
+                return b""
             end = min(self._at + RANGE, self._size)
             self._chunk = memoryview(self._fs.cat_file(self._path, start=self._at, end=end))
             self._used = 0
             if len(self._chunk) != end - self._at:
                 raise _NotAsListed(self._path)
-        n = min(len(buffer), len(self._chunk) - self._used)
-        buffer[:n] = self._chunk[self._used:self._used + n]
-        self._used += n
-        return n
+        piece = self._chunk[self._used:self._used + size]
+        self._used += len(piece)
+        return piece
 
 
 @functools.cache

@@ -21,8 +21,8 @@ from .verifier import Verification
 if TYPE_CHECKING:  # (the team cache's modules: imported by the commands that use them)
     from .teamsync import RemoteStep, Transfer
 
-__all__ = ["KERNEL_RUNS_HEADER", "NO_KERNEL_RUNS", "NO_STEPS", "REMOTE_STEPS_HEADER", "STEP_RUNS_HEADER", "STEPS_HEADER",
-           "StepSummary", "collected_text", "html_table", "info_text", "verify_text", "kernel_runs_rows", "printable",
+__all__ = ["KERNEL_RUNS_HEADER", "NO_KERNEL_RUNS", "NO_STEPS", "REMOTE_STEPS_HEADER", "STEP_RUNS_HEADER",
+           "STEPS_HEADER", "StepSummary", "collected_text", "html_table", "info_text", "verify_text", "kernel_runs_rows", "printable",
            "remote_steps_rows", "removed_text", "step_runs_rows", "step_summaries", "steps_rows", "table_bundle",
            "text_table", "transfer_problems", "transfer_text", "when", "why_text"]
 
@@ -225,9 +225,9 @@ def transfer_problems(done: Transfer, *, pushed: bool) -> list[str]:
                         " key, or changed since it was stored); nothing of them was downloaded or loaded. Is"
                         " NBCACHE_KEY the team's key?")
     if done.unreadable:
-        problems.append(f"{_plural(done.unreadable, 'entry')} of the team cache not pulled: not readable (damaged, or"
-                        " not written by nbcache), and nothing of them loaded; a step that needs one computes its"
-                        " result, and its upload replaces the entry")
+        problems.append(f"{_plural(done.unreadable, 'entry', 'entries')} of the team cache not pulled: not readable"
+                        " (damaged, or not written by nbcache), and nothing of them loaded; a step that needs one"
+                        " computes its result, and its upload replaces the entry")
     if done.incomplete:
         where = "missing here (nbcache verify says which)" if pushed else "missing from the team cache"
         problems.append(f"{_plural(done.incomplete, 'result')} not {'pushed' if pushed else 'pulled'}: a value of"
@@ -235,5 +235,5 @@ def transfer_problems(done: Transfer, *, pushed: bool) -> list[str]:
     return problems
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun if count == 1 else noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"
+def _plural(count: int, noun: str, nouns: str = "") -> str:
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"

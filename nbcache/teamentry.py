@@ -21,13 +21,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-__all__ = ["INLINE", "MAGIC", "TAIL", "TeamEntry", "Unreadable", "read_record"]
+__all__ = ["INLINE", "MAGIC", "MAX_RECORD", "TAIL", "TeamEntry", "Unreadable", "read_record"]
 
 INLINE = 16 << 20  # a result's values up to this many bytes in all travel inside its entry's object
 TAIL = 64 << 10  # the bytes read from an entry object's end to find its record (most records are a few KB)
 MAGIC = b"NBCTEAM1"
 _TRAILER = 16  # the record's length, then MAGIC
-_MAX_RECORD = 16 << 20  # far above any real record: a length beyond it is damage, not a record to read
+MAX_RECORD = 16 << 20  # far above any real record: a length beyond it is damage, not a record to read
 
 
 class Unreadable(Exception):
@@ -93,7 +93,7 @@ def read_record(tail: bytes, size: int | None) -> TeamEntry | int:
             raise Unreadable("it is not an entry nbcache wrote")
         return found
     length = int.from_bytes(tail[-_TRAILER:-len(MAGIC)], "big")
-    if length > _MAX_RECORD or (size is not None and length + _TRAILER > size):
+    if length > MAX_RECORD or (size is not None and length + _TRAILER > size):
         raise Unreadable("it is cut short")
     if length + _TRAILER > len(tail):
         return length + _TRAILER

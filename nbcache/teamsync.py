@@ -18,12 +18,11 @@ from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
 from .cache import Cache
-from .diskfiles import MAX_TEXT_BYTES
 from .entry import Entry
 from .frame import Damaged
 from .remote import Remote, RemoteError, shown
 from .teamcache import upload
-from .teamentry import TAIL, TeamEntry, Unreadable, read_record
+from .teamentry import MAX_RECORD, TAIL, TeamEntry, Unreadable, read_record
 
 __all__ = ["READ_BATCH", "RemoteStep", "Transfer", "pull", "push", "remote_steps"]
 
@@ -180,7 +179,7 @@ def _record(remote: Remote, path: str, tail: bytes) -> TeamEntry | None:
         except Unreadable:
             if size is not None:
                 return None
-            data = remote.fs.cat_file(path, start=0, end=MAX_TEXT_BYTES + 1)  # (a record alone, as written before
+            data = remote.fs.cat_file(path, start=0, end=MAX_RECORD + 1)  # (a record alone, as written before
             found = read_record(data, len(data))  # values travelled inline; a longer one is not an entry)
     except Unreadable:
         return None
