@@ -38,7 +38,7 @@ from .errors import NBCacheError, warn
 from .key import CACHE_FORMAT
 from .teamentry import TeamEntry, Unreadable, read_record
 
-__all__ = ["REMOTE_ENV", "RETRY_S", "Remote", "RemoteError", "author", "shown", "size_of"]
+__all__ = ["REMOTE_ENV", "RETRY_S", "Remote", "RemoteError", "author", "bytes_of", "shown", "size_of"]
 
 REMOTE_ENV = "NBCACHE_REMOTE"
 TIMEOUT_ENV = "NBCACHE_REMOTE_TIMEOUT"
@@ -66,6 +66,11 @@ def size_of(source: bytes | BinaryIO) -> int:
         end = source.seek(0, os.SEEK_END)
         source.seek(here)
         return end - here
+
+
+def bytes_of(source: bytes | BinaryIO) -> bytes:
+    """The bytes of a blob to upload, read whole (``source`` as ``Store.open_blob`` gives it)."""
+    return bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else source.read()
 
 
 class _NotAsListed(Exception):
@@ -276,9 +281,8 @@ class Remote:
                 self._damaged.discard(address)
                 return True
             if self._create and size_of(source) <= SINGLE_PUT:
-                data = source if isinstance(source, (bytes, bytearray, memoryview)) else source.read()
                 try:
-                    self.fs.pipe_file(path, bytes(data), mode="create")
+                    self.fs.pipe_file(path, bytes_of(source), mode="create")
                 except FileExistsError:
                     pass  # (stored by someone else: the same bytes)
                 return True

@@ -16,7 +16,7 @@ from .background import Worker
 from .entry import Entry
 from .errors import warn
 from .frame import Damaged
-from .remote import REMOTE_ENV, Remote, RemoteError, author, size_of
+from .remote import REMOTE_ENV, Remote, RemoteError, author, bytes_of, size_of
 from .store import Store
 from .teamentry import INLINE, TeamEntry
 
@@ -147,8 +147,7 @@ def upload(remote: Remote, store: Store, key: str, entry: Entry, at: str,
         try:
             size = sizes[address] = size_of(source)
             if size <= room:
-                carried[address] = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) \
-                    else source.read()
+                carried[address] = bytes_of(source)
                 room -= size
                 sent[address] = size
             elif address not in there:
