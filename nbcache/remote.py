@@ -195,10 +195,13 @@ class Remote:
         self._down_until = 0.0
         self._damaged: set[str] = set()  # blobs whose copy on the remote was found damaged (``distrust``)
 
+    def failure(self, doing: str, exc: BaseException) -> RemoteError:
+        """The error a command reports when this remote failed while ``doing`` (credentials left out)."""
+        return RemoteError(f"the team cache {self.url} failed while {doing}: {type(exc).__name__}: {shown(str(exc))}")
+
     def _failed(self, doing: str, exc: BaseException) -> None:
         if self.strict:
-            raise RemoteError(f"the team cache {self.url} failed while {doing}: {type(exc).__name__}:"
-                              f" {shown(str(exc))}") from exc
+            raise self.failure(doing, exc) from exc
         with self._lock:
             was_up = self.available
             self._down_until = time.monotonic() + RETRY_S

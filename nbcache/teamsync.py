@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 from .cache import Cache
 from .entry import Entry
 from .frame import Damaged
-from .remote import Remote, RemoteError, shown
+from .remote import Remote
 from .teamcache import upload
 from .teamentry import MAX_RECORD, TAIL, TeamEntry, Unreadable, read_record
 
@@ -145,7 +145,7 @@ def _names(remote: Remote, kind: str) -> set[str]:
     try:
         found = remote.fs.find(f"{remote.root}/{kind}")
     except Exception as exc:
-        raise _failure(remote, f"listing its {kind}", exc) from exc
+        raise remote.failure(f"listing its {kind}", exc) from exc
     names = (path.rsplit("/", 1)[-1] for path in found)
     return {name for name in names if name and not name.startswith(".")}
 
@@ -159,12 +159,12 @@ def _read_entries(remote: Remote, keys: Iterable[str]) -> Iterator[tuple[str, Te
         try:
             found = remote.fs.cat(paths, start=-TAIL, on_error="return")
         except Exception as exc:
-            raise _failure(remote, "reading its entries", exc) from exc
+            raise remote.failure("reading its entries", exc) from exc
         for path, data in found.items():
             if isinstance(data, FileNotFoundError):
                 continue  # (removed since it was listed)
             if isinstance(data, BaseException):
-                raise _failure(remote, "reading its entries", data) from data
+                raise remote.failure("reading its entries", data) from data
             yield path.rsplit("/", 1)[-1], _record(remote, path, data)
 
 
@@ -184,7 +184,7 @@ def _record(remote: Remote, path: str, tail: bytes) -> TeamEntry | None:
     except Unreadable:
         return None
     except Exception as exc:
-        raise _failure(remote, "reading its entries", exc) from exc
+        raise remote.failure("reading its entries", exc) from exc
     return found if isinstance(found, TeamEntry) else None
 
 
@@ -194,10 +194,6 @@ def _entry_of(found: TeamEntry | None) -> Entry | None:
         return None if found is None else Entry.from_json(found.entry)
     except Damaged:
         return None
-
-
-def _failure(remote: Remote, doing: str, exc: BaseException) -> RemoteError:
-    return RemoteError(f"the team cache {remote.url} failed while {doing}: {type(exc).__name__}: {shown(str(exc))}")
 
 
 def _iso(seconds: float) -> str:
