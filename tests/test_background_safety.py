@@ -136,12 +136,23 @@ def test_a_value_that_cannot_be_mapped_is_read_instead(cache_dir, monkeypatch):
 def test_setting_the_cache_directory_again_opens_nothing_more(cache_dir):
     nbcache.step(lambda x: x, name="s")(1)
 
-    def open_files() -> int:
+    def open_files() -> list[str]:
+        """The files of this cache directory the process holds open (other tests' leftovers, pytest-xdist's
+        own channels and Python's may come and go meanwhile: only this cache's count)."""
         nbcache.cache.default_cache()._warming.wait()
-        return len(os.listdir("/proc/self/fd"))
+        held = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:  # closed since listed
+                continue
+            if target.startswith(str(cache_dir)):
+                held.append(target)
+        return sorted(held)
 
     nbcache.set_cache_dir(cache_dir)
     before = open_files()
+    assert before, "the cache holds its index open: the count below would prove nothing"
     for _ in range(20):
         nbcache.set_cache_dir(cache_dir)
     assert open_files() == before

@@ -81,7 +81,7 @@ def test_when_the_computing_process_is_killed_a_waiting_one_computes(tmp_path):
     assert len(log.read_text().split()) == 2
 
 
-def test_threads_calling_one_key_run_its_body_once():
+def test_threads_calling_one_key_run_its_body_once(cache_dir):
     ran = []
     cache = Cache(store=MemoryStore())
 
