@@ -68,7 +68,10 @@ class Cache:
         self.background = shared_worker()
         self.latest = LatestWrites(self.background)  # what each step's latest record holds, as this process knows
         self._sealed: dict[str, Entry] = {}  # the entry last found sealed for each key
-        self._computing = threading.local()  # .keys: the keys this thread is computing, holding their locks
+        # the keys each thread is computing, holding their locks, by thread id. (No ``threading.local``: on
+        # Python < 3.11.9 freeing one in a collection run inside ``sys._current_frames()``, which Dask's
+        # profiler calls, deadlocks the process: CPython gh-106883.)
+        self._computing: dict[int, set[str]] = {}
         self.verifier = Verifier(self.background)  # checks the buffers of big values hits mapped
         self.carry = Carry()  # the content addresses restored arrays carry to the next step
         self._warming = Warming()  # opening the store ahead of the first call (``warm``)
@@ -259,10 +262,7 @@ class Cache:
 
     def keys_computing(self) -> set[str]:
         """The keys this thread is computing now (their bodies running, their locks held)."""
-        keys = getattr(self._computing, "keys", None)
-        if keys is None:
-            keys = self._computing.keys = set()
-        return keys
+        return self._computing.setdefault(threading.get_ident(), set())
 
     def is_signed(self, store: Store, address: str) -> bool:
         """Whether the blob at ``address`` is intact and signed with this cache's key (read without its

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from .background import Worker
 from .entry import Entry
 from .errors import warn
+from .forksafe import ForkSafeLock
 from .frame import Damaged
 from .remote import REMOTE_ENV, Remote, RemoteError, author, bytes_of, size_of
 from .store import Store
@@ -36,6 +37,7 @@ class TeamCache:
         self._remote: Remote | None = None
         self._from_env: str | None = None
         self._uploads: Worker | None = None
+        self._uploads_lock = ForkSafeLock()  # (threads storing at once make one worker, not one each)
         self._queue_full_said = False
 
     def set(self, url: str | None, storage_options: dict[str, Any]) -> None:
@@ -113,15 +115,17 @@ class TeamCache:
         if remote is None:
             return
         at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        if self._uploads is None:
-            self._uploads = Worker("nbcache-upload", flush_at_exit=True, flush_s=UPLOAD_FLUSH_S)
-        if self._uploads.pending >= UPLOAD_QUEUE_MAX:  # (a bounded queue: the remote is slower than the steps)
+        with self._uploads_lock:
+            if self._uploads is None:
+                self._uploads = Worker("nbcache-upload", flush_at_exit=True, flush_s=UPLOAD_FLUSH_S)
+            uploads = self._uploads
+        if uploads.pending >= UPLOAD_QUEUE_MAX:  # (a bounded queue: the remote is slower than the steps)
             if not self._queue_full_said:
                 self._queue_full_said = True
                 warn(f"nbcache: {UPLOAD_QUEUE_MAX} uploads to the team cache {remote.url} are waiting; results"
                      " stored meanwhile stay local: `nbcache push` uploads them")
             return
-        self._uploads.submit(lambda: self._push(remote, store, key, entry, at))
+        uploads.submit(lambda: self._push(remote, store, key, entry, at))
 
     def _push(self, remote: Remote, store: Store, key: str, entry: Entry, at: str) -> None:
         if remote.available:

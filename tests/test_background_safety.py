@@ -203,3 +203,59 @@ def test_verify_makes_no_key_and_never_removes_what_another_key_signed(tmp_path,
     assert "not signed with your key" in out and out.strip().endswith("5")
     assert [e.step for _, e in nbcache.Cache(directory, key=mine).store().entries()] == ["one"]  # kept
     del cli, capsys
+
+
+def test_nothing_of_a_cache_is_a_threading_local(tmp_path):
+    """Python before 3.11.9 deadlocks when a ``threading.local`` is freed by a collection that runs inside
+    ``sys._current_frames()`` (CPython gh-106883), which Dask's profiler calls every few milliseconds on a
+    worker; a Cache, dropped in a reference cycle, would free its own. None of the objects a Cache holds (after
+    calls on two threads) is one: the hang seen in a cluster test cannot come from nbcache."""
+    import gc
+
+    cache = nbcache.Cache(tmp_path / "c")
+    inc = nbcache.step(cache=cache, name="inc")(lambda x: x + 1)
+    worker = threading.Thread(target=inc, args=(1,))
+    worker.start()
+    worker.join()
+    assert inc(2) == 3
+    seen, todo, found = {id(cache)}, [cache], []
+    while todo:
+        obj = todo.pop()
+        for ref in gc.get_referents(obj):
+            if isinstance(ref, threading.local):
+                found.append(type(obj).__qualname__)
+            mine = type(ref).__module__.startswith("nbcache") or isinstance(ref, (dict, list, tuple, set))
+            if mine and id(ref) not in seen and not isinstance(ref, type):
+                seen.add(id(ref))
+                todo.append(ref)
+    assert found == []
+
+
+def test_threads_storing_at_once_share_one_upload_queue(tmp_path, monkeypatch):
+    """Two threads storing their first results at the same moment used to make an upload worker each; the
+    second replaced the first, so the first thread's ``flush`` waited on the wrong queue and returned before
+    its upload was done (a Dask worker's call then returned with its result not yet in the team cache)."""
+    import time
+
+    from nbcache import teamcache
+
+    made = []
+
+    class SlowWorker(teamcache.Worker):
+        def __init__(self, *args, **kwargs):
+            time.sleep(0.05)  # (widens the moment between finding none and keeping the new one)
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(teamcache, "Worker", SlowWorker)
+    cache = nbcache.Cache(tmp_path / "c")
+    cache.team.set(str(tmp_path / "team"), {})
+    double = nbcache.step(cache=cache, name="double")(lambda x: 2 * x)
+    threads = [threading.Thread(target=double, args=(n,)) for n in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1
+    assert cache.team.flush(30)
+    assert len(list((tmp_path / "team").glob("v*/entries/*"))) == 2  # (both uploaded: one per result)
