@@ -30,11 +30,12 @@ from .keys import load_key, parse_key
 from .latestwrites import LatestWrites
 from .records import StepRun
 from .store import Store
-from .verifier import Verification, Verifier, verify_lazily, verify_store
+from .verifier import Verifier, verify_lazily
 from .warming import WAIT_S, Warming
 
 if TYPE_CHECKING:
     from .teamcache import TeamCache
+    from .verifystore import Verification
 
 __all__ = ["Cache", "default_cache", "cache_dir", "set_cache_dir"]
 
@@ -251,14 +252,11 @@ class Cache:
         """Read every stored result whole and check it (entries' seals, values' signatures and buffers),
         unpickling nothing; ``remove``: remove the results that are damaged (not those signed with another
         key), so they are recomputed."""
+        from .verifystore import remove_damaged, verify_store  # (`nbcache verify`: not on a hit's path)
+
         self.verifier.drain()
-        store = self.store()
-        found = verify_store(store, self.key, self.check_seal)
-        if remove:  # (not what another key signed: a team's results, or this user's under another key)
-            damaged = [p for p in found.problems if not p.foreign]
-            for key in {p.key for p in damaged}:
-                store.delete(key, [p.address for p in damaged if p.key == key and p.address])
-        return found
+        found = verify_store(store := self.store(), self.key, self.check_seal)
+        return remove_damaged(store, found) if remove else found
 
     def keys_computing(self) -> set[str]:
         """The keys this thread is computing now (their bodies running, their locks held)."""

@@ -15,7 +15,7 @@ import contextlib
 import os
 import time
 from datetime import datetime
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from . import ambient
 from .audit import unobserved, watched
@@ -28,9 +28,11 @@ from .hashing import Walk, hash_value
 from .keeping import Keeping
 from .serving import MISS, Serving
 from .key import make_key
-from .observe import Observer
 from .records import SESSION, Change, Outcome, StepRun, describe_error
 from .store import Store
+
+if TYPE_CHECKING:
+    from .observe import Observer
 
 __all__ = ["StepCall", "MISS", "addresses_of"]
 
@@ -245,6 +247,8 @@ class StepCall(Serving, Keeping):
 
     def observe(self, bound: frozenset[str] = frozenset()) -> Observer:
         """An observer of this call's run (what it reads, writes, draws, changes); ``bound``: what it binds."""
+        from .observe import Observer  # (a run's: a hit never imports it)
+
         self.observer = Observer(self.store.location or os.devnull, self.namespace, bound,
                                  renders=self.kind == "cell")
         return self.observer

@@ -8,12 +8,14 @@ follows the body, ``watching`` the observer around it.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .errors import CacheWarning
 from .errors import warn as _warn
-from .observe import Observer
 from .records import StepRun, describe_error
+
+if TYPE_CHECKING:
+    from .observe import Observer
 
 __all__ = ["Keeping"]
 

@@ -14,13 +14,13 @@ import functools
 import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .audit import unobserved
+from .audit import inherit, unobserved
+from .checks import first_failure
 from .cache import Cache
 from .entry import Entry, Latest
 from .errors import warn as _warn
 from .explain import FORMAT_CHANGED, changes_since, render
 from .frame import Damaged
-from .observe import first_failure, inherit
 from .records import Change, ChangeKind, Outcome
 from .store import Store
 

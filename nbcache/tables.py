@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from .explain import describe_last_change
 from .records import StepRun, format_bytes, format_seconds
 from .store import Collected, StoreStats
-from .verifier import Verification
+from .verifystore import Verification
 
 if TYPE_CHECKING:  # (the team cache's modules: imported by the commands that use them)
     from .teamsync import RemoteStep, Transfer

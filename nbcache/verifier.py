@@ -1,5 +1,5 @@
-"""Checking what a hit did not read: the buffers of mapped values, in the background, and the whole store
-on demand (``nbcache verify``, as ``git fsck`` checks a repository).
+"""Checking what a hit did not read: the buffers of mapped values, in the background (the whole store is
+checked on demand by ``verifystore.py``).
 
 A big value is served by mapping its file (``frameread.py``): its signed head and pickle are checked before
 it is unpickled, its raw buffers are not read at all, which is what makes a hit cost the same whatever its
@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from .background import Worker, exiting
 from .errors import warn
-from .frameformat import Damaged, NotSigned
-from .frameread import Unchecked, verify_frame
-from .store import Store
+from .frameformat import Damaged
+from .frameread import Unchecked
 
-__all__ = ["DELAY_S", "Problem", "Verification", "Verifier", "verify_lazily", "verify_store"]
+__all__ = ["DELAY_S", "Verifier", "verify_lazily"]
 
 DELAY_S = 0.05  # how long after a hit its mapped values start being checked
 
@@ -88,55 +86,3 @@ class Verifier:
             self._intact.add(unchecked.identity)
         else:
             on_damage(problem)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A stored result that is not intact: the entry's cache key and step, the value (its address; empty
-    for the entry itself) and what is wrong."""
-
-    key: str
-    step: str
-    address: str
-    what: str
-    foreign: bool = False  # not signed with this key (another key's, or altered), rather than damaged
-
-
-@dataclass(frozen=True)
-class Verification:
-    """What ``nbcache verify`` found: how many entries and values it read, and the problems."""
-
-    entries: int
-    values: int
-    problems: tuple[Problem, ...]
-
-
-def verify_store(store: Store, key: bytes, check_seal: Callable[[str, Any], None]) -> Verification:
-    """Check every result of ``store`` under ``key``: entries whose seal does not match, values that are
-    missing, not signed with ``key`` under their name, or whose buffers fail their digests (each value read
-    whole, never unpickled)."""
-    checked: dict[str, str | None] = {}
-    problems, entries = [], 0
-    for cache_key, entry in store.entries():
-        entries += 1
-        try:
-            check_seal(cache_key, entry)
-        except Exception as exc:
-            problems.append(Problem(cache_key, entry.step, "", str(exc), isinstance(exc, NotSigned)))
-            continue
-        for address in entry.blobs:
-            if address not in checked:
-                checked[address] = _value_problem(store, key, address)
-            problem = checked[address]
-            if problem is not None:
-                problems.append(Problem(cache_key, entry.step, address, str(problem) or type(problem).__name__,
-                                        isinstance(problem, NotSigned)))
-    return Verification(entries, len(checked), tuple(problems))
-
-
-def _value_problem(store: Store, key: bytes, address: str) -> Exception | None:
-    try:
-        source = store.open_blob(address)
-        return Damaged("it is missing") if source is None else verify_frame(source, key=key, name=address)
-    except Exception as exc:  # (Damaged: the index points at something that is no value file)
-        return exc

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("key", {"key"}),
     ("store", {"records", "history", "pickler", "frameformat", "frameread", "frame", "keys", "entry", "store", "diskfiles", "diskgc", "diskerrors",
                "eviction", "diskevict", "diskstore", "teamentry", "remote"}),
-    ("cached call", {"events", "explain", "background", "verifier", "carry", "latestwrites", "warming", "teamcache", "cache", "teamsync", "keeping", "serving", "cachedcall"}),
+    ("cached call", {"events", "explain", "background", "verifier", "verifystore", "carry", "latestwrites", "warming", "teamcache", "cache", "teamsync", "keeping", "serving", "cachedcall"}),
     ("step and magics", {"cluster", "step", "capture", "cellnames", "cellvars", "tables", "cellstep", "magics"}),
     ("graph", {"graph"}),
     ("widget and cli", {"widget", "cli", "__init__"}),
@@ -31,8 +31,10 @@ MAX_LINES = 360  # "about 350"
 # once the user's code has imported that library; the widget and the magics, imported when a lineage is first
 # asked for or the extension loaded; the graph (and graphviz), for `nbcache graph` only; the disk store (diskcache,
 # SQLite), when a cache first opens its directory; the team cache (and fsspec), at the first miss; the cluster
-# (and socket, distributed), when a step is first submitted.
-DEFERRED = {("cache", "diskstore"), ("cache", "teamcache"), ("hashing", "importlib"), ("__init__", "widget"), ("__init__", "magics"), ("cli", "graph"), ("step", "cluster")}
+# (and socket, distributed), when a step is first submitted; checking a whole store, for `nbcache verify` only;
+# the observer of a run, on a miss (a hit never runs the body).
+DEFERRED = {("cache", "diskstore"), ("cache", "teamcache"), ("hashing", "importlib"), ("__init__", "widget"), ("__init__", "magics"), ("cli", "graph"), ("step", "cluster"), ("cache", "verifystore"),
+            ("cachedcall", "observe")}
 
 
 def _modules() -> dict[str, ast.Module]:
