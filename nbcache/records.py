@@ -64,6 +64,8 @@ class ChangeKind(enum.Enum):
     READ = "read"  # something its run read, checked on lookup: ``name`` says what, in words
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode  # (json.dumps makes an encoder per call: a hit's µs)
+
 @dataclass(frozen=True)
 class Change:
     """One thing that differs from a step's latest run."""
@@ -156,7 +158,7 @@ class StepRun:
         record["started_at"] = self.started_at.isoformat()
         record["state"] = self.state.value if self.state is not None else None
         record["changes"] = [c.to_json() for c in self.changes]
-        return json.dumps(record, separators=(",", ":"))
+        return _COMPACT(record)
 
     @classmethod
     def from_json(cls, line: str | bytes) -> StepRun:

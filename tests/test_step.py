@@ -531,3 +531,48 @@ def test_a_step_that_changes_its_argument_in_place_is_warned_about(cache_dir):
         return model.norm
 
     assert use(Model()) == 3
+
+
+def _bound_by_inspect(func, args, kwargs):
+    import inspect
+
+    bound = inspect.signature(func).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return list(bound.arguments.items()), bound.args, bound.kwargs
+
+
+@pytest.mark.parametrize("args, kwargs", [
+    ((1,), {}), ((1, 3), {}), ((1,), {"b": 3}), ((), {"a": 1}), ((), {"b": 3, "a": 1}), ((1, 3, 4), {}),
+    ((1,), {"a": 2}), ((), {}), ((1,), {"c": 3}), ((), {"b": 3}),
+])
+def test_a_call_binds_its_arguments_as_inspect_does_or_fails_as_the_function_would(cache_dir, args, kwargs):
+    """Plain parameters are bound without inspect (a hit's few microseconds): the arguments, their order (which
+    the key hashes in) and the errors must be exactly inspect's, so that no key changes and no call is let by."""
+    def f(a, b=2):
+        return (a, b)
+
+    s = step(f, name="f")
+    try:
+        expected = _bound_by_inspect(f, args, kwargs)
+    except TypeError as exc:
+        with pytest.raises(TypeError, match=f"^f\\(\\) {exc}$"):
+            s._bind(args, kwargs)
+        with pytest.raises(TypeError, match=f"^f\\(\\) {exc}$"):
+            s(*args, **kwargs)
+        return
+    bound = s._bind(args, kwargs)
+    assert (list(bound.arguments.items()), bound.args, bound.kwargs) == expected
+    assert s(*args, **kwargs) == f(*args, **kwargs) == s(*args, **kwargs)
+    assert nbcache.runs("f")[-1].cached
+
+
+def test_other_signatures_bind_through_inspect(cache_dir):
+    def g(a, /, b, *rest, c=3, **more):
+        return (a, b, rest, c, more)
+
+    s = step(g, name="g")
+    assert s._plain is None
+    assert s(1, 2, 5, c=4, d=6) == (1, 2, (5,), 4, {"d": 6}) == s(1, 2, 5, c=4, d=6)
+    assert nbcache.runs("g")[-1].cached
+    with pytest.raises(TypeError, match="^g\\(\\) missing a required argument: 'b'"):
+        s(1)
