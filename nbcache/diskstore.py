@@ -37,7 +37,7 @@ import diskcache
 
 from .diskerrors import StoreError, describe
 from .diskevict import Recency, candidates, last_used
-from .diskfiles import Modes, _FrameDisk, make_dir, make_file, open_append, shared_from_env
+from .diskfiles import Modes, _FrameDisk, entry_texts, make_dir, make_file, open_append, shared_from_env
 from .diskgc import GRACE_S, collect, disk_usage
 from .entry import Entry, Latest
 from .eviction import beyond_last, choose_victims
@@ -192,10 +192,9 @@ class DiskStore:
             return None
 
     def entries(self) -> Iterator[tuple[str, Entry]]:
-        for name in self._names("entry:"):
-            entry = self._read_entry(name)
-            if entry is not None:
-                yield name[6:], entry
+        for name, text in entry_texts(self._cache):
+            with contextlib.suppress(Damaged):
+                yield name[6:], Entry.from_json(text)
 
     def clear(self, step: str | None = None, *, older_than_s: float | None = None,
               keep_last: int | None = None) -> int:

@@ -295,3 +295,23 @@ def test_a_malformed_entry_is_damage_repaired_with_one_warning(cache_dir, text):
     assert len(record) == 1
     assert nbcache.runs()[-1].reason == "cached result was damaged"
     assert double(4) == 8 and nbcache.runs()[-1].cached
+
+
+def test_entries_are_listed_in_the_order_stored_across_the_reads_in_batches(store):
+    """``entries()`` reads the index a batch of rows at a time (``nbcache ls`` on 50,000 entries): every entry
+    comes once, in the order stored, whatever the batch, with values and history rows mixed in between."""
+    from nbcache.diskfiles import entry_texts
+
+    names = [f"k{i:02d}" for i in (7, 3, 9, 1, 0, 5, 8, 2, 6, 4)]
+    def entry(step: str, address: str) -> Entry:
+        return Entry(step=step, kind="function", outputs=(address,), blobs=(address,), sizes={address: 1},
+                     created_at=1.0, duration_s=0.5)
+
+    for n, name in enumerate(names):
+        store.put_entry(name, entry(f"s{n % 3}", f"b{n}"))
+        store.put_blob(f"b{n}", Frame(n, key=KEY))  # (rows that are no entries, in between)
+    store.put_entry("k03", entry("again", "b1"))  # (replaced: still listed once, where it was)
+    assert [key for key, _ in store.entries()] == names
+    assert dict(store.entries())["k03"].step == "again"
+    for batch in (1, 2, 3, 10, 11):
+        assert [name[6:] for name, _ in entry_texts(store._cache, batch=batch)] == names
