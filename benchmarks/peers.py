@@ -194,6 +194,7 @@ def hamilton_driver(module: Any, cache_dir: str) -> tuple[Any, dict[str, list[fl
 def run_child(tool: str, pipeline_dir: Path, cache_dir: Path) -> dict[str, Any]:
     env = dict(os.environ, PEERS_CACHE_DIR=str(cache_dir), NBCACHE_DIR=str(cache_dir),
                HAMILTON_TELEMETRY_ENABLED="false")  # (older Hamilton releases phone home unless told not to)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # (the tools' byte-code is read as an installed package's is)
     proc = subprocess.run([sys.executable, __file__, "--child", tool, str(pipeline_dir)],
                           env=env, cwd=str(pipeline_dir), capture_output=True, text=True, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
