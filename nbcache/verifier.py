@@ -18,7 +18,6 @@ from typing import Callable
 
 from .background import Worker, exiting
 from .errors import warn
-from .frameformat import Damaged
 from .frameread import Unchecked
 
 __all__ = ["DELAY_S", "Verifier", "verify_lazily"]

@@ -20,7 +20,7 @@ import graphviz
 import ipywidgets as widgets
 
 from .cache import Cache, default_cache
-from .graph import (DOT_HELP, DRAWN_MAX, DotMissing, Lineage, Node, State, build, check_limit, recent, render_svg,
+from .graph import (DOT_HELP, DRAWN_MAX, DotMissing, Lineage, Node, build, check_limit, recent, render_svg,
                     runs_table_html, to_dot)
 from .records import StepRun, format_bytes, format_seconds
 
