@@ -66,6 +66,7 @@ class ChangeKind(enum.Enum):
 
 _COMPACT = json.JSONEncoder(separators=(",", ":")).encode  # (json.dumps makes an encoder per call: a hit's µs)
 
+
 @dataclass(frozen=True)
 class Change:
     """One thing that differs from a step's latest run."""

@@ -115,7 +115,7 @@ class Step:
         if plain is not None and len(args) <= len(plain[0]):
             names, defaults = plain
             given = dict(zip(names, args))
-            if not any(name in given or (name not in defaults and name not in names) for name in kwargs):
+            if not any(name in given or name not in names for name in kwargs):
                 given.update(kwargs)
                 if all(name in given or name in defaults for name in names):
                     return inspect.BoundArguments(self._signature, {name: given[name] if name in given

@@ -209,7 +209,8 @@ def test_nothing_of_a_cache_is_a_threading_local(tmp_path):
     """Python before 3.11.9 deadlocks when a ``threading.local`` is freed by a collection that runs inside
     ``sys._current_frames()`` (CPython gh-106883), which Dask's profiler calls every few milliseconds on a
     worker; a Cache, dropped in a reference cycle, would free its own. None of the objects a Cache holds (after
-    calls on two threads) is one: the hang seen in a cluster test cannot come from nbcache."""
+    calls on two threads) is one (a library's, such as diskcache's, may: docs/team.md tells users of old
+    Pythons to turn the profiler off)."""
     import gc
 
     cache = nbcache.Cache(tmp_path / "c")

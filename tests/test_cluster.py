@@ -20,6 +20,18 @@ from nbcache import Cache, MemoryStore
 
 from .moto_s3 import bucket, endpoint  # noqa: F401  (the moto server and a fresh bucket)
 
+
+@pytest.fixture(autouse=True)
+def _no_dask_profiler():
+    """Dask's profiler off for the workers these tests run in this process: on Python before 3.11.9 (CI's is
+    3.11.7), a collection inside its ``sys._current_frames()`` that frees a ``threading.local`` deadlocks the
+    process (CPython gh-106883; docs/team.md says so). nbcache's own objects hold none (tested in
+    test_background_safety.py), but libraries' do, diskcache's among them, and these tests drop many caches."""
+    import dask
+
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        yield
+
 CLIENT = '''
 import json, os, sys
 import nbcache
