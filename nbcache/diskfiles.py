@@ -254,10 +254,10 @@ class _FrameDisk(diskcache.Disk):
 
 
 def entry_texts(cache: diskcache.Cache, batch: int = 2000) -> Iterator[tuple[str, Any]]:
-    """(name, text) of every entry of the index, in the order stored, each read as ``get`` reads it (one whose
-    file is gone meanwhile, or that points outside the cache, is skipped), but ``batch`` rows to a query: a
-    ``get`` each took most of ``nbcache ls`` on 50,000 entries. No query stays open while the caller works on
-    what it yields."""
+    """(name, text) of every entry of the index, in the order stored, each read as ``get`` reads it (None for
+    one whose file is gone, or that points outside the cache), but ``batch`` rows to a query: a ``get`` each
+    took most of ``nbcache ls`` on 50,000 entries. No query stays open while the caller works on what it
+    yields."""
     after = 0
     while True:
         rows = cache._sql("SELECT rowid, key, mode, filename, value FROM Cache WHERE rowid > ? AND raw = 1 AND"
@@ -265,8 +265,8 @@ def entry_texts(cache: diskcache.Cache, batch: int = 2000) -> Iterator[tuple[str
         for rowid, name, mode, filename, value in rows:
             try:
                 text = cache._disk.fetch(mode, filename, value, False)
-            except (OSError, Damaged):  # (removed since the query, as ``get`` finds a missing key; or not ours)
-                continue
+            except (OSError, Damaged):  # (a file gone, as ``get`` finds a missing key; or one that is not ours)
+                text = None
             yield name, text
         if len(rows) < batch:
             return

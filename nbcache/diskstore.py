@@ -185,16 +185,17 @@ class DiskStore:
         # (iterating the index is linear; iterkeys pages with a query that is not: 3 s for 100,000 keys)
         return [name for name in self._cache if isinstance(name, str) and name.startswith(prefix)]
 
-    def _read_entry(self, name: str) -> Entry | None:
-        try:
-            return Entry.from_json(self._cache.get(name))
-        except Damaged:
-            return None
+    def _all_entries(self) -> Iterator[tuple[str, Entry | None]]:
+        """Every entry by key, None for one that does not read (``stats`` counts those, ``evict`` drops them)."""
+        for name, text in entry_texts(self._cache):
+            try:
+                entry = Entry.from_json(text)
+            except Damaged:
+                entry = None
+            yield name[6:], entry
 
     def entries(self) -> Iterator[tuple[str, Entry]]:
-        for name, text in entry_texts(self._cache):
-            with contextlib.suppress(Damaged):
-                yield name[6:], Entry.from_json(text)
+        return ((key, entry) for key, entry in self._all_entries() if entry is not None)
 
     def clear(self, step: str | None = None, *, older_than_s: float | None = None,
               keep_last: int | None = None) -> int:
@@ -245,8 +246,7 @@ class DiskStore:
             if total <= limit_bytes:
                 return 0
             self._recency.flush()  # (the hits noted so far decide what is least recently used)
-            entries = [(name[6:], self._read_entry(name)) for name in self._names("entry:")]
-            found, blob_sizes = candidates(self._cache, entries)
+            found, blob_sizes = candidates(self._cache, list(self._all_entries()))
             victims = choose_victims(found, blob_sizes, total, limit_bytes, keep)
             for key, blobs in victims:
                 self._cache.delete("entry:" + key)
@@ -286,9 +286,8 @@ class DiskStore:
 
     def stats(self) -> StoreStats:
         """``size_bytes`` is what ``du -s`` reports for the directory: every file in it, orphans included."""
-        names = self._names("entry:")
-        readable = sum(1 for name in names if self._read_entry(name) is not None)
-        return StoreStats(str(self.directory), readable, len(names) - readable, disk_usage(self.directory))
+        read = [entry is not None for _, entry in self._all_entries()]
+        return StoreStats(str(self.directory), sum(read), len(read) - sum(read), disk_usage(self.directory))
 
     # single-flight
     @contextlib.contextmanager

@@ -303,6 +303,7 @@ def test_entries_are_listed_in_the_order_stored_across_the_reads_in_batches(stor
     from nbcache.diskfiles import entry_texts
 
     names = [f"k{i:02d}" for i in (7, 3, 9, 1, 0, 5, 8, 2, 6, 4)]
+
     def entry(step: str, address: str) -> Entry:
         return Entry(step=step, kind="function", outputs=(address,), blobs=(address,), sizes={address: 1},
                      created_at=1.0, duration_s=0.5)
