@@ -2,20 +2,20 @@
 ``distributed.LocalCluster``, cold and cached, against the same sweep with plain ``client.map``.
 
 Remote hit: an S3 server from moto (``ThreadedMotoServer``, as in ``tests/test_team.py``) runs on loopback in a
-process of its own, so that it does not share this process's GIL, and s3fs is the client. A step returning
-1 KB, 10 MB or 256 MB of float64 noise is computed once in one cache directory and uploaded (``team.flush()``).
-Then every round calls it in a fresh, empty cache directory (made and opened untimed, as a notebook's is by its
-first step), so the result must come from the team cache, then is served from the local store as a local hit
-(mapped); each round's outcome is checked to be "team hit". A value up to 16 MB (``INLINE``) travels inside its
-entry's object: the hit is one GET, its values then written into the local store; a bigger one is an object of
+process of its own, so that it does not share this process's GIL, and s3fs is the client. A step returning 1 KB,
+10 MB or 256 MB of float64 noise is computed once in one cache directory and uploaded (``team.flush()``). Then every
+round calls it in a fresh, empty cache directory (made and opened untimed, as a notebook's is by its first step), so
+the result must come from the team cache; each round's outcome is checked to be "team hit". A value up to 16 MB
+(``INLINE``) travels inside its entry's object: the hit is one GET, its values loaded from that object in memory,
+then written into the local store in the background (finished between rounds, untimed); a bigger one is an object of
 its own: one GET of the entry, then one per 64 MB of the value, streamed into the local store. The anchor is
 ``S3FileSystem().cat_file`` of the object that holds the value (one GET, into memory), in the same process, its
 rounds separated by the same untimed work as the hit's (after an idle moment a request on the loopback costs a
-millisecond or so more than in a tight loop). For 256 MB, the same object read with
-``cat_file`` in 64 MB ranges, the requests nbcache makes, is printed too: moto serves a whole object of that
-size more slowly than its ranges, so there the ratio says more about moto than about nbcache. And, for
-information, s3fs's ``get_file`` of the object into a new local file: the transfer and a local write, as a hit
-makes them (which the goal's anchor, a cat into memory, does not).
+millisecond or so more than in a tight loop). For 256 MB, the same object read with ``cat_file`` in 64 MB ranges,
+the requests nbcache makes, is printed too: moto serves a whole object of that size more slowly than its ranges, so
+there the ratio says more about moto than about nbcache. And, for information, s3fs's ``get_file`` of the object
+into a new local file: the transfer and a local write, as a hit makes them (which the goal's anchor, a cat into
+memory, does not).
 
 Sweep: two worker processes with one thread each, 20 points of a body that sleeps 0.2 s, through
 ``step.map(client, ...)``; cold in a fresh cache directory, then cached (the same sweep again), and the same
@@ -143,7 +143,8 @@ class FreshDirs:
         self.done()
         self.current = os.path.join(self.root, f"fresh-{next(self.count)}")
         nbcache.set_cache_dir(self.current)
-        nbcache.cache.default_cache().store()  # (a cache that is open already, as after a notebook's first step)
+        # a cache that is open already, its history too, as after a notebook's first step
+        nbcache.cache.default_cache().store().prepare()
 
     def done(self) -> None:
         if self.current is None:

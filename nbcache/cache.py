@@ -156,7 +156,7 @@ class Cache:
         if self._team is None:
             from .teamcache import TeamCache  # (and remote.py: not on `import nbcache`'s path)
 
-            self._team = TeamCache(self.check_seal)
+            self._team = TeamCache(self.check_seal, self.background)
         return self._team
 
     @property
@@ -229,14 +229,15 @@ class Cache:
         store.put_blob(address, frame)
 
     def load(self, store: Store, address: str,
-             mapped: Callable[[Any], tuple[Callable[[str], None], Iterable[tuple[Any, str]]]] | None = None) -> Any:
+             mapped: Callable[[Any], tuple[Callable[[str], None], Iterable[tuple[Any, str]]]] | None = None,
+             data: memoryview | None = None) -> Any:
         """The value of the blob at ``address``; ``None`` is a valid value, so a missing blob raises
         ``KeyError``; a damaged one ``Damaged``. A big value is mapped from its file. Given ``mapped``, its
         buffers are checked in the background (``verifier.py``, once ``verifier.release()`` is called):
         ``mapped(value)`` says what to do if they are not intact (``on_damage(problem)``) and which arrays
         in it carry which content address to the steps they are passed to (``carry.py``); without, they are
-        checked before it is returned."""
-        source = store.open_blob(address)
+        checked before it is returned. ``data``: the blob's bytes, in memory (read from there, all checked)."""
+        source = store.open_blob(address) if data is None else data
         if source is None:
             raise KeyError(address)
         lazy = verify_lazily if mapped is not None else False  # (asked only of a value that is mapped)

@@ -83,12 +83,14 @@ def load_frame(source: bytes | Any, notebook: types.ModuleType | None = None, *,
     return read_frame(source, notebook, key=key, name=name, lazy=False)[0]
 
 
-def read_frame(source: bytes | Any, notebook: types.ModuleType | None = None, *, key: bytes, name: str = "",
-               lazy: bool | Callable[[], bool] = True) -> tuple[Any, Unchecked | None]:
+def read_frame(source: bytes | memoryview | Any, notebook: types.ModuleType | None = None, *, key: bytes,
+               name: str = "", lazy: bool | Callable[[], bool] = True) -> tuple[Any, Unchecked | None]:
     """``load_frame``, but a big value in a file is mapped, and (``lazy``, or what ``lazy()`` says once a
     value is mapped) its buffers' digests are left to check: (the value, what is left to check, or None)."""
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
+    elif isinstance(source, memoryview):
+        source = _InMemory(source)
     elif not hasattr(source, "read"):  # a value of another format in the index (left unpickled)
         raise Damaged("the value is not one nbcache wrote")
     with source as f:
@@ -140,6 +142,42 @@ def _problem(source: bytes | Any, key: bytes, name: str, *, buffers: bool) -> Da
     except Damaged as exc:
         return exc
     return None
+
+
+class _InMemory:
+    """A value's bytes in memory, read as a file without a copy of them (``io.BytesIO`` copies all but
+    ``bytes``): a value a team-cache hit carries is a piece of its entry's object."""
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self._view = memoryview(data).cast("B")
+        self._at = 0
+
+    def __enter__(self) -> _InMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._view.release()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._at, os.SEEK_END: len(self._view)}[whence]
+        self._at = max(0, base + offset)
+        return self._at
+
+    def tell(self) -> int:
+        return self._at
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self._view) if n < 0 else min(len(self._view), self._at + n)
+        data = bytes(self._view[self._at:end])
+        self._at = max(self._at, end)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        n = max(0, min(len(target), len(self._view) - self._at))
+        target[:n] = self._view[self._at:self._at + n]
+        self._at += n
+        return n
 
 
 def _is_file(f: Any) -> bool:

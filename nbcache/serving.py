@@ -3,7 +3,8 @@
 ``lookup`` finds the call's entry, checks its seal and what it read (files, the environment), and loads its
 values; what is damaged or missing is forgotten with a warning and counts as a miss, whose reason ``why``
 tells by comparing the call with its step's latest ingredients. A hit writes nothing itself: the latest
-ingredients and when the entry was used are written later, by ``Cache`` and the store.
+ingredients and when the entry was used are written later, by ``Cache`` and the store, as is a result pulled
+from the team cache (``TeamCache.keep_later``), its carried values loaded from memory first.
 """
 
 from __future__ import annotations
@@ -79,16 +80,22 @@ class Serving:
             entry = self.store.get_entry(self.key)
         except Damaged as exc:
             return MISS, None, self._damaged(exc, ())
+        pulled = None
         if entry is None:
             if self.team_asked:  # (a second look, under the key's lock, is for this machine's other callers)
                 return MISS, None, self.why()
             self.team_asked = True
-            pulled = self.cache.team.pull(self.store, self.key)  # (the team cache: copied here, if there)
+            if self.cache.team.settle(self.key):  # (this process pulled it a moment ago: now written here)
+                with contextlib.suppress(Damaged):
+                    entry = self.store.get_entry(self.key)
+        if entry is None:
+            pulled = self.cache.team.pull(self.store, self.key)  # (the team cache, if it is there)
             if pulled is None:
                 return MISS, None, self.why()
-            self.team, entry = pulled
+            self.team, entry = pulled.found, pulled.entry
         try:
-            self.cache.check_seal(self.key, entry)
+            if pulled is None:  # (a pulled entry's seal was checked as it was read)
+                self.cache.check_seal(self.key, entry)
         except Damaged as exc:  # (not the values it names: they may be other entries', and are checked apart)
             return MISS, None, self._damaged(exc, ())
         changed, refreshed = first_failure(entry.checks, self.namespace)
@@ -98,10 +105,14 @@ class Serving:
         if refreshed:  # files touched but not changed: remember their new stat, not to read them again
             with contextlib.suppress(Exception):
                 entry = self.cache.seal(self.key, dataclasses.replace(entry, checks=refreshed))
-                self.store.put_entry(self.key, entry)
+                if pulled is None:
+                    self.store.put_entry(self.key, entry)
+                else:  # (written after the values it names, which are not here yet)
+                    pulled = dataclasses.replace(pulled, entry=entry)
         inherit(entry.checks)  # a step running this one from its body depends on them too
+        carried = {} if pulled is None else pulled.carried  # (values pulled, in memory: stored once loaded)
         try:
-            values = [self.cache.load(self.store, blob, functools.partial(self._mapped, entry, i))
+            values = [self.cache.load(self.store, blob, functools.partial(self._mapped, entry, i), carried.get(blob))
                       for i, blob in enumerate(entry.blobs)]
         except Damaged as exc:
             self.cache.verifier.discard()  # (nothing was served: what was mapped is not checked)
@@ -113,6 +124,8 @@ class Serving:
             self.cache.verifier.discard()
             raise
         self.cache.verifier.release()  # (the mapped values are checked once all are loaded)
+        if pulled is not None:
+            self.cache.team.keep_later(self.store, self.key, pulled)
         with contextlib.suppress(Exception):  # (in memory, written later: a hit writes nothing, nor fails by it)
             self.cache.remember_latest_later(self.store, self.identity, self.key, self._latest)
             self.store.touch(self.key)

@@ -1,6 +1,10 @@
 """A ``Cache``'s link to its team cache (``remote.py``): which remote it uses, copying a result found there
 into the local store, and uploading what this process stores, in the background.
 
+A hit on the team cache is served before the result is in the local store: the values its entry's object
+carries are loaded from that object in memory, then written into the store, with the entry, on the ``Cache``'s
+background worker (``keep_later``); a call of the same key meanwhile finishes that writing first (``settle``).
+
 The remote is ``set_remote``'s if one was set, else ``NBCACHE_REMOTE``'s (read when first needed; an unusable
 one is said once and ignored). Uploads run on a worker of their own, in the order results were stored; the
 interpreter waits for them when it exits (``UPLOAD_FLUSH_S`` at most); ``flush`` waits for them on demand.
@@ -9,10 +13,13 @@ interpreter waits for them when it exits (``UPLOAD_FLUSH_S`` at most); ``flush``
 from __future__ import annotations
 
 import os
+import threading
+import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from .background import Worker
+from .background import Job, Worker
 from .entry import Entry
 from .errors import warn
 from .forksafe import ForkSafeLock
@@ -21,18 +28,37 @@ from .remote import REMOTE_ENV, Remote, RemoteError, author, bytes_of, size_of
 from .store import Store
 from .teamentry import INLINE, TeamEntry
 
-__all__ = ["TeamCache", "UPLOAD_FLUSH_S", "UPLOAD_QUEUE_MAX", "upload"]
+__all__ = ["Pulled", "TeamCache", "UPLOAD_FLUSH_S", "UPLOAD_QUEUE_MAX", "keep", "upload"]
 
 UPLOAD_FLUSH_S = 60.0  # how long an exiting interpreter waits for its uploads
 UPLOAD_QUEUE_MAX = 1000  # uploads waiting at most; past it, results stay local until ``nbcache push``
+KEEP_DELAY_S = 0.05  # how long after a team-cache hit its result starts being written into the local store
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """A result found in the team cache for a hit: the remote's record of it, its entry (sealed with the
+    cache's key), and the values it carries that the local store lacks, as views of the entry's object, by
+    address (loaded from there, and so checked, before they are written into the store)."""
+
+    found: TeamEntry
+    entry: Entry
+    carried: dict[str, memoryview]
+
+
+class _Unread(Exception):
+    """A value the entry's object carries is needed, and that object was not read."""
 
 
 class TeamCache:
     """The team cache of one ``Cache``, whose ``check_seal(key, entry)`` raises ``Damaged`` for an entry not
-    sealed with its key."""
+    sealed with its key; ``background`` writes the results a hit pulled into the local store."""
 
-    def __init__(self, check_seal: Callable[[str, Entry], None]) -> None:
+    def __init__(self, check_seal: Callable[[str, Entry], None], background: Worker) -> None:
         self._check_seal = check_seal
+        self._background = background
+        self._keeping: dict[str, tuple[Job, Store, Pulled, threading.Event]] = {}  # pulled, being written here
+        self._keep_failed_said = False
         self._chosen = False  # whether set() chose the remote (else it is NBCACHE_REMOTE's)
         self._remote: Remote | None = None
         self._from_env: str | None = None
@@ -67,9 +93,11 @@ class TeamCache:
         return self._remote
 
     # reading
-    def pull(self, store: Store, key: str) -> tuple[TeamEntry, Entry] | None:
-        """Copy the result of ``key`` from the remote into ``store`` (``take``): the remote's record of it and
-        the entry, or None if there is none to use (a foreign or changed entry is refused with a warning)."""
+    def pull(self, store: Store, key: str) -> Pulled | None:
+        """The result of ``key`` from the remote, for a hit (one request, and one per value not carried in its
+        entry's object, copied into ``store`` at once), or None if there is none to use (a foreign or changed
+        entry is refused with a warning). The values it carries that ``store`` lacks are left in memory, and
+        the entry unwritten: the caller loads those from there (``Pulled.carried``), then ``keep_later``."""
         remote = self.remote
         if remote is None:
             return None
@@ -78,35 +106,86 @@ class TeamCache:
             return None
         found, body = got
         try:
-            entry = self.take(remote, store, key, found, body)
+            fetched = self._fetch(remote, store, key, found, body)
         except Damaged as exc:
             warn(f"nbcache: the team cache {remote.url} holds a result for this call that is refused ({exc});"
                  " it is computed here instead")
             return None
-        return None if entry is None else (found, entry)
+        if fetched is None:
+            return None
+        return Pulled(found, *fetched)
+
+    def keep_later(self, store: Store, key: str, pulled: Pulled) -> None:
+        """Write ``pulled``'s carried values, then its entry, into ``store`` in the background (once its values
+        were loaded: what did not verify is never kept). Until then ``settle(key)`` finishes it."""
+        hurry, not_before = threading.Event(), time.monotonic() + KEEP_DELAY_S
+
+        def later() -> None:
+            hurry.wait(max(0.0, not_before - time.monotonic()))
+            self._keep(store, key, pulled)
+
+        self._keeping[key] = (self._background.submit(later), store, pulled, hurry)
+
+    def settle(self, key: str) -> bool:
+        """Finish keeping the result of ``key`` this process pulled, if that is under way (True then: look in
+        the store again)."""
+        keeping = self._keeping.get(key)
+        if keeping is None:
+            return False
+        job, store, pulled, hurry = keeping
+        hurry.set()
+        if job.settle():  # (taken back from the queue: done here)
+            self._keep(store, key, pulled)
+        return True
+
+    def _keep(self, store: Store, key: str, pulled: Pulled) -> None:
+        try:
+            keep(store, key, pulled.entry, pulled.carried)
+        except Exception as exc:  # (served already: it is looked for in the team cache again when next needed)
+            if not self._keep_failed_said:
+                self._keep_failed_said = True
+                warn(f"nbcache: a result served from the team cache could not be written into the local cache"
+                     f" ({type(exc).__name__}: {exc}); it is fetched again when it is next needed")
+        finally:
+            if self._keeping.get(key, (None, None, None, None))[2] is pulled:  # (not a later pull's)
+                self._keeping.pop(key, None)
 
     def take(self, remote: Remote, store: Store, key: str, found: TeamEntry, body: bytes | None = None) -> Entry | None:
         """Copy ``found``, the remote's record of ``key``, into ``store``: the values ``store`` lacks, then the
         entry. ``body``: the entry's whole object (if it is not given, and a value it carries is needed, it is
         read). The entry, or None if a value could not be copied (no entry then); ``Damaged`` (nothing copied)
-        if the entry is not sealed with this cache's key, or was changed since. ``nbcache pull`` uses it too."""
+        if the entry is not sealed with this cache's key, or was changed since. ``nbcache pull`` uses it."""
+        try:
+            fetched = self._fetch(remote, store, key, found, body)
+        except _Unread:
+            got = remote.get_entry(key)
+            return None if got is None else self.take(remote, store, key, *got)
+        if fetched is None:
+            return None
+        keep(store, key, *fetched)
+        return fetched[0]
+
+    def _fetch(self, remote: Remote, store: Store, key: str, found: TeamEntry,
+               body: bytes | None) -> tuple[Entry, dict[str, memoryview]] | None:
+        """The entry of ``found`` (its seal checked: ``Damaged``), after the values ``store`` lacks that it does
+        not carry are copied into ``store``; and those it carries, as views of ``body`` (``_Unread`` if it is
+        None and ``store`` lacks one of them). None if one could not be copied."""
         entry = Entry.from_json(found.entry)
         self._check_seal(key, entry)
         carried = found.carried()
-        wanted = [address for address in dict.fromkeys(entry.blobs) if not store.has_blob(address)]
-        if body is None and carried.keys() & set(wanted):
-            got = remote.get_entry(key)
-            return None if got is None else self.take(remote, store, key, *got)
+        if body is None and carried and any(not store.has_blob(a) for a in carried.keys() & set(entry.blobs)):
+            raise _Unread(key)
         view = memoryview(b"" if body is None else body)
-        for address in wanted:
-            if address in carried:
-                start, size = carried[address]
-                store.put_blob_file(address, view[start:start + size])
-            elif not remote.copy_blob(address, found.sizes.get(address),
-                                      lambda f, a=address: store.put_blob_file(a, f)):
+        inline = {}
+        for address in dict.fromkeys(entry.blobs):
+            if address in carried:  # (from memory, even if it is here already: as cheap as a look)
+                if body is not None:
+                    start, size = carried[address]
+                    inline[address] = view[start:start + size]
+            elif not store.has_blob(address) and not remote.copy_blob(
+                    address, found.sizes.get(address), lambda f, a=address: store.put_blob_file(a, f)):
                 return None  # (its values are checked when loaded: signed with the key, under their name)
-        store.put_entry(key, entry)
-        return entry
+        return entry, inline
 
     # writing
     def push_later(self, store: Store, key: str, entry: Entry) -> None:
@@ -134,6 +213,15 @@ class TeamCache:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every upload asked for has been done (or given up); True if all were."""
         return self._uploads is None or self._uploads.drain(timeout)
+
+
+def keep(store: Store, key: str, entry: Entry, carried: dict[str, memoryview]) -> None:
+    """Write the values of ``carried`` that ``store`` lacks, then ``entry`` under ``key``: the entry last, so
+    that it never names a value that is not there."""
+    for address, data in carried.items():
+        if not store.has_blob(address):
+            store.put_blob_file(address, data)
+    store.put_entry(key, entry)
 
 
 def upload(remote: Remote, store: Store, key: str, entry: Entry, at: str,

@@ -26,7 +26,7 @@ def notebook(source: str) -> types.ModuleType:
 @pytest.mark.parametrize("value", [None, 1, "text", {"a": [1, 2.5]}, np.arange(10.0).reshape(2, 5)])
 def test_a_frame_loads_back_from_bytes_and_from_a_file(value):
     data = Frame(value, key=KEY).to_bytes()
-    for source in (data, io.BytesIO(data)):
+    for source in (data, io.BytesIO(data), _carried(data)):
         loaded = load_frame(source, key=KEY)
         if isinstance(value, np.ndarray):
             assert np.array_equal(loaded, value) and loaded.flags.writeable
@@ -49,9 +49,27 @@ def test_any_change_to_the_bytes_is_damage(damage):
         data += b"x"
     else:
         data[:4] = b"XXXX"
-    for source in (bytes(data), io.BytesIO(bytes(data))):
+    for source in (bytes(data), io.BytesIO(bytes(data)), _carried(bytes(data))):
         with pytest.raises(Damaged):
             load_frame(source, key=KEY)
+
+
+def _carried(data: bytes) -> memoryview:
+    """``data`` as a team-cache hit gives a value its entry's object carries: a view of a piece of it."""
+    whole = b"other values" + data + b"the entry's record"
+    return memoryview(whole)[12:12 + len(data)]
+
+
+def test_a_value_read_from_a_view_of_a_bigger_object_is_a_copy_of_its_own():
+    """A team-cache hit reads a carried value from a view of the entry's object: the buffers are copied once,
+    into memory of their own (writable, and not the object's: it is written into the local store after)."""
+    value = np.arange(300_000.0)
+    whole = bytearray(b"x" * 5 + Frame(value, key=KEY).to_bytes())
+    view = memoryview(whole)[5:]
+    loaded = load_frame(view, key=KEY)
+    assert np.array_equal(loaded, value) and loaded.flags.writeable and not np.shares_memory(loaded, whole)
+    loaded[:] = 0
+    assert np.array_equal(load_frame(view, key=KEY), value)  # (the object is untouched)
 
 
 def test_what_cannot_be_pickled_is_named():

@@ -7,12 +7,17 @@ import dataclasses
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 import nbcache
@@ -384,3 +389,70 @@ def test_a_process_killed_while_it_uploads_publishes_nothing(tmp_path, bucket):
     (tmp_path / "bob" / "step.py").write_text(BIG_STEP)
     out, _ = _machine(tmp_path, "bob", remote, n=120 << 20)  # (the same call: nothing of alice's to find)
     assert out[0] == str(120 << 20) and _ran(tmp_path, "bob") == 1
+
+
+def _pulled_by_bob(tmp_path: Path, monkeypatch) -> tuple[nbcache.Cache, Any, np.ndarray]:
+    """alice computes and shares a 0.8 MB array (carried inside its entry's object) through a folder on a
+    shared file system; bob, a cache of his own on the same remote, and his step of the same code."""
+    monkeypatch.setenv("NBCACHE_REMOTE", str(tmp_path / "shared"))
+    alice = nbcache.Cache(tmp_path / "alice", key=TEAM_KEY)
+    expected = nbcache.step(cache=alice, name="ramp")(_ramp)(100_000)
+    assert alice.team.flush(30)
+    bob = nbcache.Cache(tmp_path / "bob", key=TEAM_KEY)
+    return bob, nbcache.step(cache=bob, name="ramp")(_ramp), expected
+
+
+def _ramp(n: int) -> np.ndarray:
+    _RAMPS.append(n)
+    return np.arange(n, dtype=float)
+
+
+_RAMPS: list[int] = []
+
+
+def test_a_team_hit_is_served_before_it_is_written_here_and_a_second_call_finds_it_here(tmp_path, monkeypatch):
+    """The values an entry's object carries are loaded from the object (each buffer checked), and written
+    into the local store in the background. A call of the same key meanwhile does not go to the team cache
+    again: it finishes that writing itself, and is a local hit."""
+    bob, ramp, expected = _pulled_by_bob(tmp_path, monkeypatch)
+    _RAMPS.clear()
+    gate = threading.Event()
+    bob.background.submit(lambda: gate.wait(30))  # (the background thread busy: bob's copy waits in line)
+    try:
+        value = ramp(100_000)
+        [run] = bob.runs("ramp")
+        assert run.state.value == "team hit" and np.array_equal(value, expected) and value.flags.writeable
+        assert bob.store().get_entry(run.key) is None  # (served; not written here yet)
+        value[:] = -1  # (the caller's own memory, as any hit's array)
+        shutil.rmtree(tmp_path / "shared")  # (the team cache is gone: only what bob's process holds is left)
+        again = ramp(100_000)
+        assert [r.state.value for r in bob.runs("ramp")] == ["team hit", "hit"] and _RAMPS == []
+        assert np.array_equal(again, expected) and bob.store().get_entry(run.key) is not None
+    finally:
+        gate.set()
+    bob.background.drain(30)
+    assert np.array_equal(ramp(100_000), expected) and _RAMPS == []
+
+
+def test_a_team_hit_that_cannot_be_written_here_says_so_once_and_is_fetched_again(tmp_path, monkeypatch):
+    bob, ramp, expected = _pulled_by_bob(tmp_path, monkeypatch)
+    _RAMPS.clear()
+    store = bob.store()
+
+    def full(*args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "put_blob_file", full)
+    with pytest.warns(nbcache.CacheWarning, match="could not be written into the local cache .*No space left"):
+        assert np.array_equal(ramp(100_000), expected)
+        bob.background.drain(30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (said once)
+        assert np.array_equal(ramp(100_000), expected)
+        bob.background.drain(30)
+    assert [r.state.value for r in bob.runs("ramp")] == ["team hit", "team hit"] and _RAMPS == []
+    monkeypatch.undo()  # (room again, and the remote still set: fetched and, this time, kept)
+    monkeypatch.setenv("NBCACHE_REMOTE", str(tmp_path / "shared"))
+    ramp(100_000)
+    bob.background.drain(30)
+    assert [r.state.value for r in bob.runs("ramp")][-1] == "team hit" and store.get_entry(bob.runs()[-1].key)
