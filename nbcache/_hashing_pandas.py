@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._hashing_numpy import feed_array_data, feed_ndarray
+from ._hashing_numpy import feed_array_data, feed_joined, feed_ndarray, joined_strings
 from .hash_core import Handler, Hasher, Unhashable, Walk, feed, feed_bytes_tagged, pack_len
 
 _MASKED = (pd.arrays.IntegerArray, pd.arrays.FloatingArray, pd.arrays.BooleanArray)
@@ -42,9 +42,14 @@ def feed_values(values, h: Hasher, walk: Walk) -> None:
         filler = False if values.dtype.kind == "b" else 0
         feed_array_data(values.to_numpy(dtype=values.dtype.numpy_dtype, na_value=filler), h, walk)
     elif isinstance(values.dtype, pd.StringDtype):
+        strings = values.to_numpy(dtype=object)
+        joined = joined_strings(strings)  # (every item a str: none is missing, and isna() need not look)
+        if joined is not None:
+            feed_array_data(np.zeros(len(values), dtype=bool), h, walk)
+            feed_joined(joined, strings.size, h)
+            return
         mask = np.asarray(values.isna())
         feed_array_data(mask, h, walk)
-        strings = values.to_numpy(dtype=object)
         feed_array_data(strings[~mask] if mask.any() else strings, h, walk)
     else:
         feed_array_data(np.asarray(values, dtype=object), h, walk)

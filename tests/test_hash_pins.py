@@ -76,3 +76,40 @@ def test_arrays_with_nan_and_masked_arrays_hash_as_before_the_single_pass_hashin
     masked = np.ma.masked_array(np.arange(6.0), mask=[0, 1, 0, 0, 1, 0], fill_value=-1.0)
     assert hash_value(masked) == "c4a724bbe0e1fd0501559345d6563783"
     assert hash_value(np.ma.masked_array([1, 2, 3], mask=[0, 1, 0])) == "97481ce660d113d5218a72a241a6c0f8"
+
+
+def _strings(n: int) -> np.ndarray:
+    return np.array([f"é{i}" if i % 7 else f"item-{i}" for i in range(n)], dtype=object)
+
+
+def test_arrays_of_strings_hash_as_before_they_were_joined_in_pieces():
+    """Pinned before strings were joined 65,536 at a time (issue 12): an array of them over several pieces,
+    one holding a NUL or an item that is not a str (each element fed then), and small ones."""
+    big = _strings(200_003)
+    assert hash_value(big) == "5734a6f68b045870ea887a094491f22d"
+    assert hash_value(big[::-1]) == "c32e6a5173f982853c3c80c89bd30c42"
+    nul, other = big.copy(), big.copy()
+    nul[150_000], other[199_999] = "with\0nul", 5
+    assert hash_value(nul) == "91f9a7db8d43a7516a7568762135b665"
+    assert hash_value(other) == "e09ba5d5bb34bb9976842663025306b2"
+    assert hash_value(np.array(["a", "bé", "", "\udcff", "x" * 100], dtype=object)) == "a7579cb42fc8e4a12755771428ffcf57"
+    assert hash_value(np.array(["a\0b", "c"], dtype=object)) == "adcf970db997fb4dc6c98bb73ae197d2"
+    assert hash_value(np.array(["only"], dtype=object)) == "bdf24b4740bb11efb547c3baadeb40f2"
+    assert hash_value(np.array([], dtype=object)) == "4c42f3b08ca63a3a3428d217ddec08ce"
+    assert hash_value(np.array(["a", 1, None], dtype=object)) == "d15cdc4d20584d4c503a76b94df12d9b"
+    assert hash_value(np.array([["a", "b"], ["c", "d"]], dtype=object)[:, ::-1]) == "e6c3b599e7416c1e7ad88f618da9ddc2"
+
+
+@pytest.mark.parametrize("items", [["a", "bé", "", "z"], ["a\0", "c"], [], list(_strings(140_000))],
+                         ids=["small", "a NUL", "empty", "several pieces"])
+def test_a_string_column_without_missing_values_hashes_as_one_with_its_mask_read(items, monkeypatch):
+    """A column of pandas' string dtype whose items are all str skips ``isna()``: it feeds the same bytes as
+    the path that reads the mask (pinned values would depend on pandas' version, which names the dtype)."""
+    pd = pytest.importorskip("pandas")
+    from nbcache import _hashing_pandas
+
+    series = pd.Series(items, dtype="string")
+    fast = hash_value(series)
+    monkeypatch.setattr(_hashing_pandas, "joined_strings", lambda flat: None)
+    assert hash_value(series) == fast
+    assert hash_value(pd.Series(items[:-1] + [None], dtype="string")) != fast  # (a missing value counts)
