@@ -38,8 +38,8 @@ KEEP_DELAY_S = 0.05  # how long after a team-cache hit its result starts being w
 @dataclass(frozen=True)
 class Pulled:
     """A result found in the team cache for a hit: the remote's record of it, its entry (sealed with the
-    cache's key), and the values it carries that the local store lacks, as views of the entry's object, by
-    address (loaded from there, and so checked, before they are written into the store)."""
+    cache's key), and the values its object carries, as views of that object, by address (loaded from there,
+    and so checked, before those the local store lacks are written into it)."""
 
     found: TeamEntry
     entry: Entry
@@ -58,6 +58,7 @@ class TeamCache:
         self._check_seal = check_seal
         self._background = background
         self._keeping: dict[str, tuple[Job, Store, Pulled, threading.Event]] = {}  # pulled, being written here
+        self._keeping_lock = ForkSafeLock()
         self._keep_failed_said = False
         self._chosen = False  # whether set() chose the remote (else it is NBCACHE_REMOTE's)
         self._remote: Remote | None = None
@@ -124,7 +125,8 @@ class TeamCache:
             hurry.wait(max(0.0, not_before - time.monotonic()))
             self._keep(store, key, pulled)
 
-        self._keeping[key] = (self._background.submit(later), store, pulled, hurry)
+        with self._keeping_lock:  # (noted before the job can end, which forgets it)
+            self._keeping[key] = (self._background.submit(later), store, pulled, hurry)
 
     def settle(self, key: str) -> bool:
         """Finish keeping the result of ``key`` this process pulled, if that is under way (True then: look in
@@ -147,8 +149,9 @@ class TeamCache:
                 warn(f"nbcache: a result served from the team cache could not be written into the local cache"
                      f" ({type(exc).__name__}: {exc}); it is fetched again when it is next needed")
         finally:
-            if self._keeping.get(key, (None, None, None, None))[2] is pulled:  # (not a later pull's)
-                self._keeping.pop(key, None)
+            with self._keeping_lock:
+                if self._keeping.get(key, (None, None, None, None))[2] is pulled:  # (not a later pull's)
+                    del self._keeping[key]
 
     def take(self, remote: Remote, store: Store, key: str, found: TeamEntry, body: bytes | None = None) -> Entry | None:
         """Copy ``found``, the remote's record of ``key``, into ``store``: the values ``store`` lacks, then the
