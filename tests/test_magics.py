@@ -469,3 +469,29 @@ def test_config_remote_shares_what_cells_store(ip, tmp_path, caplog):
     finally:
         ip.run_line_magic("config", "NBCache.remote = None")
     assert default_cache().team.remote is None  # (NBCACHE_REMOTE is not set in the tests)
+
+
+def test_a_cell_from_the_team_cache_restores_its_variables_and_output_then_is_kept_here(ip, tmp_path, capsys):
+    """Another machine's cell, pulled: its variables (one value, carried in the entry's object) and printed
+    output come back as a local hit's do, and it is written into this cache in the background."""
+    ip.run_cell("SCALE = 2\nN = 5")
+    ip.run_line_magic("config", f"NBCache.remote = {str(tmp_path / 'shared')!r}")
+    try:
+        run(ip, CELL)
+        assert default_cache().team.flush(30)
+        nbcache.set_cache_dir(tmp_path / "second machine")
+        for name in ("X", "total"):
+            del ip.user_ns[name]
+        capsys.readouterr()
+        pulled = run(ip, CELL)
+        out = capsys.readouterr().out
+        assert times_ran(ip) == 1 and pulled.result == 20
+        assert ip.user_ns["X"] == [0, 2, 4, 6, 8] and ip.user_ns["total"] == 20 and "built 5 rows" in out
+        [run_pulled] = nbcache.runs()
+        assert run_pulled.state.value == "team hit" and run_pulled.reason.startswith("cache hit (team cache")
+        default_cache().background.drain(30)
+        ip.run_line_magic("config", "NBCache.remote = ''")  # (no team cache: only what is here now)
+        run(ip, CELL)
+        assert [r.state.value for r in nbcache.runs()] == ["team hit", "hit"] and times_ran(ip) == 1
+    finally:
+        ip.run_line_magic("config", "NBCache.remote = None")
