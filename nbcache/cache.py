@@ -26,7 +26,7 @@ from .frame import Damaged, Frame, read_frame, signature_problem
 from .forksafe import ForkSafeLock
 from .frameformat import NotSigned
 from .background import shared_worker
-from .keys import load_key, parse_key
+from .keys import key_id, load_key, parse_key
 from .latestwrites import LatestWrites
 from .records import StepRun
 from .store import Store
@@ -156,7 +156,7 @@ class Cache:
         if self._team is None:
             from .teamcache import TeamCache  # (and remote.py: not on `import nbcache`'s path)
 
-            self._team = TeamCache(self.check_seal, self.background)
+            self._team = TeamCache(self.check_seal, lambda: key_id(self.key), self.background)
         return self._team
 
     @property

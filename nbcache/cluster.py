@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hmac
 import os
 import socket
 import threading
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from .ambient import RAN_ON, OnWorker
 from .cache import Cache, default_cache
 from .errors import SAID, NBCacheError, warn
+from .keys import key_id
 from .records import SESSION, StepRun
 from .remote import Remote
 
@@ -75,11 +75,6 @@ class ClientCache:
         except OSError:
             return False
         return (found.st_dev, found.st_ino) == self.identity
-
-
-def key_id(key: bytes) -> str:
-    """Which key a cache signs with, as can be shown and compared without giving the key away."""
-    return hmac.new(key, b"nbcache: which key is this", "sha256").hexdigest()[:16]
 
 
 def submit(step: Step, client: Any, args: tuple, kwargs: dict[str, Any]) -> Any:

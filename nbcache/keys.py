@@ -11,18 +11,24 @@ Where it comes from, first found first:
 
 from __future__ import annotations
 
+import hmac
 import os
 from pathlib import Path
 
 from .errors import NBCacheError
 
-__all__ = ["SigningKeyError", "load_key", "parse_key", "user_key_path"]
+__all__ = ["SigningKeyError", "key_id", "load_key", "parse_key", "user_key_path"]
 
 MIN_HEX_DIGITS = 32  # 128 bits
 
 
 class SigningKeyError(NBCacheError):
     """The signing key given cannot be used (named with the exception's message)."""
+
+
+def key_id(key: bytes) -> str:
+    """Which key a cache signs with, as can be shown and compared without giving the key away."""
+    return hmac.new(key, b"nbcache: which key is this", "sha256").hexdigest()[:16]
 
 
 def user_key_path() -> Path:

@@ -24,6 +24,7 @@ from .entry import Entry
 from .errors import warn
 from .forksafe import ForkSafeLock
 from .frame import Damaged
+from .frameformat import NotSigned
 from .remote import REMOTE_ENV, Remote, RemoteError, author, bytes_of, size_of
 from .store import Store
 from .teamentry import INLINE, TeamEntry
@@ -32,7 +33,7 @@ __all__ = ["Pulled", "TeamCache", "UPLOAD_FLUSH_S", "UPLOAD_QUEUE_MAX", "keep", 
 
 UPLOAD_FLUSH_S = 60.0  # how long an exiting interpreter waits for its uploads
 UPLOAD_QUEUE_MAX = 1000  # uploads waiting at most; past it, results stay local until ``nbcache push``
-KEEP_DELAY_S = 0.05  # how long after a team-cache hit its result starts being written into the local store
+KEEP_DELAY_S = 0.05  # after a team-cache hit, its result is written here from then on (not while the hit returns)
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,15 @@ class _Unread(Exception):
 
 class TeamCache:
     """The team cache of one ``Cache``, whose ``check_seal(key, entry)`` raises ``Damaged`` for an entry not
-    sealed with its key; ``background`` writes the results a hit pulled into the local store."""
+    sealed with its key, and ``key_id()`` says which key that is (``keys.key_id``); ``background`` writes the
+    results a hit pulled into the local store."""
 
-    def __init__(self, check_seal: Callable[[str, Entry], None], background: Worker) -> None:
+    def __init__(self, check_seal: Callable[[str, Entry], None], key_id: Callable[[], str],
+                 background: Worker) -> None:
         self._check_seal = check_seal
+        self._key_id = key_id
         self._background = background
+        self._others: set[str] = set()  # cache keys whose entry there is sealed with another key: not replaced
         self._keeping: dict[str, tuple[Job, Store, Pulled, threading.Event]] = {}  # pulled, being written here
         self._keeping_lock = ForkSafeLock()
         self._keep_failed_said = False
@@ -97,8 +102,8 @@ class TeamCache:
     def pull(self, store: Store, key: str) -> Pulled | None:
         """The result of ``key`` from the remote, for a hit (one request, and one per value not carried in its
         entry's object, copied into ``store`` at once), or None if there is none to use (a foreign or changed
-        entry is refused with a warning). The values it carries that ``store`` lacks are left in memory, and
-        the entry unwritten: the caller loads those from there (``Pulled.carried``), then ``keep_later``."""
+        entry is refused with a warning). The values its object carries are left in memory, and the entry
+        unwritten: the caller loads those from there (``Pulled.carried``), then ``keep_later``."""
         remote = self.remote
         if remote is None:
             return None
@@ -109,6 +114,13 @@ class TeamCache:
         try:
             fetched = self._fetch(remote, store, key, found, body)
         except Damaged as exc:
+            if isinstance(exc, NotSigned) and found.key and found.key != self._key_id():  # (not damage)
+                self._others.add(key)
+                warn(f"nbcache: the team cache {remote.url} holds a result for this call sealed with another key"
+                     f" (key id {found.key}; this cache signs with {self._key_id()}), which is refused; it is"
+                     " computed here, and not uploaded over it. To share results, everyone sets the team's key:"
+                     " NBCACHE_KEY or NBCACHE_KEY_FILE (docs/team.md)")
+                return None
             warn(f"nbcache: the team cache {remote.url} holds a result for this call that is refused ({exc});"
                  " it is computed here instead")
             return None
@@ -194,7 +206,7 @@ class TeamCache:
     def push_later(self, store: Store, key: str, entry: Entry) -> None:
         """Upload the result of ``key`` (stored in ``store`` just now) in the background."""
         remote = self.remote
-        if remote is None:
+        if remote is None or key in self._others:  # (another key's result there is not replaced)
             return
         at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with self._uploads_lock:
@@ -211,7 +223,7 @@ class TeamCache:
 
     def _push(self, remote: Remote, store: Store, key: str, entry: Entry, at: str) -> None:
         if remote.available:
-            upload(remote, store, key, entry, at)
+            upload(remote, store, key, entry, at, self._key_id())
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every upload asked for has been done (or given up); True if all were."""
@@ -227,10 +239,11 @@ def keep(store: Store, key: str, entry: Entry, carried: dict[str, memoryview]) -
     store.put_entry(key, entry)
 
 
-def upload(remote: Remote, store: Store, key: str, entry: Entry, at: str,
+def upload(remote: Remote, store: Store, key: str, entry: Entry, at: str, sealed_by: str,
            there: set[str] | None = None) -> dict[str, int] | None:
     """Upload the result of ``key``: its values up to ``INLINE`` bytes in all inside its entry, the others
-    first, each by itself, so that no entry is published without all of them. A value in ``there`` (those known
+    first, each by itself, so that no entry is published without all of them; ``sealed_by``: the id of the key
+    that sealed ``entry`` (``keys.key_id``), told in its record. A value in ``there`` (those known
     to be on the remote; it gets those sent) is not sent by itself again. The bytes of each value sent, by
     address; None if one is gone from ``store`` or the remote failed."""
     there = set() if there is None else there
@@ -254,5 +267,6 @@ def upload(remote: Remote, store: Store, key: str, entry: Entry, at: str,
             close = getattr(source, "close", None)
             if close is not None:
                 close()
-    record = TeamEntry(entry.to_json(), author(), at, sizes, tuple((a, len(data)) for a, data in carried.items()))
+    record = TeamEntry(entry.to_json(), author(), at, sizes, tuple((a, len(data)) for a, data in carried.items()),
+                       sealed_by)
     return sent if remote.put_entry(key, record, carried.values()) else None

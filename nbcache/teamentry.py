@@ -7,13 +7,16 @@ The object ``v<format>/entries/<key>``::
     <value 0><value 1>...<record: JSON><the record's length: 8 bytes, big-endian><MAGIC: 8 bytes>
 
     record = {"entry": <the sealed entry's JSON>, "by": "user@host", "at": <ISO time>,
-              "sizes": {<address>: <bytes>, ...}, "inline": [[<address>, <bytes>], ...]}
+              "sizes": {<address>: <bytes>, ...}, "inline": [[<address>, <bytes>], ...], "key": <key id>}
 
 ``inline`` names the values the object carries, in order from its first byte; a result's values up to
 ``INLINE`` bytes in all travel so (the others are objects of their own, ``v<format>/blobs/<address>``). The record
 comes last, so that ``nbcache ls --remote`` reads only the end of each object. An object written by nbcache
 before values travelled inline is the record alone. Nothing here is trusted: the entry is sealed with the
 team's key, each value signed with it, and a record whose parts do not add up to its object is not read.
+``key`` says which key sealed the entry (``keys.key_id``, not the key): an entry whose seal does not match is
+then known as another key's, not overwritten, rather than as damage, replaced (a record written before it
+was kept has none).
 """
 
 from __future__ import annotations
@@ -37,18 +40,20 @@ class Unreadable(Exception):
 @dataclass(frozen=True)
 class TeamEntry:
     """The record of an entry object: the sealed entry's JSON text, who stored it and when, the bytes of each
-    value by address, and the values the object carries itself, in order from its start."""
+    value by address, the values the object carries itself, in order from its start, and which key sealed
+    it."""
 
     entry: str
     by: str
     at: str
     sizes: dict[str, int] = field(default_factory=dict)
     inline: tuple[tuple[str, int], ...] = ()  # (address, bytes) of each value the object carries
+    key: str = ""  # which key sealed the entry (``keys.key_id``); "" if the record does not say
 
     def record(self) -> bytes:
         """What ends the object: the record, its length, MAGIC (the values it carries go before it)."""
         text = json.dumps({"entry": self.entry, "by": self.by, "at": self.at, "sizes": self.sizes,
-                           "inline": [list(item) for item in self.inline]}).encode()
+                           "inline": [list(item) for item in self.inline], "key": self.key}).encode()
         return text + len(text).to_bytes(8, "big") + MAGIC
 
     def carried(self) -> dict[str, tuple[int, int]]:
@@ -79,7 +84,9 @@ class TeamEntry:
                 isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and type(item[1]) is int
                 and 0 < item[1] <= INLINE for item in inline) and len({item[0] for item in inline}) == len(inline)):
             return None  # (what it carries cannot be found in it)
-        return cls(entry, by[:200], at[:40], sizes, tuple((a, n) for a, n in inline))
+        key = record.get("key")
+        return cls(entry, by[:200], at[:40], sizes, tuple((a, n) for a, n in inline),
+                   key[:64] if isinstance(key, str) else "")
 
 
 def read_record(tail: bytes, size: int | None) -> TeamEntry | int:

@@ -20,6 +20,7 @@ from typing import Iterable, Iterator
 from .cache import Cache
 from .entry import Entry
 from .frame import Damaged
+from .keys import key_id
 from .remote import Remote
 from .teamcache import upload
 from .teamentry import MAX_RECORD, TAIL, TeamEntry, Unreadable, read_record
@@ -80,7 +81,7 @@ def push(cache: Cache, remote: Remote, step: str | None = None) -> Transfer:
             continue
         if there is None:  # (listed once, when there is something to send)
             there = _names(remote, "blobs")
-        sent = upload(remote, store, key, entry, _iso(entry.created_at), there)
+        sent = upload(remote, store, key, entry, _iso(entry.created_at), key_id(cache.key), there)
         if sent is None:
             done.incomplete += 1
         else:

@@ -86,16 +86,29 @@ def test_a_second_machine_gets_the_first_ones_result_without_running_the_body(tm
 
 
 def test_a_result_signed_with_another_key_or_changed_is_refused_and_computed(tmp_path, bucket):
+    """A result sealed with another key (a teammate without the team's key) is refused, and left as it is: the
+    other key's result is not uploaded over it. One changed since it was sealed with this key is replaced."""
     remote = f"s3://{bucket}/team"
     _machine(tmp_path, "alice", remote)
-    out, err = _machine(tmp_path, "mallory", remote, key=secrets.token_hex(32))
-    assert out[1].startswith("False") and _ran(tmp_path, "mallory") == 1
-    assert "refused" in err and err.count("CacheWarning") == 1
     fs = Remote(remote).fs
     [entry_path] = fs.find(f"{bucket}/team/v{nbcache.CACHE_FORMAT}/entries")
+    alices, mallorys_key = fs.cat_file(entry_path), secrets.token_hex(32)
+    for name in ("mallory", "mallory again"):  # (a fresh cache directory: she looks in the team cache again)
+        out, err = _machine(tmp_path, name, remote, key=mallorys_key)
+        assert out[1].startswith("False") and "sealed with another key (key id " in err
+        assert "not uploaded over it" in err and err.count("CacheWarning") == 1
+        fs.invalidate_cache()
+        assert fs.cat_file(entry_path) == alices  # (still the team's)
+    assert _ran(tmp_path, "mallory") == _ran(tmp_path, "mallory again") == 1
+    out, _ = _machine(tmp_path, "carol", remote)
+    assert out[2] == "team hit" and _ran(tmp_path, "carol") == 0
     change_sealed(fs, entry_path)  # a field under the seal
     out, err = _machine(tmp_path, "bob", remote)
     assert out[1].startswith("False") and _ran(tmp_path, "bob") == 1 and "refused" in err
+    assert "another key" not in err  # (sealed with this key, then changed: damage)
+    fs.invalidate_cache()
+    out, _ = _machine(tmp_path, "dave", remote)  # (replaced by bob's upload)
+    assert out[2] == "team hit" and _ran(tmp_path, "dave") == 0
 
 
 VALUE_STEP = '''
@@ -289,7 +302,7 @@ def test_requests_follow_the_cost_model(tmp_path, bucket):
 def test_an_entry_object_reads_back_and_one_damaged_is_not_read():
     """The values an entry carries, then its record: read from the object's end, whole or in part."""
     record = TeamEntry('{"step": "s"}', "me@here", "2026-12-06T00:00:00+00:00", {"a": 5, "b": 3, "c": 9},
-                       (("a", 5), ("b", 3)))
+                       (("a", 5), ("b", 3)), "0123456789abcdef")
     data = b"hello" + b"abc" + record.record()
     assert read_record(data, len(data)) == record and record.carried() == {"a": (0, 5), "b": (5, 3)}
     need = read_record(data[-20:], None)  # (``ls --remote`` reads the end of an object first)
@@ -299,7 +312,9 @@ def test_an_entry_object_reads_back_and_one_damaged_is_not_read():
         with pytest.raises(Unreadable):
             read_record(damaged, size)
     old = json.dumps({"entry": "{}", "by": "me@here", "at": "then"}).encode()  # (before values travelled inline)
-    assert read_record(old, len(old)) == TeamEntry("{}", "me@here", "then")
+    assert read_record(old, len(old)) == TeamEntry("{}", "me@here", "then")  # (nor said which key sealed it)
+    odd = json.dumps({"entry": "{}", "by": "me@here", "at": "then", "key": 5}).encode()
+    assert read_record(odd, len(odd)).key == ""  # (a key id that is not one: the record does not say)
     long = dataclasses.replace(record, entry=json.dumps({"step": "s" * (TAIL + 10)}))  # (longer than TAIL)
     data = b"hello" + b"abc" + long.record()
     need = read_record(data[-TAIL:], None)
