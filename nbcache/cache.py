@@ -69,9 +69,8 @@ class Cache:
         self.background = shared_worker()
         self.latest = LatestWrites(self.background)  # what each step's latest record holds, as this process knows
         self._sealed: dict[str, Entry] = {}  # the entry last found sealed for each key
-        # the keys each thread is computing, holding their locks, by thread id. (No ``threading.local``: on
-        # Python < 3.11.9 freeing one in a collection run inside ``sys._current_frames()``, which Dask's
-        # profiler calls, deadlocks the process: CPython gh-106883.)
+        # the keys each thread is computing, by thread id (no ``threading.local``: on Python < 3.11.9, one freed
+        # inside ``sys._current_frames()``, which Dask's profiler calls, deadlocks the process: gh-106883)
         self._computing: dict[int, set[str]] = {}
         self.verifier = Verifier(self.background)  # checks the buffers of big values hits mapped
         self.carry = Carry()  # the content addresses restored arrays carry to the next step
@@ -136,6 +135,8 @@ class Cache:
         """After ``keep`` was stored: evict least recently used entries while the store is over the size
         limit (none if there is no limit); return how many went. ``ValueError`` if the limit is malformed."""
         limit = self.size_limit
+        if limit is not None and self._team is not None:  # (results pulled are written first: they count too)
+            self._team.settle_all()
         return 0 if limit is None else store.evict(limit, keep=(keep,))
 
     @property
@@ -202,8 +203,7 @@ class Cache:
 
         self._warming.start(open_store, need_key=self._key is None)
         self._warming.wait(WAIT_S)
-        store = self._stores.get(directory)
-        prepare = getattr(store, "prepare", None)
+        prepare = getattr(self._stores.get(directory), "prepare", None)
         if prepare is not None:  # open in time: made ready for this thread, the one that will call steps
             with unobserved, contextlib.suppress(Exception):
                 prepare()
@@ -220,9 +220,8 @@ class Cache:
         return Frame(value, notebook=self.notebook, by_value=by_value, key=self.key)
 
     def put(self, store: Store, address: str, frame: Frame) -> None:
-        """Store ``frame`` at ``address``, signed with this cache's key and that name (under which alone it
-        verifies: a value copied under another name is refused). A value already there that does not verify
-        (another key's, or damaged) is replaced; values are otherwise immutable."""
+        """Store ``frame`` at ``address``, signed with this cache's key and that name (copied under another, it
+        is refused). One there that does not verify (another key's, or damaged) is replaced; else none is."""
         if store.has_blob(address) and not self.is_signed(store, address):
             store.delete("", (address,))
         frame.name = address
@@ -313,6 +312,8 @@ class Cache:
     def clear(self, step: str | None = None, *, older_than_s: float | None = None,
               keep_last: int | None = None) -> int:
         store = self.store()
+        if self._team is not None:  # (results pulled are written first, so that they are cleared too)
+            self._team.settle_all()
         count = store.clear(step, older_than_s=older_than_s, keep_last=keep_last)
         self.latest.forget(store)
         return count

@@ -157,10 +157,12 @@ class Serving:
     def _found_damaged_later(self, entry: Entry) -> Callable[[str], None]:
         """What to do if the background check finds a mapped value served by this hit damaged on disk."""
         name, key, store, served = self.name, self.key, self.store, time.time()
+        team = self.cache.team if self.team is not None else None  # (pulled: maybe not written here yet)
 
         def damaged(problem: str) -> None:
             with contextlib.suppress(Exception):  # (removed first: the warning may be made an error)
-                if store.get_entry(key) == entry:  # (not an entry stored since, from a recomputed result)
+                pending = team is not None and team.forget(key)  # (pulled, not written yet: now never is)
+                if pending or store.get_entry(key) == entry:  # (not a result stored since, recomputed)
                     store.delete(key, entry.blobs)
             at = time.strftime("%H:%M:%S", time.localtime(served))
             _warn(f"nbcache: the cached result step {name!r} returned at {at} was found damaged on disk"

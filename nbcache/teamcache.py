@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -33,7 +32,6 @@ __all__ = ["Pulled", "TeamCache", "UPLOAD_FLUSH_S", "UPLOAD_QUEUE_MAX", "keep", 
 
 UPLOAD_FLUSH_S = 60.0  # how long an exiting interpreter waits for its uploads
 UPLOAD_QUEUE_MAX = 1000  # uploads waiting at most; past it, results stay local until ``nbcache push``
-KEEP_DELAY_S = 0.05  # after a team-cache hit, its result is written here from then on (not while the hit returns)
 
 
 @dataclass(frozen=True)
@@ -45,6 +43,19 @@ class Pulled:
     found: TeamEntry
     entry: Entry
     carried: dict[str, memoryview]
+
+
+class _Keeping:
+    """A pulled result being written into a store: its job, whether its writing started (or it was
+    forgotten), and when it is done."""
+
+    __slots__ = ("store", "pulled", "job", "started", "done")
+
+    def __init__(self, store: Store, pulled: Pulled) -> None:
+        self.store, self.pulled = store, pulled
+        self.job: Job | None = None
+        self.started = False
+        self.done = threading.Event()
 
 
 class _Unread(Exception):
@@ -62,7 +73,7 @@ class TeamCache:
         self._key_id = key_id
         self._background = background
         self._others: set[str] = set()  # cache keys whose entry there is sealed with another key: not replaced
-        self._keeping: dict[str, tuple[Job, Store, Pulled, threading.Event]] = {}  # pulled, being written here
+        self._keeping: dict[str, _Keeping] = {}  # results pulled, being written into the local store
         self._keeping_lock = ForkSafeLock()
         self._keep_failed_said = False
         self._chosen = False  # whether set() chose the remote (else it is NBCACHE_REMOTE's)
@@ -78,10 +89,12 @@ class TeamCache:
         self._remote = Remote(url, storage_options) if url else None
         self._chosen = url is not None
         self._from_env = None  # (``NBCACHE_REMOTE`` is read again when the remote is next needed)
+        self._others.clear()  # (what another remote holds says nothing of this one)
 
     def use(self, remote: Remote | None) -> None:
         """Use ``remote`` as it is (a Dask worker uses its client's: ``cluster.py``)."""
         self._remote, self._chosen, self._from_env = remote, True, None
+        self._others.clear()
 
     @property
     def remote(self) -> Remote | None:
@@ -91,6 +104,7 @@ class TeamCache:
         url = os.environ.get(REMOTE_ENV) or None
         if url != self._from_env:
             self._from_env, self._remote = url, None
+            self._others.clear()
             if url:
                 try:
                     self._remote = Remote(url)
@@ -129,32 +143,51 @@ class TeamCache:
         return Pulled(found, *fetched)
 
     def keep_later(self, store: Store, key: str, pulled: Pulled) -> None:
-        """Write ``pulled``'s carried values, then its entry, into ``store`` in the background (once its values
-        were loaded: what did not verify is never kept). Until then ``settle(key)`` finishes it."""
-        hurry, not_before = threading.Event(), time.monotonic() + KEEP_DELAY_S
-
-        def later() -> None:
-            hurry.wait(max(0.0, not_before - time.monotonic()))
-            self._keep(store, key, pulled)
-
+        """Write ``pulled``'s carried values, then its entry, into ``store`` on the background worker (once its
+        values were loaded: what did not verify is never kept; after the check of the values it mapped,
+        queued before). Until it is done, ``settle(key)`` finishes it, and ``forget(key)`` cancels it."""
+        keeping = _Keeping(store, pulled)
         with self._keeping_lock:  # (noted before the job can end, which forgets it)
-            self._keeping[key] = (self._background.submit(later), store, pulled, hurry)
+            self._keeping[key] = keeping
+            keeping.job = self._background.submit(lambda: self._keep(key, keeping))
 
-    def settle(self, key: str) -> bool:
-        """Finish keeping the result of ``key`` this process pulled, if that is under way (True then: look in
-        the store again)."""
+    def settle(self, key: str, timeout: float = 5.0) -> bool:
+        """Finish keeping the result of ``key`` this process pulled, if that is under way, waiting for another
+        thread doing it (True then: look in the store again)."""
         keeping = self._keeping.get(key)
         if keeping is None:
             return False
-        job, store, pulled, hurry = keeping
-        hurry.set()
-        if job.settle():  # (taken back from the queue: done here)
-            self._keep(store, key, pulled)
+        if keeping.job is not None and keeping.job.settle(timeout):  # (taken back from the queue: done here)
+            self._keep(key, keeping)
+        keeping.done.wait(timeout)
         return True
 
-    def _keep(self, store: Store, key: str, pulled: Pulled) -> None:
+    def settle_all(self) -> None:
+        """``settle`` every result being kept (before the store is cleared or evicted from)."""
+        for key in list(self._keeping):
+            self.settle(key)
+
+    def forget(self, key: str) -> bool:
+        """Cancel keeping the result of ``key`` (its mapped values were found damaged); True if it was not
+        written yet, so never will be (False: it is in the store, if it could be written)."""
+        with self._keeping_lock:
+            keeping = self._keeping.pop(key, None)
+            if keeping is None:
+                return False
+            cancelled, keeping.started = not keeping.started, True  # (its job, or a settle, then writes nothing)
+        if cancelled:
+            keeping.done.set()
+        else:  # (being written by another thread: waited for, to be found in the store)
+            keeping.done.wait(5.0)
+        return cancelled
+
+    def _keep(self, key: str, keeping: _Keeping) -> None:
+        with self._keeping_lock:
+            if keeping.started:  # (done by another thread, or forgotten)
+                return
+            keeping.started = True
         try:
-            keep(store, key, pulled.entry, pulled.carried)
+            keep(keeping.store, key, keeping.pulled.entry, keeping.pulled.carried)
         except Exception as exc:  # (served already: it is looked for in the team cache again when next needed)
             if not self._keep_failed_said:
                 self._keep_failed_said = True
@@ -162,8 +195,9 @@ class TeamCache:
                      f" ({type(exc).__name__}: {exc}); it is fetched again when it is next needed")
         finally:
             with self._keeping_lock:
-                if self._keeping.get(key, (None, None, None, None))[2] is pulled:  # (not a later pull's)
+                if self._keeping.get(key) is keeping:  # (not a later pull's)
                     del self._keeping[key]
+            keeping.done.set()
 
     def take(self, remote: Remote, store: Store, key: str, found: TeamEntry, body: bytes | None = None) -> Entry | None:
         """Copy ``found``, the remote's record of ``key``, into ``store``: the values ``store`` lacks, then the
@@ -188,16 +222,18 @@ class TeamCache:
         entry = Entry.from_json(found.entry)
         self._check_seal(key, entry)
         carried = found.carried()
-        if body is None and carried and any(not store.has_blob(a) for a in carried.keys() & set(entry.blobs)):
+        if body is None and any(not store.has_blob(a) for a in carried.keys() & set(entry.blobs)):
             raise _Unread(key)
         view = memoryview(b"" if body is None else body)
         inline = {}
         for address in dict.fromkeys(entry.blobs):
-            if address in carried:  # (from memory, even if it is here already: as cheap as a look)
+            if store.has_blob(address):  # (the copy here, already checked, is served: not the remote's)
+                continue
+            if address in carried:
                 if body is not None:
                     start, size = carried[address]
                     inline[address] = view[start:start + size]
-            elif not store.has_blob(address) and not remote.copy_blob(
+            elif not remote.copy_blob(
                     address, found.sizes.get(address), lambda f, a=address: store.put_blob_file(a, f)):
                 return None  # (its values are checked when loaded: signed with the key, under their name)
         return entry, inline

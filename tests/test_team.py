@@ -418,11 +418,12 @@ def _pulled_by_bob(tmp_path: Path, monkeypatch) -> tuple[nbcache.Cache, Any, np.
 
 
 def _ramp(n: int) -> np.ndarray:
-    _RAMPS.append(n)
     return np.arange(n, dtype=float)
 
 
-_RAMPS: list[int] = []
+def _states(cache: nbcache.Cache) -> list[str]:
+    """How each call of ``ramp`` went: a body ran in any but a "hit" and a "team hit"."""
+    return [run.state.value for run in cache.runs("ramp")]
 
 
 def test_a_team_hit_is_served_before_it_is_written_here_and_a_second_call_finds_it_here(tmp_path, monkeypatch):
@@ -430,7 +431,6 @@ def test_a_team_hit_is_served_before_it_is_written_here_and_a_second_call_finds_
     into the local store in the background. A call of the same key meanwhile does not go to the team cache
     again: it finishes that writing itself, and is a local hit."""
     bob, ramp, expected = _pulled_by_bob(tmp_path, monkeypatch)
-    _RAMPS.clear()
     gate = threading.Event()
     bob.background.submit(lambda: gate.wait(30))  # (the background thread busy: bob's copy waits in line)
     try:
@@ -441,17 +441,16 @@ def test_a_team_hit_is_served_before_it_is_written_here_and_a_second_call_finds_
         value[:] = -1  # (the caller's own memory, as any hit's array)
         shutil.rmtree(tmp_path / "shared")  # (the team cache is gone: only what bob's process holds is left)
         again = ramp(100_000)
-        assert [r.state.value for r in bob.runs("ramp")] == ["team hit", "hit"] and _RAMPS == []
+        assert _states(bob) == ["team hit", "hit"]
         assert np.array_equal(again, expected) and bob.store().get_entry(run.key) is not None
     finally:
         gate.set()
     bob.background.drain(30)
-    assert np.array_equal(ramp(100_000), expected) and _RAMPS == []
+    assert np.array_equal(ramp(100_000), expected)
 
 
 def test_a_team_hit_that_cannot_be_written_here_says_so_once_and_is_fetched_again(tmp_path, monkeypatch):
     bob, ramp, expected = _pulled_by_bob(tmp_path, monkeypatch)
-    _RAMPS.clear()
     store = bob.store()
 
     def full(*args: Any) -> None:
@@ -465,9 +464,100 @@ def test_a_team_hit_that_cannot_be_written_here_says_so_once_and_is_fetched_agai
         warnings.simplefilter("error")  # (said once)
         assert np.array_equal(ramp(100_000), expected)
         bob.background.drain(30)
-    assert [r.state.value for r in bob.runs("ramp")] == ["team hit", "team hit"] and _RAMPS == []
+    assert _states(bob) == ["team hit", "team hit"]
     monkeypatch.undo()  # (room again, and the remote still set: fetched and, this time, kept)
     monkeypatch.setenv("NBCACHE_REMOTE", str(tmp_path / "shared"))
     ramp(100_000)
     bob.background.drain(30)
-    assert [r.state.value for r in bob.runs("ramp")][-1] == "team hit" and store.get_entry(bob.runs()[-1].key)
+    assert _states(bob)[-1] == "team hit" and store.get_entry(bob.runs()[-1].key)
+
+
+def test_a_pulled_value_found_damaged_after_it_was_served_is_never_kept(tmp_path, monkeypatch):
+    """A value too big to travel in its entry's object is copied here and mapped, its buffers checked in the
+    background: found damaged, the result being kept is cancelled and its copy removed, so the next call
+    computes it (rather than serving the damaged copy as a hit)."""
+    from nbcache import teamcache
+
+    monkeypatch.setattr(teamcache, "INLINE", 1000)  # (a 2.4 MB array then goes by itself, as one over 16 MB)
+    monkeypatch.setenv("NBCACHE_REMOTE", str(tmp_path / "shared"))
+    alice = nbcache.Cache(tmp_path / "alice", key=TEAM_KEY)
+    expected = nbcache.step(cache=alice, name="ramp")(_ramp)(300_000)
+    assert alice.team.flush(30)
+    [blob] = (tmp_path / "shared").glob("**/blobs/*")
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 1  # (a bit of the array's buffer: its signed head and pickle are intact)
+    blob.write_bytes(bytes(data))
+    bob = nbcache.Cache(tmp_path / "bob", key=TEAM_KEY)
+    ramp = nbcache.step(cache=bob, name="ramp")(_ramp)
+    with pytest.warns(nbcache.CacheWarning, match="found damaged on disk after it was served"):
+        ramp(300_000)
+        bob.background.drain(60)
+    monkeypatch.setenv("NBCACHE_REMOTE", "")
+    assert np.array_equal(ramp(300_000), expected)
+    assert _states(bob) == ["team hit", "removed"]
+
+
+def test_clearing_the_cache_clears_a_team_hit_not_written_yet(tmp_path, monkeypatch):
+    bob, ramp, expected = _pulled_by_bob(tmp_path, monkeypatch)
+    gate = threading.Event()
+    bob.background.submit(lambda: gate.wait(30))  # (the copy waits in line)
+    try:
+        ramp(100_000)
+        assert bob.clear() == 1  # (written first, then cleared with the rest)
+    finally:
+        gate.set()
+    bob.background.drain(30)
+    assert list(bob.store().entries()) == []
+
+
+def test_two_threads_calling_while_a_team_hit_is_written_wait_for_it(tmp_path, monkeypatch):
+    """Both find the result here: one writes it (taken back from the background thread), the other waits for
+    that, rather than going to the team cache again (here gone) and running the body."""
+    from nbcache import teamcache
+
+    bob, ramp, expected = _pulled_by_bob(tmp_path, monkeypatch)
+    kept = teamcache.keep
+    monkeypatch.setattr(teamcache, "keep", lambda *a: (time.sleep(0.3), kept(*a)))  # (a slow disk)
+    gate = threading.Event()
+    bob.background.submit(lambda: gate.wait(30))
+    try:
+        ramp(100_000)
+        shutil.rmtree(tmp_path / "shared")
+        results: list = []
+        threads = [threading.Thread(target=lambda: results.append(ramp(100_000))) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        gate.set()
+    assert len(results) == 2 and all(np.array_equal(r, expected) for r in results)
+    assert _states(bob) == ["team hit", "hit", "hit"]
+
+
+def test_a_result_refused_for_another_key_is_shared_on_the_next_remote(tmp_path, monkeypatch):
+    monkeypatch.setenv("NBCACHE_REMOTE", str(tmp_path / "first"))
+    alice = nbcache.Cache(tmp_path / "alice", key=TEAM_KEY)
+    nbcache.step(cache=alice, name="ramp")(_ramp)(10)
+    assert alice.team.flush(30)
+    mallory = nbcache.Cache(tmp_path / "mallory", key=secrets.token_hex(32))
+    with pytest.warns(nbcache.CacheWarning, match="sealed with another key"):
+        nbcache.step(cache=mallory, name="ramp")(_ramp)(10)
+    mallory.team.set(str(tmp_path / "second"), {})
+    mallory.set_directory(tmp_path / "mallory, elsewhere")
+    nbcache.step(cache=mallory, name="ramp")(_ramp)(10)
+    assert mallory.team.flush(30)
+    assert len(list((tmp_path / "second").glob("**/entries/*"))) == 1
+
+
+def test_a_value_here_already_is_served_from_here_not_from_the_team_cache(tmp_path, monkeypatch):
+    """The entry is the team's, its value the same as one stored here by another step: the copy here (checked
+    when it was stored) is used, and a damaged copy in the team cache does not matter."""
+    bob, ramp, expected = _pulled_by_bob(tmp_path, monkeypatch)
+    nbcache.step(cache=bob, name="same values")(lambda n: np.arange(n, dtype=float))(100_000)
+    [entry_object] = (tmp_path / "shared").glob("**/entries/*")
+    data = bytearray(entry_object.read_bytes())
+    data[len(data) // 3] ^= 1  # (in the value it carries)
+    entry_object.write_bytes(bytes(data))
+    assert np.array_equal(ramp(100_000), expected)
+    assert bob.runs("ramp")[-1].state.value == "team hit"
