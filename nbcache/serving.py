@@ -164,6 +164,8 @@ class Serving:
                 pending = team is not None and team.forget(key)  # (pulled, not written yet: now never is)
                 if pending or store.get_entry(key) == entry:  # (not a result stored since, recomputed)
                     store.delete(key, entry.blobs)
+                if team is not None:  # (and the team cache's copy: not taken again, replaced once recomputed)
+                    team.refuse(key, entry.blobs)
             at = time.strftime("%H:%M:%S", time.localtime(served))
             _warn(f"nbcache: the cached result step {name!r} returned at {at} was found damaged on disk"
                   f" after it was served ({problem}), so that value may be wrong; it is removed from the cache:"

@@ -73,6 +73,7 @@ class TeamCache:
         self._key_id = key_id
         self._background = background
         self._others: set[str] = set()  # cache keys whose entry there is sealed with another key: not replaced
+        self._refused: set[str] = set()  # cache keys whose result from there was found damaged: not taken again
         self._keeping: dict[str, _Keeping] = {}  # results pulled, being written into the local store
         self._keeping_lock = ForkSafeLock()
         self._keep_failed_said = False
@@ -119,7 +120,7 @@ class TeamCache:
         entry is refused with a warning). The values its object carries are left in memory, and the entry
         unwritten: the caller loads those from there (``Pulled.carried``), then ``keep_later``."""
         remote = self.remote
-        if remote is None:
+        if remote is None or key in self._refused:
             return None
         got = remote.get_entry(key)
         if got is None:
@@ -148,13 +149,16 @@ class TeamCache:
         queued before). Until it is done, ``settle(key)`` finishes it, and ``forget(key)`` cancels it."""
         keeping = _Keeping(store, pulled)
         with self._keeping_lock:  # (noted before the job can end, which forgets it)
+            if key in self._keeping:  # (another thread pulled it too: that one writes it)
+                return
             self._keeping[key] = keeping
             keeping.job = self._background.submit(lambda: self._keep(key, keeping))
 
     def settle(self, key: str, timeout: float = 5.0) -> bool:
         """Finish keeping the result of ``key`` this process pulled, if that is under way, waiting for another
         thread doing it (True then: look in the store again)."""
-        keeping = self._keeping.get(key)
+        with self._keeping_lock:  # (its job given: ``keep_later`` notes both at once)
+            keeping = self._keeping.get(key)
         if keeping is None:
             return False
         if keeping.job is not None and keeping.job.settle(timeout):  # (taken back from the queue: done here)
@@ -180,6 +184,14 @@ class TeamCache:
         else:  # (being written by another thread: waited for, to be found in the store)
             keeping.done.wait(5.0)
         return cancelled
+
+    def refuse(self, key: str, blobs: tuple[str, ...]) -> None:
+        """The result of ``key`` served from here was found damaged (its ``blobs``): it is not taken from the
+        remote again, but computed, and its upload replaces the damaged copies."""
+        self._refused.add(key)
+        remote = self.remote
+        if remote is not None:
+            remote.distrust(blobs)
 
     def _keep(self, key: str, keeping: _Keeping) -> None:
         with self._keeping_lock:
@@ -258,8 +270,8 @@ class TeamCache:
         uploads.submit(lambda: self._push(remote, store, key, entry, at))
 
     def _push(self, remote: Remote, store: Store, key: str, entry: Entry, at: str) -> None:
-        if remote.available:
-            upload(remote, store, key, entry, at, self._key_id())
+        if remote.available and upload(remote, store, key, entry, at, self._key_id()) is not None:
+            self._refused.discard(key)  # (replaced there)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every upload asked for has been done (or given up); True if all were."""

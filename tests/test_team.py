@@ -492,9 +492,13 @@ def test_a_pulled_value_found_damaged_after_it_was_served_is_never_kept(tmp_path
     with pytest.warns(nbcache.CacheWarning, match="found damaged on disk after it was served"):
         ramp(300_000)
         bob.background.drain(60)
-    monkeypatch.setenv("NBCACHE_REMOTE", "")
-    assert np.array_equal(ramp(300_000), expected)
+    assert np.array_equal(ramp(300_000), expected)  # (not the team cache's damaged copy again)
     assert _states(bob) == ["team hit", "removed"]
+    assert bob.team.flush(30)  # (its upload replaced the damaged copy)
+    carol = nbcache.Cache(tmp_path / "carol", key=TEAM_KEY)
+    assert np.array_equal(nbcache.step(cache=carol, name="ramp")(_ramp)(300_000), expected)
+    carol.background.drain(60)
+    assert _states(carol) == ["team hit"]
 
 
 def test_clearing_the_cache_clears_a_team_hit_not_written_yet(tmp_path, monkeypatch):
@@ -561,3 +565,43 @@ def test_a_value_here_already_is_served_from_here_not_from_the_team_cache(tmp_pa
     entry_object.write_bytes(bytes(data))
     assert np.array_equal(ramp(100_000), expected)
     assert bob.runs("ramp")[-1].state.value == "team hit"
+
+
+def test_an_eviction_counts_a_team_hit_not_written_yet(tmp_path, monkeypatch):
+    """Under a size limit, each store evicts what is least recently used: a result pulled and not yet written
+    is written first, so that it counts (and its values are not taken for no entry's)."""
+    bob, ramp, expected = _pulled_by_bob(tmp_path, monkeypatch)
+    bob.size_limit = "1GB"
+    gate = threading.Event()
+    bob.background.submit(lambda: gate.wait(30))
+    try:
+        ramp(100_000)
+        key = bob.runs("ramp")[-1].key
+        assert bob.store().get_entry(key) is None
+        nbcache.step(cache=bob, name="other")(lambda n: n + 1)(1)  # (a miss: stored, then room made)
+        assert bob.store().get_entry(key) is not None
+    finally:
+        gate.set()
+
+
+def test_two_threads_pulling_one_result_at_once_write_it_once_and_a_clear_clears_it(tmp_path, monkeypatch):
+    from nbcache import teamcache
+
+    bob, ramp, expected = _pulled_by_bob(tmp_path, monkeypatch)
+    both = threading.Barrier(2, timeout=10)
+    pull = teamcache.TeamCache.pull
+    monkeypatch.setattr(teamcache.TeamCache, "pull", lambda *a: (both.wait(), pull(*a))[1])  # (both pull)
+    gate = threading.Event()
+    bob.background.submit(lambda: gate.wait(30))
+    try:
+        threads = [threading.Thread(target=ramp, args=(100_000,)) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert _states(bob) == ["team hit", "team hit"]
+        assert bob.clear() == 1
+    finally:
+        gate.set()
+    bob.background.drain(30)
+    assert list(bob.store().entries()) == []
