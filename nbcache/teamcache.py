@@ -37,8 +37,8 @@ UPLOAD_QUEUE_MAX = 1000  # uploads waiting at most; past it, results stay local 
 @dataclass(frozen=True)
 class Pulled:
     """A result found in the team cache for a hit: the remote's record of it, its entry (sealed with the
-    cache's key), and the values its object carries, as views of that object, by address (loaded from there,
-    and so checked, before those the local store lacks are written into it)."""
+    cache's key), and the values its object carries that the local store lacks, as views of that object, by
+    address (loaded from there, and so checked, before they are written into the store)."""
 
     found: TeamEntry
     entry: Entry
@@ -117,8 +117,9 @@ class TeamCache:
     def pull(self, store: Store, key: str) -> Pulled | None:
         """The result of ``key`` from the remote, for a hit (one request, and one per value not carried in its
         entry's object, copied into ``store`` at once), or None if there is none to use (a foreign or changed
-        entry is refused with a warning). The values its object carries are left in memory, and the entry
-        unwritten: the caller loads those from there (``Pulled.carried``), then ``keep_later``."""
+        entry is refused with a warning). The values its object carries that ``store`` lacks are left in
+        memory, and the entry unwritten: the caller loads those from there (``Pulled.carried``), then
+        ``keep_later``."""
         remote = self.remote
         if remote is None or key in self._refused:
             return None
