@@ -235,19 +235,18 @@ class TeamCache:
         entry = Entry.from_json(found.entry)
         self._check_seal(key, entry)
         carried = found.carried()
-        if body is None and any(not store.has_blob(a) for a in carried.keys() & set(entry.blobs)):
+        # (a value here already, checked when it was stored, is served from here: not the remote's copy)
+        wanted = [address for address in dict.fromkeys(entry.blobs) if not store.has_blob(address)]
+        if body is None and carried.keys() & set(wanted):
             raise _Unread(key)
         view = memoryview(b"" if body is None else body)
         inline = {}
-        for address in dict.fromkeys(entry.blobs):
-            if store.has_blob(address):  # (the copy here, already checked, is served: not the remote's)
-                continue
+        for address in wanted:
             if address in carried:
-                if body is not None:
-                    start, size = carried[address]
-                    inline[address] = view[start:start + size]
-            elif not remote.copy_blob(
-                    address, found.sizes.get(address), lambda f, a=address: store.put_blob_file(a, f)):
+                start, size = carried[address]
+                inline[address] = view[start:start + size]
+            elif not remote.copy_blob(address, found.sizes.get(address),
+                                      lambda f, a=address: store.put_blob_file(a, f)):
                 return None  # (its values are checked when loaded: signed with the key, under their name)
         return entry, inline
 
@@ -280,11 +279,10 @@ class TeamCache:
 
 
 def keep(store: Store, key: str, entry: Entry, carried: dict[str, memoryview]) -> None:
-    """Write the values of ``carried`` that ``store`` lacks, then ``entry`` under ``key``: the entry last, so
-    that it never names a value that is not there."""
+    """Write the values of ``carried`` (those ``store`` lacked), then ``entry`` under ``key``: the entry last,
+    so that it never names a value that is not there."""
     for address, data in carried.items():
-        if not store.has_blob(address):
-            store.put_blob_file(address, data)
+        store.put_blob_file(address, data)
     store.put_entry(key, entry)
 
 
