@@ -146,9 +146,8 @@ class Serving:
         """Forget a damaged (or missing) result and say so; the reason of the run that recomputes it."""
         what = problem if isinstance(problem, str) else f"is damaged ({problem})"
         _warn(f"nbcache: the cached result of step {self.name!r} {what}; recomputing it")
-        remote = self.cache.team.remote if self.team is not None else None
-        if remote is not None:  # (it came from the team cache: its copies there are replaced when uploaded)
-            remote.distrust(blobs)
+        if self.team is not None:  # (it came from the team cache: not taken again, replaced once recomputed)
+            self.cache.team.refuse(self.key, tuple(blobs))
         with contextlib.suppress(Exception):
             self.store.delete(self.key, blobs)
         self.outcome, self.changes = Outcome.DAMAGED, ()
