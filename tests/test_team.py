@@ -558,8 +558,8 @@ def test_a_value_here_already_is_served_from_here_not_from_the_team_cache(tmp_pa
     """The entry is the team's, its value the same as one stored here by another step: the copy here (checked
     when it was stored) is used, and a damaged copy in the team cache does not matter."""
     bob, ramp, expected = _pulled_by_bob(tmp_path, monkeypatch)
+    [entry_object] = (tmp_path / "shared").glob("**/entries/*")  # (alice's; bob's step below shares its own)
     nbcache.step(cache=bob, name="same values")(lambda n: np.arange(n, dtype=float))(100_000)
-    [entry_object] = (tmp_path / "shared").glob("**/entries/*")
     data = bytearray(entry_object.read_bytes())
     data[len(data) // 3] ^= 1  # (in the value it carries)
     entry_object.write_bytes(bytes(data))
