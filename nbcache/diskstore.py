@@ -39,6 +39,7 @@ from .diskerrors import StoreError, describe
 from .diskevict import Recency, candidates, last_used
 from .diskfiles import Modes, _FrameDisk, entry_texts, make_dir, make_file, open_append, shared_from_env
 from .diskgc import GRACE_S, collect, disk_usage
+from .disklock import hold, let_go
 from .entry import Entry, Latest
 from .eviction import beyond_last, choose_victims
 from .frame import Damaged, Frame
@@ -300,25 +301,17 @@ class DiskStore:
                 make_dir(self._locks_dir, self._modes.dir)
             name = key if _LOCK_NAME.fullmatch(key) else hashlib.sha256(key.encode()).hexdigest()
             path = self._locks_dir / (name + ".lock")
-            # Made here, the umask applies to it as to every file; filelock then keeps the mode it has
-            # (it sets the mode it is given on the file, some versions every time)
-            make_file(path, self._modes.file)
-            import filelock  # (a miss needs it, never a hit: kept off import's path)
-
-            held = filelock.FileLock(str(path), mode=os.stat(path).st_mode & 0o777)
-            try:
-                held.acquire(timeout=timeout)
-            except filelock.Timeout:
-                held = None
-            with contextlib.suppress(OSError):
-                os.utime(path)  # in use: gc leaves it
+            held = hold(str(path), self._modes.file, timeout)
+            if held is not None:
+                with contextlib.suppress(OSError):
+                    os.utime(path)  # in use: gc leaves it
         except OSError:
             held = None
         try:
             yield held is not None
         finally:
             if held is not None:
-                held.release()
+                let_go(held)
 
     def close(self) -> None:
         self._recency.close()

@@ -13,7 +13,7 @@ the threads that would release them: a child that then needs one would wait for 
 A module that registers fork handlers of its own while the fork waits gets its handler for after the fork
 called without the one before it: ``logging``'s then prints "cannot release un-acquired lock" (harmless) if
 the fork comes within milliseconds of ``import nbcache`` in a process that had not imported ``logging`` (a
-Jupyter kernel has). filelock's is why it is not imported ahead (``warming.py``).
+Jupyter kernel has). So nothing else is imported ahead (``warming.py``).
 """
 
 from __future__ import annotations

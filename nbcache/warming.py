@@ -11,9 +11,9 @@ most: about 12 ms of work (importing diskcache and SQLite, opening the index) th
 thread running beside the user's code, since Python runs one thread at a time, and more, since the two
 would take turns at the interpreter lock. The thread is there for an index another process keeps locked for
 long: the import goes on after ``WAIT_S`` and the first step waits for the rest. Nothing else is done ahead:
-a first miss imports cloudpickle and filelock itself (filelock registers ``os.fork`` handlers, which must
-not happen while a fork waits for background work: its after-fork handler would run alone, and print a
-``KeyError``).
+a first miss imports cloudpickle itself. (A library imported on this thread could register ``os.fork``
+handlers while a fork waits for background work: the after-fork one would run alone. filelock, when nbcache
+used it, printed a ``KeyError`` so.)
 """
 
 from __future__ import annotations

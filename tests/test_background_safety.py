@@ -61,7 +61,7 @@ with multiprocessing.get_context("fork").Pool(2) as pool:
 def test_a_process_forking_just_after_import_nbcache_does_not_hang_its_children(tmp_path, delay):
     """``import nbcache`` opens an existing cache on a thread that imports diskcache and SQLite: a child
     forked meanwhile got the module locks that thread held, and hung on its first step (most of the time).
-    Nor may a library's own fork handlers complain (filelock's did, imported while the fork waited for it)."""
+    Nor may a library's own fork handlers complain (filelock's did, when nbcache imported it ahead)."""
     (tmp_path / "fork.py").write_text(_FORK_AT_ONCE)
     env = {**os.environ, "NBCACHE_DIR": str(tmp_path / "cache")}
     run_python("import nbcache; nbcache.step(lambda x: x + 1, name='inc')(1)", env=env, cwd=tmp_path)

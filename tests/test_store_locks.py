@@ -137,3 +137,33 @@ def test_no_lock_file_can_be_made_the_caller_computes_anyway(tmp_path):
     with store.lock("k", 1) as got:
         assert got is False
     store.close()
+
+
+def test_a_lock_file_removed_by_gc_just_before_it_was_locked_is_made_again_and_locked(tmp_path, monkeypatch):
+    """gc removes a lock file nobody holds (it tests it with flock). A caller who opened it just before, and
+    locked it just after, would hold a lock on a file no one else can find: it locks the new file instead."""
+    from nbcache import disklock
+
+    path = str(tmp_path / "k.lock")
+    first = disklock._try
+    removed = []
+
+    def gc_in_between(fd: int) -> bool:
+        if not removed:
+            os.unlink(path)  # (what diskgc does, between this caller's open and its flock)
+            removed.append(os.fstat(fd).st_ino)
+        return first(fd)
+
+    monkeypatch.setattr(disklock, "_try", gc_in_between)
+    fd = disklock.hold(path, 0o600, 1)
+    try:
+        assert fd is not None and removed
+        assert os.fstat(fd).st_ino == os.stat(path).st_ino  # (the file there now is the one held)
+        other = os.open(path, os.O_RDONLY)
+        with pytest.raises(BlockingIOError):
+            import fcntl
+
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(other)
+    finally:
+        disklock.let_go(fd)

@@ -74,9 +74,9 @@ def test_import_creates_nothing_and_makes_no_key(tmp_path):
 import sys, nbcache
 from nbcache.cache import default_cache
 print(default_cache()._warming.thread is None, "diskcache" in sys.modules, "cloudpickle" in sys.modules,
-      "filelock" in sys.modules, "numpy" in sys.modules, "IPython" in sys.modules)
+      "numpy" in sys.modules, "IPython" in sys.modules)
 """, env=_env(tmp_path, directory))
-    assert out.split() == ["True", "False", "False", "False", "False", "False"]
+    assert out.split() == ["True", "False", "False", "False", "False"]
     assert not directory.exists() and not (tmp_path / "home").exists()
     directory.mkdir()
     (directory / "store").mkdir()  # a cache directory, but no key anywhere yet: none is made ahead of use
