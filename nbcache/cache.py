@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .audit import unobserved
 from .carry import Carry
-from .entry import Entry, Latest
+from .entry import Entry
 from .errors import warn
 from .events import Events
 from .eviction import parse_size, size_limit_from_env
@@ -161,6 +161,11 @@ class Cache:
         return self._team
 
     @property
+    def team_if_any(self) -> TeamCache | None:
+        """``team``, or None (none made, nothing imported) if no remote was set and ``NBCACHE_REMOTE`` is not."""
+        return self.team if self._team is not None or os.environ.get("NBCACHE_REMOTE") else None
+
+    @property
     def key(self) -> bytes:
         """The key values are signed with (resolved on first use; ``SigningKeyError`` if it cannot be)."""
         if self._key is None:
@@ -288,14 +293,6 @@ class Cache:
             self._sealed.clear()
         self._sealed[key] = entry
 
-    # the latest ingredients, written only when they changed (``latestwrites.py``)
-    def remember_latest(self, store: Store, identity: str, latest: Latest, *, force: bool = False) -> None:
-        self.latest.write(store, identity, latest, force=force)
-
-    def remember_latest_later(self, store: Store, identity: str, key: str, latest: Callable[[], Latest]) -> None:
-        """On a hit of ``key``: make it the latest of ``identity`` unless it is already, in the background."""
-        self.latest.write_later(store, identity, key, latest)
-
     # history and maintenance
     def record(self, store: Store, run: StepRun) -> None:
         """Append ``run`` to the history and tell the listeners; raises ``OSError`` if it cannot be written
@@ -320,10 +317,8 @@ class Cache:
 
 
 def _seconds(text: str | None, *, default: float) -> float:
-    if not text:
-        return default
     try:
-        seconds = float(text)
+        seconds = float(text) if text else default
     except ValueError:
         seconds = float("nan")
     if seconds != seconds or seconds == float("inf"):

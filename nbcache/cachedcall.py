@@ -222,7 +222,8 @@ class StepCall(Serving, Keeping):
             return
         self.stored = True
         with contextlib.suppress(Exception):  # (what fails in an upload is said by the team cache, once)
-            self.cache.team.push_later(self.store, self.key, entry)
+            if (team := self.cache.team_if_any) is not None:
+                team.push_later(self.store, self.key, entry)
         if self.carried_from:  # (if one of those turns out damaged, this result goes with it)
             self.cache.carry.derived(self.carried_from, self.store, self.key, blobs)
         self.remember_last(force=True)
@@ -237,7 +238,7 @@ class StepCall(Serving, Keeping):
         """Record this call's ingredients as the step's latest (``uncached``: why its result was not stored)."""
         try:
             with unobserved:
-                self.cache.remember_latest(self.store, self.identity, self._latest(uncached), force=force)
+                self.cache.latest.write(self.store, self.identity, self._latest(uncached), force=force)
         except Exception as exc:  # only the wording of a later reason depends on it: say so, go on
             self.trouble(f"its ingredients could not be written ({describe_error(exc)})")
 

@@ -85,11 +85,14 @@ class Serving:
             if self.team_asked:  # (a second look, under the key's lock, is for this machine's other callers)
                 return MISS, None, self.why()
             self.team_asked = True
-            if self.cache.team.settle(self.key):  # (this process pulled it a moment ago: now written here)
+            team = self.cache.team_if_any
+            if team is None:
+                return MISS, None, self.why()
+            if team.settle(self.key):  # (this process pulled it a moment ago: now written here)
                 with contextlib.suppress(Damaged):
                     entry = self.store.get_entry(self.key)
         if entry is None:
-            pulled = self.cache.team.pull(self.store, self.key)  # (the team cache, if it is there)
+            pulled = team.pull(self.store, self.key)  # (the team cache, if it is there)
             if pulled is None:
                 return MISS, None, self.why()
             self.team, entry = pulled.found, pulled.entry
@@ -127,7 +130,7 @@ class Serving:
         if pulled is not None:
             self.cache.team.keep_later(self.store, self.key, pulled)
         with contextlib.suppress(Exception):  # (in memory, written later: a hit writes nothing, nor fails by it)
-            self.cache.remember_latest_later(self.store, self.identity, self.key, self._latest)
+            self.cache.latest.write_later(self.store, self.identity, self.key, self._latest)  # (if it changed)
             self.store.touch(self.key)
         self.sizes = dict(entry.sizes)
         return values, entry, ""

@@ -117,3 +117,21 @@ def test_a_fifo_in_place_of_the_history_never_holds_up_the_import_nor_a_step(tmp
                           capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
     assert (proc.returncode, proc.stdout.split()) == (0, ["3", "7"]), proc.stderr
     assert proc.stderr.count("could not be recorded") == 2
+
+
+def test_a_miss_without_a_remote_makes_no_team_cache(tmp_path):
+    """Nothing of the team cache is imported or made on a miss where no remote is set (it costs a fresh
+    process's first miss); ``NBCACHE_REMOTE`` set after the import is still read when the next call needs it."""
+    from nbcache.remote import REMOTE_ENV
+
+    out = run_python(f"""
+import os, sys, nbcache
+from nbcache.cache import default_cache
+assert nbcache.step(lambda x: x + 1, name="inc")(1) == 2
+print("nbcache.teamcache" in sys.modules, default_cache()._team is None)
+os.environ[{REMOTE_ENV!r}] = {str(tmp_path / "team")!r}
+assert nbcache.step(lambda x: x + 2, name="inc2")(1) == 3
+assert default_cache().team.flush(30)
+print(len(list(os.scandir({str(tmp_path / "team")!r}))) > 0)
+""", env=_env(tmp_path, tmp_path / "cache", **{REMOTE_ENV: ""}))
+    assert out.split() == ["False", "True", "True"]
