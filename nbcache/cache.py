@@ -29,6 +29,7 @@ from .background import shared_worker
 from .keys import key_id, load_key, parse_key
 from .latestwrites import LatestWrites
 from .records import StepRun
+from .smallvalues import NOT_KEPT, SmallValues
 from .store import Store
 from .verifier import Verifier, verify_lazily
 from .warming import WAIT_S, Warming
@@ -74,6 +75,7 @@ class Cache:
         self._computing: dict[int, set[str]] = {}
         self.verifier = Verifier(self.background)  # checks the buffers of big values hits mapped
         self.carry = Carry()  # the content addresses restored arrays carry to the next step
+        self.small = SmallValues()  # small values loaded, kept as their checked parts
         self._warming = Warming()  # opening the store ahead of the first call (``warm``)
         self._team: TeamCache | None = None  # the remote cache it shares with a team, if any (``team``)
 
@@ -235,17 +237,19 @@ class Cache:
     def load(self, store: Store, address: str,
              mapped: Callable[[Any], tuple[Callable[[str], None], Iterable[tuple[Any, str]]]] | None = None,
              data: memoryview | None = None) -> Any:
-        """The value of the blob at ``address``; ``None`` is a valid value, so a missing blob raises
-        ``KeyError``; a damaged one ``Damaged``. A big value is mapped from its file. Given ``mapped``, its
-        buffers are checked in the background (``verifier.py``, once ``verifier.release()`` is called):
-        ``mapped(value)`` says what to do if they are not intact (``on_damage(problem)``) and which arrays
-        in it carry which content address to the steps they are passed to (``carry.py``); without, they are
-        checked before it is returned. ``data``: the blob's bytes, in memory (read from there, all checked)."""
+        """The value of the blob at ``address`` (a missing one raises ``KeyError``, a damaged one ``Damaged``).
+        A big value is mapped from its file. Given ``mapped``, its buffers are checked in the background
+        (``verifier.py``, once ``verifier.release()`` is called): ``mapped(value)`` says what to do if they are
+        not intact (``on_damage(problem)``) and which arrays in it carry which content address to the steps
+        they are passed to (``carry.py``); without, before it is returned. ``data``: its bytes, in memory."""
+        if data is None and (value := self.small.value(address, self.notebook)) is not NOT_KEPT:
+            return value  # (read and checked before: ``smallvalues.py``)
         source = store.open_blob(address) if data is None else data
         if source is None:
             raise KeyError(address)
         lazy = verify_lazily if mapped is not None else False  # (asked only of a value that is mapped)
-        value, unchecked = read_frame(source, self.notebook, key=self.key, name=address, lazy=lazy)
+        keep = self.small.keeper(address, source) if data is None else None
+        value, unchecked = read_frame(source, self.notebook, key=self.key, name=address, lazy=lazy, keep=keep)
         if unchecked is not None and mapped is not None:
             on_damage, carried = mapped(value)
             for obj, content_address in carried:
@@ -312,6 +316,7 @@ class Cache:
         if self._team is not None:  # (results pulled are written first, so that they are cleared too)
             self._team.settle_all()
         count = store.clear(step, older_than_s=older_than_s, keep_last=keep_last)
+        self.small.clear()
         self.latest.forget(store)
         return count
 

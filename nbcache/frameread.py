@@ -28,7 +28,7 @@ import xxhash
 from .frameformat import ALIGN, HEAD, READ_CHUNK, ROW, Damaged, check_tag, checksum_thread, parse_head
 from .pickler import NotebookUnpickler
 
-__all__ = ["MAP_MIN", "Unchecked", "load_frame", "read_frame", "signature_problem", "verify_frame"]
+__all__ = ["MAP_MIN", "Unchecked", "load_frame", "read_frame", "signature_problem", "value_of_parts", "verify_frame"]
 
 MAP_MIN = 1 << 20  # buffers of a value in a file that, together, are mapped rather than read
 _SMALL_PICKLE = 64 << 20  # a longer pickle is proven in a first pass before memory is taken for it
@@ -84,9 +84,11 @@ def load_frame(source: bytes | Any, notebook: types.ModuleType | None = None, *,
 
 
 def read_frame(source: bytes | memoryview | Any, notebook: types.ModuleType | None = None, *, key: bytes,
-               name: str = "", lazy: bool | Callable[[], bool] = True) -> tuple[Any, Unchecked | None]:
+               name: str = "", lazy: bool | Callable[[], bool] = True,
+               keep: Callable[[bytes, list[Any]], None] | None = None) -> tuple[Any, Unchecked | None]:
     """``load_frame``, but a big value in a file is mapped, and (``lazy``, or what ``lazy()`` says once a
-    value is mapped) its buffers' digests are left to check: (the value, what is left to check, or None)."""
+    value is mapped) its buffers' digests are left to check: (the value, what is left to check, or None).
+    ``keep(pickle, buffers)`` is given a value's parts once all are read and checked, before unpickling."""
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     elif isinstance(source, memoryview):
@@ -104,6 +106,8 @@ def read_frame(source: bytes | memoryview | Any, notebook: types.ModuleType | No
                 buffers = None
         if buffers is None:
             buffers = _read_buffers(f, table, offsets)
+            if keep is not None:
+                keep(pickled, buffers)
         elif not (lazy() if callable(lazy) else lazy):
             problem = unchecked.check()
             if problem:
@@ -312,6 +316,16 @@ def _open_checked(f: Any, key: bytes, name: str, *,
         raise Damaged("the file is truncated")
     table, offsets = check_tag(key, name, magic, signature, pickle_len, nbuf, rows, [pickled], size)
     return table, offsets, pickled
+
+
+def value_of_parts(pickled: bytes, buffers: tuple[bytes, ...], notebook: types.ModuleType | None) -> Any:
+    """A value made anew from parts ``read_frame`` checked and gave ``keep``: its buffers copied, writable."""
+    copies = []
+    for buf in buffers:
+        copy = _alloc(len(buf))
+        memoryview(copy).cast("B")[:] = buf
+        copies.append(copy)
+    return _unpickle(pickled, copies, notebook)
 
 
 def _unpickle(pickled: bytes | memoryview, buffers: list, notebook: types.ModuleType | None) -> Any:
