@@ -8,26 +8,33 @@ handlers) cost a fresh process's first miss about 10 ms, more than its step's lo
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
+from typing import NamedTuple
 
-from .diskfiles import make_file
-
-__all__ = ["hold", "let_go"]
+__all__ = ["Held", "hold", "let_go"]
 
 FIRST_PAUSE_S, LONGEST_PAUSE_S = 0.001, 0.05  # a waiter polls, each pause twice the last, up to 50 ms
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-def hold(path: str, mode: int, timeout: float) -> int | None:
-    """A descriptor of ``path`` (created with ``mode`` if it is missing) that holds an exclusive ``flock`` on
-    it, or None if others held it for ``timeout`` seconds (negative: wait as long as it takes). ``OSError``
-    if no lock can be had there at all (a file system without ``flock``, a folder in the file's place)."""
+class Held(NamedTuple):
+    """A lock ``hold`` took: its descriptor, and the process that took it."""
+
+    fd: int
+    pid: int
+
+
+def hold(path: str, mode: int, timeout: float) -> Held | None:
+    """An exclusive ``flock`` on ``path`` (created with ``mode`` if it is missing), or None if others held it
+    for ``timeout`` seconds (negative: wait as long as it takes). ``OSError`` if no lock can be had there at
+    all (a file system without ``flock``, a folder in the file's place)."""
     deadline = time.monotonic() + timeout
     pause = FIRST_PAUSE_S
     while True:
-        make_file(path, mode)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # (flock needs no write access)
+        fd = _open(path, mode)
         try:
             while not _try(fd):
                 left = deadline - time.monotonic()
@@ -37,19 +44,33 @@ def hold(path: str, mode: int, timeout: float) -> int | None:
                 time.sleep(pause if timeout < 0 else min(pause, left))
                 pause = min(2 * pause, LONGEST_PAUSE_S)
             if _is_still(path, fd):
-                return fd
+                return Held(fd, os.getpid())
         except BaseException:
             os.close(fd)
             raise
         os.close(fd)  # gc removed the file between our open and our lock: lock the one there now
 
 
-def let_go(fd: int) -> None:
-    """Release what ``hold`` returned."""
+def let_go(held: Held) -> None:
+    """Release what ``hold`` returned. In a child forked while it was held (a step's body that forks), only
+    the child's copy of the descriptor is closed: unlocking it would unlock the parent's lock too."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        if held.pid == os.getpid():
+            fcntl.flock(held.fd, fcntl.LOCK_UN)
     finally:
-        os.close(fd)
+        os.close(held.fd)
+
+
+def _open(path: str, mode: int) -> int:
+    """The lock file, opened for writing where that is allowed (on NFS, ``flock`` is a write lock, which needs
+    it), else for reading (locally, that is enough: a shared cache's lock file made by another user)."""
+    flags = os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, os.O_RDWR | flags, mode)
+    except OSError as exc:
+        if exc.errno not in _READ_ONLY:
+            raise
+    return os.open(path, os.O_RDONLY | flags, mode)
 
 
 def _try(fd: int) -> bool:

@@ -302,12 +302,12 @@ class DiskStore:
             name = key if _LOCK_NAME.fullmatch(key) else hashlib.sha256(key.encode()).hexdigest()
             path = self._locks_dir / (name + ".lock")
             held = hold(str(path), self._modes.file, timeout)
-            if held is not None:
-                with contextlib.suppress(OSError):
-                    os.utime(path)  # in use: gc leaves it
         except OSError:
             held = None
         try:
+            if held is not None:
+                with contextlib.suppress(OSError):
+                    os.utime(path)  # in use: gc leaves it
             yield held is not None
         finally:
             if held is not None:
