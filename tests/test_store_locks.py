@@ -155,10 +155,10 @@ def test_a_lock_file_removed_by_gc_just_before_it_was_locked_is_made_again_and_l
         return first(fd)
 
     monkeypatch.setattr(disklock, "_try", gc_in_between)
-    fd = disklock.hold(path, 0o600, 1)
+    held = disklock.hold(path, 0o600, 1)
     try:
-        assert fd is not None and removed
-        assert os.fstat(fd).st_ino == os.stat(path).st_ino  # (the file there now is the one held)
+        assert held is not None and removed
+        assert os.fstat(held.fd).st_ino == os.stat(path).st_ino  # (the file there now is the one held)
         other = os.open(path, os.O_RDONLY)
         with pytest.raises(BlockingIOError):
             import fcntl
@@ -166,4 +166,35 @@ def test_a_lock_file_removed_by_gc_just_before_it_was_locked_is_made_again_and_l
             fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.close(other)
     finally:
-        disklock.let_go(fd)
+        disklock.let_go(held)
+
+
+def test_a_child_forked_while_the_lock_is_held_does_not_release_it_when_it_exits(tmp_path):
+    """A step's body that forks: the child unwinds through the lock's ``with`` (``sys.exit``) and closes its
+    copy of the descriptor; the parent still holds the lock, and another process still waits for it."""
+    store = DiskStore(tmp_path / "c")
+    probe = textwrap.dedent(f"""
+        from nbcache.diskstore import DiskStore
+        with DiskStore({str(tmp_path / "c")!r}).lock("k", 0.3) as got:
+            print(got)
+    """)
+    parent = os.getpid()
+
+    def hold_and_fork() -> str:
+        with store.lock("k", 5) as got:
+            assert got
+            pid = os.fork()
+            if pid == 0:
+                sys.exit(0)  # (the child unwinds through the with, as a body's would)
+            os.waitpid(pid, 0)
+            return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+
+    try:
+        seen = hold_and_fork()
+    except SystemExit:
+        if os.getpid() != parent:
+            os._exit(0)
+        raise
+    assert seen == "False"  # (another process found it held)
+    store.close()
