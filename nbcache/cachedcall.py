@@ -187,8 +187,8 @@ class StepCall(Serving, Keeping):
         self.doing = "storing its result"
         state = self.observer.changed_state() if self.observer else {}
         if state:  # the process-wide state the run changed rides along as one more blob, set again on a hit
-            frames.append(self.cache.frame(state))
-            names = (*addresses, AMBIENT_BLOB)
+            frames.append(self.cache.frame(state))  # (named by all its bytes: an RNG's state is in its buffers)
+            names = (*addresses, f"{AMBIENT_BLOB}-{frames[-1].checksum().hex()}")
         self._put(frames, names, addresses, kind="function", duration_s=duration_s, is_tuple=is_tuple,
                   result=result, ambient=bool(state))
         return addresses
