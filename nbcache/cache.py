@@ -242,13 +242,13 @@ class Cache:
         (``verifier.py``, once ``verifier.release()`` is called): ``mapped(value)`` says what to do if they are
         not intact (``on_damage(problem)``) and which arrays in it carry which content address to the steps
         they are passed to (``carry.py``); without, before it is returned. ``data``: its bytes, in memory."""
-        if data is None and (value := self.small.value(address, self.notebook)) is not NOT_KEPT:
+        if data is None and (value := self.small.value(store, address, self.notebook)) is not NOT_KEPT:
             return value  # (read and checked before: ``smallvalues.py``)
         source = store.open_blob(address) if data is None else data
         if source is None:
             raise KeyError(address)
         lazy = verify_lazily if mapped is not None else False  # (asked only of a value that is mapped)
-        keep = self.small.keeper(address, source) if data is None else None
+        keep = self.small.keeper(store, address, source) if data is None else None
         value, unchecked = read_frame(source, self.notebook, key=self.key, name=address, lazy=lazy, keep=keep)
         if unchecked is not None and mapped is not None:
             on_damage, carried = mapped(value)

@@ -1,7 +1,7 @@
 """Small values read from the index once, checked, and kept in memory as their parts (the pickle, the buffers).
 
-A value is stored under its content address and never changes there, so a hit that names the same address
-again in this process is made from those parts: unpickled anew, its buffers copied (the caller owns what it
+A value is stored under a name that covers its content, and never changes there, so a hit that names the
+same value in the same store again in this process is made from those parts: unpickled anew, its buffers copied (the caller owns what it
 gets, as with any hit), without reading the index or checking the signature a second time. The entry that
 names the address is still read from the store on every call: a result cleared, replaced or damaged there
 counts at once. Only values the index holds itself (diskcache keeps those under 32 KB in SQLite) are kept,
@@ -23,18 +23,20 @@ MAX_BYTES = 8 << 20  # what all the values kept take at most
 
 
 class SmallValues:
-    """The parts of small values loaded, by content address (one per ``Cache``)."""
+    """The parts of small values loaded, by store and blob name (one per ``Cache``). What one store holds
+    says nothing of another (another directory, with values signed with another key, or damaged)."""
 
     def __init__(self) -> None:
-        self._parts: dict[str, tuple[bytes, tuple[bytes, ...]]] = {}
+        self._parts: dict[tuple[int, str], tuple[bytes, tuple[bytes, ...]]] = {}
+        self._stores: dict[int, Any] = {}  # (held, so that no other store is given the id of one kept here)
         self._bytes = 0
 
-    def value(self, address: str, notebook: Any) -> Any:
-        """The value at ``address`` made anew if it is kept, else ``NOT_KEPT``."""
-        parts = self._parts.get(address)
+    def value(self, store: Any, name: str, notebook: Any) -> Any:
+        """The value named ``name`` in ``store``, made anew, if it is kept; else ``NOT_KEPT``."""
+        parts = self._parts.get((id(store), name))
         return NOT_KEPT if parts is None else value_of_parts(*parts, notebook)
 
-    def keeper(self, address: str, source: Any) -> Callable[[bytes, list[Any]], None] | None:
+    def keeper(self, store: Any, name: str, source: Any) -> Callable[[bytes, list[Any]], None] | None:
         """What ``read_frame`` gives the parts it checked of ``source`` to (None: not kept)."""
         if not isinstance(source, (bytes, bytearray)) or len(source) > MAX_VALUE_BYTES:
             return None
@@ -42,11 +44,12 @@ class SmallValues:
         def keep(pickled: bytes, buffers: list[Any]) -> None:
             if self._bytes + len(source) > MAX_BYTES:
                 self.clear()
-            self._parts[address] = (bytes(pickled), tuple(bytes(memoryview(b)) for b in buffers))
+            self._stores[id(store)] = store
+            self._parts[id(store), name] = (bytes(pickled), tuple(bytes(memoryview(b)) for b in buffers))
             self._bytes += len(source)
 
         return keep
 
     def clear(self) -> None:
-        self._parts = {}
+        self._parts, self._stores = {}, {}
         self._bytes = 0

@@ -68,14 +68,15 @@ def test_a_value_past_the_size_kept_is_read_each_time(monkeypatch):
 
 def test_what_is_kept_is_let_go_past_its_limit(monkeypatch):
     monkeypatch.setattr(smallvalues, "MAX_BYTES", 3000)
-    kept = smallvalues.SmallValues()
+    kept, store = smallvalues.SmallValues(), MemoryStore()
     for i in range(5):
-        keep = kept.keeper(f"a{i}", b"x" * 1000)
+        keep = kept.keeper(store, f"a{i}", b"x" * 1000)
         keep(pickle.dumps(i), [])
-    assert kept.value("a4", None) == 4  # (the newest is there)
-    assert kept.value("a0", None) is smallvalues.NOT_KEPT
+    assert kept.value(store, "a4", None) == 4  # (the newest is there)
+    assert kept.value(MemoryStore(), "a4", None) is smallvalues.NOT_KEPT  # (another store's is not this one's)
+    assert kept.value(store, "a0", None) is smallvalues.NOT_KEPT
     assert kept._bytes <= 3000
-    assert kept.keeper("file", object()) is None  # (a value in a file of its own is not kept)
+    assert kept.keeper(store, "file", object()) is None  # (a value in a file of its own is not kept)
 
 
 @pytest.mark.parametrize("damage", ["flip a byte", "truncate"])
@@ -99,3 +100,52 @@ def test_a_small_value_damaged_before_its_first_read_is_not_kept(damage):
     again = table(10)
     assert np.array_equal(again["weights"], np.arange(10.0))
     assert cache.runs("table")[-1].state.value == "hit"
+
+
+def test_a_value_kept_from_one_directory_is_not_served_in_another(tmp_path):
+    """The same result in two directories, damaged in the second: a hit there finds the damage (a warning,
+    then the body runs again) as a fresh process would, though the first directory's copy was kept."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    runs = []
+    for directory in (first, second):
+        f = nbcache.step(cache=Cache(directory), name="f", ignore=["runs"])(lambda runs: runs.append(1) or [1, 2])
+        f(runs)
+    cache = Cache(first)
+    f = nbcache.step(cache=cache, name="f", ignore=["runs"])(lambda runs: runs.append(1) or [1, 2])
+    assert f(runs) == [1, 2] and len(runs) == 2  # (a hit in the first directory: its value kept)
+    store = Cache(second).store()
+    [(_, entry)] = list(store.entries())
+    [name] = entry.blobs
+    data = bytearray(store.open_blob(name))
+    data[-3] ^= 0xFF
+    store.delete("", (name,))
+    store.put_blob_file(name, bytes(data))
+    cache.set_directory(second)
+    with pytest.warns(nbcache.CacheWarning, match="damaged"):
+        assert f(runs) == [1, 2]
+    assert len(runs) == 3
+
+
+def test_two_steps_leaving_different_random_states_each_restore_their_own(tmp_path):
+    """The state a step leaves (numpy's global generator) rides along in a blob named by all its bytes: two
+    states that pickle alike but for their key arrays were once stored under one name, and a hit of the
+    second step set the first one's state."""
+    cache = Cache(tmp_path / "cache")
+
+    def a():
+        np.random.seed(1)
+        return float(np.random.rand())
+
+    def b():
+        np.random.seed(2)
+        return float(np.random.rand())
+
+    step_a, step_b = nbcache.step(cache=cache, name="a")(a), nbcache.step(cache=cache, name="b")(b)
+    step_a(), step_b()
+    for step, seed in ((step_a, 1), (step_b, 2), (step_a, 1)):
+        step()
+        np.random.seed(seed)
+        np.random.rand()
+        expected = np.random.rand()  # (the draw after the step's own run)
+        step()
+        assert cache.runs()[-1].cached and np.random.rand() == expected
