@@ -28,6 +28,8 @@ from .pickler import NotebookPickler
 
 __all__ = ["Frame", "load_frame", "read_frame", "signature_problem", "Damaged", "Unpicklable"]
 
+NAMED_BUFFER = 64 << 10  # a buffer up to this size counts in a value's name by its content, not only its length
+
 
 class Frame:
     """A serialized value, laid out as ``frameformat.py`` says: head, buffer rows, pickle, aligned buffers.
@@ -90,10 +92,17 @@ class Frame:
         return self._digests
 
     def identity(self) -> str:
-        """A short digest of the pickle itself, without the big buffers (whose content the value's hash
-        covers): two values that hash alike but pickle differently get different names."""
-        lengths = b"".join(struct.pack("<Q", b.nbytes) for b in self.buffers)
-        return xxhash.xxh3_64_hexdigest(lengths + self.pickled)
+        """A short digest of the pickle and of the small buffers (up to ``NAMED_BUFFER`` bytes; of a bigger
+        one, its length: the value's hash covers its content): two values that hash alike but pickle
+        differently, or hold other small buffers (a random generator's key array, in a cell's payload beside
+        equal outputs), get different names."""
+        h = xxhash.xxh3_64()
+        for buf in self.buffers:
+            h.update(struct.pack("<Q", buf.nbytes))
+            if buf.nbytes <= NAMED_BUFFER:
+                h.update(buf)
+        h.update(self.pickled)
+        return h.hexdigest()
 
     def checksum(self) -> bytes:
         """A digest of the whole value, pickle and buffers (the same whatever the key)."""

@@ -150,6 +150,17 @@ def test_drawing_without_seeding_depends_on_the_state_the_step_started_from(ip):
     assert ip.user_ns["draw"] == np.random.RandomState(2).rand()
 
 
+def test_two_cells_with_equal_outputs_that_seed_differently_each_restore_their_own_state(ip):
+    """Their payloads differ only in the generator's key array (an out-of-band buffer): each is stored under a
+    name of its own, and a hit of each sets the state its own run left."""
+    cells = {seed: f"%%step\nimport numpy as np\nnp.random.seed({seed})\nx = 5" for seed in (1, 2)}
+    for seed in (1, 2):
+        run(ip, cells[seed])
+    for seed in (1, 2, 1):
+        run(ip, cells[seed])
+        assert last().cached and np.random.rand() == np.random.RandomState(seed).rand()
+
+
 def test_seeding_before_drawing_does_not_depend_on_the_starting_state(ip):
     cell = "%%step\nimport random\nrandom.seed(5)\npick = random.random()"
     run(ip, cell)

@@ -38,6 +38,15 @@ def test_the_identity_follows_the_bytes():
     assert Frame([1, 2], key=KEY).identity() == Frame([1, 2], key=KEY).identity() != Frame([1, 3], key=KEY).identity()
 
 
+def test_the_identity_follows_the_content_of_small_buffers_and_the_length_of_big_ones():
+    """A random generator's key array is an out-of-band buffer: two states alike but for it are two names."""
+    small = [Frame(np.random.RandomState(seed), key=KEY) for seed in (1, 2)]
+    assert small[0].buffers and small[0].pickled == small[1].pickled
+    assert small[0].identity() != small[1].identity()
+    big = [Frame(np.full(1 << 17, fill), key=KEY) for fill in (1.0, 2.0)]  # (its content is in its address)
+    assert big[0].identity() == big[1].identity() != Frame(np.full((1 << 17) + 1, 1.0), key=KEY).identity()
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "trail", "magic"])
 def test_any_change_to_the_bytes_is_damage(damage):
     data = bytearray(Frame(np.arange(1000), key=KEY).to_bytes())
