@@ -237,6 +237,9 @@ def _zero_bytes(data: bytes) -> int:
 
 
 def _dtype_tag(dt: np.dtype) -> bytes:
+    if dt.subdtype is not None:  # ("f8", (2,)): its str is only its size ("|V16")
+        base, shape = dt.subdtype
+        return _dtype_tag(base) + b"x" + repr(shape).encode()
     return (str(dt.descr) if dt.names else dt.str).encode()
 
 

@@ -78,6 +78,7 @@ def feed_index(index: pd.Index, h: Hasher, walk: Walk) -> None:
 
 def feed_series(series: pd.Series, h: Hasher, walk: Walk) -> None:
     h.update(b"pser")
+    _feed_beside(series, pd.Series, h, walk)
     feed(series.name, h, walk)
     feed_index(series.index, h, walk)
     feed_values(series.array, h, walk)
@@ -85,6 +86,7 @@ def feed_series(series: pd.Series, h: Hasher, walk: Walk) -> None:
 
 def feed_frame(frame: pd.DataFrame, h: Hasher, walk: Walk) -> None:
     h.update(b"pdf")
+    _feed_beside(frame, pd.DataFrame, h, walk)
     feed_index(frame.columns, h, walk)
     feed_index(frame.index, h, walk)
     for position, (label, column) in enumerate(frame.items()):
@@ -92,6 +94,21 @@ def feed_frame(frame: pd.DataFrame, h: Hasher, walk: Walk) -> None:
             feed_values(column.array, h, walk)
         except Unhashable as e:
             raise e.at(f"[{label!r}]" if frame.columns.is_unique else f".iloc[:, {position}]") from None
+
+
+def _feed_beside(obj: pd.Series | pd.DataFrame, base: type, h: Hasher, walk: Walk) -> None:
+    """What a Series or DataFrame carries beside its data, which code reading it may depend on: a subclass's
+    type and its ``_metadata`` attributes (a GeoDataFrame's CRS), ``attrs``, and whether duplicate labels are
+    refused. Fed only when present: a plain one with none hashes as it always did."""
+    if type(obj) is not base:
+        h.update(b"psub")
+        feed(type(obj), h, walk)
+        feed({name: getattr(obj, name, None) for name in getattr(obj, "_metadata", ())}, h, walk)
+    if obj.attrs:
+        h.update(b"pattrs")
+        feed(dict(obj.attrs), h, walk)
+    if not obj.flags.allows_duplicate_labels:
+        h.update(b"pnodup")
 
 
 HANDLERS: dict[type, Handler] = {

@@ -105,6 +105,12 @@ def test_numpy_dtype_and_shape_are_part_of_the_hash():
     assert H(np.zeros(0, dtype=np.float64)) != H(np.zeros(0, dtype=np.int64))
 
 
+def test_a_subarray_dtype_hashes_as_its_base_and_shape_not_its_size():
+    dtypes = [np.dtype(("f8", (2,))), np.dtype(("i4", (4,))), np.dtype("V16"), np.dtype(("f8", (2, 1)))]
+    assert len({H(dt) for dt in dtypes}) == len(dtypes)
+    assert H(np.dtype(("f8", (2,)))) == H(np.dtype(("f8", (2,))))
+
+
 def test_numpy_layout_does_not_matter(tmp_path):
     a = np.random.default_rng(0).random((300, 200))
     assert H(a.T) == H(np.ascontiguousarray(a.T))
@@ -195,6 +201,36 @@ def test_pandas_series_name_index_and_values():
     assert H(s) != H(pd.Series([1, 3], name="x"))
     assert H(pd.Series(["1"])) != H(pd.Series([1]))
     assert H(pd.Series(["a", None])) != H(pd.Series(["a", "None"]))
+
+
+class _Tagged(pd.DataFrame):
+    _metadata = ["scale"]
+
+    @property
+    def _constructor(self):
+        return _Tagged
+
+
+def test_pandas_attrs_flags_and_a_subclass_s_type_and_metadata_count():
+    """What code may read beside the data: ``attrs``, refusing duplicate labels, a subclass and its
+    ``_metadata`` (a GeoDataFrame's CRS); a frame or series without any hashes as before."""
+    df = pd.DataFrame({"x": [1.0, 2.0]})
+    plain = H(df)
+    km = df.copy()
+    km.attrs["unit"] = "km"
+    m = df.copy()
+    m.attrs["unit"] = "m"
+    assert len({plain, H(km), H(m)}) == 3 and H(df.copy()) == plain
+    assert H(df.set_flags(allows_duplicate_labels=False)) != plain
+    tagged = _Tagged({"x": [1.0, 2.0]})
+    tagged.scale = 10
+    other = _Tagged({"x": [1.0, 2.0]})
+    other.scale = 20
+    assert len({plain, H(tagged), H(other)}) == 3
+    s = pd.Series([1, 2], name="x")
+    with_attrs = s.copy()
+    with_attrs.attrs["unit"] = "km"
+    assert H(with_attrs) != H(s) == H(s.copy())
 
 
 def test_pandas_categorical_nullable_and_datetimes():
