@@ -200,7 +200,9 @@ class StepCall(Serving, Keeping):
         self.doing = "pickling its result"
         frame = self.cache.frame(payload, by_value=by_value)
         self.doing = "storing its result"
-        self._put([frame], (hash_value(addresses),), addresses, kind="cell", duration_s=duration_s, sizes=sizes)
+        # named by its outputs' content; by all its bytes if one has no hash (a dict view: its address is "")
+        name = hash_value(addresses) if all(addresses) else f"bytes-{frame.checksum().hex()}"
+        self._put([frame], (name,), addresses, kind="cell", duration_s=duration_s, sizes=sizes)
 
     def _put(self, frames: list[Frame], names: tuple[str, ...], addresses: tuple[str, ...], *, kind: str,
              duration_s: float, sizes: dict[str, int] | None = None, **fields: Any) -> None:

@@ -124,6 +124,7 @@ class _Walker:
                     names = tuple(n.name for n in ast.walk(case.pattern)
                                   if isinstance(n, (ast.MatchAs, ast.MatchStar)) and n.name)
                     names += tuple(n.rest for n in ast.walk(case.pattern) if isinstance(n, ast.MatchMapping) and n.rest)
+                    self.read(case.pattern)  # `case cfg.HIGH:`, `case Point(x=0):` read cfg and Point
                     self.read(case.guard)
                     self.block(case.body, bound=names)
             elif (inner := timed_code(st)) is not None:
@@ -241,8 +242,9 @@ class _Reader(ast.NodeVisitor):
         self.global_writes |= declared | inner.global_writes
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
-        for expr in [*node.decorator_list, *_defaults(node.args)]:
-            self.visit(expr)
+        for expr in [*node.decorator_list, *_defaults(node.args), *_annotations(node)]:
+            self.visit(expr)  # (annotations too: evaluated as the def runs, unless a cell imported
+            # `from __future__ import annotations`, when reading them only makes a change re-run the cell)
         self._nested(_parameters(node.args), list(node.body))
 
     visit_AsyncFunctionDef = visit_FunctionDef
@@ -260,8 +262,12 @@ class _Reader(ast.NodeVisitor):
         for statement in node.body:
             inner = _Reader()
             inner.visit(statement)
-            methods = isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-            self.names.extend(n for n in inner.names if methods or n not in class_bound)
+            # a name bound in the class body is not seen by its methods, nor inside its lambdas and
+            # comprehensions (but their first iterable): there, it is the notebook's
+            unseen = isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or any(
+                isinstance(n, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp))
+                for n in ast.walk(statement))
+            self.names.extend(n for n in inner.names if unseen or n not in class_bound)
             self.global_writes |= inner.global_writes
             class_bound.update(_scope_bindings(statement))
 
@@ -282,6 +288,12 @@ class _Reader(ast.NodeVisitor):
 
     def visit_DictComp(self, node: ast.DictComp) -> None:
         self._comprehension(node, [node.key, node.value])
+
+
+def _annotations(node: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.expr]:
+    args = node.args
+    every = [*args.posonlyargs, *args.args, *args.kwonlyargs, *(a for a in (args.vararg, args.kwarg) if a)]
+    return [a.annotation for a in every if a.annotation is not None] + ([node.returns] if node.returns else [])
 
 
 def _parameters(args: ast.arguments) -> set[str]:

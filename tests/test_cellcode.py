@@ -106,6 +106,24 @@ def test_a_class_body_sees_its_own_names_but_its_methods_do_not():
     assert binds(source) == {"M"}
 
 
+def test_a_class_body_s_lambdas_and_comprehensions_read_the_notebook_s_names_not_its_own():
+    """Only the class body itself sees what it bound: inside its comprehension, ``k`` is the notebook's."""
+    assert reads("class T:\n    k = 1\n    zs = [v + k for v in range(3)]\n") == {"k", "range"}
+    assert reads("class T:\n    k = 1\n    f = lambda: k\n") == {"k"}
+    assert reads("class T:\n    k = 1\n    j = k + 1\n") == set()
+
+
+def test_match_patterns_read_the_names_they_compare_with():
+    source = "match level:\n    case cfg.HIGH:\n        label = 'high'\n    case Point(x=0) as p:\n        label = p\n"
+    assert reads(source) == {"level", "cfg", "Point"}
+    assert {"label", "p"} <= binds(source)
+
+
+def test_a_function_s_annotations_are_read_as_its_def_runs():
+    source = "def field(raw: Num, *rest: Extra, key: Key = None) -> Out:\n    return raw\nv = field('7')"
+    assert reads(source) == {"Num", "Extra", "Key", "Out"}
+
+
 def test_a_function_declaring_a_global_binds_it_when_called():
     code = analyse_cell("def setup():\n    global cfg\n    cfg = load()\nsetup()")
     assert set(code.binds) == {"setup", "cfg"}

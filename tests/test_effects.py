@@ -161,6 +161,17 @@ def test_two_cells_with_equal_outputs_that_seed_differently_each_restore_their_o
         assert last().cached and np.random.rand() == np.random.RandomState(seed).rand()
 
 
+def test_two_cells_binding_values_with_no_hash_each_restore_their_own(ip):
+    """A dict view pickles but has no hash (its address is ""): the payload is named by all its bytes, so two
+    cells binding views over different arrays (big ones, beyond the small buffers a name covers) are two."""
+    run(ip, "import numpy as np")
+    cells = {scale: f"%%step\nv = {{'w': np.arange(20_000.0) * {scale}}}.values()" for scale in (1, 10)}
+    for scale in (1, 10, 1, 10):
+        run(ip, cells[scale])
+        assert np.array_equal(list(ip.user_ns["v"])[0], np.arange(20_000.0) * scale)
+    assert last().cached
+
+
 def test_seeding_before_drawing_does_not_depend_on_the_starting_state(ip):
     cell = "%%step\nimport random\nrandom.seed(5)\npick = random.random()"
     run(ip, cell)
