@@ -34,7 +34,13 @@ class SmallValues:
     def value(self, store: Any, name: str, notebook: Any) -> Any:
         """The value named ``name`` in ``store``, made anew, if it is kept; else ``NOT_KEPT``."""
         parts = self._parts.get((id(store), name))
-        return NOT_KEPT if parts is None else value_of_parts(*parts, notebook)
+        if parts is None:
+            return NOT_KEPT
+        try:
+            return value_of_parts(*parts, notebook)
+        except Exception:  # (``Damaged``: it no longer unpickles, its class gone): not kept, as not stored
+            self._parts.pop((id(store), name), None)
+            raise
 
     def keeper(self, store: Any, name: str, source: Any) -> Callable[[bytes, list[Any]], None] | None:
         """What ``read_frame`` gives the parts it checked of ``source`` to (None: not kept)."""

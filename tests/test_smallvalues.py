@@ -10,6 +10,7 @@ import pytest
 
 import nbcache
 from nbcache import Cache, MemoryStore, smallvalues
+from nbcache.frame import Damaged
 
 
 class CountingStore(MemoryStore):
@@ -149,3 +150,20 @@ def test_two_steps_leaving_different_random_states_each_restore_their_own(tmp_pa
         expected = np.random.rand()  # (the draw after the step's own run)
         step()
         assert cache.runs()[-1].cached and np.random.rand() == expected
+
+
+def test_a_kept_value_that_no_longer_unpickles_is_recomputed_and_let_go(monkeypatch):
+    store = CountingStore()
+    cache = Cache(store=store)
+    table = nbcache.step(cache=cache, name="table")(_table)
+    table(10)
+    table(10)  # (kept)
+    [name] = store._blobs
+    real = smallvalues.value_of_parts
+    monkeypatch.setattr(smallvalues, "value_of_parts", lambda *a: (_ for _ in ()).throw(
+        Damaged("it cannot be unpickled (AttributeError: no class)")))
+    with pytest.warns(nbcache.CacheWarning, match="damaged|cannot be unpickled"):
+        assert np.array_equal(table(10)["weights"], np.arange(10.0))
+    assert cache.small.value(store, name, None) is smallvalues.NOT_KEPT
+    monkeypatch.setattr(smallvalues, "value_of_parts", real)
+    assert np.array_equal(table(10)["weights"], np.arange(10.0))
