@@ -85,10 +85,11 @@ def load_frame(source: bytes | Any, notebook: types.ModuleType | None = None, *,
 
 def read_frame(source: bytes | memoryview | Any, notebook: types.ModuleType | None = None, *, key: bytes,
                name: str = "", lazy: bool | Callable[[], bool] = True,
-               keep: Callable[[bytes, list[Any]], None] | None = None) -> tuple[Any, Unchecked | None]:
+               keep: Callable[[bytes, tuple[bytes, ...]], None] | None = None) -> tuple[Any, Unchecked | None]:
     """``load_frame``, but a big value in a file is mapped, and (``lazy``, or what ``lazy()`` says once a
     value is mapped) its buffers' digests are left to check: (the value, what is left to check, or None).
-    ``keep(pickle, buffers)`` is given a value's parts once all are read and checked, before unpickling."""
+    ``keep(pickle, buffers)`` is given a copy of a value's parts read into memory once it is checked and
+    unpickled (never those of a value that fails either)."""
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     elif isinstance(source, memoryview):
@@ -104,16 +105,20 @@ def read_frame(source: bytes | memoryview | Any, notebook: types.ModuleType | No
                 buffers, unchecked = _map(f, table, offsets, name)
             except OSError:  # a file system that cannot map, no address space or descriptor left: read it
                 buffers = None
+        parts = None
         if buffers is None:
             buffers = _read_buffers(f, table, offsets)
-            if keep is not None:
-                keep(pickled, buffers)
+            if keep is not None:  # (copied before unpickling: an object may take its buffer as its own)
+                parts = (bytes(pickled), tuple(bytes(memoryview(b).cast("B")) for b in buffers))
         elif not (lazy() if callable(lazy) else lazy):
             problem = unchecked.check()
             if problem:
                 raise Damaged(problem)
             unchecked = None
-    return _unpickle(pickled, buffers, notebook), unchecked
+    value = _unpickle(pickled, buffers, notebook)
+    if parts is not None:
+        keep(*parts)
+    return value, unchecked
 
 
 def signature_problem(source: bytes | Any, *, key: bytes, name: str = "") -> str | None:

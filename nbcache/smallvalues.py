@@ -1,11 +1,12 @@
 """Small values read from the index once, checked, and kept in memory as their parts (the pickle, the buffers).
 
 A value is stored under a name that covers its content, and never changes there, so a hit that names the
-same value in the same store again in this process is made from those parts: unpickled anew, its buffers copied (the caller owns what it
-gets, as with any hit), without reading the index or checking the signature a second time. The entry that
-names the address is still read from the store on every call: a result cleared, replaced or damaged there
-counts at once. Only values the index holds itself (diskcache keeps those under 32 KB in SQLite) are kept,
-``MAX_BYTES`` in all; past that, what was kept is let go.
+same value in the same store again in this process is made from those parts: unpickled anew, its buffers
+copied (the caller owns what it gets, as with any hit), without reading the index or checking the signature
+a second time. The entry that names it is still read from the store on every call: a result cleared,
+replaced or damaged there counts at once. Only values the index holds itself (diskcache keeps those under
+32 KB in SQLite), once read, checked and unpickled, are kept, ``MAX_BYTES`` in all; past that, what was
+kept is let go. One that no longer unpickles (its class gone) is let go as its stored copy is removed.
 """
 
 from __future__ import annotations
@@ -42,16 +43,16 @@ class SmallValues:
             self._parts.pop((id(store), name), None)
             raise
 
-    def keeper(self, store: Any, name: str, source: Any) -> Callable[[bytes, list[Any]], None] | None:
+    def keeper(self, store: Any, name: str, source: Any) -> Callable[[bytes, tuple[bytes, ...]], None] | None:
         """What ``read_frame`` gives the parts it checked of ``source`` to (None: not kept)."""
         if not isinstance(source, (bytes, bytearray)) or len(source) > MAX_VALUE_BYTES:
             return None
 
-        def keep(pickled: bytes, buffers: list[Any]) -> None:
+        def keep(pickled: bytes, buffers: tuple[bytes, ...]) -> None:
             if self._bytes + len(source) > MAX_BYTES:
                 self.clear()
             self._stores[id(store)] = store
-            self._parts[id(store), name] = (bytes(pickled), tuple(bytes(memoryview(b)) for b in buffers))
+            self._parts[id(store), name] = (pickled, buffers)
             self._bytes += len(source)
 
         return keep

@@ -167,3 +167,25 @@ def test_a_kept_value_that_no_longer_unpickles_is_recomputed_and_let_go(monkeypa
     assert cache.small.value(store, name, None) is smallvalues.NOT_KEPT
     monkeypatch.setattr(smallvalues, "value_of_parts", real)
     assert np.array_equal(table(10)["weights"], np.arange(10.0))
+
+
+def test_a_value_that_fails_to_unpickle_when_first_read_is_not_kept(monkeypatch):
+    from nbcache import frameread
+
+    store = CountingStore()
+    cache = Cache(store=store)
+    table = nbcache.step(cache=cache, name="table")(_table)
+    table(10)
+    [name] = store._blobs
+    real, calls = frameread._unpickle, []
+
+    def fails_once(*args):
+        if not calls:
+            calls.append(1)
+            raise Damaged("it cannot be unpickled (AttributeError: no class)")
+        return real(*args)
+
+    monkeypatch.setattr(frameread, "_unpickle", fails_once)
+    with pytest.warns(nbcache.CacheWarning):
+        table(10)  # (read, refused, recomputed: nothing kept from that read)
+    assert calls and cache.small.value(store, name, None) is smallvalues.NOT_KEPT
