@@ -55,6 +55,10 @@ class Recorder:
         self.events: list[list] = []
         self.paused = False
         self.result_display: tuple[dict, dict] | None = None  # the result as it was shown: every mime type
+        # every value the displayhook showed, and how, in order: with ``ast_node_interactivity = "all"``, each
+        # expression statement's (the last one is the result)
+        self.shown: list[tuple[Any, tuple[dict, dict]]] = []
+        self._value: Any = None
         self._saved: list[tuple[Any, str, Any]] = []
 
     def _pausing(self, method: Any) -> Any:
@@ -79,12 +83,19 @@ class Recorder:
         for name in self._HOOK_METHODS:
             self.patch(hook, name, self._pausing(getattr(hook, name)))
         write_result = self._pausing(hook.write_format_data)
+        compute = hook.compute_format_data
+
+        def compute_format_data(result: Any) -> Any:
+            self._value = result  # (the value whose format data is written next)
+            return compute(result)
 
         def write_format_data(format_dict: dict, md_dict: dict | None = None) -> Any:
             self.result_display = (dict(format_dict), dict(md_dict or {}))
+            self.shown.append((self._value, self.result_display))
             self.events.append(["result"])  # where it came among the outputs (a figure may follow it)
             return write_result(format_dict, md_dict)
 
+        self.patch(hook, "compute_format_data", compute_format_data)
         self.patch(hook, "write_format_data", write_format_data)
         publisher = self.shell.display_pub
         publish_through = self._pausing(publisher.publish)  # a terminal's publisher prints: not stdout

@@ -192,11 +192,12 @@ class CellCall(StepCall):
                               "</div>"},
                 {"nbcache": {"notice": True}},
             )
-        shown = []
+        shown, each = [], iter(payload.get("shown") or ())  # (every value shown, in order; else the result)
 
         def show_result() -> None:
             shown.append(True)
-            show_result_as_recorded(self.shell, payload["result"], payload.get("result_display"))
+            value, display = next(each, (payload["result"], payload.get("result_display")))
+            show_result_as_recorded(self.shell, value, display)
 
         replay(self.shell, payload["events"], show_result)
         if not shown:  # recorded by an nbcache that did not mark where the result came
@@ -262,6 +263,7 @@ class CellCall(StepCall):
         payload = {"variables": variables, "deleted": deleted, "events": recorder.recorded(),
                    "result": None if self.quiet else outcome.result,
                    "result_display": None if self.quiet else recorder.result_display,
+                   "shown": [] if self.quiet else recorder.shown,
                    "ambient": self.observer.changed_state()}
         defined_here = {id(v) for v in variables.values() if isinstance(v, (type, types.FunctionType))
                         and id(v) not in before.values()}

@@ -433,6 +433,25 @@ def test_trailing_semicolon_hides_the_result_on_a_hit_too(ip):
     assert run(ip, "%%step\nv = 1\nv + 1").result == 2  # a different cell: it ran, and shows its result
 
 
+def test_with_every_expression_shown_a_hit_shows_each_value_in_order(ip, capsys):
+    """``ast_node_interactivity = "all"`` (common in tutorials): every expression statement's value is shown,
+    and becomes ``_``, ``__``...; a hit shows each again, in order, not the last one each time."""
+    ip.run_line_magic("config", 'InteractiveShell.ast_node_interactivity = "all"')
+    try:
+        cell = "%%step\nvalues = [1, 2, 3, 4]\nsum(values)\nlen(values) * 10\nvalues[-1] + 100"
+        run(ip, cell)
+        first = capsys.readouterr().out
+        run(ip, cell)
+        second = capsys.readouterr().out
+        assert nbcache.runs()[-1].cached
+        assert [line for line in second.splitlines() if line.startswith("Out")] == \
+            [line for line in first.splitlines() if line.startswith("Out")]
+        assert "10" in first and "40" in first and "104" in first
+        assert (ip.user_ns["_"], ip.user_ns["__"], ip.user_ns["___"]) == (104, 40, 10)
+    finally:
+        ip.run_line_magic("config", 'InteractiveShell.ast_node_interactivity = "last_expr"')
+
+
 def test_top_level_await_is_refused_with_advice(ip):
     with pytest.raises(UsageError, match="top-level await"):
         ip.run_cell_magic("step", "", "import asyncio\nawait asyncio.sleep(0)")
