@@ -91,6 +91,14 @@ def _print_options_set(options: dict) -> None:
     sys.modules["numpy"].set_printoptions(**options)
 
 
+def _errors_get() -> dict:
+    return dict(sys.modules["numpy"].geterr())
+
+
+def _errors_set(handling: dict) -> None:
+    sys.modules["numpy"].seterr(**handling)
+
+
 _NOT_RC = frozenset({"backend"})  # the backend is its own kind: setting it switches pyplot's backend
 
 
@@ -227,6 +235,7 @@ KINDS: tuple[AmbientKind, ...] = (
     AmbientKind("numpy.random", "numpy.random", _numpy_random_get, _numpy_random_set, rng=True,
                 seed=("numpy.random", "seed"), lazy_in="numpy"),
     AmbientKind("numpy print options", "numpy", _print_options_get, _print_options_set, shape="mapping", renders=True),
+    AmbientKind("numpy error handling", "numpy", _errors_get, _errors_set, shape="mapping", renders=True),
     AmbientKind("matplotlib backend", "matplotlib", _backend_get, _backend_set, renders=True),
     AmbientKind("matplotlib.rcParams", "matplotlib", _rc_get, _rc_set, shape="mapping", renders=True),
     AmbientKind("pandas options", "pandas", _pandas_get, _pandas_set, shape="mapping", renders=True),

@@ -52,6 +52,7 @@ STATE_CASES = {
     "numpy seed": ("import numpy as np\nnp.random.seed(42)", "np.random.rand()"),
     "random seed": ("import random\nrandom.seed(3)", "random.random()"),
     "numpy print options": ("import numpy as np\nnp.set_printoptions(precision=2)", "repr(np.array([1/3]))"),
+    "numpy error handling": ("import numpy as np\nnp.seterr(divide='ignore', invalid='ignore')", "np.geterr()"),
     "matplotlib rc": ("import matplotlib\nmatplotlib.use('agg')\nimport matplotlib.pyplot as plt\n"
                       "plt.rc('font', size=17)\nplt.style.use('ggplot')",
                       "(plt.rcParams['font.size'], plt.rcParams['axes.facecolor'])"),
