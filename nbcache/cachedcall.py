@@ -290,8 +290,10 @@ class StepCall(Serving, Keeping):
 
 
 def addresses_of(values: Sequence[Any]) -> tuple[str, ...]:
-    """Content addresses of values that are not stored (for the record and the lineage)."""
-    return tuple(_address(v) for v in values)
+    """Content addresses of values that are not stored (for the record and the lineage); one value given
+    twice (a cell's variable and its alias) is hashed once."""
+    seen: dict[int, str] = {}
+    return tuple(seen[id(v)] if id(v) in seen else seen.setdefault(id(v), _address(v)) for v in values)
 
 
 def _address(value: Any, frame: Frame | None = None) -> str:

@@ -25,6 +25,9 @@ IPYTHON_NAMES = re.compile(r"_+\d*|_i+\d*|_(oh|dh|ih|ii|iii)|In|Out|exit|quit|ge
 # A function's hash follows the globals it reads: a change there is no mutation of the function.
 _CODE_TYPES = (types.FunctionType, type, types.ModuleType, types.MethodType, Step)
 
+# Values whose identity no code can tell apart from their content: two names bound to one are no alias.
+_VALUES = (int, float, complex, str, bytes, bool, type(None), frozenset, range, types.BuiltinFunctionType)
+
 _ABSENT = object()
 
 
@@ -60,7 +63,18 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
                 names.append(name)  # mutated in place: `items.append(x)`, `df["c"] = ...`
         except Exception:
             pass
-    return names, []
+    return names + aliases_of(ns, names), []
+
+
+def aliases_of(ns: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """The other names bound to the very object one of ``names`` is (``df = raw``, in this cell or another):
+    stored with it, one object in one pickle, so that a hit binds them all to one object again, as the run
+    left them, and a change made through one name later shows through the others."""
+    shared = {id(ns[n]) for n in names if not isinstance(ns[n], _VALUES + _CODE_TYPES)}
+    if not shared:
+        return []
+    return [n for n, v in ns.items() if id(v) in shared and n not in names and not IPYTHON_NAMES.fullmatch(n)
+            and not n.startswith("__")]
 
 
 def deleted_names(ns: Mapping[str, Any], before: Mapping[str, int]) -> list[str]:

@@ -28,7 +28,13 @@ def outputs(ns, before, binds=(), restrict=None, input_names=(), inputs=None):
 def test_what_the_cell_binds_or_rebinds_is_an_output_ipython_names_are_not():
     ns = {"a": 1, "keep": [1], "_": None}
     before = run(ns, "a = 2\nb = 3\n_ = 4\n_i5 = 'x'\nOut = {}\n__tmp = 1\nc = keep")
-    assert outputs(ns, before, binds=["a"]) == (["a", "b", "c"], [])
+    assert outputs(ns, before, binds=["a"]) == (["a", "b", "c", "keep"], [])  # (keep: c's alias, a list)
+
+
+def test_other_names_of_an_output_s_object_are_outputs_but_not_of_a_plain_value():
+    ns = {"raw": {"a": 1}, "n": 7, "text": "t", "f": len}
+    before = run(ns, "df = raw\nm = n\ns = text\ng = f")
+    assert outputs(ns, before, binds=["df", "m", "s", "g"]) == (["df", "m", "s", "g", "raw"], [])
 
 
 def test_a_name_the_code_binds_but_the_run_left_unchanged_is_still_an_output():

@@ -433,6 +433,23 @@ def test_trailing_semicolon_hides_the_result_on_a_hit_too(ip):
     assert run(ip, "%%step\nv = 1\nv + 1").result == 2  # a different cell: it ran, and shows its result
 
 
+def test_names_bound_to_one_object_in_different_cells_are_one_object_after_hits(ip):
+    """``df = raw`` in one cell, then a change through ``df`` in another: without nbcache ``raw`` changes too.
+    After a restart, with every cell a hit, the same: each cell stored the other names of the objects it
+    bound or changed (here ``raw``), and a hit binds them to one object again."""
+    cells = ["%%step\nraw = {'a': [1, 2]}\nlabel = 'x'", "%%step\ndf = raw", "%%step\ndf['total'] = sum(df['a'])"]
+    for cell in cells:
+        run(ip, cell)
+    assert ip.user_ns["df"] is ip.user_ns["raw"] and ip.user_ns["raw"]["total"] == 3
+    for name in ("raw", "df", "label"):  # (a new kernel)
+        del ip.user_ns[name]
+    for cell in cells:
+        run(ip, cell)
+        assert nbcache.runs()[-1].cached
+    assert ip.user_ns["df"] is ip.user_ns["raw"] and ip.user_ns["raw"] == {"a": [1, 2], "total": 3}
+    assert nbcache.runs()[-2].output_names == ("df", "raw")  # (the alias, stored with what the cell bound)
+
+
 def test_with_every_expression_shown_a_hit_shows_each_value_in_order(ip, capsys):
     """``ast_node_interactivity = "all"`` (common in tutorials): every expression statement's value is shown,
     and becomes ``_``, ``__``...; a hit shows each again, in order, not the last one each time."""
