@@ -30,7 +30,7 @@ from .cachedcall import StepCall, addresses_of
 from .capture import Recorder, publish, replay, show_result_as_recorded
 from .cellcode import CellCode
 from .cellnames import CellNames
-from .cellvars import deleted_names, memory_size, output_names, picklable
+from .cellvars import Alias, deleted_names, memory_size, output_names, picklable, stand_ins
 from .entry import Entry
 from .errors import warn as _warn
 from .fingerprint import imported_module
@@ -179,6 +179,9 @@ class CellCall(StepCall):
         self._run_magics_again()
         self.set_state(payload.get("ambient") or {})  # after the magics: `%matplotlib inline` sets rc too
         ns.update(payload["variables"])  # functions and classes come back living in ns (see pickler.py)
+        for name, value in payload["variables"].items():
+            if isinstance(value, Alias):  # (the input it stands for, live, as the key found it)
+                ns[name] = ns[value.of]
         for name in payload["deleted"]:
             ns.pop(name, None)
         if not self.magics.settings.quiet:  # what it cost now, next to what running it cost then
@@ -245,8 +248,10 @@ class CellCall(StepCall):
         """Store what the cell bound (when ``store``) and record the run."""
         ns = self.shell.user_ns
         names = self._outputs(before)
-        variables = {name: ns[name] for name in names}
-        addresses = addresses_of(list(variables.values()))
+        values = [ns[name] for name in names]
+        addresses = addresses_of(values)
+        aliases = stand_ins(ns, names, self.input_names, self.inputs) if self.restrict is None else {}
+        variables = {name: aliases.get(name, ns[name]) for name in names}
         unrepeatable = None
         if store and self.missing_outputs:
             unrepeatable = f"--outputs names {', '.join(self.missing_outputs)}, which the cell does not define"
@@ -268,7 +273,7 @@ class CellCall(StepCall):
         defined_here = {id(v) for v in variables.values() if isinstance(v, (type, types.FunctionType))
                         and id(v) not in before.values()}
         try:
-            sizes = {a: memory_size(v) for a, v in zip(addresses, variables.values()) if a}
+            sizes = {a: memory_size(v) for a, v in zip(addresses, values) if a}
             self.save_payload(payload, addresses, duration_s=duration, sizes=sizes, by_value=defined_here)
         except Unpicklable as exc:
             what = next((f"variable {n!r}" for n, v in variables.items() if not picklable(v, defined_here, self.cache.notebook)),

@@ -11,13 +11,14 @@ import itertools
 import re
 import sys
 import types
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from .frame import Frame, Unpicklable
 from .hashing import hash_value
 from .step import Step
 
-__all__ = ["IPYTHON_NAMES", "deleted_names", "is_closed", "memory_size", "output_names", "picklable"]
+__all__ = ["IPYTHON_NAMES", "Alias", "deleted_names", "is_closed", "memory_size", "output_names", "picklable",
+           "stand_ins"]
 
 # Names IPython itself binds as cells run (_, __, _i3, _oh, ...): never a cell's outputs.
 IPYTHON_NAMES = re.compile(r"_+\d*|_i+\d*|_(oh|dh|ih|ii|iii)|In|Out|exit|quit|get_ipython")
@@ -29,6 +30,13 @@ _CODE_TYPES = (types.FunctionType, type, types.ModuleType, types.MethodType, Ste
 _VALUES = (int, float, complex, str, bytes, bool, type(None), frozenset, range, types.BuiltinFunctionType)
 
 _ABSENT = object()
+
+
+class Alias(NamedTuple):
+    """Stored in a variable's place: on a hit, the variable is bound to the notebook's ``of`` as it is then
+    (an input of the cell, whose content the key checked): ``df = raw`` binds ``df`` to the live ``raw``."""
+
+    of: str
 
 
 def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Sequence[str],
@@ -51,30 +59,56 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
     # the `f` of `with open(...) as f:` (a file, an archive, a temporary file) is closed by now:
     # nothing to keep, and it cannot be stored
     names = [n for n in names if not is_closed(ns[n])]
+    unchanged = []  # inputs found as they were: a hit finds them so too, live, with whatever holds them
     for name in input_names:
         value = ns.get(name, _ABSENT)
         if name in names or name not in inputs or value is _ABSENT or isinstance(value, _CODE_TYPES):
             continue
         known = carried(value)
         if known is not None and known.address == inputs.get(name):
-            continue  # a restored array none of whose pages was written
+            unchanged.append(name)  # a restored array none of whose pages was written
+            continue
         try:
             if hash_value(value) != inputs.get(name):
                 names.append(name)  # mutated in place: `items.append(x)`, `df["c"] = ...`
+            else:
+                unchanged.append(name)
         except Exception:
             pass
-    return names + aliases_of(ns, names), []
+    return names + aliases_of(ns, names, live=unchanged), []
 
 
-def aliases_of(ns: Mapping[str, Any], names: Sequence[str]) -> list[str]:
-    """The other names bound to the very object one of ``names`` is (``df = raw``, in this cell or another):
-    stored with it, one object in one pickle, so that a hit binds them all to one object again, as the run
-    left them, and a change made through one name later shows through the others."""
-    shared = {id(ns[n]) for n in names if not isinstance(ns[n], _VALUES + _CODE_TYPES)}
+def aliases_of(ns: Mapping[str, Any], names: Sequence[str], live: Sequence[str] = ()) -> list[str]:
+    """The other names bound to the very object one of ``names`` is (``df = raw`` in another cell, then
+    ``df["c"] = ...`` in this one): stored with it, one object in one pickle, so that a hit binds them all
+    to one object again, as the run left them. Not those of an object one of the ``live`` inputs holds: a
+    hit binds the outputs to it (``stand_ins``), and every other name keeps it."""
+    held = {id(ns[n]) for n in live}
+    shared = {id(ns[n]) for n in names if not isinstance(ns[n], _VALUES + _CODE_TYPES)} - held
     if not shared:
         return []
     return [n for n, v in ns.items() if id(v) in shared and n not in names and not IPYTHON_NAMES.fullmatch(n)
             and not n.startswith("__")]
+
+
+def stand_ins(ns: Mapping[str, Any], names: Sequence[str], input_names: Sequence[str],
+              inputs: Mapping[str, str]) -> dict[str, Alias]:
+    """Outputs bound to the very object an input the run left unchanged holds (``df = raw``): stored as an
+    ``Alias`` of that input, so that a hit binds them to the live object, which the key found as it was,
+    and every name and container holding it stays one object with them."""
+    live = {}
+    for name in input_names:
+        value = ns.get(name, _ABSENT)
+        if name in names or name not in inputs or value is _ABSENT or isinstance(value, _VALUES + _CODE_TYPES):
+            continue
+        live.setdefault(id(value), name)
+    if not live:
+        return {}
+    found = {n: Alias(live[id(ns[n])]) for n in names if id(ns[n]) in live and live[id(ns[n])] != n}
+    try:  # (the input is unchanged: output_names left it out of the outputs because its hash is the same)
+        return {n: a for n, a in found.items() if hash_value(ns[a.of]) == inputs[a.of]}
+    except Exception:
+        return {}
 
 
 def deleted_names(ns: Mapping[str, Any], before: Mapping[str, int]) -> list[str]:

@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from nbcache.cellvars import deleted_names, is_closed, memory_size, output_names, picklable
+from nbcache.cellvars import Alias, deleted_names, is_closed, memory_size, output_names, picklable, stand_ins
 from nbcache.hashing import hash_value
 
 
@@ -35,6 +35,20 @@ def test_other_names_of_an_output_s_object_are_outputs_but_not_of_a_plain_value(
     ns = {"raw": {"a": 1}, "n": 7, "text": "t", "f": len}
     before = run(ns, "df = raw\nm = n\ns = text\ng = f")
     assert outputs(ns, before, binds=["df", "m", "s", "g"]) == (["df", "m", "s", "g", "raw"], [])
+
+
+def test_an_output_that_is_an_unchanged_input_s_object_stands_for_it_and_its_other_names_are_not_stored():
+    """``df = raw``: df is stored as an alias of the input raw (a hit binds it to the live raw, which the key
+    checked); ``keep``, another name of that object, needs nothing. Changed through df, raw is stored."""
+    ns = {"raw": {"a": 1}}
+    ns["keep"] = ns["raw"]
+    inputs = {"raw": hash_value(ns["raw"])}
+    before = run(ns, "df = raw")
+    names, _ = outputs(ns, before, binds=["df"], input_names=["raw"], inputs=inputs)
+    assert names == ["df"] and stand_ins(ns, names, ["raw"], inputs) == {"df": Alias("raw")}
+    before = run(ns, "df = raw\ndf['b'] = 2")
+    names, _ = outputs(ns, before, binds=["df"], input_names=["raw"], inputs=inputs)
+    assert names == ["df", "raw", "keep"] and stand_ins(ns, names, ["raw"], inputs) == {}
 
 
 def test_a_name_the_code_binds_but_the_run_left_unchanged_is_still_an_output():
