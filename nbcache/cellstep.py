@@ -181,7 +181,10 @@ class CellCall(StepCall):
         ns.update(payload["variables"])  # functions and classes come back living in ns (see pickler.py)
         for name, value in payload["variables"].items():
             if isinstance(value, Alias):  # (the input it stands for, live, as the key found it)
-                ns[name] = ns[value.of]
+                if value.of in ns:
+                    ns[name] = ns[value.of]
+                else:  # (never, as an input of the key; but no marker is ever left in the notebook)
+                    del ns[name]
         for name in payload["deleted"]:
             ns.pop(name, None)
         if not self.magics.settings.quiet:  # what it cost now, next to what running it cost then

@@ -105,10 +105,11 @@ def stand_ins(ns: Mapping[str, Any], names: Sequence[str], input_names: Sequence
     if not live:
         return {}
     found = {n: Alias(live[id(ns[n])]) for n in names if id(ns[n]) in live and live[id(ns[n])] != n}
-    try:  # (the input is unchanged: output_names left it out of the outputs because its hash is the same)
-        return {n: a for n, a in found.items() if hash_value(ns[a.of]) == inputs[a.of]}
+    try:  # (checked again: only an input whose content is the one the key has may stand for an output)
+        same = {of: hash_value(ns[of]) == inputs[of] for of in {a.of for a in found.values()}}
     except Exception:
         return {}
+    return {n: a for n, a in found.items() if same[a.of]}
 
 
 def deleted_names(ns: Mapping[str, Any], before: Mapping[str, int]) -> list[str]:
