@@ -6,6 +6,7 @@ Plain functions of a namespace (a dict) and what the cell's analysis found; no I
 
 from __future__ import annotations
 
+import gc
 import io
 import itertools
 import re
@@ -28,6 +29,11 @@ _CODE_TYPES = (types.FunctionType, type, types.ModuleType, types.MethodType, Ste
 
 # Values whose identity no code can tell apart from their content: two names bound to one are no alias.
 _VALUES = (int, float, complex, str, bytes, bool, type(None), frozenset, range, types.BuiltinFunctionType)
+
+# What holds an output is found by following references from each variable, this many objects at most.
+HOLD_LIMIT = 2_000
+_NOT_FOLLOWED = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+                 types.CodeType, types.FrameType, Step)
 
 _ABSENT = object()
 
@@ -75,20 +81,63 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
                 unchanged.append(name)
         except Exception:
             pass
-    return names + aliases_of(ns, names, live=unchanged), []
+    held = _reach([ns[n] for n in unchanged], HOLD_LIMIT * len(unchanged))  # (live on a hit, as they are)
+    names += aliases_of(ns, names, held)
+    return names + holders_of(ns, names, held, existed=set(before.values())), []
 
 
-def aliases_of(ns: Mapping[str, Any], names: Sequence[str], live: Sequence[str] = ()) -> list[str]:
+def aliases_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = frozenset()) -> list[str]:
     """The other names bound to the very object one of ``names`` is (``df = raw`` in another cell, then
     ``df["c"] = ...`` in this one): stored with it, one object in one pickle, so that a hit binds them all
-    to one object again, as the run left them. Not those of an object one of the ``live`` inputs holds: a
-    hit binds the outputs to it (``stand_ins``), and every other name keeps it."""
-    held = {id(ns[n]) for n in live}
+    to one object again, as the run left them. Not those of an object ``held`` (by an input the run left
+    unchanged: a hit finds it live, as it is, and every other name keeps it)."""
     shared = {id(ns[n]) for n in names if not isinstance(ns[n], _VALUES + _CODE_TYPES)} - held
     if not shared:
         return []
     return [n for n, v in ns.items() if id(v) in shared and n not in names and not IPYTHON_NAMES.fullmatch(n)
             and not n.startswith("__")]
+
+
+def holders_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = frozenset(), *,
+               existed: set[int] | None = None, limit: int = HOLD_LIMIT) -> list[str]:
+    """The other variables whose objects hold an output's object (``models`` after ``models["lr"] = lr``, when
+    this cell fits ``lr``), or are held by one (the ``clf`` inside the ``pipe`` this cell fits): stored with
+    the outputs, in one pickle, so that a hit keeps them one graph of objects, as the run left it. Found by
+    following references (``gc.get_referents``), ``limit`` objects from each variable at most: one past
+    that is not seen (``docs/pitfalls.md``). Not objects ``held`` (see ``aliases_of``). Only an output that
+    ``existed`` before the run (ids; None: any) can be held by another variable: one the cell made is held
+    only by what the cell bound or changed, outputs already."""
+    outputs = [ns[n] for n in names if not isinstance(ns[n], _VALUES + _CODE_TYPES) and id(ns[n]) not in held]
+    if not outputs:
+        return []
+    inside = _reach(outputs, limit * len(outputs)) - {id(v) for v in outputs}
+    targets = {id(v) for v in outputs if existed is None or id(v) in existed}
+    found = []
+    for n, v in ns.items():
+        if (n in names or IPYTHON_NAMES.fullmatch(n) or n.startswith("__") or isinstance(v, _VALUES + _CODE_TYPES)
+                or id(v) in held):
+            continue
+        if id(v) in inside or (targets and targets & _reach([v], limit)):
+            found.append(n)
+    return found
+
+
+def _reach(roots: list[Any], limit: int) -> set[int]:
+    """The ids of the objects ``roots`` lead to, themselves included, ``limit`` at most; code, classes and
+    modules are not followed (a function's globals are the whole notebook). A numpy view leads to the array
+    whose memory it is (``X_train = X[:150]``: a change through one is a change of the other)."""
+    np = sys.modules.get("numpy")
+    seen: set[int] = set()
+    todo = list(roots)
+    while todo and len(seen) < limit:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, _NOT_FOLLOWED):
+            continue
+        seen.add(id(obj))
+        todo.extend(gc.get_referents(obj))
+        if np is not None and isinstance(obj, np.ndarray) and obj.base is not None:
+            todo.append(obj.base)  # (an array is no container the collector follows)
+    return seen
 
 
 def stand_ins(ns: Mapping[str, Any], names: Sequence[str], input_names: Sequence[str],

@@ -9,7 +9,8 @@ import zipfile
 
 import pytest
 
-from nbcache.cellvars import Alias, deleted_names, is_closed, memory_size, output_names, picklable, stand_ins
+from nbcache.cellvars import (Alias, deleted_names, holders_of, is_closed, memory_size, output_names, picklable,
+                              stand_ins)
 from nbcache.hashing import hash_value
 
 
@@ -49,6 +50,18 @@ def test_an_output_that_is_an_unchanged_input_s_object_stands_for_it_and_its_oth
     before = run(ns, "df = raw\ndf['b'] = 2")
     names, _ = outputs(ns, before, binds=["df"], input_names=["raw"], inputs=inputs)
     assert names == ["df", "raw", "keep"] and stand_ins(ns, names, ["raw"], inputs) == {}
+
+
+def test_variables_holding_an_output_or_held_by_one_are_found_up_to_the_limit():
+    lr = object.__new__(type("Model", (), {}))
+    ns = {"lr": lr, "models": {"lr": lr}, "deep": [[[lr]]], "other": {"x": 1}, "pipe": {"steps": [("s", None)]}}
+    ns["scaler"] = object.__new__(type("Scaler", (), {}))
+    ns["pipe"]["steps"][0] = ("s", ns["scaler"])
+    assert holders_of(ns, ["lr"]) == ["models", "deep"]  # (hold it)
+    assert holders_of(ns, ["lr"], existed=set()) == []  # (made by the cell: only its outputs hold it)
+    assert holders_of(ns, ["pipe"], existed=set()) == ["scaler"]  # (held by it)
+    assert holders_of(ns, ["lr"], limit=2) == ["models"]  # (deep holds it three objects down)
+    assert holders_of(ns, ["lr"], held={id(lr)}) == []  # (an unchanged input's: live on a hit)
 
 
 def test_a_name_the_code_binds_but_the_run_left_unchanged_is_still_an_output():

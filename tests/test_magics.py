@@ -448,9 +448,43 @@ def test_names_bound_to_one_object_in_different_cells_are_one_object_after_hits(
         assert nbcache.runs()[-1].cached
     ns = ip.user_ns  # `df = raw` binds df to the live raw (an input, found as it was): groups holds it too
     assert ns["df"] is ns["raw"] is ns["groups"][0] and nbcache.runs()[-1].output_names == ("df",)
-    run(ip, cells[2])
-    assert nbcache.runs()[-1].cached and nbcache.runs()[-1].output_names == ("df", "raw")  # (raw: df's alias)
-    assert ns["df"] is ns["raw"] and ns["raw"] == {"a": [1, 2], "total": 3}
+    run(ip, cells[2])  # (it changes the object in place: raw, its alias, and groups, which holds it, are stored)
+    assert nbcache.runs()[-1].cached and nbcache.runs()[-1].output_names == ("df", "raw", "groups")
+    assert ns["df"] is ns["raw"] is ns["groups"][0] and ns["raw"] == {"a": [1, 2], "total": 3}
+
+
+def test_objects_held_inside_what_a_cell_changes_or_holding_it_stay_one_graph_after_hits(ip):
+    """A pipeline built from ``scaler`` and ``clf``, then fitted; a dict of models holding ``lr``, then
+    ``lr`` fitted: without nbcache the fit shows through every name. After a restart, with every cell a
+    hit, too: each cell stored the variables that hold, or are held by, what it changed."""
+    cells = ["%%step\nclass Est:\n    def fit(self, x):\n        self.coef_ = sum(x)\n        return self",
+             "%%step\nclf, lr = Est(), Est()\npipe = {'steps': [('clf', clf)]}\nmodels = {'lr': lr}",
+             "%%step\nfor _, est in pipe['steps']:\n    est.fit([1, 2])\nlr.fit([3, 4])"]
+    for cell in cells:
+        run(ip, cell)
+    for name in ("Est", "clf", "lr", "pipe", "models"):  # (a new kernel)
+        del ip.user_ns[name]
+    for cell in cells:
+        run(ip, cell)
+        assert nbcache.runs()[-1].cached
+    ns = ip.user_ns
+    assert ns["clf"] is ns["pipe"]["steps"][0][1] and ns["clf"].coef_ == 3
+    assert ns["lr"] is ns["models"]["lr"] and ns["models"]["lr"].coef_ == 7
+
+
+def test_an_array_changed_through_a_view_is_changed_after_hits_too(ip):
+    """``X_train = X[:3]`` is a view of X's memory: ``X_train -= 1`` changes X too, and a hit does so."""
+    cells = ["%%step\nimport numpy as np\nX = np.arange(6.0)", "%%step\nX_train, X_test = X[:3], X[3:]",
+             "%%step\nX_train -= 1"]
+    for cell in cells:
+        run(ip, cell)
+    expected = ip.user_ns["X"].copy()
+    for name in ("X", "X_train", "X_test", "np"):
+        del ip.user_ns[name]
+    for cell in cells:
+        run(ip, cell)
+        assert nbcache.runs()[-1].cached
+    assert list(ip.user_ns["X"]) == list(expected) == [-1.0, 0.0, 1.0, 3.0, 4.0, 5.0]
 
 
 def test_with_every_expression_shown_a_hit_shows_each_value_in_order(ip, capsys):
