@@ -30,7 +30,7 @@ from .cachedcall import StepCall, addresses_of
 from .capture import Recorder, publish, replay, show_result_as_recorded
 from .cellcode import CellCode
 from .cellnames import CellNames
-from .cellvars import Alias, deleted_names, memory_size, output_names, picklable, stand_ins
+from .cellvars import Alias, Outputs, deleted_names, memory_size, output_names, picklable
 from .entry import Entry
 from .errors import warn as _warn
 from .fingerprint import imported_module
@@ -250,10 +250,9 @@ class CellCall(StepCall):
               duration: float) -> None:
         """Store what the cell bound (when ``store``) and record the run."""
         ns = self.shell.user_ns
-        names = self._outputs(before)
+        names, _, aliases = self._outputs(before)
         values = [ns[name] for name in names]
         addresses = addresses_of(values)
-        aliases = stand_ins(ns, names, self.input_names, self.inputs) if self.restrict is None else {}
         variables = {name: aliases.get(name, ns[name]) for name in names}
         unrepeatable = None
         if store and self.missing_outputs:
@@ -291,14 +290,14 @@ class CellCall(StepCall):
         self.remember_last(uncached=why)
         return reason if why in reason else f"{reason}; not cached: {why}"  # (`runs every time: <why>`)
 
-    def _outputs(self, before: dict[str, int]) -> list[str]:
+    def _outputs(self, before: dict[str, int]) -> Outputs:
         """What the cell bound (seen in its code, or as a name that is new or rebound after it ran), and
-        the data inputs it changed in place; or what --outputs names."""
-        names, missing = output_names(self.shell.user_ns, before, binds=self.binds, restrict=self.restrict,
-                                      input_names=self.input_names, inputs=self.inputs,
-                                      carried=self.cache.carry.address_of)
+        the data inputs it changed in place, with what shares their objects; or what --outputs names."""
+        found = output_names(self.shell.user_ns, before, binds=self.binds, restrict=self.restrict,
+                             input_names=self.input_names, inputs=self.inputs, carried=self.cache.carry.address_of)
+        missing = found.missing
         if missing:  # a typo: storing the rest would leave the name undefined after a hit
             self.missing_outputs = missing
             _warn(f"nbcache: --outputs names {', '.join(missing)}, which the cell did not define; the cell"
                   " was not cached")
-        return names
+        return found

@@ -18,8 +18,8 @@ from .frame import Frame, Unpicklable
 from .hashing import hash_value
 from .step import Step
 
-__all__ = ["IPYTHON_NAMES", "Alias", "deleted_names", "is_closed", "memory_size", "output_names", "picklable",
-           "stand_ins"]
+__all__ = ["IPYTHON_NAMES", "Alias", "Outputs", "deleted_names", "is_closed", "memory_size", "output_names",
+           "picklable"]
 
 # Names IPython itself binds as cells run (_, __, _i3, _oh, ...): never a cell's outputs.
 IPYTHON_NAMES = re.compile(r"_+\d*|_i+\d*|_(oh|dh|ih|ii|iii)|In|Out|exit|quit|get_ipython")
@@ -29,6 +29,7 @@ _CODE_TYPES = (types.FunctionType, type, types.ModuleType, types.MethodType, Ste
 
 # Values whose identity no code can tell apart from their content: two names bound to one are no alias.
 _VALUES = (int, float, complex, str, bytes, bool, type(None), frozenset, range, types.BuiltinFunctionType)
+_NOT_SHARED = _VALUES + _CODE_TYPES  # (code counts by its own fingerprint: no variable's object to share)
 
 # What holds an output is found by following references from each variable, this many objects at most.
 HOLD_LIMIT = 2_000
@@ -45,20 +46,31 @@ class Alias(NamedTuple):
     of: str
 
 
+class Outputs(NamedTuple):
+    """What a cell's run leaves: the variables stored (``names``), the names ``--outputs`` gave that it did
+    not define (``missing``), and the outputs stored as an ``Alias`` of an input (``aliases``)."""
+
+    names: list[str]
+    missing: list[str]
+    aliases: dict[str, Alias]
+
+
 def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Sequence[str],
                  restrict: Sequence[str] | None, input_names: Sequence[str], inputs: Mapping[str, str],
-                 carried: Callable[[Any], Any] = lambda value: None) -> tuple[list[str], list[str]]:
-    """The variables a cell's run leaves as its outputs, and the names ``--outputs`` gave that it did not
-    define.
+                 carried: Callable[[Any], Any] = lambda value: None) -> Outputs:
+    """The variables a cell's run leaves as its outputs.
 
     ``before`` maps each name to the ``id`` of its value before the run. The outputs are what the cell
-    binds (``binds``, seen in its code, or a name that is new or rebound after it ran) and the data inputs
-    it changed in place (``input_names`` whose hash is no longer the one in ``inputs``); or, when
-    ``restrict`` (``--outputs``) is given, those of its names that are defined. ``carried(value)`` is the
+    binds (``binds``, seen in its code, or a name that is new or rebound after it ran), the data inputs it
+    changed in place (``input_names`` whose hash is no longer the one in ``inputs``), and the variables
+    sharing their objects (``aliases_of``, ``holders_of``); or, when ``restrict`` (``--outputs``) is given,
+    those of its names that are defined. An output bound to the very object of an input the run left
+    unchanged (``df = raw``) is stored as an ``Alias`` of it: a hit binds it to the live object, which the
+    key found as it was, and whatever holds that object holds it too. ``carried(value)`` is the
     ``carry.Carried`` of an array restored and provably unchanged since (not read again), else None.
     """
     if restrict is not None:
-        return [n for n in restrict if n in ns], [n for n in restrict if n not in ns]
+        return Outputs([n for n in restrict if n in ns], [n for n in restrict if n not in ns], {})
     names = [n for n in binds if n in ns]
     names += [n for n, v in ns.items() if before.get(n) != id(v) and n not in names
               and not IPYTHON_NAMES.fullmatch(n) and not n.startswith("__")]
@@ -81,9 +93,13 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
                 unchanged.append(name)
         except Exception:
             pass
+    if not any(not isinstance(ns[n], _NOT_SHARED) for n in names):
+        return Outputs(names, [], {})  # (no object another variable could share)
+    live = {id(ns[n]): n for n in reversed(unchanged) if not isinstance(ns[n], _VALUES)}
+    aliases = {n: Alias(live[id(ns[n])]) for n in names if id(ns[n]) in live}
     held = _reach([ns[n] for n in unchanged], HOLD_LIMIT * len(unchanged))  # (live on a hit, as they are)
     names += aliases_of(ns, names, held)
-    return names + holders_of(ns, names, held, existed=set(before.values())), []
+    return Outputs(names + holders_of(ns, names, held, existed=set(before.values())), [], aliases)
 
 
 def aliases_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = frozenset()) -> list[str]:
@@ -91,7 +107,7 @@ def aliases_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = fro
     ``df["c"] = ...`` in this one): stored with it, one object in one pickle, so that a hit binds them all
     to one object again, as the run left them. Not those of an object ``held`` (by an input the run left
     unchanged: a hit finds it live, as it is, and every other name keeps it)."""
-    shared = {id(ns[n]) for n in names if not isinstance(ns[n], _VALUES + _CODE_TYPES)} - held
+    shared = {id(ns[n]) for n in names if not isinstance(ns[n], _NOT_SHARED)} - held
     if not shared:
         return []
     return [n for n, v in ns.items() if id(v) in shared and n not in names and not IPYTHON_NAMES.fullmatch(n)
@@ -107,14 +123,14 @@ def holders_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = fro
     that is not seen (``docs/pitfalls.md``). Not objects ``held`` (see ``aliases_of``). Only an output that
     ``existed`` before the run (ids; None: any) can be held by another variable: one the cell made is held
     only by what the cell bound or changed, outputs already."""
-    outputs = [ns[n] for n in names if not isinstance(ns[n], _VALUES + _CODE_TYPES) and id(ns[n]) not in held]
+    outputs = [ns[n] for n in names if not isinstance(ns[n], _NOT_SHARED) and id(ns[n]) not in held]
     if not outputs:
         return []
     inside = _reach(outputs, limit * len(outputs)) - {id(v) for v in outputs}
     targets = {id(v) for v in outputs if existed is None or id(v) in existed}
     found = []
     for n, v in ns.items():
-        if (n in names or IPYTHON_NAMES.fullmatch(n) or n.startswith("__") or isinstance(v, _VALUES + _CODE_TYPES)
+        if (n in names or IPYTHON_NAMES.fullmatch(n) or n.startswith("__") or isinstance(v, _NOT_SHARED)
                 or id(v) in held):
             continue
         if id(v) in inside or (targets and targets & _reach([v], limit)):
@@ -138,27 +154,6 @@ def _reach(roots: list[Any], limit: int) -> set[int]:
         if np is not None and isinstance(obj, np.ndarray) and obj.base is not None:
             todo.append(obj.base)  # (an array is no container the collector follows)
     return seen
-
-
-def stand_ins(ns: Mapping[str, Any], names: Sequence[str], input_names: Sequence[str],
-              inputs: Mapping[str, str]) -> dict[str, Alias]:
-    """Outputs bound to the very object an input the run left unchanged holds (``df = raw``): stored as an
-    ``Alias`` of that input, so that a hit binds them to the live object, which the key found as it was,
-    and every name and container holding it stays one object with them."""
-    live = {}
-    for name in input_names:
-        value = ns.get(name, _ABSENT)
-        if name in names or name not in inputs or value is _ABSENT or isinstance(value, _VALUES + _CODE_TYPES):
-            continue
-        live.setdefault(id(value), name)
-    if not live:
-        return {}
-    found = {n: Alias(live[id(ns[n])]) for n in names if id(ns[n]) in live and live[id(ns[n])] != n}
-    try:  # (checked again: only an input whose content is the one the key has may stand for an output)
-        same = {of: hash_value(ns[of]) == inputs[of] for of in {a.of for a in found.values()}}
-    except Exception:
-        return {}
-    return {n: a for n, a in found.items() if same[a.of]}
 
 
 def deleted_names(ns: Mapping[str, Any], before: Mapping[str, int]) -> list[str]:

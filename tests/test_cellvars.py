@@ -9,8 +9,7 @@ import zipfile
 
 import pytest
 
-from nbcache.cellvars import (Alias, deleted_names, holders_of, is_closed, memory_size, output_names, picklable,
-                              stand_ins)
+from nbcache.cellvars import Alias, deleted_names, holders_of, is_closed, memory_size, output_names, picklable
 from nbcache.hashing import hash_value
 
 
@@ -22,8 +21,9 @@ def run(ns: dict, code: str) -> dict[str, int]:
 
 
 def outputs(ns, before, binds=(), restrict=None, input_names=(), inputs=None):
+    """(the outputs' names, the names ``--outputs`` gave that the cell did not define)"""
     return output_names(ns, before, binds=list(binds), restrict=restrict, input_names=list(input_names),
-                        inputs=inputs or {})
+                        inputs=inputs or {})[:2]
 
 
 def test_what_the_cell_binds_or_rebinds_is_an_output_ipython_names_are_not():
@@ -45,11 +45,11 @@ def test_an_output_that_is_an_unchanged_input_s_object_stands_for_it_and_its_oth
     ns["keep"] = ns["raw"]
     inputs = {"raw": hash_value(ns["raw"])}
     before = run(ns, "df = raw")
-    names, _ = outputs(ns, before, binds=["df"], input_names=["raw"], inputs=inputs)
-    assert names == ["df"] and stand_ins(ns, names, ["raw"], inputs) == {"df": Alias("raw")}
+    found = output_names(ns, before, binds=["df"], restrict=None, input_names=["raw"], inputs=inputs)
+    assert found.names == ["df"] and found.aliases == {"df": Alias("raw")}
     before = run(ns, "df = raw\ndf['b'] = 2")
-    names, _ = outputs(ns, before, binds=["df"], input_names=["raw"], inputs=inputs)
-    assert names == ["df", "raw", "keep"] and stand_ins(ns, names, ["raw"], inputs) == {}
+    found = output_names(ns, before, binds=["df"], restrict=None, input_names=["raw"], inputs=inputs)
+    assert found.names == ["df", "raw", "keep"] and found.aliases == {}
 
 
 def test_variables_holding_an_output_or_held_by_one_are_found_up_to_the_limit():
