@@ -47,7 +47,10 @@ def _canonical(chunk: np.ndarray) -> np.ndarray:
     floats = _float_view(chunk)
     top = _maximum(floats)
     if top != top:  # max propagates NaN: only a chunk holding one is rewritten
-        floats = np.where(np.isnan(floats), np.array(np.nan, dtype=floats.dtype), floats)
+        # (in the chunk's own byte order: ``where`` gives native floats, whose bytes a swapped chunk without NaN
+        # could have, and hash alike)
+        floats = np.where(np.isnan(floats), np.array(np.nan, dtype=floats.dtype), floats).astype(floats.dtype,
+                                                                                               copy=False)
     if _is_long_double(floats.dtype) and np.finfo(floats.dtype).nmant == 63:
         floats = floats.copy()
         floats.view(np.uint8).reshape(floats.size, floats.dtype.itemsize)[:, 10:] = 0
@@ -150,7 +153,7 @@ def _buffer_digest(a: np.ndarray) -> bytes:
     if floats and a.flags.c_contiguous and a.dtype.isnative and not _is_long_double(a.dtype):
         flat = _float_view(a.reshape(-1))
         return _parallel_digest(flat) if flat.nbytes >= PARALLEL_BYTES and _core_to_spare() else _float_digest(flat)
-    # (byte-swapped floats keep the megabyte chunks: a chunk holding a NaN is fed rewritten in native order)
+    # (byte-swapped floats keep the megabyte chunks: a chunk holding a NaN is fed rewritten in its own order)
     canonical = _canonical if floats else _canonical_bools if a.dtype.kind == "b" else None
     sub = new_hasher()
     for chunk in _chunks(a):

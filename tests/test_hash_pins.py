@@ -72,7 +72,8 @@ def test_arrays_with_nan_and_masked_arrays_hash_as_before_the_single_pass_hashin
     assert hash_value(c) == "142b93a395598114d4903b408d5aa6f4"
     swapped = (np.arange(200_000) / 3).astype(">f8")
     swapped[150_000] = np.nan
-    assert hash_value(swapped) == "edd753d76a2f6db77ec652fbcf9554f2"
+    # (changed 2026-12-07: its chunk holding the NaN was fed in native order, which other bytes could have)
+    assert hash_value(swapped) == "2d83aa5c5a90bd75a9dbedacec72dc54"
     masked = np.ma.masked_array(np.arange(6.0), mask=[0, 1, 0, 0, 1, 0], fill_value=-1.0)
     assert hash_value(masked) == "c4a724bbe0e1fd0501559345d6563783"
     assert hash_value(np.ma.masked_array([1, 2, 3], mask=[0, 1, 0])) == "97481ce660d113d5218a72a241a6c0f8"

@@ -151,6 +151,26 @@ def test_numpy_arrays_equal_up_to_nan_positions_are_equal():
     assert H(c) == H(d)
 
 
+def test_byte_swapped_floats_holding_nan_do_not_hash_like_other_bytes():
+    """A chunk holding a NaN is fed rewritten in its own byte order: in native order its bytes were those of a
+    byte-swapped chunk without NaN (``[1.0, nan]`` as ``>f8`` hashed like ``[3.0e-319, 3.1e-319]``), and a
+    result stored under that digest was served for the other."""
+    for dtype in (">f8", ">f4", ">c16"):
+        native = np.dtype(dtype).newbyteorder("=")
+        a = np.array([1.0, np.nan], dtype=dtype)
+        reinterpreted = np.frombuffer(np.array([1.0, np.nan], dtype=native).tobytes(), dtype=dtype)
+        assert not np.isnan(reinterpreted).any()
+        assert H(a) != H(reinterpreted), dtype
+        other_nan = a.copy()
+        real_bytes = a.dtype.itemsize // (2 if a.dtype.kind == "c" else 1)
+        other_nan.view(np.uint8)[a.dtype.itemsize + real_bytes - 1] ^= 1  # (the NaN's last byte: other payload)
+        assert np.isnan(other_nan[1]) and other_nan.tobytes() != a.tobytes()
+        assert H(a) == H(other_nan), dtype
+    big = np.arange(20_000, dtype=">f8")
+    big[1] = np.nan
+    assert H(big) != H(np.frombuffer(big.astype("<f8").tobytes(), dtype=">f8"))
+
+
 def test_numpy_object_and_structured_arrays():
     assert H(np.array(["a", 1, None], dtype=object)) != H(np.array(["a", "1", None], dtype=object))
     assert H(np.array(["ab", "c"], dtype=object)) != H(np.array(["a", "bc"], dtype=object))
