@@ -5,8 +5,9 @@ its file or cell change nothing. Line numbers, file names and line tables are le
 flags, the exception table and nested functions and lambdas are in. An unreferenced docstring is out.
 
 Besides the digest, the analysis lists every global name the bytecode loads, with the attribute chain
-after it (``utils.clean``, ``np.mean``), and every module an import inside the body names: what the names
-resolve to is the dynamic part, looked up on every call by ``fingerprint_handlers``.
+after it (``utils.clean``, ``np.mean``), and every module an import inside the body names, with the chain read
+after the local name it binds (``import pkg`` then ``pkg.config.K``): what the names resolve to is the dynamic
+part, looked up on every call by ``fingerprint_handlers``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ __all__ = ["IMPORT_PREFIX", "CodeInfo", "code_info"]
 
 _GLOBAL_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME"})
 _ATTR_LOADS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
+_LOCAL_LOADS = frozenset({"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_DEREF"})
+_LOCAL_STORES = frozenset({"STORE_FAST", "STORE_DEREF"})
 _CONST_OPS = frozenset(dis.hasconst)
 IMPORT_PREFIX = "import "
 """Marks a chain that names a module imported inside the body (``import utils``), not a global."""
@@ -50,20 +53,38 @@ def _analyse(code: types.CodeType) -> CodeInfo:
     chain: list[str] = []
     const_zero_used = False
     importing = ""
+    from_list = False  # the import names what it imports (`from utils import clean`)
+    bound: tuple[str, ...] = ()  # what the instruction before left to be bound to a local name, if it imported
+    imports: dict[str, tuple[str, ...]] = {}  # local names bound by imports in the body, and what they name
     recent: list[dis.Instruction] = []
     for ins in dis.get_instructions(code):
         if ins.opcode in _CONST_OPS and ins.arg == 0:
             const_zero_used = True
         if ins.opname == "IMPORT_NAME":  # an import inside the body: `from utils import clean`
             level = recent[-2].argval if len(recent) >= 2 and recent[-2].opname == "LOAD_CONST" else 0
+            from_list = bool(recent) and recent[-1].opname == "LOAD_CONST" and recent[-1].argval is not None
             importing = IMPORT_PREFIX + "." * (level or 0) + ins.argval
             chains.add((importing,))
+            # (`import a.b` binds a; `import a.b as c`, a.b, through IMPORT_FROM)
+            bound = (importing.partition(".")[0] if not level else importing,)
         elif ins.opname == "IMPORT_FROM" and importing:
             chains.add((importing, ins.argval))
+            bound = (importing, ins.argval) if from_list else (importing,)
+        elif ins.opname in _LOCAL_STORES:
+            if bound:
+                imports[ins.argval] = bound
+            else:  # (rebound: what it names is not known; the module whole still counts, by its chain)
+                imports.pop(ins.argval, None)
+        if ins.opname not in ("IMPORT_NAME", "IMPORT_FROM", "SWAP", "POP_TOP"):
+            bound = ()
         if ins.opname in _GLOBAL_LOADS:
             if chain:
                 chains.add(tuple(chain))
             chain = [ins.argval]
+        elif ins.opname in _LOCAL_LOADS and ins.argval in imports:  # `pkg.config.K` after `import pkg`
+            if chain:
+                chains.add(tuple(chain))
+            chain = list(imports[ins.argval])
         elif ins.opname in _ATTR_LOADS and chain:
             chain.append(ins.argval)
         elif chain:

@@ -12,6 +12,7 @@ Each such function's and value's own digest is noted in the walk's ``parts``, to
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import sys
@@ -46,17 +47,38 @@ def _feed_function(func: types.FunctionType, h: Hasher, walk: Walk) -> None:
         feed_code(func, h, walk)
         return
     wrapped = getattr(func, "__wrapped__", None)
-    if wrapped is None:
+    if wrapped is None and not func.__closure__:
         _feed_library(func, h)
         return
-    # a library decorator around the user's function (contextmanager, singledispatch, functools.wraps):
-    # the decorator counts by where its code is, the function it wraps by its own code
+    # a function a library's decorator made (contextmanager, singledispatch, functools.wraps, reprlib's
+    # recursive_repr): the decorator counts by where its code is and what it was given, its closure
+    # (`@np.printoptions(precision=2)`, the user's function it wraps), the function it wraps by its own code
     where = f"{library_path(func.__code__.co_filename)}:{func.__code__.co_qualname}"
     feed_bytes_tagged(b"wrapper", where.encode(), h)
-    feed(wrapped, h, walk)
+    if wrapped is not None:
+        feed(wrapped, h, walk)
+    for name, cell in zip(func.__code__.co_freevars, func.__closure__ or ()):
+        try:
+            value = cell.cell_contents
+        except ValueError:  # a cell not yet filled
+            value = MISSING
+        if value is not wrapped:
+            feed_bytes_tagged(b"given", name.encode(), h)
+            _feed_read(f"{name} (closure of {label(func)})", value, h, walk)
     registry = getattr(func, "registry", None)  # singledispatch: every registered implementation counts
     if registry is not None:
         feed(dict(registry), h, walk)
+
+
+def _feed_generator_context(manager: Any, h: Hasher, walk: Walk) -> None:
+    """The context manager a ``@contextmanager`` function returns (``np.printoptions(precision=2)``, also
+    used as a decorator): the function it is made from and the arguments it was given. Its generator, made
+    from those, holds nothing else until it is entered."""
+    made = getattr(manager, "func", None), getattr(manager, "args", None), getattr(manager, "kwds", None)
+    if not callable(made[0]) or not isinstance(made[1], tuple) or not isinstance(made[2], dict):
+        raise Unhashable(type_name(type(manager)))
+    _feed_library(type(manager), h)
+    feed(made, h, walk)
 
 
 def _feed_code_object(code: types.CodeType, h: Hasher, walk: Walk) -> None:
@@ -79,8 +101,8 @@ def _enter_code(obj: Any, name: str, h: Hasher, walk: Walk) -> bool:
 
 
 def feed_code(func: types.FunctionType, h: Hasher, walk: Walk) -> None:
-    """A function counted by its code: its own digest (code, defaults, closure values), then what each
-    global name it reads resolves to now. Also for the function ``fingerprint`` is asked about, wherever
+    """A function counted by its code: its own digest (code, defaults, closure values, attributes), then what
+    each global name it reads resolves to now. Also for the function ``fingerprint`` is asked about, wherever
     its code lives."""
     if not _enter_code(func, label(func), h, walk):
         return
@@ -95,6 +117,11 @@ def feed_code(func: types.FunctionType, h: Hasher, walk: Walk) -> None:
             except ValueError:  # a cell not yet filled
                 value = MISSING
             _feed_read(f"{name} (closure of {label(func)})", value, own, walk)
+        attributes = func.__dict__  # `g.scale = 3`: what the code reads as `g.scale` (functools.wraps' dunders out)
+        for name in sorted(attributes) if attributes else ():
+            if not (name.startswith("__") and name.endswith("__")):
+                feed_bytes_tagged(b"attr", name.encode(), own)
+                _feed_read(f"{label(func)}.{name}", attributes.get(name, MISSING), own, walk)
         own_digest = own.digest()
         if walk.parts is not None:
             walk.parts[label(func)] = own_digest.hex()
@@ -178,7 +205,7 @@ def _feed_module(module: types.ModuleType, h: Hasher, walk: Walk) -> None:
     try:
         feed_bytes_tagged(b"usermod", module.__name__.encode(), h)
         for name, value in sorted(vars(module).items()):
-            if name.startswith("__") or isinstance(value, types.ModuleType):
+            if (name.startswith("__") and name != "__getattr__") or isinstance(value, types.ModuleType):
                 continue  # module bookkeeping, and other modules it imported (named where they are used)
             feed_bytes_tagged(b"attr", name.encode(), h)
             _feed_read(f"{module.__name__}.{name}", value, h, walk)
@@ -272,5 +299,6 @@ CODE = BASE.extend({
     types.MethodWrapperType: _feed_builtin,
     type(functools.lru_cache(lambda: None)): _feed_lru_cache,
     types.MethodType: _feed_method,
+    type(contextlib.contextmanager(lambda: (yield))()): _feed_generator_context,
 })
 """The base table with code counted by what it does: what ``hash_value`` and ``fingerprint`` use."""

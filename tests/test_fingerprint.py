@@ -250,6 +250,81 @@ def test_the_users_own_modules_are_followed(user_module, module, old, new, src):
     assert fp(src) != before
 
 
+def test_a_package_imported_in_the_body_is_followed_into_its_submodules(user_module):
+    """`import pkg` in the body, then `pkg.config.K`: a module the package imported counts where it is read."""
+    user_module("pkgsub_fp/config", "K = 3\n")
+    user_module("pkgsub_fp/__init__", "from . import config\n")
+    user_module("pkgsub_fp/core", "def g(x):\n    return x\n")
+    src = "def f(x):\n    import pkgsub_fp\n    import pkgsub_fp.core as core\n" \
+          "    return core.g(x) * pkgsub_fp.config.K\n"
+    before = fp(src)
+    user_module("pkgsub_fp/config", "K = 4\n")
+    after_constant = fp(src)
+    assert after_constant != before
+    user_module("pkgsub_fp/core", "def g(x):\n    return x + 1\n")
+    assert fp(src) != after_constant
+
+
+def test_what_a_module_getattr_gives_counts(user_module):
+    user_module("lazymod_fp", "def __getattr__(name):\n    return 3\n")
+    src = "def f(x):\n    import lazymod_fp\n    return x * lazymod_fp.K\n"
+    whole = "def f(x):\n    import lazymod_fp\n    return getattr(lazymod_fp, 'K')\n"
+    before, before_whole = fp(src), fp(whole)
+    user_module("lazymod_fp", "def __getattr__(name):\n    return 4\n")
+    assert fp(src) != before
+    assert fp(whole) != before_whole
+
+
+@pytest.mark.parametrize("old, new", [
+    ("@np.printoptions(precision=2)", "@np.printoptions(precision=5)"),  # a @contextmanager used as a decorator
+    ("@np.errstate(divide='ignore')", "@np.errstate(divide='raise')"),
+    ("@reprlib.recursive_repr(fillvalue='<A>')", "@reprlib.recursive_repr(fillvalue='<B>')"),  # no __wrapped__
+])
+def test_what_a_library_decorator_was_given_counts(old, new):
+    src = """
+    import reprlib
+    import numpy as np
+
+    {decorator}
+    def g(x):
+        return str(x)
+
+    def f(x):
+        return g(x)
+    """
+    assert fp(src.format(decorator=old)) == fp(src.format(decorator=old))
+    assert fp(src.format(decorator=old)) != fp(src.format(decorator=new))
+
+
+def test_a_function_a_library_decorator_made_counts_the_users_code_it_holds():
+    src = """
+    import reprlib
+
+    class Node:
+        @reprlib.recursive_repr()
+        def __repr__(self):
+            return "Node()"
+
+    def f():
+        return repr(Node())
+    """
+    assert fp(src) != fp(src.replace('"Node()"', '"Node(...)"'))
+
+
+def test_an_attribute_set_on_a_helper_counts():
+    src = "def g(x):\n    return x * g.scale\n\ndef f(x):\n    return g(x)\n"
+    ns = define(src)
+    ns["g"].scale = 3
+    before = fingerprint(ns["f"])
+    assert fingerprint(ns["f"]) == before
+    ns["g"].scale = 4
+    assert fingerprint(ns["f"]) != before
+    wrapper = define("def f(x):\n    return x\n")["f"]
+    plain = fingerprint(wrapper)
+    wrapper.__wrapped__ = len  # (as functools.wraps sets it: dunders are not the function's own data)
+    assert fingerprint(wrapper) == plain
+
+
 def test_relative_import_in_the_body_is_followed(user_module):
     import importlib
 
