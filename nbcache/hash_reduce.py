@@ -16,6 +16,7 @@ import collections
 import copyreg
 import dis
 import functools
+import sys
 import types
 from typing import Any, Iterable
 
@@ -101,7 +102,7 @@ def feed_object(obj: Any, h: Hasher, walk: Walk, drop: frozenset[str] = frozense
             name = tp.__name__
             raise Unhashable(name, _UNHASHABLE_HINTS.get(name, str(exc))) from None
         if isinstance(reduced, str):  # a module-level singleton, named
-            feed_bytes_tagged(b"g", f"{tp.__module__}.{reduced}".encode(), h)
+            _feed_named(obj, reduced, h, walk)
             return
         h.update(b"O")
         feed(tp, h, walk)
@@ -109,6 +110,28 @@ def feed_object(obj: Any, h: Hasher, walk: Walk, drop: frozenset[str] = frozense
         _feed_reduced(obj, reduced, h, walk, drop | skipped if skipped else drop, ignores_state)
     finally:
         leave(obj, walk)
+
+
+def _feed_named(obj: Any, name: str, h: Hasher, walk: Walk) -> None:
+    """An object pickle saves by name (a module's singleton): the name, its class (the user's counts by its
+    code) and what it holds. A name that does not lead back to it (numpy's ``frompyfunc`` ufuncs) says nothing
+    of what it does: it cannot be hashed."""
+    tp = type(obj)
+    module_name = getattr(obj, "__module__", None)
+    module = sys.modules.get(module_name if isinstance(module_name, str) else tp.__module__)
+    found: Any = module
+    for part in name.split("."):
+        found = getattr(found, part, _NOWHERE)
+    if module is not None and found is not obj:
+        raise Unhashable(tp.__name__, f"pickle names it {name!r}, which is not where it is found")
+    feed_bytes_tagged(b"g", f"{tp.__module__}.{name}".encode(), h)
+    feed(tp, h, walk)
+    namespace = getattr(obj, "__dict__", None)
+    if isinstance(namespace, dict) and namespace:
+        feed_pairs(list(namespace.items()), h, walk, ordered=False, where=_attribute_path)
+
+
+_NOWHERE = object()
 
 
 def _attribute_path(name: Any) -> str:

@@ -559,3 +559,40 @@ def test_a_matplotlib_figure_hashes_quickly_and_alike_until_it_changes():
     ax.lines[0].set_ydata([1, 2, 4])
     assert H(fig) != first
     plt.close(fig)
+
+
+class _Setting:
+    """A module's singleton, which pickle saves by name (``__reduce__`` gives a string)."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+    def scaled(self, x: int) -> int:
+        return x * self.level
+
+    def __reduce__(self) -> str:
+        return "DEFAULT_SETTING"
+
+
+DEFAULT_SETTING = _Setting(2)
+
+
+def test_an_object_pickle_saves_by_name_hashes_by_its_class_and_state(monkeypatch):
+    """Its name alone said nothing of what it does: an edited method or attribute gave the same hash."""
+    before = H(DEFAULT_SETTING)
+    assert H(DEFAULT_SETTING) == before
+    monkeypatch.setattr(DEFAULT_SETTING, "level", 3)
+    assert H(DEFAULT_SETTING) != before
+    monkeypatch.setattr(DEFAULT_SETTING, "level", 2)
+    assert H(DEFAULT_SETTING) == before
+    monkeypatch.setattr(_Setting, "scaled", lambda self, x: x + self.level)
+    assert H(DEFAULT_SETTING) != before
+
+
+def test_an_object_whose_name_does_not_lead_back_to_it_cannot_be_hashed():
+    def g(x):
+        return x + 1
+
+    vectorized = np.frompyfunc(g, 1, 1)  # pickle names it 'g (vectorized)': nothing of g's code
+    with pytest.raises(UncacheableError, match="not where it is found"):
+        H(vectorized)
