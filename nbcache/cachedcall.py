@@ -27,6 +27,7 @@ from .frame import Frame
 from .hashing import Walk, hash_value
 from .keeping import Keeping
 from .serving import MISS, Serving
+from .sharing import shared_between
 from .key import make_key
 from .records import SESSION, Change, Outcome, StepRun, describe_error
 from .store import Store
@@ -176,20 +177,28 @@ class StepCall(Serving, Keeping):
                   " set as its run left them")
 
     def save(self, values: Sequence[Any], *, duration_s: float, is_tuple: bool, result: str = "",
-             addresses: tuple[str, ...] | None = None) -> tuple[str, ...]:
-        """Store each of ``values`` under this call's key; return their content addresses. Raises ``Unpicklable``
-        (nothing stored) if a value cannot be serialized; a failure to write is a trouble (a warning)."""
+             addresses: tuple[str, ...] | None = None, keep_shared: bool = False) -> tuple[str, ...]:
+        """Store each of ``values`` under this call's key; return their content addresses. With ``keep_shared``,
+        values that share objects (``pipe, pipe.named_steps["clf"]``: ``sharing.py``) are stored as their tuple
+        (whose hash is ``result``, theirs ``addresses``), one pickle, which keeps them one graph of objects.
+        Raises ``Unpicklable`` (nothing stored) if a value cannot be serialized; a failure to write is a trouble
+        (a warning)."""
         self.doing = "pickling its result"
-        frames = [self.cache.frame(value) for value in values]
-        if addresses is None or not all(addresses):
-            addresses = tuple(_address(v, f) for v, f in zip(values, frames))
-        names = addresses
+        if keep_shared and addresses and all(addresses) and result and shared_between(values):
+            frames = [self.cache.frame(tuple(values))]
+            names = (result,)
+            sizes = {result: frames[0].nbytes}
+        else:
+            frames = [self.cache.frame(value) for value in values]
+            if addresses is None or not all(addresses):
+                addresses = tuple(_address(v, f) for v, f in zip(values, frames))
+            names, sizes = addresses, None
         self.doing = "storing its result"
         state = self.observer.changed_state() if self.observer else {}
         if state:  # the process-wide state the run changed rides along as one more blob, set again on a hit
             frames.append(self.cache.frame(state))  # (named by all its bytes: an RNG's state is in its buffers)
-            names = (*addresses, f"{AMBIENT_BLOB}-{frames[-1].checksum().hex()}")
-        self._put(frames, names, addresses, kind="function", duration_s=duration_s, is_tuple=is_tuple,
+            names = (*names, f"{AMBIENT_BLOB}-{frames[-1].checksum().hex()}")
+        self._put(frames, names, addresses, kind="function", duration_s=duration_s, sizes=sizes, is_tuple=is_tuple,
                   result=result, ambient=bool(state))
         return addresses
 

@@ -6,7 +6,6 @@ Plain functions of a namespace (a dict) and what the cell's analysis found; no I
 
 from __future__ import annotations
 
-import gc
 import io
 import itertools
 import re
@@ -16,6 +15,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from .frame import Frame, Unpicklable
 from .hashing import hash_value
+from .sharing import NOT_FOLLOWED, VALUES, reach
 from .step import Step
 
 __all__ = ["IPYTHON_NAMES", "Alias", "Outputs", "deleted_names", "is_closed", "memory_size", "output_names",
@@ -27,14 +27,11 @@ IPYTHON_NAMES = re.compile(r"_+\d*|_i+\d*|_(oh|dh|ih|ii|iii)|In|Out|exit|quit|ge
 # A function's hash follows the globals it reads: a change there is no mutation of the function.
 _CODE_TYPES = (types.FunctionType, type, types.ModuleType, types.MethodType, Step)
 
-# Values whose identity no code can tell apart from their content: two names bound to one are no alias.
-_VALUES = (int, float, complex, str, bytes, bool, type(None), frozenset, range, types.BuiltinFunctionType)
-_NOT_SHARED = _VALUES + _CODE_TYPES  # (code counts by its own fingerprint: no variable's object to share)
+_NOT_SHARED = VALUES + _CODE_TYPES  # (code counts by its own fingerprint: no variable's object to share)
 
 # What holds an output is found by following references from each variable, this many objects at most.
 HOLD_LIMIT = 2_000
-_NOT_FOLLOWED = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
-                 types.CodeType, types.FrameType, Step)
+_NOT_FOLLOWED = (*NOT_FOLLOWED, Step)
 
 _ABSENT = object()
 
@@ -95,7 +92,7 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
             pass
     if not any(not isinstance(ns[n], _NOT_SHARED) for n in names):
         return Outputs(names, [], {})  # (no object another variable could share)
-    live = {id(ns[n]): n for n in reversed(unchanged) if not isinstance(ns[n], _VALUES)}
+    live = {id(ns[n]): n for n in reversed(unchanged) if not isinstance(ns[n], VALUES)}
     aliases = {n: Alias(live[id(ns[n])]) for n in names if id(ns[n]) in live}
     held = _reach([ns[n] for n in unchanged], HOLD_LIMIT * len(unchanged))  # (live on a hit, as they are)
     names += aliases_of(ns, names, held)
@@ -139,21 +136,8 @@ def holders_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = fro
 
 
 def _reach(roots: list[Any], limit: int) -> set[int]:
-    """The ids of the objects ``roots`` lead to, themselves included, ``limit`` at most; code, classes and
-    modules are not followed (a function's globals are the whole notebook). A numpy view leads to the array
-    whose memory it is (``X_train = X[:150]``: a change through one is a change of the other)."""
-    np = sys.modules.get("numpy")
-    seen: set[int] = set()
-    todo = list(roots)
-    while todo and len(seen) < limit:
-        obj = todo.pop()
-        if id(obj) in seen or isinstance(obj, _NOT_FOLLOWED):
-            continue
-        seen.add(id(obj))
-        todo.extend(gc.get_referents(obj))
-        if np is not None and isinstance(obj, np.ndarray) and obj.base is not None:
-            todo.append(obj.base)  # (an array is no container the collector follows)
-    return seen
+    """The ids of the objects ``roots`` lead to (``sharing.reach``), a step not followed either."""
+    return reach(roots, limit, not_followed=_NOT_FOLLOWED)
 
 
 def deleted_names(ns: Mapping[str, Any], before: Mapping[str, int]) -> list[str]:

@@ -172,7 +172,7 @@ class _Call(StepCall):
             self.set_state(values.pop())
         self.record(cached=True, reason=self.hit_reason(), outputs=entry.outputs, saved_s=entry.duration_s,
                     result=entry.result)
-        return tuple(values) if entry.is_tuple else values[0]
+        return tuple(values) if entry.is_tuple and not entry.whole else values[0]
 
     def execute(self, reason: str, *, store: bool) -> Any:
         t_body = time.perf_counter()
@@ -207,8 +207,8 @@ class _Call(StepCall):
             self.record(cached=False, reason=reason, outputs=addresses or addresses_of(values), result=whole)
             return
         try:
-            addresses = self.save(values, duration_s=duration, is_tuple=is_tuple, result=whole,
-                                  addresses=addresses)
+            addresses = self.save(values, duration_s=duration, is_tuple=is_tuple, result=whole, addresses=addresses,
+                                  keep_shared=is_tuple)
         except Unpicklable as exc:
             self.trouble(f"it returned a value that cannot be pickled ({exc})", uncached=True)
             self.record(cached=False, reason=reason + "; result not cached: cannot be pickled",

@@ -13,6 +13,7 @@ import pytest
 import nbcache
 from nbcache import CacheWarning, step
 
+from .conftest import run_python
 from .test_fingerprint import define
 
 
@@ -576,3 +577,65 @@ def test_other_signatures_bind_through_inspect(cache_dir):
     assert nbcache.runs("g")[-1].cached
     with pytest.raises(TypeError, match="^g\\(\\) missing a required argument: 'b'"):
         s(1)
+
+
+SHARED_TUPLE = '''
+import sys, numpy as np, nbcache
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+@nbcache.step
+def build(c):
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=c))
+    rows = [c]
+    noise = np.random.random()  # (the global generator: the state the run leaves is stored with the tuple)
+    return pipe, pipe.named_steps["logisticregression"], rows, {"rows": rows}, noise
+
+@nbcache.step
+def count(rows):
+    return len(rows)
+
+pipe, clf, rows, table, noise = build(0.5)
+print(nbcache.runs()[-1].cached)
+X = np.arange(20.0).reshape(10, 2); y = np.arange(10) % 2
+pipe.fit(X, y)  # fitting the pipeline fits the classifier the step returned beside it
+print(hasattr(clf, "coef_"), clf is pipe.steps[-1][1])
+rows.append(9)
+print(table["rows"], count(table["rows"][:1]), nbcache.runs()[-1].inputs["rows"] == nbcache.hash_value([0.5]))
+print(repr(noise), repr(np.random.random()))
+'''
+
+
+def test_a_tuple_whose_elements_share_objects_comes_back_shared_after_a_restart(tmp_path):
+    """Its elements were stored one by one, so a hit returned copies: fitting the pipeline no longer fitted the
+    classifier returned beside it. Stored as one value, they stay one graph of objects; each element's
+    content address is still recorded, for the lineage and for the steps that take one."""
+    env = {"NBCACHE_DIR": str(tmp_path / "cache")}
+    cold = run_python("import numpy as np; np.random.seed(3)\n" + SHARED_TUPLE, env=env).splitlines()
+    warm = run_python("import numpy as np; np.random.seed(3)\n" + SHARED_TUPLE, env=env).splitlines()
+    assert cold[0] == "False" and warm[0] == "True"
+    assert warm[1:] == cold[1:]
+    assert cold[1] == "True True" and cold[2].startswith("[0.5, 9] 1 True")
+    code = SHARED_TUPLE.replace("print(nbcache.runs()[-1].cached)", "print(nbcache.runs()[-1].outputs)")
+    outputs = run_python(code, env=env).splitlines()[0]
+    assert outputs.count("'") == 10  # five elements, five content addresses
+
+
+def test_a_tuple_of_unshared_values_is_stored_element_by_element(cache_dir):
+    from nbcache.cache import default_cache
+    from nbcache.sharing import shared_between
+
+    assert not shared_between(([1, 2], [1, 2], "a", 1.0, np.zeros(3)))
+    rows = [1]
+    assert shared_between((rows, {"rows": rows}))
+    assert shared_between(([object() for _ in range(3000)], []))  # (more than it follows: stored together)
+
+    @step
+    def apart(n):
+        return np.zeros(n), [n]
+
+    apart(3)
+    store = default_cache().store()
+    entry = store.get_entry(nbcache.runs()[-1].key)
+    assert len(entry.blobs) == 2 and not entry.whole
