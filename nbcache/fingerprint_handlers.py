@@ -121,7 +121,9 @@ def feed_code(func: types.FunctionType, h: Hasher, walk: Walk) -> None:
         for name in sorted(attributes) if attributes else ():
             if not (name.startswith("__") and name.endswith("__")):
                 feed_bytes_tagged(b"attr", name.encode(), own)
-                _feed_read(f"{label(func)}.{name}", attributes.get(name, MISSING), own, walk)
+                # (quietly by type if it cannot be hashed: a library's decorator leaves its own objects there,
+                # `@interact`'s widget, which the function does not read)
+                _feed_read(f"{label(func)}.{name}", attributes.get(name, MISSING), own, walk, quiet=True)
         own_digest = own.digest()
         if walk.parts is not None:
             walk.parts[label(func)] = own_digest.hex()
@@ -158,8 +160,9 @@ def _feed_chain(chain: tuple[str, ...], value: Any, h: Hasher, walk: Walk) -> No
     _feed_read(".".join(chain[:depth]), value, h, walk)
 
 
-def _feed_read(name: str, value: Any, h: Hasher, walk: Walk) -> None:
-    """Feed a value the code reads (a global or a closure variable)."""
+def _feed_read(name: str, value: Any, h: Hasher, walk: Walk, *, quiet: bool = False) -> None:
+    """Feed a value the code reads (a global or a closure variable); one that cannot be hashed counts by its
+    type, with a warning unless ``quiet``."""
     if value is MISSING:
         h.update(b"unbound")
         return
@@ -171,7 +174,8 @@ def _feed_read(name: str, value: Any, h: Hasher, walk: Walk) -> None:
     try:
         feed(value, sub, walk)
     except Unhashable as e:
-        _warn_unhashable_global(name, e.type_name)
+        if not quiet:
+            _warn_unhashable_global(name, e.type_name)
         feed_bytes_tagged(b"opaque", type_name(type(value)).encode(), h)
         return
     digest = sub.digest()

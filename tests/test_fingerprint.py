@@ -323,6 +323,13 @@ def test_an_attribute_set_on_a_helper_counts():
     plain = fingerprint(wrapper)
     wrapper.__wrapped__ = len  # (as functools.wraps sets it: dunders are not the function's own data)
     assert fingerprint(wrapper) == plain
+    import threading
+    import warnings
+
+    wrapper.widget = threading.Lock()  # (what ipywidgets' @interact leaves there: counted by type, quietly)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fingerprint(wrapper) != plain
 
 
 def test_relative_import_in_the_body_is_followed(user_module):
