@@ -36,7 +36,7 @@ from typing import Any, BinaryIO, Callable, Iterable
 
 from .errors import NBCacheError, warn
 from .key import CACHE_FORMAT
-from .teamentry import TeamEntry, Unreadable, read_record
+from .teamentry import INLINE, MAX_RECORD, TeamEntry, Unreadable, read_record
 
 __all__ = ["REMOTE_ENV", "RETRY_S", "Remote", "RemoteError", "author", "bytes_of", "shown", "size_of"]
 
@@ -47,6 +47,7 @@ RETRY_S = 60.0  # how long a failed remote is left alone before it is tried agai
 COPY_CHUNK = 8 << 20
 RANGE = 64 << 20  # a value is downloaded in ranges of this size, one request each
 SINGLE_PUT = 32 << 20  # a value up to this size is uploaded in one request
+ENTRY_MAX = INLINE + MAX_RECORD + 16  # the most an entry object holds: its values, its record, the trailer
 OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "az", "memory"}  # each object is published whole, by itself
 
 
@@ -120,8 +121,20 @@ def author() -> str:
 
 
 def shown(url: str) -> str:
-    """``url`` as messages show it: without credentials written into it (``s3://key:secret@bucket``)."""
-    return re.sub(r"//[^/@]*@", "//", url)
+    """``url`` as messages show it: without credentials written into it (``s3://key:secret@bucket``; a secret
+    may hold ``/``: all up to the last ``@`` goes)."""
+    return re.sub(r"(?<=//).*@", "", url, flags=re.DOTALL)
+
+
+def _timeout() -> float:
+    text = os.environ.get(TIMEOUT_ENV) or ""
+    try:
+        timeout = float(text) if text.strip() else TIMEOUT_S
+    except ValueError:
+        timeout = -1.0
+    if not 0 < timeout < float("inf"):
+        raise RemoteError(f"{TIMEOUT_ENV} is a number of seconds (such as 10 or 2.5), not {text!r}")
+    return timeout
 
 
 def _filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
@@ -132,11 +145,11 @@ def _filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
     options = dict(options)
     protocol = url.split("://", 1)[0] if "://" in url else "file"
     if protocol in ("s3", "s3a"):  # bounded waits: a remote that does not answer must not hold up a step
-        timeout = float(os.environ.get(TIMEOUT_ENV) or TIMEOUT_S)
+        timeout = _timeout()
         config = dict(options.get("config_kwargs") or {})
         config.setdefault("connect_timeout", timeout)
         config.setdefault("read_timeout", timeout)
-        config.setdefault("retries", {"max_attempts": 2, "mode": "standard"})
+        config.setdefault("retries", {"max_attempts": 1, "mode": "standard"})  # (one wait: then it is down)
         options["config_kwargs"] = config
         options.setdefault("skip_instance_cache", True)
         options.setdefault("max_concurrency", 1)  # (a read is one GET; more reads a size ahead, a HEAD)
@@ -144,6 +157,8 @@ def _filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
         fs, root = fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as exc:  # the protocol's package is missing, or the URL is not one
         raise RemoteError(f"cannot use {shown(url)!r} as the remote cache: {exc}") from None
+    if protocol in ("s3", "s3a") and isinstance(getattr(fs, "retries", None), int):
+        fs.retries = 1  # (s3fs tries each request 5 times over, around botocore's tries: 13 minutes of a hang)
     return fs, root.rstrip("/")
 
 
@@ -160,10 +175,11 @@ class Remote:
         if not isinstance(url, str) or not url.strip():
             raise RemoteError(f"the remote cache is given as a URL (s3://bucket/prefix, a folder), not {url!r}")
         self.url = shown(url)
-        if re.search(r"^[^/]*//[^/@]*:[^/@]*@", url):  # (fsspec would pass them on, into its error messages too)
-            raise RemoteError(f"the remote cache {self.url} is given with credentials in its URL (user:secret@):"
-                              " give them as storage options (set_remote(url, key=..., secret=...)) or in the"
-                              " environment (AWS_ACCESS_KEY_ID, ...) instead")
+        if "://" in url and "@" in url.split("://", 1)[1] and not url.startswith("file://"):
+            # (user:secret@, and a secret may hold "/"; fsspec would pass them on, into its error messages too)
+            raise RemoteError(f"the remote cache {self.url} is given with '@' in its URL, as credentials"
+                              " (user:secret@) are: give them as storage options (set_remote(url, key=...,"
+                              " secret=...)) or in the environment (AWS_ACCESS_KEY_ID, ...) instead")
         self.fs, root = _filesystem(url, storage_options or {})
         self.root = f"{root}/v{CACHE_FORMAT}"
         self._setup()
@@ -221,8 +237,8 @@ class Remote:
         replaced when it is uploaded)."""
         if not self.available:
             return None
-        try:
-            data = self.fs.cat_file(self._path("entries", key))
+        try:  # (no more than an entry holds: a bigger object in its place is not read whole into memory)
+            data = self.fs.cat_file(self._path("entries", key), start=0, end=ENTRY_MAX + 1)
         except FileNotFoundError:
             return None
         except IsADirectoryError:  # (a folder in its place, on a shared file system: nothing to read)
@@ -231,6 +247,8 @@ class Remote:
             self._failed("looking up a result", exc)
             return None
         try:
+            if len(data) > ENTRY_MAX:
+                raise Unreadable(f"it is bigger than an entry is, {ENTRY_MAX >> 20} MB")
             found = read_record(data, len(data))
         except Unreadable as exc:
             warn(f"nbcache: the team cache {self.url} holds a damaged entry for this call ({exc}); the result is"
