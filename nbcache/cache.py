@@ -26,7 +26,7 @@ from .frame import Damaged, Frame, read_frame, signature_problem
 from .forksafe import ForkSafeLock
 from .frameformat import NotSigned
 from .background import shared_worker
-from .keys import key_id, load_key, parse_key
+from .keys import load_key, parse_key
 from .latestwrites import LatestWrites
 from .records import StepRun
 from .smallvalues import NOT_KEPT, SmallValues
@@ -159,7 +159,7 @@ class Cache:
         if self._team is None:
             from .teamcache import TeamCache  # (and remote.py: not on `import nbcache`'s path)
 
-            self._team = TeamCache(self.check_seal, lambda: key_id(self.key), self.background)
+            self._team = TeamCache(self.check_seal, lambda: self.key, self.background)
         return self._team
 
     @property

@@ -222,7 +222,7 @@ def transfer_problems(done: Transfer, *, pushed: bool) -> list[str]:
                         " key, or changed since); the team could not use them. nbcache verify says which")
     elif done.refused:
         problems.append(f"{_plural(done.refused, 'result')} refused: not sealed with your key (made under another"
-                        " key, or changed since it was stored); nothing of them was downloaded or loaded. Is"
+                        " key, or changed since it was stored); nothing of them was kept or loaded. Is"
                         " NBCACHE_KEY the team's key?")
     if done.unreadable:
         problems.append(f"{_plural(done.unreadable, 'entry', 'entries')} of the team cache not pulled: not readable"

@@ -24,6 +24,8 @@ from .errors import warn
 from .forksafe import ForkSafeLock
 from .frame import Damaged
 from .frameformat import NotSigned
+from .frameread import verify_frame
+from .keys import key_id
 from .remote import REMOTE_ENV, Remote, RemoteError, author, bytes_of, size_of
 from .store import Store
 from .teamentry import INLINE, TeamEntry
@@ -64,13 +66,13 @@ class _Unread(Exception):
 
 class TeamCache:
     """The team cache of one ``Cache``, whose ``check_seal(key, entry)`` raises ``Damaged`` for an entry not
-    sealed with its key, and ``key_id()`` says which key that is (``keys.key_id``); ``background`` writes the
-    results a hit pulled into the local store."""
+    sealed with its key, and ``key()`` is that key (its values are signed with it too); ``background`` writes
+    the results a hit pulled into the local store."""
 
-    def __init__(self, check_seal: Callable[[str, Entry], None], key_id: Callable[[], str],
+    def __init__(self, check_seal: Callable[[str, Entry], None], key: Callable[[], bytes],
                  background: Worker) -> None:
         self._check_seal = check_seal
-        self._key_id = key_id
+        self._key = key
         self._background = background
         self._others: set[str] = set()  # cache keys whose entry there is sealed with another key: not replaced
         self._refused: set[str] = set()  # cache keys whose result from there was found damaged: not taken again
@@ -83,6 +85,9 @@ class TeamCache:
         self._uploads: Worker | None = None
         self._uploads_lock = ForkSafeLock()  # (threads storing at once make one worker, not one each)
         self._queue_full_said = False
+
+    def _key_id(self) -> str:
+        return key_id(self._key())
 
     def set(self, url: str | None, storage_options: dict[str, Any]) -> None:
         """Use the remote at ``url`` (``None``: ``NBCACHE_REMOTE`` again; ``""``: none). Raises
@@ -224,6 +229,11 @@ class TeamCache:
             return None if got is None else self.take(remote, store, key, *got)
         if fetched is None:
             return None
+        for address, data in fetched[1].items():  # (a hit checks them as it loads them; here nothing loads them)
+            problem = verify_frame(bytes(data), key=self._key(), name=address)
+            if problem is not None:
+                remote.distrust([address])
+                raise Damaged(f"a value it carries is refused: {problem}")
         keep(store, key, *fetched)
         return fetched[0]
 
@@ -247,7 +257,13 @@ class TeamCache:
                 inline[address] = view[start:start + size]
             elif not remote.copy_blob(address, found.sizes.get(address),
                                       lambda f, a=address: store.put_blob_file(a, f)):
-                return None  # (its values are checked when loaded: signed with the key, under their name)
+                return None
+            else:  # (read whole once, here: a big value is mapped on a hit, its buffers checked only later)
+                problem = verify_frame(store.open_blob(address), key=self._key(), name=address)
+                if problem is not None:
+                    store.delete("", (address,))
+                    remote.distrust([address])
+                    raise Damaged(f"a value is damaged: {problem}")
         return entry, inline
 
     # writing

@@ -511,10 +511,10 @@ def test_a_team_hit_that_cannot_be_written_here_says_so_once_and_is_fetched_agai
     assert _states(bob)[-1] == "team hit" and store.get_entry(bob.runs()[-1].key)
 
 
-def test_a_pulled_value_found_damaged_after_it_was_served_is_never_kept(tmp_path, monkeypatch):
-    """A value too big to travel in its entry's object is copied here and mapped, its buffers checked in the
-    background: found damaged, the result being kept is cancelled and its copy removed, so the next call
-    computes it (rather than serving the damaged copy as a hit)."""
+def test_a_damaged_value_copied_from_the_team_cache_is_refused_before_it_is_served(tmp_path, monkeypatch):
+    """A value too big to travel in its entry's object is copied here, then mapped on a hit, its buffers
+    checked only later: it is read whole once as it is copied, so a damaged one is never served (it was, then
+    found damaged after the fact). It is computed here, and its upload replaces the damaged copy."""
     from nbcache import teamcache
 
     monkeypatch.setattr(teamcache, "INLINE", 1000)  # (a 2.4 MB array then goes by itself, as one over 16 MB)
@@ -528,11 +528,10 @@ def test_a_pulled_value_found_damaged_after_it_was_served_is_never_kept(tmp_path
     blob.write_bytes(bytes(data))
     bob = nbcache.Cache(tmp_path / "bob", key=TEAM_KEY)
     ramp = nbcache.step(cache=bob, name="ramp")(_ramp)
-    with pytest.warns(nbcache.CacheWarning, match="found damaged on disk after it was served"):
-        ramp(300_000)
-        bob.background.drain(60)
-    assert np.array_equal(ramp(300_000), expected)  # (not the team cache's damaged copy again)
-    assert _states(bob) == ["team hit", "removed"]
+    with pytest.warns(nbcache.CacheWarning, match="refused .a value is damaged: a buffer's checksum"):
+        assert np.array_equal(ramp(300_000), expected)
+    assert np.array_equal(ramp(300_000), expected)
+    assert _states(bob) == ["first run", "hit"]
     assert bob.team.flush(30)  # (its upload replaced the damaged copy)
     carol = nbcache.Cache(tmp_path / "carol", key=TEAM_KEY)
     assert np.array_equal(nbcache.step(cache=carol, name="ramp")(_ramp)(300_000), expected)

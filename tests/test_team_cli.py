@@ -17,6 +17,7 @@ import pytest
 
 import nbcache
 from nbcache.remote import Remote
+from nbcache.teamentry import read_record
 
 from .moto_s3 import aws_env, change_sealed, endpoint  # noqa: F401  (the S3 server, a fixture)
 
@@ -186,3 +187,17 @@ def test_no_remote_or_one_given_wrong_says_what_to_do(tmp_path):
     wrong = _nbcache(tmp_path, "alice", "nosuchprotocol://user:s3cret@x", "ls", "--remote")
     assert wrong.returncode == 6 and "nosuchprotocol://x" in wrong.stderr and "s3cret" not in wrong.stderr
     assert "Traceback" not in wrong.stderr
+
+
+def test_pull_refuses_a_result_whose_values_were_changed_under_its_sealed_entry(tmp_path, team):
+    """The entry's seal names its values but does not cover their bytes: those are checked as they are copied
+    (a hit checks them as it loads them; a pull loads nothing), so a value changed on the remote is not kept."""
+    _run_steps(tmp_path, "alice", team)
+    fs = Remote(team).fs
+    [path] = _remote_entries(team)
+    data = fs.cat_file(path)
+    end = sum(size for _, size in read_record(data, len(data)).inline)
+    fs.pipe_file(path, data[:end - 100] + bytes(100) + data[end:])  # (the values it carries, its record intact)
+    pulled = _nbcache(tmp_path, "bob", team, "pull", "--json")
+    assert json.loads(pulled.stdout)["refused"] == 1 and "refused" in pulled.stderr
+    assert json.loads(_nbcache(tmp_path, "bob", "", "info", "--json").stdout)["entries"] == 0
