@@ -11,8 +11,8 @@ uploaded in the background. Layout under the URL, per cache format::
 
 A team-cache hit on a result whose values travel in its entry is one request (the object is read into memory,
 16 MB of values at most, and written into the local store; bigger values are streamed). An entry is uploaded
-after every blob it names, each through a temporary that is committed whole (fsspec's ``autocommit=False``: an
-S3 multipart upload completed at the end, a local file renamed), so a killed upload publishes nothing. Entries and
+after every blob it names, each through a temporary that is committed whole (an S3 multipart upload completed at
+the end, a file written beside its place and renamed), so a killed upload publishes nothing. Entries and
 values are signed with the cache's key: a team shares one (``NBCACHE_KEY``), and an object signed with another
 key, or changed, is never unpickled. Credentials come as fsspec takes them (the
 environment, ``storage_options``) and are never written anywhere by nbcache.
@@ -335,16 +335,21 @@ class Remote:
 
     def _write(self, path: str, source: bytes | BinaryIO) -> None:
         """Write ``path`` whole or not at all. An object store publishes an object whole by itself (one PUT,
-        or a multipart upload completed at the end); elsewhere the bytes go to a temporary, renamed once
-        complete (fsspec's ``autocommit=False``)."""
+        or a multipart upload completed at the end); elsewhere the bytes go to a temporary beside it (a
+        ``.`` name, which no listing takes), renamed once complete: on one file system, a rename is atomic
+        (fsspec's ``autocommit=False`` writes the temporary in the system's temporary folder, and a move from
+        there to another file system is a copy, seen half-written)."""
+        temp = None
         if self._object_store:
             if isinstance(source, (bytes, bytearray, memoryview)):
                 self.fs.pipe_file(path, bytes(source))  # (one request)
                 return
             f = self.fs.open(path, "wb")
         else:
-            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-            f = self.fs.open(path, "wb", autocommit=False)
+            folder, name = path.rsplit("/", 1)
+            self.fs.makedirs(folder, exist_ok=True)
+            temp = f"{folder}/.{name}.{os.getpid()}-{threading.get_ident()}.part"
+            f = self.fs.open(temp, "wb")
         try:
             if isinstance(source, (bytes, bytearray, memoryview)):
                 f.write(source)
@@ -352,11 +357,15 @@ class Remote:
                 while chunk := source.read(COPY_CHUNK):
                     f.write(chunk)
             f.close()
-            if not self._object_store:
-                f.commit()
+            if temp is not None:
+                self.fs.mv(temp, path)
         except BaseException:
             with contextlib.suppress(Exception):
-                f.discard()
+                if temp is None:
+                    f.discard()  # (a multipart upload aborted: closing would complete it)
+                else:
+                    f.close()
+                    self.fs.rm(temp)
             raise
 
 

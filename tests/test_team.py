@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import io
 import os
 import secrets
 import shutil
@@ -643,3 +644,28 @@ def test_two_threads_pulling_one_result_at_once_write_it_once_and_a_clear_clears
         gate.set()
     bob.background.drain(30)
     assert list(bob.store().entries()) == []
+
+
+def test_a_folder_remote_writes_each_object_beside_its_place_then_renames_it(tmp_path):
+    """fsspec's own temporary went to the system's temporary folder, and the move from there to a shared folder
+    on another file system was a copy, seen half-written under the final name (and left so by a kill). The
+    temporary is now in the same folder, so the rename is atomic; a write that fails leaves nothing."""
+    remote = Remote(str(tmp_path / "shared"))
+    path = remote._path("blobs", "a" * 32)
+    folder = path.rsplit("/", 1)[0]
+    seen = []
+
+    class Source(io.BytesIO):
+        def read(self, size=-1):
+            seen.append((remote.fs.exists(path), sorted(os.listdir(folder)) if os.path.isdir(folder) else []))
+            if len(seen) == 3:
+                raise KeyboardInterrupt  # (the process is stopped half-way)
+            return super().read(1)
+
+    with pytest.raises(KeyboardInterrupt):
+        remote._write(path, Source(b"0123456789"))
+    assert not remote.fs.exists(path) and os.listdir(folder) == []
+    assert [exists for exists, _ in seen] == [False] * 3
+    assert all(len(names) == 1 and names[0].startswith(".") for _, names in seen[1:])  # (beside its place)
+    remote._write(path, io.BytesIO(b"whole"))
+    assert remote.fs.cat_file(path) == b"whole" and os.listdir(folder) == [path.rsplit("/", 1)[1]]
