@@ -159,7 +159,7 @@ class Cache:
         if self._team is None:
             from .teamcache import TeamCache  # (and remote.py: not on `import nbcache`'s path)
 
-            self._team = TeamCache(self.check_seal, lambda: self.key, self.background)
+            self._team = TeamCache(self.check_seal, self.seal, lambda: self.key, self.background)
         return self._team
 
     @property

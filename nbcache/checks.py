@@ -82,10 +82,12 @@ class Check:
             raise ValueError(f"the stat of {what} is {_shown_value(st)}, not [size, mtime_ns, inode]")
         return cls(kind, target, digest, (st[0], st[1], st[2]))
 
-    def failure(self, namespace: dict | None) -> str | None:
-        """Why this dependency no longer holds, in words; None if it does."""
+    def failure(self, namespace: dict | None, *, trust_stat: bool = True) -> str | None:
+        """Why this dependency no longer holds, in words; None if it does. Unless ``trust_stat``, a file is
+        compared by content even if its size, time and inode are as stored (another machine's stat: a fresh
+        VM or a container can give another file the same)."""
         if self.kind in _FILE_KINDS:
-            return self._file_failure()
+            return self._file_failure(trust_stat)
         if self.kind == "made":
             if not os.path.isdir(self.target):
                 return f"folder {shown_path(self.target)}, which it made, is gone"
@@ -110,7 +112,7 @@ class Check:
             return self._variable_failure(namespace)
         return f"it depends on something this nbcache does not know ({self.kind})"
 
-    def _file_failure(self) -> str | None:
+    def _file_failure(self, trust_stat: bool) -> str | None:
         what = f"file {shown_path(self.target)}" if self.kind == "file" else f"{shown_path(self.target)}, a file it wrote,"
         try:
             st = os.stat(self.target)
@@ -118,7 +120,7 @@ class Check:
             return f"{what} was removed"
         if not stat.S_ISREG(st.st_mode):  # a device or a pipe now: never read one to compare it
             return f"{what} is no longer a regular file"
-        if self.stat is not None and stat_of(st) == self.stat:
+        if trust_stat and self.stat is not None and stat_of(st) == self.stat:
             return None
         if file_digest(self.target) != self.digest:
             return f"{what} changed"
@@ -147,9 +149,10 @@ class Check:
         return None
 
     def refreshed(self) -> Check | None:
-        """For a file whose content matched but whose stat did not (touched, checked out again): this
-        check with its stat now, so that the next lookup does not read the file again."""
-        if self.kind not in _FILE_KINDS or self.stat is None:
+        """For a file whose content matched but whose stat did not (touched, checked out again), or had none
+        (pulled from another machine): this check with its stat now, so that the next lookup does not read
+        the file again."""
+        if self.kind not in _FILE_KINDS:
             return None
         try:
             now = stat_of(os.stat(self.target))
@@ -158,12 +161,14 @@ class Check:
         return None if now == self.stat else Check(self.kind, self.target, self.digest, now)
 
 
-def first_failure(checks: tuple[Check, ...], namespace: dict | None) -> tuple[str | None, tuple[Check, ...]]:
+def first_failure(checks: tuple[Check, ...], namespace: dict | None, *,
+                  trust_stat: bool = True) -> tuple[str | None, tuple[Check, ...]]:
     """Why the first check that fails fails (None if all hold), and, when all hold but some files were
-    compared by content, the checks with their files' stat now (empty if none was)."""
+    compared by content, the checks with their files' stat now (empty if none was). ``trust_stat``: see
+    ``Check.failure`` (False for checks another machine stored)."""
     for check in checks:
         try:
-            reason = check.failure(namespace)
+            reason = check.failure(namespace, trust_stat=trust_stat)
         except Exception as exc:  # erring toward running
             reason = f"{check.kind} {check.target} could not be checked ({type(exc).__name__})"
         if reason:

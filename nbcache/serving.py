@@ -101,7 +101,7 @@ class Serving:
                 self.cache.check_seal(self.key, entry)
         except Damaged as exc:  # (not the values it names: they may be other entries', and are checked apart)
             return MISS, None, self._damaged(exc, ())
-        changed, refreshed = first_failure(entry.checks, self.namespace)
+        changed, refreshed = first_failure(entry.checks, self.namespace, trust_stat=pulled is None)
         if changed:
             self.outcome, self.changes = Outcome.CHANGED, (Change(ChangeKind.READ, changed),)
             return MISS, entry, changed

@@ -12,6 +12,7 @@ interpreter waits for them when it exits (``UPLOAD_FLUSH_S`` at most); ``flush``
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from dataclasses import dataclass
@@ -66,12 +67,12 @@ class _Unread(Exception):
 
 class TeamCache:
     """The team cache of one ``Cache``, whose ``check_seal(key, entry)`` raises ``Damaged`` for an entry not
-    sealed with its key, and ``key()`` is that key (its values are signed with it too); ``background`` writes
-    the results a hit pulled into the local store."""
+    sealed with its key, ``seal(key, entry)`` seals one, and ``key()`` is that key (its values are signed with
+    it too); ``background`` writes the results a hit pulled into the local store."""
 
-    def __init__(self, check_seal: Callable[[str, Entry], None], key: Callable[[], bytes],
-                 background: Worker) -> None:
-        self._check_seal = check_seal
+    def __init__(self, check_seal: Callable[[str, Entry], None], seal: Callable[[str, Entry], Entry],
+                 key: Callable[[], bytes], background: Worker) -> None:
+        self._check_seal, self._seal = check_seal, seal
         self._key = key
         self._background = background
         self._others: set[str] = set()  # cache keys whose entry there is sealed with another key: not replaced
@@ -234,8 +235,12 @@ class TeamCache:
             if problem is not None:
                 remote.distrust([address])
                 raise Damaged(f"a value it carries is refused: {problem}")
-        keep(store, key, *fetched)
-        return fetched[0]
+        entry = fetched[0]
+        if any(check.stat is not None for check in entry.checks):  # (another machine's stat: compared by content)
+            entry = self._seal(key, dataclasses.replace(entry, checks=tuple(
+                dataclasses.replace(check, stat=None) for check in entry.checks)))
+        keep(store, key, entry, fetched[1])
+        return entry
 
     def _fetch(self, remote: Remote, store: Store, key: str, found: TeamEntry,
                body: bytes | None) -> tuple[Entry, dict[str, memoryview]] | None:

@@ -180,7 +180,7 @@ def test_a_setting_holds_as_the_run_found_it_or_as_it_left_it(monkeypatch):
 
 def test_a_check_that_cannot_be_verified_fails_rather_than_err():
     class Broken(Check):
-        def failure(self, namespace):
+        def failure(self, namespace, *, trust_stat=True):
             raise OSError("disk gone")
 
     assert first_failure((Broken("file", "x", "d"),), None)[0] == "file x could not be checked (OSError)"

@@ -669,3 +669,41 @@ def test_a_folder_remote_writes_each_object_beside_its_place_then_renames_it(tmp
     assert all(len(names) == 1 and names[0].startswith(".") for _, names in seen[1:])  # (beside its place)
     remote._write(path, io.BytesIO(b"whole"))
     assert remote.fs.cat_file(path) == b"whole" and os.listdir(folder) == [path.rsplit("/", 1)[1]]
+
+
+def _total() -> int:
+    with open("data.txt") as f:
+        return int(f.read()) * 4
+
+
+def test_a_file_another_machine_read_is_compared_by_content_not_by_its_stat(tmp_path, monkeypatch):
+    """A file's size, time and inode as the other machine saw them can be this file's too (a fresh VM, a
+    container, a checkout with fixed times) while its content differs: a team hit, or an entry pulled, reads it."""
+    from nbcache.teamsync import pull
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NBCACHE_REMOTE", str(tmp_path / "shared"))
+    data = tmp_path / "data.txt"
+    data.write_text("6")
+    alice = nbcache.Cache(tmp_path / "alice", key=TEAM_KEY)
+    assert nbcache.step(cache=alice, name="total")(_total)() == 24
+    assert alice.team.flush(30)
+    before = os.stat(data)
+    data.write_text("9")  # (in place: the same size and inode; then the same time)
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (os.stat(data).st_size, os.stat(data).st_mtime_ns, os.stat(data).st_ino) == (
+        before.st_size, before.st_mtime_ns, before.st_ino)
+    bob = nbcache.Cache(tmp_path / "bob", key=TEAM_KEY)
+    assert nbcache.step(cache=bob, name="total")(_total)() == 36
+    assert [run.state.value for run in bob.runs("total")] == ["changed"]
+    assert bob.team.flush(30)  # (bob's result, for "9", replaced alice's there)
+    carol = nbcache.Cache(tmp_path / "carol", key=TEAM_KEY)
+    assert pull(carol, carol.team.remote).copied == 1
+    monkeypatch.delenv("NBCACHE_REMOTE")
+    carol.team.set("", {})
+    nines = os.stat(data)
+    data.write_text("6")  # (as above: "6" with the stat of the "9" the pulled entry saw)
+    os.utime(data, ns=(nines.st_atime_ns, nines.st_mtime_ns))
+    assert nbcache.step(cache=carol, name="total")(_total)() == 24
+    assert nbcache.step(cache=carol, name="total")(_total)() == 24
+    assert [run.state.value for run in carol.runs("total")] == ["changed", "hit"]
