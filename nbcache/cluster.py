@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from .ambient import RAN_ON, OnWorker
 from .cache import Cache, default_cache
-from .errors import SAID, NBCacheError, warn
+from .errors import SAID, warn
 from .keys import key_id
 from .records import SESSION, StepRun
 from .remote import Remote
+from .step import WORKER_CACHE
 
 if TYPE_CHECKING:  # (only for the types: a submitted step imports distributed, not nbcache)
     from .step import Step
@@ -170,7 +171,8 @@ _OPENING = threading.Lock()  # (a worker's threads start calls at once: one of t
 
 def _worker_cache(where: ClientCache) -> tuple[Cache, bool]:
     """The cache a worker keeps for the calls of one client cache, and whether it is the client's directory.
-    Raises ``NBCacheError`` if it signs with another key than the client where they share results."""
+    One that signs with another key than the client, where they would share results, is a cache of the
+    worker's own instead, sharing nothing, said once: each would take the other's results for damaged ones."""
     with _OPENING:
         return _open_worker_cache(where)
 
@@ -187,12 +189,16 @@ def _open_worker_cache(where: ClientCache) -> tuple[Cache, bool]:
     shared = where.is_directory(str(cache.directory))
     cache.team.use(where.remote)
     if (shared or where.remote is not None) and key_id(cache.key) != where.key_id:
-        raise NBCacheError(
-            f"this Dask worker ({socket.gethostname()}) signs results with another key than the process that"
-            f" submitted the step, with which it shares {'its cache directory' if shared else 'the team cache'}:"
-            " each would take the other's results for damaged ones. Give the workers the same key: set"
-            " NBCACHE_KEY (or NBCACHE_KEY_FILE) in their environment, as on every teammate's machine"
-            " (docs/team.md)")
+        from distributed import get_worker
+
+        warn(f"nbcache: this Dask worker ({socket.gethostname()}) signs results with another key than the process"
+             f" that submitted the step, with which it shares {'its cache directory' if shared else 'the team cache'}:"
+             " each would take the other's results for damaged ones, so its calls use a cache of its own, which"
+             " shares nothing. Give the workers the same key: set NBCACHE_KEY (or NBCACHE_KEY_FILE) in their"
+             " environment, as on every teammate's machine (docs/team.md)")
+        cache = Cache(os.path.join(get_worker().local_directory, "nbcache-own-key"))
+        cache.team.set("", {})
+        return cache, False
     return cache, shared
 
 
@@ -213,16 +219,18 @@ def _run(step: Step, where: ClientCache, args: tuple, kwargs: dict[str, Any]) ->
     from distributed import get_worker
 
     worker = get_worker()
+    mark = SAID.mark()
     cache, shared = _worker_cache(where)
     collector = _Collector()
     cache.events.subscribe(collector.take)
     ran_on = RAN_ON.set(OnWorker(worker.address, where.session, _workers_threads(worker)))
-    mark = SAID.mark()
+    in_call = WORKER_CACHE.set(cache)  # (the steps its body calls use it too, and their runs are sent back)
     try:
         call = copy.copy(step)
         call.cache = cache
         return call(*args, **kwargs)
     finally:
+        WORKER_CACHE.reset(in_call)
         RAN_ON.reset(ran_on)
         cache.team.flush(UPLOAD_WAIT_S)  # (what it stored is in the team cache before the call returns)
         for run in collector.runs:

@@ -8,6 +8,7 @@ raised by the function itself pass through untouched and are never cached.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 import sys
@@ -31,6 +32,9 @@ from .store import Store
 __all__ = ["Step", "step", "runs", "clear"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# The cache a step without one of its own uses while a call submitted to a Dask worker runs there (cluster.py)
+WORKER_CACHE: contextvars.ContextVar[Cache | None] = contextvars.ContextVar("nbcache_worker_cache", default=None)
 
 
 class Step:
@@ -77,11 +81,9 @@ class Step:
         params = self._signature.parameters
         unknown = sorted(self.ignore - set(params))
         if unknown:
-            raise ValueError(
-                f"@step(ignore=...) names {', '.join(map(repr, unknown))}, which "
-                f"{'is not a parameter' if len(unknown) == 1 else 'are not parameters'} of {self.name}();"
-                f" its parameters are: {', '.join(params) or 'none'}"
-            )
+            raise ValueError(f"@step(ignore=...) names {', '.join(map(repr, unknown))}, which "
+                             f"{'is not a parameter' if len(unknown) == 1 else 'are not parameters'} of"
+                             f" {self.name}(); its parameters are: {', '.join(params) or 'none'}")
 
     def __repr__(self) -> str:
         return f"<nbcache step {self.name!r}>"
@@ -96,7 +98,7 @@ class Step:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         started_at = datetime.now(timezone.utc)
         t0 = time.perf_counter()
-        cache = self.cache if self.cache is not None else default_cache()
+        cache = self.cache if self.cache is not None else WORKER_CACHE.get() or default_cache()
         ahead = self.__dict__.pop("_ahead", None)  # the analysis of its code, ahead: taken back or waited for
         if ahead is not None:
             ahead.settle()
@@ -325,9 +327,7 @@ def step(func: Callable[..., Any] | None = None, *, name: str | None = None, ena
     if func is None:
         return decorate
     if not callable(func):
-        raise TypeError(
-            f"@step takes a function; to pass options write @step(name=...), not @step({func!r})"
-        )
+        raise TypeError(f"@step takes a function; to pass options write @step(name=...), not @step({func!r})")
     return decorate(func)
 
 

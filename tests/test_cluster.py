@@ -187,7 +187,7 @@ def read_all(paths):
 '''
 
 ODD_CASES = '''
-import json, os, random, sys
+import json, os, random, sys, time, warnings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nbcache
 import readers
@@ -211,10 +211,13 @@ if __name__ == "__main__":
         out["drawn"] = draw.submit(client, 3).result()
         out["drawn again"] = draw.submit(second, 3).result()  # (a second client of the same scheduler)
         out["apart here"] = signed_apart(1)
-        try:
-            signed_apart.submit(client, 1).result()
-        except Exception as exc:
-            out["apart there"] = str(exc)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out["apart there"] = signed_apart.submit(client, 1).result()
+            deadline = time.monotonic() + 30  # (what the worker said comes to the client a moment later)
+            while not caught and time.monotonic() < deadline:
+                time.sleep(0.05)
+        out["apart there said"] = [str(w.message) for w in caught]
     random.seed(5)
     out["drawn here"] = draw(3)
     random.seed(5)
@@ -228,7 +231,8 @@ if __name__ == "__main__":
 def test_what_a_worker_cannot_know_is_not_taken_for_known(tmp_path, body_log):
     """Files read through a pool kept between calls are the step's on a worker too; a draw from the worker's
     global generator is not served where the generator is the notebook's; a worker signing with another key
-    is refused, not left to destroy the other's results; a second client does not record a run twice."""
+    runs the call with a cache of its own, said, not left to destroy the other's results; a second client does
+    not record a run twice."""
     (tmp_path / "readers.py").write_text(READERS)
     for name in "ab":
         (tmp_path / f"{name}.txt").write_text(f"{name}1")
@@ -236,7 +240,9 @@ def test_what_a_worker_cannot_know_is_not_taken_for_known(tmp_path, body_log):
     first, history, _ = _client(tmp_path, body_log, "first", code=ODD_CASES, **apart)
     assert first["read"] == ["a1", "b1"] and first["drawn again"] == first["drawn"]
     assert first["drawn here"] == first["uncached here"] != first["drawn"]
-    assert "signs results with another key than the process that submitted" in first["apart there"]
+    assert first["apart there"] == 2  # (run with a cache of the worker's own, said: the call does not fail)
+    [said] = first["apart there said"]
+    assert "signs results with another key than the process that submitted" in said and "on the Dask worker" in said
     assert first["apart here"] == first["apart here again"] == 2
     assert len(history) == 2 + 2 + 1  # load x2, draw on the worker, its hit through the second client, here
     assert history[-1][3] == ("it drew from the random global random generator on a Dask worker, where that"
@@ -297,3 +303,40 @@ def test_what_nbcache_says_on_a_worker_is_said_in_the_client_too(tmp_path):
             time.sleep(0.5)  # (any second copy of it would have come by now)
     assert len(relayed()) == 1, relayed()
     assert "the team cache" in relayed()[0] and "failed while" in relayed()[0] and "inproc://" in relayed()[0]
+
+
+NESTED = '''
+import json, os, sys
+import nbcache
+from distributed import Client, LocalCluster
+
+@nbcache.step
+def inner(x):
+    with open(os.environ["BODY_LOG"], "a") as log:
+        log.write("inner\\n")
+    return x * 10
+
+@nbcache.step
+def outer(x):
+    return inner(x) + 1
+
+if __name__ == "__main__":
+    nbcache.set_cache_dir(os.environ["CHOSEN"])  # (in code, as a notebook would: the workers never run it)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \\
+            Client(cluster) as client:
+        result = outer.submit(client, 4).result()
+    print(json.dumps({"result": result, "here": outer(4)}))
+    print(json.dumps([[r.step, r.state.value, r.worker, r.reason] for r in nbcache.runs()]))
+'''
+
+
+def test_steps_a_submitted_step_calls_use_its_cache_and_are_in_the_clients_history(tmp_path, body_log):
+    """They used the worker's default cache (its NBCACHE_DIR, or its working folder): their results were not
+    shared with the client, nor their runs in its history."""
+    chosen = {"CHOSEN": str(tmp_path / "chosen")}
+    out, history, bodies = _client(tmp_path, body_log, "cold", code=NESTED, **chosen)
+    assert out == {"result": 41, "here": 41} and bodies == 1
+    assert [(step, state) for step, state, _, _ in history] == [
+        ("inner", "first run"), ("outer", "first run"), ("outer", "hit")]
+    assert all(worker.startswith("tcp://") for _, _, worker, _ in history[:2])
+    assert not (tmp_path / ".nbcache").exists() and not (tmp_path / "client-cache").exists()
