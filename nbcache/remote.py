@@ -202,26 +202,39 @@ class Remote:
     def available(self) -> bool:
         return time.monotonic() >= self._down_until
 
+    @property
+    def writable(self) -> bool:
+        """Available, and no upload was denied in the last ``RETRY_S`` (read-only credentials still read)."""
+        return self.available and time.monotonic() >= self._writes_down_until
+
     def _setup(self) -> None:
         protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
         self._object_store = bool(OBJECT_STORES.intersection(protocols))
         # conditional writes (``mode="create"``): s3fs has them since 2024.12; they fail on an existing object
         self._create = "s3" in protocols and "mode" in inspect.signature(self.fs.pipe_file).parameters
         self._lock = threading.Lock()
-        self._down_until = 0.0
+        self._down_until = self._writes_down_until = 0.0
         self._damaged: set[str] = set()  # blobs whose copy on the remote was found damaged (``distrust``)
 
     def failure(self, doing: str, exc: BaseException) -> RemoteError:
         """The error a command reports when this remote failed while ``doing`` (credentials left out)."""
         return RemoteError(f"the team cache {self.url} failed while {doing}: {type(exc).__name__}: {shown(str(exc))}")
 
-    def _failed(self, doing: str, exc: BaseException) -> None:
+    def _failed(self, doing: str, exc: BaseException, *, writing: bool = False) -> None:
         if self.strict:
             raise self.failure(doing, exc) from exc
+        denied = writing and isinstance(exc, PermissionError)  # (read-only credentials: lookups go on)
         with self._lock:
-            was_up = self.available
-            self._down_until = time.monotonic() + RETRY_S
-        if was_up:
+            was_up = self.writable if denied else self.available
+            if denied:
+                self._writes_down_until = time.monotonic() + RETRY_S
+            else:
+                self._down_until = time.monotonic() + RETRY_S
+        if was_up and denied:
+            warn(f"nbcache: the team cache {self.url} denied {doing} ({type(exc).__name__}: {shown(str(exc))});"
+                 f" results stored here stay here for the next {RETRY_S:.0f} s (`nbcache push` uploads them),"
+                 " and it is still looked in")
+        elif was_up:
             warn(f"nbcache: the team cache {self.url} failed while {doing} ({type(exc).__name__}: {shown(str(exc))});"
                        f" using the local cache only for the next {RETRY_S:.0f} s")
 
@@ -311,7 +324,7 @@ class Remote:
                 return True
             self._write(path, source)
         except Exception as exc:
-            self._failed("uploading a result", exc)
+            self._failed("uploading a result", exc, writing=True)
             return False
         return True
 
@@ -321,7 +334,7 @@ class Remote:
         try:
             self._write(self._path("entries", key), b"".join([*carried, entry.record()]))
         except Exception as exc:
-            self._failed("uploading a result", exc)
+            self._failed("uploading a result", exc, writing=True)
             return False
         return True
 

@@ -291,7 +291,7 @@ class TeamCache:
         uploads.submit(lambda: self._push(remote, store, key, entry, at))
 
     def _push(self, remote: Remote, store: Store, key: str, entry: Entry, at: str) -> None:
-        if remote.available and upload(remote, store, key, entry, at, self._key_id()) is not None:
+        if remote.writable and upload(remote, store, key, entry, at, self._key_id()) is not None:
             self._refused.discard(key)  # (replaced there)
 
     def flush(self, timeout: float | None = None) -> bool:

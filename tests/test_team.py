@@ -707,3 +707,32 @@ def test_a_file_another_machine_read_is_compared_by_content_not_by_its_stat(tmp_
     assert nbcache.step(cache=carol, name="total")(_total)() == 24
     assert nbcache.step(cache=carol, name="total")(_total)() == 24
     assert [run.state.value for run in carol.runs("total")] == ["changed", "hit"]
+
+
+def test_an_upload_denied_leaves_lookups_going_on(tmp_path, monkeypatch):
+    """Read-only credentials: an upload denied made the whole remote "down" for 60 s, so the calls after it
+    found nothing of what the team cache holds. Only uploads wait now; a remote that fails otherwise is left
+    alone as before."""
+    monkeypatch.setenv("NBCACHE_REMOTE", str(tmp_path / "shared"))
+    alice = nbcache.Cache(tmp_path / "alice", key=TEAM_KEY)
+    nbcache.step(cache=alice, name="ramp")(_ramp)(10)
+    assert alice.team.flush(30)
+    bob = nbcache.Cache(tmp_path / "bob", key=TEAM_KEY)
+    remote = bob.team.remote
+
+    reading = remote.fs.open
+
+    def denied(path, mode="rb", **kwargs):
+        if "w" in mode:
+            raise PermissionError("Access Denied")
+        return reading(path, mode, **kwargs)
+
+    monkeypatch.setattr(remote.fs, "open", denied)
+    with pytest.warns(nbcache.CacheWarning, match="denied uploading a result.*still looked in"):
+        nbcache.step(cache=bob, name="ramp")(_ramp)(20)  # (computed here; its upload denied)
+        assert bob.team.flush(30)
+    assert remote.available and not remote.writable
+    assert np.array_equal(nbcache.step(cache=bob, name="ramp")(_ramp)(10), _ramp(10))
+    assert _states(bob) == ["first run", "team hit"]
+    nbcache.step(cache=bob, name="ramp")(_ramp)(30)  # (no upload tried meanwhile, nor a second warning)
+    assert bob.team.flush(30)
