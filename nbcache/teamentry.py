@@ -85,8 +85,14 @@ class TeamEntry:
                 and 0 < item[1] <= INLINE for item in inline) and len({item[0] for item in inline}) == len(inline)):
             return None  # (what it carries cannot be found in it)
         key = record.get("key")
-        return cls(entry, by[:200], at[:40], sizes, tuple((a, n) for a, n in inline),
-                   key[:64] if isinstance(key, str) else "")
+        return cls(entry, _printable(by[:200]), _printable(at[:40]), sizes, tuple((a, n) for a, n in inline),
+                   _printable(key[:64]) if isinstance(key, str) else "")
+
+
+def _printable(text: str) -> str:
+    """``text`` with what a terminal would act on (escapes, newlines) shown as ``?``: who and when are told by
+    whoever uploaded, outside the seal, and go into messages and the history."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
 
 
 def read_record(tail: bytes, size: int | None) -> TeamEntry | int:

@@ -355,6 +355,8 @@ def test_an_entry_object_reads_back_and_one_damaged_is_not_read():
     assert read_record(old, len(old)) == TeamEntry("{}", "me@here", "then")  # (nor said which key sealed it)
     odd = json.dumps({"entry": "{}", "by": "me@here", "at": "then", "key": 5}).encode()
     assert read_record(odd, len(odd)).key == ""  # (a key id that is not one: the record does not say)
+    told = json.dumps({"entry": "{}", "by": "me\x1b[2J@here\n", "at": "then\r", "key": "k\x07"}).encode()
+    assert read_record(told, len(told)) == TeamEntry("{}", "me?[2J@here?", "then?", key="k?")  # (outside the seal)
     long = dataclasses.replace(record, entry=json.dumps({"step": "s" * (TAIL + 10)}))  # (longer than TAIL)
     data = b"hello" + b"abc" + long.record()
     need = read_record(data[-TAIL:], None)
