@@ -107,6 +107,30 @@ class _Ranges:
         return piece
 
 
+class _ReadFailed(Exception):
+    """Reading a value from the remote failed (``error``), while the local store wrote it."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Reading:
+    """A file of the remote, as the local store reads it: what fails in a read is the remote's (``_ReadFailed``),
+    not taken for the local store's own error and said to be its cache directory's."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+
+    def read(self, size: int | None = -1) -> bytes | memoryview:
+        try:
+            return self._f.read(size)
+        except _NotAsListed:
+            raise
+        except Exception as exc:
+            raise _ReadFailed(exc) from exc
+
+
 @functools.cache
 def author() -> str:
     """``user@host``, as an uploaded entry names who stored it."""
@@ -279,9 +303,9 @@ class Remote:
         try:
             if size is None:
                 with self.fs.open(path, "rb", block_size=COPY_CHUNK) as f:
-                    put(f)
+                    put(_Reading(f))
             else:
-                put(_Ranges(self.fs, path, size))
+                put(_Reading(_Ranges(self.fs, path, size)))
         except FileNotFoundError:
             return False
         except _NotAsListed:
@@ -289,11 +313,12 @@ class Remote:
             warn(f"nbcache: the team cache {self.url} holds a damaged value (not the size its entry says);"
                  " the result is computed here, and the value replaced when it is uploaded")
             return False
-        except OSError as exc:  # (the local store's own errors are OSError too: they are not the remote's)
-            if getattr(exc, "filename", None):
-                raise
-            self._failed("downloading a result", exc)
+        except _ReadFailed as failed:  # (the remote's, as ``put`` read it: not the local store's)
+            if not isinstance(failed.error, FileNotFoundError):
+                self._failed("downloading a result", failed.error)
             return False
+        except OSError:  # (the local store's own: ``put`` says what they are)
+            raise
         except Exception as exc:
             self._failed("downloading a result", exc)
             return False

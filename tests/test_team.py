@@ -738,3 +738,29 @@ def test_an_upload_denied_leaves_lookups_going_on(tmp_path, monkeypatch):
     assert _states(bob) == ["first run", "team hit"]
     nbcache.step(cache=bob, name="ramp")(_ramp)(30)  # (no upload tried meanwhile, nor a second warning)
     assert bob.team.flush(30)
+
+
+def test_a_value_the_remote_fails_to_give_is_said_to_be_the_remote_s_failure(tmp_path, monkeypatch):
+    """Read as the local store wrote it, its error was taken for the local store's: "nbcache cannot use its
+    cache directory ..." (and the step then ran with no cache at all)."""
+    from nbcache import teamcache
+
+    monkeypatch.setattr(teamcache, "INLINE", 1000)  # (the array goes by itself)
+    monkeypatch.setenv("NBCACHE_REMOTE", str(tmp_path / "shared"))
+    alice = nbcache.Cache(tmp_path / "alice", key=TEAM_KEY)
+    nbcache.step(cache=alice, name="ramp")(_ramp)(300_000)
+    assert alice.team.flush(30)
+    bob = nbcache.Cache(tmp_path / "bob", key=TEAM_KEY)
+    remote = bob.team.remote
+
+    def failing(path, start=None, end=None, **kwargs):
+        if "/blobs/" in path:
+            raise IsADirectoryError(21, "Is a directory", path)  # (an OSError naming a file, as a folder gives)
+        return type(remote.fs).cat_file(remote.fs, path, start=start, end=end, **kwargs)
+
+    monkeypatch.setattr(remote.fs, "cat_file", failing)
+    with pytest.warns(nbcache.CacheWarning, match="the team cache .* failed while downloading a result") as said:
+        assert np.array_equal(nbcache.step(cache=bob, name="ramp")(_ramp)(300_000), _ramp(300_000))
+    assert not any("cache directory" in str(w.message) for w in said)
+    assert nbcache.step(cache=bob, name="ramp")(_ramp)(300_000) is not None
+    assert _states(bob) == ["first run", "hit"]  # (stored here: the local cache works)
