@@ -101,8 +101,9 @@ class Check:
         if self.kind == "random":
             if self.digest == ambient.WORKER_DRAW:  # (made on a Dask worker, where the generator is not the user's)
                 if ambient.RAN_ON.get() is None:
-                    return (f"it drew from the {self.target} global random generator on a Dask worker, where that"
-                            " generator is not yours; here it is, so it runs again")
+                    return (f"the {self.target} global random generator changed while it ran on a Dask worker"
+                            " (the worker's, which Dask's own threads draw from too: whether the step drew from"
+                            " it cannot be told); here the generator is yours, so it runs again")
                 return None
             if ambient.state_hash(self.target) != self.digest:
                 return (f"the {self.target} global random state differs from the one it started from when"

@@ -245,8 +245,9 @@ def test_what_a_worker_cannot_know_is_not_taken_for_known(tmp_path, body_log):
     assert "signs results with another key than the process that submitted" in said and "on the Dask worker" in said
     assert first["apart here"] == first["apart here again"] == 2
     assert len(history) == 2 + 2 + 1  # load x2, draw on the worker, its hit through the second client, here
-    assert history[-1][3] == ("it drew from the random global random generator on a Dask worker, where that"
-                              " generator is not yours; here it is, so it runs again")
+    assert history[-1][3] == ("the random global random generator changed while it ran on a Dask worker (the"
+                              " worker's, which Dask's own threads draw from too: whether the step drew from it"
+                              " cannot be told); here the generator is yours, so it runs again")
     assert nbcache.Cache(tmp_path / "apart", key="11" * 32).runs("apart")[-1].cached  # (nothing destroyed)
 
     for name in "ab":
