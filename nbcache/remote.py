@@ -25,165 +25,27 @@ commands ``nbcache push``, ``pull`` and ``ls --remote`` use, raises ``RemoteErro
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
-import io
 import os
-import re
 import threading
 import time
 from typing import Any, BinaryIO, Callable, Iterable
 
-from .errors import NBCacheError, warn
+from .errors import warn
 from .key import CACHE_FORMAT
+from .remoteio import (
+    COPY_CHUNK, RANGE, NotAsListed, Ranges, ReadFailed, Reading, RemoteError, author, bytes_of, filesystem, shown,
+    size_of,
+)
 from .teamentry import INLINE, MAX_RECORD, TeamEntry, Unreadable, read_record
 
-__all__ = ["REMOTE_ENV", "RETRY_S", "Remote", "RemoteError", "author", "bytes_of", "shown", "size_of"]
+__all__ = ["RANGE", "REMOTE_ENV", "RETRY_S", "Remote", "RemoteError", "author", "bytes_of", "shown", "size_of"]
 
 REMOTE_ENV = "NBCACHE_REMOTE"
-TIMEOUT_ENV = "NBCACHE_REMOTE_TIMEOUT"
-TIMEOUT_S = 10.0  # connect and read timeout of an S3 remote, unless its storage options say otherwise
 RETRY_S = 60.0  # how long a failed remote is left alone before it is tried again
-COPY_CHUNK = 8 << 20
-RANGE = 64 << 20  # a value is downloaded in ranges of this size, one request each
 SINGLE_PUT = 32 << 20  # a value up to this size is uploaded in one request
 ENTRY_MAX = INLINE + MAX_RECORD + 16  # the most an entry object holds: its values, its record, the trailer
 OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "abfs", "az", "memory"}  # each object is published whole, by itself
-
-
-class RemoteError(NBCacheError):
-    """The remote cache named cannot be used as given (its URL, or the package its protocol needs), or a
-    ``strict`` one failed."""
-
-
-def size_of(source: bytes | BinaryIO) -> int:
-    """The bytes a blob to upload has (``source`` as ``Store.open_blob`` gives it)."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return len(source)
-    try:
-        return os.fstat(source.fileno()).st_size
-    except (AttributeError, OSError, io.UnsupportedOperation):
-        here = source.tell()
-        end = source.seek(0, os.SEEK_END)
-        source.seek(here)
-        return end - here
-
-
-def bytes_of(source: bytes | BinaryIO) -> bytes:
-    """The bytes of a blob to upload, read whole (``source`` as ``Store.open_blob`` gives it)."""
-    return bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else source.read()
-
-
-class _NotAsListed(Exception):
-    """A value on the remote is not the size its entry says (changed, or cut short): it is not used."""
-
-
-class _Ranges:
-    """A remote object of known ``size`` as a file read front to back (``read`` only), ``RANGE`` bytes per
-    request."""
-
-    def __init__(self, fs: Any, path: str, size: int) -> None:
-        self._fs, self._path, self._size = fs, path, size
-        self._at = 0  # where the range in ``_chunk`` starts
-        self._chunk = memoryview(b"")
-        self._used = 0
-
-    def read(self, size: int | None = -1) -> bytes | memoryview:
-        """The next ``size`` bytes at most, as a slice of the range read, not a copy of it (all that is left,
-        as bytes: ``size`` < 0)."""
-        if size is None or size < 0:
-            return b"".join(iter(lambda: self.read(RANGE), b""))
-        if self._used == len(self._chunk):
-            self._at += len(self._chunk)
-            if self._at >= self._size:
-                return b""
-            end = min(self._at + RANGE, self._size)
-            self._chunk = memoryview(self._fs.cat_file(self._path, start=self._at, end=end))
-            self._used = 0
-            if len(self._chunk) != end - self._at:
-                raise _NotAsListed(self._path)
-        piece = self._chunk[self._used:self._used + size]
-        self._used += len(piece)
-        return piece
-
-
-class _ReadFailed(Exception):
-    """Reading a value from the remote failed (``error``), while the local store wrote it."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-class _Reading:
-    """A file of the remote, as the local store reads it: what fails in a read is the remote's (``_ReadFailed``),
-    not taken for the local store's own error and said to be its cache directory's."""
-
-    def __init__(self, f: Any) -> None:
-        self._f = f
-
-    def read(self, size: int | None = -1) -> bytes | memoryview:
-        try:
-            return self._f.read(size)
-        except _NotAsListed:
-            raise
-        except Exception as exc:
-            raise _ReadFailed(exc) from exc
-
-
-@functools.cache
-def author() -> str:
-    """``user@host``, as an uploaded entry names who stored it."""
-    import getpass  # (with socket: only once a result is uploaded, not on `import nbcache`)
-    import socket
-
-    try:
-        user = getpass.getuser()
-    except Exception:  # (no user name in the environment nor the password database)
-        user = str(os.getuid()) if hasattr(os, "getuid") else "?"
-    return f"{user}@{socket.gethostname()}"
-
-
-def shown(url: str) -> str:
-    """``url`` as messages show it: without credentials written into it (``s3://key:secret@bucket``; a secret
-    may hold ``/``: all up to the last ``@`` goes)."""
-    return re.sub(r"(?<=//).*@", "", url, flags=re.DOTALL)
-
-
-def _timeout() -> float:
-    text = os.environ.get(TIMEOUT_ENV) or ""
-    try:
-        timeout = float(text) if text.strip() else TIMEOUT_S
-    except ValueError:
-        timeout = -1.0
-    if not 0 < timeout < float("inf"):
-        raise RemoteError(f"{TIMEOUT_ENV} is a number of seconds (such as 10 or 2.5), not {text!r}")
-    return timeout
-
-
-def _filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
-    try:
-        import fsspec
-    except ModuleNotFoundError:
-        raise RemoteError(f"a remote cache ({url}) needs fsspec: pip install 'nbcache[remote]'") from None
-    options = dict(options)
-    protocol = url.split("://", 1)[0] if "://" in url else "file"
-    if protocol in ("s3", "s3a"):  # bounded waits: a remote that does not answer must not hold up a step
-        timeout = _timeout()
-        config = dict(options.get("config_kwargs") or {})
-        config.setdefault("connect_timeout", timeout)
-        config.setdefault("read_timeout", timeout)
-        config.setdefault("retries", {"max_attempts": 1, "mode": "standard"})  # (one wait: then it is down)
-        options["config_kwargs"] = config
-        options.setdefault("skip_instance_cache", True)
-        options.setdefault("max_concurrency", 1)  # (a read is one GET; more reads a size ahead, a HEAD)
-    try:
-        fs, root = fsspec.core.url_to_fs(url, **options)
-    except (ImportError, ValueError) as exc:  # the protocol's package is missing, or the URL is not one
-        raise RemoteError(f"cannot use {shown(url)!r} as the remote cache: {exc}") from None
-    if protocol in ("s3", "s3a") and isinstance(getattr(fs, "retries", None), int):
-        fs.retries = 1  # (s3fs tries each request 5 times over, around botocore's tries: 13 minutes of a hang)
-    return fs, root.rstrip("/")
 
 
 class Remote:
@@ -204,7 +66,7 @@ class Remote:
             raise RemoteError(f"the remote cache {self.url} is given with '@' in its URL, as credentials"
                               " (user:secret@) are: give them as storage options (set_remote(url, key=...,"
                               " secret=...)) or in the environment (AWS_ACCESS_KEY_ID, ...) instead")
-        self.fs, root = _filesystem(url, storage_options or {})
+        self.fs, root = filesystem(url, storage_options or {})
         self.root = f"{root}/v{CACHE_FORMAT}"
         self._setup()
         self.strict = strict
@@ -303,17 +165,17 @@ class Remote:
         try:
             if size is None:
                 with self.fs.open(path, "rb", block_size=COPY_CHUNK) as f:
-                    put(_Reading(f))
+                    put(Reading(f))
             else:
-                put(_Reading(_Ranges(self.fs, path, size)))
+                put(Reading(Ranges(self.fs, path, size)))
         except FileNotFoundError:
             return False
-        except _NotAsListed:
+        except NotAsListed:
             self.distrust([address])
             warn(f"nbcache: the team cache {self.url} holds a damaged value (not the size its entry says);"
                  " the result is computed here, and the value replaced when it is uploaded")
             return False
-        except _ReadFailed as failed:  # (the remote's, as ``put`` read it: not the local store's)
+        except ReadFailed as failed:  # (the remote's, as ``put`` read it: not the local store's)
             if not isinstance(failed.error, FileNotFoundError):
                 self._failed("downloading a result", failed.error)
             return False

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, set[str]]] = [
               "ambient", "cellflow", "celleffects", "magiclines", "cellcode", "checks", "audit", "observe"}),
     ("key", {"key"}),
     ("store", {"records", "history", "pickler", "frameformat", "frameread", "frame", "keys", "entry", "store", "diskfiles", "diskgc", "disklock", "smallvalues", "diskerrors",
-               "eviction", "diskevict", "diskstore", "teamentry", "remote"}),
+               "eviction", "diskevict", "diskstore", "teamentry", "remoteio", "remote"}),
     ("cached call", {"events", "explain", "background", "verifier", "verifystore", "carry", "latestwrites", "warming", "teamcache", "cache", "teamsync", "keeping", "serving", "cachedcall"}),
     ("step and magics", {"cluster", "step", "capture", "cellnames", "cellvars", "tables", "cellstep", "magics"}),
     ("graph", {"graph"}),

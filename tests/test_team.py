@@ -241,8 +241,6 @@ def test_a_timeout_given_wrong_is_said_and_the_local_cache_works(tmp_path, bucke
 
 
 def test_an_object_too_big_to_be_an_entry_is_not_read_whole(tmp_path, bucket, monkeypatch):
-    from nbcache import remote as remote_module
-
     monkeypatch.setattr(remote_module, "ENTRY_MAX", 1000)  # (as a 1.5 GB object would be against 32 MB)
     remote = Remote(f"s3://{bucket}/team")
     path = remote._path("entries", "0" * 32)
@@ -368,7 +366,9 @@ def test_an_entry_object_reads_back_and_one_damaged_is_not_read():
 
 
 def test_a_big_value_is_read_in_ranges_and_one_cut_short_is_not_used(tmp_path, monkeypatch):
-    monkeypatch.setattr(remote_module, "RANGE", 1000)
+    from nbcache import remoteio
+
+    monkeypatch.setattr(remoteio, "RANGE", 1000)
     remote = Remote(str(tmp_path / "shared"))
     value = os.urandom(4500)
     assert remote.put_blob("abc", value) and remote.put_blob("abc", b"other bytes")  # (kept: immutable)
