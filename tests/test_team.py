@@ -448,12 +448,12 @@ def test_a_process_killed_while_it_uploads_publishes_nothing(tmp_path, bucket):
     assert out[0] == str(120 << 20) and _ran(tmp_path, "bob") == 1
 
 
-def _pulled_by_bob(tmp_path: Path, monkeypatch) -> tuple[nbcache.Cache, Any, np.ndarray]:
-    """alice computes and shares a 0.8 MB array (carried inside its entry's object) through a folder on a
-    shared file system; bob, a cache of his own on the same remote, and his step of the same code."""
+def _pulled_by_bob(tmp_path: Path, monkeypatch, n: int = 100_000) -> tuple[nbcache.Cache, Any, np.ndarray]:
+    """alice computes and shares an array of ``n`` floats (0.8 MB: carried inside its entry's object) through a
+    folder on a shared file system; bob, a cache of his own on the same remote, and his step of the same code."""
     monkeypatch.setenv("NBCACHE_REMOTE", str(tmp_path / "shared"))
     alice = nbcache.Cache(tmp_path / "alice", key=TEAM_KEY)
-    expected = nbcache.step(cache=alice, name="ramp")(_ramp)(100_000)
+    expected = nbcache.step(cache=alice, name="ramp")(_ramp)(n)
     assert alice.team.flush(30)
     bob = nbcache.Cache(tmp_path / "bob", key=TEAM_KEY)
     return bob, nbcache.step(cache=bob, name="ramp")(_ramp), expected
@@ -715,13 +715,8 @@ def test_an_upload_denied_leaves_lookups_going_on(tmp_path, monkeypatch):
     """Read-only credentials: an upload denied made the whole remote "down" for 60 s, so the calls after it
     found nothing of what the team cache holds. Only uploads wait now; a remote that fails otherwise is left
     alone as before."""
-    monkeypatch.setenv("NBCACHE_REMOTE", str(tmp_path / "shared"))
-    alice = nbcache.Cache(tmp_path / "alice", key=TEAM_KEY)
-    nbcache.step(cache=alice, name="ramp")(_ramp)(10)
-    assert alice.team.flush(30)
-    bob = nbcache.Cache(tmp_path / "bob", key=TEAM_KEY)
+    bob, ramp, _ = _pulled_by_bob(tmp_path, monkeypatch, 10)
     remote = bob.team.remote
-
     reading = remote.fs.open
 
     def denied(path, mode="rb", **kwargs):
@@ -731,12 +726,12 @@ def test_an_upload_denied_leaves_lookups_going_on(tmp_path, monkeypatch):
 
     monkeypatch.setattr(remote.fs, "open", denied)
     with pytest.warns(nbcache.CacheWarning, match="denied uploading a result.*still looked in"):
-        nbcache.step(cache=bob, name="ramp")(_ramp)(20)  # (computed here; its upload denied)
+        ramp(20)  # (computed here; its upload denied)
         assert bob.team.flush(30)
     assert remote.available and not remote.writable
-    assert np.array_equal(nbcache.step(cache=bob, name="ramp")(_ramp)(10), _ramp(10))
+    assert np.array_equal(ramp(10), _ramp(10))
     assert _states(bob) == ["first run", "team hit"]
-    nbcache.step(cache=bob, name="ramp")(_ramp)(30)  # (no upload tried meanwhile, nor a second warning)
+    ramp(30)  # (no upload tried meanwhile, nor a second warning)
     assert bob.team.flush(30)
 
 
@@ -746,11 +741,7 @@ def test_a_value_the_remote_fails_to_give_is_said_to_be_the_remote_s_failure(tmp
     from nbcache import teamcache
 
     monkeypatch.setattr(teamcache, "INLINE", 1000)  # (the array goes by itself)
-    monkeypatch.setenv("NBCACHE_REMOTE", str(tmp_path / "shared"))
-    alice = nbcache.Cache(tmp_path / "alice", key=TEAM_KEY)
-    nbcache.step(cache=alice, name="ramp")(_ramp)(300_000)
-    assert alice.team.flush(30)
-    bob = nbcache.Cache(tmp_path / "bob", key=TEAM_KEY)
+    bob, ramp, _ = _pulled_by_bob(tmp_path, monkeypatch, 300_000)
     remote = bob.team.remote
 
     def failing(path, start=None, end=None, **kwargs):
@@ -760,7 +751,7 @@ def test_a_value_the_remote_fails_to_give_is_said_to_be_the_remote_s_failure(tmp
 
     monkeypatch.setattr(remote.fs, "cat_file", failing)
     with pytest.warns(nbcache.CacheWarning, match="the team cache .* failed while downloading a result") as said:
-        assert np.array_equal(nbcache.step(cache=bob, name="ramp")(_ramp)(300_000), _ramp(300_000))
+        assert np.array_equal(ramp(300_000), _ramp(300_000))
     assert not any("cache directory" in str(w.message) for w in said)
-    assert nbcache.step(cache=bob, name="ramp")(_ramp)(300_000) is not None
+    assert ramp(300_000) is not None
     assert _states(bob) == ["first run", "hit"]  # (stored here: the local cache works)
