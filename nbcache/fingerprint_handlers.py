@@ -12,7 +12,6 @@ Each such function's and value's own digest is noted in the walk's ``parts``, to
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import functools
 import sys
@@ -21,6 +20,7 @@ from typing import Any
 
 from .errors import warn
 from .fingerprint_code import IMPORT_PREFIX, code_info
+from .fingerprint_given import GENERATOR_CONTEXT, closure_of, given, holds_users, is_users
 from .fingerprint_source import (
     MISSING, LibraryName, imported, is_user_code, is_user_file, library_path, module_file, package_version,
 )
@@ -46,28 +46,33 @@ def _feed_function(func: types.FunctionType, h: Hasher, walk: Walk) -> None:
     if is_user_file(func.__code__.co_filename):
         feed_code(func, h, walk)
         return
+    # a function a library's decorator made (contextmanager, singledispatch, functools.wraps, reprlib's
+    # recursive_repr): the decorator counts by where its code is, the function it wraps by its own code, and,
+    # around the user's code, what it was given (`@np.printoptions(precision=2)`; not the state it keeps as
+    # it works, a memo or a dispatch cache, nor a library's own constants around its own code)
     wrapped = getattr(func, "__wrapped__", None)
-    if wrapped is None and not func.__closure__:
+    around_users = (wrapped is not None and is_users(wrapped)) or holds_users(func.__closure__)
+    if wrapped is None and not around_users:
         _feed_library(func, h)
         return
-    # a function a library's decorator made (contextmanager, singledispatch, functools.wraps, reprlib's
-    # recursive_repr): the decorator counts by where its code is and what it was given, its closure
-    # (`@np.printoptions(precision=2)`, the user's function it wraps), the function it wraps by its own code
-    where = f"{library_path(func.__code__.co_filename)}:{func.__code__.co_qualname}"
-    feed_bytes_tagged(b"wrapper", where.encode(), h)
-    if wrapped is not None:
-        feed(wrapped, h, walk)
-    for name, cell in zip(func.__code__.co_freevars, func.__closure__ or ()):
-        try:
-            value = cell.cell_contents
-        except ValueError:  # a cell not yet filled
-            value = MISSING
-        if value is not wrapped:
-            feed_bytes_tagged(b"given", name.encode(), h)
-            _feed_read(f"{name} (closure of {label(func)})", value, h, walk)
-    registry = getattr(func, "registry", None)  # singledispatch: every registered implementation counts
-    if registry is not None:
-        feed(dict(registry), h, walk)
+    if not enter(func, h, walk, back_reference=False):  # (a wrapper its own closure holds: diskcache's memoize)
+        feed_bytes_tagged(b"cycle", label(func).encode(), h)
+        return
+    closure = closure_of(func) if around_users else {}
+    try:
+        where = f"{library_path(func.__code__.co_filename)}:{func.__code__.co_qualname}"
+        feed_bytes_tagged(b"wrapper", where.encode(), h)
+        if wrapped is not None:
+            feed(wrapped, h, walk)
+        for name, value in closure.items() if around_users else ():
+            if value is not wrapped and given(value):
+                feed_bytes_tagged(b"given", name.encode(), h)
+                _feed_read(f"{name} (closure of {label(func)})", value, h, walk, quiet=True)
+        registry = getattr(func, "registry", None)  # singledispatch: every registered implementation counts
+        if registry is not None:
+            feed(dict(registry), h, walk)
+    finally:
+        leave(func, walk)
 
 
 def _feed_generator_context(manager: Any, h: Hasher, walk: Walk) -> None:
@@ -303,6 +308,6 @@ CODE = BASE.extend({
     types.MethodWrapperType: _feed_builtin,
     type(functools.lru_cache(lambda: None)): _feed_lru_cache,
     types.MethodType: _feed_method,
-    type(contextlib.contextmanager(lambda: (yield))()): _feed_generator_context,
+    GENERATOR_CONTEXT: _feed_generator_context,
 })
 """The base table with code counted by what it does: what ``hash_value`` and ``fingerprint`` use."""

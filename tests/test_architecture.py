@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nbcache"
 LAYERS: list[tuple[str, set[str]]] = [
     ("values", {"errors", "forksafe", "hash_core", "hash_reduce", "hash_base", "_hashing_numpy", "_hashing_pandas",
                 "_hashing_matplotlib", "_hashing_scipy", "statekinds", "statediff", "sharing"}),
-    ("code", {"fingerprint_source", "fingerprint_code", "fingerprint_handlers", "fingerprint", "hashing",
+    ("code", {"fingerprint_source", "fingerprint_code", "fingerprint_given", "fingerprint_handlers", "fingerprint", "hashing",
               "ambient", "cellflow", "celleffects", "magiclines", "cellcode", "checks", "audit", "observe"}),
     ("key", {"key"}),
     ("store", {"records", "history", "pickler", "frameformat", "frameread", "frame", "keys", "entry", "store", "diskfiles", "diskgc", "disklock", "smallvalues", "diskerrors",

@@ -311,6 +311,43 @@ def test_a_function_a_library_decorator_made_counts_the_users_code_it_holds():
     assert fp(src) != fp(src.replace('"Node()"', '"Node(...)"'))
 
 
+def test_what_a_library_decorator_keeps_as_it_works_does_not_count(tmp_path):
+    """A memo, a dispatch cache or the cache object a decorator keeps in its closure changes as the helper is
+    used, anywhere: it is no input of the step. (It was hashed, so each use changed the key; diskcache's
+    memoize holds its own wrapper, and its fingerprint never ended.)"""
+    import diskcache
+    import toolz
+
+    src = """
+    import functools
+
+    @functools.singledispatch
+    def fmt(x):
+        return str(x)
+
+    @fmt.register
+    def _(x: int):
+        return f"int {x}"
+
+    def f(n):
+        return fmt(n) + square(n) + str(cube(n))
+    """
+    with diskcache.Cache(str(tmp_path / "memo")) as memo:
+        ns = define(src, square=toolz.memoize(lambda n: str(n * n)), cube=memo.memoize()(lambda n: n ** 3))
+        before = fingerprint(ns["f"])
+        ns["f"](2), ns["fmt"](2.5), ns["square"](3), ns["cube"](4)  # (their caches fill)
+        assert fingerprint(ns["f"]) == before
+
+
+def test_a_library_s_own_functions_count_by_name_not_by_what_their_closures_hold():
+    from sklearn.metrics import accuracy_score
+
+    assert accuracy_score.__closure__  # (validate_params: its constraints, a library's constants)
+    parts = fingerprint_parts(define("def f(y):\n    return accuracy_score(y, y)\n",
+                                     accuracy_score=accuracy_score)["f"])[1]
+    assert not any("closure" in name for name in parts), parts
+
+
 def test_an_attribute_set_on_a_helper_counts():
     src = "def g(x):\n    return x * g.scale\n\ndef f(x):\n    return g(x)\n"
     ns = define(src)
