@@ -113,22 +113,27 @@ def feed_object(obj: Any, h: Hasher, walk: Walk, drop: frozenset[str] = frozense
 
 
 def _feed_named(obj: Any, name: str, h: Hasher, walk: Walk) -> None:
-    """An object pickle saves by name (a module's singleton): the name, its class (the user's counts by its
-    code) and what it holds. A name that does not lead back to it (numpy's ``frompyfunc`` ufuncs) says nothing
-    of what it does: it cannot be hashed."""
+    """An object pickle saves by name (a module's singleton): by that name; and, for a Python object found
+    under it, by its class (the user's counts by its code) and what it holds, when the class is of the same
+    package. A name no module can hold (numpy's ``frompyfunc`` ufuncs: ``'g (vectorized)'``) says nothing of
+    what it does: it cannot be hashed."""
     tp = type(obj)
+    if not all(part.isidentifier() for part in name.split(".")):
+        raise Unhashable(tp.__name__, f"pickle names it {name!r}, which no module can hold")
     module_name = getattr(obj, "__module__", None)
-    module = sys.modules.get(module_name if isinstance(module_name, str) else tp.__module__)
-    found: Any = module
+    if not isinstance(module_name, str):
+        module_name = tp.__module__
+    feed_bytes_tagged(b"g", f"{module_name}.{name}".encode(), h)
+    namespace = getattr(obj, "__dict__", None)
+    if not isinstance(namespace, dict) or tp.__module__.partition(".")[0] != module_name.partition(".")[0]:
+        return  # (a C object, or one of a class from elsewhere: a library's, counted by its name)
+    found: Any = sys.modules.get(module_name, _NOWHERE)
     for part in name.split("."):
         found = getattr(found, part, _NOWHERE)
-    if module is not None and found is not obj:
-        raise Unhashable(tp.__name__, f"pickle names it {name!r}, which is not where it is found")
-    feed_bytes_tagged(b"g", f"{tp.__module__}.{name}".encode(), h)
-    feed(tp, h, walk)
-    namespace = getattr(obj, "__dict__", None)
-    if isinstance(namespace, dict) and namespace:
-        feed_pairs(list(namespace.items()), h, walk, ordered=False, where=_attribute_path)
+    if found is obj:
+        feed(tp, h, walk)
+        if namespace:
+            feed_pairs(list(namespace.items()), h, walk, ordered=False, where=_attribute_path)
 
 
 _NOWHERE = object()
