@@ -179,27 +179,26 @@ class StepCall(Serving, Keeping):
     def save(self, values: Sequence[Any], *, duration_s: float, is_tuple: bool, result: str = "",
              addresses: tuple[str, ...] | None = None, keep_shared: bool = False) -> tuple[str, ...]:
         """Store each of ``values`` under this call's key; return their content addresses. With ``keep_shared``,
-        values that share objects (``pipe, pipe.named_steps["clf"]``: ``sharing.py``) are stored as their tuple
-        (whose hash is ``result``, theirs ``addresses``), one pickle, which keeps them one graph of objects.
-        Raises ``Unpicklable`` (nothing stored) if a value cannot be serialized; a failure to write is a trouble
-        (a warning)."""
+        values that share objects (``pipe, pipe.named_steps["clf"]``: ``sharing.py``) are stored as their tuple,
+        one value (whose hash is ``result``), one pickle, which keeps them one graph of objects: an entry of one
+        value, as any nbcache reads it, and a hit returns that tuple. Raises ``Unpicklable`` (nothing stored) if
+        a value cannot be serialized; a failure to write is a trouble (a warning)."""
         self.doing = "pickling its result"
         if keep_shared and addresses and all(addresses) and result and shared_between(values):
-            frames = [self.cache.frame(tuple(values))]
-            names = (result,)
-            sizes = {result: frames[0].nbytes}
+            frames, stored, is_tuple = [self.cache.frame(tuple(values))], (result,), False
         else:
             frames = [self.cache.frame(value) for value in values]
             if addresses is None or not all(addresses):
                 addresses = tuple(_address(v, f) for v, f in zip(values, frames))
-            names, sizes = addresses, None
+            stored = addresses
+        names = stored
         self.doing = "storing its result"
         state = self.observer.changed_state() if self.observer else {}
         if state:  # the process-wide state the run changed rides along as one more blob, set again on a hit
             frames.append(self.cache.frame(state))  # (named by all its bytes: an RNG's state is in its buffers)
             names = (*names, f"{AMBIENT_BLOB}-{frames[-1].checksum().hex()}")
-        self._put(frames, names, addresses, kind="function", duration_s=duration_s, sizes=sizes, is_tuple=is_tuple,
-                  result=result, ambient=bool(state))
+        self._put(frames, names, stored, kind="function", duration_s=duration_s, is_tuple=is_tuple, result=result,
+                  ambient=bool(state))
         return addresses
 
     def save_payload(self, payload: Any, addresses: tuple[str, ...], *, duration_s: float, sizes: dict[str, int],

@@ -53,7 +53,7 @@ class Entry:
     def __post_init__(self) -> None:
         if self.kind == "function":
             values = len(self.blobs) - self.ambient
-            if values != len(self.outputs) and not self.whole:
+            if values != len(self.outputs):
                 extra = " and the state its run changed" if self.ambient else ""
                 raise Damaged(f"its 'blobs' name {len(self.blobs)} stored values for {len(self.outputs)}"
                               f" outputs{extra}")
@@ -64,13 +64,6 @@ class Entry:
                 raise Damaged("a cell's entry names one stored value")
         else:
             raise Damaged(f"its kind {self.kind!r} is unknown")
-
-    @property
-    def whole(self) -> bool:
-        """A returned tuple stored as one value, its elements' outputs recorded apart: its elements share
-        objects, which one pickle keeps shared (``step.py``)."""
-        return (self.kind == "function" and self.is_tuple and len(self.blobs) - self.ambient == 1 < len(self.outputs)
-                and bool(self.result) and self.blobs[0].startswith(self.result + "-"))  # (named by the tuple's hash)
 
     def to_json(self) -> str:
         record: dict[str, Any] = {

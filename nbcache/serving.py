@@ -142,9 +142,6 @@ class Serving:
     def carried(self, entry: Entry, i: int) -> Callable[[Any], list[tuple[Any, str]]]:
         """The values in the ``i``-th blob of ``entry``, each with its content address (``carry.py``): a
         function's ``i``-th output (a ``%%step`` cell's variables share one blob: ``CellCall`` says)."""
-        if entry.whole:  # (the tuple, then the state its run changed, if any)
-            return lambda value: ([(value, entry.result)] if entry.result else []) + [
-                (item, address) for item, address in zip(value, entry.outputs) if address] if i == 0 else []
         address = entry.outputs[i] if i < len(entry.outputs) else ""
         return lambda value: [(value, address)] if address else []
 

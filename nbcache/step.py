@@ -174,7 +174,7 @@ class _Call(StepCall):
             self.set_state(values.pop())
         self.record(cached=True, reason=self.hit_reason(), outputs=entry.outputs, saved_s=entry.duration_s,
                     result=entry.result)
-        return tuple(values) if entry.is_tuple and not entry.whole else values[0]
+        return tuple(values) if entry.is_tuple else values[0]
 
     def execute(self, reason: str, *, store: bool) -> Any:
         t_body = time.perf_counter()

@@ -253,9 +253,3 @@ def test_malformed_latest_is_damaged_naming_the_field(changes, words):
 def test_latest_that_is_not_a_json_object_is_damaged(text_):
     latest_damaged(text_)
 
-
-def test_a_tuple_stored_as_one_value_reads_back_with_its_elements_outputs():
-    whole = Entry.from_json(text(TUPLE, blobs=["whole-x", f"{AMBIENT_BLOB}-z"]))
-    assert whole.whole and whole.outputs == ("h1", "h2") and whole.ambient
-    assert not Entry.from_json(text(TUPLE)).whole
-    assert "stored values for 2 outputs" in damaged(text(TUPLE, blobs=["other-x", f"{AMBIENT_BLOB}-z"]))

@@ -609,17 +609,18 @@ print(repr(noise), repr(np.random.random()))
 
 def test_a_tuple_whose_elements_share_objects_comes_back_shared_after_a_restart(tmp_path):
     """Its elements were stored one by one, so a hit returned copies: fitting the pipeline no longer fitted the
-    classifier returned beside it. Stored as one value, they stay one graph of objects; each element's
-    content address is still recorded, for the lineage and for the steps that take one."""
+    classifier returned beside it. Stored as one value (the tuple, an entry any nbcache reads), they stay one
+    graph of objects. The run that computed it records each element's content address; a hit, the tuple's."""
     env = {"NBCACHE_DIR": str(tmp_path / "cache")}
-    cold = run_python("import numpy as np; np.random.seed(3)\n" + SHARED_TUPLE, env=env).splitlines()
-    warm = run_python("import numpy as np; np.random.seed(3)\n" + SHARED_TUPLE, env=env).splitlines()
+    seeded = "import numpy as np; np.random.seed(3)\n"
+    cold = run_python(seeded + SHARED_TUPLE, env=env).splitlines()
+    warm = run_python(seeded + SHARED_TUPLE, env=env).splitlines()
     assert cold[0] == "False" and warm[0] == "True"
     assert warm[1:] == cold[1:]
     assert cold[1] == "True True" and cold[2].startswith("[0.5, 9] 1 True")
-    code = SHARED_TUPLE.replace("print(nbcache.runs()[-1].cached)", "print(nbcache.runs()[-1].outputs)")
-    outputs = run_python(code, env=env).splitlines()[0]
-    assert outputs.count("'") == 10  # five elements, five content addresses
+    code = SHARED_TUPLE.replace("print(nbcache.runs()[-1].cached)", "runs = nbcache.runs('build')\n"
+                                "print([len(r.outputs) for r in runs], runs[-1].outputs == (runs[0].result,))")
+    assert run_python(seeded + code, env=env).splitlines()[0] == "[5, 1, 1] True"  # (a hit: the tuple, one value)
 
 
 def test_a_tuple_of_unshared_values_is_stored_element_by_element(cache_dir):
@@ -635,7 +636,15 @@ def test_a_tuple_of_unshared_values_is_stored_element_by_element(cache_dir):
     def apart(n):
         return np.zeros(n), [n]
 
+    @step
+    def together(n):
+        rows = [n]
+        return rows, {"rows": rows}
+
     apart(3)
+    together(3)
     store = default_cache().store()
-    entry = store.get_entry(nbcache.runs()[-1].key)
-    assert len(entry.blobs) == 2 and not entry.whole
+    entry = store.get_entry(nbcache.runs("apart")[-1].key)
+    assert len(entry.blobs) == 2 and entry.is_tuple
+    entry = store.get_entry(nbcache.runs("together")[-1].key)
+    assert len(entry.blobs) == 1 and not entry.is_tuple and entry.outputs == (nbcache.runs("together")[-1].result,)
