@@ -34,8 +34,8 @@ from typing import Any, BinaryIO, Callable, Iterable
 from .errors import warn
 from .key import CACHE_FORMAT
 from .remoteio import (
-    COPY_CHUNK, RANGE, NotAsListed, Ranges, ReadFailed, Reading, RemoteError, author, bytes_of, filesystem, shown,
-    size_of,
+    COPY_CHUNK, RANGE, NotAsListed, Ranges, ReadFailed, Reading, RemoteError, author, bytes_of, credentials_in,
+    filesystem, one_try, shown, size_of,
 )
 from .teamentry import INLINE, MAX_RECORD, TeamEntry, Unreadable, read_record
 
@@ -61,11 +61,10 @@ class Remote:
         if not isinstance(url, str) or not url.strip():
             raise RemoteError(f"the remote cache is given as a URL (s3://bucket/prefix, a folder), not {url!r}")
         self.url = shown(url)
-        if "://" in url and "@" in url.split("://", 1)[1] and not url.startswith("file://"):
-            # (user:secret@, and a secret may hold "/"; fsspec would pass them on, into its error messages too)
-            raise RemoteError(f"the remote cache {self.url} is given with '@' in its URL, as credentials"
-                              " (user:secret@) are: give them as storage options (set_remote(url, key=...,"
-                              " secret=...)) or in the environment (AWS_ACCESS_KEY_ID, ...) instead")
+        if credentials_in(url):  # (fsspec would pass them on, into its error messages too)
+            raise RemoteError(f"the remote cache {self.url} is given with credentials in its URL (user:secret@):"
+                              " give them as storage options (set_remote(url, key=..., secret=...)) or in the"
+                              " environment (AWS_ACCESS_KEY_ID, ...) instead")
         self.fs, root = filesystem(url, storage_options or {})
         self.root = f"{root}/v{CACHE_FORMAT}"
         self._setup()
@@ -248,7 +247,7 @@ class Remote:
         else:
             folder, name = path.rsplit("/", 1)
             self.fs.makedirs(folder, exist_ok=True)
-            temp = f"{folder}/.{name}.{os.getpid()}-{threading.get_ident()}.part"
+            temp = f"{folder}/.{name}.{os.urandom(8).hex()}.part"  # (hosts on one shared folder: not a pid)
             f = self.fs.open(temp, "wb")
         try:
             if isinstance(source, (bytes, bytearray, memoryview)):
@@ -271,6 +270,6 @@ class Remote:
 
 def _remote_of(url: str, fs: Any, root: str) -> Remote:
     remote = Remote.__new__(Remote)
-    remote.url, remote.fs, remote.root = url, fs, root
+    remote.url, remote.fs, remote.root = url, one_try(fs), root
     remote._setup()
     return remote

@@ -8,13 +8,13 @@ from __future__ import annotations
 import functools
 import io
 import os
-import re
 from typing import Any, BinaryIO
 
 from .errors import NBCacheError
 
 __all__ = ["COPY_CHUNK", "RANGE", "TIMEOUT_ENV", "TIMEOUT_S", "NotAsListed", "Ranges", "ReadFailed", "Reading",
-           "RemoteError", "author", "bytes_of", "filesystem", "shown", "size_of", "timeout_s"]
+           "RemoteError", "author", "bytes_of", "credentials_in", "filesystem", "one_try", "shown", "size_of",
+           "timeout_s"]
 
 TIMEOUT_ENV = "NBCACHE_REMOTE_TIMEOUT"
 TIMEOUT_S = 10.0  # connect and read timeout of an S3 remote, unless its storage options say otherwise
@@ -115,10 +115,19 @@ def author() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+def credentials_in(url: str) -> bool:
+    """Whether ``url`` has credentials written into it, ``user:secret@`` after its ``://`` (a secret may hold
+    ``/``; Azure's ``abfs://container@account/...`` and an ``@`` in a path are no credentials)."""
+    rest = url.partition("://")[2]
+    return "@" in rest and ":" in rest.partition("@")[0]
+
+
 def shown(url: str) -> str:
-    """``url`` as messages show it: without credentials written into it (``s3://key:secret@bucket``; a secret
-    may hold ``/``: all up to the last ``@`` goes)."""
-    return re.sub(r"(?<=//).*@", "", url, flags=re.DOTALL)
+    """``url`` as messages show it: without credentials written into it (``s3://key:secret@bucket``)."""
+    if not credentials_in(url):
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.partition('@')[2]}"
 
 
 def timeout_s() -> float:
@@ -152,6 +161,14 @@ def filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
         fs, root = fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as exc:  # the protocol's package is missing, or the URL is not one
         raise RemoteError(f"cannot use {shown(url)!r} as the remote cache: {exc}") from None
-    if protocol in ("s3", "s3a") and isinstance(getattr(fs, "retries", None), int):
-        fs.retries = 1  # (s3fs tries each request 5 times over, around botocore's tries: 13 minutes of a hang)
-    return fs, root.rstrip("/")
+    return one_try(fs), root.rstrip("/")
+
+
+def one_try(fs: Any) -> Any:
+    """``fs`` trying each request once: s3fs tries it five times over, around botocore's own tries (13 minutes
+    of a hang at a 10 s timeout). Set again where the file system is unpickled (a Dask worker): fsspec makes it
+    anew from its arguments, and this is no argument."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    if {"s3", "s3a"} & set(protocols) and isinstance(getattr(fs, "retries", None), int):
+        fs.retries = 1
+    return fs

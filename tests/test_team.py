@@ -210,12 +210,16 @@ def test_a_remote_given_wrong_says_what_to_do():
     with pytest.raises(RemoteError) as raised:  # (credentials written into a URL are never shown)
         nbcache.set_remote("nosuchprotocol://user:s3cret@x")
     assert "s3cret" not in str(raised.value)
-    for url in ("s3://AKIAXXXX:S3CR3T@bucket/team", "s3://AKIAXXXX:wJal/K7MD/S3CR3T@bucket/team",
-                "s3://AKIAXXXX@bucket/team"):  # (a secret may hold "/": a third of AWS's do)
-        with pytest.raises(RemoteError, match="with '@' in its URL") as raised:  # (s3fs would show them)
-            nbcache.set_remote(url)
+    for url in ("s3://AKIAXXXX:S3CR3T@bucket/team", "s3://AKIAXXXX:wJal/K7MD/S3CR3T@bucket/team"):
+        with pytest.raises(RemoteError, match="with credentials in its URL") as raised:  # (s3fs would show them)
+            nbcache.set_remote(url)  # (a secret may hold "/": a third of AWS's do)
         assert "S3CR3T" not in str(raised.value) and "AKIAXXXX" not in str(raised.value)
     nbcache.set_remote(None)
+    from nbcache.remoteio import shown
+
+    for url in ("abfs://container@account.dfs.core.windows.net/nbcache", "s3://bucket/users/alice@corp.com/cache",
+                "file:///tmp/x/a@b/cache"):  # (Azure's own form, and an @ in a path: no credentials)
+        assert shown(url) == url
 
 
 def test_a_remote_that_never_answers_holds_a_step_up_one_timeout_not_minutes(tmp_path, bucket):
@@ -755,3 +759,13 @@ def test_a_value_the_remote_fails_to_give_is_said_to_be_the_remote_s_failure(tmp
     assert not any("cache directory" in str(w.message) for w in said)
     assert ramp(300_000) is not None
     assert _states(bob) == ["first run", "hit"]  # (stored here: the local cache works)
+
+
+def test_a_remote_sent_to_a_dask_worker_still_tries_each_request_once(bucket):
+    """fsspec makes the file system anew on the worker, from its arguments: s3fs's five tries came back."""
+    import pickle
+
+    remote = Remote(f"s3://{bucket}/team")
+    there = pickle.loads(pickle.dumps(remote))
+    assert remote.fs.retries == there.fs.retries == 1
+    assert there.fs.config_kwargs["retries"]["max_attempts"] == 1
