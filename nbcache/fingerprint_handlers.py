@@ -64,7 +64,7 @@ def _feed_function(func: types.FunctionType, h: Hasher, walk: Walk) -> None:
         feed_bytes_tagged(b"wrapper", where.encode(), h)
         if wrapped is not None:
             feed(wrapped, h, walk)
-        for name, value in closure.items() if around_users else ():
+        for name, value in closure.items():
             if value is not wrapped and given(value):
                 feed_bytes_tagged(b"given", name.encode(), h)
                 _feed_read(f"{name} (closure of {label(func)})", value, h, walk, quiet=True)

@@ -93,6 +93,7 @@ class Remote:
         return self.available and time.monotonic() >= self._writes_down_until
 
     def _setup(self) -> None:
+        one_try(self.fs)
         protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
         self._object_store = bool(OBJECT_STORES.intersection(protocols))
         # conditional writes (``mode="create"``): s3fs has them since 2024.12; they fail on an existing object
@@ -270,6 +271,6 @@ class Remote:
 
 def _remote_of(url: str, fs: Any, root: str) -> Remote:
     remote = Remote.__new__(Remote)
-    remote.url, remote.fs, remote.root = url, one_try(fs), root
+    remote.url, remote.fs, remote.root = url, fs, root
     remote._setup()
     return remote

@@ -161,13 +161,13 @@ def filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
         fs, root = fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as exc:  # the protocol's package is missing, or the URL is not one
         raise RemoteError(f"cannot use {shown(url)!r} as the remote cache: {exc}") from None
-    return one_try(fs), root.rstrip("/")
+    return fs, root.rstrip("/")
 
 
 def one_try(fs: Any) -> Any:
     """``fs`` trying each request once: s3fs tries it five times over, around botocore's own tries (13 minutes
-    of a hang at a 10 s timeout). Set again where the file system is unpickled (a Dask worker): fsspec makes it
-    anew from its arguments, and this is no argument."""
+    of a hang at a 10 s timeout). ``Remote`` sets it where it is made and where it is unpickled (a Dask
+    worker): fsspec makes the file system anew from its arguments, and this is no argument."""
     protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     if {"s3", "s3a"} & set(protocols) and isinstance(getattr(fs, "retries", None), int):
         fs.retries = 1
