@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import contextvars
 import pickle
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import xxhash
 
@@ -31,8 +30,7 @@ from .statediff import EMPTY, SAME, equal
 from .statekinds import BY_NAME, KINDS, AmbientKind, global_generator, global_generator_method, when_imported
 
 
-@dataclass(frozen=True)
-class OnWorker:
+class OnWorker(NamedTuple):
     """A submitted call running on a Dask worker (``cluster.py``): the worker's address, the session (kernel)
     that submitted it, and the worker's own threads (its event loop, its executor's), whose doings are not the
     step's. There the global random generators are the worker's, which Dask's own threads draw from too: a
@@ -55,8 +53,7 @@ __all__ = ["KINDS", "AmbientKind", "Snapshot", "apply", "equal", "global_generat
            "setting_digest", "setting_hash", "snapshot", "state_hash", "when_imported"]
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     """The state of every active kind at one moment, by kind name."""
 
     values: dict[str, Any]

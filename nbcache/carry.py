@@ -23,7 +23,6 @@ import mmap
 import os
 import sys
 import weakref
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import warn
@@ -34,16 +33,19 @@ __all__ = ["Carried", "Carry"]
 _PAGEMAP = "/proc/self/pagemap"
 
 
-@dataclass
 class Carried:
     """What a restored array was when it was served: its address, and what proves it unchanged."""
 
-    address: str
-    identity: tuple[int, int, int]  # the file it is mapped from (device, inode, mtime)
-    ref: weakref.ref
-    layout: tuple  # (data pointer, shape, strides, dtype)
-    region: tuple[int, int]  # (start, length) of its memory
-    derived: list[tuple[Any, str, tuple[str, ...]]] = field(default_factory=list)
+    __slots__ = ("address", "identity", "ref", "layout", "region", "derived")  # (a plain class: see Unchecked)
+
+    def __init__(self, address: str, identity: tuple[int, int, int], ref: weakref.ref, layout: tuple,
+                 region: tuple[int, int]) -> None:
+        self.address = address
+        self.identity = identity  # the file it is mapped from (device, inode, mtime)
+        self.ref = ref
+        self.layout = layout  # (data pointer, shape, strides, dtype)
+        self.region = region  # (start, length) of its memory
+        self.derived: list[tuple[Any, str, tuple[str, ...]]] = []
 
 
 class Carry:

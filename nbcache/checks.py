@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import xxhash
 
@@ -36,8 +35,7 @@ _ABSENT = object()
 _HASH_CHUNK = 8 << 20
 
 
-@dataclass(frozen=True)
-class Check:
+class Check(NamedTuple):
     """One dependency discovered while a step ran, with what it was then.
 
     ``kind`` is ``file`` (read), ``wrote`` (a file the step wrote), ``made`` (a folder it created),

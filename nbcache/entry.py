@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping, NamedTuple
 
 from .checks import Check, checks_from_json
 from .frame import Damaged
@@ -103,14 +104,16 @@ class Entry:
             raise Damaged(str(exc)) from None
 
 
-@dataclass(frozen=True)
-class Latest:
+_NONE: Mapping[str, str] = MappingProxyType({})  # (a default no run can change)
+
+
+class Latest(NamedTuple):
     """The ingredients of a step's latest run (``uncached``: why its result could not be stored)."""
 
     key: str
     code: str
-    deps: Mapping[str, str] = field(default_factory=dict)
-    inputs: Mapping[str, str] = field(default_factory=dict)
+    deps: Mapping[str, str] = _NONE
+    inputs: Mapping[str, str] = _NONE
     version: str | None = None
     kind: str = "function"
     name: str = ""

@@ -18,8 +18,7 @@ import math
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 __all__ = ["ENV_VAR", "Candidate", "beyond_last", "choose_victims", "parse_size", "size_limit_from_env"]
 
@@ -66,8 +65,7 @@ def size_limit_from_env() -> int | None:
     return _env_parsed[1]
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
     """An entry that may be evicted: its key, when it was last used (stored or served, seconds since the
     epoch), the bytes it takes itself (its row), and the blobs it refers to."""
 

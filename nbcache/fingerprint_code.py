@@ -15,7 +15,7 @@ from __future__ import annotations
 import dis
 import types
 import weakref
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .hash_base import BASE
 from .hash_core import Walk, feed, feed_bytes_tagged, new_hasher
@@ -31,8 +31,7 @@ IMPORT_PREFIX = "import "
 """Marks a chain that names a module imported inside the body (``import utils``), not a global."""
 
 
-@dataclass(frozen=True)
-class CodeInfo:
+class CodeInfo(NamedTuple):
     digest: bytes  # of the code itself (nested code included), none of the values its names resolve to
     global_chains: tuple[tuple[str, ...], ...]  # what it reads: ("np", "mean"), ("import utils", "clean")
 

@@ -18,8 +18,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, BinaryIO, ContextManager, Iterable, Iterator, Protocol, runtime_checkable
+from typing import Any, BinaryIO, ContextManager, Iterable, Iterator, NamedTuple, Protocol, runtime_checkable
 
 from .entry import Entry, Latest
 from .eviction import Candidate, beyond_last, choose_victims
@@ -30,8 +29,7 @@ from .records import StepRun
 __all__ = ["Collected", "Damaged", "MemoryStore", "Store", "StoreStats"]
 
 
-@dataclass(frozen=True)
-class StoreStats:
+class StoreStats(NamedTuple):
     """What ``nbcache info`` and ``%nbcache`` show: where the store is, how many entries it can read, how
     many it cannot (written by an nbcache of another format, or damaged), and its size in bytes."""
 
@@ -45,8 +43,7 @@ class StoreStats:
                 "unreadable_entries": self.unreadable_entries, "size_bytes": self.size_bytes}
 
 
-@dataclass(frozen=True)
-class Collected:
+class Collected(NamedTuple):
     """What ``Store.gc`` removed: how many files, and the disk space they took (bytes, as ``du`` counts)."""
 
     files: int = 0

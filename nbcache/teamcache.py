@@ -237,7 +237,7 @@ class TeamCache:
         entry = fetched[0]
         if any(check.stat is not None for check in entry.checks):  # (another machine's stat: compared by content)
             entry = self._seal(key, dataclasses.replace(entry, checks=tuple(
-                dataclasses.replace(check, stat=None) for check in entry.checks)))
+                check._replace(stat=None) for check in entry.checks)))
         keep(store, key, entry, fetched[1])
         return entry
 

@@ -262,9 +262,7 @@ def test_a_rerun_with_nothing_changed_leaves_the_reason_to_say_why():
 
 
 def test_the_latest_ingredients_of_another_cache_format_make_a_first_run():
-    import dataclasses
-
     same = Latest(key="k", code="c", inputs={"x": "1"})
-    older = dataclasses.replace(same, format=None)  # written before the format was kept, or by another one
+    older = same._replace(format=None)  # written before the format was kept, or by another one
     assert changes_since(same, "c", {}, {"x": "1"}, None) == (Outcome.REMOVED, ())
     assert changes_since(older, "c", {}, {"x": "1"}, None) == (Outcome.FIRST_RUN, (FORMAT_CHANGED,))

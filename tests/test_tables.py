@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from nbcache.records import StepRun
-import dataclasses
 
 from nbcache.store import StoreStats
 from nbcache.store import Collected
@@ -74,7 +73,7 @@ def test_messages():
     stats = StoreStats(directory="/c", entries=3, unreadable_entries=0, size_bytes=2048)
     assert info_text(stats) == "cache directory: /c\nentries: 3\nsize: 2.0 KB"
     assert info_text(stats, runs=5).endswith("\nrecorded runs: 5")
-    damaged = info_text(dataclasses.replace(stats, unreadable_entries=2), runs=5)
+    damaged = info_text(stats._replace(unreadable_entries=2), runs=5)
     assert damaged.endswith("\nrecorded runs: 5\nunreadable entries: 2 (written by an nbcache with another"
                             " cache format, or damaged; `nbcache clear` removes them)")
     assert removed_text(1) == "removed 1 cached result"
