@@ -202,16 +202,19 @@ class Observer:
     def _state_checks(self) -> list[Check]:
         """The process-wide state the run depends on: for a cell, every setting that changes how its output
         looks (display options, rc settings, warnings filters), as it started; for any step, the settings
-        it changed (``os.environ["PATH"] += ...`` depends on what PATH was) and the folder it moved from.
-        Each holds when the state is as the run found it, or as it left it (the step run again in the
-        same kernel)."""
+        that change what code computes (the scikit-learn config, numpy's error handling, pandas' ``future.``
+        options) while their library is imported, the settings it changed (``os.environ["PATH"] += ...``
+        depends on what PATH was) and the folder it moved from. Each holds when the state is as the run found
+        it, or as it left it (the step run again in the same kernel)."""
         assert self.before is not None and self.after is not None
         found = []
         for kind in ambient.KINDS:
             name = kind.name
             before, after = self.before.values.get(name, _ABSENT), self.after.values.get(name, _ABSENT)
-            whole = (self.renders and kind.renders) or (kind.shape == "value" and not kind.rng and before is not _ABSENT
-                                                        and after is not _ABSENT and not ambient.equal(before, after))
+            seen = before is not _ABSENT or after is not _ABSENT
+            whole = (self.renders and kind.renders) or (kind.computes and seen) or (
+                kind.shape == "value" and not kind.rng and before is not _ABSENT and after is not _ABSENT
+                and not ambient.equal(before, after))
             if whole:
                 digests = [NONE if v is _ABSENT else ambient.state_hash(name, v) or UNHASHABLE for v in (before, after)]
                 found.append(Check("state", name, "|".join(digests)))

@@ -41,6 +41,7 @@ class AmbientKind:
     shape: str = "value"  # what a change is: "value" (the new state), "mapping" (keys set and removed),
     #                       "sequence" (entries added or moved in front, appended, and removed)
     renders: bool = False  # it changes how a cell's output looks (display options, rc settings, warnings)
+    computes: bool = False  # it changes what code computes (types, values, raising): an input of every step
     unordered: bool = False  # as an input, which entries it holds counts, not their order
     rng: bool = False  # a global random generator: a step that draws from it depends on its state
     seed: tuple[str, str] | None = None  # (module, attribute) of the function that seeds it
@@ -167,6 +168,28 @@ def _pandas_get() -> dict:
     return values
 
 
+def _pandas_computing_get() -> dict:
+    """The pandas options that change what pandas computes, not how it displays: the ``future.`` switches
+    (``future.infer_string``: str or object columns), ``compute.`` (bottleneck's sums differ in the last
+    bits) and ``mode.string_storage``, which an uncached run would use; a few, read one by one."""
+    pd = sys.modules["pandas"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not _pandas_computing_names:
+            _pandas_computing_names.extend(name for name in _pandas_option_names() if name.startswith(_COMPUTING))
+        values = {}
+        for name in _pandas_computing_names:
+            try:
+                values[name] = pd.get_option(name)
+            except Exception:
+                continue
+    return values
+
+
+_COMPUTING = ("future.", "compute.", "mode.string_storage")
+_pandas_computing_names: list[str] = []
+
+
 def _pandas_set(values: dict) -> None:
     pd = sys.modules["pandas"]
     current = _pandas_get()
@@ -235,11 +258,14 @@ KINDS: tuple[AmbientKind, ...] = (
     AmbientKind("numpy.random", "numpy.random", _numpy_random_get, _numpy_random_set, rng=True,
                 seed=("numpy.random", "seed"), lazy_in="numpy"),
     AmbientKind("numpy print options", "numpy", _print_options_get, _print_options_set, shape="mapping", renders=True),
-    AmbientKind("numpy error handling", "numpy", _errors_get, _errors_set, shape="mapping", renders=True),
+    AmbientKind("numpy error handling", "numpy", _errors_get, _errors_set, shape="mapping", renders=True,
+                computes=True),
     AmbientKind("matplotlib backend", "matplotlib", _backend_get, _backend_set, renders=True),
     AmbientKind("matplotlib.rcParams", "matplotlib", _rc_get, _rc_set, shape="mapping", renders=True),
     AmbientKind("pandas options", "pandas", _pandas_get, _pandas_set, shape="mapping", renders=True),
-    AmbientKind("scikit-learn config", "sklearn", _sklearn_get, _sklearn_set, shape="mapping"),
+    AmbientKind("pandas computing options", "pandas", _pandas_computing_get, _pandas_set, shape="mapping",
+                computes=True),
+    AmbientKind("scikit-learn config", "sklearn", _sklearn_get, _sklearn_set, shape="mapping", computes=True),
     AmbientKind("warnings filters", "warnings", _warnings_get, _warnings_set, shape="sequence", renders=True,
                 unordered=True),
     AmbientKind("environment variables", "os", _environ_get, _environ_set, shape="mapping"),

@@ -483,6 +483,63 @@ def test_display_settings_are_inputs_of_a_cell(ip):
     assert pd.get_option("display.max_rows") == 60
 
 
+def test_settings_that_change_what_code_computes_are_inputs_of_every_step(cache_dir):
+    """scikit-learn's transform_output makes a scaler return a DataFrame, pandas' future options change the
+    dtypes and scalars pandas gives, numpy's error handling whether 0/0 raises: a step run while a plain cell
+    above set them otherwise is run again, not served the other setting's result."""
+    import pandas as pd
+    import sklearn
+    from sklearn.preprocessing import StandardScaler
+
+    @nbcache.step
+    def scaled(x):
+        return StandardScaler().fit_transform(x)
+
+    @nbcache.step
+    def names(n):
+        return pd.DataFrame({"name": [f"n{i}" for i in range(n)]})
+
+    @nbcache.step
+    def ratio(a, b):
+        return a / b
+
+    x = np.arange(12.0).reshape(6, 2)
+    try:
+        assert type(scaled(x)) is np.ndarray
+        sklearn.set_config(transform_output="pandas")
+        assert type(scaled(x)) is pd.DataFrame
+        assert nbcache.runs()[-1].reason == "the scikit-learn config differs from when it was cached"
+        assert type(scaled(x)) is pd.DataFrame and nbcache.runs()[-1].cached  # (the config as it ran)
+    finally:
+        sklearn.set_config(transform_output="default")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (pandas 3 deprecates the switch it reads)
+        before = names(2)["name"].dtype
+        with pd.option_context("future.infer_string", not pd.get_option("future.infer_string")):
+            assert names(2)["name"].dtype != before
+            assert nbcache.runs()[-1].reason == "the pandas computing options differ from when it was cached"
+        assert names(2)["name"].dtype == before  # (run again: one result per key, the last setting's)
+    zero = np.zeros(1)
+    with np.errstate(all="ignore"):
+        assert np.isnan(ratio(zero, zero)[0])
+    with np.errstate(invalid="raise"), pytest.raises(FloatingPointError):
+        ratio(zero, zero)
+
+
+def test_a_cell_after_the_scikit_learn_config_changed_runs_again(ip):
+    cell = ("%%step\nfrom sklearn.preprocessing import StandardScaler\n"
+            "kind = type(StandardScaler().fit_transform([[1.0], [2.0]])).__name__")
+    run(ip, cell)
+    try:
+        run(ip, "import sklearn\nsklearn.set_config(transform_output='pandas')")
+        run(ip, cell)
+        assert (last().cached, ip.user_ns["kind"]) == (False, "DataFrame")
+    finally:
+        import sklearn
+
+        sklearn.set_config(transform_output="default")
+
+
 def test_a_setting_a_step_derives_from_its_old_value_is_an_input(ip, monkeypatch):
     monkeypatch.setenv("NBCACHE_TOOL_PATH", "/a/bin")
     cell = "%%step\nimport os\nos.environ['NBCACHE_TOOL_PATH'] += ':/opt/tool'\ndone = 1"
