@@ -2,8 +2,10 @@
 
 A cell that runs a shell command (``!make``, ``%%bash``, ``os.system``, ``subprocess.run``) has effects
 outside the kernel that a hit would not repeat; one that reads the notebook's namespace without naming
-variables (``globals()``) has inputs no analysis can list. Both make ``%%step`` run the cell every time
-(``--allow-shell`` caches the first kind anyway). Found anywhere in the cell, in functions too; no IPython.
+variables (``globals()``, ``%run -i``, a cell magic such as ``%%timeit`` or an extension's ``%%sql``) has
+inputs no analysis can list. Both make ``%%step`` run the cell every time (``--allow-shell`` caches the
+first kind anyway). Found anywhere in the cell, in functions too, and in a ``%%time`` or ``%%capture`` body,
+which is the cell's own code; no IPython.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from .magiclines import SHELL_CELL_MAGICS, SHELL_LINE_MAGICS, ipython_call, string_arg
+from .magiclines import (CODE_CELL_MAGICS, SHELL_CELL_MAGICS, SHELL_LINE_MAGICS, TEXT_CELL_MAGICS, cell_magic,
+                         ipython_call, string_arg)
 
 __all__ = ["SHELL_FUNCTIONS", "Effects", "effects_of"]
 
@@ -56,6 +59,10 @@ class _Finder(ast.NodeVisitor):
                 self.shell.append(f"%{first}")
             elif method == "run_cell_magic" and first in SHELL_CELL_MAGICS:
                 self.shell.append(f"%%{first}")
+            elif method == "run_cell_magic":
+                self._cell_magic(node)
+            elif method == "run_line_magic" and first == "run" and "-i" in (string_arg(args, 1) or "").split():
+                self.dynamic = self.dynamic or "%run -i"  # (the script runs in the notebook's namespace)
         func = node.func
         if (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
                 and func.attr in SHELL_FUNCTIONS.get(func.value.id, ())):
@@ -65,6 +72,22 @@ class _Finder(ast.NodeVisitor):
                                         and not node.keywords and self._depth == 0):
                 self.dynamic = f"{func.id}()"
         self.generic_visit(node)
+
+    def _cell_magic(self, node: ast.Call) -> None:
+        """A ``%%time`` body is looked through as the cell's own code; a text body (``%%html``) reads nothing;
+        any other cell magic (``%%timeit``, an extension's ``%%sql``), or a body that is not plain Python,
+        reads the namespace in ways no analysis lists."""
+        found = cell_magic(node)
+        name = found[0] if found else "?"
+        if name in TEXT_CELL_MAGICS:
+            return
+        if found is not None and name in CODE_CELL_MAGICS:
+            try:
+                self.visit(ast.parse(found[2]))
+                return
+            except SyntaxError:  # (IPython syntax inside: `!ls`, `%matplotlib`)
+                pass
+        self.dynamic = self.dynamic or f"%%{name}"
 
     def _scope(self, node: ast.AST) -> None:
         self._depth += 1

@@ -15,7 +15,7 @@ import ast
 import re
 from dataclasses import dataclass
 
-from .magiclines import timed_code
+from .magiclines import cell_magic_code, timed_code
 
 __all__ = ["Flow", "flow_of"]
 
@@ -129,6 +129,8 @@ class _Walker:
                     self.block(case.body, bound=names)
             elif (inner := timed_code(st)) is not None:
                 self.statements(inner)  # `%time x = f()` binds x like the plain statement would
+            elif (inner := cell_magic_code(st)) is not None:
+                self.statements(inner)  # a `%%time` cell's body reads and binds as the cell would
             else:
                 self.read(st)
                 self.bind(st)

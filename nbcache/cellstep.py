@@ -30,7 +30,7 @@ from .cachedcall import StepCall, addresses_of
 from .capture import Recorder, publish, replay, show_result_as_recorded
 from .cellcode import CellCode
 from .cellnames import CellNames
-from .cellvars import Alias, Outputs, deleted_names, memory_size, output_names, picklable
+from .cellvars import HISTORY_NAMES, Alias, Outputs, deleted_names, memory_size, output_names, picklable
 from .entry import Entry
 from .errors import warn as _warn
 from .fingerprint import imported_module
@@ -109,7 +109,8 @@ class CellCall(StepCall):
                   " spelling")
         hidden = shell.user_ns_hidden  # what IPython itself put in the namespace (get_ipython, open)
         input_names = [n for n in dict.fromkeys([*code.reads, *args.inputs])
-                       if n in ns and not (n in hidden and ns[n] is hidden[n]) and n not in args.ignore]
+                       if n in ns and not (n in hidden and ns[n] is hidden[n] and not HISTORY_NAMES.fullmatch(n))
+                       and n not in args.ignore]  # (`_ + 1` reads the last output: an input, though hidden)
         with unobserved:
             store = magics.cache.store()
         if args.name:  # the user's name is the step's identity

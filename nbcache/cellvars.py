@@ -18,11 +18,14 @@ from .hashing import hash_value
 from .sharing import NOT_FOLLOWED, VALUES, reach
 from .step import Step
 
-__all__ = ["IPYTHON_NAMES", "Alias", "Outputs", "deleted_names", "is_closed", "memory_size", "output_names",
+__all__ = ["HISTORY_NAMES", "IPYTHON_NAMES", "Alias", "Outputs", "deleted_names", "is_closed", "memory_size", "output_names",
            "picklable"]
 
 # Names IPython itself binds as cells run (_, __, _i3, _oh, ...): never a cell's outputs.
 IPYTHON_NAMES = re.compile(r"_+\d*|_i+\d*|_(oh|dh|ih|ii|iii)|In|Out|exit|quit|get_ipython")
+# Of those, the ones that hold what earlier cells showed or were (_, _3, Out[3], _i2, In): a cell that reads
+# one depends on its value, though IPython hides it from %who as its own.
+HISTORY_NAMES = re.compile(r"_{1,3}|_\d+|_i{1,3}|_i\d+|_(oh|ih)|In|Out")
 
 # A function's hash follows the globals it reads: a change there is no mutation of the function.
 _CODE_TYPES = (types.FunctionType, type, types.ModuleType, types.MethodType, Step)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import ast
 
-__all__ = ["REPLAYED_MAGICS", "SHELL_CELL_MAGICS", "SHELL_LINE_MAGICS", "ipython_call", "line_magic", "string_arg",
-           "timed_code"]
+__all__ = ["CODE_CELL_MAGICS", "REPLAYED_MAGICS", "SHELL_CELL_MAGICS", "SHELL_LINE_MAGICS", "TEXT_CELL_MAGICS",
+           "cell_magic", "cell_magic_code", "ipython_call", "line_magic", "string_arg", "timed_code"]
 
 # Line magics whose effect lasts beyond the cell (settings of the kernel, IPython or matplotlib): a hit
 # runs them again, quietly, since the cell's body, which ran them the first time, does not run.
@@ -22,6 +22,11 @@ REPLAYED_MAGICS = frozenset({
 # Magics that run a shell command: their effect is outside the kernel, and a hit would not repeat it.
 SHELL_LINE_MAGICS = frozenset({"sx", "system", "sc"})
 SHELL_CELL_MAGICS = frozenset({"bash", "sh", "script", "system", "sx", "perl", "ruby", "zsh", "csh"})
+# Cell magics that run their body as Python in the notebook's namespace: the body is analysed as the cell's.
+CODE_CELL_MAGICS = frozenset({"time", "capture"})
+# Cell magics whose body is text, not code that reads variables. Any other (``%%timeit``, ``%%prun``, an
+# extension's ``%%sql``) reads the notebook in ways no analysis lists: the cell runs every time.
+TEXT_CELL_MAGICS = frozenset({"html", "HTML", "javascript", "js", "latex", "markdown", "svg", "writefile", "file"})
 
 
 def ipython_call(node: ast.AST) -> tuple[str, list[ast.expr]] | None:
@@ -61,5 +66,29 @@ def timed_code(st: ast.stmt) -> list[ast.stmt] | None:
         return None
     try:
         return ast.parse(call.args[1].value).body
+    except SyntaxError:
+        return None
+
+
+def cell_magic(node: ast.AST) -> tuple[str, str, str] | None:
+    """(name, line, body) of ``get_ipython().run_cell_magic(name, line, body)`` (a ``%%name line`` cell, or
+    the second line of a ``%%step`` cell), else None."""
+    call = ipython_call(node)
+    if call and call[0] == "run_cell_magic":
+        name, line, body = (string_arg(call[1], i) for i in range(3))
+        if name is not None and line is not None and body is not None:
+            return name, line, body
+    return None
+
+
+def cell_magic_code(st: ast.stmt) -> list[ast.stmt] | None:
+    """The statements of a ``%%time`` or ``%%capture`` body, which runs in the notebook's namespace; None for
+    any other statement, or for a body that is not plain Python (IPython syntax in it: ``celleffects`` then
+    runs the cell every time)."""
+    found = cell_magic(st.value) if isinstance(st, ast.Expr) else None
+    if found is None or found[0] not in CODE_CELL_MAGICS:
+        return None
+    try:
+        return ast.parse(found[2]).body
     except SyntaxError:
         return None

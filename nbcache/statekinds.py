@@ -18,6 +18,7 @@ fingerprint. Hashing a state is ``ambient.py``'s, above both.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -150,44 +151,26 @@ def _pandas_option_names() -> list[str]:
     return names
 
 
-_pandas_names: list[str] = []  # the options pandas registers do not change while it is imported
+_pandas_names: dict[bool, list[str]] = {}  # the options pandas registers do not change while it is imported
+_COMPUTING = ("future.", "compute.", "mode.string_storage")
 
 
-def _pandas_get() -> dict:
+def _pandas_get(computing: bool = False) -> dict:
+    """Every pandas option, or (``computing``) those that change what pandas computes, not how it shows it:
+    the ``future.`` switches (``future.infer_string``: str or object columns), ``compute.`` (bottleneck's
+    sums differ in the last bits) and ``mode.string_storage``; these few read one by one."""
     pd = sys.modules["pandas"]
     with warnings.catch_warnings():  # reading a deprecated option warns
         warnings.simplefilter("ignore")
-        if not _pandas_names:
-            _pandas_names.extend(_pandas_option_names())
+        if computing not in _pandas_names:
+            _pandas_names[computing] = [n for n in _pandas_option_names() if not computing or n.startswith(_COMPUTING)]
         values = {}
-        for name in _pandas_names:
+        for name in _pandas_names[computing]:
             try:
                 values[name] = pd.get_option(name)
             except Exception:  # an option removed since the names were read
                 continue
     return values
-
-
-def _pandas_computing_get() -> dict:
-    """The pandas options that change what pandas computes, not how it displays: the ``future.`` switches
-    (``future.infer_string``: str or object columns), ``compute.`` (bottleneck's sums differ in the last
-    bits) and ``mode.string_storage``, which an uncached run would use; a few, read one by one."""
-    pd = sys.modules["pandas"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if not _pandas_computing_names:
-            _pandas_computing_names.extend(name for name in _pandas_option_names() if name.startswith(_COMPUTING))
-        values = {}
-        for name in _pandas_computing_names:
-            try:
-                values[name] = pd.get_option(name)
-            except Exception:
-                continue
-    return values
-
-
-_COMPUTING = ("future.", "compute.", "mode.string_storage")
-_pandas_computing_names: list[str] = []
 
 
 def _pandas_set(values: dict) -> None:
@@ -263,8 +246,8 @@ KINDS: tuple[AmbientKind, ...] = (
     AmbientKind("matplotlib backend", "matplotlib", _backend_get, _backend_set, renders=True),
     AmbientKind("matplotlib.rcParams", "matplotlib", _rc_get, _rc_set, shape="mapping", renders=True),
     AmbientKind("pandas options", "pandas", _pandas_get, _pandas_set, shape="mapping", renders=True),
-    AmbientKind("pandas computing options", "pandas", _pandas_computing_get, _pandas_set, shape="mapping",
-                computes=True),
+    AmbientKind("pandas computing options", "pandas", functools.partial(_pandas_get, computing=True), _pandas_set,
+                shape="mapping", computes=True),
     AmbientKind("scikit-learn config", "sklearn", _sklearn_get, _sklearn_set, shape="mapping", computes=True),
     AmbientKind("warnings filters", "warnings", _warnings_get, _warnings_set, shape="sequence", renders=True,
                 unordered=True),

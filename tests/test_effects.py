@@ -588,8 +588,8 @@ def test_files_read_by_worker_threads_are_dependencies(ip, tmp_path):
     assert (last().reason, ip.user_ns["parts"]) == ("file part2.txt changed", ["0", "1", "changed"])
 
 
-@pytest.mark.parametrize("runner", ["%run -i {script}", "exec(open('{script}').read())"])
-def test_a_script_a_cell_runs_is_a_file_it_reads(ip, tmp_path, runner):
+@pytest.mark.parametrize("runner", ["%run {script}", "exec(open('{script}').read())"])
+def test_a_script_a_cell_runs_is_a_file_it_reads(ip, tmp_path, runner):  # (`%run -i`: test_magics.py)
     script = tmp_path / "params.py"
     script.write_text("VALUE = 1\n")
     cell = "%%step\n" + runner.format(script="params.py") + "\nresult = VALUE * 10"

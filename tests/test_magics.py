@@ -108,6 +108,68 @@ def test_a_cell_that_runs_a_shell_command_runs_every_time(ip, command):
     assert "--allow-shell" in second.reason
 
 
+@pytest.mark.parametrize("magic", ["%%time", "%%capture cap"])
+def test_what_a_time_or_capture_body_reads_is_an_input(ip, magic):
+    """`%%time` and `%%capture` run their body in the notebook: its reads are the cell's (an edit above made
+    no difference before, and the cell was served the old value)."""
+    cell = f"%%step doubled\n{magic}\nr = K * 2\nprint('r =', r)"
+    ip.run_cell("K = 3")
+    run(ip, cell)
+    run(ip, cell)
+    assert ip.user_ns["r"] == 6 and nbcache.runs()[-1].cached
+    ip.run_cell("K = 4")
+    run(ip, cell)
+    assert ip.user_ns["r"] == 8 and not nbcache.runs()[-1].cached
+    assert nbcache.runs()[-1].reason == "input K changed"
+
+
+@pytest.mark.parametrize("magic", ["%%timeit -n1 -r1", "%%prun -q", "%%time\n!echo hi"])
+def test_a_cell_magic_whose_reads_cannot_be_listed_runs_every_time(ip, magic):
+    cell = f"%%step\n{magic}\nopen(LOG, 'a').write('x')"
+    run(ip, cell)
+    run(ip, cell)
+    assert not nbcache.runs()[-1].cached and times_ran(ip) >= 2
+    assert nbcache.runs()[-1].reason.startswith("runs every time: it reads the notebook's variables through %%")
+
+
+def test_run_i_runs_every_time(ip, tmp_path):
+    """`%run -i script.py` runs the script in the notebook's namespace: what it reads is unknown."""
+    script = tmp_path / "script.py"
+    script.write_text("out = K * 100\n")
+    ip.run_cell("K = 1")
+    cell = f"%%step\n%run -i {script}"
+    run(ip, cell)
+    ip.run_cell("K = 2")
+    run(ip, cell)
+    assert ip.user_ns["out"] == 200 and not nbcache.runs()[-1].cached
+    assert "%run -i" in nbcache.runs()[-1].reason
+
+
+def test_a_text_cell_magic_is_cached(ip, capsys):
+    cell = "%%step page\n%%html\n<b>hello</b>"
+    run(ip, cell)
+    run(ip, cell)
+    assert nbcache.runs()[-1].cached
+
+
+@pytest.mark.parametrize("reads", ["_", "_{n}", "Out[{n}]"])
+def test_the_output_of_an_earlier_cell_is_an_input(ip, reads):
+    """`_ + 1` and `Out[3] + 1` read what an earlier cell showed: IPython hides those names as its own,
+    yet a cell reading them depends on them."""
+    def show_and_read(k: int) -> None:  # (the same cells at the same counts, as in a kernel run again)
+        ip.run_cell(f"K = {k}")
+        ip.execution_count = 7
+        shown = ip.run_cell("K * 10", store_history=True)
+        assert shown.result == k * 10
+        run(ip, "%%step reader\nz = " + reads.format(n=7) + " + 1\nprint(z)")
+
+    show_and_read(3)
+    show_and_read(3)
+    assert ip.user_ns["z"] == 31 and nbcache.runs()[-1].cached
+    show_and_read(4)
+    assert ip.user_ns["z"] == 41 and not nbcache.runs()[-1].cached
+
+
 def test_mutated_inputs_are_outputs(ip):
     ip.run_cell("items = []")
     run(ip, "%%step appender\nitems.append(len(items))")
