@@ -1,7 +1,8 @@
 """Hashing a DataFrame of 1e6 rows x 9 columns (8 int64, 1 string): ``nbcache.hash_value`` vs ``joblib.hash``.
 
 Goal: nbcache at least 30x faster than joblib. The string column gets pandas' default dtype for strings
-(``str`` since pandas 3, ``object`` before); the object-dtype variant is timed too, for information.
+(``str`` since pandas 3, ``object`` before); the object-dtype variant is timed too, for information, and
+so is the frame with every hundredth name missing (a CSV column with gaps) and with a column of periods.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def main() -> None:
         compare(f"name: {default}", df, 30.0)
         if default != "object":
             compare("name: object", df.astype({"name": object}), None)
+        gaps = df.copy()
+        gaps.loc[::100, "name"] = None
+        compare("1% missing", gaps, None)
+        periods = df.assign(day=pd.period_range("2000-01-01", periods=ROWS, freq="D"))
+        t_nb = best_of(lambda: nbcache.hash_value(periods), repeat=3)
+        show("nbcache.hash_value [+ periods]", t_nb)
 
 
 if __name__ == "__main__":

@@ -184,6 +184,8 @@ def feed_array_data(a: np.ndarray, h: Hasher, walk: Walk) -> None:
     flat = a.reshape(-1) if a.flags.c_contiguous else a.ravel()
     if dt.kind == "O" and _feed_strings(flat, h):
         return
+    if dt.kind == "T" and _feed_strings(flat.astype(object), h):  # (numpy's StringDType: its strings, joined)
+        return
     i = 0
     try:
         for i, item in enumerate(flat.tolist() if dt.kind != "O" else flat):

@@ -35,7 +35,13 @@ def feed_values(values, h: Hasher, walk: Walk) -> None:
     elif isinstance(values, (pd.arrays.DatetimeArray, pd.arrays.TimedeltaArray)):
         feed_array_data(values.asi8, h, walk)
     elif isinstance(values, _NUMPY_ARRAY):
-        feed_array_data(values.to_numpy(), h, walk)
+        _feed_numpy_backed(values, h, walk)
+    elif isinstance(values, pd.arrays.PeriodArray):  # (its dtype, fed above, holds the frequency)
+        feed_array_data(values.asi8, h, walk)
+    elif isinstance(values, pd.arrays.IntervalArray):  # (its dtype, fed above, holds the side that is closed)
+        feed_array_data(np.asarray(values.isna()), h, walk)
+        feed_values(values.left.array, h, walk)
+        feed_values(values.right.array, h, walk)
     elif isinstance(values, _MASKED):
         mask = np.asarray(values.isna())
         feed_array_data(mask, h, walk)
@@ -53,6 +59,24 @@ def feed_values(values, h: Hasher, walk: Walk) -> None:
         feed_array_data(strings[~mask] if mask.any() else strings, h, walk)
     else:
         feed_array_data(np.asarray(values, dtype=object), h, walk)
+
+
+def _feed_numpy_backed(values, h: Hasher, walk: Walk) -> None:
+    """A column of plain numpy values. pandas' own strings with some missing (a text column of a CSV with
+    gaps) are fed as their mask and the others: one item at a time, a million took 0.4 s."""
+    items = values.to_numpy()
+    if isinstance(values.dtype, pd.StringDtype) and items.ndim == 1 and items.dtype.kind == "O":
+        joined = joined_strings(items)
+        if joined is not None:  # (none missing: as feed_array_data feeds them)
+            feed_joined(joined, items.size, h)
+            return
+        mask = np.asarray(values.isna())
+        if mask.any():
+            h.update(b"pystrna")
+            feed_array_data(mask, h, walk)
+            feed_array_data(items[~mask], h, walk)
+            return
+    feed_array_data(items, h, walk)  # (text holding NUL: one item at a time, as ever)
 
 
 def feed_categorical(cat: pd.Categorical, h: Hasher, walk: Walk) -> None:
