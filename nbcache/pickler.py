@@ -90,6 +90,10 @@ def _pickler_class() -> type:
                 module = global_generator(getattr(obj, "__self__", None))
                 if module is not None:  # `from numpy.random import rand`: the live generator's, not a copy
                     return global_generator_method, (module, obj.__name__)
+            if isinstance(obj, type) and "__slots__" in vars(obj) and obj.__module__ == "__main__":
+                raise pickle.PicklingError(  # (a notebook's class, stored by value: cloudpickle makes it anew)
+                    f"class {obj.__qualname__} defines __slots__, which a class stored by value loses: its"
+                    " instances would take any attribute")
             return super().reducer_override(obj)
 
     return NotebookPickler

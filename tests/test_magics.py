@@ -170,6 +170,21 @@ def test_the_output_of_an_earlier_cell_is_an_input(ip, reads):
     assert ip.user_ns["z"] == 41 and not nbcache.runs()[-1].cached
 
 
+def test_a_cell_defining_a_class_with_slots_is_not_served_without_them(ip):
+    """cloudpickle makes a class stored by value anew without its __slots__: served so, its instances would
+    take any attribute, where the notebook run without nbcache raises AttributeError."""
+    cell = "%%step slotted\nclass S:\n    __slots__ = ('a',)\n    def __init__(self):\n        self.a = 1"
+    for _ in range(2):
+        with pytest.warns(nbcache.CacheWarning, match="class S defines __slots__, which a class stored by value"):
+            run(ip, cell)
+    assert not nbcache.runs()[-1].cached
+    with pytest.raises(AttributeError):
+        ip.user_ns["S"]().b = 2
+    run(ip, "%%step kept\nkept = S()")  # (an instance of it is stored, its class by name)
+    run(ip, "%%step kept\nkept = S()")
+    assert nbcache.runs()[-1].cached and type(ip.user_ns["kept"]) is ip.user_ns["S"]
+
+
 def test_mutated_inputs_are_outputs(ip):
     ip.run_cell("items = []")
     run(ip, "%%step appender\nitems.append(len(items))")
