@@ -198,12 +198,14 @@ class StepMagics(Magics):
             print(info_text(store.stats(), runs=len(runs), unreadable_runs=store.unreadable_runs,
                             size_limit=self.cache.size_limit))
         elif args.command == "clear":
-            print(removed_text(self.cache.clear(name or None), name or None))
+            removed = self.cache.clear(name or None)
+            if name and not removed and not self.cache.runs(name):  # (a typo: say so, not "removed 0")
+                raise UsageError(_unknown_step(name))
+            print(removed_text(removed, name or None))
         elif args.command == "why" and name:
             text = why_text(self.cache.runs(name), name)
             if text is None:
-                raise UsageError(f"no step named {name!r} has run with this cache directory;"
-                                 " `nbcache ls` in a terminal lists those that have")
+                raise UsageError(_unknown_step(name))
             print(text)
         else:
             raise UsageError(_NBCACHE_USAGE)
@@ -248,3 +250,8 @@ def unload_ipython_extension(shell: Any) -> None:
     shell.configurables[:] = [c for c in shell.configurables if not isinstance(c, NBCache)]
     if shell.custom_exceptions == (StepCellFailed,):
         shell.set_custom_exc((), None)
+
+
+def _unknown_step(name: str) -> str:
+    return (f"no step named {name!r} has run with this cache directory; `%steps` lists this kernel's, and"
+            " `nbcache ls` in a terminal those of the directory")

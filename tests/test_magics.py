@@ -354,8 +354,11 @@ def test_line_magics(ip, capsys):
     for bad in ("", "bogus", "why", "info extra"):
         with pytest.raises(UsageError, match="usage: %nbcache"):
             ip.run_line_magic("nbcache", bad)
-    with pytest.raises(UsageError, match="no step named 'nope'"):
-        ip.run_line_magic("nbcache", "why nope")
+    for command in ("why nope", "clear nope"):  # (a typo is said, not "removed 0 cached results")
+        with pytest.raises(UsageError, match="no step named 'nope'"):
+            ip.run_line_magic("nbcache", command)
+    ip.run_line_magic("nbcache", "clear first")  # (known, nothing left to remove)
+    assert "removed 0 cached results of step 'first'" in capsys.readouterr().out
     with pytest.raises(UsageError, match="takes no arguments"):
         ip.run_line_magic("steps", "x")
 
