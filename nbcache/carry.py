@@ -8,8 +8,9 @@ reused instead of hashing every byte again, if this is proven to be the same con
 - it is the very object restored (by identity, held weakly), with the same data pointer, shape, strides
   and dtype (an in-place reshape or a ``.dtype =`` changes those);
 - none of its pages was written since it was mapped: a write to a copy-on-write page makes it a private,
-  anonymous page, which Linux tells in ``/proc/self/pagemap``. Where that cannot be read, nothing is
-  carried and the array is hashed as usual.
+  anonymous page, which Linux tells in ``/proc/self/pagemap``. Where that cannot be read, or does not
+  tell a page written from one read (``pagemap_tells_writes``, tried once), nothing is carried and the
+  array is hashed as usual.
 
 The buffers of a mapped value are checked against their digests in the background (``verifier.py``). If a
 value turns out damaged after it was served, the results computed from its carried address in this process
@@ -19,6 +20,7 @@ are removed with it (``derived_from``), so that none stays filed under the addre
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
 import sys
@@ -56,12 +58,16 @@ class Carry:
         self._by_file: dict[tuple[int, int, int], list[tuple[Any, str, tuple[str, ...]]]] = {}
         self._damaged: set[tuple[int, int, int]] = set()  # files found damaged: nothing carried from them
         self._lock = ForkSafeLock()
-        self.enabled = os.path.exists(_PAGEMAP)
+        self.enabled: bool | None = None  # (whether pagemap tells writes: found out at the first value noted)
 
     def note(self, value: Any, address: str, identity: tuple[int, int, int]) -> None:
         """``value`` was just restored, mapped from the file ``identity``, with content address ``address``."""
         np = sys.modules.get("numpy")
-        if not self.enabled or np is None or type(value) is not np.ndarray or not _is_mapped(value):
+        if np is None or type(value) is not np.ndarray or not _is_mapped(value):
+            return
+        if self.enabled is None:
+            self.enabled = pagemap_tells_writes()
+        if not self.enabled:
             return
         key = id(value)
         ref = weakref.ref(value, lambda _: self._by_id.pop(key, None))
@@ -141,6 +147,45 @@ def _unwritten(start: int, length: int) -> bool:
     if len(data) != (last - first + 1) * 8:
         return False
     return _WRITTEN not in data[_TOP::8].translate(_FLAGS)  # (each entry's top byte, in C loops)
+
+
+@functools.lru_cache(maxsize=None)
+def pagemap_tells_writes() -> bool:
+    """Whether ``/proc/self/pagemap`` tells a written page of a private file mapping from its file's pages
+    (a sandbox may give it with every entry zero, which would make every page look unwritten): a page of a
+    temporary file is mapped, read and then written, and its entry must say present and the file's, then
+    present and not the file's. Asked once per process, with numpy imported (it gives the page's address)."""
+    np = sys.modules.get("numpy")
+    if np is None or not os.path.exists(_PAGEMAP):
+        return False
+    import tempfile  # (once, at the first value restored: `import nbcache` does not need it)
+
+    page = mmap.PAGESIZE
+    try:
+        with tempfile.TemporaryFile() as f:
+            f.write(b"\1" * page)
+            f.flush()
+            mapped = mmap.mmap(f.fileno(), page, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            try:
+                view = np.frombuffer(mapped, dtype=np.uint8)
+                address = view.ctypes.data
+                read = int(view[0]) == 1 and _top_byte(address) & 0xE0 == 0xA0  # present, the file's
+                view[0] = 2
+                written = _top_byte(address) & 0xE0 == 0x80  # present, anonymous
+                del view
+            finally:
+                mapped.close()
+    except (OSError, ValueError, BufferError):
+        return False
+    return read and written
+
+
+def _top_byte(address: int) -> int:
+    fd = os.open(_PAGEMAP, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, 8, address // mmap.PAGESIZE * 8)[_TOP]
+    finally:
+        os.close(fd)
 
 
 # A pagemap entry (a native 64-bit integer) has its flags in its top byte: present (bit 7), swapped (6),
