@@ -9,7 +9,7 @@ reused instead of hashing every byte again, if this is proven to be the same con
   and dtype (an in-place reshape or a ``.dtype =`` changes those);
 - none of its pages was written since it was mapped: a write to a copy-on-write page makes it a private,
   anonymous page, which Linux tells in ``/proc/self/pagemap``. Where that cannot be read, or does not
-  tell a page written from one read (``pagemap_tells_writes``, tried once), nothing is carried and the
+  tell a page written from one read (``pagemap_tells_writes``, asked once), nothing is carried and the
   array is hashed as usual.
 
 The buffers of a mapped value are checked against their digests in the background (``verifier.py``). If a
@@ -20,7 +20,6 @@ are removed with it (``derived_from``), so that none stays filed under the addre
 from __future__ import annotations
 
 import contextlib
-import functools
 import mmap
 import os
 import sys
@@ -65,8 +64,8 @@ class Carry:
         np = sys.modules.get("numpy")
         if np is None or type(value) is not np.ndarray or not _is_mapped(value):
             return
-        if self.enabled is None:
-            self.enabled = pagemap_tells_writes()
+        if self.enabled is None and value.size:
+            self.enabled = pagemap_tells_writes(value)
         if not self.enabled:
             return
         key = id(value)
@@ -149,33 +148,26 @@ def _unwritten(start: int, length: int) -> bool:
     return _WRITTEN not in data[_TOP::8].translate(_FLAGS)  # (each entry's top byte, in C loops)
 
 
-@functools.lru_cache(maxsize=None)
-def pagemap_tells_writes() -> bool:
-    """Whether ``/proc/self/pagemap`` tells a written page of a private file mapping from its file's pages
-    (a sandbox may give it with every entry zero, which would make every page look unwritten): a page of a
-    temporary file is mapped, read and then written, and its entry must say present and the file's, then
-    present and not the file's. Asked once per process, with numpy imported (it gives the page's address)."""
-    np = sys.modules.get("numpy")
-    if np is None or not os.path.exists(_PAGEMAP):
+def pagemap_tells_writes(restored: Any) -> bool:
+    """Whether ``/proc/self/pagemap`` tells a page written since it was mapped from one that was not (a
+    sandbox may give it with every entry zero, which would make every page look unwritten): the first page
+    of ``restored``, an array just mapped from its file, read, must say present and the file's; a private
+    page written must say present and not a file's. Some 50 us, once per cache."""
+    np = sys.modules["numpy"]
+    if not os.path.exists(_PAGEMAP):
         return False
-    import tempfile  # (once, at the first value restored: `import nbcache` does not need it)
-
-    page = mmap.PAGESIZE
     try:
-        with tempfile.TemporaryFile() as f:
-            f.write(b"\1" * page)
-            f.flush()
-            mapped = mmap.mmap(f.fileno(), page, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-            try:
-                view = np.frombuffer(mapped, dtype=np.uint8)
-                address = view.ctypes.data
-                read = int(view[0]) == 1 and _top_byte(address) & 0xE0 == 0xA0  # present, the file's
-                view[0] = 2
-                written = _top_byte(address) & 0xE0 == 0x80  # present, anonymous
-                del view
-            finally:
-                mapped.close()
-    except (OSError, ValueError, BufferError):
+        restored.flat[0]  # (read: its page is then present, and the file's)
+        read = _top_byte(restored.ctypes.data) & 0xE0 == 0xA0
+        private = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            page = np.frombuffer(private, dtype=np.uint8)
+            page[0] = 1
+            written = _top_byte(page.ctypes.data) & 0xE0 == 0x80
+            del page
+        finally:
+            private.close()
+    except (OSError, ValueError, IndexError, BufferError):
         return False
     return read and written
 
