@@ -8,6 +8,7 @@ notebook's namespace as they are unpickled, and a class or function of the noteb
 from __future__ import annotations
 
 import functools
+import importlib
 import io
 import marshal
 import pickle
@@ -84,6 +85,11 @@ def _pickler_class() -> type:
                 return _main_attribute, (obj.__qualname__,)  # (a method of a class stored by value is not)
             if isinstance(obj, types.FunctionType) and obj.__globals__ is self._notebook:
                 return _reduce_notebook_function(obj)
+            if (isinstance(obj, types.FunctionType) and "<locals>" in obj.__code__.co_qualname
+                    and not _found_by_name(obj)):  # (a decorated library function is stored by its name)
+                module = obj.__globals__.get("__name__")
+                if module != "__main__" and getattr(sys.modules.get(module), "__dict__", None) is obj.__globals__:
+                    return _reduce_module_closure(obj, module)
             if isinstance(obj, _LRU) and getattr(obj.__wrapped__, "__globals__", None) is self._notebook:
                 return _make_lru, (obj.__wrapped__, obj.cache_parameters())
             if isinstance(obj, (types.MethodType, types.BuiltinMethodType)):
@@ -114,7 +120,7 @@ class NotebookUnpickler(pickle.Unpickler):
                 return functools.partial(_make_function, notebook_globals(self._module))
             if name == "_main_attribute":
                 return functools.partial(main_attribute, self._module)
-            if name in ("_set_notebook_function_state", "_make_lru"):
+            if name in ("_set_notebook_function_state", "_make_lru", "_make_module_closure"):
                 return globals()[name]
         return super().find_class(module, name)
 
@@ -151,6 +157,31 @@ def _reduce_notebook_function(func: types.FunctionType) -> tuple:
     # (through its closure, defaults or attributes) is stored once and comes back as one object
     return (_make_notebook_function, (marshal.dumps(func.__code__), func.__name__, len(cells)), state, None, None,
             _set_notebook_function_state)
+
+
+def _reduce_module_closure(func: types.FunctionType, module: str) -> tuple:
+    """A function a module's function made (``dataclasses``' wrapper of a ``__repr__``, a decorator's inner
+    function): its code as it is, with its file (cloudpickle renames that ``<dynamic-code>``, and the code
+    of a library would then be fingerprinted as the user's, so a class restored from the cache hashed
+    otherwise than when it was defined), and the module's globals, by its name."""
+    reduced = _reduce_notebook_function(func)
+    return (_make_module_closure, (module, *reduced[1]), *reduced[2:])
+
+
+def _found_by_name(func: types.FunctionType) -> bool:
+    """Whether ``func`` is what its module (not the notebook's) and qualified name say, so that it pickles by
+    reference (``functools.wraps`` gives a wrapper the name of what it wraps: ``Cfg.__repr__`` of the
+    notebook, which cloudpickle stores by value)."""
+    if getattr(func, "__module__", None) in (None, "__main__"):
+        return False
+    found: Any = sys.modules.get(func.__module__)
+    for part in getattr(func, "__qualname__", "<locals>").split("."):
+        found = getattr(found, part, None)
+    return found is func
+
+
+def _make_module_closure(module: str, code: bytes, name: str, free: int) -> types.FunctionType:
+    return _make_function(vars(importlib.import_module(module)), code, name, free)
 
 
 def _make_notebook_function(code: bytes, name: str, free: int) -> types.FunctionType:

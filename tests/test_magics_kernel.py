@@ -135,3 +135,21 @@ def test_after_a_restart_classes_imports_and_displays_come_back_right(tmp_path):
     assert second.cells[5].outputs[0]["text"] == "b'<a />'\n"
     texts = [o.get("text") or o.get("data", {}).get("text/plain") for o in visible_outputs(second.cells[6])]
     assert texts == ["progress 2\n", "'end'"]  # cleared, updated in place, and no `v + 1;` result
+
+
+def test_a_dataclass_defined_in_a_cell_keeps_the_cells_below_cached_after_a_restart(tmp_path):
+    """A dataclass restored from the cache hashes as when it was defined (its __repr__ wrapper, made by
+    dataclasses, kept its code): the cell that makes an instance of it stays cached, not 'input Cfg changed'."""
+    cells = [
+        "%load_ext nbcache",
+        "%%step config\nfrom dataclasses import dataclass, field\n@dataclass\nclass Cfg:\n    lr: float = 0.1\n"
+        "    layers: list = field(default_factory=lambda: [8, 4])",
+        "%%step instance\ncfg = Cfg()\nprint(cfg)",
+        "import nbcache\nprint([(r.step, r.cached, r.reason) for r in nbcache.runs() if r.session == nbcache.records.SESSION])",
+    ]
+    nb = new_notebook(cells=[new_code_cell(c) for c in cells],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    first, second = execute(nb, tmp_path), execute(nb, tmp_path)
+    runs = eval("".join(o.get("text", "") for o in second.cells[-1].outputs if o.get("name") == "stdout"))
+    assert runs == [("config", True, "cache hit"), ("instance", True, "cache hit")]
+    assert visible_outputs(second.cells[2]) == visible_outputs(first.cells[2])
