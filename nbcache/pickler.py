@@ -92,6 +92,8 @@ def _pickler_class() -> type:
                     return _reduce_module_closure(obj, module)
             if isinstance(obj, _LRU) and getattr(obj.__wrapped__, "__globals__", None) is self._notebook:
                 return _make_lru, (obj.__wrapped__, obj.cache_parameters())
+            if type(obj) is functools.cached_property:  # (on Python 3.11 it holds a lock, which cannot pickle)
+                return _make_cached_property, (obj.func, obj.attrname, obj.__doc__)
             if isinstance(obj, (types.MethodType, types.BuiltinMethodType)):
                 module = global_generator(getattr(obj, "__self__", None))
                 if module is not None:  # `from numpy.random import rand`: the live generator's, not a copy
@@ -132,6 +134,13 @@ _LRU = type(functools.lru_cache(lambda: None))
 def _make_lru(func: Any, parameters: dict) -> Any:
     """A function wrapped in ``functools.lru_cache`` (or ``functools.cache``) again, with an empty cache."""
     return functools.update_wrapper(functools.lru_cache(parameters["maxsize"], parameters["typed"])(func), func)
+
+
+def _make_cached_property(func: Any, name: str | None, doc: str | None) -> functools.cached_property:
+    """A ``functools.cached_property`` of a class stored by value, made again (its cache is each instance's)."""
+    made = functools.cached_property(func)
+    made.attrname, made.__doc__ = name, doc
+    return made
 
 
 def _main_attribute(qualname: str) -> Any:  # pragma: no cover - NotebookUnpickler binds it to a notebook

@@ -185,6 +185,18 @@ def test_a_cell_defining_a_class_with_slots_is_not_served_without_them(ip):
     assert nbcache.runs()[-1].cached and type(ip.user_ns["kept"]) is ip.user_ns["S"]
 
 
+def test_a_cell_defining_a_class_with_a_cached_property_is_cached(ip):
+    """functools.cached_property holds a lock on Python 3.11, which cannot pickle: such a class is stored as
+    its function, and its instances still compute the property once."""
+    cell = ("%%step costly\nimport functools\nclass C:\n    @functools.cached_property\n    def total(self):\n"
+            "        'the sum'\n        open(LOG, 'a').write('x')\n        return 42")
+    run(ip, cell)
+    run(ip, cell)
+    assert nbcache.runs()[-1].cached
+    c = ip.user_ns["C"]()
+    assert (c.total, c.total, times_ran(ip), ip.user_ns["C"].total.__doc__) == (42, 42, 1, "the sum")
+
+
 def test_mutated_inputs_are_outputs(ip):
     ip.run_cell("items = []")
     run(ip, "%%step appender\nitems.append(len(items))")
