@@ -26,6 +26,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .displaystate import figures_get, figures_set, precision_get, precision_set
 from .statediff import SHAPES, applied, change, equal
 
 __all__ = ["BY_NAME", "KINDS", "AmbientKind", "global_generator", "global_generator_method", "when_imported"]
@@ -245,6 +246,8 @@ KINDS: tuple[AmbientKind, ...] = (
                 computes=True),
     AmbientKind("matplotlib backend", "matplotlib", _backend_get, _backend_set, renders=True),
     AmbientKind("matplotlib.rcParams", "matplotlib", _rc_get, _rc_set, shape="mapping", renders=True),
+    AmbientKind("inline figure formats", "matplotlib_inline.config", figures_get, figures_set, renders=True),
+    AmbientKind("IPython float precision", "IPython", precision_get, precision_set, renders=True),
     AmbientKind("pandas options", "pandas", _pandas_get, _pandas_set, shape="mapping", renders=True),
     AmbientKind("pandas computing options", "pandas", functools.partial(_pandas_get, computing=True), _pandas_set,
                 shape="mapping", computes=True),

@@ -180,7 +180,9 @@ def test_a_setting_hash_is_of_one_key(monkeypatch):
 # -- the kinds -----------------------------------------------------------------------------------------------
 
 def test_every_kind_round_trips_through_its_snapshot():
-    import matplotlib.pyplot  # noqa: F401  (their kinds are active only while they are imported)
+    import IPython  # noqa: F401  (their kinds are active only while they are imported)
+    import matplotlib.pyplot  # noqa: F401
+    import matplotlib_inline.config  # noqa: F401
     import pandas  # noqa: F401
     import sklearn  # noqa: F401
 

@@ -8,6 +8,7 @@ Each test runs a step, changes the world the way a new kernel or an edit would, 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -538,6 +539,49 @@ def test_a_cell_after_the_scikit_learn_config_changed_runs_again(ip):
         import sklearn
 
         sklearn.set_config(transform_output="default")
+
+
+def test_ipython_float_precision_is_an_input_of_a_cell_that_shows_floats(ip):
+    """`%precision 2` in a cell above decides how the cell's float shows: changed to 5, the cell runs
+    again (it showed 3.14 where IPython now shows 3.14159), and a hit sets back the precision a cell set."""
+    formatter = ip.display_formatter.formatters["text/plain"]
+    cell = "%%step pi\nimport math\nval = math.pi\nval"
+    try:
+        ip.run_line_magic("precision", "2")
+        assert run(ip, cell).result == math.pi and formatter.float_format % math.pi == "3.14"
+        run(ip, cell)
+        assert last().cached
+        ip.run_line_magic("precision", "5")
+        run(ip, cell)
+        assert not last().cached and last().reason in (  # (%precision sets numpy's too, when it is imported)
+            "the numpy print options differ from when it was cached",
+            "the IPython float precision differs from when it was cached")
+        assert ambient.state_hash("IPython float precision") != ambient.state_hash("IPython float precision", "2")
+        ip.run_line_magic("precision", "")
+        run(ip, "%%step setter\n%precision 3\nthree = 3")
+        ip.run_line_magic("precision", "")  # (a new kernel's)
+        run(ip, "%%step setter\n%precision 3\nthree = 3")
+        assert last().cached and formatter.float_precision == "3"
+    finally:
+        ip.run_line_magic("precision", "")
+
+
+def test_the_inline_backends_figure_formats_are_read_and_set_back():
+    pytest.importorskip("matplotlib_inline")
+    from matplotlib_inline.config import InlineBackend
+
+    from nbcache.displaystate import figures_get, figures_set
+
+    with warnings.catch_warnings():  # (matplotlib_inline's own traitlets handlers are deprecated)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        backend = InlineBackend.instance()
+    before = figures_get()
+    try:
+        figures_set((["svg"], {"bbox_inches": None}))
+        assert figures_get() == (["svg"], {"bbox_inches": None}) and backend.figure_formats == {"svg"}
+    finally:
+        figures_set(before)
+    assert figures_get() == before
 
 
 def test_a_setting_a_step_derives_from_its_old_value_is_an_input(ip, monkeypatch):

@@ -1,0 +1,34 @@
+"""How a notebook shows values, kept as ambient state (``statekinds.py``): IPython's float precision
+(``%precision 2``) and the inline backend's figure formats (``%config InlineBackend.figure_format =
+'svg'``). Read and set through the modules already imported; IPython is never imported here.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+__all__ = ["figures_get", "figures_set", "precision_get", "precision_set"]
+
+
+def precision_get() -> Any:  # (%precision 2: how IPython shows floats)
+    shell = sys.modules["IPython"].get_ipython()
+    return None if shell is None else shell.display_formatter.formatters["text/plain"].float_precision
+
+
+def precision_set(value: Any) -> None:
+    shell = sys.modules["IPython"].get_ipython()
+    if shell is not None and value is not None and precision_get() != value:
+        shell.display_formatter.formatters["text/plain"].float_precision = value
+
+
+def figures_get() -> Any:  # (%config InlineBackend.figure_format = 'svg': how the inline backend shows figures)
+    config = sys.modules["matplotlib_inline.config"].InlineBackend
+    backend = config.instance() if config.initialized() else None  # (not made by looking at it)
+    return None if backend is None else (sorted(backend.figure_formats), dict(backend.print_figure_kwargs))
+
+
+def figures_set(value: Any) -> None:
+    config = sys.modules["matplotlib_inline.config"].InlineBackend
+    if value is not None and config.initialized() and figures_get() != value:
+        config.instance().print_figure_kwargs, config.instance().figure_formats = value[1], set(value[0])
