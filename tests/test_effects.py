@@ -566,15 +566,14 @@ def test_ipython_float_precision_is_an_input_of_a_cell_that_shows_floats(ip):
         ip.run_line_magic("precision", "")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # (matplotlib_inline's own traitlets handlers)
 def test_the_inline_backends_figure_formats_are_read_and_set_back():
     pytest.importorskip("matplotlib_inline")
     from matplotlib_inline.config import InlineBackend
 
     from nbcache.displaystate import figures_get, figures_set
 
-    with warnings.catch_warnings():  # (matplotlib_inline's own traitlets handlers are deprecated)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        backend = InlineBackend.instance()
+    backend = InlineBackend.instance()
     before = figures_get()
     try:
         figures_set((["svg"], {"bbox_inches": None}))
