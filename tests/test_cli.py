@@ -194,6 +194,8 @@ def test_a_damaged_index_is_one_line_and_exit_3(filled, capsys, tmp_path):
     damaged = tmp_path / "damaged"
     shutil.copytree(filled, damaged)
     (damaged / "store" / "cache.db").write_bytes(b"this is not a database" * 100)
+    for log in ("cache.db-wal", "cache.db-shm"):  # (SQLite reads its pages from a log not yet folded in)
+        (damaged / "store" / log).unlink(missing_ok=True)
     code, _, err = cli(capsys, "ls", "--dir", str(damaged))
     assert code == 3 and err.startswith(f"nbcache: nbcache's index in {damaged}") and "damaged" in err
     assert "Traceback" not in err
