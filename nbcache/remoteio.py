@@ -153,7 +153,7 @@ def filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
         config = dict(options.get("config_kwargs") or {})
         config.setdefault("connect_timeout", timeout)
         config.setdefault("read_timeout", timeout)
-        config.setdefault("retries", {"max_attempts": 1, "mode": "standard"})  # (one wait: then it is down)
+        config.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})  # (one wait: then it is down)
         options["config_kwargs"] = config
         options.setdefault("skip_instance_cache", True)
         options.setdefault("max_concurrency", 1)  # (a read is one GET; more reads a size ahead, a HEAD)

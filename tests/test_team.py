@@ -236,6 +236,38 @@ def test_a_remote_that_never_answers_holds_a_step_up_one_timeout_not_minutes(tmp
     assert took < 40, took  # (one 1 s wait on the lookup, one on the upload; it took 120 s and more)
 
 
+def test_a_request_to_a_remote_that_never_answers_is_sent_once(bucket, monkeypatch):
+    """botocore took `max_attempts: 1` for one retry: two waits of the timeout for each request."""
+    accepted = []
+    with socket.socket() as server:  # accepts connections, never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        server.settimeout(0.1)
+
+        def accept() -> None:
+            while not done.is_set():
+                try:
+                    accepted.append(server.accept()[0])
+                except OSError:
+                    continue
+
+        done = threading.Event()
+        listener = threading.Thread(target=accept)
+        listener.start()
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        monkeypatch.setenv("NBCACHE_REMOTE_TIMEOUT", "1")
+        try:
+            remote = Remote(f"s3://{bucket}/team")
+            with pytest.warns(nbcache.CacheWarning, match="failed while looking up a result"):
+                assert remote.get_entry("k" * 32) is None
+        finally:
+            done.set()
+            listener.join()
+            for connection in accepted:
+                connection.close()
+    assert len(accepted) == 1
+
+
 def test_a_timeout_given_wrong_is_said_and_the_local_cache_works(tmp_path, bucket):
     out, err = _machine(tmp_path, "alice", f"s3://{bucket}/team", NBCACHE_REMOTE_TIMEOUT="10s")
     assert out[1].startswith("False") and "NBCACHE_REMOTE_TIMEOUT is a number of seconds" in err
@@ -768,4 +800,4 @@ def test_a_remote_sent_to_a_dask_worker_still_tries_each_request_once(bucket):
     remote = Remote(f"s3://{bucket}/team")
     there = pickle.loads(pickle.dumps(remote))
     assert remote.fs.retries == there.fs.retries == 1
-    assert there.fs.config_kwargs["retries"]["max_attempts"] == 1
+    assert there.fs.config_kwargs["retries"]["total_max_attempts"] == 1
