@@ -39,6 +39,9 @@ def effects_of(tree: ast.AST) -> Effects:
     return Effects(tuple(dict.fromkeys(finder.shell)), finder.dynamic)
 
 
+_NAMESPACE_READERS = frozenset({"ev", "ex", "user_ns", "user_global_ns", "run_cell", "run_code", "run_cell_async"})
+
+
 class _Finder(ast.NodeVisitor):
     """Shell commands anywhere in the cell, and reads of the whole namespace (``globals()``; at top
     level also ``locals()``, ``vars()`` and ``dir()`` with no argument)."""
@@ -71,6 +74,13 @@ class _Finder(ast.NodeVisitor):
             if func.id == "globals" or (func.id in ("locals", "vars", "dir") and not node.args
                                         and not node.keywords and self._depth == 0):
                 self.dynamic = f"{func.id}()"
+        self.generic_visit(node)
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        # `get_ipython().ev("x")`, `get_ipython().user_ns["x"]`: the namespace read through IPython's own API
+        if (not self.dynamic and node.attr in _NAMESPACE_READERS and isinstance(node.value, ast.Call)
+                and isinstance(node.value.func, ast.Name) and node.value.func.id == "get_ipython"):
+            self.dynamic = f"get_ipython().{node.attr}"
         self.generic_visit(node)
 
     def _cell_magic(self, node: ast.Call) -> None:

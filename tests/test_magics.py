@@ -132,6 +132,17 @@ def test_a_cell_magic_whose_reads_cannot_be_listed_runs_every_time(ip, magic):
     assert nbcache.runs()[-1].reason.startswith("runs every time: it reads the notebook's variables through %%")
 
 
+@pytest.mark.parametrize("reads", ["get_ipython().ev('X') + 1", "get_ipython().user_ns['X'] + 1"])
+def test_reading_the_namespace_through_ipython_runs_every_time(ip, reads):
+    ip.run_cell("X = 1")
+    cell = f"%%step\ny = {reads}"
+    run(ip, cell)
+    ip.run_cell("X = 2")
+    run(ip, cell)
+    assert ip.user_ns["y"] == 3 and not nbcache.runs()[-1].cached
+    assert "get_ipython()." in nbcache.runs()[-1].reason
+
+
 def test_run_i_runs_every_time(ip, tmp_path):
     """`%run -i script.py` runs the script in the notebook's namespace: what it reads is unknown."""
     script = tmp_path / "script.py"
