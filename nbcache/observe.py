@@ -36,6 +36,7 @@ from . import ambient
 from .audit import inherit, unwatch, watch
 from .checks import NONE, UNHASHABLE, Check, checks_from_json, file_digest, first_failure, listing_digest, stat_of
 from .fingerprint import library_roots
+from .fingerprint_source import is_user_file
 from .hashing import hash_value
 
 # Check, checks_from_json, first_failure (checks.py) and inherit (audit.py) are imported from here too: a
@@ -75,6 +76,8 @@ class Observer:
     listed: dict[str, None] = field(default_factory=dict)
     evaluated: dict[str, None] = field(default_factory=dict)
     failed: bool = False
+    read_cwd: bool = False  # its own code asked for the working directory (os.getcwd, Path.cwd, abspath("x"))
+    _asking: bool = False  # (finding out who asked: the check itself may ask)
     before: ambient.Snapshot | None = None
     after: ambient.Snapshot | None = None
     inherited: list[Check] = field(default_factory=list)  # the checks of steps served from the cache inside
@@ -91,6 +94,7 @@ class Observer:
             self.foreign = on_worker.foreign - {self.thread}
         self.before = ambient.snapshot()
         self._patch_seeds()
+        self._patch_cwd()
         watch(self)
         return self
 
@@ -121,6 +125,24 @@ class Observer:
             elif kind.rng and kind.pending():  # numpy.random, not imported yet: its state is the one it gets
                 # on import, and whether the run seeds it is seen from then on (as if it had been imported now)
                 self._pending.append(ambient.when_imported(kind.module, lambda _, kind=kind: self._imported(kind)))
+
+    def _patch_cwd(self) -> None:
+        """Wrap ``os.getcwd`` (which ``Path.cwd`` and ``os.path.abspath`` call), to tell a run whose own code
+        asked for the working directory: its result may hold the path (``root = os.path.abspath(".")``),
+        and so depend on where it ran. A library asking (to open a relative path) is no such dependency."""
+        original = os.getcwd
+
+        def getcwd() -> str:
+            if not self._asking and threading.get_ident() == self.thread:
+                self._asking = True
+                try:
+                    self.read_cwd = self.read_cwd or _asked_by_users_code(sys._getframe(1))
+                finally:
+                    self._asking = False
+            return original()
+
+        self._patches.append((os, "getcwd", original))
+        os.getcwd = getcwd
 
     def _imported(self, kind: ambient.AmbientKind) -> None:
         """The run imported the module of a generator: its state as imported is the one the run started from."""
@@ -212,7 +234,7 @@ class Observer:
             name = kind.name
             before, after = self.before.values.get(name, _ABSENT), self.after.values.get(name, _ABSENT)
             seen = before is not _ABSENT or after is not _ABSENT
-            whole = (self.renders and kind.renders) or (kind.computes and seen) or (
+            whole = (self.renders and kind.renders) or (kind.computes and seen) or (name == CWD and self.read_cwd) or (
                 kind.shape == "value" and not kind.rng and before is not _ABSENT and after is not _ABSENT
                 and not ambient.equal(before, after))
             if whole:
@@ -237,6 +259,18 @@ class Observer:
         except OSError:
             return Check(kind, path, "")
         return Check(kind, self._stored_path(path), file_digest(path), stat_of(st))
+
+
+CWD = "working directory"  # the ambient kind of os.getcwd()
+_PATH_HELPERS = frozenset({"os", "posixpath", "ntpath", "genericpath", "pathlib"})
+
+
+def _asked_by_users_code(frame: Any) -> bool:
+    """Whether the code that asked for the working directory, past the standard library's path helpers
+    (``abspath``, ``Path.cwd``), is the user's."""
+    while frame is not None and frame.f_globals.get("__name__") in _PATH_HELPERS:
+        frame = frame.f_back
+    return frame is not None and is_user_file(frame.f_code.co_filename)
 
 
 def _is_data_path(path: str, cache_dir: str) -> bool:

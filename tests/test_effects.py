@@ -583,6 +583,42 @@ def test_the_inline_backends_figure_formats_are_read_and_set_back():
     assert figures_get() == before
 
 
+@pytest.mark.parametrize("asks", ["os.path.abspath('data.txt')", "str(pathlib.Path.cwd() / 'data.txt')",
+                                  "os.path.join(os.getcwd(), 'data.txt')"])
+def test_a_step_that_asks_for_the_working_directory_depends_on_it(cache_dir, tmp_path, monkeypatch, asks):
+    """A project copied elsewhere (or a teammate's checkout) was served the first folder's path."""
+    import pathlib
+
+    namespace = {"os": os, "pathlib": pathlib}
+    exec(f"def where():\n    return {asks}\n", namespace)
+    where = nbcache.step(namespace["where"])
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    assert where() == str(tmp_path / "a" / "data.txt")
+    assert where() == str(tmp_path / "a" / "data.txt") and nbcache.runs()[-1].cached
+    monkeypatch.chdir(tmp_path / "b")
+    assert where() == str(tmp_path / "b" / "data.txt")
+    assert nbcache.runs()[-1].reason == "the working directory differs from when it was cached"
+
+
+def test_a_library_asking_for_the_working_directory_is_no_dependency(cache_dir, tmp_path, monkeypatch):
+    """pandas resolving a relative path asks for it too: a copy of the project with the same file hits."""
+    import pandas as pd
+
+    @nbcache.step
+    def load():
+        return pd.read_csv("table.csv")
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "table.csv").write_text("x,y\n1,2\n")
+    monkeypatch.chdir(tmp_path / "a")
+    load()
+    monkeypatch.chdir(tmp_path / "b")
+    assert load().equals(pd.DataFrame({"x": [1], "y": [2]})) and nbcache.runs()[-1].cached
+
+
 def test_a_setting_a_step_derives_from_its_old_value_is_an_input(ip, monkeypatch):
     monkeypatch.setenv("NBCACHE_TOOL_PATH", "/a/bin")
     cell = "%%step\nimport os\nos.environ['NBCACHE_TOOL_PATH'] += ':/opt/tool'\ndone = 1"
