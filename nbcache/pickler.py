@@ -98,7 +98,7 @@ def _pickler_class() -> type:
                 module = global_generator(getattr(obj, "__self__", None))
                 if module is not None:  # `from numpy.random import rand`: the live generator's, not a copy
                     return global_generator_method, (module, obj.__name__)
-            if isinstance(obj, type) and "__slots__" in vars(obj) and obj.__module__ == "__main__":
+            if isinstance(obj, type) and vars(obj).get("__slots__", ()) and obj.__module__ == "__main__":
                 raise pickle.PicklingError(  # (a notebook's class, stored by value: cloudpickle makes it anew)
                     f"class {obj.__qualname__} defines __slots__, which a class stored by value loses: its"
                     " instances would take any attribute")
@@ -161,7 +161,7 @@ def _reduce_notebook_function(func: types.FunctionType) -> tuple:
             cells.append((False, None))
     state = {"defaults": func.__defaults__, "kwdefaults": func.__kwdefaults__, "cells": cells,
              "qualname": func.__qualname__, "doc": func.__doc__, "annotations": func.__annotations__,
-             "dict": dict(vars(func))}
+             "dict": dict(vars(func)), "module": func.__module__}
     # the state is pickled after the function itself is memoized, so a function that refers to itself
     # (through its closure, defaults or attributes) is stored once and comes back as one object
     return (_make_notebook_function, (marshal.dumps(func.__code__), func.__name__, len(cells)), state, None, None,
@@ -205,6 +205,7 @@ def _make_function(namespace: dict, code: bytes, name: str, free: int) -> types.
 def _set_notebook_function_state(func: types.FunctionType, state: dict) -> None:
     func.__defaults__, func.__kwdefaults__ = state["defaults"], state["kwdefaults"]
     func.__qualname__, func.__doc__, func.__annotations__ = state["qualname"], state["doc"], state["annotations"]
+    func.__module__ = state.get("module", func.__module__)  # (functools.wraps gives a wrapper the wrapped's)
     func.__dict__.update(state["dict"])
     for cell, (filled, value) in zip(func.__closure__ or (), state["cells"]):
         if filled:

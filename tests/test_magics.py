@@ -196,6 +196,19 @@ def test_a_cell_defining_a_class_with_slots_is_not_served_without_them(ip):
     assert nbcache.runs()[-1].cached and type(ip.user_ns["kept"]) is ip.user_ns["S"]
 
 
+def test_a_cell_defining_named_tuples_and_a_context_manager_is_cached_and_they_come_back_whole(ip):
+    """A namedtuple's `__slots__ = ()` loses nothing stored by value; a function a library made (a
+    contextmanager, a dataclass's __repr__) comes back with the name of its module: it pickles again."""
+    cell = ("%%step kinds\nimport collections, contextlib, typing\nclass Point(typing.NamedTuple):\n    x: int = 0\n"
+            "Pair = collections.namedtuple('Pair', 'a b')\n@contextlib.contextmanager\ndef ctx():\n    yield 1")
+    run(ip, cell)
+    ip.user_ns.pop("ctx")
+    run(ip, cell)
+    assert nbcache.runs()[-1].cached
+    assert ip.user_ns["Point"](2).x == 2 and ip.user_ns["Pair"](1, 2).b == 2
+    assert ip.user_ns["ctx"].__module__ == "__main__"  # (not contextlib's: pickle looks it up by that name)
+
+
 def test_a_cell_defining_a_class_with_a_cached_property_is_cached(ip):
     """functools.cached_property holds a lock on Python 3.11, which cannot pickle: such a class is stored as
     its function, and its instances still compute the property once."""
