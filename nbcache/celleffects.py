@@ -11,6 +11,8 @@ which is the cell's own code; no IPython.
 from __future__ import annotations
 
 import ast
+import getopt
+import shlex
 from dataclasses import dataclass
 
 from .magiclines import (CODE_CELL_MAGICS, SHELL_CELL_MAGICS, SHELL_LINE_MAGICS, TEXT_CELL_MAGICS, cell_magic,
@@ -39,6 +41,18 @@ def effects_of(tree: ast.AST) -> Effects:
     return Effects(tuple(dict.fromkeys(finder.shell)), finder.dynamic)
 
 
+def _in_namespace(line: str | None) -> bool:
+    """Whether ``%run LINE`` runs its script in the notebook's namespace: ``-i``, alone or among other flags
+    (``-it``), as IPython reads them; a line that is not a plain string (an f-string), or does not read, may."""
+    if line is None:
+        return True
+    try:
+        options, _ = getopt.getopt(shlex.split(line), "nidtN:b:pD:l:rs:T:em:G")
+    except (getopt.GetoptError, ValueError):
+        return True
+    return any(option == "-i" for option, _ in options)
+
+
 _NAMESPACE_READERS = frozenset({"ev", "ex", "user_ns", "user_global_ns", "run_cell", "run_code", "run_cell_async"})
 
 
@@ -64,7 +78,7 @@ class _Finder(ast.NodeVisitor):
                 self.shell.append(f"%%{first}")
             elif method == "run_cell_magic":
                 self._cell_magic(node)
-            elif method == "run_line_magic" and first == "run" and "-i" in (string_arg(args, 1) or "").split():
+            elif method == "run_line_magic" and first == "run" and _in_namespace(string_arg(args, 1)):
                 self.dynamic = self.dynamic or "%run -i"  # (the script runs in the notebook's namespace)
         func = node.func
         if (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)

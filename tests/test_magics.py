@@ -143,12 +143,13 @@ def test_reading_the_namespace_through_ipython_runs_every_time(ip, reads):
     assert "get_ipython()." in nbcache.runs()[-1].reason
 
 
-def test_run_i_runs_every_time(ip, tmp_path):
+@pytest.mark.parametrize("flags", ["-i", "-it", "-n -i"])
+def test_run_i_runs_every_time(ip, tmp_path, flags):
     """`%run -i script.py` runs the script in the notebook's namespace: what it reads is unknown."""
     script = tmp_path / "script.py"
     script.write_text("out = K * 100\n")
     ip.run_cell("K = 1")
-    cell = f"%%step\n%run -i {script}"
+    cell = f"%%step\n%run {flags} {script}"
     run(ip, cell)
     ip.run_cell("K = 2")
     run(ip, cell)
