@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .displaystate import figures_get, figures_set, precision_get, precision_set
+from .pandasstate import pandas_get, pandas_set
 from .statediff import SHAPES, applied, change, equal
 
 __all__ = ["BY_NAME", "KINDS", "AmbientKind", "global_generator", "global_generator_method", "when_imported"]
@@ -135,55 +136,6 @@ def _backend_set(name: Any) -> None:
         sys.modules["matplotlib"].rcParams["backend"] = name
 
 
-def _pandas_option_names() -> list[str]:
-    """Every option's full name (``display.max_rows``), found through ``pd.options`` as a user would."""
-    options = sys.modules["pandas"].options
-    names: list[str] = []
-
-    def walk(node: Any, prefix: str) -> None:
-        for attribute in dir(node):
-            value = getattr(node, attribute)
-            if type(value) is type(options):
-                walk(value, f"{prefix}{attribute}.")
-            else:
-                names.append(prefix + attribute)
-
-    walk(options, "")
-    return names
-
-
-_pandas_names: dict[bool, list[str]] = {}  # the options pandas registers do not change while it is imported
-_COMPUTING = ("future.", "compute.", "mode.string_storage")
-
-
-def _pandas_get(computing: bool = False) -> dict:
-    """Every pandas option, or (``computing``) those that change what pandas computes, not how it shows it:
-    the ``future.`` switches (``future.infer_string``: str or object columns), ``compute.`` (bottleneck's
-    sums differ in the last bits) and ``mode.string_storage``; these few read one by one."""
-    pd = sys.modules["pandas"]
-    with warnings.catch_warnings():  # reading a deprecated option warns
-        warnings.simplefilter("ignore")
-        if computing not in _pandas_names:
-            _pandas_names[computing] = [n for n in _pandas_option_names() if not computing or n.startswith(_COMPUTING)]
-        values = {}
-        for name in _pandas_names[computing]:
-            try:
-                values[name] = pd.get_option(name)
-            except Exception:  # an option removed since the names were read
-                continue
-    return values
-
-
-def _pandas_set(values: dict) -> None:
-    pd = sys.modules["pandas"]
-    current = _pandas_get()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name, value in values.items():
-            if name in current and not equal(current[name], value):
-                pd.set_option(name, value)
-
-
 def _sklearn_get() -> dict:
     return dict(sys.modules["sklearn"].get_config())
 
@@ -248,8 +200,8 @@ KINDS: tuple[AmbientKind, ...] = (
     AmbientKind("matplotlib.rcParams", "matplotlib", _rc_get, _rc_set, shape="mapping", renders=True),
     AmbientKind("inline figure formats", "matplotlib_inline.config", figures_get, figures_set, renders=True),
     AmbientKind("IPython float precision", "IPython", precision_get, precision_set, renders=True),
-    AmbientKind("pandas options", "pandas", _pandas_get, _pandas_set, shape="mapping", renders=True),
-    AmbientKind("pandas computing options", "pandas", functools.partial(_pandas_get, computing=True), _pandas_set,
+    AmbientKind("pandas options", "pandas", pandas_get, pandas_set, shape="mapping", renders=True),
+    AmbientKind("pandas computing options", "pandas", functools.partial(pandas_get, computing=True), pandas_set,
                 shape="mapping", computes=True),
     AmbientKind("scikit-learn config", "sklearn", _sklearn_get, _sklearn_set, shape="mapping", computes=True),
     AmbientKind("warnings filters", "warnings", _warnings_get, _warnings_set, shape="sequence", renders=True,

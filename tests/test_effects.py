@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import subprocess
 import sys
 import warnings
 
@@ -525,6 +526,22 @@ def test_settings_that_change_what_code_computes_are_inputs_of_every_step(cache_
         assert np.isnan(ratio(zero, zero)[0])
     with np.errstate(invalid="raise"), pytest.raises(FloatingPointError):
         ratio(zero, zero)
+
+
+def test_a_hit_leaves_the_warning_filters_alone(cache_dir, tmp_path):
+    """Reading pandas' options on a hit went through catch_warnings, which resets what was shown: a warning
+    of the "default" action, shown once per place, showed again after every hit."""
+    script = tmp_path / "warns.py"
+    script.write_text(
+        "import warnings, pandas, nbcache\n"
+        "warnings.simplefilter('default')\n"
+        "@nbcache.step\ndef f(x):\n    return x\n"
+        "def say():\n    warnings.warn('once per place', UserWarning)\n"
+        "for _ in range(3):\n    f(1)\n    say()\n")
+    env = {**os.environ, "NBCACHE_DIR": str(cache_dir)}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("UserWarning: once per place") == 1, done.stderr
 
 
 def test_a_cell_after_the_scikit_learn_config_changed_runs_again(ip):

@@ -1,0 +1,87 @@
+"""pandas' options, kept as ambient state (``statekinds.py``): all of them (how tables show, for a cell), or
+those that change what pandas computes (an input of every step). Read through ``pd.options`` and
+``pd.get_option`` as a user would, without showing the warnings deprecated options give.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+from typing import Any, Iterator
+
+from .statediff import equal
+
+__all__ = ["pandas_get", "pandas_set"]
+
+
+def _pandas_option_names() -> list[str]:
+    """Every option's full name (``display.max_rows``), found through ``pd.options`` as a user would."""
+    options = sys.modules["pandas"].options
+    names: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        for attribute in dir(node):
+            value = getattr(node, attribute)
+            if type(value) is type(options):
+                walk(value, f"{prefix}{attribute}.")
+            else:
+                names.append(prefix + attribute)
+
+    walk(options, "")
+    return names
+
+
+_pandas_names: dict[bool, list[str]] = {}  # the options pandas registers do not change while it is imported
+_COMPUTING = ("future.", "compute.", "mode.string_storage", "mode.chained_assignment", "mode.copy_on_write",
+              "mode.use_inf_as_na", "io.parquet.engine", "io.sql.engine")
+
+
+def pandas_get(computing: bool = False) -> dict:
+    """Every pandas option, or (``computing``) those that change what pandas computes, not how it shows it:
+    the ``future.`` switches (``future.infer_string``: str or object columns), ``compute.`` (bottleneck's
+    sums differ in the last bits), how strings are stored, whether chained assignment raises, which engine
+    reads parquet; these few read one by one (a hit reads them)."""
+    pd = sys.modules["pandas"]
+    if computing not in _pandas_names:
+        with warnings.catch_warnings():  # (dir() of a deprecated option warns)
+            warnings.simplefilter("ignore")
+            _pandas_names[computing] = [n for n in _pandas_option_names() if not computing or n.startswith(_COMPUTING)]
+    values = {}
+    with _unshown():  # reading a deprecated option warns
+        for name in _pandas_names[computing]:
+            try:
+                values[name] = pd.get_option(name)
+            except Warning:  # (a filter makes its warning an error)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    values[name] = pd.get_option(name)
+            except Exception:  # an option removed since the names were read
+                continue
+    return values
+
+
+@contextlib.contextmanager
+def _unshown() -> Iterator[None]:
+    """Warnings issued meanwhile are not shown, and the filters are left alone: ``catch_warnings`` resets
+    them, which makes a warning already shown once (the "default" action) show again, here on every hit."""
+    shown = warnings.showwarning
+    warnings.showwarning = _not_shown
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
+def _not_shown(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def pandas_set(values: dict) -> None:
+    pd = sys.modules["pandas"]
+    current = pandas_get()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, value in values.items():
+            if name in current and not equal(current[name], value):
+                pd.set_option(name, value)
