@@ -15,7 +15,7 @@ import ast
 import re
 from dataclasses import dataclass
 
-from .magiclines import cell_magic_code, timed_code
+from .magiclines import cell_magic_code, expanded, timed_code
 
 __all__ = ["Flow", "flow_of"]
 
@@ -91,6 +91,9 @@ class _Walker:
 
     def statements(self, body: list[ast.stmt]) -> None:
         for st in body:
+            if isinstance(st, (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign)):
+                for expr in expanded(st):  # `%%writefile $name`: IPython reads name as it runs the magic
+                    self.read(expr)
             if isinstance(st, (ast.For, ast.AsyncFor)):
                 self.read(st.iter)
                 self.block(st.body, bound=(st.target,))

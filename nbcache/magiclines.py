@@ -9,9 +9,10 @@ calls in a syntax tree; no IPython here.
 from __future__ import annotations
 
 import ast
+import re
 
 __all__ = ["CODE_CELL_MAGICS", "REPLAYED_MAGICS", "SHELL_CELL_MAGICS", "SHELL_LINE_MAGICS", "TEXT_CELL_MAGICS",
-           "cell_magic", "cell_magic_code", "ipython_call", "line_magic", "string_arg", "timed_code"]
+           "cell_magic", "cell_magic_code", "expanded", "ipython_call", "line_magic", "string_arg", "timed_code"]
 
 # Line magics whose effect lasts beyond the cell (settings of the kernel, IPython or matplotlib): a hit
 # runs them again, quietly, since the cell's body, which ran them the first time, does not run.
@@ -92,3 +93,27 @@ def cell_magic_code(st: ast.stmt) -> list[ast.stmt] | None:
         return ast.parse(found[2]).body
     except SyntaxError:
         return None
+
+
+# What IPython expands in a magic's line and a shell command before running it: `$name`, `$df.shape`,
+# `{expr}` (`$$` and `{{` stay as they are).
+_EXPANDED = re.compile(r"\$\$|\{\{|\$([A-Za-z_][\w.]*)|\{([^{}]+)\}")
+_EXPANDING = {"run_line_magic": 1, "run_cell_magic": 1, "system": 0, "getoutput": 0}
+
+
+def expanded(st: ast.stmt) -> list[ast.expr]:
+    """The expressions IPython expands in the lines of the magics and shell commands of a simple statement
+    (``%%writefile $name``, ``!ls {folder}``): what they read of the notebook."""
+    found = []
+    for node in ast.walk(st):
+        call = ipython_call(node)
+        line = string_arg(call[1], _EXPANDING[call[0]]) if call and call[0] in _EXPANDING else None
+        for match in _EXPANDED.finditer(line or ""):
+            text = match.group(1) or match.group(2) or ""
+            for candidate in (text, re.split(r"[!:](?=[^!:]*$)", text)[0]):  # (`{path!r}`, `{n:>4}`)
+                try:
+                    found.append(ast.parse(candidate, mode="eval").body)
+                    break
+                except SyntaxError:  # (IPython leaves it as it is)
+                    continue
+    return [expr for expr in found if not isinstance(expr, ast.Constant)]

@@ -157,6 +157,18 @@ def test_run_i_runs_every_time(ip, tmp_path, flags):
     assert "%run -i" in nbcache.runs()[-1].reason
 
 
+@pytest.mark.parametrize("magic", ["%%writefile $name", "%%writefile {name}"])
+def test_what_ipython_expands_in_a_magic_s_line_is_an_input(ip, tmp_path, magic):
+    """IPython expands `$name` and `{expr}` in a magic's line: the cell reads name."""
+    ip.run_cell(f"name = {str(tmp_path / 'a.txt')!r}")
+    cell = f"%%step notes\n{magic}\nhello"
+    run(ip, cell)
+    ip.run_cell(f"name = {str(tmp_path / 'b.txt')!r}")
+    run(ip, cell)
+    assert not nbcache.runs()[-1].cached and nbcache.runs()[-1].reason == "input name changed"
+    assert (tmp_path / "b.txt").read_text() == "hello\n"
+
+
 def test_a_text_cell_magic_is_cached(ip, capsys):
     cell = "%%step page\n%%html\n<b>hello</b>"
     run(ip, cell)
