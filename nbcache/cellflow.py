@@ -132,6 +132,9 @@ class _Walker:
                     self.block(case.body, bound=names)
             elif (inner := timed_code(st)) is not None:
                 self.statements(inner)  # `%time x = f()` binds x like the plain statement would
+            elif (inner := timed_code(st, ("timeit",))) is not None:
+                for statement in inner:  # `%timeit f(x)` reads x, and binds nothing (its code runs in a function)
+                    self.read(statement)
             elif (inner := cell_magic_code(st)) is not None:
                 self.statements(inner)  # a `%%time` cell's body reads and binds as the cell would
             else:

@@ -56,19 +56,30 @@ def line_magic(st: ast.stmt) -> tuple[str, str] | None:
     return None
 
 
-def timed_code(st: ast.stmt) -> list[ast.stmt] | None:
-    """The statements of ``%time CODE`` (alone, or assigned: ``t = %time f()``), whose CODE IPython passes
-    as a string; None for any other statement, or for CODE that does not parse."""
+def timed_code(st: ast.stmt, magics: tuple[str, ...] = ("time", "prun")) -> list[ast.stmt] | None:
+    """The statements of ``%time CODE`` or ``%prun CODE`` (alone, or assigned: ``t = %time f()``), whose CODE
+    IPython passes as a string, after the magic's options (``magics``: which magics); None for any other
+    statement, or for CODE that does not parse."""
     call = st.value if isinstance(st, (ast.Expr, ast.Assign)) else None
     if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
             and call.func.attr == "run_line_magic" and len(call.args) == 2
             and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in call.args)
-            and call.args[0].value == "time"):
+            and call.args[0].value in magics):
         return None
+    code = call.args[1].value
+    taking = _TAKING.get(call.args[0].value, "")
+    while code.startswith("-"):  # (options before the code: `%timeit -n1 -r1 f(x)`, `%prun -s time f(x)`)
+        flag, _, code = code.partition(" ")
+        if flag[1:2] in taking and len(flag) == 2:
+            _, _, code = code.lstrip().partition(" ")  # (its value, given apart)
+        code = code.lstrip()
     try:
-        return ast.parse(call.args[1].value).body
+        return ast.parse(code).body
     except SyntaxError:
         return None
+
+
+_TAKING = {"timeit": "nrp", "prun": "DlrsT"}  # the options of a magic that take a value
 
 
 def cell_magic(node: ast.AST) -> tuple[str, str, str] | None:

@@ -238,3 +238,11 @@ def test_a_cell_code_is_a_frozen_record():
     assert isinstance(code, CellCode)
     with pytest.raises(AttributeError):
         code.reads = ("y",)  # type: ignore[misc]
+
+
+def test_the_code_of_timeit_and_prun_lines_is_read():
+    timed = analyse_cell("get_ipython().run_line_magic('timeit', '-n1 -r 3 y = f(x)')")  # %timeit -n1 -r 3 ...
+    assert (list(timed.reads), list(timed.binds)) == (["f", "x"], [])  # (timeit runs it in a function)
+    profiled = analyse_cell("get_ipython().run_line_magic('prun', '-s time y = g(z)')")
+    assert (list(profiled.reads), list(profiled.binds)) == (["g", "z"], ["y"])
+
