@@ -22,6 +22,7 @@ from typing import Callable, Protocol
 
 from .checks import Check
 from .fingerprint import is_user_code
+from .fingerprint_source import is_user_file
 
 __all__ = ["Unobserved", "Watcher", "inherit", "unobserved", "unwatch", "watch", "watched"]
 
@@ -40,6 +41,7 @@ class Watcher(Protocol):
     foreign: frozenset[int]  # threads that are not the run's (on a Dask worker, the worker's own: observe.py)
     inherited: list[Check]  # the checks of steps served from the cache inside this run
     failed: bool  # an event could not be followed: what the run read is not known
+    read_cwd: bool  # its own code asked for the working directory
 
 
 _active: list[Watcher] = []  # the watchers of the runs under way, innermost last (steps nest)
@@ -67,12 +69,44 @@ unobserved = Unobserved()
 def watch(watcher: Watcher) -> None:
     """Report what this thread (and threads no step runs in) does to ``watcher`` until ``unwatch``."""
     _install_hook()
-    _active.append(watcher)
+    with _hook_lock:
+        _active.append(watcher)
+        if os.getcwd is not _getcwd:
+            _cwd[0] = os.getcwd
+            os.getcwd = _getcwd
 
 
 def unwatch(watcher: Watcher) -> None:
-    if watcher in _active:
-        _active.remove(watcher)
+    with _hook_lock:
+        if watcher in _active:
+            _active.remove(watcher)
+        if not _active and os.getcwd is _getcwd:  # (the last run under way ended: os.getcwd is itself again)
+            os.getcwd = _cwd[0]
+
+
+# Python raises no audit event for os.getcwd: while runs are under way it is wrapped, to tell a run whose own
+# code asked for the working directory (``Path.cwd()``, ``os.path.abspath("data")``): its result may hold the
+# path. A library asking (to open a relative path it was given) is no such dependency.
+_cwd: list[Callable[[], str]] = [os.getcwd]
+_PATH_HELPERS = frozenset({"os", "posixpath", "ntpath", "genericpath", "pathlib"})
+
+
+def _getcwd() -> str:
+    if _active and not getattr(_quiet, "depth", 0) and not getattr(_quiet, "asking", False):
+        thread = threading.get_ident()
+        own = [w for w in _active if w.thread == thread and not w.read_cwd]
+        if own:
+            _quiet.asking = True  # (finding out who asked may ask again)
+            try:
+                frame = sys._getframe(1)
+                while frame is not None and frame.f_globals.get("__name__") in _PATH_HELPERS:
+                    frame = frame.f_back
+                if frame is not None and is_user_file(frame.f_code.co_filename):
+                    for watcher in own:
+                        watcher.read_cwd = True
+            finally:
+                _quiet.asking = False
+    return _cwd[0]()
 
 
 def watched() -> bool:

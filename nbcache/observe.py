@@ -36,7 +36,6 @@ from . import ambient
 from .audit import inherit, unwatch, watch
 from .checks import NONE, UNHASHABLE, Check, checks_from_json, file_digest, first_failure, listing_digest, stat_of
 from .fingerprint import library_roots
-from .fingerprint_source import is_user_file
 from .hashing import hash_value
 
 # Check, checks_from_json, first_failure (checks.py) and inherit (audit.py) are imported from here too: a
@@ -77,7 +76,6 @@ class Observer:
     evaluated: dict[str, None] = field(default_factory=dict)
     failed: bool = False
     read_cwd: bool = False  # its own code asked for the working directory (os.getcwd, Path.cwd, abspath("x"))
-    _asking: bool = False  # (finding out who asked: the check itself may ask)
     before: ambient.Snapshot | None = None
     after: ambient.Snapshot | None = None
     inherited: list[Check] = field(default_factory=list)  # the checks of steps served from the cache inside
@@ -94,7 +92,6 @@ class Observer:
             self.foreign = on_worker.foreign - {self.thread}
         self.before = ambient.snapshot()
         self._patch_seeds()
-        self._patch_cwd()
         watch(self)
         return self
 
@@ -125,24 +122,6 @@ class Observer:
             elif kind.rng and kind.pending():  # numpy.random, not imported yet: its state is the one it gets
                 # on import, and whether the run seeds it is seen from then on (as if it had been imported now)
                 self._pending.append(ambient.when_imported(kind.module, lambda _, kind=kind: self._imported(kind)))
-
-    def _patch_cwd(self) -> None:
-        """Wrap ``os.getcwd`` (which ``Path.cwd`` and ``os.path.abspath`` call), to tell a run whose own code
-        asked for the working directory: its result may hold the path (``root = os.path.abspath(".")``),
-        and so depend on where it ran. A library asking (to open a relative path) is no such dependency."""
-        original = os.getcwd
-
-        def getcwd() -> str:
-            if not self._asking and threading.get_ident() == self.thread:
-                self._asking = True
-                try:
-                    self.read_cwd = self.read_cwd or _asked_by_users_code(sys._getframe(1))
-                finally:
-                    self._asking = False
-            return original()
-
-        self._patches.append((os, "getcwd", original))
-        os.getcwd = getcwd
 
     def _imported(self, kind: ambient.AmbientKind) -> None:
         """The run imported the module of a generator: its state as imported is the one the run started from."""
@@ -262,15 +241,6 @@ class Observer:
 
 
 CWD = "working directory"  # the ambient kind of os.getcwd()
-_PATH_HELPERS = frozenset({"os", "posixpath", "ntpath", "genericpath", "pathlib"})
-
-
-def _asked_by_users_code(frame: Any) -> bool:
-    """Whether the code that asked for the working directory, past the standard library's path helpers
-    (``abspath``, ``Path.cwd``), is the user's."""
-    while frame is not None and frame.f_globals.get("__name__") in _PATH_HELPERS:
-        frame = frame.f_back
-    return frame is not None and is_user_file(frame.f_code.co_filename)
 
 
 def _is_data_path(path: str, cache_dir: str) -> bool:

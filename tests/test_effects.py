@@ -606,6 +606,7 @@ def test_a_step_that_asks_for_the_working_directory_depends_on_it(cache_dir, tmp
     """A project copied elsewhere (or a teammate's checkout) was served the first folder's path."""
     import pathlib
 
+    real_getcwd = os.getcwd
     namespace = {"os": os, "pathlib": pathlib}
     exec(f"def where():\n    return {asks}\n", namespace)
     where = nbcache.step(namespace["where"])
@@ -617,6 +618,7 @@ def test_a_step_that_asks_for_the_working_directory_depends_on_it(cache_dir, tmp
     monkeypatch.chdir(tmp_path / "b")
     assert where() == str(tmp_path / "b" / "data.txt")
     assert nbcache.runs()[-1].reason == "the working directory differs from when it was cached"
+    assert os.getcwd is real_getcwd  # (wrapped only while a run is under way)
 
 
 def test_a_library_asking_for_the_working_directory_is_no_dependency(cache_dir, tmp_path, monkeypatch):
