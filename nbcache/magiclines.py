@@ -110,6 +110,7 @@ def cell_magic_code(st: ast.stmt) -> list[ast.stmt] | None:
 # `{expr}` (`$$` and `{{` stay as they are).
 _EXPANDED = re.compile(r"\$\$|\{\{|\$([A-Za-z_][\w.]*)|\{([^{}]+)\}")
 _EXPANDING = {"run_line_magic": 1, "run_cell_magic": 1, "system": 0, "getoutput": 0}
+_UNEXPANDED = frozenset({"time", "timeit", "prun", "debug"})  # (their line is code: IPython leaves it as it is)
 
 
 def expanded(st: ast.stmt) -> list[ast.expr]:
@@ -119,6 +120,8 @@ def expanded(st: ast.stmt) -> list[ast.expr]:
     for node in ast.walk(st):
         call = ipython_call(node)
         line = string_arg(call[1], _EXPANDING[call[0]]) if call and call[0] in _EXPANDING else None
+        if call and call[0].endswith("_magic") and string_arg(call[1], 0) in _UNEXPANDED:
+            line = None
         for match in _EXPANDED.finditer(line or ""):
             text = match.group(1) or match.group(2) or ""
             for candidate in (text, re.split(r"[!:](?=[^!:]*$)", text)[0]):  # (`{path!r}`, `{n:>4}`)

@@ -245,4 +245,6 @@ def test_the_code_of_timeit_and_prun_lines_is_read():
     assert (list(timed.reads), list(timed.binds)) == (["f", "x"], [])  # (timeit runs it in a function)
     profiled = analyse_cell("get_ipython().run_line_magic('prun', '-s time y = g(z)')")
     assert (list(profiled.reads), list(profiled.binds)) == (["g", "z"], ["y"])
+    braces = analyse_cell("get_ipython().run_line_magic('time', 'd = {k: 1}')")  # (IPython expands no code line)
+    assert (list(braces.reads), list(braces.binds)) == (["k"], ["d"])
 
