@@ -270,8 +270,11 @@ def test_pandas_text_with_gaps_periods_intervals_and_numpy_strings_hash_by_conte
     text = pd.Series(["a", None, "b"])
     assert len({H(text), H(pd.Series(["a", "b", None])), H(pd.Series(["a", "", "b"])),
                 H(pd.Series(["a", None, "c"])), H(pd.Series(["a", None, "b"], dtype="string")),
-                H(pd.Series(["a", None, "b"], dtype=object)), H(pd.Series(["a", "x", "b"]))}) == 7
-    assert H(text) == H(pd.Series(["a", None, "b"])) == H(pd.Series(["a", float("nan"), "b"]))
+                H(pd.Series(["a", "x", "b"]))}) == 6
+    if str(text.dtype) != "object":  # (pandas 3's str, which makes every missing value its own)
+        assert H(text) != H(pd.Series(["a", None, "b"], dtype=object))
+        assert H(text) == H(pd.Series(["a", float("nan"), "b"]))
+    assert H(text) == H(pd.Series(["a", None, "b"]))
     days = pd.Series(pd.period_range("2024-01-01", periods=3, freq="D"))
     assert H(days) == H(pd.Series(pd.period_range("2024-01-01", periods=3, freq="D")))
     assert len({H(days), H(pd.Series(pd.period_range("2024-01-02", periods=3, freq="D"))),
@@ -282,7 +285,7 @@ def test_pandas_text_with_gaps_periods_intervals_and_numpy_strings_hash_by_conte
     assert len({H(right), H(pd.Series(pd.interval_range(0, 3, closed="left"))),
                 H(pd.Series(pd.IntervalIndex.from_tuples([(0, 1), None, (2, 3)]))),
                 H(pd.Series(pd.interval_range(0.0, 3.0)))}) == 4
-    sd = getattr(np.dtypes, "StringDType", None)
+    sd = getattr(getattr(np, "dtypes", None), "StringDType", None)
     if sd is not None:  # (numpy 2)
         assert H(np.array(["a", "b"], dtype=sd())) == H(np.array(["a", "b"], dtype=sd()))
         assert len({H(np.array(["a", "b"], dtype=sd())), H(np.array(["a", "c"], dtype=sd())),
