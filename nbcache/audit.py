@@ -18,7 +18,7 @@ import os
 import sys
 import sysconfig
 import threading
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from .checks import Check
 from .fingerprint import is_user_code
@@ -72,8 +72,8 @@ def watch(watcher: Watcher) -> None:
     with _hook_lock:
         _active.append(watcher)
         if os.getcwd is not _getcwd:
-            _cwd[0] = os.getcwd
-            os.getcwd = _getcwd
+            _cwd[:] = [os.getcwd, os.getcwdb]
+            os.getcwd, os.getcwdb = _getcwd, _getcwdb
 
 
 def unwatch(watcher: Watcher) -> None:
@@ -81,32 +81,46 @@ def unwatch(watcher: Watcher) -> None:
         if watcher in _active:
             _active.remove(watcher)
         if not _active and os.getcwd is _getcwd:  # (the last run under way ended: os.getcwd is itself again)
-            os.getcwd = _cwd[0]
+            os.getcwd, os.getcwdb = _cwd
 
 
 # Python raises no audit event for os.getcwd: while runs are under way it is wrapped, to tell a run whose own
 # code asked for the working directory (``Path.cwd()``, ``os.path.abspath("data")``): its result may hold the
 # path. A library asking (to open a relative path it was given) is no such dependency.
-_cwd: list[Callable[[], str]] = [os.getcwd]
+_cwd: list = [os.getcwd, os.getcwdb]
 _PATH_HELPERS = frozenset({"os", "posixpath", "ntpath", "genericpath", "pathlib"})
 
 
 def _getcwd() -> str:
-    if _active and not getattr(_quiet, "depth", 0) and not getattr(_quiet, "asking", False):
-        thread = threading.get_ident()
-        own = [w for w in _active if w.thread == thread and not w.read_cwd]
-        if own:
-            _quiet.asking = True  # (finding out who asked may ask again)
-            try:
-                frame = sys._getframe(1)
-                while frame is not None and frame.f_globals.get("__name__") in _PATH_HELPERS:
-                    frame = frame.f_back
-                if frame is not None and is_user_file(frame.f_code.co_filename):
-                    for watcher in own:
-                        watcher.read_cwd = True
-            finally:
-                _quiet.asking = False
+    _asked(sys._getframe(1))
     return _cwd[0]()
+
+
+def _getcwdb() -> bytes:
+    _asked(sys._getframe(1))
+    return _cwd[1]()
+
+
+def _asked(frame: Any) -> None:
+    """The working directory was asked for by ``frame``'s code: a dependency of the runs of this thread (or,
+    from a thread no step runs in, of every run it is not foreign to, as the audit hook counts it) if that
+    code, past the path helpers, is the user's, or IPython's magics run by a cell (``%pwd``)."""
+    if not _active or getattr(_quiet, "depth", 0) or getattr(_quiet, "asking", False):
+        return
+    thread = threading.get_ident()
+    runs = [w for w in ([w for w in _active if w.thread == thread] or _theirs(thread)) if not w.read_cwd]
+    if not runs:
+        return
+    _quiet.asking = True  # (finding out who asked may ask again)
+    try:
+        while frame is not None and frame.f_globals.get("__name__") in _PATH_HELPERS:
+            frame = frame.f_back
+        if frame is not None and (is_user_file(frame.f_code.co_filename)
+                                  or str(frame.f_globals.get("__name__")).startswith("IPython.core.magics")):
+            for watcher in runs:
+                watcher.read_cwd = True
+    finally:
+        _quiet.asking = False
 
 
 def watched() -> bool:

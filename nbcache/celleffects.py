@@ -16,7 +16,7 @@ import shlex
 from dataclasses import dataclass
 
 from .magiclines import (CODE_CELL_MAGICS, SHELL_CELL_MAGICS, SHELL_LINE_MAGICS, TEXT_CELL_MAGICS, cell_magic,
-                         ipython_call, string_arg)
+                         ipython_call, line_magic_code, string_arg)
 
 __all__ = ["SHELL_FUNCTIONS", "Effects", "effects_of"]
 
@@ -80,6 +80,8 @@ class _Finder(ast.NodeVisitor):
                 self._cell_magic(node)
             elif method == "run_line_magic" and first == "run" and _in_namespace(string_arg(args, 1)):
                 self.dynamic = self.dynamic or "%run -i"  # (the script runs in the notebook's namespace)
+            elif (code := line_magic_code(node)) is not None and code[1] is None:
+                self.dynamic = self.dynamic or f"%{first}"  # (its code could not be told from its options)
         func = node.func
         if (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
                 and func.attr in SHELL_FUNCTIONS.get(func.value.id, ())):
@@ -92,9 +94,17 @@ class _Finder(ast.NodeVisitor):
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         # `get_ipython().ev("x")`, `get_ipython().user_ns["x"]`: the namespace read through IPython's own API
-        if (not self.dynamic and node.attr in _NAMESPACE_READERS and isinstance(node.value, ast.Call)
-                and isinstance(node.value.func, ast.Name) and node.value.func.id == "get_ipython"):
-            self.dynamic = f"get_ipython().{node.attr}"
+        if not self.dynamic and node.attr in _NAMESPACE_READERS and isinstance(node.value, ast.Call):
+            func = node.value.func  # (`get_ipython()`, `IPython.get_ipython()`)
+            if getattr(func, "id", None) == "get_ipython" or getattr(func, "attr", None) == "get_ipython":
+                self.dynamic = f"get_ipython().{node.attr}"
+        self.generic_visit(node)
+
+    def visit_Subscript(self, node: ast.Subscript) -> None:
+        # `sys.modules["__main__"]`: the notebook's namespace, as a module
+        if (not self.dynamic and isinstance(node.value, ast.Attribute) and node.value.attr == "modules"
+                and isinstance(node.slice, ast.Constant) and node.slice.value == "__main__"):
+            self.dynamic = "sys.modules['__main__']"
         self.generic_visit(node)
 
     def _cell_magic(self, node: ast.Call) -> None:

@@ -12,7 +12,8 @@ import ast
 import re
 
 __all__ = ["CODE_CELL_MAGICS", "REPLAYED_MAGICS", "SHELL_CELL_MAGICS", "SHELL_LINE_MAGICS", "TEXT_CELL_MAGICS",
-           "cell_magic", "cell_magic_code", "expanded", "ipython_call", "line_magic", "string_arg", "timed_code"]
+           "cell_magic", "cell_magic_code", "expanded", "ipython_call", "line_magic", "line_magic_code", "string_arg",
+           "timed_code"]
 
 # Line magics whose effect lasts beyond the cell (settings of the kernel, IPython or matplotlib): a hit
 # runs them again, quietly, since the cell's body, which ran them the first time, does not run.
@@ -61,25 +62,34 @@ def timed_code(st: ast.stmt, magics: tuple[str, ...] = ("time", "prun")) -> list
     IPython passes as a string, after the magic's options (``magics``: which magics); None for any other
     statement, or for CODE that does not parse."""
     call = st.value if isinstance(st, (ast.Expr, ast.Assign)) else None
+    found = line_magic_code(call) if call is not None else None
+    return found[1] if found is not None and found[0] in magics else None
+
+
+def line_magic_code(call: ast.AST) -> tuple[str, list[ast.stmt] | None] | None:
+    """(name, statements) of ``get_ipython().run_line_magic(name, line)`` for a magic whose line ends with code
+    run in the notebook (``%time``, ``%timeit``, ``%prun``): its statements after the magic's options, or None
+    if they cannot be told (a quoted option value, code that does not parse). None for any other call."""
     if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
             and call.func.attr == "run_line_magic" and len(call.args) == 2
             and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in call.args)
-            and call.args[0].value in magics):
+            and call.args[0].value in _TAKING):
         return None
-    code = call.args[1].value
-    taking = _TAKING.get(call.args[0].value, "")
-    while code.startswith("-"):  # (options before the code: `%timeit -n1 -r1 f(x)`, `%prun -s time f(x)`)
+    name, code = call.args[0].value, call.args[1].value
+    taking = _TAKING[name]
+    while code.startswith("-") and name != "time":  # (options: `%timeit -n1 -r1 f(x)`, `%prun -s time f(x)`)
         flag, _, code = code.partition(" ")
         if flag[1:2] in taking and len(flag) == 2:
             _, _, code = code.lstrip().partition(" ")  # (its value, given apart)
         code = code.lstrip()
     try:
-        return ast.parse(code).body
-    except SyntaxError:
-        return None
+        return name, ast.parse(code).body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return name, None
 
 
-_TAKING = {"timeit": "nrp", "prun": "DlrsT"}  # the options of a magic that take a value
+# The options of a magic that take a value, as IPython reads its line (`%prun`'s -r is a flag).
+_TAKING = {"time": "", "timeit": "nrpv", "prun": "DlsT"}
 
 
 def cell_magic(node: ast.AST) -> tuple[str, str, str] | None:
@@ -108,7 +118,7 @@ def cell_magic_code(st: ast.stmt) -> list[ast.stmt] | None:
 
 # What IPython expands in a magic's line and a shell command before running it: `$name`, `$df.shape`,
 # `{expr}` (`$$` and `{{` stay as they are).
-_EXPANDED = re.compile(r"\$\$|\{\{|\$([A-Za-z_][\w.]*)|\{([^{}]+)\}")
+_EXPANDED = re.compile(r"\$\$|\{\{|\$([^\W\d][\w.]*)|\{([^{}]+)\}")  # (names of any letters: `$été`)
 _EXPANDING = {"run_line_magic": 1, "run_cell_magic": 1, "system": 0, "getoutput": 0}
 _UNEXPANDED = frozenset({"time", "timeit", "prun", "debug"})  # (their line is code: IPython leaves it as it is)
 
@@ -128,6 +138,6 @@ def expanded(st: ast.stmt) -> list[ast.expr]:
                 try:
                     found.append(ast.parse(candidate, mode="eval").body)
                     break
-                except SyntaxError:  # (IPython leaves it as it is)
+                except (SyntaxError, ValueError, RecursionError, MemoryError):  # (IPython leaves it as it is)
                     continue
     return [expr for expr in found if not isinstance(expr, ast.Constant)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import warnings
 from typing import Any, Iterator
 
@@ -68,18 +69,32 @@ def pandas_get(computing: bool = False) -> dict:
 
 @contextlib.contextmanager
 def _unshown() -> Iterator[None]:
-    """Warnings issued meanwhile are not shown, and the filters are left alone: ``catch_warnings`` resets
-    them, which makes a warning already shown once (the "default" action) show again, here on every hit."""
-    shown = warnings.showwarning
-    warnings.showwarning = _not_shown
+    """Warnings this thread issues meanwhile are not shown, and the filters are left alone: ``catch_warnings``
+    resets them, which makes a warning already shown once (the "default" action) show again, here on every
+    hit. ``warnings.showwarning`` is replaced while any thread reads (the last one puts it back)."""
+    me = threading.get_ident()
+    with _lock:
+        if not _readers:
+            _shown[0] = warnings.showwarning
+            warnings.showwarning = _not_here
+        _readers.append(me)
     try:
         yield
     finally:
-        warnings.showwarning = shown
+        with _lock:
+            _readers.remove(me)
+            if not _readers and warnings.showwarning is _not_here:
+                warnings.showwarning = _shown[0]
 
 
-def _not_shown(*args: Any, **kwargs: Any) -> None:
-    return None
+_readers: list[int] = []  # the threads reading options now
+_shown: list = [warnings.showwarning]  # what showed warnings before the first of them
+_lock = threading.Lock()
+
+
+def _not_here(*args: Any, **kwargs: Any) -> None:
+    if threading.get_ident() not in _readers:  # (another thread's warning: shown as it would be)
+        _shown[0](*args, **kwargs)
 
 
 def pandas_set(values: dict) -> None:

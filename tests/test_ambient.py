@@ -273,3 +273,46 @@ def test_when_imported_calls_back_once_the_module_has_run(tmp_path, monkeypatch)
         cancel()
         sys.modules.pop("nbcache_lazy_probe", None)
         sys.modules.pop("nbcache_lazy_other", None)
+
+
+def test_reading_pandas_options_in_two_threads_puts_showwarning_back():
+    """Each hit swapped warnings.showwarning and put back what it found: two threads interleaving left the
+    process with warnings never shown again. A thread's own warnings are not shown while it reads; another
+    thread's are."""
+    import threading
+    import warnings
+
+    from nbcache import pandasstate
+
+    before = warnings.showwarning
+    shown: list[str] = []
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def a() -> None:
+        with pandasstate._unshown():
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def b() -> None:
+        a_in.wait(5)
+        with pandasstate._unshown():
+            b_in.set()
+            a_out.wait(5)
+            warnings.showwarning("hidden", UserWarning, "x.py", 1)  # (this thread reads: not shown)
+
+    warnings.showwarning = lambda message, *args, **kwargs: shown.append(str(message))
+    try:
+        mine = warnings.showwarning
+        threads = [threading.Thread(target=a), threading.Thread(target=b)]
+        for t in threads:
+            t.start()
+        a_in.wait(5)
+        b_in.wait(5)
+        warnings.showwarning("seen", UserWarning, "x.py", 1)  # (another thread's, while they read)
+        for t in threads:
+            t.join(10)
+        assert warnings.showwarning is mine and shown == ["seen"]
+    finally:
+        warnings.showwarning = before
+

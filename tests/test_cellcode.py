@@ -247,4 +247,19 @@ def test_the_code_of_timeit_and_prun_lines_is_read():
     assert (list(profiled.reads), list(profiled.binds)) == (["g", "z"], ["y"])
     braces = analyse_cell("get_ipython().run_line_magic('time', 'd = {k: 1}')")  # (IPython expands no code line)
     assert (list(braces.reads), list(braces.binds)) == (["k"], ["d"])
+    flagged = analyse_cell("get_ipython().run_line_magic('prun', '-q -r out.append(g(x))')")  # (-r: a flag)
+    assert list(flagged.reads) == ["out", "g", "x"]
+    quoted = analyse_cell("get_ipython().run_line_magic('prun', \"-T 'a b.txt' f(x)\")")  # (not told apart)
+    assert quoted.dynamic == "%prun"
+
+
+@pytest.mark.parametrize(("source", "reads", "dynamic"), [
+    ("get_ipython().run_cell_magic('writefile', '$été', 'x')", ["été", "get_ipython"], ""),
+    ("a = IPython.get_ipython().user_ns['x']", ["IPython"], "get_ipython().user_ns"),
+    ("a = sys.modules['__main__'].__dict__['x']", ["sys"], "sys.modules['__main__']"),
+    ("get_ipython().system('echo {' + '-' * 20000 + 'n}')", ["get_ipython"], ""),  # (no parse: read as text)
+])
+def test_what_ipython_reads_for_a_cell_is_told(source, reads, dynamic):
+    code = analyse_cell(source)
+    assert (list(code.reads), code.dynamic) == (reads, dynamic)
 

@@ -628,6 +628,40 @@ def test_a_step_that_asks_for_the_working_directory_depends_on_it(cache_dir, tmp
     assert os.getcwd is real_getcwd  # (wrapped only while a run is under way)
 
 
+@pytest.mark.parametrize("asks", ["threading", "bytes"])
+def test_the_working_directory_asked_from_a_thread_of_the_step_or_as_bytes_counts(cache_dir, tmp_path, monkeypatch,
+                                                                                   asks):
+    import threading
+
+    def where():
+        if asks == "bytes":
+            return os.fsdecode(os.path.abspath(b"data"))
+        found = []
+        worker = threading.Thread(target=lambda: found.append(os.getcwd()))
+        worker.start()
+        worker.join()
+        return found[0]
+
+    step = nbcache.step(where, name=f"where_{asks}")
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    step()
+    monkeypatch.chdir(tmp_path / "b")
+    assert str(tmp_path / "b") in step()
+    assert nbcache.runs()[-1].reason == "the working directory differs from when it was cached"
+
+
+def test_pwd_in_a_cell_counts(ip, tmp_path, monkeypatch):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    run(ip, "%%step here\nhere = %pwd")
+    monkeypatch.chdir(tmp_path / "b")
+    run(ip, "%%step here\nhere = %pwd")
+    assert ip.user_ns["here"] == str(tmp_path / "b") and not last().cached
+
+
 def test_a_library_asking_for_the_working_directory_is_no_dependency(cache_dir, tmp_path, monkeypatch):
     """pandas resolving a relative path asks for it too: a copy of the project with the same file hits."""
     import pandas as pd
