@@ -18,8 +18,8 @@ from .hashing import hash_value
 from .sharing import NOT_FOLLOWED, VALUES, reach
 from .step import Step
 
-__all__ = ["HISTORY_NAMES", "IPYTHON_NAMES", "Alias", "Outputs", "deleted_names", "is_closed", "memory_size", "output_names",
-           "picklable"]
+__all__ = ["HISTORY_NAMES", "IPYTHON_NAMES", "Alias", "Outputs", "deleted_names", "is_closed", "memory_size",
+           "output_names", "picklable"]
 
 # Names IPython itself binds as cells run (_, __, _i3, _oh, ...): never a cell's outputs.
 IPYTHON_NAMES = re.compile(r"_+\d*|_i+\d*|_(oh|dh|ih|ii|iii)|In|Out|exit|quit|get_ipython")
