@@ -5,12 +5,11 @@ those that change what pandas computes (an input of every step). Read through ``
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import sys
-import threading
 import warnings
-from typing import Any, Iterator
 
+from .quietly import quietly, unshown
 from .statediff import equal
 
 __all__ = ["pandas_get", "pandas_set"]
@@ -54,54 +53,20 @@ def pandas_get(computing: bool = False) -> dict:
                 names = [n for n in names if n.startswith(_COMPUTING) and n not in no_ops]
             _pandas_names[computing] = names
     values = {}
-    with _unshown():  # reading a deprecated option warns
+    with unshown():  # (reading a deprecated one warns)
         for name in _pandas_names[computing]:
             try:
                 values[name] = pd.get_option(name)
             except Warning:  # (a filter makes its warning an error)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    values[name] = pd.get_option(name)
+                values[name] = quietly(functools.partial(pd.get_option, name))
             except Exception:  # an option removed since the names were read
                 continue
     return values
 
 
-@contextlib.contextmanager
-def _unshown() -> Iterator[None]:
-    """Warnings this thread issues meanwhile are not shown, and the filters are left alone: ``catch_warnings``
-    resets them, which makes a warning already shown once (the "default" action) show again, here on every
-    hit. ``warnings.showwarning`` is replaced while any thread reads (the last one puts it back)."""
-    me = threading.get_ident()
-    with _lock:
-        if not _readers:
-            _shown[0] = warnings.showwarning
-            warnings.showwarning = _not_here
-        _readers.append(me)
-    try:
-        yield
-    finally:
-        with _lock:
-            _readers.remove(me)
-            if not _readers and warnings.showwarning is _not_here:
-                warnings.showwarning = _shown[0]
-
-
-_readers: list[int] = []  # the threads reading options now
-_shown: list = [warnings.showwarning]  # what showed warnings before the first of them
-_lock = threading.Lock()
-
-
-def _not_here(*args: Any, **kwargs: Any) -> None:
-    if threading.get_ident() not in _readers:  # (another thread's warning: shown as it would be)
-        _shown[0](*args, **kwargs)
-
-
 def pandas_set(values: dict) -> None:
     pd = sys.modules["pandas"]
     current = pandas_get()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name, value in values.items():
-            if name in current and not equal(current[name], value):
-                pd.set_option(name, value)
+    for name, value in values.items():
+        if name in current and not equal(current[name], value):
+            quietly(functools.partial(pd.set_option, name, value))  # (a deprecated one warns)

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from .displaystate import figures_get, figures_set, precision_get, precision_set
 from .pandasstate import pandas_get, pandas_set
+from .quietly import quietly
 from .statediff import SHAPES, applied, change, equal
 
 __all__ = ["BY_NAME", "KINDS", "AmbientKind", "global_generator", "global_generator_method", "when_imported"]
@@ -116,9 +117,7 @@ def _rc_get() -> dict:
 def _rc_set(values: dict) -> None:
     rc = sys.modules["matplotlib"].rcParams
     changed = {k: v for k, v in values.items() if k in rc and not equal(dict.__getitem__(rc, k), v)}
-    with warnings.catch_warnings():  # a deprecated key stored by the first run is set back quietly
-        warnings.simplefilter("ignore")
-        rc.update(changed)
+    quietly(lambda: rc.update(changed))  # (a deprecated key stored by the first run is set back quietly)
 
 
 def _backend_get() -> Any:

@@ -282,21 +282,21 @@ def test_reading_pandas_options_in_two_threads_puts_showwarning_back():
     import threading
     import warnings
 
-    from nbcache import pandasstate
+    from nbcache import quietly
 
     before = warnings.showwarning
     shown: list[str] = []
     a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
 
     def a() -> None:
-        with pandasstate._unshown():
+        with quietly.unshown():
             a_in.set()
             b_in.wait(5)
         a_out.set()
 
     def b() -> None:
         a_in.wait(5)
-        with pandasstate._unshown():
+        with quietly.unshown():
             b_in.set()
             a_out.wait(5)
             warnings.showwarning("hidden", UserWarning, "x.py", 1)  # (this thread reads: not shown)

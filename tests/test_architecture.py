@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nbcache"
 # Lowest first: a module may import from its own layer and the layers before it, never from a later one.
 LAYERS: list[tuple[str, set[str]]] = [
     ("values", {"errors", "forksafe", "hash_core", "hash_reduce", "hash_base", "_hashing_numpy", "_hashing_pandas",
-                "_hashing_matplotlib", "_hashing_scipy", "displaystate", "pandasstate", "statekinds", "statediff", "sharing"}),
+                "_hashing_matplotlib", "_hashing_scipy", "quietly", "displaystate", "pandasstate", "statekinds", "statediff", "sharing"}),
     ("code", {"fingerprint_source", "fingerprint_code", "fingerprint_given", "fingerprint_handlers", "fingerprint", "hashing",
               "ambient", "cellflow", "celleffects", "magiclines", "cellcode", "checks", "audit", "observe"}),
     ("key", {"key"}),
