@@ -49,7 +49,7 @@ RAN_ON: contextvars.ContextVar[OnWorker | None] = contextvars.ContextVar("nbcach
 
 # AmbientKind, KINDS, equal and the global generators are defined in statekinds.py and statediff.py; the
 # modules that keep or restore ambient state import them from here
-__all__ = ["KINDS", "AmbientKind", "Snapshot", "apply", "equal", "global_generator", "global_generator_method",
+__all__ = ["BY_NAME", "KINDS", "AmbientKind", "Snapshot", "apply", "equal", "global_generator", "global_generator_method",
            "setting_digest", "setting_hash", "snapshot", "state_hash", "when_imported"]
 
 
@@ -110,19 +110,23 @@ def state_hash(name: str, value: Any = SAME) -> str | None:
 
 
 def setting_hash(name: str, key: Any) -> str:
-    """The hash of one setting of a mapping kind now (an environment variable, a pandas option)."""
+    """The hash of one setting of a mapping kind now (an environment variable, a pandas option), or of the
+    part of a kind that changes what code computes (``key``: what its ``computing`` calls it)."""
     kind = BY_NAME.get(name)
     if kind is None or not kind.active():
         return "none"
     try:
-        return setting_digest(kind.get(), key)
+        return setting_digest(kind.get(), key, kind)
     except Exception:
         return "?"
 
 
-def setting_digest(mapping: dict, key: Any) -> str:
-    """The hash of one setting's value in a mapping state; ``none`` for a setting that is not there."""
-    return _digest(mapping[key]) if key in mapping else "none"
+def setting_digest(state: Any, key: Any, kind: AmbientKind | None = None) -> str:
+    """The hash of one setting's value in a mapping state (``none`` for a setting that is not there), or of
+    the part of ``kind``'s state that ``key`` names (its ``computing``)."""
+    if kind is not None and kind.computing is not None and key == kind.computing[0]:
+        return _digest(kind.computing[1](state))
+    return _digest(state[key]) if key in state else "none"
 
 
 def _digest(value: Any, unordered: bool = False) -> str:

@@ -131,7 +131,11 @@ class Check(NamedTuple):
         now = ambient.state_hash(name) if not key else ambient.setting_hash(name, key)
         if (now or NONE) in (before, after):  # as it started, or as it left it (run again in a kernel)
             return None
-        what = (name[:-1] if name.endswith("s") else name) + f" {key}" if key else name
+        kind = ambient.BY_NAME.get(name)
+        if kind is not None and kind.computing is not None and key == kind.computing[0]:
+            what = f"{name} {key}"  # (the warnings filters that decide whether a warning raises)
+        else:
+            what = (name[:-1] if name.endswith("s") else name) + f" {key}" if key else name
         plural = what.endswith("s")
         return f"the {what} {'differ' if plural else 'differs'} from when it was cached"
 

@@ -204,7 +204,7 @@ class Observer:
         """The process-wide state the run depends on: for a cell, every setting that changes how its output
         looks (display options, rc settings, warnings filters), as it started; for any step, the settings
         that change what code computes (the scikit-learn config, numpy's error handling, pandas' ``future.``
-        options) while their library is imported, the settings it changed (``os.environ["PATH"] += ...``
+        options, the warnings filters that make a warning an error) while their library is imported, the settings it changed (``os.environ["PATH"] += ...``
         depends on what PATH was) and the folder it moved from. Each holds when the state is as the run found
         it, or as it left it (the step run again in the same kernel)."""
         assert self.before is not None and self.after is not None
@@ -219,6 +219,10 @@ class Observer:
             if whole:
                 digests = [NONE if v is _ABSENT else ambient.state_hash(name, v) or UNHASHABLE for v in (before, after)]
                 found.append(Check("state", name, "|".join(digests)))
+            elif kind.computing is not None and seen:  # (the warnings filters up to one set to "error")
+                digests = [NONE if v is _ABSENT else ambient.setting_digest(v, kind.computing[0], kind)
+                           for v in (before, after)]
+                found.append(Check("setting", f"{name}\t{kind.computing[0]}", "|".join(digests)))
             elif kind.shape == "mapping" and before is not _ABSENT and after is not _ABSENT:
                 for key in sorted({*before, *after}, key=str):
                     if not ambient.equal(before.get(key, _ABSENT), after.get(key, _ABSENT)):

@@ -46,6 +46,8 @@ class AmbientKind:
     #                       "sequence" (entries added or moved in front, appended, and removed)
     renders: bool = False  # it changes how a cell's output looks (display options, rc settings, warnings)
     computes: bool = False  # it changes what code computes (types, values, raising): an input of every step
+    computing: tuple[str, Callable[[Any], Any]] | None = None  # of a kind that only renders: the part of its
+    #   state that changes what code computes (what reasons call it, and how it is taken), an input of every step
     unordered: bool = False  # as an input, which entries it holds counts, not their order
     rng: bool = False  # a global random generator: a step that draws from it depends on its state
     seed: tuple[str, str] | None = None  # (module, attribute) of the function that seeds it
@@ -159,6 +161,13 @@ def _warnings_set(filters: list) -> None:
         warnings.filters.pop()
 
 
+def _raising_filters(filters: list) -> list:
+    """The filters up to the last one set to ``"error"``: those that decide whether a warning raises (one set
+    to ``"ignore"`` in front of it keeps a warning from raising); none when no filter is set to error."""
+    last = max((i for i, entry in enumerate(filters) if entry[0] == "error"), default=-1)
+    return filters[: last + 1]
+
+
 class _FiltersChanged(Warning):
     """Never issued: its filter is how ``_warnings_set`` marks the filters as changed."""
 
@@ -204,7 +213,7 @@ KINDS: tuple[AmbientKind, ...] = (
                 shape="mapping", computes=True),
     AmbientKind("scikit-learn config", "sklearn", _sklearn_get, _sklearn_set, shape="mapping", computes=True),
     AmbientKind("warnings filters", "warnings", _warnings_get, _warnings_set, shape="sequence", renders=True,
-                unordered=True),
+                unordered=True, computing=("that decide whether a warning raises", _raising_filters)),
     AmbientKind("environment variables", "os", _environ_get, _environ_set, shape="mapping"),
     AmbientKind("working directory", "os", os.getcwd, _cwd_set),
     AmbientKind("sys.path", "sys", _sys_path_get, _sys_path_set, shape="sequence"),

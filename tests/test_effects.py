@@ -535,6 +535,29 @@ def test_settings_that_change_what_code_computes_are_inputs_of_every_step(cache_
         ratio(zero, zero)
 
 
+def test_a_warnings_filter_set_to_error_is_an_input_of_every_step(cache_dir):
+    """Under ``simplefilter("error")`` the step's warning raises: a result cached without that filter is not
+    served. An ``"ignore"`` filter in front of the error one keeps the warning from raising: it counts too."""
+
+    @nbcache.step
+    def doubled(x):
+        warnings.warn("x is big", UserWarning)
+        return x * 2
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert doubled(21) == 42
+        assert doubled(21) == 42 and nbcache.runs()[-1].cached  # ("ignore" is how it looks, not what it computes)
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="x is big"):
+            doubled(21)
+        assert nbcache.runs()[-1].reason == ("the warnings filters that decide whether a warning raises differ"
+                                             " from when it was cached")
+        warnings.simplefilter("ignore", UserWarning)  # (in front of "error": it does not raise)
+        assert doubled(21) == 42 and not nbcache.runs()[-1].cached
+        assert doubled(21) == 42 and nbcache.runs()[-1].cached
+
+
 def test_a_hit_leaves_the_warning_filters_alone(cache_dir, tmp_path):
     """Reading pandas' options on a hit went through catch_warnings, which resets what was shown: a warning
     of the "default" action, shown once per place, showed again after every hit."""
