@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .displaystate import figures_get, figures_set, precision_get, precision_set
+from .errors import CacheWarning
 from .pandasstate import pandas_get, pandas_set
 from .quietly import quietly
 from .statediff import SHAPES, applied, change, equal
@@ -47,7 +48,8 @@ class AmbientKind:
     renders: bool = False  # it changes how a cell's output looks (display options, rc settings, warnings)
     computes: bool = False  # it changes what code computes (types, values, raising): an input of every step
     computing: tuple[str, Callable[[Any], Any]] | None = None  # of a kind that only renders: the part of its
-    #   state that changes what code computes (what reasons call it, and how it is taken), an input of every step
+    #   state that changes what code computes (what reasons call it, and how it is taken), an input of every
+    #   step; where that part is empty, a step computes as it did under any (its check holds)
     unordered: bool = False  # as an input, which entries it holds counts, not their order
     rng: bool = False  # a global random generator: a step that draws from it depends on its state
     seed: tuple[str, str] | None = None  # (module, attribute) of the function that seeds it
@@ -162,10 +164,22 @@ def _warnings_set(filters: list) -> None:
 
 
 def _raising_filters(filters: list) -> list:
-    """The filters up to the last one set to ``"error"``: those that decide whether a warning raises (one set
-    to ``"ignore"`` in front of it keeps a warning from raising); none when no filter is set to error."""
-    last = max((i for i, entry in enumerate(filters) if entry[0] == "error"), default=-1)
-    return filters[: last + 1]
+    """The filters up to the last one set to ``"error"`` that a warning can reach: those that decide whether
+    a warning raises (one in front of it, ``"ignore"`` or ``"always"``, keeps a warning from raising). None
+    when no warning can raise: no filter is set to error, or one that takes every warning comes first
+    (``catch_warnings()`` then ``simplefilter("ignore")``, as ``pytest.warns`` does). ``computing``: an
+    empty part always holds (nothing can raise, so a result cached where a warning did not raise is what
+    the step gives)."""
+    reach = []
+    for entry in filters:
+        action, message, category, module, line = entry
+        if action == "error" and isinstance(category, type) and issubclass(category, CacheWarning):
+            continue  # (nbcache's own warnings, not the step's: what a step computes never depends on them)
+        reach.append(entry)
+        if message is None and category is Warning and module is None and not line:  # (it takes them all)
+            break
+    last = max((i for i, entry in enumerate(reach) if entry[0] == "error"), default=-1)
+    return reach[: last + 1]
 
 
 class _FiltersChanged(Warning):
