@@ -214,6 +214,10 @@ class StepCall(Serving, Keeping):
 
     def _put(self, frames: list[Frame], names: tuple[str, ...], addresses: tuple[str, ...], *, kind: str,
              duration_s: float, sizes: dict[str, int] | None = None, **fields: Any) -> None:
+        if self.carried_from and (problem := self.cache.verifier.confirm(self.carried_from)) is not None:
+            self.trouble(f"its result may be wrong and was not stored: an array it was given, served from the"
+                         f" cache, was found damaged ({problem})", uncached=True)
+            return
         try:
             # A blob is named by content and by its exact bytes: values that hash alike but differ in what
             # hashing ignores (dict order, DataFrame.attrs) are never served for one another.

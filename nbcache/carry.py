@@ -42,7 +42,7 @@ class Carried:
     def __init__(self, address: str, identity: tuple[int, int, int], ref: weakref.ref, layout: tuple,
                  region: tuple[int, int]) -> None:
         self.address = address
-        self.identity = identity  # the file it is mapped from (device, inode, mtime)
+        self.identity = identity  # the file it is mapped from (device, inode, ctime)
         self.ref = ref
         self.layout = layout  # (data pointer, shape, strides, dtype)
         self.region = region  # (start, length) of its memory

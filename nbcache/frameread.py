@@ -43,7 +43,7 @@ class Unchecked:
     def __init__(self, fd: int, name: str, rows: tuple[tuple[int, int, bytes], ...],
                  identity: tuple[int, int, int] = (0, 0, 0)) -> None:
         self.fd, self.name, self.rows = fd, name, rows
-        self.identity = identity  # (device, inode, mtime): which file it was
+        self.identity = identity  # (device, inode, ctime): which file it was, as last changed
 
     def check(self) -> str | None:
         """What is wrong with the buffers (None: every digest matches)."""
@@ -236,7 +236,7 @@ def _map(f: Any, table: list[tuple[int, bytes]], offsets: list[int],
     buffers = [view[offset:offset + n] for (n, _), offset in zip(table, offsets)]
     st = os.fstat(fd)
     rows = tuple((offset, n, digest) for (n, digest), offset in zip(table, offsets))
-    return buffers, Unchecked(os.dup(fd), name, rows, (st.st_dev, st.st_ino, st.st_mtime_ns))
+    return buffers, Unchecked(os.dup(fd), name, rows, (st.st_dev, st.st_ino, st.st_ctime_ns))
 
 
 def _read_buffers(f: Any, table: list[tuple[int, bytes]], offsets: list[int]) -> list[Any]:

@@ -8,13 +8,20 @@ per process (a file already found intact is not read again). If a digest does no
 bit, or something wrote into the file), the step's result is removed from the cache with a warning that
 says the value it served may be wrong: the next run recomputes it. ``NBCACHE_VERIFY=eager`` checks every
 buffer before a hit returns instead (a hit then reads the whole value, as ``np.load`` would).
+
+A result computed from a mapped array passed on unchanged is keyed on the array's carried address
+(``carry.py``), the address of the intact value: before it is stored, the files it was computed from are
+checked at once if they were not yet (``confirm``), so that a result computed from damaged buffers is never
+filed under the intact value's key, even by a process that ends before its background check would run.
+A file is known intact by its device, inode and change time (which any write to it moves on).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 from .background import Worker, exiting
 from .errors import warn
@@ -42,8 +49,10 @@ class Verifier:
 
     def __init__(self, worker: Worker | None = None) -> None:
         self.worker = worker or Worker("nbcache-verify")
-        self._intact: set[tuple[int, int, int]] = set()  # files found intact, by (device, inode, mtime)
+        self._intact: set[tuple[int, int, int]] = set()  # files found intact, by (device, inode, ctime)
         self._held: list[tuple[Unchecked, Callable[[str], None]]] = []
+        self._pending: dict[int, tuple[Unchecked, Callable[[str], None]]] = {}  # by id: not yet checked
+        self._lock = threading.Lock()  # (one thread takes a pending check: ``check`` closes the descriptor)
 
     def submit(self, unchecked: Unchecked, on_damage: Callable[[str], None], *, hold: bool = False) -> None:
         """Check ``unchecked`` soon (not at all if its file was found intact before); ``hold``: once
@@ -51,7 +60,10 @@ class Verifier:
         while its next value loads)."""
         if unchecked.identity in self._intact:
             unchecked.close()
-        elif hold:
+            return
+        with self._lock:
+            self._pending[id(unchecked)] = (unchecked, on_damage)
+        if hold:
             self._held.append((unchecked, on_damage))
         else:
             self.worker.submit(lambda: self._check(unchecked, on_damage))
@@ -60,7 +72,41 @@ class Verifier:
         """Forget what was held (the hit that loaded it failed: nothing was served)."""
         held, self._held = self._held, []
         for unchecked, _ in held:
+            self._take(unchecked)
             unchecked.close()
+
+    def confirm(self, identities: Iterable[tuple[int, int, int]]) -> str | None:
+        """Check now the files ``identities`` not yet found intact (their checks still pending are taken
+        from the background); what is wrong with the first that is damaged (its ``on_damage`` called), or
+        None if all are intact."""
+        wanted = set(identities) - self._intact
+        if not wanted:
+            return None
+        with self._lock:
+            taken = [(u, d) for u, d in self._pending.values() if u.identity in wanted]
+            for unchecked, _ in taken:
+                del self._pending[id(unchecked)]
+        found = None
+        for unchecked, on_damage in taken:
+            problem = self._outcome(unchecked, on_damage)
+            found = found or problem
+        return found
+
+    def _take(self, unchecked: Unchecked) -> bool:
+        """Whether this thread is the one to check ``unchecked`` (no other took it)."""
+        with self._lock:
+            return self._pending.pop(id(unchecked), None) is not None
+
+    def _outcome(self, unchecked: Unchecked, on_damage: Callable[[str], None]) -> str | None:
+        if unchecked.identity in self._intact:
+            unchecked.close()
+            return None
+        problem = unchecked.check()
+        if problem is None:
+            self._intact.add(unchecked.identity)
+        else:
+            on_damage(problem)
+        return problem
 
     def release(self) -> None:
         """Check what was held, from ``DELAY_S`` on: a check reads a whole file on another thread, and
@@ -77,11 +123,9 @@ class Verifier:
 
     def _check(self, unchecked: Unchecked, on_damage: Callable[[str], None], not_before: float = 0.0) -> None:
         time.sleep(max(0.0, not_before - time.monotonic()))
-        if unchecked.identity in self._intact or exiting():  # (checked before, or no time left to)
+        if not self._take(unchecked):  # (checked meanwhile by ``confirm``)
+            return
+        if exiting():  # (no time left to)
             unchecked.close()
             return
-        problem = unchecked.check()
-        if problem is None:
-            self._intact.add(unchecked.identity)
-        else:
-            on_damage(problem)
+        self._outcome(unchecked, on_damage)
