@@ -20,7 +20,7 @@ import sysconfig
 import threading
 from typing import Any, Callable, Protocol
 
-from .checks import Check
+from .checks import NO_FILE, Check, file_digest
 from .fingerprint import is_user_code
 from .fingerprint_source import is_user_file
 
@@ -34,6 +34,7 @@ class Watcher(Protocol):
     namespace: dict | None  # the notebook's variables: names an eval'd string reads among them are noted
     read: dict[str, None]  # absolute paths of files opened for reading
     wrote: dict[str, None]  # ... opened for writing
+    prior: dict[str, str]  # ... opened for writing after a read, or to be changed (appended to): as found
     made: dict[str, None]  # folders created
     listed: dict[str, None]  # folders listed
     evaluated: dict[str, None]  # notebook variables an eval'd or exec'd string reads
@@ -188,8 +189,14 @@ def _on_open(watcher: Watcher, args: tuple) -> None:
         reads = "r" in mode or "+" in mode
         writes = any(c in mode for c in "wax+")
     if writes:
+        # what the file held before: a run that reads it, then writes it (``n = int(open(p).read())``, then
+        # ``open(p, "w")``), or appends to it and reads it back, depends on it
+        keeps = ("w" not in mode) if mode is not None else not flags & os.O_TRUNC
+        if path not in watcher.prior and (path in watcher.read or keeps):
+            with unobserved:
+                watcher.prior[path] = file_digest(path) if os.path.isfile(path) else NO_FILE
         watcher.wrote.setdefault(path)
-    elif reads and path not in watcher.wrote:
+    if reads:  # (a file read that the run wrote first is its own output: observe.py counts it only then)
         watcher.read.setdefault(path)
 
 

@@ -21,7 +21,7 @@ import xxhash
 from . import ambient
 from .hashing import hash_value
 
-__all__ = ["KINDS", "UNHASHABLE", "Check", "checks_from_json", "file_digest", "first_failure", "listing_digest",
+__all__ = ["KINDS", "NO_FILE", "UNHASHABLE", "Check", "checks_from_json", "file_digest", "first_failure", "listing_digest",
            "stat_of"]
 
 KINDS = frozenset({"file", "wrote", "made", "folder", "state", "setting", "random", "variable"})
@@ -31,6 +31,7 @@ _PAIRED_KINDS = frozenset({"state", "setting"})  # digests "before|after": the s
 
 UNHASHABLE = "?"  # the digest of a variable or state that could not be hashed: the check never holds
 NONE = "none"  # the digest of a state whose library was not imported
+NO_FILE = "no file"  # the digest of a file that was not there (one a run appended to, and read, made)
 _ABSENT = object()
 _HASH_CHUNK = 8 << 20
 
@@ -116,7 +117,7 @@ class Check(NamedTuple):
         try:
             st = os.stat(self.target)
         except OSError:
-            return f"{what} was removed"
+            return None if self.digest == NO_FILE else f"{what} was removed"
         if not stat.S_ISREG(st.st_mode):  # a device or a pipe now: never read one to compare it
             return f"{what} is no longer a regular file"
         if trust_stat and self.stat is not None and stat_of(st) == self.stat:

@@ -70,6 +70,8 @@ class Observer:
     start: str = field(default_factory=os.getcwd)  # the working directory the run started in
     read: dict[str, None] = field(default_factory=dict)
     wrote: dict[str, None] = field(default_factory=dict)
+    prior: dict[str, str] = field(default_factory=dict)  # files it wrote after reading them (or appended
+    #                                                       to): their content's digests as it found them
     made: dict[str, None] = field(default_factory=dict)  # folders it created
     commands: dict[str, None] = field(default_factory=dict)  # programs its own code started
     listed: dict[str, None] = field(default_factory=dict)
@@ -173,6 +175,9 @@ class Observer:
         for path in self.wrote:
             if _is_data_file(path, self.cache_dir) and os.path.isfile(path):
                 found.append(self._file_check("wrote", path))
+        for path, digest in self.prior.items():  # read and written: it read what the file held before
+            if path in self.read and _is_data_path(path, self.cache_dir):
+                found.append(Check("file", self._stored_path(path), digest))
         for path in self.made:
             if _is_data_path(path, self.cache_dir) and os.path.isdir(path):
                 found.append(Check("made", self._stored_path(path), "folder"))

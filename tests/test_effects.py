@@ -234,6 +234,25 @@ def test_a_file_another_cell_wrote_and_this_one_reads(ip, tmp_path):
     assert (last().reason, ip.user_ns["text"]) == ("file out.txt changed", "two")
 
 
+def test_a_cell_that_reads_a_file_then_writes_it_depends_on_what_it_read(ip, tmp_path):
+    """A counter file read and written back, and rows appended then read back: without nbcache every run
+    reads what the last one wrote. A hit would give the first run's ``n`` and leave the file as it was."""
+    (tmp_path / "count.txt").write_text("0")
+    counter = "%%step\nn = int(open('count.txt').read())\nopen('count.txt', 'w').write(str(n + 1))"
+    appender = "%%step\nwith open('rows.csv', 'a') as f:\n    f.write('r\\n')\nrows = len(open('rows.csv').read().split())"
+    logger = "%%step\nwith open('log.txt', 'a') as f:\n    f.write('ran\\n')\ndone = True"
+    for expected in (0, 1, 2):
+        run(ip, counter)
+        assert ip.user_ns["n"] == expected and (tmp_path / "count.txt").read_text() == str(expected + 1)
+    assert last().reason == "file count.txt changed"
+    for expected in (1, 2):
+        run(ip, appender)
+        assert ip.user_ns["rows"] == expected and not last().cached
+    run(ip, logger)
+    run(ip, logger)  # (appended to, never read: a file it wrote, there as it left it)
+    assert last().cached and (tmp_path / "log.txt").read_text() == "ran\n"
+
+
 def test_a_folder_listed_is_checked_for_new_and_removed_files(ip, tmp_path):
     (tmp_path / "parts").mkdir()
     (tmp_path / "parts" / "a.txt").write_text("1")
