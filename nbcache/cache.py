@@ -14,7 +14,7 @@ import os
 import threading
 import types
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from .audit import unobserved
 from .carry import Carry
@@ -222,9 +222,9 @@ class Cache:
         return open_disk_store(directory)
 
     # values
-    def frame(self, value: Any, by_value: set[int] = frozenset()) -> Frame:
+    def frame(self, value: Any, by_value: set[int] = frozenset(), live: Mapping[int, str] | None = None) -> Frame:
         """``value`` serialized against this cache's notebook; raises ``Unpicklable``."""
-        return Frame(value, notebook=self.notebook, by_value=by_value, key=self.key)
+        return Frame(value, notebook=self.notebook, by_value=by_value, key=self.key, live=live)
 
     def put(self, store: Store, address: str, frame: Frame) -> None:
         """Store ``frame`` at ``address``, signed with this cache's key and that name (copied under another, it

@@ -15,7 +15,7 @@ import contextlib
 import os
 import time
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from . import ambient
 from .audit import unobserved, watched
@@ -202,11 +202,12 @@ class StepCall(Serving, Keeping):
         return addresses
 
     def save_payload(self, payload: Any, addresses: tuple[str, ...], *, duration_s: float, sizes: dict[str, int],
-                     by_value: set[int] = frozenset()) -> None:
+                     by_value: set[int] = frozenset(), live: Mapping[int, str] | None = None) -> None:
         """Store ``payload`` whole (one pickle keeps the identity of objects shared inside it), recording
-        ``addresses`` as the content addresses of the outputs and ``sizes`` as theirs. Raises ``Unpicklable``."""
+        ``addresses`` as the content addresses of the outputs and ``sizes`` as theirs; the objects in ``live``
+        as references to the notebook's variables (``pickler.py``). Raises ``Unpicklable``."""
         self.doing = "pickling its result"
-        frame = self.cache.frame(payload, by_value=by_value)
+        frame = self.cache.frame(payload, by_value=by_value, live=live)
         self.doing = "storing its result"
         # named by its outputs' content; by all its bytes if one has no hash (a dict view: its address is "")
         name = hash_value(addresses) if all(addresses) else f"bytes-{frame.checksum().hex()}"

@@ -251,7 +251,7 @@ class CellCall(StepCall):
               duration: float) -> None:
         """Store what the cell bound (when ``store``) and record the run."""
         ns = self.shell.user_ns
-        names, _, aliases = self._outputs(before)
+        names, _, aliases, live = self._outputs(before)
         values = [ns[name] for name in names]
         addresses = addresses_of(values)
         variables = {name: aliases.get(name, ns[name]) for name in names}
@@ -277,9 +277,10 @@ class CellCall(StepCall):
                         and id(v) not in before.values()}
         try:
             sizes = {a: memory_size(v) for a, v in zip(addresses, values) if a}
-            self.save_payload(payload, addresses, duration_s=duration, sizes=sizes, by_value=defined_here)
+            self.save_payload(payload, addresses, duration_s=duration, sizes=sizes, by_value=defined_here, live=live)
         except Unpicklable as exc:
-            what = next((f"variable {n!r}" for n, v in variables.items() if not picklable(v, defined_here, self.cache.notebook)),
+            what = next((f"variable {n!r}" for n, v in variables.items()
+                         if not picklable(v, defined_here, self.cache.notebook, live)),
                         "its output")
             self.trouble(f"{what} cannot be pickled ({exc.reason})", uncached=True)
             reason = self._not_stored(reason, f"{what} cannot be pickled")

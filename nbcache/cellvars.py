@@ -48,11 +48,14 @@ class Alias(NamedTuple):
 
 class Outputs(NamedTuple):
     """What a cell's run leaves: the variables stored (``names``), the names ``--outputs`` gave that it did
-    not define (``missing``), and the outputs stored as an ``Alias`` of an input (``aliases``)."""
+    not define (``missing``), the outputs stored as an ``Alias`` of an input (``aliases``), and the inputs
+    the run left unchanged, by the ids of their objects (``live``): an output holding one holds the live
+    object after a hit (``models = {"lr": lr}``: ``pickler.py``)."""
 
     names: list[str]
     missing: list[str]
     aliases: dict[str, Alias]
+    live: dict[int, str] = {}
 
 
 def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Sequence[str],
@@ -93,13 +96,13 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
                 unchanged.append(name)
         except Exception:
             pass
-    if not any(not isinstance(ns[n], _NOT_SHARED) for n in names):
-        return Outputs(names, [], {})  # (no object another variable could share)
     live = {id(ns[n]): n for n in reversed(unchanged) if not isinstance(ns[n], VALUES)}
+    if not any(not isinstance(ns[n], _NOT_SHARED) for n in names):
+        return Outputs(names, [], {}, live)  # (no object another variable could share)
     aliases = {n: Alias(live[id(ns[n])]) for n in names if id(ns[n]) in live}
     held = _reach([ns[n] for n in unchanged], HOLD_LIMIT * len(unchanged))  # (live on a hit, as they are)
     names += aliases_of(ns, names, held)
-    return Outputs(names + holders_of(ns, names, held, existed=set(before.values())), [], aliases)
+    return Outputs(names + holders_of(ns, names, held, existed=set(before.values())), [], aliases, live)
 
 
 def aliases_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = frozenset()) -> list[str]:
@@ -186,11 +189,12 @@ def memory_size(value: Any, depth: int = 3, seen: set[int] | None = None) -> int
     return size
 
 
-def picklable(value: Any, by_value: set[int], notebook: types.ModuleType | None = None) -> bool:
+def picklable(value: Any, by_value: set[int], notebook: types.ModuleType | None = None,
+              live: Mapping[int, str] | None = None) -> bool:
     """Whether ``value`` can be stored (``by_value``: ids of the functions and classes pickled by value;
-    ``notebook``: the module the notebook's cells run in)."""
+    ``notebook``: the module the notebook's cells run in; ``live``: objects stored as references)."""
     try:
-        Frame(value, notebook=notebook, by_value=by_value)
+        Frame(value, notebook=notebook, by_value=by_value, live=live)
         return True
     except Unpicklable:
         return False

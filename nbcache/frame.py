@@ -18,7 +18,7 @@ import io
 import os
 import struct
 import types
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import xxhash
 
@@ -35,18 +35,20 @@ class Frame:
     """A serialized value, laid out as ``frameformat.py`` says: head, buffer rows, pickle, aligned buffers.
 
     ``notebook`` is the module the notebook's cells run in (``None``: ``__main__``); ``by_value`` the ids
-    of the notebook's classes and functions to store by value rather than by name; ``key`` signs the frame
-    when it is written.
+    of the notebook's classes and functions to store by value rather than by name; ``live`` the ids of
+    objects stored as references to the notebook variables they are the values of (``pickler.py``); ``key``
+    signs the frame when it is written.
     """
 
     __slots__ = ("pickled", "buffers", "nbytes", "key", "name", "_digests", "_offsets")
 
     def __init__(self, value: Any, *, notebook: types.ModuleType | None = None,
-                 by_value: set[int] = frozenset(), key: bytes | None = None) -> None:
+                 by_value: set[int] = frozenset(), key: bytes | None = None, live: Mapping[int, str] | None = None,
+                 ) -> None:
         buffers: list = []
         out = io.BytesIO()
         try:
-            NotebookPickler(out, notebook=notebook, by_value=by_value, protocol=5,
+            NotebookPickler(out, notebook=notebook, by_value=by_value, live=live, protocol=5,
                             buffer_callback=buffers.append).dump(value)
         except Exception as exc:
             raise Unpicklable(f"{type(value).__module__}.{type(value).__qualname__}: {exc}", str(exc)) from None

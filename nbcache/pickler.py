@@ -14,7 +14,7 @@ import marshal
 import pickle
 import sys
 import types
-from typing import Any
+from typing import Any, Mapping
 
 from .ambient import global_generator, global_generator_method
 
@@ -42,10 +42,10 @@ def main_attribute(notebook: types.ModuleType | None, qualname: str, default: An
 
 
 def NotebookPickler(file: Any, *, notebook: types.ModuleType | None, by_value: set[int] = frozenset(),  # noqa: N802
-                    **kwargs: Any) -> pickle.Pickler:
+                    live: Mapping[int, str] | None = None, **kwargs: Any) -> pickle.Pickler:
     """A pickler of values of ``notebook`` (see ``_pickler_class``); cloudpickle is imported on the first
     value stored, not by ``import nbcache`` (a hit never needs it)."""
-    return _pickler_class()(file, notebook=notebook, by_value=by_value, **kwargs)
+    return _pickler_class()(file, notebook=notebook, by_value=by_value, live=live, **kwargs)
 
 
 @functools.cache
@@ -64,10 +64,15 @@ def _pickler_class() -> type:
         - A function whose globals are the notebook's is stored as its code (see ``_reduce_notebook_function``).
         - An ``lru_cache`` function of the notebook is stored by value (by name it is undefined after a restart),
           and a method of a global random generator (``from numpy.random import rand``) by reference.
+        - An object in ``live`` (by id: the notebook variable it is the value of) is stored as a reference to
+          that variable, and loads as the variable's value then: ``models = {"lr": lr}`` holds the live
+          ``lr`` after a hit, as after the run (``lr`` is an input of the cell, its content in the key).
         """
 
         def __init__(self, file: Any, *, notebook: types.ModuleType | None, by_value: set[int] = frozenset(),
-                     **kwargs: Any) -> None:
+                     live: Mapping[int, str] | None = None, **kwargs: Any) -> None:
+            if live:  # (asked of every object pickled, so only when there are some: pickle looks at __init__)
+                self.persistent_id = lambda obj: (LIVE, live[id(obj)]) if id(obj) in live else None
             super().__init__(file, **kwargs)
             self._by_value = by_value
             self._module = notebook
@@ -116,6 +121,14 @@ class NotebookUnpickler(pickle.Unpickler):
         super().__init__(file, buffers=buffers)
         self._module = notebook
 
+    def persistent_load(self, pid: Any) -> Any:
+        if type(pid) is tuple and len(pid) == 2 and pid[0] == LIVE:
+            variables = notebook_globals(self._module)
+            if pid[1] in variables:
+                return variables[pid[1]]
+            raise pickle.UnpicklingError(f"it holds the notebook's variable {pid[1]!r}, which is not defined")
+        raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+
     def find_class(self, module: str, name: str) -> Any:
         if module in _LOADER_MODULES:
             if name == "_make_notebook_function":
@@ -128,6 +141,7 @@ class NotebookUnpickler(pickle.Unpickler):
 
 
 _LOADER_MODULES = frozenset({__name__, "nbcache.store"})
+LIVE = "nbcache.live"  # the persistent id of a reference to a notebook variable: (LIVE, its name)
 _LRU = type(functools.lru_cache(lambda: None))
 
 

@@ -594,6 +594,27 @@ def test_objects_held_inside_what_a_cell_changes_or_holding_it_stay_one_graph_af
     assert ns["lr"] is ns["models"]["lr"] and ns["models"]["lr"].coef_ == 7
 
 
+def test_an_output_holding_an_unchanged_input_holds_the_live_object_after_a_hit(ip):
+    """``models = {"lr": lr}`` in a cell of its own, then an upstream edit: the cell that fits the models runs
+    again, the ``models`` cell is a hit. Without nbcache ``models["lr"] is lr``, so fitting through the dict
+    fits ``lr``; the hit must hold the live ``lr`` too, not a copy that the fit would go to."""
+    cells = ["%%step\nclass Est:\n    def fit(self, x):\n        self.coef_ = sum(x)\n        return self",
+             "%%step\nX = [1, 2]", "%%step\nlr, cfg = Est(), {'C': 1.0}",
+             "%%step\nmodels = {'lr': lr}\npair = (models, cfg)",
+             "%%step\nfor m in models.values():\n    m.fit(X)"]
+    for cell in cells:
+        run(ip, cell)
+    for name in ("Est", "X", "lr", "cfg", "models", "pair"):  # (a new kernel)
+        del ip.user_ns[name]
+    cells[1] = "%%step\nX = [3, 4]"  # (the upstream edit)
+    for cell in cells:
+        run(ip, cell)
+    assert [r.cached for r in nbcache.runs()[-5:]] == [True, False, True, True, False]
+    ns = ip.user_ns
+    assert ns["models"]["lr"] is ns["lr"] and ns["pair"][1] is ns["cfg"] and ns["pair"][0] is ns["models"]
+    assert ns["lr"].coef_ == 7
+
+
 def test_an_array_changed_through_a_view_is_changed_after_hits_too(ip):
     """``X_train = X[:3]`` is a view of X's memory: ``X_train -= 1`` changes X too, and a hit does so."""
     cells = ["%%step\nimport numpy as np\nX = np.arange(6.0)", "%%step\nX_train, X_test = X[:3], X[3:]",
