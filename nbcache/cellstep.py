@@ -36,10 +36,13 @@ from .errors import warn as _warn
 from .fingerprint import imported_module
 from .frame import Unpicklable
 from .hashing import hash_value
+from .pickler import Ahead
 from .records import describe_error, format_seconds
 from .store import Store
 
 __all__ = ["Analysed", "CellCall", "CellUsageError", "StepCellFailed", "ends_with_semicolon"]
+
+AHEAD = ("sys.path",)  # the state a hit makes as it loads the variables, before them: where their modules are
 
 
 class StepCellFailed(Exception):
@@ -268,11 +271,14 @@ class CellCall(StepCall):
             return
         deleted = deleted_names(ns, before)
         assert self.observer is not None
-        payload = {"variables": variables, "deleted": deleted, "events": recorder.recorded(),
+        changed = self.observer.changed_state()
+        ahead = {name: changed[name] for name in AHEAD if name in changed}  # (unpickled, and made, first)
+        payload = {**({"ahead": Ahead(ahead)} if ahead else {}),
+                   "variables": variables, "deleted": deleted, "events": recorder.recorded(),
                    "result": None if self.quiet else outcome.result,
                    "result_display": None if self.quiet else recorder.result_display,
                    "shown": [] if self.quiet else recorder.shown,
-                   "ambient": self.observer.changed_state()}
+                   "ambient": changed}
         defined_here = {id(v) for v in variables.values() if isinstance(v, (type, types.FunctionType))
                         and id(v) not in before.values()}
         try:

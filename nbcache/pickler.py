@@ -16,9 +16,10 @@ import sys
 import types
 from typing import Any, Mapping
 
+from .ambient import apply as apply_state
 from .ambient import global_generator, global_generator_method
 
-__all__ = ["NotebookPickler", "NotebookUnpickler", "notebook_globals"]
+__all__ = ["Ahead", "NotebookPickler", "NotebookUnpickler", "notebook_globals"]
 
 _MISSING = object()
 
@@ -135,9 +136,28 @@ class NotebookUnpickler(pickle.Unpickler):
                 return functools.partial(_make_function, notebook_globals(self._module))
             if name == "_main_attribute":
                 return functools.partial(main_attribute, self._module)
-            if name in ("_set_notebook_function_state", "_make_lru", "_make_module_closure"):
+            if name in ("_set_notebook_function_state", "_make_lru", "_make_module_closure", "_make_ahead"):
                 return globals()[name]
         return super().find_class(module, name)
+
+
+class Ahead:
+    """Changes to process-wide state made as a value loads, before what follows it in the pickle: the folders
+    a cell put on ``sys.path``, from which the modules of its variables' functions and classes import
+    (``sys.path.append("src")``, then ``from mylib import double``). First in a cell's stored payload."""
+
+    __slots__ = ("changes",)
+
+    def __init__(self, changes: dict[str, Any]) -> None:
+        self.changes = changes
+
+    def __reduce__(self) -> tuple:
+        return _make_ahead, (self.changes,)
+
+
+def _make_ahead(changes: dict[str, Any]) -> Ahead:
+    apply_state(changes)  # (made again by the hit with the rest of the state: ambient.apply is idempotent)
+    return Ahead(changes)
 
 
 _LOADER_MODULES = frozenset({__name__, "nbcache.store"})

@@ -253,6 +253,27 @@ def test_a_cell_that_reads_a_file_then_writes_it_depends_on_what_it_read(ip, tmp
     assert last().cached and (tmp_path / "log.txt").read_text() == "ran\n"
 
 
+def test_a_cell_that_puts_a_folder_on_sys_path_and_imports_from_it_is_a_hit_after_a_restart(ip, tmp_path):
+    """``sys.path.append("src")`` then ``from mylib import double``: the stored ``double`` is found in mylib,
+    which imports only once ``src`` is on the path again. The hit puts it there before loading the
+    variables; it was put back after, so every restart found the result "damaged" and ran the cell again."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "mylib.py").write_text("def double(x):\n    return 2 * x\n")
+    cell = "%%step\nimport sys\nsys.path.append('src')\nfrom mylib import double\ny = double(5)"
+    path = list(sys.path)
+    try:
+        run(ip, cell)
+        sys.path[:] = path  # (a new kernel: src is not on the path, mylib not imported)
+        sys.modules.pop("mylib")
+        del ip.user_ns["double"], ip.user_ns["y"]
+        run(ip, cell)  # (the "damaged" warning it gave would fail the test: nbcache's warnings are errors here)
+        assert last().cached
+        assert ip.user_ns["double"](2) == 4 and ip.user_ns["y"] == 10 and sys.path[-1] == "src"
+    finally:
+        sys.path[:] = path
+        sys.modules.pop("mylib", None)
+
+
 def test_a_folder_listed_is_checked_for_new_and_removed_files(ip, tmp_path):
     (tmp_path / "parts").mkdir()
     (tmp_path / "parts" / "a.txt").write_text("1")
