@@ -42,7 +42,8 @@ from .store import Store
 
 __all__ = ["Analysed", "CellCall", "CellUsageError", "StepCellFailed", "ends_with_semicolon"]
 
-AHEAD = ("sys.path",)  # the state a hit makes as it loads the variables, before them: where their modules are
+AHEAD = ("sys.path", "matplotlib backend")  # the state a hit makes as it loads the variables, before them:
+#                                               where their modules are, the backend a figure restored takes
 
 
 class StepCellFailed(Exception):

@@ -153,3 +153,23 @@ def test_a_dataclass_defined_in_a_cell_keeps_the_cells_below_cached_after_a_rest
     runs = eval("".join(o.get("text", "") for o in second.cells[-1].outputs if o.get("name") == "stdout"))
     assert runs == [("config", True, "cache hit"), ("instance", True, "cache hit")]
     assert visible_outputs(second.cells[2]) == visible_outputs(first.cells[2])
+
+
+def test_a_figure_made_under_a_backend_the_cell_chose_keeps_the_cells_below_cached_after_a_restart(tmp_path):
+    """``matplotlib.use("agg")`` and a figure in one cell: restored, the figure imports pyplot, which took the
+    kernel's inline backend before the hit set agg again; the cells below then found the inline backend's
+    settings changed and ran again, every restart. The hit sets the backend as the figure loads, first."""
+    cells = [
+        "%load_ext nbcache",
+        "%%step figure\nimport matplotlib\nmatplotlib.use('agg')\nimport matplotlib.pyplot as plt\n"
+        "fig, ax = plt.subplots()\nax.plot([1, 2, 3])",
+        "%%step reader\nsame = fig",
+        "%%step below\nprint(1)",
+        "import nbcache\nprint([(r.step, r.cached, r.reason) for r in nbcache.runs() if r.session == nbcache.records.SESSION])",
+    ]
+    nb = new_notebook(cells=[new_code_cell(c) for c in cells],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    execute(nb, tmp_path)
+    second = execute(nb, tmp_path)
+    runs = eval("".join(o.get("text", "") for o in second.cells[-1].outputs if o.get("name") == "stdout"))
+    assert runs == [("figure", True, "cache hit"), ("reader", True, "cache hit"), ("below", True, "cache hit")]
