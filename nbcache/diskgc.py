@@ -35,6 +35,7 @@ __all__ = ["GRACE_S", "collect", "disk_usage"]
 GRACE_S = 600.0  # an unreferenced value file or an unused lock file younger than this is left alone
 STALE_TEMP_S = 86400.0  # a temporary this old is a dead writer's, whatever process has its pid now
 _VALUE_NAME = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val")  # the names diskcache gives files
+_VALUE_FOLDER = re.compile(r"[0-9a-f]{2}(/[0-9a-f]{2})?")  # ... and their folders
 
 
 def collect(store_dir: str | os.PathLike[str], locks_dir: str | os.PathLike[str], *,
@@ -50,9 +51,9 @@ def collect(store_dir: str | os.PathLike[str], locks_dir: str | os.PathLike[str]
             if st is None:
                 continue
             match = TEMP_NAME.search(name)
-            if match:
+            if match and _VALUE_NAME.fullmatch(os.path.relpath(path[:len(path) - len(match.group())], root)):
                 if not _alive(int(match.group(1))) or st.st_mtime < now - STALE_TEMP_S:
-                    temps.append((path, st))
+                    temps.append((path, st))  # (nbcache's own names only: never a file of the user's)
             elif st.st_mtime < now - grace_s and _VALUE_NAME.fullmatch(os.path.relpath(path, root)):
                 values.append((path, st))
     # (listed before the index is read: a file published since is either named by then or too young)
@@ -131,7 +132,7 @@ def _unlink(doomed: list[tuple[str, os.stat_result]]) -> tuple[int, int]:
 def _prune(root: str) -> None:
     """Remove the emptied folders of value files (never the store's own folder)."""
     for folder, _, _ in os.walk(root, topdown=False):
-        if folder != root:
+        if folder != root and _VALUE_FOLDER.fullmatch(os.path.relpath(folder, root)):
             try:
                 os.rmdir(folder)
             except OSError:

@@ -63,12 +63,16 @@ def test_gc_removes_old_orphans_and_dead_writers_temporaries_only(store):
     live = old.parent / (old.name + f".tmp-{os.getpid()}")  # a writer still at work
     dead = old.parent / ("e" * 28 + f".val.tmp-{_dead_pid()}")
     foreign = store.directory / "store" / "notes.txt"  # what nbcache did not write, it does not remove
-    for path in (live, dead, foreign):
+    draft = store.directory / "store" / "mine" / f"report.tmp-{_dead_pid()}"  # (a store linked to a user's folder)
+    draft.parent.mkdir()
+    (store.directory / "store" / "empty").mkdir()
+    for path in (live, dead, foreign, draft):
         path.write_bytes(b"x" * 100_000)
     _age(foreign, 10 * GRACE_S)
     collected = store.gc()
     assert collected.files == 2 and collected.bytes >= 1_600_000 + 100_000
-    assert kept.exists() and young.exists() and live.exists() and foreign.exists()
+    assert kept.exists() and young.exists() and live.exists() and foreign.exists() and draft.exists()
+    assert (store.directory / "store" / "empty").is_dir()
     assert not old.exists() and not dead.exists()
     assert store.gc() == Collected(0, 0)
     assert store.has_blob("kept") and store.get_entry("k") is not None
