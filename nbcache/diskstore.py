@@ -84,8 +84,18 @@ class DiskStore:
         return f"DiskStore({str(self.directory)!r})"
 
     # entries and blobs
+    def _get(self, name: str, **kwargs: Any) -> Any:
+        """The index's row ``name`` (``_ABSENT`` if there is none); a row SQLite cannot give (text that is no
+        UTF-8, where nbcache wrote bytes) is damage, which the caller forgets and recomputes."""
+        try:
+            return self._cache.get(name, _ABSENT, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if "decode" not in str(exc):
+                raise
+            raise Damaged("its row in the index holds text that is not UTF-8 where nbcache wrote bytes") from None
+
     def get_entry(self, key: str) -> Entry | None:
-        text = self._cache.get("entry:" + key, _ABSENT)
+        text = self._get("entry:" + key)
         if text is _ABSENT:
             return None
         entry = self._parsed.get(text) if type(text) is str else None
@@ -123,7 +133,7 @@ class DiskStore:
             raise describe(exc, self.directory) from exc
 
     def open_blob(self, address: str) -> Any:
-        handle = self._cache.get("blob:" + address, _ABSENT, read=True)
+        handle = self._get("blob:" + address, read=True)
         if handle is _ABSENT:
             return None
         if handle is None:  # a pickle some other program put in the index, which _FrameDisk leaves unread
@@ -140,7 +150,7 @@ class DiskStore:
 
     # the latest ingredients of each step
     def get_latest(self, identity: str) -> Latest | None:
-        text = self._cache.get("last:" + identity, _ABSENT)
+        text = self._get("last:" + identity)
         return None if text is _ABSENT else Latest.from_json(text)
 
     def put_latest(self, identity: str, latest: Latest) -> None:

@@ -297,6 +297,25 @@ def test_a_malformed_entry_is_damage_repaired_with_one_warning(cache_dir, text):
     assert double(4) == 8 and nbcache.runs()[-1].cached
 
 
+def test_a_row_turned_into_text_that_is_no_utf8_is_damage_repaired_with_one_warning(cache_dir):
+    """SQLite cannot give such a row back (it fails to decode it): the step ran uncached for good, its warning
+    quoting raw bytes, since the row was never replaced."""
+    import sqlite3
+
+    @step
+    def ramp(n):
+        return np.arange(n, dtype=float)
+
+    ramp(100)
+    with sqlite3.connect(cache_dir / "store" / "cache.db") as con:
+        con.execute("UPDATE Cache SET value = CAST(value AS TEXT) WHERE key LIKE 'blob:%'")
+    with pytest.warns(CacheWarning, match=r"step 'ramp' is damaged \(its row in the index holds text that is not"):
+        np.testing.assert_array_equal(ramp(100), np.arange(100.0))
+    assert nbcache.runs()[-1].reason == "cached result was damaged"
+    np.testing.assert_array_equal(ramp(100), np.arange(100.0))
+    assert nbcache.runs()[-1].cached
+
+
 def test_entries_are_listed_in_the_order_stored_across_the_reads_in_batches(store):
     """``entries()`` reads the index a batch of rows at a time (``nbcache ls`` on 50,000 entries): every entry
     comes once, in the order stored, whatever the batch, with values and history rows mixed in between."""
