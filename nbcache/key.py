@@ -17,7 +17,8 @@ import xxhash
 
 __all__ = ["CACHE_FORMAT", "PYTHON_VERSION", "make_key"]
 
-CACHE_FORMAT = 5  # 3: values are signed; 4: entries sealed, values signed with their names; 5: settings checks
+CACHE_FORMAT = 6  # 3: values are signed; 4: entries sealed, values signed with their names; 5: settings checks;
+#                  6: warnings filters that raise, files read then written, live references in cell payloads
 """The version of the key and storage layout. A new nbcache that bumps it misses every older entry
 (they are left on disk for ``nbcache clear``) rather than misreading them."""
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
