@@ -167,27 +167,48 @@ class _Arrivals:
 
 # on a worker
 _OPENING = threading.Lock()  # (a worker's threads start calls at once: one of them opens the cache they share)
+# The caches a worker opened, by (directory, remote), and the one each client's cache uses here, by (directory,
+# remote, key id): kept for the worker's life. A cache let go would be freed by the garbage collector (its team
+# link refers back to it), which, run inside Dask's profiler's ``sys._current_frames()`` on Python < 3.11.9,
+# deadlocks the worker (gh-106883); each one also held its index and history files open. A client session
+# (a kernel restarted) is no new cache here.
+_OPENED: dict[tuple[str, Remote | None], Cache] = {}
+_CHOSEN: dict[tuple[str, Remote | None, str], tuple[Cache, bool]] = {}
 
 
 def _worker_cache(where: ClientCache) -> tuple[Cache, bool]:
     """The cache a worker keeps for the calls of one client cache, and whether it is the client's directory.
     One that signs with another key than the client, where they would share results, is a cache of the
     worker's own instead, sharing nothing, said once: each would take the other's results for damaged ones."""
+    config = (where.directory, where.remote, where.key_id)
     with _OPENING:
-        return _open_worker_cache(where)
+        chosen = _CHOSEN.get(config)
+        if chosen is None:
+            chosen = _CHOSEN[config] = _choose_worker_cache(where)
+        return chosen
 
 
-@functools.lru_cache(maxsize=16)
-def _open_worker_cache(where: ClientCache) -> tuple[Cache, bool]:
+def _opened(directory: str, remote: Remote | None) -> Cache:
+    """The worker's cache of ``directory`` with the team cache ``remote`` (none: not even ``NBCACHE_REMOTE``),
+    its store open (made if it is not there yet)."""
+    cache = _OPENED.get((directory, remote))
+    if cache is None:
+        cache = Cache(directory)
+        cache.store()
+        cache.team.use(remote)
+        _OPENED[directory, remote] = cache
+    return cache
+
+
+def _choose_worker_cache(where: ClientCache) -> tuple[Cache, bool]:
     own = os.environ.get(WORKER_DIR_ENV)
     if not own and where.is_directory(where.directory):
-        cache = Cache(where.directory)
+        directory = where.directory
     else:
         from distributed import get_worker
-        cache = Cache(own or os.path.join(get_worker().local_directory, "nbcache"))
-    cache.store()  # (made if it is not there yet)
+        directory = own or os.path.join(get_worker().local_directory, "nbcache")
+    cache = _opened(directory, where.remote)
     shared = where.is_directory(str(cache.directory))
-    cache.team.use(where.remote)
     if (shared or where.remote is not None) and key_id(cache.key) != where.key_id:
         from distributed import get_worker
 
@@ -196,9 +217,7 @@ def _open_worker_cache(where: ClientCache) -> tuple[Cache, bool]:
              " each would take the other's results for damaged ones, so its calls use a cache of its own, which"
              " shares nothing. Give the workers the same key: set NBCACHE_KEY (or NBCACHE_KEY_FILE) in their"
              " environment, as on every teammate's machine (docs/team.md)")
-        cache = Cache(os.path.join(get_worker().local_directory, "nbcache-own-key"))
-        cache.team.set("", {})
-        return cache, False
+        return _opened(os.path.join(get_worker().local_directory, "nbcache-own-key"), None), False
     return cache, shared
 
 

@@ -85,8 +85,7 @@ class DiskStore:
 
     # entries and blobs
     def _get(self, name: str, **kwargs: Any) -> Any:
-        """The index's row ``name`` (``_ABSENT`` if there is none); a row SQLite cannot give (text that is no
-        UTF-8, where nbcache wrote bytes) is damage, which the caller forgets and recomputes."""
+        """The index's row ``name`` (``_ABSENT``: none); one SQLite cannot decode (text where bytes were) is damage."""
         try:
             return self._cache.get(name, _ABSENT, **kwargs)
         except sqlite3.OperationalError as exc:

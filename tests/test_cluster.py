@@ -26,7 +26,8 @@ def _no_dask_profiler():
     """Dask's profiler off for the workers these tests run in this process: on Python before 3.11.9 (CI's is
     3.11.7), a collection inside its ``sys._current_frames()`` that frees a ``threading.local`` deadlocks the
     process (CPython gh-106883; docs/team.md says so). nbcache's own objects hold none (tested in
-    test_background_safety.py), but libraries' do, diskcache's among them, and these tests drop many caches."""
+    test_background_safety.py), but libraries' do, diskcache's among them; a worker keeps the caches it
+    opens (test_a_worker_keeps_one_cache_per_directory_and_lets_none_go, whose workers profile)."""
     import dask
 
     with dask.config.set({"distributed.worker.profile.enabled": False}):
@@ -341,3 +342,40 @@ def test_steps_a_submitted_step_calls_use_its_cache_and_are_in_the_clients_histo
         ("inner", "first run"), ("outer", "first run"), ("outer", "hit")]
     assert all(worker.startswith("tcp://") for _, _, worker, _ in history[:2])
     assert not (tmp_path / ".nbcache").exists() and not (tmp_path / "client-cache").exists()
+
+
+MANY_CACHES = '''
+import json, os, sys
+import nbcache
+from distributed import Client, LocalCluster
+
+base = os.environ["BASE"]
+steps = [nbcache.step(cache=nbcache.Cache(f"{base}/c{i}"), name=f"s{i}")(lambda x, i=i: [x + i] * 100)
+         for i in range(20)]
+odd = nbcache.step(cache=nbcache.Cache(f"{base}/odd", key="11" * 32), name="odd")(lambda x: x + 1)
+
+def histories_open():  # (each cache opened keeps its history file open: runs.jsonl)
+    fds = [f"/proc/self/fd/{fd}" for fd in os.listdir("/proc/self/fd")]
+    return sum(os.path.basename(os.readlink(fd)) == "runs.jsonl" for fd in fds if os.path.exists(fd))
+
+if __name__ == "__main__":
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster, \\
+            Client(cluster) as client:
+        counts = []
+        for round in range(4):
+            calls = [s.submit(client, round) for s in steps] + [odd.submit(client, round)]
+            assert client.gather(calls)[:2] == [[round] * 100, [round + 1] * 100]
+            counts.append(list(client.run(histories_open).values())[0])
+        print(json.dumps(counts))
+    print(json.dumps([]))
+'''
+
+
+def test_a_worker_keeps_one_cache_per_directory_and_lets_none_go(tmp_path, body_log):
+    """A worker opens each directory's cache once and keeps it: it kept 16, one per client cache, and let the
+    others go to the garbage collector, which freed them inside Dask's profiler (on Python before 3.11.9 a
+    deadlock, CPython gh-106883: the worker hung in CI), each leaving its history file open (a worker serving
+    20 caches ran out of file descriptors). Its history files open stay as many as its caches, round after
+    round (the others, its index's connections, one per thread that used it, stop growing too)."""
+    counts, _, _ = _client(tmp_path, body_log, "many caches", code=MANY_CACHES, BASE=str(tmp_path))
+    assert counts == [21, 21, 21, 21]  # (20 caches, and the worker's own for the one signed with another key)
