@@ -255,13 +255,16 @@ class CellCall(StepCall):
               duration: float) -> None:
         """Store what the cell bound (when ``store``) and record the run."""
         ns = self.shell.user_ns
-        names, _, aliases, live = self._outputs(before)
+        names, _, aliases, live, changed_code = self._outputs(before)
         values = [ns[name] for name in names]
         addresses = addresses_of(values)
         variables = {name: aliases.get(name, ns[name]) for name in names}
         unrepeatable = None
         if store and self.missing_outputs:
             unrepeatable = f"--outputs names {', '.join(self.missing_outputs)}, which the cell does not define"
+        elif store and changed_code:
+            unrepeatable = (f"it changes {', '.join(changed_code)} (a default value, a closure's or a class's"
+                            " attribute), which a hit would not change again")
         elif store:
             unrepeatable = ("it shows a widget, which needs the live kernel object a replay cannot give back"
                             if recorder.shows_a_widget() else self.not_cacheable_after_run())

@@ -56,6 +56,8 @@ class Outputs(NamedTuple):
     missing: list[str]
     aliases: dict[str, Alias]
     live: dict[int, str] = {}
+    changed_code: tuple[str, ...] = ()  # functions and classes it read whose state it changed (a default list
+    #                                     appended to, a class attribute set): a hit would not change them
 
 
 def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Sequence[str],
@@ -81,9 +83,14 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
     # nothing to keep, and it cannot be stored
     names = [n for n in names if not is_closed(ns[n])]
     unchanged = []  # inputs found as they were: a hit finds them so too, live, with whatever holds them
+    changed_code = []
     for name in input_names:
         value = ns.get(name, _ABSENT)
-        if name in names or name not in inputs or value is _ABSENT or isinstance(value, _CODE_TYPES):
+        if name in names or name not in inputs or value is _ABSENT:
+            continue
+        if isinstance(value, _CODE_TYPES):  # (its hash follows its code, defaults, closure and attributes)
+            if isinstance(value, (types.FunctionType, type)) and _hash_or_none(value) != inputs[name]:
+                changed_code.append(name)
             continue
         known = carried(value)
         if known is not None and known.address == inputs.get(name):
@@ -98,11 +105,19 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
             pass
     live = {id(ns[n]): n for n in reversed(unchanged) if not isinstance(ns[n], VALUES)}
     if not any(not isinstance(ns[n], _NOT_SHARED) for n in names):
-        return Outputs(names, [], {}, live)  # (no object another variable could share)
+        return Outputs(names, [], {}, live, tuple(changed_code))  # (no object another variable could share)
     aliases = {n: Alias(live[id(ns[n])]) for n in names if id(ns[n]) in live}
     held = _reach([ns[n] for n in unchanged], HOLD_LIMIT * len(unchanged))  # (live on a hit, as they are)
     names += aliases_of(ns, names, held)
-    return Outputs(names + holders_of(ns, names, held, existed=set(before.values())), [], aliases, live)
+    return Outputs(names + holders_of(ns, names, held, existed=set(before.values())), [], aliases, live,
+                   tuple(changed_code))
+
+
+def _hash_or_none(value: Any) -> str | None:
+    try:
+        return hash_value(value)
+    except Exception:
+        return None
 
 
 def aliases_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = frozenset()) -> list[str]:

@@ -615,6 +615,22 @@ def test_an_output_holding_an_unchanged_input_holds_the_live_object_after_a_hit(
     assert ns["lr"].coef_ == 7
 
 
+def test_a_cell_that_changes_a_function_or_class_it_reads_runs_every_time(ip):
+    """``acc(1)`` appends to acc's default list, ``Config.verbose = True`` sets a class attribute: a hit would
+    leave them unchanged, and the cells below would see another acc, another Config, than without nbcache."""
+    cells = ["%%step\ndef acc(x, into=[]):\n    into.append(x)\n    return into", "%%step\nfirst = list(acc(1))",
+             "%%step\nclass Config:\n    verbose = False", "%%step\nConfig.verbose = True"]
+    for cell in cells:
+        run(ip, cell)
+    for name in ("acc", "first", "Config"):  # (a new kernel)
+        del ip.user_ns[name]
+    for cell in cells:
+        run(ip, cell)
+    assert [r.cached for r in nbcache.runs()[-4:]] == [True, False, True, False]
+    assert nbcache.runs()[-3].reason.startswith("runs every time: it changes acc (a default value")
+    assert ip.user_ns["acc"](2) == [1, 2] and ip.user_ns["Config"].verbose is True
+
+
 def test_an_array_changed_through_a_view_is_changed_after_hits_too(ip):
     """``X_train = X[:3]`` is a view of X's memory: ``X_train -= 1`` changes X too, and a hit does so."""
     cells = ["%%step\nimport numpy as np\nX = np.arange(6.0)", "%%step\nX_train, X_test = X[:3], X[3:]",
