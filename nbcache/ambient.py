@@ -49,7 +49,7 @@ RAN_ON: contextvars.ContextVar[OnWorker | None] = contextvars.ContextVar("nbcach
 
 # AmbientKind, KINDS, equal and the global generators are defined in statekinds.py and statediff.py; the
 # modules that keep or restore ambient state import them from here
-__all__ = ["BY_NAME", "EMPTY_PART", "KINDS", "AmbientKind", "Snapshot", "apply", "equal", "global_generator", "global_generator_method",
+__all__ = ["BY_NAME", "KINDS", "AmbientKind", "Snapshot", "apply", "equal", "global_generator", "global_generator_method",
            "setting_digest", "setting_hash", "snapshot", "state_hash", "when_imported"]
 
 
@@ -161,6 +161,3 @@ def apply(changes: dict[str, Any]) -> list[str]:
         except Exception:
             failed.append(kind.name)
     return failed
-
-
-EMPTY_PART = _digest([])  # the digest of a kind's ``computing`` part when it is empty (no warning can raise)

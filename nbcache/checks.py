@@ -134,8 +134,6 @@ class Check(NamedTuple):
             return None
         kind = ambient.BY_NAME.get(name)
         if kind is not None and kind.computing is not None and key == kind.computing[0]:
-            if now == ambient.EMPTY_PART:  # (no warning can raise now: what did not raise then does not)
-                return None
             what = f"{name} {key}"  # (the warnings filters that decide whether a warning raises)
         else:
             what = (name[:-1] if name.endswith("s") else name) + f" {key}" if key else name

@@ -12,7 +12,9 @@ part, looked up on every call by ``fingerprint_handlers``.
 
 from __future__ import annotations
 
+import ast
 import dis
+import re
 import types
 import weakref
 from typing import NamedTuple
@@ -27,6 +29,7 @@ _ATTR_LOADS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
 _LOCAL_LOADS = frozenset({"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_DEREF"})
 _LOCAL_STORES = frozenset({"STORE_FAST", "STORE_DEREF"})
 _CONST_OPS = frozenset(dis.hasconst)
+_EVALUATORS = frozenset({"eval", "exec", "query"})  # eval/exec, pandas' DataFrame.query/eval and pd.eval
 IMPORT_PREFIX = "import "
 """Marks a chain that names a module imported inside the body (``import utils``), not a global."""
 
@@ -45,6 +48,17 @@ def code_info(code: types.CodeType) -> CodeInfo:
     if info is None:
         info = _CODE_INFO[code] = _analyse(code)
     return info
+
+
+def string_reads(text: str) -> set[str]:
+    """The names a string of code reads: one given to ``eval``/``exec``, or to pandas' ``query``/``eval``
+    (where ``@limit`` is the caller's variable ``limit``); none if it is no code. A name the code binds
+    itself, or a column's, is looked for among the globals too, and found unbound: no harm."""
+    try:
+        tree = ast.parse(re.sub(r"@(?=[A-Za-z_])", "", text))
+    except (SyntaxError, ValueError):
+        return set(re.findall(r"@([A-Za-z_]\w*)", text))  # (backquoted column names: only the @ names)
+    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
 
 
 def _analyse(code: types.CodeType) -> CodeInfo:
@@ -92,6 +106,8 @@ def _analyse(code: types.CodeType) -> CodeInfo:
         recent = [*recent[-1:], ins]
     if chain:
         chains.add(tuple(chain))
+    if not _EVALUATORS.isdisjoint(code.co_names):  # the names a string of code it evaluates reads, as globals
+        chains.update((name,) for const in code.co_consts if isinstance(const, str) for name in string_reads(const))
 
     h = new_hasher()
     walk = Walk(BASE)  # constants are builtin values: no code in them but nested code objects, fed below

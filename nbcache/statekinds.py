@@ -48,8 +48,7 @@ class AmbientKind:
     renders: bool = False  # it changes how a cell's output looks (display options, rc settings, warnings)
     computes: bool = False  # it changes what code computes (types, values, raising): an input of every step
     computing: tuple[str, Callable[[Any], Any]] | None = None  # of a kind that only renders: the part of its
-    #   state that changes what code computes (what reasons call it, and how it is taken), an input of every
-    #   step; where that part is empty, a step computes as it did under any (its check holds)
+    #   state that changes what code computes (what reasons call it, and how it is taken), an input of every step
     unordered: bool = False  # as an input, which entries it holds counts, not their order
     rng: bool = False  # a global random generator: a step that draws from it depends on its state
     seed: tuple[str, str] | None = None  # (module, attribute) of the function that seeds it
@@ -167,9 +166,7 @@ def _raising_filters(filters: list) -> list:
     """The filters up to the last one set to ``"error"`` that a warning can reach: those that decide whether
     a warning raises (one in front of it, ``"ignore"`` or ``"always"``, keeps a warning from raising). None
     when no warning can raise: no filter is set to error, or one that takes every warning comes first
-    (``catch_warnings()`` then ``simplefilter("ignore")``, as ``pytest.warns`` does). ``computing``: an
-    empty part always holds (nothing can raise, so a result cached where a warning did not raise is what
-    the step gives)."""
+    (``catch_warnings()`` then ``simplefilter("ignore")``, as ``pytest.warns`` does)."""
     reach = []
     for entry in filters:
         action, message, category, module, line = entry

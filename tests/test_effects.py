@@ -598,6 +598,25 @@ def test_a_warnings_filter_set_to_error_is_an_input_of_every_step(cache_dir):
         assert doubled(21) == 42 and nbcache.runs()[-1].cached
 
 
+def test_a_step_that_catches_its_own_warning_made_an_error_is_not_served_without_the_filter(cache_dir):
+    """Cached under the "error" filter, the step took its fallback; without the filter it converts."""
+
+    @nbcache.step
+    def parse(x):
+        try:
+            warnings.warn("lossy", UserWarning)
+            return f"converted {x}"
+        except UserWarning:
+            return f"fallback {x}"
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert parse(1) == "fallback 1"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert parse(1) == "converted 1" and not nbcache.runs()[-1].cached
+
+
 def test_a_hit_leaves_the_warning_filters_alone(cache_dir, tmp_path):
     """Reading pandas' options on a hit went through catch_warnings, which resets what was shown: a warning
     of the "default" action, shown once per place, showed again after every hit."""

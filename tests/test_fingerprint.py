@@ -136,6 +136,21 @@ def test_global_values_are_hashed_and_read_when_the_fingerprint_is_taken():
     assert "SCALE" in fingerprint_parts(ns["f"])[1]
 
 
+@pytest.mark.parametrize("body", [
+    'return df.query("a > @LIMIT")',  # (pandas reads @LIMIT from the caller's globals)
+    'return df.eval("a * @LIMIT")',
+    'return pd.eval("df.a + LIMIT")',
+    'return eval("df + LIMIT")',
+    'exec("out = LIMIT", globals(), space)\n    return space["out"]',
+])
+def test_the_globals_a_string_of_code_it_evaluates_reads_count(body):
+    """The names in a string given to eval/exec, or to pandas' query/eval, are globals the function reads."""
+    ns = define(f"import types\npd = types\nLIMIT = 1\ndef f(df, space={{}}):\n    {body}\n")
+    before = fingerprint(ns["f"])
+    ns["LIMIT"] = 2
+    assert fingerprint(ns["f"]) != before and "LIMIT" in fingerprint_parts(ns["f"])[1]
+
+
 def test_rebinding_a_helper_name_changes_the_fingerprint():
     ns = define(HELPERS)
     before = fingerprint(ns["f"])
