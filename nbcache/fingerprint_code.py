@@ -88,6 +88,9 @@ def _analyse(code: types.CodeType) -> CodeInfo:
                 imports[ins.argval] = bound
             else:  # (rebound: what it names is not known; the module whole still counts, by its chain)
                 imports.pop(ins.argval, None)
+        elif ins.opname in ("PRECALL", "CALL") and len(recent) == 2 and recent[1].opname == "LOAD_CONST" \
+                and isinstance(recent[1].argval, str) and recent[0].argval in ("import_module", "__import__"):
+            chains.add((IMPORT_PREFIX + recent[1].argval,))  # `importlib.import_module("helpers")`: an import
         if ins.opname not in ("IMPORT_NAME", "IMPORT_FROM", "SWAP", "POP_TOP"):
             bound = ()
         if ins.opname in _GLOBAL_LOADS:

@@ -254,6 +254,8 @@ CONTEXT_HELPER = "import contextlib\n@contextlib.contextmanager\ndef ctx(x):\n  
      "def f(x):\n    import cfgmod_fp\n    return x * cfgmod_fp.SCALE\n"),  # a whole module in the body
     ("ctxhelpers_fp", CONTEXT_HELPER, CONTEXT_HELPER.replace("x + 1", "x + 2"),  # a library decorator
      "import ctxhelpers_fp\n\ndef f(x):\n    with ctxhelpers_fp.ctx(x) as y:\n        return y\n"),
+    ("dynhelpers_fp", "def scale(x):\n    return x * 2\n", "def scale(x):\n    return x * 3\n",  # named in a call
+     "import importlib\n\ndef f(x):\n    return importlib.import_module('dynhelpers_fp').scale(x)\n"),
 ])
 def test_the_users_own_modules_are_followed(user_module, module, old, new, src):
     import sys
