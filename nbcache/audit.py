@@ -179,8 +179,9 @@ def _on_open(watcher: Watcher, args: tuple) -> None:
     path, mode, flags = args
     if isinstance(path, int) or path is None:
         return
-    if sys._getframe(2).f_code.co_filename.startswith("<frozen importlib"):
-        return  # an import reading a module: the code fingerprint and the imports in the key cover code
+    opener = sys._getframe(2).f_code.co_filename
+    if opener.startswith("<frozen importlib") or opener in _SOURCE_READERS:
+        return  # an import reading a module, or a warning or traceback its source line: code, not data
     path = os.path.abspath(os.fsdecode(path))
     if mode is None:  # os.open: the flags say
         access = flags & os.O_ACCMODE
@@ -278,6 +279,8 @@ def _roots(*names: str) -> tuple[str, ...]:
 _STDLIB = _roots("stdlib", "platstdlib")  # (in a virtual environment, platstdlib holds site-packages)
 _PACKAGES = _roots("purelib", "platlib")
 _IMPORTLIB = os.path.join(os.path.dirname(os.path.realpath(os.__file__)), "importlib", "")
+# linecache reads a source file (through tokenize.open) to show the line of a warning or a traceback
+_SOURCE_READERS = frozenset(os.path.join(os.path.dirname(os.__file__), name) for name in ("linecache.py", "tokenize.py"))
 
 
 _HANDLERS: dict[str, Callable[[Watcher, tuple], None]] = {

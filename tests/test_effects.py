@@ -7,6 +7,7 @@ Each test runs a step, changes the world the way a new kernel or an edit would, 
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -615,6 +616,28 @@ def test_a_step_that_catches_its_own_warning_made_an_error_is_not_served_without
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         assert parse(1) == "converted 1" and not nbcache.runs()[-1].cached
+
+
+def test_the_source_a_warning_shows_is_no_file_the_step_reads(cache_dir, tmp_path, monkeypatch):
+    """To show a warning, Python reads the line of the helper that warned from its .py file: that made the
+    helper's source a data file of the step, and a comment added to it re-ran the step."""
+    (tmp_path / "warnhelp.py").write_text("import warnings\ndef clean(x):\n    warnings.warn('slow')\n    return x + 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import warnhelp
+
+    @nbcache.step
+    def cleaned(x):
+        return warnhelp.clean(x)
+
+    shown = io.StringIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda *warning, **_: shown.write(warnings.formatwarning(*warning[:4]))
+        assert cleaned(1) == 2
+        assert "warnings.warn('slow')" in shown.getvalue()  # (the line was read to be shown)
+        with open(tmp_path / "warnhelp.py", "a") as f:
+            f.write("# a comment\n")
+        assert cleaned(1) == 2 and nbcache.runs()[-1].cached
 
 
 def test_a_hit_leaves_the_warning_filters_alone(cache_dir, tmp_path):
