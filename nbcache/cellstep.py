@@ -17,6 +17,8 @@ import contextlib
 import html
 import importlib
 import io
+import os
+import sys
 import time
 import tokenize
 import types
@@ -34,6 +36,7 @@ from .cellvars import HISTORY_NAMES, Alias, Outputs, deleted_names, memory_size,
 from .entry import Entry
 from .errors import warn as _warn
 from .fingerprint import imported_module
+from .fingerprint_source import is_user_file
 from .frame import Unpicklable
 from .hashing import hash_value
 from .pickler import Ahead
@@ -143,6 +146,7 @@ class CellCall(StepCall):
         self.restrict = args.outputs
         self.missing_outputs: list[str] = []  # what --outputs names but the cell did not define
         self.imports = code.imports
+        self.unfound_imports: list[str] = []  # imports whose module was not to be found when the key was made
         self.quiet = analysed.quiet
         self.binds = list(code.binds)
         self.input_names = input_names
@@ -155,9 +159,13 @@ class CellCall(StepCall):
             if not self.hash_input(name, ns[name], "input"):
                 break
         package = ns.get("__package__")
+        self.unfound_imports = []
         for module in self.imports:  # the code of the user's own modules it imports counts, like a helper's
             if not self.problem:
-                self.hash_input(f"import {module}", imported_module(module, package), "input")
+                found = imported_module(module, package)
+                self.hash_input(f"import {module}", found, "input")
+                if found is None:  # (found once the cell ran: `sys.path.append("src")`, then `import mylib`)
+                    self.unfound_imports.append(module)
 
     def restore(self, values: list[Any], entry: Entry) -> Any:
         return self._restore(values[0], entry)
@@ -217,6 +225,16 @@ class CellCall(StepCall):
                     saved_s=entry.duration_s, output_names=tuple(payload["variables"]))
         return None  # shown already, in its place among the outputs
 
+    def _read_modules_found(self, names: set[str]) -> None:
+        """An import the key could not follow (its module was not to be found before the cell ran): the source
+        files of the user's modules the run imported are files the cell reads, so that an edit to one runs
+        it again (their code is in no key)."""
+        assert self.observer is not None
+        for name in sorted(names):
+            path = getattr(sys.modules.get(name), "__file__", None)
+            if isinstance(path, str) and is_user_file(path):
+                self.observer.read.setdefault(os.path.abspath(path))
+
     def _run_magics_again(self) -> None:
         """The line magics of the cell whose effect outlives it (``%matplotlib inline``, ``%config``,
         ``%load_ext``), run again without their output: the replay shows what they printed."""
@@ -232,6 +250,7 @@ class CellCall(StepCall):
         shell = self.shell
         ns = shell.user_ns
         before = {name: id(value) for name, value in ns.items()}
+        modules = set(sys.modules) if self.unfound_imports else None
         t_body = time.perf_counter()
         outer = shell.displayhook.exec_result  # the %%step cell's own result, which the inner run replaces
         with Recorder(shell) as recorder, self.watching(store, frozenset(self.binds)):
@@ -239,6 +258,8 @@ class CellCall(StepCall):
                 recorder.patch(shell.displayhook, "quiet", lambda: True)
             outcome = shell.run_cell(self.cell, store_history=False)
         shell.displayhook.exec_result = outer
+        if modules is not None and self.observer is not None:
+            self._read_modules_found(set(sys.modules) - modules)
         if outer is not None and outcome.success and recorder.result_display is not None:
             outer.result = outcome.result  # the cell's result, as without %%step
         duration = time.perf_counter() - t_body
