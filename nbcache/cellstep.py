@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
+from . import ambient
 from .audit import unobserved
 from .cache import Cache
 from .cachedcall import StepCall, addresses_of
@@ -39,8 +40,9 @@ from .fingerprint import imported_module
 from .fingerprint_source import is_user_file
 from .frame import Unpicklable
 from .hashing import hash_value
-from .pickler import Ahead
+from .pickler import LIVE_NAMESPACE, Ahead
 from .records import describe_error, format_seconds
+from .serving import MISS
 from .store import Store
 
 __all__ = ["Analysed", "CellCall", "CellUsageError", "StepCellFailed", "ends_with_semicolon"]
@@ -166,6 +168,25 @@ class CellCall(StepCall):
                 self.hash_input(f"import {module}", found, "input")
                 if found is None:  # (found once the cell ran: `sys.path.append("src")`, then `import mylib`)
                     self.unfound_imports.append(module)
+
+    def lookup(self) -> tuple[Any, Entry | None, str]:
+        """``StepCall.lookup``, its references to unchanged inputs resolved in the shell's namespace; the state
+        a payload sets as it loads (``AHEAD``) set back if it is not served (a value of it failed to load)."""
+        kinds = tuple(ambient.BY_NAME[name] for name in AHEAD)
+        before = ambient.snapshot(kinds)
+        token = LIVE_NAMESPACE.set(self.shell.user_ns)
+        served = False
+        try:
+            values, entry, reason = super().lookup()
+            served = values is not MISS
+            return values, entry, reason
+        finally:
+            LIVE_NAMESPACE.reset(token)
+            if not served:
+                for kind in kinds:
+                    if kind.name in before.values and not before.same(kind.name):
+                        with contextlib.suppress(Exception):
+                            kind.set(before.values[kind.name])
 
     def restore(self, values: list[Any], entry: Entry) -> Any:
         return self._restore(values[0], entry)

@@ -7,6 +7,7 @@ notebook's namespace as they are unpickled, and a class or function of the noteb
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import importlib
 import io
@@ -19,7 +20,7 @@ from typing import Any, Mapping
 from .ambient import apply as apply_state
 from .ambient import global_generator, global_generator_method
 
-__all__ = ["Ahead", "NotebookPickler", "NotebookUnpickler", "notebook_globals"]
+__all__ = ["LIVE_NAMESPACE", "Ahead", "NotebookPickler", "NotebookUnpickler", "notebook_globals"]
 
 _MISSING = object()
 
@@ -124,7 +125,9 @@ class NotebookUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         if type(pid) is tuple and len(pid) == 2 and pid[0] == LIVE:
-            variables = notebook_globals(self._module)
+            variables = LIVE_NAMESPACE.get()
+            if variables is None:
+                variables = notebook_globals(self._module)
             if pid[1] in variables:
                 return variables[pid[1]]
             raise pickle.UnpicklingError(f"it holds the notebook's variable {pid[1]!r}, which is not defined")
@@ -162,6 +165,9 @@ def _make_ahead(changes: dict[str, Any]) -> Ahead:
 
 _LOADER_MODULES = frozenset({__name__, "nbcache.store"})
 LIVE = "nbcache.live"  # the persistent id of a reference to a notebook variable: (LIVE, its name)
+#: The variables such references name while a cell's payload loads: the shell's ``user_ns`` (which an
+#: embedded shell keeps apart from its module's); ``None``: the notebook module's globals.
+LIVE_NAMESPACE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("nbcache_live_namespace", default=None)
 _LRU = type(functools.lru_cache(lambda: None))
 
 

@@ -281,6 +281,31 @@ def test_a_cell_that_puts_a_folder_on_sys_path_and_imports_from_it_is_a_hit_afte
         sys.modules.pop("mylib", None)
 
 
+def test_the_state_a_payload_set_as_it_loaded_is_set_back_when_it_fails_to_load(ip, tmp_path):
+    """sys.path is set as the payload loads, before its variables: one that then fails to load is no hit, and
+    the cell, run again, puts src on the path once, as without nbcache, not twice."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "boxes.py").write_text(
+        "import os\nclass Box:\n    def __init__(self, v):\n        self.v = v\n"
+        "    def __reduce__(self):\n        return make, (self.v,)\n"
+        "def make(v):\n    if os.path.exists('refuse'):\n        raise ValueError('refused')\n    return Box(v)\n")
+    cell = "%%step\nimport sys\nsys.path.append('src')\nimport boxes\nbox = boxes.Box(1)"
+    path = list(sys.path)
+    try:
+        with warnings.catch_warnings(record=True) as said:  # (the filters, an input of a cell, as they were)
+            warnings.simplefilter("always")
+            run(ip, cell)
+            sys.path[:] = path  # (a new kernel)
+            sys.modules.pop("boxes")
+            (tmp_path / "refuse").write_text("")
+            run(ip, cell)
+        assert [w for w in said if "cannot be unpickled (ValueError: refused)" in str(w.message)]
+        assert last().reason == "cached result was damaged" and sys.path.count("src") == 1
+    finally:
+        sys.path[:] = path
+        sys.modules.pop("boxes", None)
+
+
 def test_a_folder_listed_is_checked_for_new_and_removed_files(ip, tmp_path):
     (tmp_path / "parts").mkdir()
     (tmp_path / "parts" / "a.txt").write_text("1")

@@ -8,7 +8,7 @@ from IPython.core.error import UsageError
 import nbcache
 from nbcache.cache import default_cache
 
-from .conftest import run_cell
+from .conftest import run_cell, run_python
 
 
 @pytest.fixture
@@ -629,6 +629,23 @@ def test_a_cell_that_changes_a_function_or_class_it_reads_runs_every_time(ip):
     assert [r.cached for r in nbcache.runs()[-4:]] == [True, False, True, False]
     assert nbcache.runs()[-3].reason.startswith("runs every time: it changes acc (a default value")
     assert ip.user_ns["acc"](2) == [1, 2] and ip.user_ns["Config"].verbose is True
+
+
+def test_an_embedded_shell_s_outputs_hold_its_own_variables_after_a_hit(cache_dir):
+    """``IPython.embed()`` in a function runs cells in a namespace of their own, beside its module's globals:
+    the unchanged inputs an output holds are the namespace's, not the module's variables of the same name."""
+    code = (
+        "import types\nfrom IPython.core.interactiveshell import InteractiveShell\n"
+        "mod = types.ModuleType('__main__')\nmod.items = ['GLOBAL']\n"
+        "for session in range(2):\n"
+        "    InteractiveShell.clear_instance()\n"
+        "    ip = InteractiveShell.instance(user_module=mod, user_ns={'items': [1, 2]})\n"
+        "    ip.run_line_magic('load_ext', 'nbcache')\n"
+        "    ip.run_cell('%%step\\npair = (items, 0)')\n"
+        "    print(ip.user_ns['pair'], ip.user_ns['pair'][0] is ip.user_ns['items'])\n")
+    out = run_python(code, env={"NBCACHE_DIR": str(cache_dir)})
+    printed = [line for line in out.splitlines() if line.startswith("(")]
+    assert printed == ["([1, 2], 0) True"] * 2
 
 
 def test_an_array_changed_through_a_view_is_changed_after_hits_too(ip):
