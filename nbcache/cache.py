@@ -62,6 +62,7 @@ class Cache:
         self.set_directory(directory)
         self._fixed_store = store
         self._stores: dict[str, Store] = {}
+        self._gone: list[Store] = []  # stores whose directory was removed while they were open
         self._stores_lock = ForkSafeLock()  # (the warm-up's thread holds it; free again in a forked child)
         self.notebook = notebook
         self.events = Events()
@@ -183,11 +184,12 @@ class Cache:
             return self._fixed_store
         directory = self._directory()  # (a string: this is on every call's path)
         store = self._stores.get(directory)
-        if store is None:
+        if store is None or getattr(store, "gone", bool)():  # (or its directory was removed since: opened anew)
             self._warming.wait()
             with self._stores_lock:
                 store = self._stores.get(directory)
-                if store is None:
+                if store is None or getattr(store, "gone", bool)():
+                    self._gone.extend([store] if store is not None else [])  # (kept, never collected)
                     store = self._stores[directory] = self._open(directory)
             self.background.start()  # (now, rather than on a hit)
         return store
@@ -322,14 +324,11 @@ class Cache:
 
 
 def _seconds(text: str | None, *, default: float) -> float:
-    try:
-        seconds = float(text) if text else default
-    except ValueError:
-        seconds = float("nan")
-    if seconds != seconds or seconds == float("inf"):
-        warn(f"nbcache: NBCACHE_LOCK_TIMEOUT is a number of seconds, not {text!r}; waiting {default:g} s")
-        return default
-    return seconds
+    with contextlib.suppress(ValueError):
+        if (seconds := float(text) if text else default) != float("inf") and seconds == seconds:  # (not NaN)
+            return seconds
+    warn(f"nbcache: NBCACHE_LOCK_TIMEOUT is a number of seconds, not {text!r}; waiting {default:g} s")
+    return default
 
 
 _default = Cache()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import pickle
 import re
 import sqlite3
 import threading
@@ -37,8 +36,9 @@ import diskcache
 
 from .diskerrors import StoreError, describe
 from .diskevict import Recency, candidates, last_used
-from .diskfiles import Modes, _FrameDisk, entry_texts, make_dir, make_file, open_append, shared_from_env
+from .diskfiles import Modes, entry_texts, make_dir, make_file, open_append, shared_from_env
 from .diskgc import GRACE_S, collect, disk_usage
+from .diskindex import index_file, index_identity, open_index
 from .disklock import hold, let_go
 from .entry import Entry, Latest
 from .eviction import beyond_last, choose_victims
@@ -70,7 +70,9 @@ class DiskStore:
         make_dir(self.directory / "store", self._modes.dir)
         # SQLite would create its index 0644; made first, it keeps its mode, and its -wal and -shm files take it
         make_file(self.directory / "store" / "cache.db", self._modes.file)
-        self._cache = _open_index(self.directory / "store")
+        self._cache = open_index(self.directory / "store")
+        self._index_file = index_file(self.directory / "store")
+        self._index = index_identity(self._index_file)  # (which file it opened: ``gone``)
         self._cache.disk.modes = self._modes
         self._recency = Recency(self._cache)  # when entries were last served, written in batches
         self._locks_dir = self.directory / "locks"
@@ -82,6 +84,11 @@ class DiskStore:
 
     def __repr__(self) -> str:
         return f"DiskStore({str(self.directory)!r})"
+
+    def gone(self) -> bool:
+        """Whether its index was removed (or made anew) since it was opened: ``rm -rf .nbcache`` while a kernel
+        keeps it open. What it would store there, nobody would see again: the cache opens the directory anew."""
+        return index_identity(self._index_file) != self._index
 
     # entries and blobs
     def _get(self, name: str, **kwargs: Any) -> Any:
@@ -329,26 +336,6 @@ class DiskStore:
             if self._log_fd is not None:
                 os.close(self._log_fd)
                 self._log_fd = None
-
-
-def _open_index(directory: Path) -> diskcache.Cache:
-    """The diskcache of ``directory``. Processes creating the same index at once can find it locked by
-    one another in a statement diskcache does not retry: they try again, for as long as diskcache waits for
-    a lock (60 s)."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            return diskcache.Cache(
-                str(directory),
-                disk=_FrameDisk,
-                eviction_policy="none",  # never drop a result behind the user's back; `clear` does that
-                tag_index=True,
-                disk_pickle_protocol=pickle.HIGHEST_PROTOCOL,
-            )
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.005)
 
 
 def open_disk_store(directory: str | os.PathLike[str], *, shared: bool | None = None) -> DiskStore:

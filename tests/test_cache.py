@@ -187,3 +187,17 @@ def test_a_step_pickled_before_steps_had_a_cache_still_runs(cache_dir):
     del triple.__dict__["cache"]  # as a Step pickled by an nbcache without cache= comes back
     old = cloudpickle.loads(cloudpickle.dumps(triple))
     assert old(2) == 6 and old(2) == 6 and nbcache.runs("triple")[-1].cached
+
+
+def test_a_cache_directory_removed_while_open_is_made_anew_and_what_is_stored_there_stays(tmp_path):
+    """``rm -rf .nbcache`` while a kernel runs: the store kept its index open, and what it stored went into a
+    file nobody would open again (lost at the next restart). The directory is made anew and used."""
+    import shutil
+
+    cache = Cache(tmp_path / "c")
+    double = step(cache=cache, name="double")(lambda x: 2 * x)
+    assert double(1) == 2
+    shutil.rmtree(tmp_path / "c")
+    assert double(1) == 2 and not cache.runs()[-1].cached
+    again = Cache(tmp_path / "c")  # (another process, or this kernel restarted)
+    assert step(cache=again, name="double")(lambda x: 2 * x)(1) == 2 and again.runs()[-1].cached

@@ -379,3 +379,29 @@ def test_a_worker_keeps_one_cache_per_directory_and_lets_none_go(tmp_path, body_
     round (the others, its index's connections, one per thread that used it, stop growing too)."""
     counts, _, _ = _client(tmp_path, body_log, "many caches", code=MANY_CACHES, BASE=str(tmp_path))
     assert counts == [21, 21, 21, 21]  # (20 caches, and the worker's own for the one signed with another key)
+
+
+REMOVED = '''
+import json, os, shutil, sys
+import nbcache
+from distributed import Client, LocalCluster
+
+directory = os.environ["NBCACHE_DIR"]
+f = nbcache.step(lambda x: x * 2, name="f")
+
+if __name__ == "__main__":
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \\
+            Client(cluster) as client:
+        assert f.submit(client, 1).result() == 2
+        shutil.rmtree(directory)  # (the user clears the cache by hand while the cluster lives)
+        assert f.submit(client, 2).result() == 4
+    print(json.dumps([f(2), nbcache.runs()[-1].cached]))
+    print(json.dumps([[r.step, r.state.value, r.worker, r.reason] for r in nbcache.runs()]))
+'''
+
+
+def test_a_worker_opens_again_a_cache_directory_removed_while_it_lives(tmp_path, body_log):
+    """The worker kept the index of the removed directory open: what it stored went nowhere the client sees."""
+    (value, cached), history, _ = _client(tmp_path, body_log, "removed", code=REMOVED)
+    assert (value, cached) == (4, True)  # (stored by the worker in the directory made anew)
+    assert [state for _, state, _, _ in history] == ["first run", "hit"]  # (the worker's f(2), then f(2) here)

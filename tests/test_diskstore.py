@@ -154,11 +154,13 @@ def test_a_value_that_no_longer_unpickles_is_recomputed(cache_dir, tmp_path, mon
     (module_dir / "vanishing_mod.py").write_text(source)
     monkeypatch.syspath_prepend(str(module_dir))
 
+    name = "vanishing_mod"  # (named by a variable: its code is not followed, so the key stays as it was)
+
     @step
     def make(v):
         import importlib
 
-        return importlib.import_module("vanishing_mod").Thing(v)
+        return importlib.import_module(name).Thing(v)
 
     make(1)
     # the class changes in a way its stored instances can no longer be loaded into
