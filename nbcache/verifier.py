@@ -30,6 +30,7 @@ from .frameread import Unchecked
 __all__ = ["DELAY_S", "Verifier", "verify_lazily"]
 
 DELAY_S = 0.05  # how long after a hit its mapped values start being checked
+CONFIRM_WAIT_S = 600.0  # how long a result computed from a value being checked waits for the check to end
 
 
 def verify_lazily() -> bool:
@@ -52,6 +53,8 @@ class Verifier:
         self._intact: set[tuple[int, int, int]] = set()  # files found intact, by (device, inode, ctime)
         self._held: list[tuple[Unchecked, Callable[[str], None]]] = []
         self._pending: dict[int, tuple[Unchecked, Callable[[str], None]]] = {}  # by id: not yet checked
+        self._running: dict[tuple[int, int, int], threading.Event] = {}  # files being checked: set when done
+        self._damaged: dict[tuple[int, int, int], str] = {}  # files found damaged, and what was wrong
         self._lock = threading.Lock()  # (one thread takes a pending check: ``check`` closes the descriptor)
 
     def submit(self, unchecked: Unchecked, on_damage: Callable[[str], None], *, hold: bool = False) -> None:
@@ -86,27 +89,39 @@ class Verifier:
             taken = [(u, d) for u, d in self._pending.values() if u.identity in wanted]
             for unchecked, _ in taken:
                 del self._pending[id(unchecked)]
-        found = None
+            running = [self._running[i] for i in wanted if i in self._running]
         for unchecked, on_damage in taken:
-            problem = self._outcome(unchecked, on_damage)
-            found = found or problem
-        return found
+            self._outcome(unchecked, on_damage)
+        for done in running:  # (checked on the background thread as this asked: its outcome is waited for)
+            if not done.wait(CONFIRM_WAIT_S):
+                return "its check did not finish in time"
+        return next((self._damaged[i] for i in wanted if i in self._damaged), None)
 
     def _take(self, unchecked: Unchecked) -> bool:
         """Whether this thread is the one to check ``unchecked`` (no other took it)."""
         with self._lock:
             return self._pending.pop(id(unchecked), None) is not None
 
-    def _outcome(self, unchecked: Unchecked, on_damage: Callable[[str], None]) -> str | None:
-        if unchecked.identity in self._intact:
+    def _outcome(self, unchecked: Unchecked, on_damage: Callable[[str], None]) -> None:
+        identity = unchecked.identity
+        if identity in self._intact:
             unchecked.close()
-            return None
-        problem = unchecked.check()
-        if problem is None:
-            self._intact.add(unchecked.identity)
-        else:
-            on_damage(problem)
-        return problem
+            return
+        done = threading.Event()
+        with self._lock:
+            self._running[identity] = done
+        try:
+            problem = unchecked.check()
+            if problem is None:
+                self._intact.add(identity)
+            else:
+                self._damaged[identity] = problem
+                on_damage(problem)
+        finally:
+            done.set()
+            with self._lock:
+                if self._running.get(identity) is done:
+                    del self._running[identity]
 
     def release(self) -> None:
         """Check what was held, from ``DELAY_S`` on: a check reads a whole file on another thread, and

@@ -177,6 +177,41 @@ def test_results_computed_from_a_value_found_damaged_are_not_stored(tmp_path, fo
     np.testing.assert_array_equal(result, _normalizer(_importer(1), []))
 
 
+def test_a_result_computed_while_its_input_is_being_checked_waits_for_the_check(tmp_path, monkeypatch):
+    """The background check had started (a slow disk) when the next step stored: it was taken for intact."""
+    import time
+
+    from nbcache import frameread
+
+    directory = tmp_path / "c"
+    calls: list = []
+    importer, _ = _steps(nbcache.Cache(directory), calls)
+    importer(1)
+    with open(_value_file(directory, N * 8), "r+b") as f:
+        f.seek(-16, os.SEEK_END)
+        f.write(np.float64(123.0).tobytes())
+    started = threading.Event()
+    check = frameread.Unchecked.check
+
+    def slow(self):
+        started.set()
+        time.sleep(1.0)
+        return check(self)
+
+    monkeypatch.setattr(frameread.Unchecked, "check", slow)
+    cache = nbcache.Cache(directory)
+    importer, normalizer = _steps(cache, calls)
+    with pytest.warns(CacheWarning) as record:
+        x = importer(1)
+        assert started.wait(30)  # (the check is under way on the background thread)
+        normalizer(x)
+    assert "may be wrong and was not stored" in " ".join(str(w.message) for w in record)
+    later_calls: list = []
+    _, later = _steps(nbcache.Cache(directory), later_calls)
+    later(_importer(1))
+    assert later_calls == ["normalizer"]
+
+
 IMPORTER_CELL = f"""%%step importer
 import numpy as np
 images = np.random.default_rng(1).standard_normal({N})
