@@ -24,7 +24,8 @@ from .checks import NO_FILE, Check, file_digest
 from .fingerprint import is_user_code
 from .fingerprint_source import is_user_file
 
-__all__ = ["Unobserved", "Watcher", "inherit", "unobserved", "unwatch", "watch", "watched"]
+__all__ = ["APPENDED", "STATED", "Unobserved", "Watcher", "database_stat", "inherit", "unobserved", "unwatch",
+           "watch", "watched"]
 
 
 class Watcher(Protocol):
@@ -46,6 +47,8 @@ class Watcher(Protocol):
 
 
 _active: list[Watcher] = []  # the watchers of the runs under way, innermost last (steps nest)
+APPENDED = "appended to at "  # a ``prior`` of a file appended to: then its length (its content: ``observe.py``)
+STATED = "stat "  # a ``prior`` of a SQLite database: its files' stat (``database_stat``) when it was opened
 _hook_installed = False
 _hook_lock = threading.Lock()
 _quiet = threading.local()  # .depth: how many ``unobserved`` blocks this thread is in
@@ -190,15 +193,37 @@ def _on_open(watcher: Watcher, args: tuple) -> None:
         reads = "r" in mode or "+" in mode
         writes = any(c in mode for c in "wax+")
     if writes:
-        # what the file held before: a run that reads it, then writes it (``n = int(open(p).read())``, then
-        # ``open(p, "w")``), or appends to it and reads it back, depends on it
-        keeps = ("w" not in mode) if mode is not None else not flags & os.O_TRUNC
-        if path not in watcher.prior and (path in watcher.read or keeps):
-            with unobserved:
-                watcher.prior[path] = file_digest(path) if os.path.isfile(path) else NO_FILE
+        if mode is None:
+            appends = bool(flags & os.O_APPEND) and access == os.O_WRONLY
+            keeps = appends or not flags & os.O_TRUNC
+        else:
+            appends, keeps = "a" in mode and "+" not in mode, "w" not in mode
+        _changing(watcher, path, keeps=keeps, appends=appends)
         watcher.wrote.setdefault(path)
     if reads:  # (a file read that the run wrote first is its own output: observe.py counts it only then)
         watcher.read.setdefault(path)
+
+
+def _changing(watcher: Watcher, path: str, *, keeps: bool = False, appends: bool = False) -> None:
+    """``path`` is about to be written (``keeps``: without being emptied first; ``appends``: only at its end):
+    a run that read it before, or may read it back after (``n = int(open(p).read())`` then ``open(p, "w")``,
+    rows appended then read), depends on what it held, which is taken now (``prior``). Of a file appended
+    to, only its length is taken, and its content up to there is hashed if the run reads it (``observe.py``)."""
+    before = watcher.prior.get(path)
+    if before is not None and not before.startswith(APPENDED):
+        return
+    if not (before or keeps or path in watcher.read):
+        return
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        watcher.prior.setdefault(path, NO_FILE)
+        return
+    if appends and before is None:
+        watcher.prior[path] = f"{APPENDED}{size}"
+    elif not appends:
+        with unobserved:
+            watcher.prior[path] = file_digest(path, int(before[len(APPENDED):]) if before else None)
 
 
 def _on_listdir(watcher: Watcher, args: tuple) -> None:
@@ -234,10 +259,35 @@ def _on_compile(watcher: Watcher, args: tuple) -> None:
 
 
 def _on_sqlite(watcher: Watcher, args: tuple) -> None:
-    """A SQLite database opened by path: sqlite3 reads the file from C, past Python's open."""
+    """A SQLite database opened by path: sqlite3 reads the file from C, past Python's open. It may write it
+    too (``UPDATE``, then ``SELECT``): what its files were is taken now (``observe.py`` compares)."""
     database = args[0] if args else None
     if isinstance(database, (str, bytes, os.PathLike)) and os.fsdecode(database) not in ("", ":memory:"):
-        watcher.read.setdefault(os.path.abspath(os.fsdecode(database)))
+        path = os.path.abspath(os.fsdecode(database))
+        watcher.read.setdefault(path)
+        watcher.prior.setdefault(path, STATED + repr(database_stat(path)))
+
+
+def database_stat(path: str) -> tuple:
+    """What a SQLite database's files are, by their stat: the database and its write-ahead log."""
+    found = []
+    for name in (path, path + "-wal"):
+        try:
+            st = os.stat(name)
+        except OSError:
+            found.append(None)
+            continue
+        found.append((st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(found)
+
+
+def _on_rename(watcher: Watcher, args: tuple) -> None:
+    """``os.replace(tmp, path)``, ``os.rename``, ``shutil.move``: ``path`` is written (an atomic save)."""
+    target = args[1] if len(args) > 1 else None
+    if isinstance(target, (str, bytes, os.PathLike)) and (args[3] if len(args) > 3 else -1) in (-1, None):
+        path = os.path.abspath(os.fsdecode(target))
+        _changing(watcher, path)
+        watcher.wrote.setdefault(path)
 
 
 def _on_mkdir(watcher: Watcher, args: tuple) -> None:
@@ -285,6 +335,6 @@ _SOURCE_READERS = frozenset(os.path.join(os.path.dirname(os.__file__), name) for
 
 _HANDLERS: dict[str, Callable[[Watcher, tuple], None]] = {
     "open": _on_open, "os.listdir": _on_listdir, "os.scandir": _on_listdir, "compile": _on_compile,
-    "sqlite3.connect": _on_sqlite, "os.mkdir": _on_mkdir, "subprocess.Popen": _on_command,
+    "sqlite3.connect": _on_sqlite, "os.mkdir": _on_mkdir, "os.rename": _on_rename, "subprocess.Popen": _on_command,
     "os.system": _on_command, "os.spawn": _on_command, "os.exec": _on_command, "os.posix_spawn": _on_command,
 }

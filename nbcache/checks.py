@@ -223,13 +223,15 @@ def stat_of(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def file_digest(path: str) -> str:
-    """The content hash of a file; "" if it cannot be read."""
+def file_digest(path: str, limit: int | None = None) -> str:
+    """The content hash of a file (of its first ``limit`` bytes); "" if it cannot be read."""
     h = xxhash.xxh3_128()
+    left = -1 if limit is None else limit
     try:
         with open(path, "rb", buffering=0) as f:
-            while chunk := f.read(_HASH_CHUNK):
+            while left and (chunk := f.read(_HASH_CHUNK if left < 0 else min(left, _HASH_CHUNK))):
                 h.update(chunk)
+                left -= len(chunk) if left > 0 else 0
     except OSError:
         return ""
     return h.hexdigest()

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import ambient
-from .audit import inherit, unwatch, watch
+from .audit import APPENDED, STATED, database_stat, inherit, unwatch, watch
 from .checks import NONE, UNHASHABLE, Check, checks_from_json, file_digest, first_failure, listing_digest, stat_of
 from .fingerprint import library_roots
 from .hashing import hash_value
@@ -169,15 +169,17 @@ class Observer:
         """The dependencies seen, as checks to store with the result."""
         assert self.before is not None and self.after is not None
         found: list[Check] = []
-        for path in self.read:
+        for path, before in self.prior.items():  # read and written: it read what the file held before
+            if path in self.read and _is_data_path(path, self.cache_dir):
+                digest = _prior_digest(path, before)
+                if digest:
+                    found.append(Check("file", self._stored_path(path), digest))
+        for path in self.read:  # (a file it changed is checked as it found it, above)
             if path not in self.wrote and _is_data_file(path, self.cache_dir):
                 found.append(self._file_check("file", path))
         for path in self.wrote:
             if _is_data_file(path, self.cache_dir) and os.path.isfile(path):
                 found.append(self._file_check("wrote", path))
-        for path, digest in self.prior.items():  # read and written: it read what the file held before
-            if path in self.read and _is_data_path(path, self.cache_dir):
-                found.append(Check("file", self._stored_path(path), digest))
         for path in self.made:
             if _is_data_path(path, self.cache_dir) and os.path.isdir(path):
                 found.append(Check("made", self._stored_path(path), "folder"))
@@ -250,6 +252,18 @@ class Observer:
 
 
 CWD = "working directory"  # the ambient kind of os.getcwd()
+CHANGED_BY_THE_RUN = "changed by the run"  # the digest of a database the run wrote: its check never holds
+
+
+def _prior_digest(path: str, before: str) -> str:
+    """The digest of what a file the run read and wrote held before (``audit._changing``): taken then; of a
+    file appended to, its content up to the length it had; of a SQLite database, none if its files are as
+    they were (its check as a file read covers it), else one that never holds (what it read is gone)."""
+    if before.startswith(APPENDED):
+        return file_digest(path, int(before[len(APPENDED):]))
+    if before.startswith(STATED):
+        return "" if before == STATED + repr(database_stat(path)) else CHANGED_BY_THE_RUN
+    return before
 
 
 def _is_data_path(path: str, cache_dir: str) -> bool:

@@ -262,6 +262,7 @@ def test_a_cell_that_puts_a_folder_on_sys_path_and_imports_from_it_is_a_hit_afte
     (tmp_path / "src" / "mylib.py").write_text("def double(x):\n    return 2 * x\n")
     cell = "%%step\nimport sys\nsys.path.append('src')\nfrom mylib import double\ny = double(5)"
     path = list(sys.path)
+    sys.path_importer_cache.pop("src", None)  # (what a test before found in its own src, by that name)
     try:
         run(ip, cell)
         sys.path[:] = path  # (a new kernel: src is not on the path, mylib not imported)
@@ -291,6 +292,7 @@ def test_the_state_a_payload_set_as_it_loaded_is_set_back_when_it_fails_to_load(
         "def make(v):\n    if os.path.exists('refuse'):\n        raise ValueError('refused')\n    return Box(v)\n")
     cell = "%%step\nimport sys\nsys.path.append('src')\nimport boxes\nbox = boxes.Box(1)"
     path = list(sys.path)
+    sys.path_importer_cache.pop("src", None)  # (what a test before found in its own src, by that name)
     try:
         with warnings.catch_warnings(record=True) as said:  # (the filters, an input of a cell, as they were)
             warnings.simplefilter("always")
@@ -304,6 +306,72 @@ def test_the_state_a_payload_set_as_it_loaded_is_set_back_when_it_fails_to_load(
     finally:
         sys.path[:] = path
         sys.modules.pop("boxes", None)
+
+
+def test_a_step_that_saves_over_a_file_it_read_or_updates_a_database_it_reads_depends_on_them(tmp_path, cache_dir,
+                                                                                                monkeypatch):
+    """An atomic save (write q.tmp, then os.replace onto q) and a SQLite UPDATE change what the step read: the
+    file was hashed after the run, holding the new count, so every later call was served the first one."""
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "q.txt").write_text("0")
+    with sqlite3.connect("c.db") as db:
+        db.execute("create table t(n)")
+        db.execute("insert into t values (0)")
+    db.close()
+
+    @nbcache.step
+    def saved():
+        n = int(open("q.txt").read())
+        with open("q.tmp", "w") as f:
+            f.write(str(n + 1))
+        os.replace("q.tmp", "q.txt")
+        return n
+
+    @nbcache.step
+    def counted():
+        db = sqlite3.connect("c.db")
+        try:
+            db.execute("update t set n = n + 1")
+            db.commit()
+            return db.execute("select n from t").fetchone()[0]
+        finally:
+            db.close()
+
+    assert [saved() for _ in range(3)] == [0, 1, 2] and nbcache.runs()[-1].reason == "file q.txt changed"
+    assert [counted() for _ in range(3)] == [1, 2, 3] and nbcache.runs()[-1].reason == "file c.db changed"
+
+
+def test_a_file_appended_to_is_hashed_only_if_the_step_reads_it_back(tmp_path, cache_dir, monkeypatch):
+    """Appending to a log is no read of it: its content is hashed once, as a file the step wrote, after the run
+    (it was hashed whole as it was opened too: a big log cost every call that appended to it); read back,
+    its content up to where the step appended is what the step depends on."""
+    from nbcache import checks
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "log.txt").write_text("old\n")
+    hashed: list[str] = []
+    digest = checks.file_digest
+    monkeypatch.setattr(checks, "file_digest", lambda path, *a: hashed.append(os.path.basename(path)) or digest(path, *a))
+    monkeypatch.setattr("nbcache.audit.file_digest", checks.file_digest)
+    monkeypatch.setattr("nbcache.observe.file_digest", checks.file_digest)
+
+    @nbcache.step
+    def logged(x):
+        with open("log.txt", "a") as f:
+            f.write(f"{x}\n")
+        return x
+
+    @nbcache.step
+    def tail(x):
+        with open("log.txt", "a") as f:
+            f.write(f"{x}\n")
+        return open("log.txt").read().split()
+
+    assert logged(1) == 1 and hashed.count("log.txt") == 1
+    assert tail(2) == ["old", "1", "2"] and tail(2) == ["old", "1", "2", "2"]  # (it read what it appended to)
+    assert nbcache.runs()[-1].reason == "file log.txt changed"
 
 
 def test_a_folder_listed_is_checked_for_new_and_removed_files(ip, tmp_path):
