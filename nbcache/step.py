@@ -33,8 +33,8 @@ __all__ = ["Step", "step", "runs", "clear"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# The cache a step without one of its own uses while a call submitted to a Dask worker runs there (cluster.py)
 WORKER_CACHE: contextvars.ContextVar[Cache | None] = contextvars.ContextVar("nbcache_worker_cache", default=None)
+"""The cache a step without one of its own uses while a call submitted to a Dask worker runs there."""
 
 
 class Step:
@@ -221,8 +221,7 @@ class _Call(StepCall):
     def _check_arguments_unchanged(self) -> None:
         """Warn when the body changed a data argument in place: a hit returns the result but cannot repeat
         that. Only plain data is checked (lists, dicts, sets, arrays, frames): other objects often change
-        their state when merely read (a memo, a ``cached_property``, a fitted model's query counters),
-        and would be reported as changed when nothing the user can see did."""
+        their state when merely read (a memo, a ``cached_property``), which the user never sees."""
         changed = []
         for name, digest in self.inputs.items():
             value = self.bound.arguments[name]
@@ -247,11 +246,9 @@ _PLAIN_DATA = (list, dict, set, bytearray)
 
 
 def _is_plain_data(value: Any) -> bool:
-    tp = type(value)
-    if tp in _PLAIN_DATA:
-        return True
-    np, pd = sys.modules.get("numpy"), sys.modules.get("pandas")  # loaded already if value is theirs
-    return (np is not None and tp is np.ndarray) or (pd is not None and tp in (pd.DataFrame, pd.Series))
+    tp, np, pd = type(value), sys.modules.get("numpy"), sys.modules.get("pandas")  # (imported if value is theirs)
+    return tp in _PLAIN_DATA or (np is not None and tp is np.ndarray) or (pd is not None and tp in (pd.DataFrame,
+                                                                                                   pd.Series))
 
 
 def _check_options(name: Any, enable_cache: Any, ignore: Any, version: Any, cache: Any = None) -> tuple[str, ...]:
@@ -326,8 +323,11 @@ def step(func: Callable[..., Any] | None = None, *, name: str | None = None, ena
 
     if func is None:
         return decorate
+    if isinstance(func, (staticmethod, classmethod)):  # (@step above them: as under them)
+        return type(func)(decorate(func.__func__))
     if not callable(func):
-        raise TypeError(f"@step takes a function; to pass options write @step(name=...), not @step({func!r})")
+        hint = "write @step under @property" if isinstance(func, property) else "to pass options write @step(name=...)"
+        raise TypeError(f"@step takes a function, not {type(func).__name__} {func!r}: {hint}")
     return decorate(func)
 
 

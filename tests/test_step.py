@@ -354,6 +354,32 @@ def test_clear_keeps_blobs_shared_with_other_steps(cache_dir):
     assert nbcache.runs()[-1].cached
 
 
+def test_step_above_staticmethod_or_classmethod_is_as_below_them(cache_dir):
+    """``@step`` over ``@staticmethod`` was taken: its calls warned that a staticmethod cannot be hashed, and
+    every other step method of the class ran uncached for good; over ``@classmethod``, it was refused."""
+
+    class Prices:
+        @step
+        @staticmethod
+        def taxed(x):
+            return x * 2
+
+        @step
+        @classmethod
+        def scaled(cls, x):
+            return x * 3
+
+        @step
+        def shifted(self, x):
+            return x + 1
+
+    for _ in range(2):
+        assert (Prices.taxed(1), Prices().taxed(1), Prices.scaled(1), Prices().shifted(1)) == (2, 2, 3, 2)
+    assert [r.cached for r in nbcache.runs()[-4:]] == [True, True, True, True]
+    with pytest.raises(TypeError, match="write @step under @property"):
+        step(property(lambda self: 1))
+
+
 def test_bad_decorator_use_is_explained(cache_dir):
     with pytest.raises(ValueError, match=r"'verbos', which is not a parameter of f\(\).*x, verbose"):
         @step(ignore=["verbos"])
