@@ -228,6 +228,7 @@ KINDS: tuple[AmbientKind, ...] = (
     AmbientKind("environment variables", "os", _environ_get, _environ_set, shape="mapping"),
     AmbientKind("working directory", "os", os.getcwd, _cwd_set),
     AmbientKind("sys.path", "sys", _sys_path_get, _sys_path_set, shape="sequence"),
+    AmbientKind("recursion limit", "sys", sys.getrecursionlimit, sys.setrecursionlimit),
 )
 """Every kind nbcache keeps, in the order they are set back (the backend before the rc settings)."""
 

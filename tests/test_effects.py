@@ -65,6 +65,7 @@ STATE_CASES = {
     "environment": ("import os\nos.environ['NBCACHE_TEST_FLAG'] = 'on'", "os.environ.get('NBCACHE_TEST_FLAG')"),
     "sys.path": ("import sys\nsys.path.append('/nbcache-test-path')", "'/nbcache-test-path' in sys.path"),
     "scikit-learn config": ("import sklearn\nsklearn.set_config(display='text')", "sklearn.get_config()['display']"),
+    "recursion limit": ("import sys\nsys.setrecursionlimit(2345)", "sys.getrecursionlimit()"),
 }
 
 
