@@ -33,7 +33,8 @@ from .cachedcall import StepCall, addresses_of
 from .capture import Recorder, publish, replay, show_result_as_recorded
 from .cellcode import CellCode
 from .cellnames import CellNames
-from .cellvars import HISTORY_NAMES, Alias, Outputs, deleted_names, memory_size, output_names, picklable
+from .cellvars import (HISTORY_NAMES, Alias, Outputs, code_state, deleted_names, memory_size, output_names,
+                       picklable)
 from .entry import Entry
 from .errors import warn as _warn
 from .fingerprint import imported_module
@@ -47,6 +48,7 @@ from .store import Store
 
 __all__ = ["Analysed", "CellCall", "CellUsageError", "StepCellFailed", "ends_with_semicolon"]
 
+_CODE = (types.FunctionType, type)  # (what a cell may change besides variables: defaults, class attributes)
 AHEAD = ("sys.path", "matplotlib backend")  # the state a hit makes as it loads the variables, before them:
 #                                               where their modules are, the backend a figure restored takes
 
@@ -149,6 +151,7 @@ class CellCall(StepCall):
         self.missing_outputs: list[str] = []  # what --outputs names but the cell did not define
         self.imports = code.imports
         self.unfound_imports: list[str] = []  # imports whose module was not to be found when the key was made
+        self.code_states: dict[str, str | None] = {}  # of the functions and classes it reads, before it runs
         self.quiet = analysed.quiet
         self.binds = list(code.binds)
         self.input_names = input_names
@@ -182,11 +185,9 @@ class CellCall(StepCall):
             return values, entry, reason
         finally:
             LIVE_NAMESPACE.reset(token)
-            if not served:
-                for kind in kinds:
-                    if kind.name in before.values and not before.same(kind.name):
-                        with contextlib.suppress(Exception):
-                            kind.set(before.values[kind.name])
+            for kind in () if served else [k for k in kinds if k.name in before.values and not before.same(k.name)]:
+                with contextlib.suppress(Exception):
+                    kind.set(before.values[kind.name])
 
     def restore(self, values: list[Any], entry: Entry) -> Any:
         return self._restore(values[0], entry)
@@ -271,6 +272,7 @@ class CellCall(StepCall):
         shell = self.shell
         ns = shell.user_ns
         before = {name: id(value) for name, value in ns.items()}
+        self.code_states = {n: code_state(ns[n]) for n in self.input_names if isinstance(ns.get(n), _CODE)}
         modules = set(sys.modules) if self.unfound_imports else None
         t_body = time.perf_counter()
         outer = shell.displayhook.exec_result  # the %%step cell's own result, which the inner run replaces
@@ -348,7 +350,8 @@ class CellCall(StepCall):
         """What the cell bound (seen in its code, or as a name that is new or rebound after it ran), and
         the data inputs it changed in place, with what shares their objects; or what --outputs names."""
         found = output_names(self.shell.user_ns, before, binds=self.binds, restrict=self.restrict,
-                             input_names=self.input_names, inputs=self.inputs, carried=self.cache.carry.address_of)
+                             input_names=self.input_names, inputs=self.inputs, carried=self.cache.carry.address_of,
+                             code_states=self.code_states)
         missing = found.missing
         if missing:  # a typo: storing the rest would leave the name undefined after a hit
             self.missing_outputs = missing

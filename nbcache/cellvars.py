@@ -18,8 +18,8 @@ from .hashing import hash_value
 from .sharing import NOT_FOLLOWED, VALUES, reach
 from .step import Step
 
-__all__ = ["HISTORY_NAMES", "IPYTHON_NAMES", "Alias", "Outputs", "deleted_names", "is_closed", "memory_size",
-           "output_names", "picklable"]
+__all__ = ["HISTORY_NAMES", "IPYTHON_NAMES", "Alias", "Outputs", "code_state", "deleted_names", "is_closed",
+           "memory_size", "output_names", "picklable"]
 
 # Names IPython itself binds as cells run (_, __, _i3, _oh, ...): never a cell's outputs.
 IPYTHON_NAMES = re.compile(r"_+\d*|_i+\d*|_(oh|dh|ih|ii|iii)|In|Out|exit|quit|get_ipython")
@@ -62,7 +62,8 @@ class Outputs(NamedTuple):
 
 def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Sequence[str],
                  restrict: Sequence[str] | None, input_names: Sequence[str], inputs: Mapping[str, str],
-                 carried: Callable[[Any], Any] = lambda value: None) -> Outputs:
+                 carried: Callable[[Any], Any] = lambda value: None,
+                 code_states: Mapping[str, str | None] = {}) -> Outputs:
     """The variables a cell's run leaves as its outputs.
 
     ``before`` maps each name to the ``id`` of its value before the run. The outputs are what the cell
@@ -73,6 +74,7 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
     unchanged (``df = raw``) is stored as an ``Alias`` of it: a hit binds it to the live object, which the
     key found as it was, and whatever holds that object holds it too. ``carried(value)`` is the
     ``carry.Carried`` of an array restored and provably unchanged since (not read again), else None.
+    ``code_states``: the ``code_state`` of the functions and classes it read, before it ran.
     """
     if restrict is not None:
         return Outputs([n for n in restrict if n in ns], [n for n in restrict if n not in ns], {})
@@ -88,8 +90,8 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
         value = ns.get(name, _ABSENT)
         if name in names or name not in inputs or value is _ABSENT:
             continue
-        if isinstance(value, _CODE_TYPES):  # (its hash follows its code, defaults, closure and attributes)
-            if isinstance(value, (types.FunctionType, type)) and _hash_or_none(value) != inputs[name]:
+        if isinstance(value, _CODE_TYPES):
+            if name in code_states and code_state(value) != code_states[name]:
                 changed_code.append(name)
             continue
         known = carried(value)
@@ -113,10 +115,28 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
                    tuple(changed_code))
 
 
-def _hash_or_none(value: Any) -> str | None:
+def code_state(value: Any) -> str | None:
+    """The hash of what a function or a class of the notebook holds besides its code: a function's defaults,
+    closure and attributes, a class's attributes that are not functions (not the globals they read: those
+    are variables of their own). None for anything else, or what cannot be hashed."""
+    if isinstance(value, types.FunctionType):
+        cells = tuple(_contents(cell) for cell in value.__closure__ or ())
+        state: Any = (value.__defaults__, value.__kwdefaults__, cells, dict(value.__dict__))
+    elif isinstance(value, type):
+        state = {k: v for k, v in vars(value).items() if not k.startswith("__") and not callable(v)
+                 and not isinstance(v, (staticmethod, classmethod, property))}
+    else:
+        return None
     try:
-        return hash_value(value)
+        return hash_value(state)
     except Exception:
+        return None
+
+
+def _contents(cell: Any) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # (empty)
         return None
 
 

@@ -619,16 +619,18 @@ def test_a_cell_that_changes_a_function_or_class_it_reads_runs_every_time(ip):
     """``acc(1)`` appends to acc's default list, ``Config.verbose = True`` sets a class attribute: a hit would
     leave them unchanged, and the cells below would see another acc, another Config, than without nbcache."""
     cells = ["%%step\ndef acc(x, into=[]):\n    into.append(x)\n    return into", "%%step\nfirst = list(acc(1))",
-             "%%step\nclass Config:\n    verbose = False", "%%step\nConfig.verbose = True"]
+             "%%step\nclass Config:\n    verbose = False", "%%step\nConfig.verbose = True",
+             "%%step\nK = 2.0\ndef damped(t):\n    return t * K",
+             "%%step\nK = K * 2\nv = damped(1)"]  # (a global the function reads changed: not the function)
     for cell in cells:
         run(ip, cell)
-    for name in ("acc", "first", "Config"):  # (a new kernel)
+    for name in ("acc", "first", "Config", "K", "damped", "v"):  # (a new kernel)
         del ip.user_ns[name]
     for cell in cells:
         run(ip, cell)
-    assert [r.cached for r in nbcache.runs()[-4:]] == [True, False, True, False]
-    assert nbcache.runs()[-3].reason.startswith("runs every time: it changes acc (a default value")
-    assert ip.user_ns["acc"](2) == [1, 2] and ip.user_ns["Config"].verbose is True
+    assert [r.cached for r in nbcache.runs()[-6:]] == [True, False, True, False, True, True]
+    assert nbcache.runs()[-5].reason.startswith("runs every time: it changes acc (a default value")
+    assert ip.user_ns["acc"](2) == [1, 2] and ip.user_ns["Config"].verbose is True and ip.user_ns["v"] == 4.0
 
 
 def test_an_embedded_shell_s_outputs_hold_its_own_variables_after_a_hit(cache_dir):
