@@ -18,14 +18,15 @@ import os
 import sys
 import sysconfig
 import threading
+import urllib.parse
 from typing import Any, Callable, Protocol
 
 from .checks import NO_FILE, Check, file_digest
 from .fingerprint import is_user_code
 from .fingerprint_source import is_user_file
 
-__all__ = ["APPENDED", "STATED", "Unobserved", "Watcher", "database_stat", "inherit", "unobserved", "unwatch",
-           "watch", "watched"]
+__all__ = ["APPENDED", "CHANGED_BY_THE_RUN", "Unobserved", "Watcher", "appended_digest", "inherit", "unobserved",
+           "unwatch", "watch", "watched"]
 
 
 class Watcher(Protocol):
@@ -47,8 +48,9 @@ class Watcher(Protocol):
 
 
 _active: list[Watcher] = []  # the watchers of the runs under way, innermost last (steps nest)
-APPENDED = "appended to at "  # a ``prior`` of a file appended to: then its length (its content: ``observe.py``)
-STATED = "stat "  # a ``prior`` of a SQLite database: its files' stat (``database_stat``) when it was opened
+APPENDED = "appended to at "  # a ``prior`` of a file appended to: then ``appended_digest``'s ``before``
+CHANGED_BY_THE_RUN = "changed by the run"  # the digest of a file whose content before the run is gone: never holds
+_HEAD = 1 << 20  # the bytes of a file appended to that are hashed as it is opened
 _hook_installed = False
 _hook_lock = threading.Lock()
 _quiet = threading.local()  # .depth: how many ``unobserved`` blocks this thread is in
@@ -183,7 +185,7 @@ def _on_open(watcher: Watcher, args: tuple) -> None:
     if isinstance(path, int) or path is None:
         return
     opener = sys._getframe(2).f_code.co_filename
-    if opener.startswith("<frozen importlib") or opener in _SOURCE_READERS:
+    if opener.startswith("<frozen importlib") or (opener in _SOURCE_READERS and _showing_source()):
         return  # an import reading a module, or a warning or traceback its source line: code, not data
     path = os.path.abspath(os.fsdecode(path))
     if mode is None:  # os.open: the flags say
@@ -204,6 +206,19 @@ def _on_open(watcher: Watcher, args: tuple) -> None:
         watcher.read.setdefault(path)
 
 
+def _showing_source() -> bool:
+    """Whether linecache reads a source file to show a line of it in a warning or a traceback (a step may
+    read data through ``linecache.getline`` or ``tokenize.open`` itself)."""
+    frame = sys._getframe(3)
+    for _ in range(8):
+        frame = frame.f_back
+        if frame is None:
+            return False
+        if frame.f_code.co_filename in _SHOWERS:
+            return True
+    return False
+
+
 def _changing(watcher: Watcher, path: str, *, keeps: bool = False, appends: bool = False) -> None:
     """``path`` is about to be written (``keeps``: without being emptied first; ``appends``: only at its end):
     a run that read it before, or may read it back after (``n = int(open(p).read())`` then ``open(p, "w")``,
@@ -214,16 +229,33 @@ def _changing(watcher: Watcher, path: str, *, keeps: bool = False, appends: bool
         return
     if not (before or keeps or path in watcher.read):
         return
+    with unobserved:
+        if before is not None:  # (appended to, now written otherwise: what it held is taken before that)
+            if not appends:
+                watcher.prior[path] = appended_digest(path, before)
+            return
+        try:
+            st = os.stat(path)
+        except OSError:
+            watcher.prior[path] = NO_FILE
+            return
+        if appends:  # (its length, inode and first megabyte's digest: enough to tell it was appended to only)
+            watcher.prior[path] = f"{APPENDED}{st.st_size}:{st.st_ino}:{file_digest(path, min(st.st_size, _HEAD))}"
+        else:
+            watcher.prior[path] = file_digest(path)
+
+
+def appended_digest(path: str, before: str) -> str:
+    """The digest of what a file appended to held before (``before``: its ``prior``), if it was only appended
+    to since (the same file, as long, beginning alike); else ``CHANGED_BY_THE_RUN``: what it held is gone."""
+    size, inode, head = before[len(APPENDED):].split(":")
     try:
-        size = os.stat(path).st_size
+        st = os.stat(path)
     except OSError:
-        watcher.prior.setdefault(path, NO_FILE)
-        return
-    if appends and before is None:
-        watcher.prior[path] = f"{APPENDED}{size}"
-    elif not appends:
-        with unobserved:
-            watcher.prior[path] = file_digest(path, int(before[len(APPENDED):]) if before else None)
+        return CHANGED_BY_THE_RUN
+    if st.st_ino != int(inode) or st.st_size < int(size) or file_digest(path, min(int(size), _HEAD)) != head:
+        return CHANGED_BY_THE_RUN
+    return file_digest(path, int(size))
 
 
 def _on_listdir(watcher: Watcher, args: tuple) -> None:
@@ -259,26 +291,16 @@ def _on_compile(watcher: Watcher, args: tuple) -> None:
 
 
 def _on_sqlite(watcher: Watcher, args: tuple) -> None:
-    """A SQLite database opened by path: sqlite3 reads the file from C, past Python's open. It may write it
-    too (``UPDATE``, then ``SELECT``): what its files were is taken now (``observe.py`` compares)."""
+    """A SQLite database opened by path (or by a ``file:`` URI): sqlite3 reads the file from C, past
+    Python's open. What a run writes to it is not told from what it reads: it counts as read, as it is
+    after the run (``docs/pitfalls.md``)."""
     database = args[0] if args else None
     if isinstance(database, (str, bytes, os.PathLike)) and os.fsdecode(database) not in ("", ":memory:"):
-        path = os.path.abspath(os.fsdecode(database))
-        watcher.read.setdefault(path)
-        watcher.prior.setdefault(path, STATED + repr(database_stat(path)))
-
-
-def database_stat(path: str) -> tuple:
-    """What a SQLite database's files are, by their stat: the database and its write-ahead log."""
-    found = []
-    for name in (path, path + "-wal"):
-        try:
-            st = os.stat(name)
-        except OSError:
-            found.append(None)
-            continue
-        found.append((st.st_size, st.st_mtime_ns, st.st_ino))
-    return tuple(found)
+        name = os.fsdecode(database)
+        if name.startswith("file:"):  # (`file:data.db?mode=ro`, with uri=True)
+            name = urllib.parse.unquote(name[len("file:"):].partition("?")[0].removeprefix("//"))
+        if name and name != ":memory:":
+            watcher.read.setdefault(os.path.abspath(name))
 
 
 def _on_rename(watcher: Watcher, args: tuple) -> None:
@@ -331,6 +353,7 @@ _PACKAGES = _roots("purelib", "platlib")
 _IMPORTLIB = os.path.join(os.path.dirname(os.path.realpath(os.__file__)), "importlib", "")
 # linecache reads a source file (through tokenize.open) to show the line of a warning or a traceback
 _SOURCE_READERS = frozenset(os.path.join(os.path.dirname(os.__file__), name) for name in ("linecache.py", "tokenize.py"))
+_SHOWERS = frozenset(os.path.join(os.path.dirname(os.__file__), name) for name in ("warnings.py", "traceback.py"))
 
 
 _HANDLERS: dict[str, Callable[[Watcher, tuple], None]] = {

@@ -135,8 +135,7 @@ class Cache:
         self._size_limit = None if value is None else parse_size(value, "Cache.size_limit")
 
     def make_room(self, store: Store, keep: str) -> int:
-        """After ``keep`` was stored: evict least recently used entries while the store is over the size
-        limit (none if there is no limit); return how many went. ``ValueError`` if the limit is malformed."""
+        """After ``keep`` was stored: evict least recently used entries while over the size limit (if any)."""
         limit = self.size_limit
         if limit is not None and self._team is not None:  # (results pulled are written first: they count too)
             self._team.settle_all()
@@ -189,7 +188,10 @@ class Cache:
             with self._stores_lock:
                 store = self._stores.get(directory)
                 if store is None or getattr(store, "gone", bool)():
-                    self._gone.extend([store] if store is not None else [])  # (kept, never collected)
+                    if store is not None:  # (closed, and kept: never left to the garbage collector)
+                        self._gone.append(store)
+                        with contextlib.suppress(Exception):
+                            store.close()
                     store = self._stores[directory] = self._open(directory)
             self.background.start()  # (now, rather than on a hit)
         return store
@@ -312,8 +314,7 @@ class Cache:
     def runs(self, step: str | None = None) -> list[StepRun]:
         return self.store().read_runs(step)
 
-    def clear(self, step: str | None = None, *, older_than_s: float | None = None,
-              keep_last: int | None = None) -> int:
+    def clear(self, step: str | None = None, *, older_than_s: float | None = None, keep_last: int | None = None) -> int:
         store = self.store()
         if self._team is not None:  # (results pulled are written first, so that they are cleared too)
             self._team.settle_all()

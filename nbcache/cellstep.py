@@ -307,8 +307,8 @@ class CellCall(StepCall):
         if store and self.missing_outputs:
             unrepeatable = f"--outputs names {', '.join(self.missing_outputs)}, which the cell does not define"
         elif store and changed_code:
-            unrepeatable = (f"it changes {', '.join(changed_code)} (a default value, a closure's or a class's"
-                            " attribute), which a hit would not change again")
+            unrepeatable = (f"it changes {', '.join(changed_code)} (a default value, or a class's attribute), which"
+                            " a hit would not change again")
         elif store:
             unrepeatable = ("it shows a widget, which needs the live kernel object a replay cannot give back"
                             if recorder.shows_a_widget() else self.not_cacheable_after_run())

@@ -116,12 +116,15 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
 
 
 def code_state(value: Any) -> str | None:
-    """The hash of what a function or a class of the notebook holds besides its code: a function's defaults,
-    closure and attributes, a class's attributes that are not functions (not the globals they read: those
-    are variables of their own). None for anything else, or what cannot be hashed."""
+    """The hash of what a function or a class defined in the notebook holds besides its code: a function's
+    default values, a class's attributes that are not functions (not the globals they read: those are
+    variables of their own). Not a closure's or a function's attributes: a memo, ``singledispatch``'s
+    dispatch cache fill as it is called. None for anything else (a library's: it may keep caches of its
+    own in its classes), or what cannot be hashed."""
+    if getattr(value, "__module__", None) != "__main__":
+        return None
     if isinstance(value, types.FunctionType):
-        cells = tuple(_contents(cell) for cell in value.__closure__ or ())
-        state: Any = (value.__defaults__, value.__kwdefaults__, cells, dict(value.__dict__))
+        state: Any = (value.__defaults__, value.__kwdefaults__)
     elif isinstance(value, type):
         state = {k: v for k, v in vars(value).items() if not k.startswith("__") and not callable(v)
                  and not isinstance(v, (staticmethod, classmethod, property))}
@@ -132,12 +135,6 @@ def code_state(value: Any) -> str | None:
     except Exception:
         return None
 
-
-def _contents(cell: Any) -> Any:
-    try:
-        return cell.cell_contents
-    except ValueError:  # (empty)
-        return None
 
 
 def aliases_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = frozenset()) -> list[str]:

@@ -172,10 +172,9 @@ _OPENING = threading.Lock()  # (a worker's threads start calls at once: one of t
 # link refers back to it), which, run inside Dask's profiler's ``sys._current_frames()`` on Python < 3.11.9,
 # deadlocks the worker (gh-106883); each one also held its index and history files open. A client session
 # (a kernel restarted) is no new cache here.
+# (A directory removed meanwhile is opened anew by its cache: ``Cache.store``.)
 _OPENED: dict[tuple[str, Remote | None], Cache] = {}
 _CHOSEN: dict[tuple[str, Remote | None, str], tuple[Cache, bool]] = {}
-_FOUND: dict[int, tuple[int, int] | None] = {}  # by id of a cache opened: its directory's (device, inode) then
-_RETIRED: list[Cache] = []  # those whose directory was removed (or made anew) since: kept, not collected
 
 
 def _worker_cache(where: ClientCache) -> tuple[Cache, bool]:
@@ -185,36 +184,19 @@ def _worker_cache(where: ClientCache) -> tuple[Cache, bool]:
     config = (where.directory, where.remote, where.key_id)
     with _OPENING:
         chosen = _CHOSEN.get(config)
-        if chosen is None or not _still_there(chosen[0]):
+        if chosen is None:
             chosen = _CHOSEN[config] = _choose_worker_cache(where)
         return chosen
 
 
-def _identity(directory: str) -> tuple[int, int] | None:
-    try:
-        found = os.stat(directory)
-    except OSError:
-        return None
-    return found.st_dev, found.st_ino
-
-
-def _still_there(cache: Cache) -> bool:
-    """Whether the directory of a cache this worker opened is the one it opened (not removed, or made anew)."""
-    return _identity(str(cache.directory)) == _FOUND.get(id(cache))
-
-
 def _opened(directory: str, remote: Remote | None) -> Cache:
     """The worker's cache of ``directory`` with the team cache ``remote`` (none: not even ``NBCACHE_REMOTE``),
-    its store open (made if it is not there yet); opened anew if its directory was removed since."""
+    its store open (made if it is not there yet)."""
     cache = _OPENED.get((directory, remote))
-    if cache is not None and _still_there(cache):
-        return cache
-    if cache is not None:
-        _RETIRED.append(cache)
-    cache = Cache(directory)
-    cache.store()
-    cache.team.use(remote)
-    _OPENED[directory, remote], _FOUND[id(cache)] = cache, _identity(directory)
+    if cache is None:
+        cache = _OPENED[directory, remote] = Cache(directory)
+        cache.store()
+        cache.team.use(remote)
     return cache
 
 

@@ -30,6 +30,7 @@ _LOCAL_LOADS = frozenset({"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_DEREF"})
 _LOCAL_STORES = frozenset({"STORE_FAST", "STORE_DEREF"})
 _CONST_OPS = frozenset(dis.hasconst)
 _EVALUATORS = frozenset({"eval", "exec", "query"})  # eval/exec, pandas' DataFrame.query/eval and pd.eval
+_NAME_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "LOAD_ATTR", "LOAD_METHOD"})
 IMPORT_PREFIX = "import "
 """Marks a chain that names a module imported inside the body (``import utils``), not a global."""
 
@@ -91,6 +92,9 @@ def _analyse(code: types.CodeType) -> CodeInfo:
         elif ins.opname in ("PRECALL", "CALL") and len(recent) == 2 and recent[1].opname == "LOAD_CONST" \
                 and isinstance(recent[1].argval, str) and recent[0].argval in ("import_module", "__import__"):
             chains.add((IMPORT_PREFIX + recent[1].argval,))  # `importlib.import_module("helpers")`: an import
+        elif ins.opname == "LOAD_CONST" and isinstance(ins.argval, str) and recent \
+                and recent[-1].opname in _NAME_LOADS and recent[-1].argval in _EVALUATORS:
+            chains.update((name,) for name in string_reads(ins.argval))  # `df.query("a > @LIMIT")`
         if ins.opname not in ("IMPORT_NAME", "IMPORT_FROM", "SWAP", "POP_TOP"):
             bound = ()
         if ins.opname in _GLOBAL_LOADS:
@@ -109,8 +113,6 @@ def _analyse(code: types.CodeType) -> CodeInfo:
         recent = [*recent[-1:], ins]
     if chain:
         chains.add(tuple(chain))
-    if not _EVALUATORS.isdisjoint(code.co_names):  # the names a string of code it evaluates reads, as globals
-        chains.update((name,) for const in code.co_consts if isinstance(const, str) for name in string_reads(const))
 
     h = new_hasher()
     walk = Walk(BASE)  # constants are builtin values: no code in them but nested code objects, fed below

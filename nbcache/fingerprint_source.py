@@ -127,7 +127,7 @@ def imported(name: str, package: str | None) -> Any:
         return LibraryName(name)
     try:
         return importlib.import_module(name)  # the body imports it anyway; its code must count
-    except Exception:
+    except (Exception, SystemExit):  # (a script that exits as it is imported: the body would not import it)
         return MISSING
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import ambient
-from .audit import APPENDED, STATED, database_stat, inherit, unwatch, watch
+from .audit import APPENDED, appended_digest, inherit, unwatch, watch
 from .checks import NONE, UNHASHABLE, Check, checks_from_json, file_digest, first_failure, listing_digest, stat_of
 from .fingerprint import library_roots
 from .hashing import hash_value
@@ -252,18 +252,12 @@ class Observer:
 
 
 CWD = "working directory"  # the ambient kind of os.getcwd()
-CHANGED_BY_THE_RUN = "changed by the run"  # the digest of a database the run wrote: its check never holds
 
 
 def _prior_digest(path: str, before: str) -> str:
     """The digest of what a file the run read and wrote held before (``audit._changing``): taken then; of a
-    file appended to, its content up to the length it had; of a SQLite database, none if its files are as
-    they were (its check as a file read covers it), else one that never holds (what it read is gone)."""
-    if before.startswith(APPENDED):
-        return file_digest(path, int(before[len(APPENDED):]))
-    if before.startswith(STATED):
-        return "" if before == STATED + repr(database_stat(path)) else CHANGED_BY_THE_RUN
-    return before
+    file appended to, its content up to the length it had (if it was only appended to)."""
+    return appended_digest(path, before) if before.startswith(APPENDED) else before
 
 
 def _is_data_path(path: str, cache_dir: str) -> bool:

@@ -318,14 +318,14 @@ def step(func: Callable[..., Any] | None = None, *, name: str | None = None, ena
     """
     _check_options(name, enable_cache, ignore, version, cache)
 
-    def decorate(f: Callable[..., Any]) -> Step:
+    def decorate(f: Callable[..., Any]) -> Any:
+        if isinstance(f, (staticmethod, classmethod)):  # (@step above them: as under them)
+            return type(f)(decorate(f.__func__))
         return Step(f, name=name, enable_cache=enable_cache, ignore=ignore, version=version, cache=cache)
 
     if func is None:
         return decorate
-    if isinstance(func, (staticmethod, classmethod)):  # (@step above them: as under them)
-        return type(func)(decorate(func.__func__))
-    if not callable(func):
+    if not callable(func) and not isinstance(func, (staticmethod, classmethod)):
         hint = "write @step under @property" if isinstance(func, property) else "to pass options write @step(name=...)"
         raise TypeError(f"@step takes a function, not {type(func).__name__} {func!r}: {hint}")
     return decorate(func)

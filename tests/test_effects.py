@@ -309,18 +309,13 @@ def test_the_state_a_payload_set_as_it_loaded_is_set_back_when_it_fails_to_load(
         sys.modules.pop("boxes", None)
 
 
-def test_a_step_that_saves_over_a_file_it_read_or_updates_a_database_it_reads_depends_on_them(tmp_path, cache_dir,
-                                                                                                monkeypatch):
-    """An atomic save (write q.tmp, then os.replace onto q) and a SQLite UPDATE change what the step read: the
-    file was hashed after the run, holding the new count, so every later call was served the first one."""
-    import sqlite3
-
+def test_a_step_that_saves_over_a_file_it_read_depends_on_what_it_read(tmp_path, cache_dir, monkeypatch):
+    """An atomic save (write q.tmp, then os.replace onto q) changes what the step read: the file was hashed
+    after the run, holding the new count, so every later call was served the first one. Appended to, then
+    emptied or made anew in the same run, a file's earlier content is gone: the step runs again."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "q.txt").write_text("0")
-    with sqlite3.connect("c.db") as db:
-        db.execute("create table t(n)")
-        db.execute("insert into t values (0)")
-    db.close()
+    (tmp_path / "led.txt").write_text("0123")
 
     @nbcache.step
     def saved():
@@ -331,32 +326,38 @@ def test_a_step_that_saves_over_a_file_it_read_or_updates_a_database_it_reads_de
         return n
 
     @nbcache.step
-    def counted():
-        db = sqlite3.connect("c.db")
-        try:
-            db.execute("update t set n = n + 1")
-            db.commit()
-            return db.execute("select n from t").fetchone()[0]
-        finally:
-            db.close()
+    def rotated():
+        with open("led.txt", "a") as f:
+            f.write("+")
+        old = open("led.txt").read()
+        os.remove("led.txt")
+        with open("led.txt", "w") as f:
+            f.write("fresh")
+        return old
 
     assert [saved() for _ in range(3)] == [0, 1, 2] and nbcache.runs()[-1].reason == "file q.txt changed"
-    assert [counted() for _ in range(3)] == [1, 2, 3] and nbcache.runs()[-1].reason == "file c.db changed"
+    assert [rotated() for _ in range(2)] == ["0123+", "fresh+"] and not nbcache.runs()[-1].cached
 
 
 def test_a_file_appended_to_is_hashed_only_if_the_step_reads_it_back(tmp_path, cache_dir, monkeypatch):
-    """Appending to a log is no read of it: its content is hashed once, as a file the step wrote, after the run
-    (it was hashed whole as it was opened too: a big log cost every call that appended to it); read back,
-    its content up to where the step appended is what the step depends on."""
+    """Appending to a log is no read of it: its content is hashed whole once, as a file the step wrote, after
+    the run (it was hashed whole as it was opened too: a big log cost every call that appended to it); read
+    back, its content up to where the step appended is what the step depends on."""
     from nbcache import checks
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "log.txt").write_text("old\n")
-    hashed: list[str] = []
+    hashed: list[str] = []  # (whole files hashed: the first megabyte of one appended to is, to tell it apart)
     digest = checks.file_digest
-    monkeypatch.setattr(checks, "file_digest", lambda path, *a: hashed.append(os.path.basename(path)) or digest(path, *a))
-    monkeypatch.setattr("nbcache.audit.file_digest", checks.file_digest)
-    monkeypatch.setattr("nbcache.observe.file_digest", checks.file_digest)
+
+    def counted(path: str, limit: int | None = None) -> str:
+        if limit is None:
+            hashed.append(os.path.basename(path))
+        return digest(path, limit)
+
+    monkeypatch.setattr(checks, "file_digest", counted)
+    monkeypatch.setattr("nbcache.audit.file_digest", counted)
+    monkeypatch.setattr("nbcache.observe.file_digest", counted)
 
     @nbcache.step
     def logged(x):
@@ -568,11 +569,21 @@ def test_a_sqlite_database_opened_by_path_is_a_file_it_reads(tmp_path, cache_dir
         finally:
             db.close()
 
+    @nbcache.step
+    def read_only():  # (a URI: the path is in it)
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return db.execute("select sum(amount) from sales").fetchone()[0]
+        finally:
+            db.close()
+
     assert revenue() == 3 and revenue() == 3 and nbcache.runs()[-1].cached
+    assert read_only() == 3 and read_only() == 3 and nbcache.runs()[-1].cached
     with sqlite3.connect(path) as db:
         db.execute("insert into sales values (4)")
     db.close()
     assert revenue() == 7 and nbcache.runs()[-1].reason.endswith("shop.sqlite changed")
+    assert read_only() == 7 and nbcache.runs()[-1].reason.endswith("shop.sqlite changed")
 
 
 # -- a hit changes what the run changed, and nothing else ------------------------------------------------------
@@ -738,6 +749,18 @@ def test_the_source_a_warning_shows_is_no_file_the_step_reads(cache_dir, tmp_pat
         with open(tmp_path / "warnhelp.py", "a") as f:
             f.write("# a comment\n")
         assert cleaned(1) == 2 and nbcache.runs()[-1].cached
+
+    @nbcache.step
+    def first_line(path):  # (a step of yours that reads data through linecache reads a file, though)
+        import linecache
+
+        linecache.checkcache(path)
+        return linecache.getline(path, 1)
+
+    (tmp_path / "data.txt").write_text("old\n")
+    assert first_line(str(tmp_path / "data.txt")) == "old\n"
+    (tmp_path / "data.txt").write_text("new\n")
+    assert first_line(str(tmp_path / "data.txt")) == "new\n"
 
 
 def test_a_hit_leaves_the_warning_filters_alone(cache_dir, tmp_path):

@@ -145,8 +145,10 @@ def test_global_values_are_hashed_and_read_when_the_fingerprint_is_taken():
 ])
 def test_the_globals_a_string_of_code_it_evaluates_reads_count(body):
     """The names in a string given to eval/exec, or to pandas' query/eval, are globals the function reads."""
-    ns = define(f"import types\npd = types\nLIMIT = 1\ndef f(df, space={{}}):\n    {body}\n")
+    ns = define(f"import types\npd = types\nLIMIT = 1\ny = 1\ndef f(df, space={{}}):\n    cols = ['x', 'y']\n    {body}\n")
     before = fingerprint(ns["f"])
+    ns["y"] = 2  # (a string that is not given to eval/query is no code: `y` is not read)
+    assert fingerprint(ns["f"]) == before
     ns["LIMIT"] = 2
     assert fingerprint(ns["f"]) != before and "LIMIT" in fingerprint_parts(ns["f"])[1]
 

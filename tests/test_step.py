@@ -373,9 +373,15 @@ def test_step_above_staticmethod_or_classmethod_is_as_below_them(cache_dir):
         def shifted(self, x):
             return x + 1
 
+        @step(version="2")
+        @staticmethod
+        def halved(x):
+            return x / 2
+
     for _ in range(2):
-        assert (Prices.taxed(1), Prices().taxed(1), Prices.scaled(1), Prices().shifted(1)) == (2, 2, 3, 2)
-    assert [r.cached for r in nbcache.runs()[-4:]] == [True, True, True, True]
+        assert (Prices.taxed(1), Prices().taxed(1), Prices.scaled(1), Prices().shifted(1), Prices().halved(1)) \
+            == (2, 2, 3, 2, 0.5)
+    assert [r.cached for r in nbcache.runs()[-5:]] == [True, True, True, True, True]
     with pytest.raises(TypeError, match="write @step under @property"):
         step(property(lambda self: 1))
 
