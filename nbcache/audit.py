@@ -21,12 +21,12 @@ import threading
 import urllib.parse
 from typing import Any, Callable, Protocol
 
-from .checks import NO_FILE, Check, file_digest
+from .checks import Check
 from .fingerprint import is_user_code
 from .fingerprint_source import is_user_file
+from .priors import APPENDED, appended_digest, prior_of
 
-__all__ = ["APPENDED", "CHANGED_BY_THE_RUN", "Unobserved", "Watcher", "appended_digest", "inherit", "unobserved",
-           "unwatch", "watch", "watched"]
+__all__ = ["Unobserved", "Watcher", "inherit", "unobserved", "unwatch", "watch", "watched"]
 
 
 class Watcher(Protocol):
@@ -48,9 +48,6 @@ class Watcher(Protocol):
 
 
 _active: list[Watcher] = []  # the watchers of the runs under way, innermost last (steps nest)
-APPENDED = "appended to at "  # a ``prior`` of a file appended to: then ``appended_digest``'s ``before``
-CHANGED_BY_THE_RUN = "changed by the run"  # the digest of a file whose content before the run is gone: never holds
-_HEAD = 1 << 20  # the bytes of a file appended to that are hashed as it is opened
 _hook_installed = False
 _hook_lock = threading.Lock()
 _quiet = threading.local()  # .depth: how many ``unobserved`` blocks this thread is in
@@ -222,40 +219,16 @@ def _showing_source() -> bool:
 def _changing(watcher: Watcher, path: str, *, keeps: bool = False, appends: bool = False) -> None:
     """``path`` is about to be written (``keeps``: without being emptied first; ``appends``: only at its end):
     a run that read it before, or may read it back after (``n = int(open(p).read())`` then ``open(p, "w")``,
-    rows appended then read), depends on what it held, which is taken now (``prior``). Of a file appended
-    to, only its length is taken, and its content up to there is hashed if the run reads it (``observe.py``)."""
+    rows appended then read), depends on what it held, taken now (``priors.py``)."""
     before = watcher.prior.get(path)
     if before is not None and not before.startswith(APPENDED):
         return
-    if not (before or keeps or path in watcher.read):
-        return
-    with unobserved:
-        if before is not None:  # (appended to, now written otherwise: what it held is taken before that)
-            if not appends:
+    if before or keeps or path in watcher.read:
+        with unobserved:
+            if before is None:
+                watcher.prior[path] = prior_of(path, appends=appends)
+            elif not appends:  # (appended to, now written otherwise: what it held is taken before that)
                 watcher.prior[path] = appended_digest(path, before)
-            return
-        try:
-            st = os.stat(path)
-        except OSError:
-            watcher.prior[path] = NO_FILE
-            return
-        if appends:  # (its length, inode and first megabyte's digest: enough to tell it was appended to only)
-            watcher.prior[path] = f"{APPENDED}{st.st_size}:{st.st_ino}:{file_digest(path, min(st.st_size, _HEAD))}"
-        else:
-            watcher.prior[path] = file_digest(path)
-
-
-def appended_digest(path: str, before: str) -> str:
-    """The digest of what a file appended to held before (``before``: its ``prior``), if it was only appended
-    to since (the same file, as long, beginning alike); else ``CHANGED_BY_THE_RUN``: what it held is gone."""
-    size, inode, head = before[len(APPENDED):].split(":")
-    try:
-        st = os.stat(path)
-    except OSError:
-        return CHANGED_BY_THE_RUN
-    if st.st_ino != int(inode) or st.st_size < int(size) or file_digest(path, min(int(size), _HEAD)) != head:
-        return CHANGED_BY_THE_RUN
-    return file_digest(path, int(size))
 
 
 def _on_listdir(watcher: Watcher, args: tuple) -> None:

@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import ambient
-from .audit import APPENDED, appended_digest, inherit, unwatch, watch
+from .audit import inherit, unwatch, watch
 from .checks import NONE, UNHASHABLE, Check, checks_from_json, file_digest, first_failure, listing_digest, stat_of
 from .fingerprint import library_roots
 from .hashing import hash_value
+from .priors import APPENDED, appended_digest
 
 # Check, checks_from_json, first_failure (checks.py) and inherit (audit.py) are imported from here too: a
 # cached call uses the observer and its checks as one

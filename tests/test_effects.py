@@ -356,7 +356,7 @@ def test_a_file_appended_to_is_hashed_only_if_the_step_reads_it_back(tmp_path, c
         return digest(path, limit)
 
     monkeypatch.setattr(checks, "file_digest", counted)
-    monkeypatch.setattr("nbcache.audit.file_digest", counted)
+    monkeypatch.setattr("nbcache.priors.file_digest", counted)
     monkeypatch.setattr("nbcache.observe.file_digest", counted)
 
     @nbcache.step
