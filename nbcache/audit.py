@@ -24,7 +24,7 @@ from typing import Any, Callable, Protocol
 from .checks import Check
 from .fingerprint import is_user_code
 from .fingerprint_source import is_user_file
-from .priors import APPENDED, appended_digest, prior_of
+from .priors import APPENDED, appended_digest, database_stat, prior_of
 
 __all__ = ["Unobserved", "Watcher", "inherit", "unobserved", "unwatch", "watch", "watched"]
 
@@ -223,6 +223,8 @@ def _changing(watcher: Watcher, path: str, *, keeps: bool = False, appends: bool
     before = watcher.prior.get(path)
     if before is not None and not before.startswith(APPENDED):
         return
+    if before is None and path in watcher.wrote:  # (emptied by the run first: what it holds is the run's own)
+        return
     if before or keeps or path in watcher.read:
         with unobserved:
             if before is None:
@@ -265,15 +267,16 @@ def _on_compile(watcher: Watcher, args: tuple) -> None:
 
 def _on_sqlite(watcher: Watcher, args: tuple) -> None:
     """A SQLite database opened by path (or by a ``file:`` URI): sqlite3 reads the file from C, past
-    Python's open. What a run writes to it is not told from what it reads: it counts as read, as it is
-    after the run (``docs/pitfalls.md``)."""
+    Python's open. What a run writes to it is not told from what it reads: one it changed runs every time."""
     database = args[0] if args else None
     if isinstance(database, (str, bytes, os.PathLike)) and os.fsdecode(database) not in ("", ":memory:"):
         name = os.fsdecode(database)
-        if name.startswith("file:"):  # (`file:data.db?mode=ro`, with uri=True)
-            name = urllib.parse.unquote(name[len("file:"):].partition("?")[0].removeprefix("//"))
-        if name and name != ":memory:":
-            watcher.read.setdefault(os.path.abspath(name))
+        names = [name]
+        if name.startswith("file:"):  # (`file:data.db?mode=ro`, a URI if uri=True: both are looked at)
+            names.append(urllib.parse.unquote(urllib.parse.urlparse(name).path))
+        for path in [os.path.abspath(n) for n in names if n and n != ":memory:"]:
+            watcher.read.setdefault(path)
+            watcher.prior.setdefault(path, database_stat(path))
 
 
 def _on_rename(watcher: Watcher, args: tuple) -> None:

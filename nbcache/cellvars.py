@@ -13,6 +13,7 @@ import sys
 import types
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
+from .fingerprint_source import is_user_code
 from .frame import Frame, Unpicklable
 from .hashing import hash_value
 from .sharing import NOT_FOLLOWED, VALUES, reach
@@ -116,16 +117,21 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
 
 
 def code_state(value: Any) -> str | None:
-    """The hash of what a function or a class defined in the notebook holds besides its code: a function's
-    default values, a class's attributes that are not functions (not the globals they read: those are
-    variables of their own). Not a closure's or a function's attributes: a memo, ``singledispatch``'s
-    dispatch cache fill as it is called. None for anything else (a library's: it may keep caches of its
-    own in its classes), or what cannot be hashed."""
-    if getattr(value, "__module__", None) != "__main__":
-        return None
+    """The hash of what a function or a class of the user's (the notebook's, or a module of theirs) holds
+    besides its code: a function's default values, its attributes and the lists, dicts and sets its closure
+    holds (``counter.calls += 1``, a registry appended to), a class's attributes that are not functions (not
+    the globals they read: those are variables of their own). None for anything else (a library's, which
+    may keep caches of its own in them), or what cannot be hashed."""
+    module = getattr(value, "__module__", None)
     if isinstance(value, types.FunctionType):
-        state: Any = (value.__defaults__, value.__kwdefaults__)
+        if not is_user_code(module, value.__code__.co_filename):
+            return None
+        cells = [c.cell_contents for c in value.__closure__ or () if type(_contents(c)) in (list, dict, set)]
+        attributes = {k: v for k, v in vars(value).items() if not callable(v) and k != "__wrapped__"}
+        state: Any = (value.__defaults__, value.__kwdefaults__, attributes, cells)
     elif isinstance(value, type):
+        if not is_user_code(module, getattr(sys.modules.get(module or ""), "__file__", None)):
+            return None
         state = {k: v for k, v in vars(value).items() if not k.startswith("__") and not callable(v)
                  and not isinstance(v, (staticmethod, classmethod, property))}
     else:
@@ -134,7 +140,6 @@ def code_state(value: Any) -> str | None:
         return hash_value(state)
     except Exception:
         return None
-
 
 
 def aliases_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = frozenset()) -> list[str]:
@@ -230,3 +235,10 @@ def picklable(value: Any, by_value: set[int], notebook: types.ModuleType | None 
         return True
     except Unpicklable:
         return False
+
+
+def _contents(cell: Any) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # (empty)
+        return None

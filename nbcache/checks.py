@@ -21,8 +21,8 @@ import xxhash
 from . import ambient
 from .hashing import hash_value
 
-__all__ = ["KINDS", "NO_FILE", "UNHASHABLE", "Check", "checks_from_json", "file_digest", "first_failure", "listing_digest",
-           "stat_of"]
+__all__ = ["CHANGED_BY_THE_RUN", "KINDS", "NO_FILE", "UNHASHABLE", "Check", "checks_from_json", "file_digest",
+           "first_failure", "listing_digest", "stat_of"]
 
 KINDS = frozenset({"file", "wrote", "made", "folder", "state", "setting", "random", "variable"})
 """Every kind of check; anything else in a stored entry means the entry is damaged."""
@@ -32,6 +32,7 @@ _PAIRED_KINDS = frozenset({"state", "setting"})  # digests "before|after": the s
 UNHASHABLE = "?"  # the digest of a variable or state that could not be hashed: the check never holds
 NONE = "none"  # the digest of a state whose library was not imported
 NO_FILE = "no file"  # the digest of a file that was not there (one a run appended to, and read, made)
+CHANGED_BY_THE_RUN = "changed by the run"  # the digest of what a file held before the run, gone: never holds
 _ABSENT = object()
 _HASH_CHUNK = 8 << 20
 
@@ -120,6 +121,9 @@ class Check(NamedTuple):
             return None if self.digest == NO_FILE else f"{what} was removed"
         if not stat.S_ISREG(st.st_mode):  # a device or a pipe now: never read one to compare it
             return f"{what} is no longer a regular file"
+        if self.digest == CHANGED_BY_THE_RUN:
+            return (f"it changed {shown_path(self.target)} as it read it (a SQLite database, or a file emptied or"
+                    " made anew), and what it read is gone: it runs every time")
         if trust_stat and self.stat is not None and stat_of(st) == self.stat:
             return None
         if file_digest(self.target) != self.digest:

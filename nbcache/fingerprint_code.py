@@ -29,7 +29,7 @@ _ATTR_LOADS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
 _LOCAL_LOADS = frozenset({"LOAD_FAST", "LOAD_FAST_CHECK", "LOAD_DEREF"})
 _LOCAL_STORES = frozenset({"STORE_FAST", "STORE_DEREF"})
 _CONST_OPS = frozenset(dis.hasconst)
-_EVALUATORS = frozenset({"eval", "exec", "query"})  # eval/exec, pandas' DataFrame.query/eval and pd.eval
+_EVALUATORS = frozenset({"eval", "exec", "query", "compile"})  # eval/exec/compile, pandas' query/eval, pd.eval
 _NAME_LOADS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "LOAD_ATTR", "LOAD_METHOD"})
 IMPORT_PREFIX = "import "
 """Marks a chain that names a module imported inside the body (``import utils``), not a global."""
@@ -113,6 +113,9 @@ def _analyse(code: types.CodeType) -> CodeInfo:
         recent = [*recent[-1:], ins]
     if chain:
         chains.add(tuple(chain))
+    if not _EVALUATORS.isdisjoint(code.co_names):  # `cond = "a > @LIM"`, then `df.query(cond)`: pandas' @names
+        chains.update((name,) for const in code.co_consts if isinstance(const, str)
+                      for name in re.findall(r"@([A-Za-z_]\w*)", const))
 
     h = new_hasher()
     walk = Walk(BASE)  # constants are builtin values: no code in them but nested code objects, fed below

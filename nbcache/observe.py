@@ -37,7 +37,7 @@ from .audit import inherit, unwatch, watch
 from .checks import NONE, UNHASHABLE, Check, checks_from_json, file_digest, first_failure, listing_digest, stat_of
 from .fingerprint import library_roots
 from .hashing import hash_value
-from .priors import APPENDED, appended_digest
+from .priors import prior_digest
 
 # Check, checks_from_json, first_failure (checks.py) and inherit (audit.py) are imported from here too: a
 # cached call uses the observer and its checks as one
@@ -172,7 +172,7 @@ class Observer:
         found: list[Check] = []
         for path, before in self.prior.items():  # read and written: it read what the file held before
             if path in self.read and _is_data_path(path, self.cache_dir):
-                digest = _prior_digest(path, before)
+                digest = prior_digest(path, before)
                 if digest:
                     found.append(Check("file", self._stored_path(path), digest))
         for path in self.read:  # (a file it changed is checked as it found it, above)
@@ -254,11 +254,6 @@ class Observer:
 
 CWD = "working directory"  # the ambient kind of os.getcwd()
 
-
-def _prior_digest(path: str, before: str) -> str:
-    """The digest of what a file the run read and wrote held before (``audit._changing``): taken then; of a
-    file appended to, its content up to the length it had (if it was only appended to)."""
-    return appended_digest(path, before) if before.startswith(APPENDED) else before
 
 
 def _is_data_path(path: str, cache_dir: str) -> bool:

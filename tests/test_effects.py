@@ -312,7 +312,10 @@ def test_the_state_a_payload_set_as_it_loaded_is_set_back_when_it_fails_to_load(
 def test_a_step_that_saves_over_a_file_it_read_depends_on_what_it_read(tmp_path, cache_dir, monkeypatch):
     """An atomic save (write q.tmp, then os.replace onto q) changes what the step read: the file was hashed
     after the run, holding the new count, so every later call was served the first one. Appended to, then
-    emptied or made anew in the same run, a file's earlier content is gone: the step runs again."""
+    emptied or made anew in the same run, a file's earlier content is gone: the step runs again; so does one
+    that writes to a SQLite database, which it may have read before. A file it wrote first is its own."""
+    import sqlite3
+
     monkeypatch.chdir(tmp_path)
     (tmp_path / "q.txt").write_text("0")
     (tmp_path / "led.txt").write_text("0123")
@@ -335,8 +338,30 @@ def test_a_step_that_saves_over_a_file_it_read_depends_on_what_it_read(tmp_path,
             f.write("fresh")
         return old
 
+    @nbcache.step
+    def rows_written():  # (what it reads back is what it wrote: no file it depends on)
+        with open("rows.csv", "w") as f:
+            f.write("header\n")
+        with open("rows.csv", "a") as f:
+            f.write("row\n")
+        return open("rows.csv").read()
+
+    @nbcache.step
+    def counted():  # (what it writes to a database cannot be told from what it reads there)
+        db = sqlite3.connect("runs.db")
+        try:
+            db.execute("create table if not exists t(tag)")
+            db.execute("insert into t values (1)")
+            db.commit()
+            return db.execute("select count(*) from t").fetchone()[0]
+        finally:
+            db.close()
+
     assert [saved() for _ in range(3)] == [0, 1, 2] and nbcache.runs()[-1].reason == "file q.txt changed"
     assert [rotated() for _ in range(2)] == ["0123+", "fresh+"] and not nbcache.runs()[-1].cached
+    assert rows_written() == rows_written() == "header\nrow\n" and nbcache.runs()[-1].cached
+    assert [counted() for _ in range(3)] == [1, 2, 3]
+    assert nbcache.runs()[-1].reason.startswith("it changed runs.db as it read it (a SQLite database")
 
 
 def test_a_file_appended_to_is_hashed_only_if_the_step_reads_it_back(tmp_path, cache_dir, monkeypatch):

@@ -142,6 +142,9 @@ def test_global_values_are_hashed_and_read_when_the_fingerprint_is_taken():
     'return pd.eval("df.a + LIMIT")',
     'return eval("df + LIMIT")',
     'exec("out = LIMIT", globals(), space)\n    return space["out"]',
+    'cond = "a > @LIMIT"\n    return df.query(cond)',  # (a string given through a variable)
+    'return df.query(f"{cols[0]} > @LIMIT")',
+    'return eval(compile("df + LIMIT", "<expr>", "eval"))',
 ])
 def test_the_globals_a_string_of_code_it_evaluates_reads_count(body):
     """The names in a string given to eval/exec, or to pandas' query/eval, are globals the function reads."""

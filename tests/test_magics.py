@@ -621,15 +621,17 @@ def test_a_cell_that_changes_a_function_or_class_it_reads_runs_every_time(ip):
     cells = ["%%step\ndef acc(x, into=[]):\n    into.append(x)\n    return into", "%%step\nfirst = list(acc(1))",
              "%%step\nclass Config:\n    verbose = False", "%%step\nConfig.verbose = True",
              "%%step\nK = 2.0\ndef damped(t):\n    return t * K",
-             "%%step\nK = K * 2\nv = damped(1)"]  # (a global the function reads changed: not the function)
+             "%%step\nK = K * 2\nv = damped(1)",  # (a global the function reads changed: not the function)
+             "%%step\ndef counter():\n    counter.calls += 1\ncounter.calls = 0", "%%step\ncounter()"]
     for cell in cells:
         run(ip, cell)
-    for name in ("acc", "first", "Config", "K", "damped", "v"):  # (a new kernel)
+    for name in ("acc", "first", "Config", "K", "damped", "v", "counter"):  # (a new kernel)
         del ip.user_ns[name]
     for cell in cells:
         run(ip, cell)
-    assert [r.cached for r in nbcache.runs()[-6:]] == [True, False, True, False, True, True]
-    assert nbcache.runs()[-5].reason.startswith("runs every time: it changes acc (a default value")
+    assert [r.cached for r in nbcache.runs()[-8:]] == [True, False, True, False, True, True, True, False]
+    assert nbcache.runs()[-7].reason.startswith("runs every time: it changes acc (a default value")
+    assert ip.user_ns["counter"].calls == 1
     assert ip.user_ns["acc"](2) == [1, 2] and ip.user_ns["Config"].verbose is True and ip.user_ns["v"] == 4.0
 
 
