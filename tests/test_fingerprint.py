@@ -228,7 +228,8 @@ def test_user_classes_are_followed():
 @pytest.fixture
 def user_module(tmp_path, monkeypatch):
     """Write (or rewrite and reload) a module of the user's, ``name`` or ``package/name``, on sys.path."""
-    import importlib
+    import importlib.util
+    import pathlib
     import sys
 
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -239,6 +240,8 @@ def user_module(tmp_path, monkeypatch):
         if path.parent != tmp_path and not (path.parent / "__init__.py").exists():
             (path.parent / "__init__.py").write_text("")
         path.write_text(source)
+        # (a rewrite of the same size within the same second would be read from the stale byte-code)
+        pathlib.Path(importlib.util.cache_from_source(str(path))).unlink(missing_ok=True)
         importlib.invalidate_caches()
         module = sys.modules.get(name.replace("/", "."))
         if module is not None:
