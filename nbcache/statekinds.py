@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .displaystate import figures_get, figures_set, precision_get, precision_set
-from .errors import CacheWarning
 from .pandasstate import pandas_get, pandas_set
 from .quietly import quietly
 from .statediff import SHAPES, applied, change, equal
@@ -162,6 +161,9 @@ def _warnings_set(filters: list) -> None:
         warnings.filters.pop()
 
 
+_TOOLS_WARNINGS = frozenset({"nbcache", "pytest", "_pytest"})  # whose warnings a step's code does not issue
+
+
 def _raising_filters(filters: list) -> list:
     """The filters up to the last one set to ``"error"`` that a warning can reach: those that decide whether
     a warning raises (one in front of it, ``"ignore"`` or ``"always"``, keeps a warning from raising). None
@@ -170,8 +172,8 @@ def _raising_filters(filters: list) -> list:
     reach = []
     for entry in filters:
         action, message, category, module, line = entry
-        if action == "error" and isinstance(category, type) and issubclass(category, CacheWarning):
-            continue  # (nbcache's own warnings, not the step's: what a step computes never depends on them)
+        if action == "error" and getattr(category, "__module__", "").partition(".")[0] in _TOOLS_WARNINGS:
+            continue  # (nbcache's own warnings, or pytest's about itself: never the step's)
         reach.append(entry)
         if message is None and category is Warning and module is None and not line:  # (it takes them all)
             break
