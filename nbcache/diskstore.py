@@ -44,7 +44,7 @@ from .entry import Entry, Latest
 from .eviction import beyond_last, choose_victims
 from .frame import Damaged, Frame
 from .history import read_last_runs
-from .records import StepRun, read_history
+from .records import RunLines, StepRun, read_history
 from .store import Collected, StoreStats
 
 __all__ = ["DiskStore", "StoreError", "open_disk_store"]
@@ -78,6 +78,7 @@ class DiskStore:
         self._locks_dir = self.directory / "locks"
         self._log_path = self.directory / "runs.jsonl"
         self._log_fd: int | None = None
+        self._lines = RunLines()  # history lines, made quickly for a step's hits one after another
         self.unreadable_runs = 0  # history lines the last read_runs skipped
         self._lock = threading.Lock()
         self._parsed: dict[str, Entry] = {}  # entries read, by their text: a hit parses its entry once
@@ -180,9 +181,9 @@ class DiskStore:
     def append_run(self, run: StepRun) -> None:
         # The newline goes first: a line left unfinished by a killed process is then never glued to the
         # next record, whichever process writes it.
-        line = ("\n" + run.to_json()).encode()
         try:
-            with self._lock:
+            with self._lock:  # (the encoder, too: it remembers the last line)
+                line = ("\n" + self._lines.line(run)).encode()
                 if self._log_fd is None:
                     self._log_fd = self._open_log()
                 os.write(self._log_fd, line)

@@ -10,7 +10,7 @@ import pytest
 
 from nbcache.diskstore import DiskStore
 from nbcache.explain import describe_last_change
-from nbcache.records import Change, ChangeKind, Outcome, StepRun, parse_runs, read_history
+from nbcache.records import Change, ChangeKind, Outcome, RunLines, StepRun, parse_runs, read_history
 
 WHEN = datetime(2024, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
 
@@ -51,6 +51,28 @@ def test_a_run_reads_back_as_written_with_its_state_and_changes():
     assert back.state is Outcome.CHANGED
     assert back.changes[2] == Change(ChangeKind.VERSION, "", "a", None)
     assert back.started_at == WHEN and back.started_at.tzinfo is not None
+
+
+def test_history_lines_made_quickly_read_back_as_the_runs_they_record():
+    """``RunLines`` encodes a line's fixed fields once for a step's hits one after another: each line still
+    reads back as its own run, whatever changed since the line before (a field, a nested value, the state)."""
+    later = datetime(2024, 3, 1, 12, 30, 16, 5, tzinfo=UTC)
+    runs = [make(cached=True, reason="cache hit", state=Outcome.HIT, duration_s=0.0001),
+            make(cached=True, reason="cache hit", state=Outcome.HIT, duration_s=2.5e-05, started_at=later),
+            make(cached=True, reason="cache hit", state=Outcome.HIT, duration_s=0.1, inputs={"path": "h2"}),
+            make(cached=True, reason="cache hit", state=Outcome.HIT, duration_s=0.1, inputs={"path": "h2"},
+                 sizes={"o1": 7}),
+            make(state=Outcome.CHANGED, changes=(Change(ChangeKind.INPUT, "path"),), duration_s=1e-07),
+            make(state=Outcome.CHANGED, changes=(Change(ChangeKind.INPUT, "rows"),), duration_s=1e-07),
+            make(step="other", duration_s=3.0),
+            make(duration_s=1),  # (an int: written the long way)
+            make(duration_s=float("nan"))]
+    lines = RunLines()
+    written = [lines.line(run) for run in runs]
+    assert [StepRun.from_json(line) for line in written[:-1]] == runs[:-1]
+    assert written[-1] == runs[-1].to_json()  # (not a number: as json writes it)
+    assert all(json.loads(line) == json.loads(run.to_json()) for line, run in zip(written[:-1], runs))
+    assert all(line.startswith('{"step":"') and "\n" not in line for line in written)  # (read_last_runs)
 
 
 @pytest.mark.parametrize("state", list(Outcome))
