@@ -201,3 +201,31 @@ def test_a_cache_directory_removed_while_open_is_made_anew_and_what_is_stored_th
     assert double(1) == 2 and not cache.runs()[-1].cached
     again = Cache(tmp_path / "c")  # (another process, or this kernel restarted)
     assert step(cache=again, name="double")(lambda x: 2 * x)(1) == 2 and again.runs()[-1].cached
+
+
+def test_an_entry_is_checked_by_its_seal_read_as_written_or_written_otherwise(tmp_path):
+    """A hit checks an entry's seal over the text it was read from (not encoding the entry again); a text
+    with the same fields written otherwise still checks, and a changed field or another key never does."""
+    import json
+
+    from nbcache.entry import Entry
+    from nbcache.frame import Damaged
+
+    cache = Cache(tmp_path / "c")
+    assert step(cache=cache, name="double")(lambda x: 2 * x)(1) == 2
+    store = cache.store()
+    key = cache.runs()[-1].key
+    text = store._cache.get("entry:" + key)
+    read = Entry.from_json(text)
+    assert read.unsealed and read.sealed_text(key, as_read=True) == read.sealed_text(key)
+    cache.check_seal(key, read)
+    respaced = Entry.from_json(json.dumps(json.loads(text), indent=1))
+    assert respaced == read and not respaced.unsealed
+    cache.check_seal(key, respaced)
+    for changed in (text.replace('"step": "double"', '"step": "triple"'),
+                    json.dumps({**json.loads(text), "duration_s": 99.0}),
+                    json.dumps({"seal": "0" * 64, **{k: v for k, v in json.loads(text).items() if k != "seal"}})):
+        with pytest.raises(Damaged):
+            cache.check_seal(key, Entry.from_json(changed))
+    with pytest.raises(Damaged):
+        cache.check_seal("0" * 32, Entry.from_json(text))
