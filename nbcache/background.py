@@ -33,13 +33,14 @@ class Job:
     """A job given to a ``Worker``: its function, its worker, and how far it got (queued, running, done or
     taken back). A job pickles (or copies) as one already settled: its worker and function stay here."""
 
-    __slots__ = ("fn", "worker", "state", "done")
+    __slots__ = ("fn", "worker", "state", "done", "not_before")
 
-    def __init__(self, fn: Callable[[], None], worker: Worker | None) -> None:
+    def __init__(self, fn: Callable[[], None], worker: Worker | None, not_before: float = 0.0) -> None:
         self.fn = fn
         self.worker = worker
         self.state = "queued"
         self.done = threading.Event()
+        self.not_before = not_before  # (``time.monotonic()``: it does not start before)
 
     def __reduce__(self) -> tuple:
         return _settled_job, ()
@@ -79,8 +80,10 @@ class Worker:
         with self._cond:
             self._start()
 
-    def submit(self, fn: Callable[[], None]) -> Job:
-        job = Job(fn, self)
+    def submit(self, fn: Callable[[], None], *, after_s: float = 0.0) -> Job:
+        """Run ``fn`` after the jobs given before it, and not before ``after_s`` seconds from now (those given
+        after it wait too); until it starts, it stays queued, and can be taken back (``settle``)."""
+        job = Job(fn, self, time.monotonic() + after_s if after_s > 0 else 0.0)
         with self._cond:
             self._queue.append(job)
             self._start()
@@ -134,6 +137,10 @@ class Worker:
                     if self._thread is threading.current_thread():
                         self._thread = None
                     return
+                wait = self._queue[0].not_before - time.monotonic()
+                if wait > 0:  # (not yet: queued meanwhile, it may be taken back)
+                    self._cond.wait(wait)
+                    continue
                 job = self._queue.popleft()
                 job.state = "running"
                 self._busy += 1

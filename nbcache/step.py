@@ -33,6 +33,11 @@ __all__ = ["Step", "step", "runs", "clear"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# The analysis of a step's code ahead of its first call starts this long after the definition: a call that
+# comes sooner (a script, a notebook run from the top) takes it back and does it itself, rather than wait for
+# it while it takes turns at the interpreter lock with the code still running (up to 2 ms of a first hit).
+AHEAD_AFTER_S = 0.05
+
 WORKER_CACHE: contextvars.ContextVar[Cache | None] = contextvars.ContextVar("nbcache_worker_cache", default=None)
 """The cache a step without one of its own uses while a call submitted to a Dask worker runs there."""
 
@@ -77,7 +82,8 @@ class Step:
         self._signature = inspect.signature(func)
         self._plain = _plain_parameters(self._signature)
         # the analysis of its code, ahead (a ``Job``: pickled or copied, by ``functools.wraps`` too, as done)
-        self._ahead: Job | None = (cache or default_cache()).background.submit(functools.partial(prepare, func))
+        self._ahead: Job | None = (cache or default_cache()).background.submit(functools.partial(prepare, func),
+                                                                              after_s=AHEAD_AFTER_S)
         params = self._signature.parameters
         unknown = sorted(self.ignore - set(params))
         if unknown:

@@ -6,6 +6,7 @@ changes no fingerprint and never fails, and its first call settles that job rath
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 import time
 import types
@@ -72,6 +73,36 @@ def test_settle_takes_back_a_job_not_started_and_waits_for_one_under_way():
     assert worker.settle(running) is False and running.state == "done" and done == ["slow"]
     assert worker.drain(timeout=30) and done == ["slow"]  # the job taken back never ran
     assert worker.settle(running) is False  # (settled already: nothing to do)
+
+
+def test_a_job_given_a_delay_starts_no_sooner_stays_queued_meanwhile_and_the_jobs_after_it_wait():
+    worker = Worker("test-after")
+    done: list[str] = []
+    t0 = time.monotonic()
+    later = worker.submit(lambda: done.append(f"later {time.monotonic() - t0:.2f}"), after_s=0.3)
+    worker.submit(lambda: done.append("next"))
+    assert later.state == "queued" and done == []
+    assert worker.drain(timeout=30) and len(done) == 2 and done[1] == "next"
+    assert float(done[0].split()[1]) >= 0.3
+    taken = worker.submit(lambda: done.append("taken"), after_s=30)
+    assert worker.settle(taken) is True and taken.state == "taken back"
+    assert worker.drain(timeout=5) and done[2:] == []  # (taken back while it waited: it never runs)
+
+
+def test_a_call_right_after_the_definition_does_the_analysis_itself(cache_dir, monkeypatch):
+    """A script (or a notebook run from the top) calls a step as soon as it is defined: the analysis of its
+    code, given to the background thread to do a moment later, is taken back, not waited for while it takes
+    turns with the caller at the interpreter lock."""
+    monkeypatch.setattr(sys.modules["nbcache.step"], "AHEAD_AFTER_S", 30.0)
+
+    @step
+    def doubled(x):
+        return 2 * x
+
+    job = doubled.__dict__["_ahead"]
+    assert job.state == "queued"
+    assert doubled(2) == 4 and job.state == "taken back"
+    assert doubled(2) == 4 and nbcache.runs()[-1].cached
 
 
 def test_a_steps_first_call_takes_back_the_analysis_of_its_code_not_started_yet(cache_dir):
