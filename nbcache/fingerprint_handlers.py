@@ -298,7 +298,7 @@ def _unwrap_member(member: Any) -> Any:
     return member
 
 
-CODE = BASE.extend({
+_CODE_HANDLERS = {
     types.FunctionType: _feed_function,
     type: _feed_class,
     types.ModuleType: _feed_module,
@@ -309,5 +309,9 @@ CODE = BASE.extend({
     type(functools.lru_cache(lambda: None)): _feed_lru_cache,
     types.MethodType: _feed_method,
     GENERATOR_CONTEXT: _feed_generator_context,
-})
+}
+# Exactly these types are also looked up first, without loading the plugins of libraries imported since: this
+# table's own handler wins over any plugin's for them anyway, and a step reading only modules, functions and
+# plain values then never waits for numpy's plugin to be imported (a first hit's 0.3 to 0.5 ms)
+CODE = BASE.extend(_CODE_HANDLERS, exact=_CODE_HANDLERS)
 """The base table with code counted by what it does: what ``hash_value`` and ``fingerprint`` use."""
