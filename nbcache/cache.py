@@ -294,9 +294,7 @@ class Cache:
         """Raise ``Damaged`` unless ``entry`` was sealed by this cache's key for ``key``."""
         if self._sealed.get(key) is entry:  # (a store hands back the entry it parsed from the same text)
             return
-        expected = hmac.digest(self.key, entry.sealed_text(key, as_read=True), "sha256").hex()
-        if not hmac.compare_digest(entry.seal, expected) and (not entry.unsealed or not hmac.compare_digest(
-                entry.seal, hmac.digest(self.key, entry.sealed_text(key), "sha256").hex())):
+        if not entry.seal_matches(key, lambda text: hmac.digest(self.key, text, "sha256").hex()):
             raise NotSigned("its seal does not match this cache's key and the key it is filed under")
         if len(self._sealed) >= 4096:
             self._sealed.clear()

@@ -10,10 +10,11 @@ never indexing into a dict that lacks a key.
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 from .checks import Check, checks_from_json
 from .frame import Damaged
@@ -50,13 +51,17 @@ class Entry:
     # covers, without encoding the entry again (a first hit's 50 us); not a field of the entry
     unsealed: str = dataclasses.field(default="", init=False, compare=False, repr=False)
 
-    def sealed_text(self, key: str, *, as_read: bool = False) -> bytes:
-        """What the seal covers: the cache key and every field but the seal. ``as_read``: from the text the
-        entry was read from, if it was read as ``to_json`` writes it (a seal that matches that text matches
-        the entry: only ``to_json``'s texts are sealed, and the entry is what that text says)."""
-        if as_read and self.unsealed:
-            return key.encode() + b"\n" + self.unsealed.encode()
+    def sealed_text(self, key: str) -> bytes:
+        """What the seal covers: the cache key and every field but the seal."""
         return key.encode() + b"\n" + dataclasses.replace(self, seal="").to_json().encode()
+
+    def seal_matches(self, key: str, sign: Callable[[bytes], str]) -> bool:
+        """Whether its seal is ``sign`` of ``sealed_text(key)``: first of the text it was read from, if that
+        text is as ``to_json`` writes it (a seal that matches it matches the entry: only ``to_json``'s texts
+        are sealed, and the entry is what that text says), else of the entry encoded again."""
+        if self.unsealed and hmac.compare_digest(self.seal, sign(key.encode() + b"\n" + self.unsealed.encode())):
+            return True
+        return hmac.compare_digest(self.seal, sign(self.sealed_text(key)))
 
     def __post_init__(self) -> None:
         if self.kind == "function":

@@ -86,6 +86,12 @@ def _where_wrapped(func: types.FunctionType) -> None:
         is_user_file(wrapped.__code__.co_filename)
 
 
+PREPARE_AFTER_S = 0.05
+"""How long after a step's definition ``prepare`` starts on the background thread: a call that comes sooner
+(a script, a notebook run from the top) takes it back and does the analysis itself, rather than wait for it
+while the two threads take turns at the interpreter lock (1 to 2 ms of a first hit)."""
+
+
 def prepare(func: Callable[..., Any], limit: int = 256) -> None:
     """Do ahead what a function's first fingerprint needs and keeps (a step's, on a background thread, so its
     first call in a process finds it done): the analysis of its code and of the user's functions it reads,

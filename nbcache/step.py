@@ -18,12 +18,11 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, TypeVar, overload
 
 from .audit import unobserved
-from .background import Job
 from .cache import Cache, default_cache
 from .cachedcall import StepCall, addresses_of
 from .entry import Entry
 from .errors import warn as _warn
-from .fingerprint import fingerprint_parts, prepare
+from .fingerprint import PREPARE_AFTER_S, fingerprint_parts, prepare
 from .frame import Unpicklable
 from .hashing import Walk, hash_items, hash_value
 from .records import StepRun, describe_error
@@ -32,11 +31,6 @@ from .store import Store
 __all__ = ["Step", "step", "runs", "clear"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-# The analysis of a step's code ahead of its first call starts this long after the definition: a call that
-# comes sooner (a script, a notebook run from the top) takes it back and does it itself, rather than wait for
-# it while it takes turns at the interpreter lock with the code still running (up to 2 ms of a first hit).
-AHEAD_AFTER_S = 0.05
 
 WORKER_CACHE: contextvars.ContextVar[Cache | None] = contextvars.ContextVar("nbcache_worker_cache", default=None)
 """The cache a step without one of its own uses while a call submitted to a Dask worker runs there."""
@@ -82,8 +76,8 @@ class Step:
         self._signature = inspect.signature(func)
         self._plain = _plain_parameters(self._signature)
         # the analysis of its code, ahead (a ``Job``: pickled or copied, by ``functools.wraps`` too, as done)
-        self._ahead: Job | None = (cache or default_cache()).background.submit(functools.partial(prepare, func),
-                                                                              after_s=AHEAD_AFTER_S)
+        self._ahead = (cache or default_cache()).background.submit(functools.partial(prepare, func),
+                                                                   after_s=PREPARE_AFTER_S)
         params = self._signature.parameters
         unknown = sorted(self.ignore - set(params))
         if unknown:

@@ -93,7 +93,7 @@ def test_a_call_right_after_the_definition_does_the_analysis_itself(cache_dir, m
     """A script (or a notebook run from the top) calls a step as soon as it is defined: the analysis of its
     code, given to the background thread to do a moment later, is taken back, not waited for while it takes
     turns with the caller at the interpreter lock."""
-    monkeypatch.setattr(sys.modules["nbcache.step"], "AHEAD_AFTER_S", 30.0)
+    monkeypatch.setattr(sys.modules["nbcache.step"], "PREPARE_AFTER_S", 30.0)
 
     @step
     def doubled(x):
