@@ -33,14 +33,16 @@ class Job:
     """A job given to a ``Worker``: its function, its worker, and how far it got (queued, running, done or
     taken back). A job pickles (or copies) as one already settled: its worker and function stay here."""
 
-    __slots__ = ("fn", "worker", "state", "done", "not_before")
+    __slots__ = ("fn", "worker", "state", "done", "not_before", "optional")
 
-    def __init__(self, fn: Callable[[], None], worker: Worker | None, not_before: float = 0.0) -> None:
+    def __init__(self, fn: Callable[[], None], worker: Worker | None, not_before: float = 0.0,
+                 optional: bool = False) -> None:
         self.fn = fn
         self.worker = worker
         self.state = "queued"
         self.done = threading.Event()
         self.not_before = not_before  # (``time.monotonic()``: it does not start before)
+        self.optional = optional  # (work ahead of need: dropped once the interpreter exits)
 
     def __reduce__(self) -> tuple:
         return _settled_job, ()
@@ -80,14 +82,15 @@ class Worker:
         with self._cond:
             self._start()
 
-    def submit(self, fn: Callable[[], None], *, after_s: float = 0.0) -> Job:
+    def submit(self, fn: Callable[[], None], *, after_s: float = 0.0, optional: bool = False) -> Job:
         """Run ``fn`` after the jobs given before it, and not before ``after_s`` seconds from now (those given
-        after it wait too); until it starts, it stays queued, and can be taken back (``settle``)."""
-        job = Job(fn, self, time.monotonic() + after_s if after_s > 0 else 0.0)
+        after it wait too); until it starts, it stays queued, and can be taken back (``settle``). An
+        ``optional`` job (work done ahead of need) is dropped, not run, once the interpreter exits."""
+        job = Job(fn, self, time.monotonic() + after_s if after_s > 0 else 0.0, optional)
         with self._cond:
             self._queue.append(job)
             self._start()
-            self._cond.notify()
+            self._cond.notify_all()  # (the thread, and not only a ``drain`` waiting on the same condition)
         return job
 
     @property
@@ -104,6 +107,7 @@ class Worker:
                 with contextlib.suppress(ValueError):
                     self._queue.remove(job)
                 job.state = "taken back"
+                self._cond.notify_all()  # (a ``drain`` waiting for it, and the thread waiting out its delay)
                 return True
             thread = self._thread
         deadline = time.monotonic() + timeout
@@ -138,10 +142,15 @@ class Worker:
                         self._thread = None
                     return
                 wait = self._queue[0].not_before - time.monotonic()
-                if wait > 0:  # (not yet: queued meanwhile, it may be taken back)
+                if wait > 0 and not _exiting.is_set():  # (not yet: queued meanwhile, it may be taken back)
                     self._cond.wait(wait)
                     continue
                 job = self._queue.popleft()
+                if job.optional and _exiting.is_set():  # (nobody needs it now)
+                    job.state = "taken back"
+                    job.done.set()
+                    self._cond.notify_all()
+                    continue
                 job.state = "running"
                 self._busy += 1
             try:

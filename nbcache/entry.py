@@ -59,6 +59,8 @@ class Entry:
         """Whether its seal is ``sign`` of ``sealed_text(key)``: first of the text it was read from, if that
         text is as ``to_json`` writes it (a seal that matches it matches the entry: only ``to_json``'s texts
         are sealed, and the entry is what that text says), else of the entry encoded again."""
+        if not self.seal.isascii():  # (no hex digest: compare_digest would raise)
+            return False
         if self.unsealed and hmac.compare_digest(self.seal, sign(key.encode() + b"\n" + self.unsealed.encode())):
             return True
         return hmac.compare_digest(self.seal, sign(self.sealed_text(key)))
@@ -100,7 +102,7 @@ class Entry:
         fields = _plain_fields(record)
         entry = cls(**fields) if fields is not None else cls._checked(record)
         tail = f', "seal": "{entry.seal}"}}'
-        if entry.seal.isalnum() and entry.seal.isascii() and text.endswith(tail):  # (as to_json ends it)
+        if entry.seal.isalnum() and text.isascii() and text.endswith(tail):  # (as to_json writes it: ASCII)
             object.__setattr__(entry, "unsealed", text[: -len(tail)] + "}")
         return entry
 

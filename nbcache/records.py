@@ -233,7 +233,9 @@ class RunLines:
             record: dict[str, Any] = dict(zip(_FIXED_FIELDS, fixed))
             record["state"] = run.state.value if run.state is not None else None
             record["changes"] = [c.to_json() for c in run.changes]
-            self._fixed, self._head = fixed, _COMPACT(record)[:-1]
+            # (its mappings copied: one changed in place and recorded again must not compare equal to itself)
+            self._fixed = tuple(dict(v) if isinstance(v, Mapping) else v for v in fixed)
+            self._head = _COMPACT(record)[:-1]
         # (an ISO time is digits, '-', ':', '.', '+' and 'T': nothing JSON escapes)
         return f'{self._head},"duration_s":{took!r},"started_at":"{run.started_at.isoformat()}"}}'
 

@@ -77,7 +77,7 @@ class Step:
         self._plain = _plain_parameters(self._signature)
         # the analysis of its code, ahead (a ``Job``: pickled or copied, by ``functools.wraps`` too, as done)
         self._ahead = (cache or default_cache()).background.submit(functools.partial(prepare, func),
-                                                                   after_s=PREPARE_AFTER_S)
+                                                                   after_s=PREPARE_AFTER_S, optional=True)
         params = self._signature.parameters
         unknown = sorted(self.ignore - set(params))
         if unknown:

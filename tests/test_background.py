@@ -19,6 +19,8 @@ from nbcache.cache import default_cache
 from nbcache.background import Worker
 from nbcache.fingerprint import fingerprint, prepare
 
+from .conftest import run_python
+
 
 def test_a_worker_runs_jobs_in_order_and_a_failing_one_stops_nothing():
     worker = Worker("test-worker")
@@ -87,6 +89,34 @@ def test_a_job_given_a_delay_starts_no_sooner_stays_queued_meanwhile_and_the_job
     taken = worker.submit(lambda: done.append("taken"), after_s=30)
     assert worker.settle(taken) is True and taken.state == "taken back"
     assert worker.drain(timeout=5) and done[2:] == []  # (taken back while it waited: it never runs)
+
+
+def test_a_drain_waiting_for_a_job_taken_back_returns_and_the_jobs_given_after_still_run():
+    """A caller takes back a delayed job while another thread drains the worker: the drain is told (it
+    waited for ever), and a job given next wakes the worker, not the drain (it waited for its idle timeout)."""
+    worker = Worker("test-taken")
+    delayed = worker.submit(lambda: None, after_s=30)
+    drained = threading.Event()
+    threading.Thread(target=lambda: worker.drain() and drained.set(), daemon=True).start()
+    time.sleep(0.05)  # (the drain is waiting)
+    assert worker.settle(delayed) is True and drained.wait(10)
+    waiter = threading.Thread(target=worker.drain, args=(30,), daemon=True)
+    waiter.start()
+    time.sleep(0.05)
+    ran = threading.Event()
+    worker.submit(ran.set)
+    assert ran.wait(10)
+
+
+def test_an_optional_job_not_started_is_dropped_when_the_interpreter_exits(tmp_path):
+    """Work ahead of need (a step's analysis, for a call that never comes) is not done at exit."""
+    marker = tmp_path / "ran"
+    code = (f"from nbcache.background import Worker\n"
+            f"worker = Worker('exit-test', flush_at_exit=True)\n"
+            f"worker.submit(lambda: open({str(marker)!r}, 'w').close(), after_s=30, optional=True)\n"
+            f"worker.submit(lambda: open({str(marker)!r} + '-needed', 'w').close(), after_s=30)\n")
+    run_python(code)
+    assert not marker.exists() and (tmp_path / "ran-needed").exists()
 
 
 def test_a_call_right_after_the_definition_does_the_analysis_itself(cache_dir, monkeypatch):

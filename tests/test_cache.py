@@ -229,3 +229,9 @@ def test_an_entry_is_checked_by_its_seal_read_as_written_or_written_otherwise(tm
             cache.check_seal(key, Entry.from_json(changed))
     with pytest.raises(Damaged):
         cache.check_seal("0" * 32, Entry.from_json(text))
+    # text that cannot be encoded (a lone surrogate, from a team cache's record) or a seal that is no digest:
+    # refused as damage, never an error that leaves the step uncached
+    for odd in (text.replace('"step": "double"', '"step": "double\\ud800"'),
+                text[: text.rindex('"seal"')] + '"seal": "\u00e9"}'):
+        with pytest.raises(Damaged):
+            cache.check_seal(key, Entry.from_json(odd))

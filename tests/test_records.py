@@ -73,6 +73,11 @@ def test_history_lines_made_quickly_read_back_as_the_runs_they_record():
     assert written[-1] == runs[-1].to_json()  # (not a number: as json writes it)
     assert all(json.loads(line) == json.loads(run.to_json()) for line, run in zip(written[:-1], runs))
     assert all(line.startswith('{"step":"') and "\n" not in line for line in written)  # (read_last_runs)
+    inputs = {"path": "h1"}
+    first = make(inputs=inputs, duration_s=0.5)
+    assert StepRun.from_json(lines.line(first)) == first
+    inputs["path"] = "h9"  # (the same dict, changed in place, recorded again)
+    assert StepRun.from_json(lines.line(first)).inputs == {"path": "h9"}
 
 
 @pytest.mark.parametrize("state", list(Outcome))
