@@ -24,7 +24,7 @@ import xxhash
 
 from .frameformat import HEAD, MAGIC, READ_CHUNK, ROW, Damaged, Unpicklable, buffer_offsets, checksum_thread, tag
 from .frameread import load_frame, read_frame, signature_problem
-from .pickler import NotebookPickler
+from .pickler import NotebookPickler, is_plain
 
 __all__ = ["Frame", "load_frame", "read_frame", "signature_problem", "Damaged", "Unpicklable"]
 
@@ -48,8 +48,8 @@ class Frame:
         buffers: list = []
         out = io.BytesIO()
         try:
-            NotebookPickler(out, notebook=notebook, by_value=by_value, live=live, protocol=5,
-                            buffer_callback=buffers.append).dump(value)
+            NotebookPickler(out, notebook=notebook, by_value=by_value, live=live, plain=is_plain(value),
+                            protocol=5, buffer_callback=buffers.append).dump(value)
         except Exception as exc:
             raise Unpicklable(f"{type(value).__module__}.{type(value).__qualname__}: {exc}", str(exc)) from None
         self.pickled = out.getvalue()

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from .ambient import apply as apply_state
 from .ambient import global_generator, global_generator_method
 
-__all__ = ["LIVE_NAMESPACE", "Ahead", "NotebookPickler", "NotebookUnpickler", "notebook_globals"]
+__all__ = ["LIVE_NAMESPACE", "Ahead", "NotebookPickler", "NotebookUnpickler", "is_plain", "notebook_globals"]
 
 _MISSING = object()
 
@@ -44,10 +44,30 @@ def main_attribute(notebook: types.ModuleType | None, qualname: str, default: An
 
 
 def NotebookPickler(file: Any, *, notebook: types.ModuleType | None, by_value: set[int] = frozenset(),  # noqa: N802
-                    live: Mapping[int, str] | None = None, **kwargs: Any) -> pickle.Pickler:
+                    live: Mapping[int, str] | None = None, plain: bool = False, **kwargs: Any) -> pickle.Pickler:
     """A pickler of values of ``notebook`` (see ``_pickler_class``); cloudpickle is imported on the first
-    value stored, not by ``import nbcache`` (a hit never needs it)."""
+    value stored that is not ``plain`` (``is_plain``: pickle's own pickler writes the same bytes for it), not
+    by ``import nbcache`` (a hit never needs it)."""
+    if plain and not live:
+        return pickle.Pickler(file, **kwargs)
     return _pickler_class()(file, notebook=notebook, by_value=by_value, live=live, **kwargs)
+
+
+_PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
+def is_plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` holds no code, class or file that cloudpickle or ``NotebookPickler`` would store
+    otherwise than pickle does: a number, string, bytes or None; an array of numpy's own type of plain
+    data; a short tuple or list of these (a first miss of a step returning an array then does not import
+    cloudpickle: 8 ms)."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return True
+    if kind in (tuple, list):
+        return depth < 2 and len(value) <= 16 and all(is_plain(item, depth + 1) for item in value)
+    np = sys.modules.get("numpy")
+    return np is not None and kind is np.ndarray and value.dtype.kind in "biufcmMSU" and not value.dtype.hasobject
 
 
 @functools.cache

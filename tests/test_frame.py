@@ -135,3 +135,52 @@ def test_a_huge_pickle_length_in_a_sparse_file_is_proven_before_memory_is_taken(
     finally:
         tracemalloc.stop()
     assert peak < 64 << 20
+
+
+PLAIN = [None, True, 7, 2.5, 1 + 2j, "text", b"bytes", (1, "a", None), [np.arange(5), 3.0],
+         np.arange(12.0).reshape(3, 4), np.arange(12.0).reshape(3, 4).T, np.array(["a", "bc"]),
+         np.array([1, 2], dtype="datetime64[s]"), np.zeros(3, dtype=">f4"), np.arange(6)[::2]]
+NOT_PLAIN = [lambda x: x, [1, len], np.array([1, "a"], dtype=object), {"a": 1}, np.ma.masked_array([1, 2]),
+             (1, (2, (3, (4,)))), list(range(17)), np.zeros(2, dtype=[("a", "f8"), ("b", "O")])]
+
+
+@pytest.mark.parametrize("value", PLAIN, ids=lambda v: type(v).__name__)
+def test_a_plain_value_is_pickled_by_pickle_itself_to_the_same_bytes_cloudpickle_writes(value):
+    """A step returning an array stores it without importing cloudpickle (8 ms of a process's first miss):
+    pickle's own pickler writes the very bytes cloudpickle's would, so the blob is the same either way."""
+    from nbcache.pickler import NotebookPickler, is_plain
+
+    assert is_plain(value)
+    written = []
+    for plain in (True, False):
+        out, buffers = io.BytesIO(), []
+        pickler = NotebookPickler(out, notebook=None, plain=plain, protocol=5, buffer_callback=buffers.append)
+        assert (type(pickler).__module__ == "_pickle") is plain
+        pickler.dump(value)
+        written.append((out.getvalue(), [bytes(b.raw()) for b in buffers]))
+    assert written[0] == written[1]
+    loaded = load_frame(Frame(value, key=KEY).to_bytes(), key=KEY)
+    assert type(loaded) is type(value) and repr(loaded) == repr(value)
+
+
+@pytest.mark.parametrize("value", NOT_PLAIN, ids=lambda v: type(v).__name__)
+def test_code_objects_of_objects_and_deep_or_long_containers_are_not_plain(value):
+    from nbcache.pickler import is_plain
+
+    assert not is_plain(value)
+
+
+def test_a_first_miss_returning_an_array_does_not_import_cloudpickle(tmp_path):
+    from .conftest import run_python
+
+    out = run_python("""
+import sys, numpy as np, nbcache
+@nbcache.step
+def scaled(n):
+    return np.arange(n) * 1.5
+@nbcache.step
+def doubler(n):
+    return lambda x: 2 * x * n
+print(scaled(4).sum(), "cloudpickle" in sys.modules, doubler(3)(1), "cloudpickle" in sys.modules)
+""", env={"NBCACHE_DIR": str(tmp_path / "c")})
+    assert out.split() == ["9.0", "False", "6", "True"]
