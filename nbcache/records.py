@@ -234,7 +234,7 @@ class RunLines:
             record["state"] = run.state.value if run.state is not None else None
             record["changes"] = [c.to_json() for c in run.changes]
             # (its mappings copied: one changed in place and recorded again must not compare equal to itself)
-            self._fixed = tuple(dict(v) if isinstance(v, Mapping) else v for v in fixed)
+            self._fixed = tuple(dict(v) if name in _MAPPING_FIELDS else v for name, v in zip(_FIXED_FIELDS, fixed))
             self._head = _COMPACT(record)[:-1]
         # (an ISO time is digits, '-', ':', '.', '+' and 'T': nothing JSON escapes)
         return f'{self._head},"duration_s":{took!r},"started_at":"{run.started_at.isoformat()}"}}'
@@ -313,6 +313,7 @@ _LEGACY_PREFIXES = (
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(StepRun))
 _FIXED_FIELDS = tuple(name for name in _FIELDS if name not in ("duration_s", "started_at"))  # (``RunLines``)
+_MAPPING_FIELDS = frozenset({"inputs", "deps", "sizes"})
 _NUMBER = (int, float)
 _TYPES: dict[str, Any] = {
     "step": str, "cached": bool, "duration_s": _NUMBER, "saved_s": _NUMBER, "key": str, "code": str,

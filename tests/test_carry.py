@@ -130,7 +130,7 @@ def test_carrying_is_on_only_where_pagemap_tells_a_written_page(tmp_path, hashed
     importer, normalizer = _steps(cache, calls)
     importer(1)
     assert cache.carry.enabled is True  # (this Linux tells: the tests above carry for real)
-    monkeypatch.setattr(carry, "_top_byte", lambda address: 0)
+    monkeypatch.setattr(carry, "_top_byte", lambda fd, address: 0)
     cache = nbcache.Cache(tmp_path / "c")
     importer, normalizer = _steps(cache, calls)
     x = importer(1)
