@@ -57,16 +57,12 @@ class Carry:
         self._by_file: dict[tuple[int, int, int], list[tuple[Any, str, tuple[str, ...]]]] = {}
         self._damaged: set[tuple[int, int, int]] = set()  # files found damaged: nothing carried from them
         self._lock = ForkSafeLock()
-        self.enabled: bool | None = None  # (whether pagemap tells writes: found out at the first value noted)
+        self.enabled: bool | None = None  # (whether pagemap tells writes: found out when an address is first asked)
 
     def note(self, value: Any, address: str, identity: tuple[int, int, int]) -> None:
         """``value`` was just restored, mapped from the file ``identity``, with content address ``address``."""
         np = sys.modules.get("numpy")
-        if np is None or type(value) is not np.ndarray or not _is_mapped(value):
-            return
-        if self.enabled is None and value.size:
-            self.enabled = pagemap_tells_writes(value)
-        if not self.enabled:
+        if np is None or type(value) is not np.ndarray or not _is_mapped(value) or self.enabled is False:
             return
         key = id(value)
         ref = weakref.ref(value, lambda _: self._by_id.pop(key, None))
@@ -80,7 +76,9 @@ class Carry:
         if (carried is None or carried.ref() is not value or _layout(value) != carried.layout
                 or carried.identity in self._damaged):
             return None
-        return carried if _unwritten(*carried.region) else None
+        if self.enabled is None:
+            self.enabled = pagemap_tells_writes()
+        return carried if self.enabled and _unwritten(*carried.region) else None
 
     def derived(self, identities: set[tuple[int, int, int]], store: Any, key: str, blobs: tuple[str, ...]) -> None:
         """The result stored under ``key`` was computed from values carried from the files ``identities``
@@ -148,29 +146,36 @@ def _unwritten(start: int, length: int) -> bool:
     return _WRITTEN not in data[_TOP::8].translate(_FLAGS)  # (each entry's top byte, in C loops)
 
 
-def pagemap_tells_writes(restored: Any) -> bool:
-    """Whether ``/proc/self/pagemap`` tells a page written since it was mapped from one that was not (a
-    sandbox may give it with every entry zero, which would make every page look unwritten): the first page
-    of ``restored``, an array just mapped from its file, read, must say present and the file's; a private
-    page written must say present and not a file's. Some 20 us, once per cache."""
-    np = sys.modules["numpy"]
+def pagemap_tells_writes() -> bool:
+    """Whether ``/proc/self/pagemap`` tells what ``_unwritten`` reads in it (a sandbox may give it with every
+    entry zero, which would make every page look unwritten): a page of a private mapping of a file, read,
+    must say present and the file's; the same page, written, present and not a file's. Some 50 us, asked
+    once per cache, when a restored array is first passed on."""
     try:
-        restored.flat[0]  # (read: its page is then present, and the file's)
-        page = np.ones(1, dtype=np.uint8)  # (written: its page is present, and private memory, not a file's)
-        fd = os.open(_PAGEMAP, os.O_RDONLY | os.O_CLOEXEC)
+        with open(mmap.__file__ if hasattr(mmap, "__file__") else sys.executable, "rb") as f:  # (any file)
+            page = mmap.mmap(f.fileno(), mmap.PAGESIZE, flags=mmap.MAP_PRIVATE,
+                             prot=mmap.PROT_READ | mmap.PROT_WRITE)
         try:
-            read = _top_byte(fd, restored.ctypes.data) & 0xE0 == 0xA0
-            written = _top_byte(fd, page.ctypes.data) & 0xE0 == 0x80
+            np = sys.modules["numpy"]
+            address = np.frombuffer(page, dtype=np.uint8).ctypes.data
+            fd = os.open(_PAGEMAP, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                page[0]  # (read: present, the file's)
+                read = _top_byte(fd, address) & 0xE0 == 0xA0
+                page[0] = 1  # (written: a private copy, present, no file's)
+                written = _top_byte(fd, address) & 0xE0 == 0x80
+            finally:
+                os.close(fd)
         finally:
-            os.close(fd)
-    except (OSError, ValueError, IndexError):
+            with contextlib.suppress(BufferError):
+                page.close()
+    except (OSError, ValueError, IndexError, KeyError):
         return False
     return read and written
 
 
 def _top_byte(fd: int, address: int) -> int:
     return os.pread(fd, 8, address // mmap.PAGESIZE * 8)[_TOP]
-
 
 
 # A pagemap entry (a native 64-bit integer) has its flags in its top byte: present (bit 7), swapped (6),

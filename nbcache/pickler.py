@@ -67,7 +67,10 @@ def is_plain(value: Any, depth: int = 0) -> bool:
     if kind in (tuple, list):
         return depth < 2 and len(value) <= 16 and all(is_plain(item, depth + 1) for item in value)
     np = sys.modules.get("numpy")
-    return np is not None and kind is np.ndarray and value.dtype.kind in "biufcmMSU" and not value.dtype.hasobject
+    if np is None or kind is not np.ndarray:
+        return False
+    dtype = value.dtype  # (no fields, no metadata: a dtype's titles and metadata can hold any object)
+    return dtype.kind in "biufcmMSU" and not dtype.hasobject and dtype.fields is None and not dtype.metadata
 
 
 @functools.cache

@@ -141,7 +141,9 @@ PLAIN = [None, True, 7, 2.5, 1 + 2j, "text", b"bytes", (1, "a", None), [np.arang
          np.arange(12.0).reshape(3, 4), np.arange(12.0).reshape(3, 4).T, np.array(["a", "bc"]),
          np.array([1, 2], dtype="datetime64[s]"), np.zeros(3, dtype=">f4"), np.arange(6)[::2]]
 NOT_PLAIN = [lambda x: x, [1, len], np.array([1, "a"], dtype=object), {"a": 1}, np.ma.masked_array([1, 2]),
-             (1, (2, (3, (4,)))), list(range(17)), np.zeros(2, dtype=[("a", "f8"), ("b", "O")])]
+             (1, (2, (3, (4,)))), list(range(17)), np.zeros(2, dtype=[("a", "f8"), ("b", "O")]),
+             np.zeros(2, dtype=np.dtype("f8", metadata={"m": len})),  # (a dtype can hold any object)
+             np.zeros(2, dtype=np.dtype((np.int32, {"names": ["a"], "formats": ["i4"], "titles": [len]})))]
 
 
 @pytest.mark.parametrize("value", PLAIN, ids=lambda v: type(v).__name__)

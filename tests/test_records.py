@@ -299,3 +299,13 @@ def test_the_history_skips_lines_that_are_not_records(tmp_path):
         store.close()
     assert runs[:2] == good
     assert len(runs) == 3 and runs[2].state is Outcome.DISABLED
+
+
+def test_every_mapping_field_of_a_run_is_copied_by_the_history_lines():
+    """``RunLines`` compares a line's fields with copies of its mappings: a mapping field added later must be
+    among them, or one changed in place would be written as it was."""
+    import dataclasses
+
+    from nbcache.records import _MAPPING_FIELDS
+
+    assert _MAPPING_FIELDS == {f.name for f in dataclasses.fields(StepRun) if "Mapping" in str(f.type)}
