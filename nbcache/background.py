@@ -1,7 +1,8 @@
 """Work a hit leaves for later, so that it returns at once: one daemon thread per ``Worker`` runs the jobs
 in the order given. Every ``Cache`` of a process shares one (``shared_worker``): it checks the buffers of
 mapped values (``verifier.py``), writes the latest ingredients a hit found stale (``latestwrites.py``),
-analyses steps' code ahead of their first call (a moment after the definition: ``submit``'s ``after_s``), and is flushed when the interpreter exits. ``submit``
+analyses steps' code ahead of their first call (a moment after the definition: ``submit``'s ``after_s``),
+and is flushed when the interpreter exits. ``submit``
 gives a ``Job``: a caller that needs what a job does ``settle``s it first, so that it never races the job
 for the interpreter lock (it takes a queued job back and does that work itself, or waits for the one under
 way). Its jobs are nbcache's own work: no step under way is taken to depend on what they read or write (``unobserved``), and
