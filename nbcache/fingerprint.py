@@ -86,21 +86,22 @@ def _where_wrapped(func: types.FunctionType) -> None:
         is_user_file(wrapped.__code__.co_filename)
 
 
-PREPARE_AFTER_S = 0.05
+PREPARE_AFTER_S = 0.005
 """How long after a step's definition ``prepare`` starts on the background thread: a call that comes sooner
-(a script, a notebook run from the top) takes it back and does the analysis itself, rather than wait for it
-while the two threads take turns at the interpreter lock (1 to 2 ms of a first hit)."""
+(a module that defines steps and calls them at once) takes it back and does the analysis itself, rather than
+wait for it while the two threads take turns at the interpreter lock; a call later (after a history read, a
+notebook's next cell) finds it done, or waits for what is left of it."""
 
 
 def prepare(func: Callable[..., Any], limit: int = 256) -> None:
     """Do ahead what a function's first fingerprint needs and keeps (a step's, on a background thread, so its
     first call in a process finds it done): the analysis of its code and of the user's functions it reads,
     and the versions of the libraries they name. Reads globals as they are, runs nothing of the user's,
-    hashes no value, never raises."""
+    hashes no value, never raises. It does no more than the call would (hashing plugins load when a value
+    first needs one), so a call waiting for it never waits longer than doing it itself would take."""
     seen: set[int] = set()
     todo = [getattr(func, "_nbcache_function_", func)]
     try:
-        CODE.load()  # the hashing plugins of the libraries imported so far (numpy's, ...)
         while todo and len(seen) < limit:
             f = todo.pop()
             code = getattr(f, "__code__", None)
