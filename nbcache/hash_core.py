@@ -126,12 +126,6 @@ class Handlers:
             handler = self._cache[tp] = self._resolve(tp)
         return handler
 
-    def load(self) -> None:
-        """Load the plugins of libraries imported since the last look now (``handler`` does it first)."""
-        root = self._root
-        if root._loader is not None and len(sys.modules) != root._modules_seen:
-            root._load()
-
     def _resolve(self, tp: type) -> Handler:
         for cls in tp.__mro__:
             table: Handlers | None = self
@@ -146,7 +140,7 @@ class Handlers:
 
     def _load(self) -> None:
         # One thread loads at a time, and counts the modules seen only once the handlers are in: another
-        # thread hashing meanwhile waits for them (fingerprint.prepare loads them on a background thread)
+        # thread hashing meanwhile waits for them (a Dask worker's threads, the background thread)
         with _LOADING:
             if len(sys.modules) == self._modules_seen:
                 return  # (loaded by the thread this one waited for)

@@ -161,7 +161,6 @@ class StepRun:
         record["changes"] = [c.to_json() for c in self.changes]
         return _COMPACT(record)
 
-
     @classmethod
     def from_json(cls, line: str | bytes) -> StepRun:
         """A run from its history line; raises ValueError (or KeyError, TypeError) if the line is not one:
@@ -221,7 +220,7 @@ class RunLines:
     __slots__ = ("_fixed", "_head")
 
     def __init__(self) -> None:
-        self._fixed: tuple | None = None
+        self._fixed: tuple | None = None  # (None: no line yet)
         self._head = ""  # the last line's fixed fields, as an unclosed JSON object
 
     def line(self, run: StepRun) -> str:
@@ -229,7 +228,7 @@ class RunLines:
         if type(took) is not float or not math.isfinite(took):  # (not as repr writes it: the long way)
             return run.to_json()
         fixed = tuple(getattr(run, name) for name in _FIXED_FIELDS)
-        if fixed != self._fixed or self._head == "":
+        if fixed != self._fixed:
             record: dict[str, Any] = dict(zip(_FIXED_FIELDS, fixed))
             record["state"] = run.state.value if run.state is not None else None
             record["changes"] = [c.to_json() for c in run.changes]
