@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["ALIGN", "HEAD", "MAGIC", "READ_CHUNK", "ROW", "Damaged", "NotSigned", "Unpicklable", "buffer_offsets",
-           "check_tag", "parse_head", "tag"]
+__all__ = ["ALIGN", "HEAD", "MAGIC", "NOT_SIGNED", "READ_CHUNK", "ROW", "Damaged", "NotSigned", "Unpicklable",
+           "buffer_offsets", "check_tag", "parse_head", "signer", "tag"]
 
 MAGIC = b"NBC3"  # buffers aligned to ALIGN
 _PACKED = b"NBC2"  # an earlier nbcache's: the same, buffers packed
@@ -66,6 +66,8 @@ def buffer_offsets(magic: bytes, pickle_len: int, sizes: Sequence[int]) -> tuple
     return offsets, position
 
 
+NOT_SIGNED = ("its signature does not match this cache's key and its name (another user wrote it, or it was"
+              " altered or moved)")
 _ONE_SHOT = 1 << 16  # a pickle up to this many bytes is signed in one call (``tag``)
 
 
@@ -73,15 +75,23 @@ def tag(key: bytes, magic: bytes, name: str, pickle_len: int, nbuf: int, rows: b
         pickled: Iterable[bytes | memoryview]) -> bytes:
     """The HMAC of a value: its name (so that a value copied under another name does not verify), its
     header's fields, its buffer rows and its pickle (given in pieces)."""
-    label = name.encode("utf-8", "surrogatepass")
-    head = magic + struct.pack("<Q", len(label)) + label + struct.pack("<QI", pickle_len, nbuf)
     if pickle_len <= _ONE_SHOT:  # (a small value: one call, a few microseconds less on every hit)
-        return hmac.digest(key, b"".join([head, rows, *pickled]), "sha256")
-    mac = hmac.new(key, head, hashlib.sha256)
+        return hmac.digest(key, b"".join([_signed_head(magic, name, pickle_len, nbuf), rows, *pickled]), "sha256")
+    mac = signer(key, magic, name, pickle_len, nbuf)
     mac.update(rows)
     for piece in pickled:
         mac.update(piece)
     return mac.digest()
+
+
+def signer(key: bytes, magic: bytes, name: str, pickle_len: int, nbuf: int) -> hmac.HMAC:
+    """The HMAC of ``tag`` begun: the rows, then the pickle, are to be given to its ``update``."""
+    return hmac.new(key, _signed_head(magic, name, pickle_len, nbuf), hashlib.sha256)
+
+
+def _signed_head(magic: bytes, name: str, pickle_len: int, nbuf: int) -> bytes:
+    label = name.encode("utf-8", "surrogatepass")
+    return magic + struct.pack("<Q", len(label)) + label + struct.pack("<QI", pickle_len, nbuf)
 
 
 def parse_head(head: bytes | memoryview, size: int) -> tuple[bytes, bytes, int, int]:
@@ -105,8 +115,7 @@ def check_tag(key: bytes, name: str, magic: bytes, signature: bytes, pickle_len:
     """The (length, digest) rows and the buffers' offsets, once the tag proves the name, head, rows and
     pickle were written with ``key`` and the layout they describe fills exactly ``size`` bytes."""
     if not hmac.compare_digest(signature, tag(key, magic, name, pickle_len, nbuf, rows, pickled)):
-        raise NotSigned("its signature does not match this cache's key and its name (another user wrote it,"
-                        " or it was altered or moved)")
+        raise NotSigned(NOT_SIGNED)
     table = list(ROW.iter_unpack(rows))
     offsets, end = buffer_offsets(magic, pickle_len, [n for n, _ in table])
     if end != size:

@@ -32,6 +32,7 @@ import time
 from typing import Any, BinaryIO, Callable, Iterable
 
 from .errors import warn
+from .frameformat import Damaged
 from .key import CACHE_FORMAT
 from .remoteio import (
     COPY_CHUNK, RANGE, NotAsListed, Ranges, ReadFailed, Reading, RemoteError, author, bytes_of, credentials_in,
@@ -158,7 +159,8 @@ class Remote:
 
     def copy_blob(self, address: str, size: int | None, put: Callable[[BinaryIO], None]) -> bool:
         """Give ``put`` the blob at ``address`` as a file to read, streamed: one request per ``RANGE`` bytes
-        when its ``size`` is known. False if it is not there or the remote failed."""
+        when its ``size`` is known. False if it is not there or the remote failed; what ``put`` raises of what it
+        read (``Damaged``) or of its own store (``OSError``) is raised."""
         if not self.available:
             return False
         path = self._path("blobs", address)
@@ -175,6 +177,8 @@ class Remote:
             warn(f"nbcache: the team cache {self.url} holds a damaged value (not the size its entry says);"
                  " the result is computed here, and the value replaced when it is uploaded")
             return False
+        except Damaged:  # (what ``put`` found wrong in what it read: not the remote's failure)
+            raise
         except ReadFailed as failed:  # (the remote's, as ``put`` read it: not the local store's)
             if not isinstance(failed.error, FileNotFoundError):
                 self._failed("downloading a result", failed.error)

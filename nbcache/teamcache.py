@@ -25,7 +25,7 @@ from .errors import warn
 from .forksafe import ForkSafeLock
 from .frame import Damaged
 from .frameformat import NotSigned
-from .frameread import verify_frame
+from .frameread import Checking, StreamCheck, verify_frame
 from .keys import key_id
 from .remote import REMOTE_ENV, Remote, RemoteError, author, bytes_of, size_of
 from .store import Store
@@ -259,15 +259,17 @@ class TeamCache:
             if address in carried:
                 start, size = carried[address]
                 inline[address] = view[start:start + size]
-            elif not remote.copy_blob(address, found.sizes.get(address),
-                                      lambda f, a=address: store.put_blob_file(a, f)):
-                return None
-            else:  # (read whole once, here: a big value is mapped on a hit, its buffers checked only later)
-                problem = verify_frame(store.open_blob(address), key=self._key(), name=address)
-                if problem is not None:
-                    store.delete("", (address,))
-                    remote.distrust([address])
-                    raise Damaged(f"a value is damaged: {problem}")
+                continue
+            # (checked whole as it is written, never stored unchecked: a big value is mapped on a hit, its
+            # buffers checked only later)
+            size = found.sizes.get(address)
+            check = StreamCheck(self._key(), address, size)
+            try:
+                if not remote.copy_blob(address, size, lambda f, a=address: store.put_blob_file(a, Checking(f, check))):
+                    return None
+            except Damaged as problem:
+                remote.distrust([address])
+                raise Damaged(f"a value is damaged: {problem}") from None
         return entry, inline
 
     # writing

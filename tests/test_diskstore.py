@@ -3,6 +3,7 @@ file, and what other programs may leave in the index. (What every store does: te
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -337,3 +338,22 @@ def test_entries_are_listed_in_the_order_stored_across_the_reads_in_batches(stor
     assert dict(store.entries())["k03"].step == "again"
     for batch in (1, 2, 3, 10, 11):
         assert [name[6:] for name, _ in entry_texts(store._cache, batch=batch)] == names
+
+
+def test_a_value_copied_in_and_found_damaged_as_it_is_written_is_never_in_the_store(store):
+    """How a team-cache copy is written: checked as its bytes pass, it is published only whole and right; one
+    found wrong leaves no value and no temporary file behind."""
+    from nbcache.frameread import Checking, StreamCheck
+
+    frame = Frame(np.arange(1_000_000.0), key=KEY)
+    frame.name = "a"
+    data = bytearray(frame.to_bytes())
+    files = lambda: sorted(p.name for p in store.directory.rglob("*") if p.is_file())
+    before = files()
+    data[len(data) // 2] ^= 1
+    with pytest.raises(Damaged, match="checksum"):
+        store.put_blob_file("a", Checking(io.BytesIO(bytes(data)), StreamCheck(KEY, "a", len(data))))
+    assert not store.has_blob("a") and files() == before
+    data[len(data) // 2] ^= 1
+    store.put_blob_file("a", Checking(io.BytesIO(bytes(data)), StreamCheck(KEY, "a", len(data))))
+    assert np.array_equal(load_frame(store.open_blob("a"), key=KEY, name="a"), np.arange(1_000_000.0))

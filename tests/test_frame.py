@@ -186,3 +186,65 @@ def doubler(n):
 print(scaled(4).sum(), "cloudpickle" in sys.modules, doubler(3)(1), "cloudpickle" in sys.modules)
 """, env={"NBCACHE_DIR": str(tmp_path / "c")})
     assert out.split() == ["9.0", "False", "6", "True"]
+
+
+STREAMED = [1, np.arange(1000), (np.zeros(0), np.arange(3.0), np.ones((300, 40))),
+            {"a": np.arange(5, dtype=np.int8), "b": "text", "c": np.arange(70_000, dtype=np.int16)}]
+
+
+@pytest.mark.parametrize("value", STREAMED, ids=["no buffer", "one", "empty, small, big", "unaligned"])
+def test_a_value_checked_as_its_bytes_pass_is_refused_exactly_when_a_full_read_refuses_it(value):
+    """What a team-cache copy is checked by as it is written (StreamCheck, in any pieces) finds a value wrong
+    for exactly the changed bytes that make load_frame refuse it (its padding is no part of it for either)."""
+    from nbcache.frameread import StreamCheck, verify_frame
+
+    frame = Frame(value, key=KEY)
+    frame.name = "its address"
+    data = frame.to_bytes()
+
+    def streamed(data: bytes, piece: int, size: int | None) -> Damaged | None:
+        check = StreamCheck(KEY, "its address", size)
+        try:
+            for start in range(0, len(data), piece):
+                check.feed(data[start:start + piece])
+        except Damaged as exc:
+            return exc
+        return check.problem()
+
+    for piece in (1, 7, 4096, len(data)):
+        assert streamed(data, piece, len(data)) is None and streamed(data, piece, None) is None
+    assert verify_frame(data, key=KEY, name="its address") is None
+    assert verify_frame(io.BytesIO(data), key=KEY, name="its address") is None
+    refused = 0
+    for at in sorted({*range(0, len(data), max(1, len(data) // 300)), *range(len(data) - 70, len(data))}):
+        changed = bytearray(data)
+        changed[at] ^= 1
+        try:
+            load_frame(bytes(changed), key=KEY, name="its address")
+            full = False
+        except Damaged:
+            full = True
+        assert (streamed(bytes(changed), 4096, len(data)) is not None) == full, at
+        assert (streamed(bytes(changed), 7, None) is not None) == full, at
+        assert (verify_frame(io.BytesIO(changed), key=KEY, name="its address") is not None) == full, at
+        refused += full
+    assert refused > 0
+    for damaged in (data[:-1], data + b"x", data[:len(data) // 2]):
+        assert streamed(damaged, 4096, None) is not None and streamed(damaged, 4096, len(damaged)) is not None
+    assert streamed(data, 4096, len(data) + 1) is not None  # (not the size its entry said)
+    assert "signature does not match" in str(StreamCheck(KEY, "another address", None).problem(data))
+
+
+def test_a_value_signed_with_another_key_is_refused_before_its_buffers_are_read():
+    """A copy from a team cache stops at the first read past the pickle: 64 MB of a value nobody here can
+    trust are not downloaded."""
+    from nbcache.frameformat import NotSigned
+    from nbcache.frameread import Checking, StreamCheck
+
+    data = Frame(np.ones(1 << 20), key=b"another key, another team: 32 b").to_bytes()
+    source = io.BytesIO(data)
+    reading = Checking(source, StreamCheck(KEY, "", len(data)))
+    with pytest.raises(NotSigned):
+        while reading.read(1 << 16):
+            pass
+    assert source.tell() <= 1 << 16
