@@ -19,9 +19,10 @@ output looks (``renders``); ``observe.py`` records those as checks, with the dig
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import pickle
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import xxhash
 
@@ -49,8 +50,9 @@ RAN_ON: contextvars.ContextVar[OnWorker | None] = contextvars.ContextVar("nbcach
 
 # AmbientKind, KINDS, equal and the global generators are defined in statekinds.py and statediff.py; the
 # modules that keep or restore ambient state import them from here
-__all__ = ["BY_NAME", "KINDS", "AmbientKind", "Snapshot", "apply", "equal", "global_generator", "global_generator_method",
-           "setting_digest", "setting_hash", "snapshot", "state_hash", "when_imported"]
+__all__ = ["BY_NAME", "KINDS", "AmbientKind", "Snapshot", "apply", "computing_as", "computing_state", "equal",
+           "global_generator", "global_generator_method", "setting_digest", "setting_hash", "snapshot", "state_hash",
+           "when_imported"]
 
 
 class Snapshot(NamedTuple):
@@ -141,6 +143,40 @@ def _digest(value: Any, unordered: bool = False) -> str:
         return xxhash.xxh3_128_hexdigest(pickle.dumps(value, protocol=4))
     except Exception:
         return hash_value(value)
+
+
+def computing_state() -> dict[str, Any]:
+    """The state of every kind that changes what code computes (numpy's error handling, the scikit-learn config,
+    pandas' computing options), by kind name, as this thread has it: what a call submitted to a Dask worker
+    runs under there (``computing_as``)."""
+    return snapshot(tuple(kind for kind in KINDS if kind.computes)).values
+
+
+@contextlib.contextmanager
+def computing_as(state: dict[str, Any], *, alone: bool) -> Iterator[None]:
+    """Run the block with the kinds of ``state`` (``computing_state``'s, another process's) set to it, each set
+    back as it was after. Kinds that are the whole process's (pandas' options) only if the block runs
+    ``alone``: no other thread runs code beside it that they would change (a Dask worker of one thread). Nor
+    a kind whose library is not imported here (a step's own imports come with it, as it is unpickled; one it
+    imports in its body only finds that library as it is here). A kind left as it is here is recorded so by
+    the step's run, so that a lookup under another state tells it apart."""
+    undo = []
+    try:
+        for kind in KINDS:
+            if kind.name not in state or not (kind.per_thread or alone) or not kind.active():
+                continue
+            try:
+                before = kind.get()
+                if not equal(before, state[kind.name]):
+                    kind.set(state[kind.name])
+                    undo.append((kind, before))
+            except Exception:  # (a version of the library that cannot take it: its run records what it had)
+                continue
+        yield
+    finally:
+        for kind, before in reversed(undo):
+            with contextlib.suppress(Exception):
+                kind.set(before)
 
 
 def apply(changes: dict[str, Any]) -> list[str]:

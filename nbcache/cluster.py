@@ -1,6 +1,8 @@
 """Steps on a Dask cluster: ``Step.submit`` and ``Step.map`` send calls to ``distributed``'s workers.
 
-A submitted call runs on a worker as it would here. Its key is made there, from the content of its arguments
+A submitted call runs on a worker as it would here, under the settings of the submitting thread that change
+what code computes (``ambient.computing_as``: numpy's error handling, the scikit-learn config; pandas' options
+on a worker of one thread). Its key is made there, from the content of its arguments
 (a Future of another submitted step is its value, once computed), so a result equal to last time's stops the
 recomputation downstream as it does here; a hit is loaded there from the cache and its body runs nowhere; a
 miss runs there and is stored. The worker's cache is this process's directory when the worker reaches the very
@@ -24,7 +26,7 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .ambient import RAN_ON, OnWorker
+from .ambient import RAN_ON, OnWorker, computing_as, computing_state
 from .cache import Cache, default_cache
 from .errors import SAID, warn
 from .keys import key_id
@@ -80,18 +82,21 @@ class ClientCache:
 
 def submit(step: Step, client: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
     """``step(*args, **kwargs)`` as a task of ``client``: a ``distributed.Future`` of what it returns."""
-    return _task(client, step, _client_cache(step, client), args, kwargs)
+    return _task(client, step, _client_cache(step, client), computing_state(), args, kwargs)
 
 
 def map_calls(step: Step, client: Any, iterables: tuple[Iterable, ...], kwargs: dict[str, Any]) -> list[Any]:
     """One ``submit`` per set of arguments, the i-th of each iterable, as ``map`` takes them."""
-    where = _client_cache(step, client)
-    return [_task(client, step, where, args, kwargs) for args in zip(*iterables)]
+    where, computing = _client_cache(step, client), computing_state()
+    return [_task(client, step, where, computing, args, kwargs) for args in zip(*iterables)]
 
 
-def _task(client: Any, step: Step, where: ClientCache, args: tuple, kwargs: dict[str, Any]) -> Any:
-    """One call as a task of its own (named after the step, for Dask's dashboard), never merged with another."""
-    return client.submit(_run, step, where, args, kwargs, key=f"{step.name}-{os.urandom(8).hex()}", pure=False)
+def _task(client: Any, step: Step, where: ClientCache, computing: dict[str, Any], args: tuple,
+          kwargs: dict[str, Any]) -> Any:
+    """One call as a task of its own (named after the step, for Dask's dashboard), never merged with another;
+    it runs under ``computing``, the settings of the submitting thread that change what code computes."""
+    return client.submit(_run, step, where, computing, args, kwargs, key=f"{step.name}-{os.urandom(8).hex()}",
+                         pure=False)
 
 
 def _client_cache(step: Step, client: Any) -> ClientCache:
@@ -233,8 +238,10 @@ class _Collector:
             self.runs.append(run)
 
 
-def _run(step: Step, where: ClientCache, args: tuple, kwargs: dict[str, Any]) -> Any:
-    """A submitted call, on a worker."""
+def _run(step: Step, where: ClientCache, computing: dict[str, Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+    """A submitted call, on a worker, under the settings that change what code computes as the submitting
+    thread had them (numpy's error handling, the scikit-learn config; pandas' options on a worker of one
+    thread), so that it computes, raises and is keyed as the call would be there."""
     from distributed import get_worker
 
     worker = get_worker()
@@ -247,7 +254,8 @@ def _run(step: Step, where: ClientCache, args: tuple, kwargs: dict[str, Any]) ->
     try:
         call = copy.copy(step)
         call.cache = cache
-        return call(*args, **kwargs)
+        with computing_as(computing, alone=getattr(getattr(worker, "state", None), "nthreads", 0) == 1):
+            return call(*args, **kwargs)
     finally:
         WORKER_CACHE.reset(in_call)
         RAN_ON.reset(ran_on)

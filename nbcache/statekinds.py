@@ -46,6 +46,7 @@ class AmbientKind:
     #                       "sequence" (entries added or moved in front, appended, and removed)
     renders: bool = False  # it changes how a cell's output looks (display options, rc settings, warnings)
     computes: bool = False  # it changes what code computes (types, values, raising): an input of every step
+    per_thread: bool = False  # each thread has its own (a call submitted to a Dask worker takes the caller's)
     computing: tuple[str, Callable[[Any], Any]] | None = None  # of a kind that only renders: the part of its
     #   state that changes what code computes (what reasons call it, and how it is taken), an input of every step
     unordered: bool = False  # as an input, which entries it holds counts, not their order
@@ -218,7 +219,7 @@ KINDS: tuple[AmbientKind, ...] = (
                 seed=("numpy.random", "seed"), lazy_in="numpy"),
     AmbientKind("numpy print options", "numpy", _print_options_get, _print_options_set, shape="mapping", renders=True),
     AmbientKind("numpy error handling", "numpy", _errors_get, _errors_set, shape="mapping", renders=True,
-                computes=True),
+                computes=True, per_thread=True),
     AmbientKind("matplotlib backend", "matplotlib", _backend_get, _backend_set, renders=True),
     AmbientKind("matplotlib.rcParams", "matplotlib", _rc_get, _rc_set, shape="mapping", renders=True),
     AmbientKind("inline figure formats", "matplotlib_inline.config", figures_get, figures_set, renders=True),
@@ -226,7 +227,8 @@ KINDS: tuple[AmbientKind, ...] = (
     AmbientKind("pandas options", "pandas", pandas_get, pandas_set, shape="mapping", renders=True),
     AmbientKind("pandas computing options", "pandas", functools.partial(pandas_get, computing=True), pandas_set,
                 shape="mapping", computes=True),
-    AmbientKind("scikit-learn config", "sklearn", _sklearn_get, _sklearn_set, shape="mapping", computes=True),
+    AmbientKind("scikit-learn config", "sklearn", _sklearn_get, _sklearn_set, shape="mapping", computes=True,
+                per_thread=True),
     AmbientKind("warnings filters", "warnings", _warnings_get, _warnings_set, shape="sequence", renders=True,
                 unordered=True, computing=("that decide whether a warning raises", _raising_filters)),
     AmbientKind("environment variables", "os", _environ_get, _environ_set, shape="mapping"),

@@ -405,3 +405,67 @@ def test_a_worker_opens_again_a_cache_directory_removed_while_it_lives(tmp_path,
     (value, cached), history, _ = _client(tmp_path, body_log, "removed", code=REMOVED)
     assert (value, cached) == (4, True)  # (stored by the worker in the directory made anew)
     assert [state for _, state, _, _ in history] == ["first run", "hit"]  # (the worker's f(2), then f(2) here)
+
+
+SETTINGS = '''
+import json, sys
+import numpy as np
+import pandas as pd
+import nbcache
+from distributed import Client, LocalCluster
+
+@nbcache.step
+def ratios(n):
+    a = np.arange(n, dtype=float)
+    return (a / a[0]).tolist()  # (0 / 0, then x / 0)
+
+@nbcache.step
+def bottleneck(n):
+    return [pd.get_option("compute.use_bottleneck")] * n
+
+def attempt(call):
+    try:
+        return call()
+    except FloatingPointError as exc:
+        return f"FloatingPointError: {exc}"
+
+if __name__ == "__main__":
+    handling, threads = sys.argv[1], int(sys.argv[2])
+    np.seterr(divide=handling, invalid=handling)
+    pd.set_option("compute.use_bottleneck", False)
+    with LocalCluster(n_workers=1, threads_per_worker=threads, processes=True, dashboard_address=None) as cluster, \\
+            Client(cluster) as client:
+        there = [attempt(lambda: ratios.submit(client, 3).result()), bottleneck.submit(client, 1).result()]
+        after = client.submit(lambda: [np.geterr()["divide"], pd.get_option("compute.use_bottleneck")]).result()
+    here = [attempt(lambda: ratios(3)), bottleneck(1)]
+    print(json.dumps({"there": there, "here": here, "worker after": after}))
+    print(json.dumps([[r.step, r.state.value, r.worker, r.reason] for r in nbcache.runs()]))
+'''
+
+
+@pytest.mark.parametrize("handling", ["ignore", "raise"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_submitted_call_computes_under_the_settings_of_the_process_that_submits_it(tmp_path, body_log, handling,
+                                                                                     threads):
+    """numpy's error handling (per thread, so on any worker) and pandas' computing options (the whole process's:
+    on a worker of one thread) are the submitting process's while the call runs there, then the worker's
+    again: a call raises there where it raises here, returns what it returns here, and its result is a hit
+    here. On a worker of two threads, pandas' options stay the worker's, and the call here says so and runs."""
+    results, history, _ = _client(tmp_path, body_log, "settings", code=SETTINGS.replace("sys.argv[1]", repr(handling))
+                                  .replace("int(sys.argv[2])", str(threads)))
+    if handling == "raise":
+        assert results["there"][0] == results["here"][0] and results["here"][0].startswith("FloatingPointError: ")
+    else:
+        assert str(results["there"][0]) == str(results["here"][0]) == "[nan, inf, inf]"
+    assert results["worker after"] == ["warn", True]
+    states = {(step, worker != ""): (state, reason) for step, state, worker, reason in history}
+    differ = ("changed", "the pandas computing options differ from when it was cached")
+    if handling == "raise":  # (failed there, and here: nothing is stored of a call that raises)
+        assert states["ratios", True][0] == states["ratios", False][0] == "failed"
+    if threads == 1:
+        assert results["there"][1] == results["here"][1] == [False]
+        assert states["bottleneck", False][0] == "hit"
+        assert handling == "raise" or states["ratios", False][0] == "hit"
+    else:  # (pandas' options are an input of every step while pandas is imported: those of the worker's differ)
+        assert results["there"][1] == [True] and results["here"][1] == [False]
+        assert states["bottleneck", False] == differ and (handling == "raise" or states["ratios", False] == differ)
