@@ -233,6 +233,10 @@ def test_a_value_checked_as_its_bytes_pass_is_refused_exactly_when_a_full_read_r
         assert streamed(damaged, 4096, None) is not None and streamed(damaged, 4096, len(damaged)) is not None
     assert streamed(data, 4096, len(data) + 1) is not None  # (not the size its entry said)
     assert "signature does not match" in str(StreamCheck(KEY, "another address", None).problem(data))
+    once_wrong = StreamCheck(KEY, "its address", None)
+    with pytest.raises(Damaged):
+        once_wrong.feed(data + b"x")
+    assert once_wrong.problem() is not None  # (stays wrong: nothing after it makes it right)
 
 
 def test_a_value_signed_with_another_key_is_refused_before_its_buffers_are_read():
@@ -248,3 +252,25 @@ def test_a_value_signed_with_another_key_is_refused_before_its_buffers_are_read(
         while reading.read(1 << 16):
             pass
     assert source.tell() <= 1 << 16
+
+
+def test_rows_a_value_claims_are_not_believed_before_its_signature_proves_them():
+    """A blob planted in a team cache by someone without the key, the size its entry lists, claiming a row
+    per 24 bytes: refused at its signature, having taken little more memory than its own rows."""
+    import tracemalloc
+
+    from nbcache.frameformat import HEAD, MAGIC, ROW, NotSigned
+    from nbcache.frameread import StreamCheck
+
+    size = 8 << 20
+    nbuf = (size - HEAD.size - 1) // ROW.size
+    planted = HEAD.pack(MAGIC, bytes(32), size - HEAD.size - ROW.size * nbuf, nbuf) + ROW.pack(0, bytes(16)) * nbuf
+    planted += bytes(size - len(planted))
+    check = StreamCheck(KEY, "its address", size)
+    tracemalloc.start()
+    try:
+        problem = check.problem(planted)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert isinstance(problem, NotSigned) and peak < 3 * size
