@@ -155,7 +155,8 @@ def computing_state() -> dict[str, Any]:
 @contextlib.contextmanager
 def computing_as(state: dict[str, Any], *, alone: bool) -> Iterator[None]:
     """Run the block with the kinds of ``state`` (``computing_state``'s, another process's) set to it, each set
-    back as it was after. Kinds that are the whole process's (pandas' options) only if the block runs
+    back as it was after (whether the block, or a ``set`` that failed halfway, changed it). Kinds that are the
+    whole process's (pandas' options) only if the block runs
     ``alone``: no other thread runs code beside it that they would change (a Dask worker of one thread). Nor
     a kind whose library is not imported here (a step's own imports come with it, as it is unpickled; one it
     imports in its body only finds that library as it is here). A kind left as it is here is recorded so by
@@ -166,17 +167,17 @@ def computing_as(state: dict[str, Any], *, alone: bool) -> Iterator[None]:
             if kind.name not in state or not (kind.per_thread or alone) or not kind.active():
                 continue
             try:
-                before = kind.get()
-                if not equal(before, state[kind.name]):
+                undo.append((kind, kind.get()))  # (first: a ``set`` that fails halfway is set back too)
+                if not equal(undo[-1][1], state[kind.name]):
                     kind.set(state[kind.name])
-                    undo.append((kind, before))
             except Exception:  # (a version of the library that cannot take it: its run records what it had)
                 continue
         yield
     finally:
-        for kind, before in reversed(undo):
+        for kind, before in reversed(undo):  # (what the block itself changed of them too: not left behind)
             with contextlib.suppress(Exception):
-                kind.set(before)
+                if not equal(kind.get(), before):
+                    kind.set(before)
 
 
 def apply(changes: dict[str, Any]) -> list[str]:

@@ -316,3 +316,30 @@ def test_reading_pandas_options_in_two_threads_puts_showwarning_back():
     finally:
         warnings.showwarning = before
 
+
+
+def test_a_call_run_under_another_process_settings_leaves_this_threads_as_they_were():
+    """How a Dask worker runs a submitted call (``computing_as``): the caller's numpy error handling and
+    pandas computing options while it runs, then the worker's own again, whatever the call changed of them
+    itself and even where the caller's could be set only halfway (a pandas of another version)."""
+    import pandas as pd
+
+    np.seterr(all="warn", under="ignore")
+    mine = ambient.computing_state()
+    theirs = ambient.computing_state()
+    theirs["numpy error handling"] = dict(theirs["numpy error handling"], divide="ignore")
+    theirs["pandas computing options"] = dict(theirs["pandas computing options"],
+                                              **{"compute.use_bottleneck": False, "mode.string_storage": "no such"})
+    try:
+        with ambient.computing_as(theirs, alone=True):
+            assert np.geterr()["divide"] == "ignore" and pd.get_option("compute.use_bottleneck") is False
+        assert ambient.computing_state() == mine  # (use_bottleneck was set before string_storage failed)
+        with ambient.computing_as(mine, alone=True):
+            np.seterr(over="raise")  # (what the call does itself)
+        assert ambient.computing_state() == mine
+        with ambient.computing_as(theirs, alone=False):  # (pandas' options are the whole process's)
+            assert np.geterr()["divide"] == "ignore" and pd.get_option("compute.use_bottleneck") is True
+        assert ambient.computing_state() == mine
+    finally:
+        np.seterr(all="warn", under="ignore")
+        pd.reset_option("compute.use_bottleneck")
