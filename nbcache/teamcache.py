@@ -25,7 +25,7 @@ from .errors import warn
 from .forksafe import ForkSafeLock
 from .frame import Damaged
 from .frameformat import NotSigned
-from .frameread import Checking, StreamCheck, verify_frame
+from .framecheck import Checking, StreamCheck, verify_frame
 from .keys import key_id
 from .remote import REMOTE_ENV, Remote, RemoteError, author, bytes_of, size_of
 from .store import Store

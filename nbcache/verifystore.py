@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .frameformat import Damaged, NotSigned
-from .frameread import verify_frame
+from .framecheck import verify_frame
 from .store import Store
 
 __all__ = ["Problem", "Verification", "remove_damaged", "verify_store"]

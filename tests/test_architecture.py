@@ -17,7 +17,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("code", {"fingerprint_source", "fingerprint_code", "fingerprint_given", "fingerprint_handlers", "fingerprint", "hashing",
               "ambient", "cellflow", "celleffects", "magiclines", "cellcode", "checks", "priors", "audit", "observe"}),
     ("key", {"key"}),
-    ("store", {"records", "history", "pickler", "frameformat", "frameread", "frame", "keys", "entry", "store", "diskfiles", "diskgc", "diskindex", "disklock", "smallvalues", "diskerrors",
+    ("store", {"records", "history", "pickler", "frameformat", "framecheck", "frameread", "frame", "keys", "entry", "store", "diskfiles", "diskgc", "diskindex", "disklock", "smallvalues", "diskerrors",
                "eviction", "diskevict", "diskstore", "teamentry", "remoteio", "remote"}),
     ("cached call", {"events", "explain", "background", "verifier", "verifystore", "carry", "latestwrites", "warming", "teamcache", "cache", "teamsync", "keeping", "serving", "cachedcall"}),
     ("step and magics", {"cluster", "step", "capture", "cellnames", "cellvars", "tables", "cellstep", "magics"}),

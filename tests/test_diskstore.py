@@ -343,7 +343,7 @@ def test_entries_are_listed_in_the_order_stored_across_the_reads_in_batches(stor
 def test_a_value_copied_in_and_found_damaged_as_it_is_written_is_never_in_the_store(store):
     """How a team-cache copy is written: checked as its bytes pass, it is published only whole and right; one
     found wrong leaves no value and no temporary file behind."""
-    from nbcache.frameread import Checking, StreamCheck
+    from nbcache.framecheck import Checking, StreamCheck
 
     frame = Frame(np.arange(1_000_000.0), key=KEY)
     frame.name = "a"

@@ -196,7 +196,7 @@ STREAMED = [1, np.arange(1000), (np.zeros(0), np.arange(3.0), np.ones((300, 40))
 def test_a_value_checked_as_its_bytes_pass_is_refused_exactly_when_a_full_read_refuses_it(value):
     """What a team-cache copy is checked by as it is written (StreamCheck, in any pieces) finds a value wrong
     for exactly the changed bytes that make load_frame refuse it (its padding is no part of it for either)."""
-    from nbcache.frameread import StreamCheck, verify_frame
+    from nbcache.framecheck import StreamCheck, verify_frame
 
     frame = Frame(value, key=KEY)
     frame.name = "its address"
@@ -243,7 +243,7 @@ def test_a_value_signed_with_another_key_is_refused_before_its_buffers_are_read(
     """A copy from a team cache stops at the first read past the pickle: 64 MB of a value nobody here can
     trust are not downloaded."""
     from nbcache.frameformat import NotSigned
-    from nbcache.frameread import Checking, StreamCheck
+    from nbcache.framecheck import Checking, StreamCheck
 
     data = Frame(np.ones(1 << 20), key=b"another key, another team: 32 b").to_bytes()
     source = io.BytesIO(data)
@@ -260,7 +260,7 @@ def test_rows_a_value_claims_are_not_believed_before_its_signature_proves_them()
     import tracemalloc
 
     from nbcache.frameformat import HEAD, MAGIC, ROW, NotSigned
-    from nbcache.frameread import StreamCheck
+    from nbcache.framecheck import StreamCheck
 
     size = 8 << 20
     nbuf = (size - HEAD.size - 1) // ROW.size
