@@ -95,25 +95,28 @@ class StepSummary:
     """A step as ``nbcache ls`` lists it: its kind, its stored results and their bytes, its last run."""
 
     step: str
-    kind: str = "?"  # "function" or "cell", from its last run; "?" when no run of it is recorded
+    kind: str = "?"  # "function" or "cell", from its last run, else from a stored result (one pulled)
     entries: int = 0
     bytes: int = 0
     last: StepRun | None = None
 
 
-def step_summaries(runs: Iterable[StepRun], stored: Iterable[tuple[str, int]]) -> list[StepSummary]:
+def step_summaries(runs: Iterable[StepRun], stored: Iterable[tuple[str, int, str]]) -> list[StepSummary]:
     """Every step of the history and of the store, in the order they first appear (runs first).
 
-    ``stored`` gives, for each stored result, its step's name and its stored bytes. A step's kind and last
-    run are those of its latest run."""
+    ``stored`` gives, for each stored result, its step's name, its stored bytes and its kind. A step's kind
+    and last run are those of its latest run; a step with results but no run here (pulled from a team cache)
+    has the kind of its results."""
     steps: dict[str, StepSummary] = {}
     for run in runs:
         summary = steps.setdefault(run.step, StepSummary(run.step))
         summary.kind, summary.last = run.kind, run
-    for name, nbytes in stored:
+    for name, nbytes, kind in stored:
         summary = steps.setdefault(name, StepSummary(name))
         summary.entries += 1
         summary.bytes += nbytes
+        if summary.last is None:
+            summary.kind = kind
     return list(steps.values())
 
 

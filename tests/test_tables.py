@@ -50,13 +50,14 @@ def test_kernel_runs_say_what_a_hit_saved_and_why_each_ran():
 
 
 def test_step_summaries_take_kind_and_last_run_from_the_latest_run_and_count_stored_results():
+    """A step with results and no run here (pulled from a team cache) has the kind of its results."""
     runs = [a_run("load"), a_run("total", at=1), a_run("load", kind="cell", cached=True, at=2)]
-    summaries = step_summaries(runs, [("load", 100), ("load", 24), ("orphan", 2048)])
+    summaries = step_summaries(runs, [("load", 100, "function"), ("load", 24, "cell"), ("pulled", 2048, "cell")])
     assert [(s.step, s.kind, s.entries, s.bytes, s.last) for s in summaries] == [
-        ("load", "cell", 2, 124, runs[2]), ("total", "function", 0, 0, runs[1]), ("orphan", "?", 1, 2048, None)]
+        ("load", "cell", 2, 124, runs[2]), ("total", "function", 0, 0, runs[1]), ("pulled", "cell", 1, 2048, None)]
     rows = steps_rows(summaries)
     assert rows[0] == ["load", "cell", 2, "124 B", when(T0 + timedelta(seconds=2)), "hit"]
-    assert rows[2] == ["orphan", "?", 1, "2.0 KB", "", ""]
+    assert rows[2] == ["pulled", "cell", 1, "2.0 KB", "", ""]
     assert len(STEPS_HEADER) == len(rows[0])
 
 

@@ -132,6 +132,8 @@ def test_pull_of_a_step_makes_its_later_runs_local_hits_with_no_remote(tmp_path,
 
     everything = _nbcache(tmp_path, "carol", team, "pull", "--json")  # all the remote holds, in a new directory
     assert json.loads(everything.stdout)["copied"] == 2, everything.stderr
+    listed = _nbcache(tmp_path, "carol", team, "ls", "--json")  # (no run here yet: the kind is the results')
+    assert {row["step"]: row["kind"] for row in json.loads(listed.stdout)} == {"squares": "function", "cubes": "function"}
     runs, ran = _run_steps(tmp_path, "carol", remote="", steps=2)
     assert runs == {"squares": "True | cache hit", "cubes": "True | cache hit"} and ran == 0
     unknown = _nbcache(tmp_path, "carol", team, "pull", "nosuchstep")
