@@ -156,11 +156,11 @@ def computing_state() -> dict[str, Any]:
 def computing_as(state: dict[str, Any], *, alone: bool) -> Iterator[None]:
     """Run the block with the kinds of ``state`` (``computing_state``'s, another process's) set to it, each set
     back as it was after (whether the block, or a ``set`` that failed halfway, changed it). Kinds that are the
-    whole process's (pandas' options) only if the block runs
-    ``alone``: no other thread runs code beside it that they would change (a Dask worker of one thread). Nor
-    a kind whose library is not imported here (a step's own imports come with it, as it is unpickled; one it
-    imports in its body only finds that library as it is here). A kind left as it is here is recorded so by
-    the step's run, so that a lookup under another state tells it apart."""
+    whole process's (pandas' options) only if the block runs ``alone``: no other thread runs code beside it
+    that they would change (a Dask worker of one thread). Nor a kind whose library is not imported here (a
+    step's own imports come with it, as it is unpickled; one it imports in its body only finds that library
+    as it is here). A kind left as it is here is recorded so by the step's run, so that a lookup under
+    another state tells it apart."""
     undo = []
     try:
         for kind in KINDS:
