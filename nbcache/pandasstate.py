@@ -56,7 +56,7 @@ def pandas_get(computing: bool = False) -> dict:
             names = _pandas_option_names(computing)
             if computing:  # (pandas 3 keeps a few as deprecated no-ops, reading which warns: 10 us a hit each)
                 no_ops = _NO_OPS_SINCE_3 if int(pd.__version__.split(".")[0]) >= 3 else ()
-                names = [n for n in names if n.startswith(_COMPUTING) and n not in no_ops]
+                names = [n for n in names if n not in no_ops]
             _pandas_names[computing] = names
     values = {}
     with unshown():  # (reading a deprecated one warns)
