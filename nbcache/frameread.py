@@ -24,8 +24,7 @@ from typing import Any, Callable, Iterator
 
 import xxhash
 
-from .framecheck import CHECK_CHUNK
-from .frameformat import ALIGN, HEAD, READ_CHUNK, ROW, Damaged, check_tag, checksum_thread, parse_head
+from .frameformat import ALIGN, CHECK_CHUNK, HEAD, READ_CHUNK, ROW, Damaged, check_tag, checksum_thread, parse_head
 from .pickler import NotebookUnpickler
 
 __all__ = ["MAP_MIN", "Unchecked", "load_frame", "read_frame", "signature_problem", "value_of_parts"]

@@ -231,7 +231,7 @@ class TeamCache:
         if fetched is None:
             return None
         for address, data in fetched[1].items():  # (a hit checks them as it loads them; here nothing loads them)
-            problem = verify_frame(bytes(data), key=self._key(), name=address)
+            problem = verify_frame(data, key=self._key(), name=address)
             if problem is not None:  # (in the entry's object: replaced with it when this result is uploaded)
                 raise Damaged(f"a value it carries is refused: {problem}")
         entry = fetched[0]
