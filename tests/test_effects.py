@@ -715,17 +715,21 @@ def test_settings_that_change_what_code_computes_are_inputs_of_every_step(cache_
 
 def test_the_pandas_options_that_change_what_it_computes_are_found_without_reading_the_others():
     """A first hit reads only those (``display.`` and ``styler.`` hold most of pandas' options): the walk that
-    skips the others finds exactly the computing ones among all of them."""
-    import pandas as pd  # noqa: F401  (imported: its options are read)
+    skips the others finds exactly the computing ones among all of them, but the no-ops pandas 3 keeps, with
+    the values pandas gives for them."""
+    import pandas as pd
 
     from nbcache import pandasstate
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (dir() of a deprecated option warns)
-        every = pandasstate._pandas_option_names()
-        computing = pandasstate._pandas_option_names(computing=True)
-    assert computing == [name for name in every if name.startswith(pandasstate._COMPUTING)]
+        every = pandasstate._pandas_options()
+        computing = pandasstate._pandas_options(computing=True)
+        no_ops = pandasstate._no_ops(pd)
+        assert computing == {name: pd.get_option(name) for name in every
+                             if name.startswith(pandasstate._COMPUTING) and name not in no_ops}
     assert "compute.use_bottleneck" in computing and not any(name.startswith("display.") for name in computing)
+    assert ("mode.copy_on_write" in no_ops) == (int(pd.__version__.split(".")[0]) >= 3)
 
 
 def test_a_warnings_filter_set_to_error_is_an_input_of_every_step(cache_dir):
