@@ -329,11 +329,13 @@ def format_seconds(seconds: float) -> str:
 
 
 def format_bytes(nbytes: float) -> str:
-    for unit in ("B", "KB", "MB"):
-        if nbytes < 1024:
+    """A size in decimal units, as ``size_limit`` reads them: ``1.5 MB`` is 1,500,000 bytes (1,572,864 bytes,
+    1.5 MiB, shows as ``1.6 MB``)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if round(nbytes, 1) < 1000:
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    return f"{nbytes:.1f} GB"
+        nbytes /= 1000
+    return f"{nbytes:.1f} TB"
 
 
 def describe_error(exc: BaseException, limit: int = 300) -> str:

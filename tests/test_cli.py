@@ -308,11 +308,11 @@ def test_gc_removes_what_writers_left_and_says_what_it_freed(filled, capsys, mon
 
     def gc(self):
         called.append(self.directory)
-        return nbcache.store.Collected(files=2, bytes=4096)
+        return nbcache.store.Collected(files=2, bytes=4000)
 
     monkeypatch.setattr(nbcache.diskstore.DiskStore, "gc", gc)
     assert cli(capsys, "gc", "--dir", filled)[1] == "removed 2 files left behind (4.0 KB)\n"
-    assert json.loads(cli(capsys, "gc", "--dir", filled, "--json")[1]) == {"removed_files": 2, "freed_bytes": 4096}
+    assert json.loads(cli(capsys, "gc", "--dir", filled, "--json")[1]) == {"removed_files": 2, "freed_bytes": 4000}
     assert len(called) == 2
     assert cli(capsys, "ls", "--dir", filled)[0] == 0  # nothing a step needs went
 

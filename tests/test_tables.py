@@ -105,11 +105,24 @@ def test_text_table_escapes_its_cells_and_aligns_what_it_shows():
     assert "\x1b" not in table and table_bundle(["s"], [["\x1b"]])["text/plain"] == "s\n\\x1b"
 
 
+def test_sizes_show_in_the_units_a_size_limit_is_given_in():
+    """``500MB`` is 500,000,000 bytes where a size limit is read: a size shows in the same decimal units (a
+    limit of "20GB" once showed as 18.6 GB, and 24,000,000 bytes as 22.9 MB)."""
+    from nbcache.eviction import parse_size
+    from nbcache.records import format_bytes
+
+    assert [format_bytes(parse_size(text)) for text in ("500MB", "20GB", "1.5GiB", "999999", "1000")] == [
+        "500.0 MB", "20.0 GB", "1.6 GB", "1.0 MB", "1.0 KB"]
+    assert info_text(StoreStats(directory="/c", entries=1, unreadable_entries=0, size_bytes=24_000_000),
+                     size_limit=parse_size("20GB")).startswith(
+        "cache directory: /c\nentries: 1\nsize: 24.0 MB\nsize limit: 20.0 GB (20000000000 bytes")
+
+
 def test_info_counts_unreadable_history_lines_and_gc_says_what_it_freed():
     stats = StoreStats(directory="/c", entries=3, unreadable_entries=0, size_bytes=2048)
     assert "unreadable history" not in info_text(stats, runs=5)
     assert info_text(stats, runs=5, unreadable_runs=2).endswith(
         "\nrecorded runs: 5\nunreadable history lines: 2 (cut short by a process that was killed, or damaged;"
         " they are skipped)")
-    assert collected_text(Collected(files=3, bytes=3 * 1024 * 1024)) == "removed 3 files left behind (3.0 MB)"
+    assert collected_text(Collected(files=3, bytes=3_000_000)) == "removed 3 files left behind (3.0 MB)"
     assert collected_text(Collected()) == "removed 0 files left behind (0 B)"
