@@ -173,7 +173,8 @@ class DiskStore:
         with self._lock:
             if self._log_fd is None:
                 self._log_fd = self._open_log()
-        self._cache.get("entry:", _ABSENT)  # (a read: never waits for another process's write)
+        self._cache.get("entry:", _ABSENT)  # (reads: never wait for another process's write; SQLite compiles
+        "blob:" in self._cache  # a connection's statements when first used: a hit's, and a team hit's ``has_blob``)
 
     def _open_log(self) -> int:
         return open_append(self._log_path, self._modes.file)
