@@ -4,8 +4,8 @@ A value is stored under a name that covers its content, and never changes there,
 same value in the same store again in this process is made from those parts: unpickled anew, its buffers
 copied (the caller owns what it gets, as with any hit), without reading the index or checking the signature
 a second time. The entry that names it is still read from the store on every call: a result cleared,
-replaced or damaged there counts at once. Only values the index holds itself (diskcache keeps those under
-32 KB in SQLite), once read, checked and unpickled, are kept, ``MAX_BYTES`` in all; past that, what was
+replaced or damaged there counts at once. Only values the index holds itself (those under 64 KiB:
+``diskfiles.py``), once read, checked and unpickled, are kept, ``MAX_BYTES`` in all; past that, what was
 kept is let go. One that no longer unpickles (its class gone) is let go as its stored copy is removed.
 """
 
