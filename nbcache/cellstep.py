@@ -32,6 +32,7 @@ from .cache import Cache
 from .cachedcall import StepCall, addresses_of
 from .capture import Recorder, publish, replay, show_result_as_recorded
 from .cellcode import CellCode
+from .cellsource import cache_cell, give_source
 from .cellnames import CellNames
 from .cellvars import (HISTORY_NAMES, Alias, Outputs, code_state, deleted_names, memory_size, output_names,
                        picklable)
@@ -205,12 +206,9 @@ class CellCall(StepCall):
 
     def _restore(self, payload: dict, entry: Entry) -> Any:
         ns = self.shell.user_ns
-        for module in self.imports:  # `import a.b` binds `a`; the restored `a` needs `a.b` imported again
-            if not module.startswith("."):
-                try:
-                    importlib.import_module(module)
-                except Exception:
-                    pass
+        for module in (m for m in self.imports if not m.startswith(".")):  # `import a.b` binds `a`; the
+            with contextlib.suppress(Exception):  # restored `a` needs `a.b` imported again
+                importlib.import_module(module)
         self._run_magics_again()
         self.set_state(payload.get("ambient") or {})  # after the magics: `%matplotlib inline` sets rc too
         ns.update(payload["variables"])  # functions and classes come back living in ns (see pickler.py)
@@ -222,6 +220,7 @@ class CellCall(StepCall):
                     del ns[name]
         for name in payload["deleted"]:
             ns.pop(name, None)
+        give_source(self.shell, self.cell, payload["variables"].values())  # (as tracebacks and inspect read it)
         if not self.magics.settings.quiet:  # what it cost now, next to what running it cost then
             took, ran = format_seconds(time.perf_counter() - self.t0), format_seconds(entry.duration_s)
             publish(
@@ -281,6 +280,7 @@ class CellCall(StepCall):
                 recorder.patch(shell.displayhook, "quiet", lambda: True)
             outcome = shell.run_cell(self.cell, store_history=False)
         shell.displayhook.exec_result = outer
+        cache_cell(shell, self.cell)  # (the In[n] its functions' tracebacks show: the %%step cell's)
         if modules is not None and self.observer is not None:
             self._read_modules_found(set(sys.modules) - modules)
         if outer is not None and outcome.success and recorder.result_display is not None:

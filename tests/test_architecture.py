@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("store", {"records", "history", "pickler", "frameformat", "framecheck", "frameread", "frame", "keys", "entry", "store", "diskfiles", "diskgc", "diskindex", "disklock", "smallvalues", "diskerrors",
                "eviction", "diskevict", "diskstore", "teamentry", "remoteio", "remote"}),
     ("cached call", {"events", "explain", "background", "verifier", "verifystore", "carry", "latestwrites", "warming", "teamcache", "cache", "teamsync", "keeping", "serving", "cachedcall"}),
-    ("step and magics", {"cluster", "step", "capture", "cellnames", "cellvars", "tables", "cellstep", "magics"}),
+    ("step and magics", {"cluster", "step", "capture", "cellnames", "cellvars", "cellsource", "tables", "cellstep", "magics"}),
     ("graph", {"graph"}),
     ("widget and cli", {"widget", "cli", "__init__"}),
 ]

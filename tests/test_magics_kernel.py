@@ -173,3 +173,42 @@ def test_a_figure_made_under_a_backend_the_cell_chose_keeps_the_cells_below_cach
     second = execute(nb, tmp_path)
     runs = eval("".join(o.get("text", "") for o in second.cells[-1].outputs if o.get("name") == "stdout"))
     assert runs == [("figure", True, "cache hit"), ("reader", True, "cache hit"), ("below", True, "cache hit")]
+
+
+def test_functions_a_cell_defined_keep_their_source_after_a_restart(tmp_path):
+    """A function restored from the cache names the cell file of the kernel that ran the cell: without its
+    text, a traceback through it showed no line and ``inspect.getsource`` raised. Restored, both read as in
+    the same notebook run without nbcache (functions, a class's property, a lambda, a decorated function)."""
+    import re
+
+    defs = ("import functools\ndef area(r):\n    return 3.14159 * r * r\nclass Shape:\n"
+            "    def __init__(self, r):\n        self.r = r\n    @property\n    def size(self):\n"
+            "        return area(self.r)\ntwice = lambda x: 2 * x\n@functools.lru_cache\ndef cube(x):\n"
+            "    return x ** 3")
+    shown = ("import inspect\nfor f in (area, Shape.size.fget, twice, cube):\n"
+             "    print(inspect.getsource(f), end='')")
+
+    def cells(cached: bool) -> list[str]:
+        return ["%load_ext nbcache" if cached else "pass", ("%%step defs\n" if cached else "") + defs, shown,
+                "Shape(None).size"]
+
+    def run(cached: bool) -> nbformat.NotebookNode:
+        nb = new_notebook(cells=[new_code_cell(c) for c in cells(cached)],
+                          metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+        NotebookClient(nb, kernel_name="python3", timeout=120, allow_errors=True,
+                       resources={"metadata": {"path": str(tmp_path / ("cached" if cached else "plain"))}}).execute()
+        return nb
+
+    def seen(nb: nbformat.NotebookNode) -> tuple[str, list[str]]:
+        printed = "".join(o.get("text", "") for o in nb.cells[2].outputs)
+        error = next(o for o in nb.cells[3].outputs if o["output_type"] == "error")
+        return printed, [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in error["traceback"]]
+
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "cached").mkdir()
+    plain, cold, again = run(False), run(True), run(True)
+    assert any("from the cache" in o.get("data", {}).get("text/plain", "") for o in again.cells[1].outputs)
+    assert seen(plain)[0].startswith("def area(r):\n    return 3.14159 * r * r\n    @property\n")
+    assert "Cell In[2], line 3, in area(r)" in "".join(seen(plain)[1])
+    assert seen(cold) == seen(plain)
+    assert seen(again) == seen(plain)

@@ -1,0 +1,93 @@
+"""The source of the functions and classes a ``%%step`` cell defined, given back on a hit.
+
+A function defined in a cell names, as its file, the name the kernel gave that cell's text when it ran
+(ipykernel: ``/tmp/ipykernel_<pid>/<hash>.py``), and the kernel keeps the text under that name in
+``linecache``: that is where tracebacks, ``inspect.getsource`` and warnings read a notebook function's lines.
+A function restored from the cache in a new kernel names the cell file of the kernel that ran the cell, whose
+text this kernel never had: a traceback through it showed no line, ``inspect.getsource`` raised, a warning
+showed no source line.
+
+On a hit the shell caches the cell's text as it caches any cell it runs (``compile.cache``: the name it gives
+and the ``In[n]`` a traceback shows: ``cache_cell``), and every function the cell defined, and every method of a class it
+defined, is pointed at that name: ``__code__`` replaced by the same code with the new file name (nested code
+too: lambdas, inner functions, comprehensions). (A function a decorator wrapped counts by ``__wrapped__``, as ``inspect`` finds it.) A function is the
+cell's only if the line its code starts
+at, in the cell's text, defines it (``def name``, ``async def name``, a decorator, ``lambda``): a function of
+another cell that the cell bound under a new name keeps what it has. The code's file name counts in no key
+(``fingerprint_handlers.py`` hashes what code does), so this changes no step's key.
+"""
+
+from __future__ import annotations
+
+import linecache
+import re
+import types
+from typing import Any, Iterable, Iterator
+
+__all__ = ["cache_cell", "give_source"]
+
+
+def cache_cell(shell: Any, cell: str, source: str | None = None) -> str | None:
+    """Cache the text of the ``%%step`` cell running now (``source``: as the shell transformed it) as the shell
+    caches a cell it runs, under the number of that cell: the name its code's file is given. (The shell runs
+    the cell's body as a cell of its own, numbered after the ``%%step`` cell, which a traceback through the
+    functions it defines showed as ``In[n + 1]``: this numbers it as the same cell without nbcache.) None if the shell could not (never raises)."""
+    try:
+        running = getattr(shell.displayhook, "exec_result", None)  # (the result of the cell being run)
+        number = getattr(running, "execution_count", None)
+        if not isinstance(number, int):
+            number = shell.execution_count
+        return shell.compile.cache(shell.transform_cell(cell) if source is None else source, number, raw_code=cell)
+    except Exception:  # (a shell of another kind): tracebacks show what they did before
+        return None
+
+
+def give_source(shell: Any, cell: str, values: Iterable[Any]) -> None:
+    """Point the functions among ``values`` (and the methods of the classes among them) that the cell
+    ``cell`` defined in another kernel at its text, cached in this one's ``shell`` as the cell it runs. Never
+    raises: what it cannot do, a hit does without."""
+    try:
+        functions = [f for f in _functions(values) if f.__code__.co_filename not in linecache.cache]
+        if not functions:
+            return
+        source = shell.transform_cell(cell)
+        lines = source.splitlines()
+        mine = [f for f in functions if _defined_at(lines, f.__code__)]
+        name = cache_cell(shell, cell, source) if mine else None
+        for function in mine if name is not None else ():
+            function.__code__ = _renamed(function.__code__, function.__code__.co_filename, name)
+    except Exception:  # (a value whose attributes raise, a shell of another kind)
+        return
+
+
+def _functions(values: Iterable[Any]) -> Iterator[types.FunctionType]:
+    seen: set[int] = set()
+    for value in values:
+        members = vars(value).values() if isinstance(value, type) else (value,)
+        for member in members:
+            if not (callable(member) or isinstance(member, property)):  # (data: no attribute of it asked for)
+                continue
+            for f in (member, getattr(member, "__func__", None), getattr(member, "__wrapped__", None),
+                      getattr(member, "fget", None), getattr(member, "fset", None), getattr(member, "fdel", None)):
+                if isinstance(f, types.FunctionType) and id(f) not in seen:
+                    seen.add(id(f))
+                    yield f
+
+
+_DEFINES = re.compile(r"\s*(?:@|lambda\b|(?:async\s+)?def\s+(\w+))")
+
+
+def _defined_at(lines: list[str], code: types.CodeType) -> bool:
+    """Whether the cell's line where ``code`` starts defines it (a decorator's line starts a decorated one)."""
+    at = code.co_firstlineno - 1
+    if not 0 <= at < len(lines):
+        return False
+    found = _DEFINES.match(lines[at])
+    if found is None:
+        return "lambda" in lines[at] and code.co_name == "<lambda>"
+    return found.group(1) is None or found.group(1) == code.co_name
+
+
+def _renamed(code: types.CodeType, old: str, new: str) -> types.CodeType:
+    consts = tuple(_renamed(c, old, new) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=new if code.co_filename == old else code.co_filename, co_consts=consts)
