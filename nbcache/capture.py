@@ -22,22 +22,36 @@ _ABSENT = object()
 
 
 class _Tee:
-    """A stream that writes through to the real one and records what went by."""
+    """A stream that writes through to the real one and records what went by, for every recorder running
+    now. One per real stream, kept once made: a ``%%step`` cell that keeps ``sys.stdout`` (a logging handler,
+    ``print(file=...)`` later) keeps this, whose writes in a later cell belong to that cell's recorder, and in
+    a plain cell to none. It holds nothing but the stream, so a variable that keeps it holds no cell's state."""
 
-    def __init__(self, stream: Any, name: str, recorder: Recorder) -> None:
-        self._stream, self._name, self._recorder = stream, name, recorder
+    def __init__(self, stream: Any, name: str) -> None:
+        self._stream, self._name = stream, name
 
     def write(self, text: str) -> int:
-        if not self._recorder.paused:
-            events = self._recorder.events
-            if events and events[-1][0] == self._name:
-                events[-1][1].append(text)  # pieces, joined once at the end: many writes stay cheap
-            else:
-                events.append([self._name, [text]])
+        for recorder in _RUNNING:
+            if not recorder.paused:
+                recorder.note(self._name, text)
         return self._stream.write(text)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+_RUNNING: list[Recorder] = []  # the recorders running now, outermost first (sys.stdout is the process's)
+_TEES: dict[tuple[int, str], tuple[Any, _Tee]] = {}  # (the stream's id, its name): the stream, its tee
+
+
+def _tee(stream: Any, name: str) -> _Tee:
+    """The tee of ``stream`` (``stream`` itself if it is one)."""
+    if isinstance(stream, _Tee):
+        return stream
+    kept = _TEES.get((id(stream), name))
+    if kept is None or kept[0] is not stream:
+        kept = _TEES[id(stream), name] = (stream, _Tee(stream, name))
+    return kept[1]
 
 
 class Recorder:
@@ -76,9 +90,18 @@ class Recorder:
                             else getattr(owner, name)))
         setattr(owner, name, value)
 
+    def note(self, name: str, text: str) -> None:
+        """Record ``text`` written to stream ``name``."""
+        events = self.events
+        if events and events[-1][0] == name:
+            events[-1][1].append(text)  # pieces, joined once at the end: many writes stay cheap
+        else:
+            events.append([name, [text]])
+
     def __enter__(self) -> Recorder:
-        self.patch(sys, "stdout", _Tee(sys.stdout, "stdout", self))
-        self.patch(sys, "stderr", _Tee(sys.stderr, "stderr", self))
+        self.patch(sys, "stdout", _tee(sys.stdout, "stdout"))
+        self.patch(sys, "stderr", _tee(sys.stderr, "stderr"))
+        _RUNNING.append(self)
         hook = self.shell.displayhook
         for name in self._HOOK_METHODS:
             self.patch(hook, name, self._pausing(getattr(hook, name)))
@@ -115,6 +138,8 @@ class Recorder:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self in _RUNNING:
+            _RUNNING.remove(self)
         for owner, name, value in reversed(self._saved):
             if value is _ABSENT:
                 delattr(owner, name)  # back to the class's method

@@ -110,7 +110,7 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
     if not any(not isinstance(ns[n], _NOT_SHARED) for n in names):
         return Outputs(names, [], {}, live, tuple(changed_code))  # (no object another variable could share)
     aliases = {n: Alias(live[id(ns[n])]) for n in names if id(ns[n]) in live}
-    held = _reach([ns[n] for n in unchanged], HOLD_LIMIT * len(unchanged))  # (live on a hit, as they are)
+    held = _reach([ns[n] for n in unchanged], HOLD_LIMIT * len(unchanged), _kernel(ns))  # (live on a hit)
     names += aliases_of(ns, names, held)
     return Outputs(names + holders_of(ns, names, held, existed=set(before.values())), [], aliases, live,
                    tuple(changed_code))
@@ -166,21 +166,30 @@ def holders_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = fro
     outputs = [ns[n] for n in names if not isinstance(ns[n], _NOT_SHARED) and id(ns[n]) not in held]
     if not outputs:
         return []
-    inside = _reach(outputs, limit * len(outputs)) - {id(v) for v in outputs}
+    kernel = _kernel(ns)
+    inside = _reach(outputs, limit * len(outputs), kernel) - {id(v) for v in outputs}
     targets = {id(v) for v in outputs if existed is None or id(v) in existed}
     found = []
     for n, v in ns.items():
         if (n in names or IPYTHON_NAMES.fullmatch(n) or n.startswith("__") or isinstance(v, _NOT_SHARED)
                 or id(v) in held):
             continue
-        if id(v) in inside or (targets and targets & _reach([v], limit)):
+        if id(v) in inside or (targets and targets & _reach([v], limit, kernel)):
             found.append(n)
     return found
 
 
-def _reach(roots: list[Any], limit: int) -> set[int]:
-    """The ids of the objects ``roots`` lead to (``sharing.reach``), a step not followed either."""
-    return reach(roots, limit, not_followed=_NOT_FOLLOWED)
+def _reach(roots: list[Any], limit: int, kernel: set[int]) -> set[int]:
+    """The ids of the objects ``roots`` lead to (``sharing.reach``), a step not followed either, nor the
+    objects ``kernel`` (``_kernel``'s)."""
+    return reach(roots, limit, not_followed=_NOT_FOLLOWED, stop=kernel)
+
+
+def _kernel(ns: Mapping[str, Any]) -> set[int]:
+    """The notebook's namespace ``ns`` and IPython's history in it (``Out``): every variable is in those, and
+    the kernel leads to them (a variable keeping ``sys.stdout`` held the whole notebook, its session leading
+    to the kernel, and the kernel to the shell): no variable holds another through them."""
+    return {id(ns)} | {id(v) for n, v in ns.items() if isinstance(v, (dict, list)) and IPYTHON_NAMES.fullmatch(n)}
 
 
 def deleted_names(ns: Mapping[str, Any], before: Mapping[str, int]) -> list[str]:

@@ -25,16 +25,17 @@ NOT_FOLLOWED = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctio
 
 
 def reach(roots: list[Any], limit: int, *, not_followed: tuple[type, ...] = NOT_FOLLOWED,
-          views: bool = True) -> set[int]:
+          views: bool = True, stop: frozenset[int] | set[int] = frozenset()) -> set[int]:
     """The ids of the objects ``roots`` lead to, themselves included, ``limit`` at most; ``not_followed``
-    types are not followed. With ``views``, a numpy view leads to the array whose memory it is
-    (``X_train = X[:150]``: a change through one is a change of the other)."""
+    types are not followed, nor the objects whose ids are in ``stop`` (not counted either). With ``views``,
+    a numpy view leads to the array whose memory it is (``X_train = X[:150]``: a change through one is a
+    change of the other)."""
     np = sys.modules.get("numpy") if views else None
     seen: set[int] = set()
     todo = list(roots)
     while todo and len(seen) < limit:
         obj = todo.pop()
-        if id(obj) in seen or isinstance(obj, not_followed):
+        if id(obj) in seen or id(obj) in stop or isinstance(obj, not_followed):
             continue
         seen.add(id(obj))
         todo.extend(gc.get_referents(obj))

@@ -212,3 +212,36 @@ def test_functions_a_cell_defined_keep_their_source_after_a_restart(tmp_path):
     assert "Cell In[2], line 3, in area(r)" in "".join(seen(plain)[1])
     assert seen(cold) == seen(plain)
     assert seen(again) == seen(plain)
+
+
+def test_what_a_cell_logs_through_a_handler_an_earlier_cell_made_is_replayed_on_a_hit(tmp_path):
+    """A handler made in a ``%%step`` cell keeps the ``sys.stdout`` of that cell's run: what a later cell logs
+    through it was shown but recorded for no cell, so a hit of the later cell showed nothing. And a variable
+    keeping that stream held the whole notebook through it: every later cell that changed an input in place
+    ran uncached ('variable holder cannot be pickled'). Both as in the same notebook without nbcache."""
+    setup = ("import logging, sys\nlogging.basicConfig(stream=sys.stdout, level=logging.INFO,"
+             " format='%(levelname)s %(message)s', force=True)\nclass Holder:\n    pass\n"
+             "holder = Holder()\nholder.stream = sys.stdout")
+    body = [setup, "items = [1]", "logging.warning('end')\nitems.append(2)\nprint(len(items))"]
+
+    def run(cached: bool) -> nbformat.NotebookNode:
+        cells = (["%load_ext nbcache"] + [f"%%step s{i}\n{c}" for i, c in enumerate(body)] + [HISTORY]
+                 if cached else ["pass", *body, "pass"])
+        nb = new_notebook(cells=[new_code_cell(c) for c in cells],
+                          metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+        folder = tmp_path / ("cached" if cached else "plain")
+        folder.mkdir(exist_ok=True)
+        NotebookClient(nb, kernel_name="python3", timeout=120,
+                       resources={"metadata": {"path": str(folder)}}).execute()
+        return nb
+
+    def shown(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:  # (the stream, all it showed)
+        outputs = visible_outputs(nb.cells[3])
+        return [(name, "".join(o["text"] for o in outputs if o.get("name") == name)) for name in ("stdout", "stderr")]
+
+    plain, cold, again = run(False), run(True), run(True)
+    assert shown(plain) == [("stdout", "WARNING end\n2\n"), ("stderr", "")]
+    assert shown(cold) == shown(plain)
+    assert shown(again) == shown(plain)
+    assert history(cold) == [("s0", False), ("s1", False), ("s2", False)]
+    assert history(again) == [("s0", False), ("s1", True), ("s2", True)]  # (s0 keeps a stream: never stored)
