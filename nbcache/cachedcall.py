@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import types
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -84,15 +85,18 @@ class StepCall(Serving, Keeping):
         if self.problem and self.enabled:
             _warn(f"nbcache: step {self.name!r} runs without the cache: {self.problem_detail}")
 
-    def hash_input(self, name: str, value: Any, noun: str) -> bool:
+    def hash_input(self, name: str, value: Any, noun: str, parts: dict[str, str] | None = None) -> bool:
         """Hash one input (an array restored unchanged carries its address: ``carry.py``); if it cannot be
-        hashed, note the problem and return False (anything else: ``make_key``'s)."""
+        hashed, note the problem and return False (anything else: ``make_key``'s). ``parts``: where to note,
+        for a function, the digest of each global value it reads (``fingerprint_parts``'s)."""
         carried = self.cache.carry.address_of(value)
         if carried is not None:
             self.inputs[name] = carried.address
             self.carried_from.add(carried.identity)
             return True
         walk = Walk()
+        if parts is not None and isinstance(value, types.FunctionType):
+            walk.parts = parts
         try:
             self.inputs[name] = hash_value(value, root=name, walk=walk)
         except UncacheableError as exc:

@@ -146,13 +146,12 @@ class CellCall(StepCall):
         elif code.dynamic:
             self.always_runs = (f"it reads the notebook's variables through {code.dynamic}, so nbcache cannot"
                                 " tell which ones it depends on")
-        self.shell = shell
-        self.cell = cell
-        self.restrict = args.outputs
+        self.shell, self.cell, self.restrict = shell, cell, args.outputs
         self.missing_outputs: list[str] = []  # what --outputs names but the cell did not define
         self.imports = code.imports
         self.unfound_imports: list[str] = []  # imports whose module was not to be found when the key was made
         self.code_states: dict[str, str | None] = {}  # of the functions and classes it reads, before it runs
+        self.read: dict[str, str] = {}  # the globals the functions it reads read, by name: their digests
         self.quiet = analysed.quiet
         self.binds = list(code.binds)
         self.input_names = input_names
@@ -162,7 +161,7 @@ class CellCall(StepCall):
         ns = self.shell.user_ns
         self.code = hash_value((digest, self.restrict, self.quiet))
         for name in self.input_names:
-            if not self.hash_input(name, ns[name], "input"):
+            if not self.hash_input(name, ns[name], "input", self.read):
                 break
         package = ns.get("__package__")
         self.unfound_imports = []
@@ -351,7 +350,7 @@ class CellCall(StepCall):
         the data inputs it changed in place, with what shares their objects; or what --outputs names."""
         found = output_names(self.shell.user_ns, before, binds=self.binds, restrict=self.restrict,
                              input_names=self.input_names, inputs=self.inputs, carried=self.cache.carry.address_of,
-                             code_states=self.code_states)
+                             code_states=self.code_states, read=self.read)
         missing = found.missing
         if missing:  # a typo: storing the rest would leave the name undefined after a hit
             self.missing_outputs = missing

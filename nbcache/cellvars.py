@@ -13,6 +13,7 @@ import sys
 import types
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
+from .fingerprint import read_digest
 from .fingerprint_source import is_user_code
 from .frame import Frame, Unpicklable
 from .hashing import hash_value
@@ -64,7 +65,7 @@ class Outputs(NamedTuple):
 def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Sequence[str],
                  restrict: Sequence[str] | None, input_names: Sequence[str], inputs: Mapping[str, str],
                  carried: Callable[[Any], Any] = lambda value: None,
-                 code_states: Mapping[str, str | None] = {}) -> Outputs:
+                 code_states: Mapping[str, str | None] = {}, read: Mapping[str, str] = {}) -> Outputs:
     """The variables a cell's run leaves as its outputs.
 
     ``before`` maps each name to the ``id`` of its value before the run. The outputs are what the cell
@@ -75,7 +76,9 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
     unchanged (``df = raw``) is stored as an ``Alias`` of it: a hit binds it to the live object, which the
     key found as it was, and whatever holds that object holds it too. ``carried(value)`` is the
     ``carry.Carried`` of an array restored and provably unchanged since (not read again), else None.
-    ``code_states``: the ``code_state`` of the functions and classes it read, before it ran.
+    ``code_states``: the ``code_state`` of the functions and classes it read, before it ran. ``read``: the
+    digests (``read_digest``) of the global values the functions it read read in turn, before it ran: one
+    changed in place (``calls.append(x)`` in a function the cell calls) is an output too.
     """
     if restrict is not None:
         return Outputs([n for n in restrict if n in ns], [n for n in restrict if n not in ns], {})
@@ -106,6 +109,11 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
                 unchanged.append(name)
         except Exception:
             pass
+    for name, digest in read.items():  # (what it changed through a function: as a hit must change it too)
+        value = ns.get(name, _ABSENT)
+        if (name not in names and name not in input_names and name.isidentifier() and value is not _ABSENT
+                and not isinstance(value, _CODE_TYPES) and read_digest(value) != digest):
+            names.append(name)
     live = {id(ns[n]): n for n in reversed(unchanged) if not isinstance(ns[n], VALUES)}
     if not any(not isinstance(ns[n], _NOT_SHARED) for n in names):
         return Outputs(names, [], {}, live, tuple(changed_code))  # (no object another variable could share)

@@ -31,7 +31,7 @@ from .hash_core import Unhashable, Walk, feed, new_hasher
 
 __all__ = [
     "CODE", "fingerprint", "fingerprint_parts", "imported_module", "is_user_code", "library_roots",
-    "package_version", "prepare",
+    "package_version", "prepare", "read_digest",
 ]
 
 
@@ -75,6 +75,17 @@ def fingerprint_parts(func: Callable[..., Any], walk: Walk | None = None) -> tup
     except Exception as exc:  # a value it reads whose pickle protocol misbehaves
         raise TypeError(f"cannot fingerprint {label(func)}: {type(exc).__name__}: {exc}") from None
     return h.hexdigest(), dict(sorted(parts.items()))
+
+
+def read_digest(value: Any) -> str | None:
+    """The digest ``fingerprint_parts`` gives a global value that code reads, in its parts (None: it cannot
+    be hashed): a cell compares it after its run, to find the globals its functions changed in place."""
+    sub = new_hasher()
+    try:
+        feed(value, sub, Walk(CODE))
+    except Exception:
+        return None
+    return sub.digest().hex()
 
 
 def _where_wrapped(func: types.FunctionType) -> None:

@@ -245,3 +245,24 @@ def test_what_a_cell_logs_through_a_handler_an_earlier_cell_made_is_replayed_on_
     assert shown(again) == shown(plain)
     assert history(cold) == [("s0", False), ("s1", False), ("s2", False)]
     assert history(again) == [("s0", False), ("s1", True), ("s2", True)]  # (s0 keeps a stream: never stored)
+
+
+def test_a_global_a_cell_changes_through_a_function_it_calls_comes_back_with_a_hit(tmp_path):
+    """``y = f(1)`` where ``f`` appends to a global list: a hit gave ``y`` but not the append, so a cell
+    below that reads the list showed it empty after a restart. The list changed through the function is an
+    output of the cell, as a variable it changed itself is; as in the same notebook without nbcache."""
+    body = ["calls = []\ntotal = {'n': 0}", "def f(x):\n    calls.append(x)\n    total['n'] += x\n    return x * 2",
+            "y = f(1) + f(2)", "print(y, len(calls), calls, total)"]
+
+    def run(cached: bool) -> nbformat.NotebookNode:
+        cells = (["%load_ext nbcache"] + [f"%%step s{i}\n{c}" for i, c in enumerate(body)] + [HISTORY]
+                 if cached else ["pass", *body, "pass"])
+        nb = new_notebook(cells=[new_code_cell(c) for c in cells],
+                          metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+        NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}}).execute()
+        return nb
+
+    plain, cold, again = run(False), run(True), run(True)
+    printed = [[o["text"] for o in visible_outputs(nb.cells[4])] for nb in (plain, cold, again)]
+    assert printed == [["6 2 [1, 2] {'n': 3}\n"]] * 3
+    assert history(again) == [("s0", True), ("s1", True), ("s2", True), ("s3", True)]
