@@ -45,6 +45,7 @@ class Watcher(Protocol):
     inherited: list[Check]  # the checks of steps served from the cache inside this run
     failed: bool  # an event could not be followed: what the run read is not known
     read_cwd: bool  # its own code asked for the working directory
+    environ: dict[str, None]  # the environment variables its own code read
 
 
 _active: list[Watcher] = []  # the watchers of the runs under way, innermost last (steps nest)
@@ -77,6 +78,9 @@ def watch(watcher: Watcher) -> None:
         if os.getcwd is not _getcwd:
             _cwd[:] = [os.getcwd, os.getcwdb]
             os.getcwd, os.getcwdb = _getcwd, _getcwdb
+        if _Environ.__getitem__ is not _environ_item:
+            _environ[:] = [_Environ.__getitem__]
+            _Environ.__getitem__ = _environ_item
 
 
 def unwatch(watcher: Watcher) -> None:
@@ -85,13 +89,19 @@ def unwatch(watcher: Watcher) -> None:
             _active.remove(watcher)
         if not _active and os.getcwd is _getcwd:  # (the last run under way ended: os.getcwd is itself again)
             os.getcwd, os.getcwdb = _cwd
+        if not _active and _Environ.__getitem__ is _environ_item:
+            _Environ.__getitem__ = _environ[0]
 
 
-# Python raises no audit event for os.getcwd: while runs are under way it is wrapped, to tell a run whose own
-# code asked for the working directory (``Path.cwd()``, ``os.path.abspath("data")``): its result may hold the
-# path. A library asking (to open a relative path it was given) is no such dependency.
+# Python raises no audit event for os.getcwd, nor for reading an environment variable: while runs are under
+# way both are wrapped (``os.environ``'s item lookup, which ``os.getenv``, ``.get`` and ``in`` go through), to
+# tell a run whose own code asked for the working directory (``Path.cwd()``, ``os.path.abspath("data")``:
+# its result may hold the path) or read a variable (``os.environ.get("MODE")``). A library asking (to open a
+# relative path it was given, for its own settings) is no such dependency.
 _cwd: list = [os.getcwd, os.getcwdb]
-_PATH_HELPERS = frozenset({"os", "posixpath", "ntpath", "genericpath", "pathlib"})
+_Environ = type(os.environ)
+_environ: list = [_Environ.__getitem__]
+_PATH_HELPERS = frozenset({"os", "posixpath", "ntpath", "genericpath", "pathlib", "collections.abc"})
 
 
 def _getcwd() -> str:
@@ -104,14 +114,22 @@ def _getcwdb() -> bytes:
     return _cwd[1]()
 
 
-def _asked(frame: Any) -> None:
-    """The working directory was asked for by ``frame``'s code: a dependency of the runs of this thread (or,
-    from a thread no step runs in, of every run it is not foreign to, as the audit hook counts it) if that
-    code, past the path helpers, is the user's, or IPython's magics run by a cell (``%pwd``)."""
+def _environ_item(self: Any, key: Any) -> Any:
+    if self is os.environ and _active:
+        _asked(sys._getframe(1), key)
+    return _environ[0](self, key)
+
+
+def _asked(frame: Any, variable: Any = None) -> None:
+    """The working directory (or the environment ``variable``) was asked for by ``frame``'s code: a
+    dependency of the runs of this thread (or, from a thread no step runs in, of every run it is not foreign
+    to, as the audit hook counts it) if that code, past the path helpers, is the user's, or IPython's magics
+    run by a cell (``%pwd``, ``%env``)."""
     if not _active or getattr(_quiet, "depth", 0) or getattr(_quiet, "asking", False):
         return
     thread = threading.get_ident()
-    runs = [w for w in ([w for w in _active if w.thread == thread] or _theirs(thread)) if not w.read_cwd]
+    runs = [w for w in ([w for w in _active if w.thread == thread] or _theirs(thread))
+            if variable is not None or not w.read_cwd]
     if not runs:
         return
     _quiet.asking = True  # (finding out who asked may ask again)
@@ -121,7 +139,10 @@ def _asked(frame: Any) -> None:
         if frame is not None and (is_user_file(frame.f_code.co_filename)
                                   or str(frame.f_globals.get("__name__")).startswith("IPython.core.magics")):
             for watcher in runs:
-                watcher.read_cwd = True
+                if variable is None:
+                    watcher.read_cwd = True
+                else:
+                    watcher.environ.setdefault(str(variable))
     finally:
         _quiet.asking = False
 

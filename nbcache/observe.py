@@ -79,6 +79,7 @@ class Observer:
     evaluated: dict[str, None] = field(default_factory=dict)
     failed: bool = False
     read_cwd: bool = False  # its own code asked for the working directory (os.getcwd, Path.cwd, abspath("x"))
+    environ: dict[str, None] = field(default_factory=dict)  # environment variables its own code read
     before: ambient.Snapshot | None = None
     after: ambient.Snapshot | None = None
     inherited: list[Check] = field(default_factory=list)  # the checks of steps served from the cache inside
@@ -236,6 +237,9 @@ class Observer:
                     if not ambient.equal(before.get(key, _ABSENT), after.get(key, _ABSENT)):
                         digests = [ambient.setting_digest(state, key) for state in (before, after)]
                         found.append(Check("setting", f"{name}\t{key}", "|".join(digests)))
+        for key in self.environ:  # (read: each holds while the variable is as it was, or as the run left it)
+            digests = [ambient.setting_digest(snapshot.values.get(ENVIRON, {}), key) for snapshot in (self.before, self.after)]
+            found.append(Check("setting", f"{ENVIRON}\t{key}", "|".join(digests)))
         return found
 
     def _stored_path(self, path: str) -> str:
@@ -253,6 +257,7 @@ class Observer:
 
 
 CWD = "working directory"  # the ambient kind of os.getcwd()
+ENVIRON = "environment variables"  # the ambient kind of os.environ
 
 
 

@@ -952,6 +952,50 @@ def test_a_library_asking_for_the_working_directory_is_no_dependency(cache_dir, 
     assert load().equals(pd.DataFrame({"x": [1], "y": [2]})) and nbcache.runs()[-1].cached
 
 
+@pytest.mark.parametrize("reads", ["os.environ.get('NBC_MODE', 'none')", "os.getenv('NBC_MODE') or 'none'",
+                                   "os.environ['NBC_MODE'] if 'NBC_MODE' in os.environ else 'none'"])
+def test_a_step_that_reads_an_environment_variable_depends_on_it(cache_dir, monkeypatch, reads):
+    """A step reading ``MODE`` was served its first value after the variable changed (red-team)."""
+    namespace = {"os": os}
+    exec(f"def mode():\n    return {reads}\n", namespace)
+    mode = nbcache.step(namespace["mode"])
+    monkeypatch.delenv("NBC_MODE", raising=False)
+    assert mode() == "none" and mode() == "none" and nbcache.runs()[-1].cached
+    monkeypatch.setenv("NBC_MODE", "prod")
+    assert mode() == "prod"
+    assert nbcache.runs()[-1].reason == "the environment variable NBC_MODE differs from when it was cached"
+    assert mode() == "prod" and nbcache.runs()[-1].cached
+    monkeypatch.delenv("NBC_MODE")
+    assert mode() == "none" and not nbcache.runs()[-1].cached  # (unset again: its first value's entry)
+    assert type(os.environ).__getitem__.__module__ == "os"  # (wrapped only while a run is under way)
+
+
+def test_a_library_reading_an_environment_variable_is_no_dependency(cache_dir, monkeypatch):
+    """getpass reads LOGNAME for its own answer: the step's code did not read it (pass it as an argument)."""
+    import getpass
+
+    @nbcache.step
+    def who():
+        return len(getpass.getuser()) > 0
+
+    monkeypatch.setenv("LOGNAME", "ada")
+    who()
+    monkeypatch.setenv("LOGNAME", "grace")
+    assert who() and nbcache.runs()[-1].cached
+
+
+def test_an_environment_variable_a_cell_reads_counts(ip, monkeypatch):
+    monkeypatch.setenv("NBC_STAGE", "dev")
+    for magic in (False, True):
+        cell = "%%step stage\nstage = %env NBC_STAGE" if magic else "%%step\nimport os\nstage = os.environ['NBC_STAGE']"
+        run(ip, cell)
+        monkeypatch.setenv("NBC_STAGE", "prod")
+        run(ip, cell)
+        assert ip.user_ns["stage"] == "prod" and not last().cached
+        assert last().reason == "the environment variable NBC_STAGE differs from when it was cached"
+        monkeypatch.setenv("NBC_STAGE", "dev")
+
+
 def test_a_setting_a_step_derives_from_its_old_value_is_an_input(ip, monkeypatch):
     monkeypatch.setenv("NBCACHE_TOOL_PATH", "/a/bin")
     cell = "%%step\nimport os\nos.environ['NBCACHE_TOOL_PATH'] += ':/opt/tool'\ndone = 1"
