@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import types
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -88,14 +87,14 @@ class StepCall(Serving, Keeping):
     def hash_input(self, name: str, value: Any, noun: str, parts: dict[str, str] | None = None) -> bool:
         """Hash one input (an array restored unchanged carries its address: ``carry.py``); if it cannot be
         hashed, note the problem and return False (anything else: ``make_key``'s). ``parts``: where to note,
-        for a function, the digest of each global value it reads (``fingerprint_parts``'s)."""
+        for code, the digest of each global value it reads (``fingerprint_parts``'s)."""
         carried = self.cache.carry.address_of(value)
         if carried is not None:
             self.inputs[name] = carried.address
             self.carried_from.add(carried.identity)
             return True
         walk = Walk()
-        if parts is not None and isinstance(value, types.FunctionType):
+        if parts is not None and callable(value):  # (a function, a class, a function a decorator wrapped)
             walk.parts = parts
         try:
             self.inputs[name] = hash_value(value, root=name, walk=walk)
@@ -280,6 +279,8 @@ class StepCall(Serving, Keeping):
         if self.observer.commands and not self.allow_shell:
             return (f"it runs a shell command ({', '.join(self.observer.commands)}), which a hit would not run;"
                     " %%step --allow-shell caches it anyway")
+        if self.observer.changed_logging():
+            return "it sets up logging (a handler added or removed), which a hit would not set up again"
         return None
 
     def record(self, *, cached: bool, reason: str, outputs: tuple[str, ...], saved_s: float = 0.0,

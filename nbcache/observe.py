@@ -89,12 +89,14 @@ class Observer:
     _patches: list[tuple[Any, str, Any]] = field(default_factory=list)
     _aliases: list[tuple[Any, Any]] = field(default_factory=list)  # (a seeding function, its wrapper)
     _pending: list[Any] = field(default_factory=list)  # cancel the taking of a state when its module is imported
+    _handlers: frozenset[int] = frozenset()  # the logging handlers attached to loggers before the run
 
     def __enter__(self) -> Observer:
         on_worker = ambient.RAN_ON.get()
         if on_worker is not None:  # (on a Dask worker, what the worker's own threads do is not the step's)
             self.foreign = on_worker.foreign - {self.thread}
         self.before = ambient.snapshot()
+        self._handlers = _logging_handlers()
         self._patch_seeds()
         watch(self)
         return self
@@ -158,6 +160,11 @@ class Observer:
         for name, value in list(aliases.items()):
             if value is original:
                 aliases[name] = seed
+
+    def changed_logging(self) -> bool:
+        """Whether the run attached a logging handler to a logger, or took one off (``basicConfig``,
+        ``addHandler``): what goes where once it ran, which a hit would not set up again."""
+        return _logging_handlers() != self._handlers
 
     def changed_state(self) -> dict[str, Any]:
         """The ambient state the run changed, to be set again on a hit."""
@@ -254,6 +261,18 @@ class Observer:
         except OSError:
             return Check(kind, path, "")
         return Check(kind, self._stored_path(path), file_digest(path), stat_of(st))
+
+
+def _logging_handlers() -> frozenset[int]:
+    """The handlers attached to the loggers (by id), a library's ``NullHandler`` aside (one it adds to its
+    own logger as it is imported, so that nothing is printed unless the user asks)."""
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return frozenset()
+    loggers = [logging.getLogger(), *(v for v in list(logging.Logger.manager.loggerDict.values())
+                                      if isinstance(v, logging.Logger))]
+    return frozenset(id(h) for logger in loggers for h in list(logger.handlers)
+                     if not isinstance(h, logging.NullHandler))
 
 
 CWD = "working directory"  # the ambient kind of os.getcwd()

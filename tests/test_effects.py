@@ -996,6 +996,29 @@ def test_an_environment_variable_a_cell_reads_counts(ip, monkeypatch):
         monkeypatch.setenv("NBC_STAGE", "dev")
 
 
+def test_a_cell_that_sets_up_logging_runs_again_rather_than_lose_its_handler(ip):
+    """A hit would bind the logger but not attach the handler: what later cells log would go nowhere.
+    A library's NullHandler, added to its own logger as it is imported, sets nothing up."""
+    import logging
+
+    logger = logging.getLogger("nbcache_test_setup")
+    try:
+        cell = ("%%step setup\nimport logging\nlog = logging.getLogger('nbcache_test_setup')\n"
+                "log.handlers.clear()\nlog.addHandler(logging.StreamHandler())\nready = 1")
+        run(ip, cell)
+        assert last().reason.endswith("not cached: it sets up logging (a handler added or removed), which a hit"
+                                      " would not set up again")
+        run(ip, cell)
+        assert not last().cached and len(logger.handlers) == 1
+        quiet = "%%step quiet\nimport logging\nlogging.getLogger('nbcache_test_lib').addHandler(logging.NullHandler())"
+        run(ip, quiet)
+        run(ip, quiet)
+        assert last().cached
+    finally:
+        logger.handlers.clear()
+        logging.getLogger("nbcache_test_lib").handlers.clear()
+
+
 def test_a_setting_a_step_derives_from_its_old_value_is_an_input(ip, monkeypatch):
     monkeypatch.setenv("NBCACHE_TOOL_PATH", "/a/bin")
     cell = "%%step\nimport os\nos.environ['NBCACHE_TOOL_PATH'] += ':/opt/tool'\ndone = 1"
