@@ -47,6 +47,8 @@ EDITS = {
     "sklearn_classification.ipynb": ("TEST_SIZE = 0.25", "TEST_SIZE = 0.3"),  # -> split -> models, draws
     "matplotlib_styles.ipynb": ("K = 2.0", "K = 3.0"),  # -> damped() -> arrays, figures, random draws
     "widgets_files_shell.ipynb": ("N_READINGS = 6", "N_READINGS = 8"),  # -> readings.txt/.csv -> ...
+    "timeseries_cleaning.ipynb": ("N_DAYS = 21", "N_DAYS = 28"),  # -> raw csv -> df -> daily, weekly, files
+    "simulation_statistics.ipynb": ("DRIFT = 0.05", "DRIFT = 0.1"),  # -> walks, bootstrap, queue, files
 }
 CORPUS = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
 
