@@ -23,9 +23,9 @@ _ABSENT = object()
 
 class _Tee:
     """A stream that writes through to the real one and records what went by, for every recorder running
-    now. One per real stream, kept once made: a ``%%step`` cell that keeps ``sys.stdout`` (a logging handler,
-    ``print(file=...)`` later) keeps this, whose writes in a later cell belong to that cell's recorder, and in
-    a plain cell to none. It holds nothing but the stream, so a variable that keeps it holds no cell's state."""
+    now: a ``%%step`` cell that keeps ``sys.stdout`` (a logging handler, ``print(file=...)`` later) keeps
+    this, whose writes in a later cell belong to that cell's recorder, and in a plain cell to none. It holds
+    nothing but the stream, so a variable that keeps it holds no cell's state."""
 
     def __init__(self, stream: Any, name: str) -> None:
         self._stream, self._name = stream, name
@@ -41,17 +41,11 @@ class _Tee:
 
 
 _RUNNING: list[Recorder] = []  # the recorders running now, outermost first (sys.stdout is the process's)
-_TEES: dict[tuple[int, str], tuple[Any, _Tee]] = {}  # (the stream's id, its name): the stream, its tee
 
 
 def _tee(stream: Any, name: str) -> _Tee:
-    """The tee of ``stream`` (``stream`` itself if it is one)."""
-    if isinstance(stream, _Tee):
-        return stream
-    kept = _TEES.get((id(stream), name))
-    if kept is None or kept[0] is not stream:
-        kept = _TEES[id(stream), name] = (stream, _Tee(stream, name))
-    return kept[1]
+    """A tee of ``stream`` (``stream`` itself if it is one: recorders that nest record from one tee)."""
+    return stream if isinstance(stream, _Tee) else _Tee(stream, name)
 
 
 class Recorder:
