@@ -14,6 +14,7 @@ being observed.
 from __future__ import annotations
 
 import ast
+import dis
 import os
 import sys
 import sysconfig
@@ -76,28 +77,21 @@ def watch(watcher: Watcher) -> None:
     with _hook_lock:
         _active.append(watcher)
         if os.getcwd is not _getcwd:
-            _cwd[:] = [os.getcwd, os.getcwdb]
-            os.getcwd, os.getcwdb = _getcwd, _getcwdb
-        if _Environ.__getitem__ is not _environ_item:
-            _environ[:] = [_Environ.__getitem__]
-            _Environ.__getitem__ = _environ_item
+            _cwd[:], _environ[:] = [os.getcwd, os.getcwdb], [_Environ.__getitem__]
+            os.getcwd, os.getcwdb, _Environ.__getitem__ = _getcwd, _getcwdb, _environ_item
 
 
 def unwatch(watcher: Watcher) -> None:
     with _hook_lock:
         if watcher in _active:
             _active.remove(watcher)
-        if not _active and os.getcwd is _getcwd:  # (the last run under way ended: os.getcwd is itself again)
-            os.getcwd, os.getcwdb = _cwd
-        if not _active and _Environ.__getitem__ is _environ_item:
-            _Environ.__getitem__ = _environ[0]
+        if not _active and os.getcwd is _getcwd:  # (the last run under way ended: both are themselves again)
+            (os.getcwd, os.getcwdb), _Environ.__getitem__ = _cwd, _environ[0]
 
 
-# Python raises no audit event for os.getcwd, nor for reading an environment variable: while runs are under
-# way both are wrapped (``os.environ``'s item lookup, which ``os.getenv``, ``.get`` and ``in`` go through), to
-# tell a run whose own code asked for the working directory (``Path.cwd()``, ``os.path.abspath("data")``:
-# its result may hold the path) or read a variable (``os.environ.get("MODE")``). A library asking (to open a
-# relative path it was given, for its own settings) is no such dependency.
+# No audit event tells os.getcwd, nor an environment variable read: while runs are under way both are wrapped
+# (os.environ's item lookup, which os.getenv, .get and `in` use), to tell a run whose own code asked for the
+# working directory (``Path.cwd()``: its result may hold the path) or read a variable. A library's is none.
 _cwd: list = [os.getcwd, os.getcwdb]
 _Environ = type(os.environ)
 _environ: list = [_Environ.__getitem__]
@@ -116,8 +110,14 @@ def _getcwdb() -> bytes:
 
 def _environ_item(self: Any, key: Any) -> Any:
     if self is os.environ and _active:
-        _asked(sys._getframe(1), key)
+        frame = sys._getframe(1)  # (one variable asked for: not the whole environment, dict(os.environ))
+        if frame.f_code.co_name in _ONE_VARIABLE or frame.f_code.co_code[frame.f_lasti] in _SUBSCRIPT:
+            _asked(frame, key)
     return _environ[0](self, key)
+
+
+_ONE_VARIABLE, _SUBSCRIPT = frozenset({"get", "getenv", "__contains__"}), frozenset(  # (os.environ[...])
+    dis.opmap[name] for name in ("BINARY_SUBSCR", "BINARY_OP") if name in dis.opmap)
 
 
 def _asked(frame: Any, variable: Any = None) -> None:

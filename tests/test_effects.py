@@ -1242,3 +1242,17 @@ def test_a_settings_cell_run_again_in_the_same_kernel_is_a_hit(ip):
     finally:
         reset_pandas()
         np.set_printoptions(precision=8)
+
+
+def test_the_whole_environment_read_at_once_is_no_dependency(cache_dir, monkeypatch):
+    """``dict(os.environ)``, ``{**os.environ}`` and ``os.environ.copy()`` (a subprocess's env, a config dump)
+    would make every variable an input: one a kernel's launch sets differently would miss every time."""
+
+    @nbcache.step
+    def snapshot():
+        return len(dict(os.environ)) > 0 and len({**os.environ}) > 0 and len(os.environ.copy()) > 0
+
+    monkeypatch.setenv("NBC_LAUNCH", "1")
+    snapshot()
+    monkeypatch.setenv("NBC_LAUNCH", "2")
+    assert snapshot() and nbcache.runs()[-1].cached
