@@ -228,7 +228,7 @@ def test_config_sets_the_magics_caches_limit(shell, cache_dir, capsys, caplog, m
         shell.run_line_magic("config", "NBCache.size_limit = 4096")
         assert cache.size_limit == 4096
         shell.run_line_magic("nbcache", "info")
-        assert "size limit: 4.0 KB (4096 bytes" in capsys.readouterr().out
+        assert "size limit: 4.1 KB (4096 bytes" in capsys.readouterr().out
         shell.run_line_magic("config", "NBCache.size_limit = 'huge'")  # (%config logs the error)
         assert "NBCache.size_limit is a size such as '20GB'" in caplog.text and "'huge'" in caplog.text
         assert cache.size_limit == 4096  # (refused: unchanged)
@@ -282,7 +282,7 @@ def test_cli_info_shows_the_limit_from_the_environment(tmp_path, capsys, monkeyp
     assert "size limit" not in capsys.readouterr().out
     monkeypatch.setenv("NBCACHE_SIZE_LIMIT", "20GB")
     assert main(["info", "--dir", directory]) == 0
-    assert "size limit: 18.6 GB (20000000000 bytes" in capsys.readouterr().out
+    assert "size limit: 20.0 GB (20000000000 bytes" in capsys.readouterr().out
     assert main(["info", "--dir", directory, "--json"]) == 0
     assert '"size_limit_bytes": 20000000000' in capsys.readouterr().out
     monkeypatch.setenv("NBCACHE_SIZE_LIMIT", "20 gigs")
