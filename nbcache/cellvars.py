@@ -194,10 +194,14 @@ def _reach(roots: list[Any], limit: int, kernel: set[int]) -> set[int]:
 
 
 def _kernel(ns: Mapping[str, Any]) -> set[int]:
-    """The notebook's namespace ``ns`` and IPython's history in it (``Out``): every variable is in those, and
-    the kernel leads to them (a variable keeping ``sys.stdout`` held the whole notebook, its session leading
-    to the kernel, and the kernel to the shell): no variable holds another through them."""
-    return {id(ns)} | {id(v) for n, v in ns.items() if isinstance(v, (dict, list)) and IPYTHON_NAMES.fullmatch(n)}
+    """The notebook's namespace ``ns`` and IPython's history in it (``Out``, ``In``): every variable is in
+    those, and the kernel leads to them (a variable keeping ``sys.stdout`` held the whole notebook, its
+    session leading to the kernel, and the kernel to the shell): no variable holds another through them.
+    Not ``_``, ``_3``: those are values the user's cells showed, which a variable may hold."""
+    return {id(ns)} | {id(ns[n]) for n in _HISTORY_CONTAINERS if isinstance(ns.get(n), (dict, list))}
+
+
+_HISTORY_CONTAINERS = ("Out", "_oh", "In", "_ih", "_dh")
 
 
 def deleted_names(ns: Mapping[str, Any], before: Mapping[str, int]) -> list[str]:

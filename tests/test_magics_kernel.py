@@ -266,3 +266,20 @@ def test_a_global_a_cell_changes_through_a_function_it_calls_comes_back_with_a_h
     printed = [[o["text"] for o in visible_outputs(nb.cells[4])] for nb in (plain, cold, again)]
     assert printed == [["6 2 [1, 2] {'n': 3}\n"]] * 3
     assert history(again) == [("s0", True), ("s1", True), ("s2", True), ("s3", True)]
+
+
+def test_a_variable_holding_a_list_a_cell_showed_is_stored_with_it_when_it_changes(tmp_path):
+    """``data`` shown as a cell's value (so ``_`` and ``Out[n]`` hold it too), held by ``box``, then changed
+    in place: ``box`` is stored with it, so after a restart ``box['d'] is data`` as without nbcache."""
+    body = ["data = [1, 2]", "data", "box = {'d': data}", "data.append(3)", "print(box, data, box['d'] is data)"]
+
+    def run(cached: bool) -> nbformat.NotebookNode:
+        cells = ["%load_ext nbcache" if cached else "pass"] + [f"%%step s{i}\n{c}" if cached else c
+                                                                 for i, c in enumerate(body)]
+        nb = new_notebook(cells=[new_code_cell(c) for c in cells],
+                          metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+        NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}}).execute()
+        return nb
+
+    printed = [[o.get("text") for o in visible_outputs(nb.cells[5])] for nb in (run(False), run(True), run(True))]
+    assert printed == [["{'d': [1, 2, 3]} [1, 2, 3] True\n"]] * 3
