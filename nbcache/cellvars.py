@@ -6,6 +6,7 @@ Plain functions of a namespace (a dict) and what the cell's analysis found; no I
 
 from __future__ import annotations
 
+import inspect
 import io
 import itertools
 import re
@@ -14,6 +15,7 @@ import types
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from .fingerprint import read_digest
+from .fingerprint_code import code_info
 from .fingerprint_source import is_user_code
 from .frame import Frame, Unpicklable
 from .hashing import hash_value
@@ -109,9 +111,10 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
                 unchanged.append(name)
         except Exception:
             pass
+    mine = notebook_reads([ns[n] for n in input_names if n in ns and callable(ns[n])], ns) if read else set()
     for name, digest in read.items():  # (what it changed through a function: as a hit must change it too)
         value = ns.get(name, _ABSENT)
-        if (name not in names and name not in input_names and name.isidentifier() and value is not _ABSENT
+        if (name in mine and name not in names and name not in input_names and value is not _ABSENT
                 and not isinstance(value, _CODE_TYPES) and read_digest(value) != digest):
             names.append(name)
     live = {id(ns[n]): n for n in reversed(unchanged) if not isinstance(ns[n], VALUES)}
@@ -122,6 +125,35 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
     names += aliases_of(ns, names, held)
     return Outputs(names + holders_of(ns, names, held, existed=set(before.values())), [], aliases, live,
                    tuple(changed_code))
+
+
+def notebook_reads(code: Sequence[Any], ns: Mapping[str, Any]) -> set[str]:
+    """The names of ``ns`` (the notebook's) that the notebook's own functions among ``code`` read, with the
+    functions and the methods of the classes they lead to in it (a decorator's wrapper: what it wraps). A
+    function of a module of the user's reads that module's globals: a name in both is not the notebook's."""
+    found: set[str] = set()
+    seen: set[int] = set()
+    todo = list(code)
+    while todo:
+        value = todo.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        members = list(vars(value).values()) if isinstance(value, type) else [value]
+        for member in members:
+            try:
+                f = getattr(member, "__func__", None) or getattr(member, "fget", None) or member
+                f = inspect.unwrap(f) if callable(f) else f
+            except Exception:  # (an attribute that raises, a cycle of wrappers)
+                continue
+            if not isinstance(f, types.FunctionType) or f.__globals__ is not ns:
+                continue
+            for chain in code_info(f.__code__).global_chains:
+                if chain[0] in ns and chain[0] not in found:
+                    found.add(chain[0])
+                    if callable(ns[chain[0]]):
+                        todo.append(ns[chain[0]])
+    return found
 
 
 def code_state(value: Any) -> str | None:

@@ -283,3 +283,23 @@ def test_a_variable_holding_a_list_a_cell_showed_is_stored_with_it_when_it_chang
 
     printed = [[o.get("text") for o in visible_outputs(nb.cells[5])] for nb in (run(False), run(True), run(True))]
     assert printed == [["{'d': [1, 2, 3]} [1, 2, 3] True\n"]] * 3
+
+
+def test_a_global_of_a_users_module_is_not_taken_for_the_notebooks_of_the_same_name(tmp_path):
+    """``f`` from helpers.py appends to helpers' own ``calls``: the notebook's ``calls`` is another list,
+    which the cell neither reads nor changes. It was taken for what ``f`` changed and stored with the cell,
+    which then put its stale value back after an edit (red-team)."""
+    (tmp_path / "helpers.py").write_text("calls = []\ndef f(x):\n    calls.append(x)\n    return x * 2\n")
+    body = ["from helpers import f", "calls = ['notebook']", "y = f(1)", "print(y, calls)"]
+
+    def run(cached: bool, value: str) -> nbformat.NotebookNode:
+        cells = [c.replace("'notebook'", repr(value)) for c in body]
+        cells = ["%load_ext nbcache"] + [f"%%step s{i}\n{c}" for i, c in enumerate(cells)] if cached else ["pass", *cells]
+        nb = new_notebook(cells=[new_code_cell(c) for c in cells],
+                          metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+        NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}}).execute()
+        return nb
+
+    shown = [[o.get("text") for o in visible_outputs(nb.cells[4])]
+             for nb in (run(False, "edited"), run(True, "notebook"), run(True, "edited"))]
+    assert shown == [["2 ['edited']\n"], ["2 ['notebook']\n"], ["2 ['edited']\n"]]
