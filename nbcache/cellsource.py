@@ -20,6 +20,7 @@ another cell that the cell bound under a new name keeps what it has. The code's 
 from __future__ import annotations
 
 import linecache
+import os
 import re
 import types
 from typing import Any, Iterable, Iterator
@@ -47,7 +48,7 @@ def give_source(shell: Any, cell: str, values: Iterable[Any]) -> None:
     ``cell`` defined in another kernel at its text, cached in this one's ``shell`` as the cell it runs. Never
     raises: what it cannot do, a hit does without."""
     try:
-        functions = [f for f in _functions(values) if f.__code__.co_filename not in linecache.cache]
+        functions = [f for f in _functions(values) if _lost(f.__code__.co_filename)]
         if not functions:
             return
         source = shell.transform_cell(cell)
@@ -74,18 +75,29 @@ def _functions(values: Iterable[Any]) -> Iterator[types.FunctionType]:
                     yield f
 
 
-_DEFINES = re.compile(r"\s*(?:@|lambda\b|(?:async\s+)?def\s+(\w+))")
+def _lost(filename: str) -> bool:
+    """Whether code names a file whose text no one has here: a cell of another kernel (not a module's file,
+    which exists, nor ``<string>``, the code a library made with ``exec``, as dataclasses do)."""
+    if filename in linecache.cache or os.path.exists(filename):
+        return False
+    return not filename.startswith("<") or filename.startswith("<ipython-input-")
+
+
+_DEF = re.compile(r"\s*(?:async\s+)?def\s+(\w+)")
 
 
 def _defined_at(lines: list[str], code: types.CodeType) -> bool:
-    """Whether the cell's line where ``code`` starts defines it (a decorator's line starts a decorated one)."""
+    """Whether the cell's line where ``code`` starts defines it: ``def name`` there, or after the decorators
+    starting there; a lambda on it."""
     at = code.co_firstlineno - 1
     if not 0 <= at < len(lines):
         return False
-    found = _DEFINES.match(lines[at])
-    if found is None:
-        return "lambda" in lines[at] and code.co_name == "<lambda>"
-    return found.group(1) is None or found.group(1) == code.co_name
+    if code.co_name == "<lambda>":
+        return "lambda" in lines[at]
+    while at < len(lines) - 1 and lines[at].lstrip().startswith("@"):
+        at += 1
+    found = _DEF.match(lines[at])
+    return found is not None and found.group(1) == code.co_name
 
 
 def _renamed(code: types.CodeType, old: str, new: str) -> types.CodeType:

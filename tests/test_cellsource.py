@@ -30,3 +30,15 @@ def test_the_functions_the_cell_defined_get_its_text_and_others_keep_theirs(ipsh
     assert area.__code__.co_filename in linecache.cache and area(1) == 3.14
     # a function of another cell, bound by this one: line 3 of this cell is blank, not its definition
     assert other.__code__.co_filename == "/tmp/ipykernel_0/other.py"
+
+
+def test_a_modules_function_or_code_a_library_made_keeps_its_file(ipshell, tmp_path):
+    """A module's function the cell bound (``from helpers import slow``, found decorated at a line where the
+    cell has a decorator), and code made by ``exec`` (a dataclass's ``__init__``): never the cell's."""
+    helpers = tmp_path / "helpers.py"
+    helpers.write_text("import functools\n@functools.lru_cache\ndef slow(x):\n    return 1 / x\n")
+    slow = _from_another_kernel(helpers.read_text(), "slow", str(helpers))
+    made = _from_another_kernel("def __init__(self):\n    pass\n", "__init__", "<string>")
+    cell = "import functools\n@functools.lru_cache\ndef k(x):\n    return x\n"
+    give_source(ipshell, cell, [slow, made])
+    assert slow.__wrapped__.__code__.co_filename == str(helpers) and made.__code__.co_filename == "<string>"
