@@ -279,7 +279,7 @@ class StepCall(Serving, Keeping):
         if self.observer.commands and not self.allow_shell:
             return (f"it runs a shell command ({', '.join(self.observer.commands)}), which a hit would not run;"
                     " %%step --allow-shell caches it anyway")
-        if self.observer.changed_logging():
+        if self.observer.set_up_logging:
             return "it sets up logging (a handler added or removed), which a hit would not set up again"
         return None
 

@@ -36,6 +36,7 @@ from . import ambient
 from .audit import inherit, unwatch, watch
 from .checks import NONE, UNHASHABLE, Check, checks_from_json, file_digest, first_failure, listing_digest, stat_of
 from .fingerprint import library_roots
+from .fingerprint_source import is_user_file
 from .hashing import hash_value
 from .priors import prior_digest
 
@@ -89,15 +90,15 @@ class Observer:
     _patches: list[tuple[Any, str, Any]] = field(default_factory=list)
     _aliases: list[tuple[Any, Any]] = field(default_factory=list)  # (a seeding function, its wrapper)
     _pending: list[Any] = field(default_factory=list)  # cancel the taking of a state when its module is imported
-    _handlers: frozenset[int] = frozenset()  # the logging handlers attached to loggers before the run
+    set_up_logging: bool = False  # its own code added or removed a logging handler (basicConfig, addHandler)
 
     def __enter__(self) -> Observer:
         on_worker = ambient.RAN_ON.get()
         if on_worker is not None:  # (on a Dask worker, what the worker's own threads do is not the step's)
             self.foreign = on_worker.foreign - {self.thread}
         self.before = ambient.snapshot()
-        self._handlers = _logging_handlers()
         self._patch_seeds()
+        self._watch_logging()
         watch(self)
         return self
 
@@ -161,10 +162,25 @@ class Observer:
             if value is original:
                 aliases[name] = seed
 
-    def changed_logging(self) -> bool:
-        """Whether the run attached a logging handler to a logger, or took one off (``basicConfig``,
-        ``addHandler``): what goes where once it ran, which a hit would not set up again."""
-        return _logging_handlers() != self._handlers
+    def _watch_logging(self, logging: Any = None) -> None:
+        """Wrap ``Logger.addHandler`` and ``removeHandler`` (once ``logging`` is imported), to tell a run whose
+        own code sets up where logs go (``basicConfig``, ``addHandler``): a hit would not set it up again. A
+        library doing so as it is imported (dask.distributed), or adding a ``NullHandler``, sets up nothing."""
+        logging = logging or sys.modules.get("logging")
+        if logging is None:
+            self._pending.append(ambient.when_imported("logging", self._watch_logging))
+            return
+        for name in ("addHandler", "removeHandler"):
+            original = vars(logging.Logger)[name]
+
+            def changes(logger: Any, handler: Any, _original: Any = original) -> Any:
+                if (threading.get_ident() == self.thread and not isinstance(handler, logging.NullHandler)
+                        and _users(sys._getframe(1), "logging")):
+                    self.set_up_logging = True
+                return _original(logger, handler)
+
+            self._patches.append((logging.Logger, name, original))
+            setattr(logging.Logger, name, changes)
 
     def changed_state(self) -> dict[str, Any]:
         """The ambient state the run changed, to be set again on a hit."""
@@ -263,16 +279,11 @@ class Observer:
         return Check(kind, self._stored_path(path), file_digest(path), stat_of(st))
 
 
-def _logging_handlers() -> frozenset[int]:
-    """The handlers attached to the loggers (by id), a library's ``NullHandler`` aside (one it adds to its
-    own logger as it is imported, so that nothing is printed unless the user asks)."""
-    logging = sys.modules.get("logging")
-    if logging is None:
-        return frozenset()
-    loggers = [logging.getLogger(), *(v for v in list(logging.Logger.manager.loggerDict.values())
-                                      if isinstance(v, logging.Logger))]
-    return frozenset(id(h) for logger in loggers for h in list(logger.handlers)
-                     if not isinstance(h, logging.NullHandler))
+def _users(frame: Any, module: str) -> bool:
+    """Whether ``frame``'s code, past ``module``'s own frames, is the user's."""
+    while frame is not None and frame.f_globals.get("__name__") == module:
+        frame = frame.f_back
+    return frame is not None and is_user_file(frame.f_code.co_filename)
 
 
 CWD = "working directory"  # the ambient kind of os.getcwd()

@@ -1014,9 +1014,15 @@ def test_a_cell_that_sets_up_logging_runs_again_rather_than_lose_its_handler(ip)
         run(ip, quiet)
         run(ip, quiet)
         assert last().cached
+        # a library that adds a handler of its own (as dask.distributed does as it is imported) sets nothing up
+        library = "%%step library\nimport multiprocessing\nmultiprocessing.log_to_stderr()\nok = 1"
+        run(ip, library)
+        run(ip, library)
+        assert last().cached
     finally:
         logger.handlers.clear()
         logging.getLogger("nbcache_test_lib").handlers.clear()
+        logging.getLogger("multiprocessing").handlers.clear()
 
 
 def test_a_setting_a_step_derives_from_its_old_value_is_an_input(ip, monkeypatch):
