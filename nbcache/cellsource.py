@@ -7,14 +7,17 @@ A function restored from the cache in a new kernel names the cell file of the ke
 text this kernel never had: a traceback through it showed no line, ``inspect.getsource`` raised, a warning
 showed no source line.
 
-On a hit the shell caches the cell's text as it caches any cell it runs (``compile.cache``: the name it gives
-and the ``In[n]`` a traceback shows: ``cache_cell``), and every function the cell defined, and every method of a class it
-defined, is pointed at that name: ``__code__`` replaced by the same code with the new file name (nested code
-too: lambdas, inner functions, comprehensions). (A function a decorator wrapped counts by ``__wrapped__``, as ``inspect`` finds it.) A function is the
-cell's only if the line its code starts
-at, in the cell's text, defines it (``def name``, ``async def name``, a decorator, ``lambda``): a function of
-another cell that the cell bound under a new name keeps what it has. The code's file name counts in no key
-(``fingerprint_handlers.py`` hashes what code does), so this changes no step's key.
+On a hit the shell caches the cell's text as it caches any cell it runs (``compile.cache``: the name it
+gives and the ``In[n]`` a traceback shows: ``cache_cell``), and every function the cell defined, and every
+method of a class it defined, is pointed at that name: ``__code__`` replaced by the same code with the new
+file name (nested code too: lambdas, inner functions, comprehensions). A function a decorator wrapped counts
+by ``__wrapped__``, as ``inspect`` finds it. A function is the cell's only if its code names a file no one
+has here (not a module's, which exists, nor ``<string>``, code a library made) and the cell defines that
+very name where the code starts (``def name`` there or past the decorators there, a ``lambda`` on that
+line): a function of a module or of another cell that the cell bound keeps what it has. After an edit of
+comments or layout above a function (the key is the same), its lines no longer match: it keeps no source,
+as before. The code's file name counts in no key (``fingerprint_handlers.py`` hashes what code does), so
+this changes no step's key.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ def cache_cell(shell: Any, cell: str, source: str | None = None) -> str | None:
     """Cache the text of the ``%%step`` cell running now (``source``: as the shell transformed it) as the shell
     caches a cell it runs, under the number of that cell: the name its code's file is given. (The shell runs
     the cell's body as a cell of its own, numbered after the ``%%step`` cell, which a traceback through the
-    functions it defines showed as ``In[n + 1]``: this numbers it as the same cell without nbcache.) None if the shell could not (never raises)."""
+    functions it defines showed as ``In[n + 1]``: this numbers it as the same cell without nbcache.) None if
+    the shell could not (never raises)."""
     try:
         running = getattr(shell.displayhook, "exec_result", None)  # (the result of the cell being run)
         number = getattr(running, "execution_count", None)
