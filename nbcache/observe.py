@@ -261,7 +261,8 @@ class Observer:
                         digests = [ambient.setting_digest(state, key) for state in (before, after)]
                         found.append(Check("setting", f"{name}\t{key}", "|".join(digests)))
         for key in self.environ:  # (read: each holds while the variable is as it was, or as the run left it)
-            digests = [ambient.setting_digest(state.values.get(ENVIRON, {}), key) for state in (self.before, self.after)]
+            digests = [ambient.setting_digest(state.values.get(ENVIRON, {}), key)
+                       for state in (self.before, self.after)]
             found.append(Check("setting", f"{ENVIRON}\t{key}", "|".join(digests)))
         return found
 
