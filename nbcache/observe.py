@@ -260,11 +260,11 @@ class Observer:
                     if not ambient.equal(before.get(key, _ABSENT), after.get(key, _ABSENT)):
                         digests = [ambient.setting_digest(state, key) for state in (before, after)]
                         found.append(Check("setting", f"{name}\t{key}", "|".join(digests)))
-        for key in self.environ:  # (read: each holds while the variable is as it was, or as the run left it)
-            digests = [ambient.setting_digest(state.values.get(ENVIRON, {}), key)
-                       for state in (self.before, self.after)]
-            found.append(Check("setting", f"{ENVIRON}\t{key}", "|".join(digests)))
-        return found
+        # a variable its code read holds only as the run found it (first: this check, not the one above): one
+        # it read and then set from what it read (`n + 1`) must be read anew when the step runs again
+        environ = self.before.values.get(ENVIRON, {})
+        return [Check("setting", f"{ENVIRON}\t{key}", "|".join([ambient.setting_digest(environ, key)] * 2))
+                for key in self.environ] + found
 
     def _stored_path(self, path: str) -> str:
         """A path below the folder the run started in, relative to it (so that a copy of the project

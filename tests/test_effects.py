@@ -970,6 +970,22 @@ def test_a_step_that_reads_an_environment_variable_depends_on_it(cache_dir, monk
     assert type(os.environ).__getitem__.__module__ == "os"  # (wrapped only while a run is under way)
 
 
+def test_a_step_that_sets_a_variable_from_what_it_read_runs_again_when_called_again(cache_dir, monkeypatch):
+    """``COUNT = COUNT + 1``: run again in the same process, the variable is as the run left it, which is not
+    what it read: a hit would give 1 every time where the calls give 1, 2, 3 (red-team)."""
+
+    @nbcache.step
+    def bump():
+        n = int(os.environ.get("NBC_COUNT", "0")) + 1
+        os.environ["NBC_COUNT"] = str(n)
+        return n
+
+    monkeypatch.delenv("NBC_COUNT", raising=False)
+    assert [bump(), bump(), bump()] == [1, 2, 3]
+    assert [r.cached for r in nbcache.runs()[-3:]] == [False, False, False]
+    assert nbcache.runs()[-1].reason == "the environment variable NBC_COUNT differs from when it was cached"
+
+
 def test_a_library_reading_an_environment_variable_is_no_dependency(cache_dir, monkeypatch):
     """getpass reads LOGNAME for its own answer: the step's code did not read it (pass it as an argument)."""
     import getpass
