@@ -77,8 +77,9 @@ def watch(watcher: Watcher) -> None:
     with _hook_lock:
         _active.append(watcher)
         if os.getcwd is not _getcwd:
-            _cwd[:], _environ[:] = [os.getcwd, os.getcwdb], [_Environ.__getitem__]
-            os.getcwd, os.getcwdb, _Environ.__getitem__ = _getcwd, _getcwdb, _environ_item
+            _cwd[:], (os.getcwd, os.getcwdb) = [os.getcwd, os.getcwdb], (_getcwd, _getcwdb)
+        if _Environ.__getitem__ is not _environ_item:  # (each apart: a step may have replaced os.getcwd)
+            _environ[:], _Environ.__getitem__ = [_Environ.__getitem__], _environ_item
 
 
 def unwatch(watcher: Watcher) -> None:
@@ -86,7 +87,9 @@ def unwatch(watcher: Watcher) -> None:
         if watcher in _active:
             _active.remove(watcher)
         if not _active and os.getcwd is _getcwd:  # (the last run under way ended: both are themselves again)
-            (os.getcwd, os.getcwdb), _Environ.__getitem__ = _cwd, _environ[0]
+            os.getcwd, os.getcwdb = _cwd
+        if not _active and _Environ.__getitem__ is _environ_item:
+            _Environ.__getitem__ = _environ[0]
 
 
 # No audit event tells os.getcwd, nor an environment variable read: while runs are under way both are wrapped
@@ -149,8 +152,7 @@ def _asked(frame: Any, variable: Any = None) -> None:
 
 def watched() -> bool:
     """Whether a step is being observed in this thread (the call under way runs inside it)."""
-    thread = threading.get_ident()
-    return any(w.thread == thread for w in _active)
+    return any(w.thread == threading.get_ident() for w in _active)
 
 
 def inherit(checks: tuple[Check, ...]) -> None:
@@ -180,14 +182,12 @@ def _install_hook() -> None:
 def _audit(event: str, args: tuple) -> None:
     if not _active or getattr(_quiet, "depth", 0):
         return
-    handler = _HANDLERS.get(event)
-    if handler is None:
+    if (handler := _HANDLERS.get(event)) is None:
         return
     thread = threading.get_ident()
-    own = [w for w in _active if w.thread == thread]
     # an event from a thread no step runs in comes from a worker the step started (a thread pool that
     # reads its files): it counts for every step under way, which can only make them run more often
-    for watcher in own or _theirs(thread):
+    for watcher in [w for w in _active if w.thread == thread] or _theirs(thread):
         try:
             handler(watcher, args)
         except Exception:  # never break the user's open() because of bookkeeping

@@ -280,9 +280,9 @@ class Observer:
         return Check(kind, self._stored_path(path), file_digest(path), stat_of(st))
 
 
-def _users(frame: Any, module: str) -> bool:
-    """Whether ``frame``'s code, past ``module``'s own frames, is the user's."""
-    while frame is not None and frame.f_globals.get("__name__") == module:
+def _users(frame: Any, package: str) -> bool:
+    """Whether ``frame``'s code, past the frames of ``package`` (``logging``, ``logging.config``), is the user's."""
+    while frame is not None and str(frame.f_globals.get("__name__")).partition(".")[0] == package:
         frame = frame.f_back
     return frame is not None and is_user_file(frame.f_code.co_filename)
 

@@ -986,6 +986,30 @@ def test_a_step_that_sets_a_variable_from_what_it_read_runs_again_when_called_ag
     assert nbcache.runs()[-1].reason == "the environment variable NBC_COUNT differs from when it was cached"
 
 
+def test_os_getcwd_replaced_while_a_step_runs_leaves_environment_reads_working(cache_dir, monkeypatch):
+    """The two wrappers are put on and taken off apart: one over the other would call itself for ever."""
+    real = os.getcwd
+
+    @nbcache.step
+    def replaces():
+        os.getcwd = lambda: "/elsewhere"  # (a step, or a test's monkeypatch, replacing it meanwhile)
+        return 1
+
+    @nbcache.step
+    def mode():
+        return os.environ.get("NBC_MODE", "none")
+
+    try:
+        replaces()
+        monkeypatch.setenv("NBC_MODE", "a")
+        assert mode() == "a" and mode() == "a"
+        monkeypatch.setenv("NBC_MODE", "b")
+        assert mode() == "b" and not nbcache.runs()[-1].cached
+    finally:
+        os.getcwd = real
+    assert type(os.environ).__getitem__.__module__ == "os"
+
+
 def test_a_library_reading_an_environment_variable_is_no_dependency(cache_dir, monkeypatch):
     """getpass reads LOGNAME for its own answer: the step's code did not read it (pass it as an argument)."""
     import getpass
@@ -1030,6 +1054,11 @@ def test_a_cell_that_sets_up_logging_runs_again_rather_than_lose_its_handler(ip)
         run(ip, quiet)
         run(ip, quiet)
         assert last().cached
+        config = ("%%step config\nimport logging.config\nlogging.config.dictConfig({'version': 1, 'handlers': {'h':"
+                  " {'class': 'logging.StreamHandler'}}, 'loggers': {'nbcache_test_setup': {'handlers': ['h']}},"
+                  " 'disable_existing_loggers': False})")
+        run(ip, config)
+        assert "it sets up logging" in last().reason
         # a library that adds a handler of its own (as dask.distributed does as it is imported) sets nothing up
         library = "%%step library\nimport multiprocessing\nmultiprocessing.log_to_stderr()\nok = 1"
         run(ip, library)
