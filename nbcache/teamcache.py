@@ -31,12 +31,10 @@ from .remote import REMOTE_ENV, Remote, RemoteError, author, bytes_of, size_of
 from .store import Store
 from .teamentry import INLINE, TeamEntry
 
-__all__ = ["KEEP_AFTER_S", "Pulled", "TeamCache", "UPLOAD_FLUSH_S", "UPLOAD_QUEUE_MAX", "keep", "upload"]
+__all__ = ["Pulled", "TeamCache", "UPLOAD_FLUSH_S", "UPLOAD_QUEUE_MAX", "keep", "upload"]
 
 UPLOAD_FLUSH_S = 60.0  # how long an exiting interpreter waits for its uploads
 UPLOAD_QUEUE_MAX = 1000  # uploads waiting at most; past it, results stay local until ``nbcache push``
-KEEP_AFTER_S = 0.05  # how long after a team hit its values start being written here (``verifier.DELAY_S``: a
-# background thread that writes as the hit returns takes the interpreter lock from it, a millisecond or more)
 
 
 @dataclass(frozen=True)
@@ -161,7 +159,7 @@ class TeamCache:
             if key in self._keeping:  # (another thread pulled it too: that one writes it)
                 return
             self._keeping[key] = keeping
-            keeping.job = self._background.submit(lambda: self._keep(key, keeping), after_s=KEEP_AFTER_S)
+            keeping.job = self._background.submit(lambda: self._keep(key, keeping))
 
     def settle(self, key: str, timeout: float = 5.0) -> bool:
         """Finish keeping the result of ``key`` this process pulled, if that is under way, waiting for another
