@@ -125,20 +125,15 @@ def signature_problem(source: bytes | Any, *, key: bytes, name: str = "") -> str
     """What is wrong with a stored value's header or signature under ``key`` and ``name`` (None: nothing),
     read without its buffers and without unpickling anything: how ``nbcache info`` counts values it would
     refuse."""
-    problem = _problem(source, key, name)
-    return None if problem is None else str(problem)
-
-
-def _problem(source: bytes | Any, key: bytes, name: str) -> Damaged | None:
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     elif not hasattr(source, "read"):
-        return Damaged("the value is not one nbcache wrote")
+        return "the value is not one nbcache wrote"
     try:
         with source as f:
             _open_checked(f, key, name, keep=False)
     except Damaged as exc:
-        return exc
+        return str(exc)
     return None
 
 
