@@ -26,7 +26,9 @@ import linecache
 import os
 import re
 import types
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
+
+from .cellvars import functions_of
 
 __all__ = ["cache_cell", "give_source"]
 
@@ -52,7 +54,7 @@ def give_source(shell: Any, cell: str, values: Iterable[Any]) -> None:
     ``cell`` defined in another kernel at its text, cached in this one's ``shell`` as the cell it runs. Never
     raises: what it cannot do, a hit does without."""
     try:
-        functions = [f for f in _functions(values) if _lost(f.__code__.co_filename)]
+        functions = list({id(f): f for v in values for f in functions_of(v) if _lost(f.__code__.co_filename)}.values())
         if not functions:
             return
         source = shell.transform_cell(cell)
@@ -63,20 +65,6 @@ def give_source(shell: Any, cell: str, values: Iterable[Any]) -> None:
             function.__code__ = _renamed(function.__code__, function.__code__.co_filename, name)
     except Exception:  # (a value whose attributes raise, a shell of another kind)
         return
-
-
-def _functions(values: Iterable[Any]) -> Iterator[types.FunctionType]:
-    seen: set[int] = set()
-    for value in values:
-        members = vars(value).values() if isinstance(value, type) else (value,)
-        for member in members:
-            if not (callable(member) or isinstance(member, property)):  # (data: no attribute of it asked for)
-                continue
-            for f in (member, getattr(member, "__func__", None), getattr(member, "__wrapped__", None),
-                      getattr(member, "fget", None), getattr(member, "fset", None), getattr(member, "fdel", None)):
-                if isinstance(f, types.FunctionType) and id(f) not in seen:
-                    seen.add(id(f))
-                    yield f
 
 
 def _lost(filename: str) -> bool:

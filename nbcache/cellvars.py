@@ -6,13 +6,12 @@ Plain functions of a namespace (a dict) and what the cell's analysis found; no I
 
 from __future__ import annotations
 
-import inspect
 import io
 import itertools
 import re
 import sys
 import types
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 from .fingerprint import read_digest
 from .fingerprint_code import code_info
@@ -129,8 +128,8 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
 
 def notebook_reads(code: Sequence[Any], ns: Mapping[str, Any]) -> set[str]:
     """The names of ``ns`` (the notebook's) that the notebook's own functions among ``code`` read, with the
-    functions and the methods of the classes they lead to in it (a decorator's wrapper: what it wraps). A
-    function of a module of the user's reads that module's globals: a name in both is not the notebook's."""
+    functions and the methods of the classes they lead to in it (``functions_of``). A function of a module of
+    the user's reads that module's globals: a name in both is not the notebook's."""
     found: set[str] = set()
     seen: set[int] = set()
     todo = list(code)
@@ -139,14 +138,8 @@ def notebook_reads(code: Sequence[Any], ns: Mapping[str, Any]) -> set[str]:
         if id(value) in seen:
             continue
         seen.add(id(value))
-        members = list(vars(value).values()) if isinstance(value, type) else [value]
-        for member in members:
-            try:
-                f = getattr(member, "__func__", None) or getattr(member, "fget", None) or member
-                f = inspect.unwrap(f) if callable(f) else f
-            except Exception:  # (an attribute that raises, a cycle of wrappers)
-                continue
-            if not isinstance(f, types.FunctionType) or f.__globals__ is not ns:
+        for f in functions_of(value):
+            if f.__globals__ is not ns:
                 continue
             for chain in code_info(f.__code__).global_chains:
                 if chain[0] in ns and chain[0] not in found:
@@ -154,6 +147,25 @@ def notebook_reads(code: Sequence[Any], ns: Mapping[str, Any]) -> set[str]:
                     if callable(ns[chain[0]]):
                         todo.append(ns[chain[0]])
     return found
+
+
+def functions_of(value: Any) -> Iterator[types.FunctionType]:
+    """The Python functions ``value`` is or runs: itself, or for a class its methods (static, class methods and
+    properties' too), each with the functions its decorators wrapped (``__wrapped__``, as ``inspect`` finds
+    them). Data is not asked for attributes."""
+    for member in vars(value).values() if isinstance(value, type) else (value,):
+        if not (callable(member) or isinstance(member, property)):
+            continue
+        for f in (member, *(getattr(member, a, None) for a in ("__func__", "fget", "fset", "fdel"))):
+            for _ in range(100):  # (a chain of wrappers, never a cycle of them)
+                if isinstance(f, types.FunctionType):
+                    yield f
+                try:
+                    f = getattr(f, "__wrapped__", None)
+                except Exception:  # (an attribute that raises)
+                    break
+                if f is None:
+                    break
 
 
 def code_state(value: Any) -> str | None:
