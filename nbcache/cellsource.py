@@ -33,7 +33,7 @@ from .cellvars import functions_of
 __all__ = ["cache_cell", "give_source"]
 
 
-def cache_cell(shell: Any, cell: str, source: str | None = None) -> str | None:
+def cache_cell(shell: Any, cell: str, source: str) -> str | None:
     """Cache the text of the ``%%step`` cell running now (``source``: as the shell transformed it) as the shell
     caches a cell it runs, under the number of that cell: the name its code's file is given. (The shell runs
     the cell's body as a cell of its own, numbered after the ``%%step`` cell, which a traceback through the
@@ -44,20 +44,19 @@ def cache_cell(shell: Any, cell: str, source: str | None = None) -> str | None:
         number = getattr(running, "execution_count", None)
         if not isinstance(number, int):
             number = shell.execution_count
-        return shell.compile.cache(shell.transform_cell(cell) if source is None else source, number, raw_code=cell)
+        return shell.compile.cache(source, number, raw_code=cell)
     except Exception:  # (a shell of another kind): tracebacks show what they did before
         return None
 
 
-def give_source(shell: Any, cell: str, values: Iterable[Any]) -> None:
+def give_source(shell: Any, cell: str, source: str, values: Iterable[Any]) -> None:
     """Point the functions among ``values`` (and the methods of the classes among them) that the cell
-    ``cell`` defined in another kernel at its text, cached in this one's ``shell`` as the cell it runs. Never
-    raises: what it cannot do, a hit does without."""
+    ``cell`` (``source``: as the shell transformed it) defined in another kernel at its text, cached in this
+    one's ``shell`` as the cell it runs. Never raises: what it cannot do, a hit does without."""
     try:
         functions = list({id(f): f for v in values for f in functions_of(v) if _lost(f.__code__.co_filename)}.values())
         if not functions:
             return
-        source = shell.transform_cell(cell)
         lines = source.splitlines()
         mine = [f for f in functions if _defined_at(lines, f.__code__)]
         name = cache_cell(shell, cell, source) if mine else None

@@ -98,6 +98,7 @@ class Analysed:
     code: CellCode | None  # None: the cell does not parse
     is_async: bool  # it has top-level await
     quiet: bool  # its last expression ends with `;`, which shows nothing (the syntax tree cannot tell)
+    source: str  # the cell as the shell transforms it to run it (`%magic` lines made calls)
 
 
 class CellCall(StepCall):
@@ -152,7 +153,7 @@ class CellCall(StepCall):
         self.unfound_imports: list[str] = []  # imports whose module was not to be found when the key was made
         self.code_states: dict[str, str | None] = {}  # of the functions and classes it reads, before it runs
         self.read: dict[str, str] = {}  # the globals the functions it reads read, by name: their digests
-        self.quiet = analysed.quiet
+        self.quiet, self.source = analysed.quiet, analysed.source
         self.binds = list(code.binds)
         self.input_names = input_names
         self.make_key(lambda: self._ingredients(code.digest))  # (whatever fails in it runs the cell uncached)
@@ -219,7 +220,7 @@ class CellCall(StepCall):
                     del ns[name]
         for name in payload["deleted"]:
             ns.pop(name, None)
-        give_source(self.shell, self.cell, payload["variables"].values())  # (as tracebacks and inspect read it)
+        give_source(self.shell, self.cell, self.source, payload["variables"].values())  # (tracebacks, inspect)
         if not self.magics.settings.quiet:  # what it cost now, next to what running it cost then
             took, ran = format_seconds(time.perf_counter() - self.t0), format_seconds(entry.duration_s)
             publish(
@@ -279,7 +280,7 @@ class CellCall(StepCall):
                 recorder.patch(shell.displayhook, "quiet", lambda: True)
             outcome = shell.run_cell(self.cell, store_history=False)
         shell.displayhook.exec_result = outer
-        cache_cell(shell, self.cell)  # (the In[n] its functions' tracebacks show: the %%step cell's)
+        cache_cell(shell, self.cell, self.source)  # (the In[n] its functions' tracebacks show: the %%step cell's)
         if modules is not None and self.observer is not None:
             self._read_modules_found(set(sys.modules) - modules)
         if outer is not None and outcome.success and recorder.result_display is not None:

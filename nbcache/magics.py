@@ -138,7 +138,7 @@ class StepMagics(Magics):
             except SyntaxError:
                 code = None
             analysed = self._analysed[cell] = Analysed(
-                code, self.shell.should_run_async(cell, transformed_cell=source), ends_with_semicolon(source))
+                code, self.shell.should_run_async(cell, transformed_cell=source), ends_with_semicolon(source), source)
         if analysed.is_async:
             raise UsageError("%%step cannot run a cell with top-level await; put the awaiting code in an"
                              " async function and run it with asyncio.run(), or run the cell without %%step")

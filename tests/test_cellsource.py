@@ -23,7 +23,7 @@ def test_the_functions_the_cell_defined_get_its_text_and_others_keep_theirs(ipsh
     area, square, box = (_from_another_kernel(CELL, n, old) for n in ("area", "square", "Box"))
     other = _from_another_kernel("x = 1\ny = 2\ndef helper():\n    return 0\n", "helper", "/tmp/ipykernel_0/other.py")
     assert old not in linecache.cache
-    give_source(ipshell, CELL, [area, square, box, other, 42, "text"])
+    give_source(ipshell, CELL, CELL, [area, square, box, other, 42, "text"])
     assert inspect.getsource(area) == "def area(r):\n    return 3.14 * r * r\n"
     assert inspect.getsource(square) == "square = lambda x: x * x\n"
     assert inspect.getsource(box.size) == "    def size(self):\n        return 1\n"
@@ -40,5 +40,5 @@ def test_a_modules_function_or_code_a_library_made_keeps_its_file(ipshell, tmp_p
     slow = _from_another_kernel(helpers.read_text(), "slow", str(helpers))
     made = _from_another_kernel("def __init__(self):\n    pass\n", "__init__", "<string>")
     cell = "import functools\n@functools.lru_cache\ndef k(x):\n    return x\n"
-    give_source(ipshell, cell, [slow, made])
+    give_source(ipshell, cell, cell, [slow, made])
     assert slow.__wrapped__.__code__.co_filename == str(helpers) and made.__code__.co_filename == "<string>"
