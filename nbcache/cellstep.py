@@ -17,8 +17,6 @@ import contextlib
 import html
 import importlib
 import io
-import os
-import sys
 import time
 import tokenize
 import types
@@ -39,7 +37,6 @@ from .cellvars import (HISTORY_NAMES, Alias, Outputs, code_state, deleted_names,
 from .entry import Entry
 from .errors import warn as _warn
 from .fingerprint import imported_module
-from .fingerprint_source import is_user_file
 from .frame import Unpicklable
 from .hashing import hash_value
 from .pickler import LIVE_NAMESPACE, Ahead
@@ -50,8 +47,9 @@ from .store import Store
 __all__ = ["Analysed", "CellCall", "CellUsageError", "StepCellFailed", "ends_with_semicolon"]
 
 _CODE = (types.FunctionType, type)  # (what a cell may change besides variables: defaults, class attributes)
-AHEAD = ("sys.path", "matplotlib backend")  # the state a hit makes as it loads the variables, before them:
-#                                               where their modules are, the backend a figure restored takes
+AHEAD = ("sys.path", "matplotlib backend", "environment variables")  # the state a hit makes as it loads the
+# variables, before them: where their modules are, the backend a figure restored takes, the environment a module
+# they name reads as it is imported again (`os.environ["MODE"] = "test"`, then `import settings`)
 
 
 class StepCellFailed(Exception):
@@ -150,7 +148,6 @@ class CellCall(StepCall):
         self.shell, self.cell, self.restrict = shell, cell, args.outputs
         self.missing_outputs: list[str] = []  # what --outputs names but the cell did not define
         self.imports = code.imports
-        self.unfound_imports: list[str] = []  # imports whose module was not to be found when the key was made
         self.code_states: dict[str, str | None] = {}  # of the functions and classes it reads, before it runs
         self.read: dict[str, str] = {}  # the globals the functions it reads read, by name: their digests
         self.quiet, self.source = analysed.quiet, analysed.source
@@ -165,23 +162,21 @@ class CellCall(StepCall):
             if not self.hash_input(name, ns[name], "input", self.read):
                 break
         package = ns.get("__package__")
-        self.unfound_imports = []
         for module in self.imports:  # the code of the user's own modules it imports counts, like a helper's
-            if not self.problem:
-                found = imported_module(module, package)
-                self.hash_input(f"import {module}", found, "input")
-                if found is None:  # (found once the cell ran: `sys.path.append("src")`, then `import mylib`)
-                    self.unfound_imports.append(module)
+            if not self.problem:  # (one not imported yet by name, and its source once the cell ran: Observer)
+                self.hash_input(f"import {module}", imported_module(module, package), "input")
 
     def lookup(self) -> tuple[Any, Entry | None, str]:
         """``StepCall.lookup``, its references to unchanged inputs resolved in the shell's namespace; the state
-        a payload sets as it loads (``AHEAD``) set back if it is not served (a value of it failed to load)."""
+        a payload sets as it loads (``AHEAD``) set back if it is not served (a value of it failed to load). What a
+        module the cell imported prints as a hit imports it again is not shown: the replay shows it where it came."""
         kinds = tuple(ambient.BY_NAME[name] for name in AHEAD)
         before = ambient.snapshot(kinds)
         token = LIVE_NAMESPACE.set(self.shell.user_ns)
         served = False
         try:
-            values, entry, reason = super().lookup()
+            with contextlib.redirect_stdout(io.StringIO()):
+                values, entry, reason = super().lookup()
             served = values is not MISS
             return values, entry, reason
         finally:
@@ -207,8 +202,8 @@ class CellCall(StepCall):
     def _restore(self, payload: dict, entry: Entry) -> Any:
         ns = self.shell.user_ns
         for module in (m for m in self.imports if not m.startswith(".")):  # `import a.b` binds `a`; the
-            with contextlib.suppress(Exception):  # restored `a` needs `a.b` imported again
-                importlib.import_module(module)
+            with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):  # restored `a` needs
+                importlib.import_module(module)  # `a.b` imported again (what it prints: as in lookup)
         self._run_magics_again()
         self.set_state(payload.get("ambient") or {})  # after the magics: `%matplotlib inline` sets rc too
         ns.update(payload["variables"])  # functions and classes come back living in ns (see pickler.py)
@@ -246,16 +241,6 @@ class CellCall(StepCall):
                     saved_s=entry.duration_s, output_names=tuple(payload["variables"]))
         return None  # shown already, in its place among the outputs
 
-    def _read_modules_found(self, names: set[str]) -> None:
-        """An import the key could not follow (its module was not to be found before the cell ran): the source
-        files of the user's modules the run imported are files the cell reads, so that an edit to one runs
-        it again (their code is in no key)."""
-        assert self.observer is not None
-        for name in sorted(names):
-            path = getattr(sys.modules.get(name), "__file__", None)
-            if isinstance(path, str) and is_user_file(path):
-                self.observer.read.setdefault(os.path.abspath(path))
-
     def _run_magics_again(self) -> None:
         """The line magics of the cell whose effect outlives it (``%matplotlib inline``, ``%config``,
         ``%load_ext``), run again without their output: the replay shows what they printed."""
@@ -272,7 +257,6 @@ class CellCall(StepCall):
         ns = shell.user_ns
         before = {name: id(value) for name, value in ns.items()}
         self.code_states = {n: code_state(ns[n]) for n in self.input_names if isinstance(ns.get(n), _CODE)}
-        modules = set(sys.modules) if self.unfound_imports else None
         t_body = time.perf_counter()
         outer = shell.displayhook.exec_result  # the %%step cell's own result, which the inner run replaces
         with Recorder(shell) as recorder, self.watching(store, frozenset(self.binds)):
@@ -281,8 +265,6 @@ class CellCall(StepCall):
             outcome = shell.run_cell(self.cell, store_history=False)
         shell.displayhook.exec_result = outer
         cache_cell(shell, self.cell, self.source)  # (the In[n] its functions' tracebacks show: the %%step cell's)
-        if modules is not None and self.observer is not None:
-            self._read_modules_found(set(sys.modules) - modules)
         if outer is not None and outcome.success and recorder.result_display is not None:
             outer.result = outcome.result  # the cell's result, as without %%step
         duration = time.perf_counter() - t_body

@@ -12,6 +12,7 @@ Each such function's and value's own digest is noted in the walk's ``parts``, to
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import sys
@@ -22,7 +23,8 @@ from .errors import warn
 from .fingerprint_code import IMPORT_PREFIX, code_info
 from .fingerprint_given import GENERATOR_CONTEXT, closure_of, given, holds_users, is_users
 from .fingerprint_source import (
-    MISSING, LibraryName, imported, is_user_code, is_user_file, library_path, module_file, package_version,
+    MISSING, LibraryName, UserModuleName, imported, is_user_code, is_user_file, library_path, module_file,
+    package_version,
 )
 from .hash_base import BASE
 from .hash_core import Hasher, Unhashable, Walk, enter, feed, feed_bytes_tagged, leave, new_hasher, type_name
@@ -171,7 +173,8 @@ def _feed_read(name: str, value: Any, h: Hasher, walk: Walk, *, quiet: bool = Fa
     if value is MISSING:
         h.update(b"unbound")
         return
-    if isinstance(value, (types.FunctionType, type, types.ModuleType, types.BuiltinFunctionType, LibraryName)) \
+    if isinstance(value, (types.FunctionType, type, types.ModuleType, types.BuiltinFunctionType, LibraryName,
+                          UserModuleName)) \
             or hasattr(value, "_nbcache_function_"):  # a step counts as its code, in the parts too
         feed(value, h, walk)
         return
@@ -224,6 +227,16 @@ def _feed_module(module: types.ModuleType, h: Hasher, walk: Walk) -> None:
 
 def _feed_library_name(name: LibraryName, h: Hasher, walk: Walk) -> None:
     feed_bytes_tagged(b"mod", f"{name}@{package_version(str(name))}".encode(), h)
+
+
+def _feed_user_module_name(name: UserModuleName, h: Hasher, walk: Walk) -> None:
+    feed_bytes_tagged(b"usermod-later", str(name).encode(), h)
+    source = b""
+    if name.origin is not None:
+        with contextlib.suppress(OSError):
+            with open(name.origin, "rb") as f:
+                source = f.read()
+    feed_bytes_tagged(b"source", source, h)
 
 
 def _feed_builtin(func: Any, h: Hasher, walk: Walk) -> None:
@@ -303,6 +316,7 @@ _CODE_HANDLERS = {
     type: _feed_class,
     types.ModuleType: _feed_module,
     LibraryName: _feed_library_name,
+    UserModuleName: _feed_user_module_name,
     types.CodeType: _feed_code_object,
     types.BuiltinFunctionType: _feed_builtin,
     types.MethodWrapperType: _feed_builtin,

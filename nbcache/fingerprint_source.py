@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import site
@@ -19,8 +20,8 @@ import types
 from typing import Any
 
 __all__ = [
-    "MISSING", "LibraryName", "imported", "imported_module", "is_user_code", "is_user_file", "library_path",
-    "library_roots", "module_file", "package_version",
+    "MISSING", "LibraryName", "UserModuleName", "imported", "imported_module", "is_user_code", "is_user_file",
+    "library_path", "library_roots", "module_file", "package_version",
 ]
 
 MISSING = object()
@@ -109,7 +110,7 @@ def module_file(module: types.ModuleType) -> str | None:
 
 
 def imported(name: str, package: str | None) -> Any:
-    """The module an import inside a function body names, without running a library's import for it."""
+    """The module an import inside a function body (or a cell) names, without running an import for it."""
     try:
         name = importlib.util.resolve_name(name, package)  # `from .core import clean`
     except (ImportError, ValueError):
@@ -125,18 +126,48 @@ def imported(name: str, package: str | None) -> Any:
         return MISSING
     if not is_user_code(name, spec.origin):
         return LibraryName(name)
-    try:
-        return importlib.import_module(name)  # the body imports it anyway; its code must count
-    except (Exception, SystemExit):  # (a script that exits as it is imported: the body would not import it)
-        return MISSING
+    # Not imported here: importing runs the module, which must run when the body imports it, after what comes
+    # before that import (an environment variable set, a print, a file written). Its source file counts now, found
+    # without running anything; and every module of the user's the run imports is a file it read (``Observer``).
+    return UserModuleName(name, _source_of(name, spec))
+
+
+def _source_of(name: str, spec: Any) -> str | None:
+    """The file of module ``name`` (its top-level package's ``spec``), looked up in its parents' folders
+    without importing them; None if it cannot be told."""
+    parts = name.split(".")
+    for depth in range(1, len(parts)):
+        locations = spec.submodule_search_locations if spec is not None else None
+        if not locations:
+            return None
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:depth + 1]), list(locations))
+        except (ImportError, ValueError):
+            return None
+    return spec.origin if spec is not None and isinstance(spec.origin, str) and os.path.isfile(spec.origin) else None
 
 
 def imported_module(name: str, package: str | None = None) -> Any:
-    """What ``import name`` gives, for hashing: the user's own module (imported), an installed module's
-    name (counted by name and version, without importing it), or None when there is no such module."""
+    """What ``import name`` gives, for hashing: the module if it is imported, an installed module's name
+    (counted by name and version, without importing it), the name of one of the user's own modules not imported
+    yet (``UserModuleName``), or None when there is no such module."""
     module = imported(name, package)
     return None if module is MISSING else module
 
 
 class LibraryName(str):
     """An installed module not imported yet: it counts by name and version, like an imported one."""
+
+
+class UserModuleName(str):
+    """One of the user's own modules, not imported yet: it counts by name and the content of its source file
+    (``origin``, None if not found), and what it imports in turn as files the run read. (Imported, it counts by
+    what it holds: a cell run again in the same kernel after its first run imported the module makes another key,
+    once.)"""
+
+    origin: str | None
+
+    def __new__(cls, name: str, origin: str | None = None) -> UserModuleName:
+        made = super().__new__(cls, name)
+        made.origin = origin
+        return made

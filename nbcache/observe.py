@@ -91,12 +91,14 @@ class Observer:
     _aliases: list[tuple[Any, Any]] = field(default_factory=list)  # (a seeding function, its wrapper)
     _pending: list[Any] = field(default_factory=list)  # cancel the taking of a state when its module is imported
     set_up_logging: bool = False  # its own code added or removed a logging handler (basicConfig, addHandler)
+    modules: frozenset[str] = frozenset()  # the modules imported before it ran
 
     def __enter__(self) -> Observer:
         on_worker = ambient.RAN_ON.get()
         if on_worker is not None:  # (on a Dask worker, what the worker's own threads do is not the step's)
             self.foreign = on_worker.foreign - {self.thread}
         self.before = ambient.snapshot()
+        self.modules = frozenset(sys.modules)
         self._patch_seeds()
         self._watch_logging()
         watch(self)
@@ -117,6 +119,16 @@ class Observer:
                 namespace[name] = originals[id(value)]
         self._aliases.clear()
         self.after = ambient.snapshot()
+        self._read_modules_imported()
+
+    def _read_modules_imported(self) -> None:
+        """The source files of the user's modules the run imported are files it read: no key has their code
+        (``fingerprint_source.imported`` names a module not imported yet without running it), so an edit to one
+        runs the step again."""
+        for name in [n for n in sys.modules if n not in self.modules]:
+            path = getattr(sys.modules.get(name), "__file__", None)
+            if isinstance(path, str) and is_user_file(path):
+                self.read.setdefault(os.path.abspath(path))
 
     def _patch_seeds(self) -> None:
         """Wrap the seeding functions of the generators (``np.random.seed``, and a name the notebook bound

@@ -7,6 +7,7 @@ Each test runs a step, changes the world the way a new kernel or an edit would, 
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import math
@@ -282,6 +283,39 @@ def test_a_cell_that_puts_a_folder_on_sys_path_and_imports_from_it_is_a_hit_afte
     finally:
         sys.path[:] = path
         sys.modules.pop("mylib", None)
+
+
+def test_a_users_module_imported_by_one_a_step_imports_counts_as_a_file_it_read(cache_dir, tmp_path, monkeypatch):
+    """The key names a module of the user's that is not imported yet by its source file, without importing it
+    (which would run it before the body's earlier lines); what that module imports in turn is read from files
+    as the body runs: an edit to either runs the step again, and the step is a hit again after a restart."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outer_fx.py").write_text("import inner_fx\ndef scale(x):\n    return x * inner_fx.FACTOR\n")
+    inner = tmp_path / "inner_fx.py"
+    inner.write_text("FACTOR = 2\n")
+
+    @nbcache.step
+    def scaled(x):
+        import outer_fx
+        return outer_fx.scale(x)
+
+    def restart() -> None:  # (the modules as a new kernel finds them: not imported)
+        for name in ("outer_fx", "inner_fx"):
+            sys.modules.pop(name, None)
+        importlib.invalidate_caches()
+
+    try:
+        restart()
+        assert scaled(5) == 10 and not last().cached
+        assert "outer_fx" in sys.modules  # (the body imported it; the key did not, as asserted below)
+        restart()
+        assert scaled(5) == 10 and last().cached and "outer_fx" not in sys.modules
+        inner.write_text("FACTOR = 3  # edited\n")  # (another size: byte-code of the same second is not taken)
+        restart()
+        assert (scaled(5), last().cached, last().reason) == (15, False, "file inner_fx.py changed")
+    finally:
+        restart()
 
 
 def test_the_state_a_payload_set_as_it_loaded_is_set_back_when_it_fails_to_load(ip, tmp_path):

@@ -270,16 +270,20 @@ def test_the_users_own_modules_are_followed(user_module, module, old, new, src):
 
     user_module(module, old)
     before = fp(src)
-    assert module in sys.modules  # a user module imported in the body is imported to fingerprint it
+    # a user module imported only in the body is not imported to fingerprint it (that would run it before what
+    # comes before the import in the body or cell): its source counts
+    assert (module in sys.modules) == src.startswith("import " + module)
     user_module(module, new)
     assert fp(src) != before
 
 
 def test_a_package_imported_in_the_body_is_followed_into_its_submodules(user_module):
-    """`import pkg` in the body, then `pkg.config.K`: a module the package imported counts where it is read."""
+    """`import pkg` in the body, then `pkg.config.K`: a module the package imported counts where it is read
+    (imported by the notebook already: one imported only as the step runs counts by its source files)."""
     user_module("pkgsub_fp/config", "K = 3\n")
     user_module("pkgsub_fp/__init__", "from . import config\n")
     user_module("pkgsub_fp/core", "def g(x):\n    return x\n")
+    import pkgsub_fp.core  # noqa: F401
     src = "def f(x):\n    import pkgsub_fp\n    import pkgsub_fp.core as core\n" \
           "    return core.g(x) * pkgsub_fp.config.K\n"
     before = fp(src)

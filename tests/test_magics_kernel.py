@@ -303,3 +303,34 @@ def test_a_global_of_a_users_module_is_not_taken_for_the_notebooks_of_the_same_n
     shown = [[o.get("text") for o in visible_outputs(nb.cells[4])]
              for nb in (run(False, "edited"), run(True, "notebook"), run(True, "edited"))]
     assert shown == [["2 ['edited']\n"], ["2 ['notebook']\n"], ["2 ['edited']\n"]]
+
+
+def test_a_users_module_a_cell_imports_runs_when_the_cell_imports_it(tmp_path):
+    """The key of a cell importing the user's own module imported it, so the module ran before the cell's
+    earlier lines: it read the environment before the cell set it (``prod``, cold and cached, where the
+    notebook without nbcache says ``test``) and printed first. Its source counts once the cell ran: an edit
+    to it runs the cell again, after a restart too (red-team)."""
+    module = tmp_path / "settings.py"
+    source = "import os\nprint('settings loaded')\nMODE = os.environ.get('APP_MODE', 'prod') + {suffix!r}\n"
+    body = ["import os\nos.environ['APP_MODE'] = 'test'\nprint('before')\nimport settings\nprint(settings.MODE)",
+            "print(settings.MODE, os.environ['APP_MODE'])"]
+
+    def run(cached: bool) -> nbformat.NotebookNode:
+        cells = ["%load_ext nbcache"] + [f"%%step s{i}\n{c}" for i, c in enumerate(body)] + [HISTORY] if cached \
+            else ["pass", *body, "pass"]
+        nb = new_notebook(cells=[new_code_cell(c) for c in cells],
+                          metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+        NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}}).execute()
+        return nb
+
+    def printed(nb: nbformat.NotebookNode) -> list[str]:
+        return ["".join(o.get("text", "") for o in visible_outputs(cell)) for cell in nb.cells[1:3]]
+
+    module.write_text(source.format(suffix=""))
+    plain, cold, again = run(False), run(True), run(True)
+    assert [printed(nb) for nb in (plain, cold, again)] == [["before\nsettings loaded\ntest\n", "test test\n"]] * 3
+    assert history(again) == [("s0", True), ("s1", True)]
+    module.write_text(source.format(suffix="!"))
+    edited_plain, edited = run(False), run(True)
+    assert [printed(nb) for nb in (edited_plain, edited)] == [["before\nsettings loaded\ntest!\n", "test! test\n"]] * 2
+    assert history(edited)[0] == ("s0", False)
