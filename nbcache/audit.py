@@ -42,6 +42,7 @@ class Watcher(Protocol):
     listed: dict[str, None]  # folders listed
     evaluated: dict[str, None]  # notebook variables an eval'd or exec'd string reads
     commands: dict[str, None]  # programs the run's own code started
+    removed: dict[str, None]  # files and folders the run's own code deleted, which it had not made itself
     foreign: frozenset[int]  # threads that are not the run's (on a Dask worker, the worker's own: observe.py)
     inherited: list[Check]  # the checks of steps served from the cache inside this run
     failed: bool  # an event could not be followed: what the run read is not known
@@ -315,17 +316,35 @@ def _on_mkdir(watcher: Watcher, args: tuple) -> None:
         watcher.made.setdefault(os.path.abspath(os.fsdecode(path)))
 
 
+def _on_remove(watcher: Watcher, args: tuple) -> None:
+    """``os.remove``, ``os.rmdir``, ``shutil.rmtree`` asked for by the user's own code: a deletion a hit would
+    not repeat, unless of what the run made itself (a scratch file). (The removals ``rmtree`` makes inside the
+    tree, relative to a folder's descriptor, are its own: the tree is the one named.)"""
+    path, dir_fd = (args[0], args[1]) if len(args) > 1 else (args[0] if args else None, None)
+    if dir_fd not in (None, -1) or not isinstance(path, (str, bytes, os.PathLike)):  # (-1: no descriptor)
+        return
+    path = os.path.abspath(os.fsdecode(path))
+    if path not in watcher.wrote and path not in watcher.made and _asked_by_user(watcher):
+        watcher.removed.setdefault(path)
+
+
+def _asked_by_user(watcher: Watcher) -> bool:
+    """Whether the code that raised the event (past the standard library: subprocess, os, shutil) is the
+    user's, not a library's (joblib starting workers, a library removing its own files)."""
+    frame = sys._getframe(3)
+    while frame is not None and _in_standard_library(frame.f_code.co_filename):
+        frame = frame.f_back  # past subprocess, os, multiprocessing: to the code that asked for the process
+    # no such code: the standard library alone raised it, in a thread the step started
+    # (`pool.map(os.system, commands)`), which only the step's own code could have asked for
+    return frame is None or frame.f_globals is watcher.namespace or is_user_code(frame.f_globals.get("__name__"),
+                                                                                 frame.f_code.co_filename)
+
+
 def _on_command(watcher: Watcher, args: tuple) -> None:
     """A process started: a shell command of the user's (``subprocess.run(["make"])`` in the step's own
     code) has effects outside the kernel that a hit would not repeat. A library starting its own helpers
     (joblib's workers, Graphviz's ``dot``) is not the user's command."""
-    frame = sys._getframe(2)
-    while frame is not None and _in_standard_library(frame.f_code.co_filename):
-        frame = frame.f_back  # past subprocess, os, multiprocessing: to the code that asked for the process
-    # no such code: the standard library alone started it, in a thread the step started
-    # (`pool.map(os.system, commands)`), which only the step's own code could have asked for
-    if frame is None or frame.f_globals is watcher.namespace or is_user_code(frame.f_globals.get("__name__"),
-                                                                             frame.f_code.co_filename):
+    if _asked_by_user(watcher):
         command = args[1] if len(args) > 1 else args[0]
         if isinstance(command, (list, tuple)):
             command = " ".join(map(str, command))
@@ -357,4 +376,5 @@ _HANDLERS: dict[str, Callable[[Watcher, tuple], None]] = {
     "open": _on_open, "os.listdir": _on_listdir, "os.scandir": _on_listdir, "compile": _on_compile,
     "sqlite3.connect": _on_sqlite, "os.mkdir": _on_mkdir, "os.rename": _on_rename, "subprocess.Popen": _on_command,
     "os.system": _on_command, "os.spawn": _on_command, "os.exec": _on_command, "os.posix_spawn": _on_command,
+    "os.remove": _on_remove, "os.rmdir": _on_remove, "shutil.rmtree": _on_remove,
 }

@@ -34,7 +34,9 @@ from typing import Any
 
 from . import ambient
 from .audit import inherit, unwatch, watch
-from .checks import NONE, UNHASHABLE, Check, checks_from_json, file_digest, first_failure, listing_digest, stat_of
+from .checks import (
+    NONE, UNHASHABLE, Check, checks_from_json, file_digest, first_failure, listing_digest, shown_path, stat_of,
+)
 from .fingerprint import library_roots
 from .fingerprint_source import is_user_file
 from .hashing import hash_value
@@ -76,6 +78,7 @@ class Observer:
     #                                                       to): their content's digests as it found them
     made: dict[str, None] = field(default_factory=dict)  # folders it created
     commands: dict[str, None] = field(default_factory=dict)  # programs its own code started
+    removed: dict[str, None] = field(default_factory=dict)  # files and folders its own code deleted
     listed: dict[str, None] = field(default_factory=dict)
     evaluated: dict[str, None] = field(default_factory=dict)
     failed: bool = False
@@ -193,6 +196,11 @@ class Observer:
 
             self._patches.append((logging.Logger, name, original))
             setattr(logging.Logger, name, changes)
+
+    def deleted(self) -> list[str]:
+        """The user's files and folders the run deleted (not the cache's, a library's or the system's), as
+        shown (relative to the working directory when below it)."""
+        return [shown_path(p) for p in self.removed if _is_data_path(p, self.cache_dir)]
 
     def changed_state(self) -> dict[str, Any]:
         """The ambient state the run changed, to be set again on a hit."""

@@ -220,6 +220,36 @@ def test_a_file_read_is_checked_on_lookup(ip, tmp_path):
     assert (last().status, last().reason) == ("failed", "file data.csv was removed")
 
 
+@pytest.mark.parametrize("cell, deleted", [
+    ("import os\nos.remove('old.csv')", "old.csv"),
+    ("from pathlib import Path\nPath('old.csv').unlink()", "old.csv"),
+    ("import shutil\nshutil.rmtree('results', ignore_errors=True)\nimport os\nos.makedirs('results')", "results"),
+    ("import os\nos.rmdir('empty')", "empty"),
+])
+def test_a_cell_deleting_files_it_found_runs_every_time(ip, tmp_path, cell, deleted):
+    """A hit would not delete them: after a restart, a cell below listing the folder found them still there
+    (red-team). The deletion is not stored; the cell runs again, and says why."""
+    for _ in range(2):  # (the second time as after a restart, the files there again)
+        (tmp_path / "old.csv").write_text("a\n1\n")
+        (tmp_path / "results").mkdir(exist_ok=True)
+        (tmp_path / "results" / "part2.csv").write_text("a\n2\n")
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        run(ip, "%%step\n" + cell)
+        assert not (tmp_path / deleted).exists() or not any((tmp_path / deleted).iterdir())
+    assert not last().cached
+    assert last().reason.startswith(f"runs every time: it deletes files or folders ({deleted}), which a hit would"
+                                    " not delete again")
+
+
+def test_deleting_what_the_run_made_itself_or_a_librarys_own_files_is_no_deletion(ip, tmp_path):
+    cell = ("%%step\nimport os, tempfile\nwith open('scratch.txt', 'w') as f:\n    f.write('x')\nos.remove('scratch.txt')\n"
+            "with tempfile.TemporaryDirectory() as d:\n    open(os.path.join(d, 'a'), 'w').close()\n"
+            "with tempfile.NamedTemporaryFile() as f:\n    pass\nos.makedirs('tmpdir')\nos.rmdir('tmpdir')\ny = 1")
+    run(ip, cell)
+    run(ip, cell)
+    assert last().cached
+
+
 def test_a_file_another_cell_wrote_and_this_one_reads(ip, tmp_path):
     writer = "%%step\nwith open('out.txt', 'w') as f:\n    f.write(TEXT)"
     reader = "%%step\ntext = open('out.txt').read()"
