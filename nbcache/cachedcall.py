@@ -281,6 +281,8 @@ class StepCall(Serving, Keeping):
                     " %%step --allow-shell caches it anyway")
         if self.observer.set_up_logging:
             return "it sets up logging (a handler added or removed), which a hit would not set up again"
+        if self.observer.set_up_shell:
+            return f"it {' and '.join(self.observer.set_up_shell)}, which a hit would not do again"
         if deleted := self.observer.deleted():
             shown = ", ".join(deleted[:3]) + (f" and {len(deleted) - 3} more" if len(deleted) > 3 else "")
             return f"it deletes files or folders ({shown}), which a hit would not delete again"

@@ -1,6 +1,7 @@
 """How a notebook shows values, kept as ambient state (``statekinds.py``): IPython's float precision
-(``%precision 2``) and the inline backend's figure formats (``%config InlineBackend.figure_format =
-'svg'``). Read and set through the modules already imported; IPython is never imported here.
+(``%precision 2``), which of a cell's expressions it shows (``InteractiveShell.ast_node_interactivity =
+'all'``) and the inline backend's figure formats (``%config InlineBackend.figure_format = 'svg'``). Read and
+set through the modules already imported; IPython is never imported here.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["figures_get", "figures_set", "precision_get", "precision_set"]
+__all__ = ["figures_get", "figures_set", "interactivity_get", "interactivity_set", "precision_get", "precision_set"]
 
 
 def precision_get() -> Any:  # (%precision 2: how IPython shows floats)
@@ -20,6 +21,17 @@ def precision_set(value: Any) -> None:
     shell = sys.modules["IPython"].get_ipython()
     if shell is not None and value is not None and precision_get() != value:
         shell.display_formatter.formatters["text/plain"].float_precision = value
+
+
+def interactivity_get() -> Any:  # (InteractiveShell.ast_node_interactivity = 'all': every expression shown)
+    shell = sys.modules["IPython"].get_ipython()
+    return None if shell is None else shell.ast_node_interactivity
+
+
+def interactivity_set(value: Any) -> None:
+    shell = sys.modules["IPython"].get_ipython()
+    if shell is not None and value is not None and interactivity_get() != value:
+        shell.ast_node_interactivity = value
 
 
 def figures_get() -> Any:  # (%config InlineBackend.figure_format = 'svg': how the inline backend shows figures)

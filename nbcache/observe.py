@@ -94,6 +94,8 @@ class Observer:
     _aliases: list[tuple[Any, Any]] = field(default_factory=list)  # (a seeding function, its wrapper)
     _pending: list[Any] = field(default_factory=list)  # cancel the taking of a state when its module is imported
     set_up_logging: bool = False  # its own code added or removed a logging handler (basicConfig, addHandler)
+    set_up_shell: dict[str, None] = field(default_factory=dict)  # what its own code changed of IPython's display
+    #                                                               formatters and magics (``_watch_shell``)
     modules: frozenset[str] = frozenset()  # the modules imported before it ran
 
     def __enter__(self) -> Observer:
@@ -104,6 +106,7 @@ class Observer:
         self.modules = frozenset(sys.modules)
         self._patch_seeds()
         self._watch_logging()
+        self._watch_shell()
         watch(self)
         return self
 
@@ -196,6 +199,29 @@ class Observer:
 
             self._patches.append((logging.Logger, name, original))
             setattr(logging.Logger, name, changes)
+
+    def _watch_shell(self) -> None:
+        """Wrap how IPython's display formatters (``for_type``, ``for_type_by_name``, ``pop``) and magics
+        (``MagicsManager.register``, ``register_function``) are changed, to tell a run whose own code changes how
+        values are shown (``sympy.init_printing()``, ``set_matplotlib_formats("svg")``) or defines magics
+        (``@register_line_magic``): a hit would not do it again. What an import does (the inline backend
+        registering its figure formats as pyplot is imported) happens again as a hit imports the module, and what a
+        line magic does (``%matplotlib``, ``%config``, ``%load_ext``) as a hit runs it again: neither counts."""
+        formatters, magic = sys.modules.get("IPython.core.formatters"), sys.modules.get("IPython.core.magic")
+        targets = [(formatters.BaseFormatter, name, "changes how IPython shows values (a display formatter)")
+                   for name in ("for_type", "for_type_by_name", "pop")] if formatters is not None else []
+        targets += [(magic.MagicsManager, name, "defines magics") for name in ("register", "register_function")] \
+            if magic is not None else []
+        for owner, name, what in targets:
+            original = vars(owner)[name]
+
+            def changes(*args: Any, _original: Any = original, _what: str = what, **kwargs: Any) -> Any:
+                if threading.get_ident() == self.thread and _users_own(sys._getframe(1)):
+                    self.set_up_shell.setdefault(_what)
+                return _original(*args, **kwargs)
+
+            self._patches.append((owner, name, original))
+            setattr(owner, name, changes)
 
     def deleted(self) -> list[str]:
         """The user's files and folders the run deleted (not the cache's, a library's or the system's), as
@@ -305,6 +331,15 @@ def _users(frame: Any, package: str) -> bool:
     while frame is not None and str(frame.f_globals.get("__name__")).partition(".")[0] == package:
         frame = frame.f_back
     return frame is not None and is_user_file(frame.f_code.co_filename)
+
+
+def _users_own(frame: Any) -> bool:
+    """Whether the code ``frame`` runs is neither an import nor a line magic, nor called by one."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib") or frame.f_code.co_name == "run_line_magic":
+            return False
+        frame = frame.f_back
+    return True
 
 
 CWD = "working directory"  # the ambient kind of os.getcwd()

@@ -67,6 +67,8 @@ STATE_CASES = {
     "sys.path": ("import sys\nsys.path.append('/nbcache-test-path')", "'/nbcache-test-path' in sys.path"),
     "scikit-learn config": ("import sklearn\nsklearn.set_config(display='text')", "sklearn.get_config()['display']"),
     "recursion limit": ("import sys\nsys.setrecursionlimit(2345)", "sys.getrecursionlimit()"),
+    "IPython expressions shown": ("get_ipython().ast_node_interactivity = 'all'",
+                                  "get_ipython().ast_node_interactivity"),
 }
 
 
@@ -101,6 +103,43 @@ def test_state_a_cell_set_is_set_again_on_a_hit(ip, case):
         assert ip.run_cell(probe).result == expected
     finally:
         back_to(start)  # leave the process as other tests expect it
+
+
+@pytest.mark.parametrize("cell, what", [
+    ("class Money(float):\n    pass\nget_ipython().display_formatter.formatters['text/plain'].for_type(Money,"
+     " lambda v, p, cycle: p.text(f'${v:.2f}'))", "changes how IPython shows values (a display formatter)"),
+    ("get_ipython().display_formatter.formatters['text/html'].for_type_by_name('decimal', 'Decimal', str)",
+     "changes how IPython shows values (a display formatter)"),
+    ("from IPython.core.magic import register_line_magic\n@register_line_magic\ndef shout(line):\n"
+     "    return line.upper()", "defines magics"),
+])
+def test_a_cell_changing_how_ipython_shows_values_or_its_magics_runs_every_time(ip, cell, what):
+    """``sympy.init_printing()``, ``set_matplotlib_formats("svg")``, ``@register_line_magic``: a hit would
+    not do it again, and the cells below that run would show their values otherwise, or fail to find the
+    magic, than without nbcache (red-team)."""
+    formatters = ip.display_formatter.formatters
+    before = {mime: (dict(f.type_printers), dict(f.deferred_printers)) for mime, f in formatters.items()}
+    try:
+        run(ip, "%%step\n" + cell)
+        run(ip, "%%step\n" + cell)
+        assert not last().cached
+        assert last().reason.startswith(f"runs every time: it {what}, which a hit would not do again")
+    finally:
+        for mime, (types_, deferred) in before.items():
+            formatters[mime].type_printers.clear()
+            formatters[mime].type_printers.update(types_)
+            formatters[mime].deferred_printers.clear()
+            formatters[mime].deferred_printers.update(deferred)
+        ip.magics_manager.magics["line"].pop("shout", None)
+
+
+def test_what_an_import_or_a_line_magic_registers_in_ipython_is_no_change_of_the_cells(ip):
+    """pyplot imported under the inline backend registers its figure formats as it is imported, and
+    ``%matplotlib inline`` and ``%load_ext`` as they run: a hit imports and runs them again."""
+    cell = "%%step\n%matplotlib inline\nimport matplotlib.pyplot as plt\n%load_ext autoreload\nx = 1"
+    run(ip, cell)
+    run(ip, cell)
+    assert last().cached
 
 
 def test_working_directory_changed_by_a_cell_is_changed_again(ip, tmp_path):
