@@ -266,6 +266,9 @@ def _feed_method(method: types.MethodType, h: Hasher, walk: Walk) -> None:
 # pickle; abc keeps its registry in _abc_impl) must not change the fingerprint.
 _CLASS_SKIP = frozenset({
     "__dict__", "__weakref__", "__module__", "__doc__", "__qualname__", "__slotnames__", "_abc_impl",
+    # what pydantic makes of a model's fields, config and validators (all hashed), naming the class by its id, and
+    # the namespace it was made in: another in each process, so a model restored by a hit seemed changed
+    "__pydantic_core_schema__", "__pydantic_validator__", "__pydantic_serializer__", "__pydantic_parent_namespace__",
 })
 
 

@@ -541,6 +541,25 @@ def test_instances_of_notebook_classes_are_of_the_live_class(ip):
     assert ip.run_cell("isinstance(m, Model), m.score()").result == (True, 30)
 
 
+def test_a_pydantic_model_restored_by_a_hit_keeps_the_cells_reading_it_cached(ip):
+    """pydantic names a model by its id in the schema it makes: the same model restored in a new kernel
+    seemed changed, and every cell reading it ran again once after each restart (red-team). An edit to its
+    fields still counts."""
+    model = "%%step model\nfrom pydantic import BaseModel\nclass Item(BaseModel):\n    name: str\n    qty: float = 0"
+    use = "%%step use\nit = Item(name='pen', qty='3')"
+    for cell in (model, use):
+        run(ip, cell)
+    for name in ("Item", "it", "BaseModel"):  # a new kernel
+        del ip.user_ns[name]
+    for cell in (model, use):
+        run(ip, cell)
+        assert nbcache.runs()[-1].cached, nbcache.runs()[-1].reason
+    assert ip.run_cell("it.qty, isinstance(it, Item)").result == (3.0, True)
+    run(ip, model.replace("qty: float", "qty: int"))
+    run(ip, use)
+    assert (nbcache.runs()[-1].cached, nbcache.runs()[-1].reason) == (False, "input Item changed")
+
+
 def test_a_step_function_read_by_the_cell_is_not_replaced(ip):
     ip.run_cell("from nbcache import step\n@step\ndef helper(v):\n    return v * SCALE")
     rerun(ip, "%%step\nSCALE = 3\nr = helper(1)", "r")
