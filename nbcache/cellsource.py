@@ -30,7 +30,7 @@ from typing import Any, Iterable
 
 from .cellvars import functions_of
 
-__all__ = ["cache_cell", "give_source"]
+__all__ = ["cache_cell", "give_source", "run_as_step_cell"]
 
 
 def cache_cell(shell: Any, cell: str, source: str) -> str | None:
@@ -40,13 +40,38 @@ def cache_cell(shell: Any, cell: str, source: str) -> str | None:
     functions it defines showed as ``In[n + 1]``: this numbers it as the same cell without nbcache.) None if
     the shell could not (never raises)."""
     try:
-        running = getattr(shell.displayhook, "exec_result", None)  # (the result of the cell being run)
-        number = getattr(running, "execution_count", None)
-        if not isinstance(number, int):
-            number = shell.execution_count
-        return shell.compile.cache(source, number, raw_code=cell)
+        return shell.compile.cache(source, running_number(shell), raw_code=cell)
     except Exception:  # (a shell of another kind): tracebacks show what they did before
         return None
+
+
+def run_as_step_cell(shell: Any, cell: str) -> Any:
+    """``shell.run_cell(cell)``, kept out of the history, its code cached under the number of the ``%%step``
+    cell running it: the shell has counted on from that number as it started it (IPython 9), and would name
+    the body's tracebacks (a syntax error too) after the next cell, where the same notebook without nbcache
+    names this one."""
+    compiler, number = shell.compile, running_number(shell)
+    own = "cache" in vars(compiler)
+    original = compiler.cache
+
+    def cache(transformed_code: str, _number: int = 0, raw_code: str | None = None) -> str:
+        return original(transformed_code, number, raw_code=raw_code)
+
+    compiler.cache = cache
+    try:
+        return shell.run_cell(cell, store_history=False)
+    finally:
+        if own:
+            compiler.cache = original
+        else:
+            del compiler.cache
+
+
+def running_number(shell: Any) -> int:
+    """The number of the cell the shell is running (``In[n]``): the shell counts on from it as it starts."""
+    running = getattr(shell.displayhook, "exec_result", None)  # (the result of the cell being run)
+    number = getattr(running, "execution_count", None)
+    return number if isinstance(number, int) else shell.execution_count
 
 
 def give_source(shell: Any, cell: str, source: str, values: Iterable[Any]) -> None:

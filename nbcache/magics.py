@@ -22,6 +22,7 @@ from traitlets.config import Configurable
 from .audit import unobserved
 from .cache import Cache, default_cache
 from .cellcode import analyse_cell
+from .cellsource import run_as_step_cell
 from .cellnames import CellNames
 from .cellstep import Analysed, CellCall, CellUsageError, StepCellFailed, ends_with_semicolon
 from .errors import warn
@@ -217,7 +218,7 @@ class StepMagics(Magics):
             raise UsageError(f"{exc}\n{usage}") from None
 
     def _run_plain(self, cell: str) -> None:
-        result = self.shell.run_cell(cell, store_history=False)
+        result = run_as_step_cell(self.shell, cell)
         if not result.success:
             raise StepCellFailed("the cell failed; nothing was stored")
 

@@ -334,3 +334,33 @@ def test_a_users_module_a_cell_imports_runs_when_the_cell_imports_it(tmp_path):
     edited_plain, edited = run(False), run(True)
     assert [printed(nb) for nb in (edited_plain, edited)] == [["before\nsettings loaded\ntest!\n", "test! test\n"]] * 2
     assert history(edited)[0] == ("s0", False)
+
+
+def test_errors_in_a_step_cell_name_its_own_number_and_its_value_shows_as_its_out(tmp_path):
+    """The body runs as a cell of its own: its tracebacks said ``Cell In[4]`` for cell [3], and a syntax
+    error too (red-team). They name the %%step cell, as the same notebook without nbcache does."""
+    import re
+
+    body = ["x = 1", "def f():\n    return 1 / 0\nf()", "y = (", "x + 1"]
+
+    def run(cached: bool) -> nbformat.NotebookNode:
+        cells = ["%load_ext nbcache" if cached else "pass"] + [f"%%step s{i}\n{c}" if cached else c
+                                                                 for i, c in enumerate(body)]
+        nb = new_notebook(cells=[new_code_cell(c) for c in cells],
+                          metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+        NotebookClient(nb, kernel_name="python3", timeout=120, allow_errors=True,
+                       resources={"metadata": {"path": str(tmp_path)}}).execute()
+        return nb
+
+    def named(nb: nbformat.NotebookNode) -> list[list[str]]:
+        strip = re.compile(r"\x1b\[[0-9;]*m")
+        return [sorted({m for o in cell.outputs if o["output_type"] == "error" for line in o["traceback"]
+                        for m in re.findall(r"Cell In\[\d+\]", strip.sub("", line))}) for cell in nb.cells]
+
+    def out(nb: nbformat.NotebookNode) -> list:
+        return [o.get("execution_count") for o in nb.cells[4].outputs if o["output_type"] == "execute_result"]
+
+    plain, cached = run(False), run(True)
+    assert named(plain)[2] == ["Cell In[3]"] and named(plain)[3] == ["Cell In[4]"]  # (what is compared holds)
+    assert named(cached) == named(plain)
+    assert out(cached) == out(plain) == [5]
