@@ -236,11 +236,24 @@ def load_ipython_extension(shell: Any, lineage: Callable[..., Any] | None = None
     shell.register_magics(magics)
     shell.events.register("pre_run_cell", magics.pre_run_cell)
     cache.notebook = shell.user_module  # what the cells define is pickled by value against it
+    if empty_step_cell not in shell.input_transformers_cleanup:
+        shell.input_transformers_cleanup.append(empty_step_cell)
     if not shell.custom_exceptions:  # show a failed cell's own traceback once, then one line from us
         shell.set_custom_exc((StepCellFailed,), _show_step_failure)
 
 
+def empty_step_cell(lines: list[str]) -> list[str]:
+    """A ``%%step`` cell with nothing under it, as the empty cell it stands for: IPython refuses a cell magic
+    without a body, which stopped Run All of a notebook with every cell under ``%%step``, where an empty cell
+    does nothing."""
+    if lines and lines[0].split(maxsplit=1)[:1] == ["%%step"] and not "".join(lines[1:]).strip():
+        return []
+    return lines
+
+
 def unload_ipython_extension(shell: Any) -> None:
+    if empty_step_cell in shell.input_transformers_cleanup:
+        shell.input_transformers_cleanup.remove(empty_step_cell)
     for callback in list(shell.events.callbacks.get("pre_run_cell", [])):
         if isinstance(getattr(callback, "__self__", None), StepMagics):
             shell.events.unregister("pre_run_cell", callback)

@@ -560,6 +560,16 @@ def test_a_pydantic_model_restored_by_a_hit_keeps_the_cells_reading_it_cached(ip
     assert (nbcache.runs()[-1].cached, nbcache.runs()[-1].reason) == (False, "input Item changed")
 
 
+@pytest.mark.parametrize("cell", ["%%step", "%%step\n", "%%step named --no-cache\n\n   \n"])
+def test_a_step_cell_with_nothing_under_it_does_nothing_as_an_empty_cell(ip, cell):
+    """IPython refuses a cell magic without a body: a notebook with every cell under %%step stopped at its
+    empty cells, which Run All passes without nbcache (red-team)."""
+    before = len(nbcache.runs())
+    assert ip.run_cell(cell).success
+    assert len(nbcache.runs()) == before
+    assert ip.run_cell("%%step\nz = 1").success and ip.user_ns["z"] == 1  # (the magic itself is untouched)
+
+
 def test_a_step_function_read_by_the_cell_is_not_replaced(ip):
     ip.run_cell("from nbcache import step\n@step\ndef helper(v):\n    return v * SCALE")
     rerun(ip, "%%step\nSCALE = 3\nr = helper(1)", "r")
