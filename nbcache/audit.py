@@ -17,13 +17,12 @@ import ast
 import dis
 import os
 import sys
-import sysconfig
 import threading
 import urllib.parse
 from typing import Any, Callable, Protocol
 
+from .callers import asked_by_user
 from .checks import Check
-from .fingerprint import is_user_code
 from .fingerprint_source import is_user_file
 from .priors import APPENDED, appended_digest, database_stat, prior_of
 
@@ -324,27 +323,15 @@ def _on_remove(watcher: Watcher, args: tuple) -> None:
     if dir_fd not in (None, -1) or not isinstance(path, (str, bytes, os.PathLike)):  # (-1: no descriptor)
         return
     path = os.path.abspath(os.fsdecode(path))
-    if path not in watcher.wrote and path not in watcher.made and _asked_by_user(watcher):
+    if path not in watcher.wrote and path not in watcher.made and asked_by_user(sys._getframe(2), watcher.namespace):
         watcher.removed.setdefault(path)
-
-
-def _asked_by_user(watcher: Watcher) -> bool:
-    """Whether the code that raised the event (past the standard library: subprocess, os, shutil) is the
-    user's, not a library's (joblib starting workers, a library removing its own files)."""
-    frame = sys._getframe(3)
-    while frame is not None and _in_standard_library(frame.f_code.co_filename):
-        frame = frame.f_back  # past subprocess, os, multiprocessing: to the code that asked for the process
-    # no such code: the standard library alone raised it, in a thread the step started
-    # (`pool.map(os.system, commands)`), which only the step's own code could have asked for
-    return frame is None or frame.f_globals is watcher.namespace or is_user_code(frame.f_globals.get("__name__"),
-                                                                                 frame.f_code.co_filename)
 
 
 def _on_command(watcher: Watcher, args: tuple) -> None:
     """A process started: a shell command of the user's (``subprocess.run(["make"])`` in the step's own
     code) has effects outside the kernel that a hit would not repeat. A library starting its own helpers
     (joblib's workers, Graphviz's ``dot``) is not the user's command."""
-    if _asked_by_user(watcher):
+    if asked_by_user(sys._getframe(2), watcher.namespace):
         command = args[1] if len(args) > 1 else args[0]
         if isinstance(command, (list, tuple)):
             command = " ".join(map(str, command))
@@ -352,20 +339,6 @@ def _on_command(watcher: Watcher, args: tuple) -> None:
         watcher.commands.setdefault(text.strip().split(" ")[0] or "...")
 
 
-def _in_standard_library(filename: str) -> bool:
-    if filename.startswith("<frozen"):
-        return True
-    real = os.path.realpath(filename)
-    return real.startswith(_STDLIB) and not real.startswith(_PACKAGES)
-
-
-def _roots(*names: str) -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    return tuple(os.path.join(os.path.realpath(paths[n]), "") for n in names if n in paths)
-
-
-_STDLIB = _roots("stdlib", "platstdlib")  # (in a virtual environment, platstdlib holds site-packages)
-_PACKAGES = _roots("purelib", "platlib")
 _IMPORTLIB = os.path.join(os.path.dirname(os.path.realpath(os.__file__)), "importlib", "")
 # linecache reads a source file (through tokenize.open) to show the line of a warning or a traceback
 _SOURCE_READERS = frozenset(os.path.join(os.path.dirname(os.__file__), name) for name in ("linecache.py", "tokenize.py"))

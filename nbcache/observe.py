@@ -24,9 +24,7 @@ seen (``docs/pitfalls.md``).
 
 from __future__ import annotations
 
-import functools
 import os
-import stat
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -34,10 +32,11 @@ from typing import Any
 
 from . import ambient
 from .audit import inherit, unwatch, watch
+from .callers import users, users_own
 from .checks import (
     NONE, UNHASHABLE, Check, checks_from_json, file_digest, first_failure, listing_digest, shown_path, stat_of,
 )
-from .fingerprint import library_roots
+from .datapaths import is_data_file, is_data_path
 from .fingerprint_source import is_user_file
 from .hashing import hash_value
 from .priors import prior_digest
@@ -46,18 +45,6 @@ from .priors import prior_digest
 # cached call uses the observer and its checks as one
 __all__ = ["Check", "Observer", "checks_from_json", "first_failure", "inherit"]
 
-_IGNORED_SUFFIXES = (".pyc", ".so", ".pyd")  # compiled code, which imports load
-
-
-@functools.cache
-def _kernel_cells() -> str:
-    """Where ipykernel writes cells' code for tracebacks (a new folder for every kernel)."""
-    import tempfile  # (with shutil and lzma: only once a run is observed, not on import's path)
-
-    return os.path.join(os.path.realpath(tempfile.gettempdir()), "ipykernel_")
-
-
-_SYSTEM_ROOTS = ("/proc/", "/sys/", "/dev/", "/etc/", "/usr/", "/run/")
 _ABSENT = object()
 
 
@@ -193,7 +180,7 @@ class Observer:
 
             def changes(logger: Any, handler: Any, _original: Any = original) -> Any:
                 if (threading.get_ident() == self.thread and not isinstance(handler, logging.NullHandler)
-                        and _users(sys._getframe(1), "logging")):
+                        and users(sys._getframe(1), "logging")):
                     self.set_up_logging = True
                 return _original(logger, handler)
 
@@ -216,7 +203,7 @@ class Observer:
             original = vars(owner)[name]
 
             def changes(*args: Any, _original: Any = original, _what: str = what, **kwargs: Any) -> Any:
-                if threading.get_ident() == self.thread and _users_own(sys._getframe(1)):
+                if threading.get_ident() == self.thread and users_own(sys._getframe(1)):
                     self.set_up_shell.setdefault(_what)
                 return _original(*args, **kwargs)
 
@@ -226,7 +213,7 @@ class Observer:
     def deleted(self) -> list[str]:
         """The user's files and folders the run deleted (not the cache's, a library's or the system's), as
         shown (relative to the working directory when below it)."""
-        return [shown_path(p) for p in self.removed if _is_data_path(p, self.cache_dir)]
+        return [shown_path(p) for p in self.removed if is_data_path(p, self.cache_dir)]
 
     def changed_state(self) -> dict[str, Any]:
         """The ambient state the run changed, to be set again on a hit."""
@@ -241,21 +228,21 @@ class Observer:
         assert self.before is not None and self.after is not None
         found: list[Check] = []
         for path, before in self.prior.items():  # read and written: it read what the file held before
-            if path in self.read and _is_data_path(path, self.cache_dir):
+            if path in self.read and is_data_path(path, self.cache_dir):
                 digest = prior_digest(path, before)
                 if digest:
                     found.append(Check("file", self._stored_path(path), digest))
         for path in self.read:  # (a file it changed is checked as it found it, above)
-            if path not in self.wrote and _is_data_file(path, self.cache_dir):
+            if path not in self.wrote and is_data_file(path, self.cache_dir):
                 found.append(self._file_check("file", path))
         for path in self.wrote:
-            if _is_data_file(path, self.cache_dir) and os.path.isfile(path):
+            if is_data_file(path, self.cache_dir) and os.path.isfile(path):
                 found.append(self._file_check("wrote", path))
         for path in self.made:
-            if _is_data_path(path, self.cache_dir) and os.path.isdir(path):
+            if is_data_path(path, self.cache_dir) and os.path.isdir(path):
                 found.append(Check("made", self._stored_path(path), "folder"))
         for path in self.listed:
-            if _is_data_path(path, self.cache_dir) and os.path.isdir(path):
+            if is_data_path(path, self.cache_dir) and os.path.isdir(path):
                 found.append(Check("folder", self._stored_path(path), listing_digest(path)))
         on_worker = ambient.RAN_ON.get() is not None  # (a draw there holds on workers only: ambient.OnWorker)
         for kind in ambient.KINDS:
@@ -326,55 +313,5 @@ class Observer:
         return Check(kind, self._stored_path(path), file_digest(path), stat_of(st))
 
 
-def _users(frame: Any, package: str) -> bool:
-    """Whether ``frame``'s code, past the frames of ``package`` (``logging``, ``logging.config``), is the user's."""
-    while frame is not None and str(frame.f_globals.get("__name__")).partition(".")[0] == package:
-        frame = frame.f_back
-    return frame is not None and is_user_file(frame.f_code.co_filename)
-
-
-def _users_own(frame: Any) -> bool:
-    """Whether the code ``frame`` runs is neither an import nor a line magic, nor called by one."""
-    while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib") or frame.f_code.co_name == "run_line_magic":
-            return False
-        frame = frame.f_back
-    return True
-
-
 CWD = "working directory"  # the ambient kind of os.getcwd()
 ENVIRON = "environment variables"  # the ambient kind of os.environ
-
-
-
-def _is_data_path(path: str, cache_dir: str) -> bool:
-    real = os.path.realpath(path)
-    if real.startswith(_SYSTEM_ROOTS) or real.startswith(library_roots()):
-        return False
-    cache = os.path.join(os.path.realpath(cache_dir), "")
-    return not (real + os.sep).startswith(cache) and not _is_config(real) and not real.startswith(_kernel_cells())
-
-
-def _is_data_file(path: str, cache_dir: str) -> bool:
-    if path.endswith(_IGNORED_SUFFIXES) or not _is_data_path(path, cache_dir):
-        return False
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _config_roots() -> tuple[str, ...]:
-    home = os.path.expanduser("~")
-    roots = [os.path.join(home, d) for d in (".cache", ".config", ".ipython", ".jupyter", ".local/share/jupyter",
-                                             ".matplotlib", ".keras")]
-    for variable in ("MPLCONFIGDIR", "IPYTHONDIR", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR",
-                     "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
-        if os.environ.get(variable):
-            roots.append(os.environ[variable])
-    return tuple(os.path.join(os.path.realpath(r), "") for r in roots)
-
-
-def _is_config(real: str) -> bool:
-    """Files of the tools themselves (matplotlib's font cache, IPython's and Jupyter's settings)."""
-    return real.startswith(_config_roots()) or os.path.basename(os.path.dirname(real)).startswith("matplotlib-")
