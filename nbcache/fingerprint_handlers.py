@@ -28,6 +28,7 @@ from .fingerprint_source import (
 )
 from .hash_base import BASE
 from .hash_core import Hasher, Unhashable, Walk, enter, feed, feed_bytes_tagged, leave, new_hasher, type_name
+from .sourceimports import reached
 from .statekinds import global_generator  # not ambient's re-export: ambient hashes with hash_value, over CODE
 
 __all__ = ["CODE", "feed_code", "label"]
@@ -230,13 +231,19 @@ def _feed_library_name(name: LibraryName, h: Hasher, walk: Walk) -> None:
 
 
 def _feed_user_module_name(name: UserModuleName, h: Hasher, walk: Walk) -> None:
-    feed_bytes_tagged(b"usermod-later", str(name).encode(), h)
-    source = b""
-    if name.origin is not None:
-        with contextlib.suppress(OSError):
-            with open(name.origin, "rb") as f:
+    """A module of the user's not imported yet: the sources of what importing it would run, and what it uses of
+    their modules imported already (``sourceimports.py``)."""
+    unimported, modules = reached(name)
+    for module in unimported:
+        feed_bytes_tagged(b"usermod-later", str(module).encode(), h)
+        source = b""
+        if module.origin is not None:
+            with contextlib.suppress(OSError), open(module.origin, "rb") as f:
                 source = f.read()
-    feed_bytes_tagged(b"source", source, h)
+        feed_bytes_tagged(b"source", source, h)
+    for module in modules:
+        feed_bytes_tagged(b"uses", module.__name__.encode(), h)
+        _feed_read(module.__name__, module, h, walk)
 
 
 def _feed_builtin(func: Any, h: Hasher, walk: Walk) -> None:

@@ -164,12 +164,12 @@ def test_a_value_that_no_longer_unpickles_is_recomputed(cache_dir, tmp_path, mon
         return importlib.import_module(name).Thing(v)
 
     make(1)
-    # the class changes in a way its stored instances can no longer be loaded into
-    (module_dir / "vanishing_mod.py").write_text(
-        source + "    def __setstate__(self, state):\n        raise RuntimeError('incompatible')\n")
-    import importlib
+    # the class changes in a way its stored instances can no longer be loaded into (in memory: an edit to the
+    # module's file would run the step again, as a file it read)
+    def refuse(self, state):
+        raise RuntimeError("incompatible")
 
-    importlib.reload(sys.modules["vanishing_mod"])
+    monkeypatch.setattr(sys.modules["vanishing_mod"].Thing, "__setstate__", refuse, raising=False)
     with pytest.warns(CacheWarning, match=r"cannot be unpickled \(RuntimeError: incompatible\)"):
         assert make(1).v == 1
     assert nbcache.runs()[-1].reason == "cached result was damaged"

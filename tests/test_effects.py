@@ -355,9 +355,9 @@ def test_a_cell_that_puts_a_folder_on_sys_path_and_imports_from_it_is_a_hit_afte
 
 
 def test_a_users_module_imported_by_one_a_step_imports_counts_as_a_file_it_read(cache_dir, tmp_path, monkeypatch):
-    """The key names a module of the user's that is not imported yet by its source file, without importing it
-    (which would run it before the body's earlier lines); what that module imports in turn is read from files
-    as the body runs: an edit to either runs the step again, and the step is a hit again after a restart."""
+    """The key names a module of the user's that is not imported yet by its source file, and those it imports,
+    without importing it (which would run it before the body's earlier lines): an edit to either runs the step
+    again, and the step is a hit again after a restart."""
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "outer_fx.py").write_text("import inner_fx\ndef scale(x):\n    return x * inner_fx.FACTOR\n")
@@ -382,9 +382,49 @@ def test_a_users_module_imported_by_one_a_step_imports_counts_as_a_file_it_read(
         assert scaled(5) == 10 and last().cached and "outer_fx" not in sys.modules
         inner.write_text("FACTOR = 3  # edited\n")  # (another size: byte-code of the same second is not taken)
         restart()
-        assert (scaled(5), last().cached, last().reason) == (15, False, "file inner_fx.py changed")
+        assert (scaled(5), last().cached, last().reason) == (15, False, "code changed")  # (its source, in the key)
     finally:
         restart()
+
+
+@pytest.mark.parametrize("layout", ["module", "package"])
+def test_what_a_module_not_imported_yet_uses_of_modules_imported_already_counts(cache_dir, tmp_path, monkeypatch,
+                                                                               layout):
+    """``import helpers`` (not imported yet: its source counts) where helpers does ``from utils import g`` and
+    an earlier cell imported utils: an edit to utils, imported again by that cell, ran no step again, and the
+    cell printed the old result (red-team). What it uses of modules imported already counts as they are."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    if layout == "module":
+        files = {"utils_ix.py": "K = 2\ndef g(x):\n    return x * K\n",
+                 "helpers_ix.py": "from utils_ix import g\ndef scale(x):\n    return g(x) + 1\n"}
+        used, helper, imports = "utils_ix", "helpers_ix", "import helpers_ix as h"
+    else:
+        files = {"pkg_ix/__init__.py": "from . import core\n", "pkg_ix/core.py": "K = 2\n",
+                 "pkg_ix/sub.py": "from .core import K\ndef scale(x):\n    return x * K + 1\n"}
+        used, helper, imports = "pkg_ix.core", "pkg_ix.sub", "import pkg_ix.sub as h"
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    importlib.invalidate_caches()
+    importlib.import_module(used)  # (an earlier cell imported it)
+    code = f"def scaled(x):\n    {imports}\n    return h.scale(x)\n"
+    namespace: dict = {}
+    exec(compile(code, str(tmp_path / "nb_ix.py"), "exec"), namespace)
+    scaled = nbcache.step(namespace["scaled"])
+    try:
+        assert scaled(10) == 21 and not last().cached
+        sys.modules.pop(helper)  # (a new kernel, where the earlier cell imports utils again)
+        assert scaled(10) == 21 and last().cached
+        sys.modules.pop(helper, None)  # (a hit of a step does not import it)
+        edited = tmp_path / (used.replace(".", "/") + ".py")
+        edited.write_text(edited.read_text().replace("K = 2", "K = 7  # edited"))
+        importlib.reload(sys.modules[used])
+        assert (scaled(10), last().cached) == (71, False)
+        assert last().reason.endswith(f"{used}.K changed")  # (the global of the module imported already)
+    finally:
+        for name in [n for n in sys.modules if n.split(".")[0] in ("utils_ix", "helpers_ix", "pkg_ix")]:
+            sys.modules.pop(name)
 
 
 def test_the_state_a_payload_set_as_it_loaded_is_set_back_when_it_fails_to_load(ip, tmp_path):
