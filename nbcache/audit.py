@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import dis
+import functools
 import os
 import sys
 import threading
@@ -41,7 +42,7 @@ class Watcher(Protocol):
     listed: dict[str, None]  # folders listed
     evaluated: dict[str, None]  # notebook variables an eval'd or exec'd string reads
     commands: dict[str, None]  # programs the run's own code started
-    removed: dict[str, None]  # files and folders the run's own code deleted, which it had not made itself
+    removed: dict[str, str]  # paths the run's own code deleted ("path"; "tree": rmtree) and had not made
     foreign: frozenset[int]  # threads that are not the run's (on a Dask worker, the worker's own: observe.py)
     inherited: list[Check]  # the checks of steps served from the cache inside this run
     failed: bool  # an event could not be followed: what the run read is not known
@@ -315,16 +316,17 @@ def _on_mkdir(watcher: Watcher, args: tuple) -> None:
         watcher.made.setdefault(os.path.abspath(os.fsdecode(path)))
 
 
-def _on_remove(watcher: Watcher, args: tuple) -> None:
-    """``os.remove``, ``os.rmdir``, ``shutil.rmtree`` asked for by the user's own code: a deletion a hit would
-    not repeat, unless of what the run made itself (a scratch file). (The removals ``rmtree`` makes inside the
-    tree, relative to a folder's descriptor, are its own: the tree is the one named.)"""
+def _on_remove(watcher: Watcher, args: tuple, *, tree: bool = False) -> None:
+    """``os.remove``, ``os.rmdir``, ``shutil.rmtree`` (``tree``) by the user's own code, of what the run did not
+    make (a scratch file), there or not: a hit would not delete it (``Observer.checks``). What ``rmtree`` removes
+    inside the tree, relative to a folder's descriptor, is its own."""
     path, dir_fd = (args[0], args[1]) if len(args) > 1 else (args[0] if args else None, None)
     if dir_fd not in (None, -1) or not isinstance(path, (str, bytes, os.PathLike)):  # (-1: no descriptor)
         return
-    path = os.path.abspath(os.fsdecode(path))
+    path = os.path.abspath(os.fsdecode(path))  # (called through a partial, which makes no frame: 2 is the code's)
     if path not in watcher.wrote and path not in watcher.made and asked_by_user(sys._getframe(2), watcher.namespace):
-        watcher.removed.setdefault(path)
+        if tree or path not in watcher.removed:
+            watcher.removed[path] = "tree" if tree else "path"
 
 
 def _on_command(watcher: Watcher, args: tuple) -> None:
@@ -349,5 +351,5 @@ _HANDLERS: dict[str, Callable[[Watcher, tuple], None]] = {
     "open": _on_open, "os.listdir": _on_listdir, "os.scandir": _on_listdir, "compile": _on_compile,
     "sqlite3.connect": _on_sqlite, "os.mkdir": _on_mkdir, "os.rename": _on_rename, "subprocess.Popen": _on_command,
     "os.system": _on_command, "os.spawn": _on_command, "os.exec": _on_command, "os.posix_spawn": _on_command,
-    "os.remove": _on_remove, "os.rmdir": _on_remove, "shutil.rmtree": _on_remove,
+    "os.remove": _on_remove, "os.rmdir": _on_remove, "shutil.rmtree": functools.partial(_on_remove, tree=True),
 }

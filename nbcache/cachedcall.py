@@ -283,9 +283,6 @@ class StepCall(Serving, Keeping):
             return "it sets up logging (a handler added or removed), which a hit would not set up again"
         if self.observer.set_up_shell:
             return f"it {' and '.join(self.observer.set_up_shell)}, which a hit would not do again"
-        if deleted := self.observer.deleted():
-            shown = ", ".join(deleted[:3]) + (f" and {len(deleted) - 3} more" if len(deleted) > 3 else "")
-            return f"it deletes files or folders ({shown}), which a hit would not delete again"
         return None
 
     def record(self, *, cached: bool, reason: str, outputs: tuple[str, ...], saved_s: float = 0.0,

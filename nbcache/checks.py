@@ -24,7 +24,7 @@ from .hashing import hash_value
 __all__ = ["CHANGED_BY_THE_RUN", "KINDS", "NO_FILE", "UNHASHABLE", "Check", "checks_from_json", "file_digest",
            "first_failure", "listing_digest", "stat_of"]
 
-KINDS = frozenset({"file", "wrote", "made", "folder", "state", "setting", "random", "variable"})
+KINDS = frozenset({"file", "wrote", "made", "folder", "gone", "tree", "state", "setting", "random", "variable"})
 """Every kind of check; anything else in a stored entry means the entry is damaged."""
 _FILE_KINDS = frozenset({"file", "wrote"})  # the checks that carry a stat
 _PAIRED_KINDS = frozenset({"state", "setting"})  # digests "before|after": the state as a run found and left it
@@ -41,7 +41,8 @@ class Check(NamedTuple):
     """One dependency discovered while a step ran, with what it was then.
 
     ``kind`` is ``file`` (read), ``wrote`` (a file the step wrote), ``made`` (a folder it created),
-    ``folder`` (listed), ``state`` (the whole of an ambient state, e.g. display settings), ``setting`` (one
+    ``folder`` (listed), ``gone`` (a path it deleted, not there when it ended), ``tree`` (a folder it deleted
+    with ``rmtree`` and made again: what it held then), ``state`` (the whole of an ambient state, e.g. display settings), ``setting`` (one
     key of a mapping state, ``name<TAB>key``), ``random`` (the state a global generator started from) or
     ``variable`` (a notebook variable read through eval). ``target`` is a path (relative to the folder the
     step started in when it is below it), a state's, a generator's or a variable's name. ``digest`` is the
@@ -95,6 +96,12 @@ class Check(NamedTuple):
         if self.kind == "folder":
             if listing_digest(self.target) != self.digest:
                 return f"folder {shown_path(self.target)} changed (files added or removed)"
+            return None
+        if self.kind == "gone":  # (a hit would not delete it: the run does)
+            return f"{shown_path(self.target)}, which it deletes, is there" if os.path.lexists(self.target) else None
+        if self.kind == "tree":
+            if tree_digest(self.target) != self.digest:
+                return f"folder {shown_path(self.target)}, which it deletes and makes again, holds other files"
             return None
         if self.kind in _PAIRED_KINDS:
             return self._state_failure()
@@ -239,6 +246,14 @@ def file_digest(path: str, limit: int | None = None) -> str:
     except OSError:
         return ""
     return h.hexdigest()
+
+
+def tree_digest(path: str) -> str:
+    """The hash of the names of everything below a folder; "" if it is not there."""
+    if not os.path.isdir(path):
+        return ""
+    names = sorted(os.path.relpath(os.path.join(d, n), path) for d, dirs, files in os.walk(path) for n in dirs + files)
+    return xxhash.xxh3_128("\0".join(["tree", *names]).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def listing_digest(path: str) -> str:

@@ -34,7 +34,7 @@ from . import ambient
 from .audit import inherit, unwatch, watch
 from .callers import users, users_own
 from .checks import (
-    NONE, UNHASHABLE, Check, checks_from_json, file_digest, first_failure, listing_digest, shown_path, stat_of,
+    NONE, UNHASHABLE, Check, checks_from_json, file_digest, first_failure, listing_digest, stat_of, tree_digest,
 )
 from .datapaths import is_data_file, is_data_path
 from .fingerprint_source import is_user_file
@@ -65,7 +65,7 @@ class Observer:
     #                                                       to): their content's digests as it found them
     made: dict[str, None] = field(default_factory=dict)  # folders it created
     commands: dict[str, None] = field(default_factory=dict)  # programs its own code started
-    removed: dict[str, None] = field(default_factory=dict)  # files and folders its own code deleted
+    removed: dict[str, str] = field(default_factory=dict)  # paths its own code deleted ("tree": rmtree)
     listed: dict[str, None] = field(default_factory=dict)
     evaluated: dict[str, None] = field(default_factory=dict)
     failed: bool = False
@@ -210,11 +210,6 @@ class Observer:
             self._patches.append((owner, name, original))
             setattr(owner, name, changes)
 
-    def deleted(self) -> list[str]:
-        """The user's files and folders the run deleted (not the cache's, a library's or the system's), as
-        shown (relative to the working directory when below it)."""
-        return [shown_path(p) for p in self.removed if is_data_path(p, self.cache_dir)]
-
     def changed_state(self) -> dict[str, Any]:
         """The ambient state the run changed, to be set again on a hit."""
         assert self.before is not None and self.after is not None
@@ -244,6 +239,12 @@ class Observer:
         for path in self.listed:
             if is_data_path(path, self.cache_dir) and os.path.isdir(path):
                 found.append(Check("folder", self._stored_path(path), listing_digest(path)))
+        for path, how in self.removed.items():  # (what a hit would not delete: the state the run left, checked)
+            if is_data_path(path, self.cache_dir):
+                if not os.path.lexists(path):
+                    found.append(Check("gone", self._stored_path(path), "deleted"))
+                elif how == "tree" and os.path.isdir(path):  # (made again: a file it wrote is a check of its own)
+                    found.append(Check("tree", self._stored_path(path), tree_digest(path)))
         on_worker = ambient.RAN_ON.get() is not None  # (a draw there holds on workers only: ambient.OnWorker)
         for kind in ambient.KINDS:
             if kind.rng and kind.name in self.before.values and kind.name in self.after.values \

@@ -259,31 +259,43 @@ def test_a_file_read_is_checked_on_lookup(ip, tmp_path):
     assert (last().status, last().reason) == ("failed", "file data.csv was removed")
 
 
-@pytest.mark.parametrize("cell, deleted", [
-    ("import os\nos.remove('old.csv')", "old.csv"),
-    ("from pathlib import Path\nPath('old.csv').unlink()", "old.csv"),
-    ("import shutil\nshutil.rmtree('results', ignore_errors=True)\nimport os\nos.makedirs('results')", "results"),
-    ("import os\nos.rmdir('empty')", "empty"),
+@pytest.mark.parametrize("cell, deleted, reason", [
+    ("import os\nos.remove('old.csv')", "old.csv", "old.csv, which it deletes, is there"),
+    ("from pathlib import Path\nPath('old.csv').unlink(missing_ok=True)", "old.csv", "old.csv, which it deletes, is there"),
+    ("import os\nos.rmdir('empty')", "empty", "empty, which it deletes, is there"),
+    ("import shutil\nshutil.rmtree('results', ignore_errors=True)", "results", "results, which it deletes, is there"),
+    ("import shutil, os\nshutil.rmtree('results', ignore_errors=True)\nos.makedirs('results')",
+     "results/part2.csv", "folder results, which it deletes and makes again, holds other files"),
 ])
-def test_a_cell_deleting_files_it_found_runs_every_time(ip, tmp_path, cell, deleted):
+def test_a_cell_deleting_files_is_a_hit_only_while_they_are_gone(ip, tmp_path, cell, deleted, reason):
     """A hit would not delete them: after a restart, a cell below listing the folder found them still there
-    (red-team). The deletion is not stored; the cell runs again, and says why."""
-    for _ in range(2):  # (the second time as after a restart, the files there again)
+    (red-team). What the run deleted is checked on lookup as it left it: gone, or the folder it made again as
+    it was; the cell runs again, and says why, when they are there again, as the run would delete them."""
+    def files() -> None:  # (what an earlier cell makes, before this one deletes it)
         (tmp_path / "old.csv").write_text("a\n1\n")
         (tmp_path / "results").mkdir(exist_ok=True)
         (tmp_path / "results" / "part2.csv").write_text("a\n2\n")
         (tmp_path / "empty").mkdir(exist_ok=True)
-        run(ip, "%%step\n" + cell)
-        assert not (tmp_path / deleted).exists() or not any((tmp_path / deleted).iterdir())
-    assert not last().cached
-    assert last().reason.startswith(f"runs every time: it deletes files or folders ({deleted}), which a hit would"
-                                    " not delete again")
+
+    files()
+    run(ip, "%%step\n" + cell)
+    assert not (tmp_path / deleted).exists() and not last().cached
+    run(ip, "%%step\n" + cell)
+    assert last().cached  # (nothing there to delete: what the run would do, the hit leaves as it is)
+    files()
+    run(ip, "%%step\n" + cell)
+    assert (last().cached, last().reason) == (False, reason)
+    assert not (tmp_path / deleted).exists()
 
 
-def test_deleting_what_the_run_made_itself_or_a_librarys_own_files_is_no_deletion(ip, tmp_path):
-    cell = ("%%step\nimport os, tempfile\nwith open('scratch.txt', 'w') as f:\n    f.write('x')\nos.remove('scratch.txt')\n"
+def test_deleting_what_the_run_made_itself_or_what_is_not_there_or_is_made_again_is_no_deletion(ip, tmp_path):
+    (tmp_path / "old.csv").write_text("a\n1\n")
+    cell = ("%%step\nimport os, shutil, tempfile\nfrom pathlib import Path\n"
+            "with open('scratch.txt', 'w') as f:\n    f.write('x')\nos.remove('scratch.txt')\n"
             "with tempfile.TemporaryDirectory() as d:\n    open(os.path.join(d, 'a'), 'w').close()\n"
-            "with tempfile.NamedTemporaryFile() as f:\n    pass\nos.makedirs('tmpdir')\nos.rmdir('tmpdir')\ny = 1")
+            "with tempfile.NamedTemporaryFile() as f:\n    pass\nos.makedirs('tmpdir')\nos.rmdir('tmpdir')\n"
+            "Path('none.csv').unlink(missing_ok=True)\nshutil.rmtree('no-such-folder', ignore_errors=True)\n"
+            "Path('old.csv').unlink()\nPath('old.csv').write_text('a\\n2\\n')  # (replaced: no file is gone)\ny = 1")
     run(ip, cell)
     run(ip, cell)
     assert last().cached
