@@ -201,9 +201,12 @@ class CellCall(StepCall):
 
     def _restore(self, payload: dict, entry: Entry) -> Any:
         ns = self.shell.user_ns
-        for module in (m for m in self.imports if not m.startswith(".")):  # `import a.b` binds `a`; the
-            with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):  # restored `a` needs
-                importlib.import_module(module)  # `a.b` imported again (what it prints: as in lookup)
+        # `import a.b` binds `a`, which needs `a.b` imported again; the user's modules the run imported (through a
+        # function it called, too) are imported again, as a cell below that imports them finds them without
+        # nbcache (what they print: shown by the replay, as in lookup)
+        for module in [*(m for m in self.imports if not m.startswith(".")), *payload.get("modules", ())]:
+            with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
+                importlib.import_module(module)
         self._run_magics_again()
         self.set_state(payload.get("ambient") or {})  # after the magics: `%matplotlib inline` sets rc too
         ns.update(payload["variables"])  # functions and classes come back living in ns (see pickler.py)
@@ -308,7 +311,7 @@ class CellCall(StepCall):
                    "result": None if self.quiet else outcome.result,
                    "result_display": None if self.quiet else recorder.result_display,
                    "shown": [] if self.quiet else recorder.shown,
-                   "ambient": changed}
+                   "ambient": changed, "modules": self.observer.imported}
         defined_here = {id(v) for v in variables.values() if isinstance(v, (type, types.FunctionType))
                         and id(v) not in before.values()}
         try:

@@ -84,6 +84,7 @@ class Observer:
     set_up_shell: dict[str, None] = field(default_factory=dict)  # what its own code changed of IPython's display
     #                                                               formatters and magics (``_watch_shell``)
     modules: frozenset[str] = frozenset()  # the modules imported before it ran
+    imported: list[str] = field(default_factory=list)  # the user's modules it imported, in order
 
     def __enter__(self) -> Observer:
         on_worker = ambient.RAN_ON.get()
@@ -118,10 +119,12 @@ class Observer:
         """The source files of the user's modules the run imported are files it read: no key has their code
         (``fingerprint_source.imported`` names a module not imported yet without running it), so an edit to one
         runs the step again."""
+        self.imported = []
         for name in [n for n in sys.modules if n not in self.modules]:
             path = getattr(sys.modules.get(name), "__file__", None)
             if isinstance(path, str) and is_user_file(path):
                 self.read.setdefault(os.path.abspath(path))
+                self.imported.append(name)
 
     def _patch_seeds(self) -> None:
         """Wrap the seeding functions of the generators (``np.random.seed``, and a name the notebook bound

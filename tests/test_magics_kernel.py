@@ -364,3 +364,28 @@ def test_errors_in_a_step_cell_name_its_own_number_and_its_value_shows_as_its_ou
     assert named(plain)[2] == ["Cell In[3]"] and named(plain)[3] == ["Cell In[4]"]  # (what is compared holds)
     assert named(cached) == named(plain)
     assert out(cached) == out(plain) == [5]
+
+
+def test_a_users_module_a_cell_imports_through_a_function_is_imported_again_by_its_hit(tmp_path):
+    """``n = load_count()``, where ``load_count`` imports helpers: its hit did not import helpers, so a cell
+    below importing it ran the module there, printing what the notebook without nbcache printed above, and made
+    another key (red-team). A hit imports the user's modules its run imported, quietly: the replay shows what
+    they printed."""
+    (tmp_path / "helpers.py").write_text("print('loading helpers')\nX = 41\ndef count():\n    return X + 1\n")
+    body = ["def load_count():\n    import helpers\n    return helpers.count()", "n = load_count()\nprint(n)",
+            "import helpers\nprint(helpers.X)"]
+
+    def run(cached: bool) -> nbformat.NotebookNode:
+        cells = ["%load_ext nbcache"] + [f"%%step s{i}\n{c}" for i, c in enumerate(body)] + [HISTORY] if cached \
+            else ["pass", *body, "pass"]
+        nb = new_notebook(cells=[new_code_cell(c) for c in cells],
+                          metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+        NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}}).execute()
+        return nb
+
+    def printed(nb: nbformat.NotebookNode) -> list[str]:
+        return ["".join(o.get("text", "") for o in visible_outputs(cell)) for cell in nb.cells[1:4]]
+
+    plain, cold, again = run(False), run(True), run(True)
+    assert [printed(nb) for nb in (plain, cold, again)] == [["", "loading helpers\n42\n", "41\n"]] * 3
+    assert history(again) == [("s0", True), ("s1", True), ("s2", True)]
