@@ -28,9 +28,14 @@ class Flow:
 
 
 def flow_of(body: list[ast.stmt]) -> Flow:
-    """The reads, binds and imports of a cell's top-level statements."""
+    """The reads, binds and imports of a cell's top-level statements. The names of forward references in
+    annotations (``item: "Item"``, which pydantic resolves as the class is made) are reads too, unless the
+    cell binds them (a class naming itself, or one defined below it)."""
     walker = _Walker()
     walker.statements(body)
+    for name in walker.forward:
+        if name not in walker.binds:
+            walker.reads.setdefault(name)
     return Flow(tuple(walker.reads), tuple(walker.binds), tuple(walker.imports))
 
 
@@ -49,12 +54,14 @@ class _Walker:
         self.binds: dict[str, None] = {}
         self.certain: set[str] = set()
         self.imports: dict[str, None] = {}
+        self.forward: dict[str, None] = {}
 
     def read(self, node: ast.AST | None) -> None:
         if node is None:
             return
         reader = _Reader()
         reader.visit(node)
+        self.forward.update(dict.fromkeys(reader.forward))
         for name in reader.names:
             if name not in self.certain:
                 self.reads.setdefault(name)
@@ -218,10 +225,24 @@ class _Reader(ast.NodeVisitor):
     def __init__(self) -> None:
         self.names: list[str] = []
         self.global_writes: set[str] = set()
+        self.forward: list[str] = []  # the names in forward references (string annotations)
 
     def visit_Name(self, node: ast.Name) -> None:
         if isinstance(node.ctx, ast.Load):
             self.names.append(node.id)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        self._forward(node.annotation)
+        self.generic_visit(node)
+
+    def _forward(self, annotation: ast.expr) -> None:
+        """``"Item"``, ``"list[Item]"``: the names a string annotation would read if evaluated."""
+        if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
+            try:
+                parsed = ast.parse(annotation.value.strip(), mode="eval")
+            except (SyntaxError, ValueError):  # (a comment in an annotation: no reference)
+                return
+            self.forward += [n.id for n in ast.walk(parsed) if isinstance(n, ast.Name)]
 
     def visit_Call(self, node: ast.Call) -> None:
         """``df.query("tip > @limit")`` and ``df.eval(...)`` read ``limit`` from the caller's variables."""
@@ -248,11 +269,14 @@ class _Reader(ast.NodeVisitor):
         bound -= declared
         self.names.extend(n for n in inner.names if n not in bound)
         self.global_writes |= declared | inner.global_writes
+        self.forward += inner.forward
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         for expr in [*node.decorator_list, *_defaults(node.args), *_annotations(node)]:
             self.visit(expr)  # (annotations too: evaluated as the def runs, unless a cell imported
             # `from __future__ import annotations`, when reading them only makes a change re-run the cell)
+        for annotation in _annotations(node):
+            self._forward(annotation)
         self._nested(_parameters(node.args), list(node.body))
 
     visit_AsyncFunctionDef = visit_FunctionDef
@@ -277,6 +301,7 @@ class _Reader(ast.NodeVisitor):
                 for n in ast.walk(statement))
             self.names.extend(n for n in inner.names if unseen or n not in class_bound)
             self.global_writes |= inner.global_writes
+            self.forward += inner.forward
             class_bound.update(_scope_bindings(statement))
 
     def _comprehension(self, node: ast.AST, elements: list[ast.AST]) -> None:

@@ -570,6 +570,21 @@ def test_a_step_cell_with_nothing_under_it_does_nothing_as_an_empty_cell(ip, cel
     assert ip.run_cell("%%step\nz = 1").success and ip.user_ns["z"] == 1  # (the magic itself is untouched)
 
 
+def test_a_forward_reference_in_an_annotation_is_a_read_of_the_cell(ip):
+    """``i: "Inner"``: pydantic resolves it as the class is made, so ``Outer`` holds the ``Inner`` of then. The
+    cell never named ``Inner`` in code: after an edit to ``Inner`` it was a hit, keeping the old one (red-team).
+    A class naming itself (a tree) is no read of the cell's: it stays a hit."""
+    inner = "%%step inner\nfrom pydantic import BaseModel\nclass Inner(BaseModel):\n    v: int = 1"
+    outer = "%%step outer\nclass Outer(BaseModel):\n    i: 'Inner' = None\n    kids: 'list[Outer]' = []"
+    for cell in (inner, outer, inner, outer):
+        run(ip, cell)
+    assert nbcache.runs()[-1].cached
+    run(ip, inner.replace("v: int = 1", "v: int = 2"))
+    run(ip, outer)
+    assert (nbcache.runs()[-1].cached, nbcache.runs()[-1].reason) == (False, "input Inner changed")
+    assert ip.run_cell("Outer(i={}).i.v").result == 2
+
+
 def test_a_step_function_read_by_the_cell_is_not_replaced(ip):
     ip.run_cell("from nbcache import step\n@step\ndef helper(v):\n    return v * SCALE")
     rerun(ip, "%%step\nSCALE = 3\nr = helper(1)", "r")
