@@ -93,3 +93,42 @@ def two_steps():
         return sum(values)
 
     return load, total
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _a_kernel_that_lost_its_port_is_started_again():
+    """A kernel's ports are chosen free by jupyter_client, then bound by the kernel: a kernel another test
+    started meanwhile can take one first (``ZMQError: Address already in use``), and the kernel dies before it
+    replies. Nothing of the notebook has run then: a new kernel, on new ports, runs it (twice more at most).
+    (``execute`` is nbclient's own sync wrapper of the coroutine as it was: both are wrapped.)"""
+    from nbclient import NotebookClient
+
+    def lost_its_port(exc: RuntimeError, attempt: int) -> bool:
+        if "Kernel died before replying to kernel_info" not in str(exc) or attempt == 2:
+            return False
+        print(f"\nkernel lost its port, started again: {exc}", file=sys.__stderr__)
+        return True
+
+    originals = NotebookClient.async_execute, NotebookClient.execute
+
+    async def async_execute(self, *args, **kwargs):
+        for attempt in range(3):
+            try:
+                return await originals[0](self, *args, **kwargs)
+            except RuntimeError as exc:
+                if not lost_its_port(exc, attempt):
+                    raise
+                self.km = self.kc = None
+
+    def execute(self, *args, **kwargs):
+        for attempt in range(3):
+            try:
+                return originals[1](self, *args, **kwargs)
+            except RuntimeError as exc:
+                if not lost_its_port(exc, attempt):
+                    raise
+                self.km = self.kc = None
+
+    NotebookClient.async_execute, NotebookClient.execute = async_execute, execute
+    yield
+    NotebookClient.async_execute, NotebookClient.execute = originals
