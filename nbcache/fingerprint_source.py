@@ -127,8 +127,8 @@ def imported(name: str, package: str | None) -> Any:
     if not is_user_code(name, spec.origin):
         return LibraryName(name)
     # Not imported here: importing runs the module, which must run when the body imports it, after what comes
-    # before that import (an environment variable set, a print, a file written). Its source file counts now, found
-    # without running anything; and every module of the user's the run imports is a file it read (``Observer``).
+    # before that import (an environment variable set, a print, a file written). Its source counts, read without
+    # running anything (``sourceimports.py``); and every module of the user's the run imports is a file it read.
     return UserModuleName(name, _source_of(name, spec))
 
 
@@ -160,10 +160,10 @@ class LibraryName(str):
 
 
 class UserModuleName(str):
-    """One of the user's own modules, not imported yet: it counts by name and the content of its source file
-    (``origin``, None if not found), and what it imports in turn as files the run read. (Imported, it counts by
-    what it holds: a cell run again in the same kernel after its first run imported the module makes another key,
-    once.)"""
+    """One of the user's own modules, not imported yet: it counts by what importing it would run and use, read
+    from its source file (``origin``, None if not found) and those of the user's modules it imports
+    (``sourceimports.py``). (Imported, it counts by what it holds: a cell run again in the same kernel after its
+    first run imported the module makes another key, once.)"""
 
     origin: str | None
 

@@ -116,9 +116,9 @@ class Observer:
         self._read_modules_imported()
 
     def _read_modules_imported(self) -> None:
-        """The source files of the user's modules the run imported are files it read: no key has their code
-        (``fingerprint_source.imported`` names a module not imported yet without running it), so an edit to one
-        runs the step again."""
+        """The source files of the user's modules the run imported are files it read, so that an edit to one runs
+        the step again: a key holds what it reads in their sources (``sourceimports.py``), not a module found only
+        as the step ran (``sys.path.append("src")`` first) or named by a variable (``import_module(name)``)."""
         self.imported = []
         for name in [n for n in sys.modules if n not in self.modules]:
             path = getattr(sys.modules.get(name), "__file__", None)
