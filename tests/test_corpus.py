@@ -49,6 +49,7 @@ EDITS = {
     "widgets_files_shell.ipynb": ("N_READINGS = 6", "N_READINGS = 8"),  # -> readings.txt/.csv -> ...
     "timeseries_cleaning.ipynb": ("N_DAYS = 21", "N_DAYS = 28"),  # -> raw csv -> df -> daily, weekly, files
     "simulation_statistics.ipynb": ("DRIFT = 0.05", "DRIFT = 0.1"),  # -> walks, bootstrap, queue, files
+    "project_package.ipynb": ("'and', 'of'}", "'and', 'of', 'cat'}"),  # its words.py -> textstats -> stats, report
 }
 CORPUS = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
 
