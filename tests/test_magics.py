@@ -575,7 +575,9 @@ def test_a_forward_reference_in_an_annotation_is_a_read_of_the_cell(ip):
     cell never named ``Inner`` in code: after an edit to ``Inner`` it was a hit, keeping the old one (red-team).
     A class naming itself (a tree) is no read of the cell's: it stays a hit."""
     inner = "%%step inner\nfrom pydantic import BaseModel\nclass Inner(BaseModel):\n    v: int = 1"
-    outer = "%%step outer\nclass Outer(BaseModel):\n    i: 'Inner' = None\n    kids: 'list[Outer]' = []"
+    outer = ("%%step outer\nclass Outer(BaseModel):\n    i: 'Inner' = None\n\n"
+             "class Node:\n"
+             "    kids: 'list[Node]'")
     for cell in (inner, outer, inner, outer):
         run(ip, cell)
     assert nbcache.runs()[-1].cached
