@@ -51,6 +51,17 @@ def history(nb: nbformat.NotebookNode) -> list[tuple[str, bool]]:
     return eval(text)  # the list printed by the HISTORY cell
 
 
+def run_cells(body: list[str], cached: bool, cwd: Path) -> nbformat.NotebookNode:
+    """``body``'s cells run in a new kernel in ``cwd``: cached, after ``%load_ext nbcache``, each under
+    ``%%step s<i>`` and followed by the HISTORY cell; or plain, between two ``pass`` cells (the same indexes)."""
+    cells = (["%load_ext nbcache"] + [f"%%step s{i}\n{c}" for i, c in enumerate(body)] + [HISTORY] if cached
+             else ["pass", *body, "pass"])
+    nb = new_notebook(cells=[new_code_cell(c) for c in cells],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(cwd)}}).execute()
+    return nb
+
+
 def visible_outputs(cell: nbformat.NotebookNode) -> list[dict]:
     """A cell's outputs without nbcache's own 'from the cache' line and without execution counts."""
     outputs = []
@@ -255,12 +266,7 @@ def test_a_global_a_cell_changes_through_a_function_it_calls_comes_back_with_a_h
             "y = f(1) + f(2)", "print(y, len(calls), calls, total)"]
 
     def run(cached: bool) -> nbformat.NotebookNode:
-        cells = (["%load_ext nbcache"] + [f"%%step s{i}\n{c}" for i, c in enumerate(body)] + [HISTORY]
-                 if cached else ["pass", *body, "pass"])
-        nb = new_notebook(cells=[new_code_cell(c) for c in cells],
-                          metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
-        NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}}).execute()
-        return nb
+        return run_cells(body, cached, tmp_path)
 
     plain, cold, again = run(False), run(True), run(True)
     printed = [[o["text"] for o in visible_outputs(nb.cells[4])] for nb in (plain, cold, again)]
@@ -316,12 +322,7 @@ def test_a_users_module_a_cell_imports_runs_when_the_cell_imports_it(tmp_path):
             "print(settings.MODE, os.environ['APP_MODE'])"]
 
     def run(cached: bool) -> nbformat.NotebookNode:
-        cells = ["%load_ext nbcache"] + [f"%%step s{i}\n{c}" for i, c in enumerate(body)] + [HISTORY] if cached \
-            else ["pass", *body, "pass"]
-        nb = new_notebook(cells=[new_code_cell(c) for c in cells],
-                          metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
-        NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}}).execute()
-        return nb
+        return run_cells(body, cached, tmp_path)
 
     def printed(nb: nbformat.NotebookNode) -> list[str]:
         return ["".join(o.get("text", "") for o in visible_outputs(cell)) for cell in nb.cells[1:3]]
@@ -376,12 +377,7 @@ def test_a_users_module_a_cell_imports_through_a_function_is_imported_again_by_i
             "import helpers\nprint(helpers.X)"]
 
     def run(cached: bool) -> nbformat.NotebookNode:
-        cells = ["%load_ext nbcache"] + [f"%%step s{i}\n{c}" for i, c in enumerate(body)] + [HISTORY] if cached \
-            else ["pass", *body, "pass"]
-        nb = new_notebook(cells=[new_code_cell(c) for c in cells],
-                          metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
-        NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(tmp_path)}}).execute()
-        return nb
+        return run_cells(body, cached, tmp_path)
 
     def printed(nb: nbformat.NotebookNode) -> list[str]:
         return ["".join(o.get("text", "") for o in visible_outputs(cell)) for cell in nb.cells[1:4]]
