@@ -40,14 +40,13 @@ _HASH_CHUNK = 8 << 20
 class Check(NamedTuple):
     """One dependency discovered while a step ran, with what it was then.
 
-    ``kind`` is ``file`` (read), ``wrote`` (a file the step wrote), ``made`` (a folder it created),
-    ``folder`` (listed), ``gone`` (a path it deleted, not there when it ended), ``tree`` (a folder it deleted
-    with ``rmtree`` and made again: what it held then), ``state`` (the whole of an ambient state, e.g. display
-    settings), ``setting`` (one key of a mapping state, ``name<TAB>key``), ``random`` (the state a global generator started from) or
-    ``variable`` (a notebook variable read through eval). ``target`` is a path (relative to the folder the
-    step started in when it is below it), a state's, a generator's or a variable's name. ``digest`` is the
-    content hash (``before|after`` for a state or setting); ``stat`` the file's (size, mtime_ns, inode)
-    for the fast path.
+    ``kind`` is ``file`` (read), ``wrote`` (a file the step wrote), ``made`` (a folder it created), ``folder``
+    (listed), ``gone`` (a path it deleted, not there when it ended), ``tree`` (a folder it deleted with ``rmtree``
+    and made again: what it held then), ``state`` (the whole of an ambient state, e.g. display settings),
+    ``setting`` (one key of a mapping state, ``name<TAB>key``), ``random`` (the state a global generator started
+    from) or ``variable`` (a notebook variable read through eval). ``target`` is a path (relative to the folder the
+    step started in when it is below it), a state's, a generator's or a variable's name. ``digest`` is the content
+    hash (``before|after`` for a state or setting); ``stat`` the file's (size, mtime_ns, inode) for the fast path.
     """
 
     kind: str
