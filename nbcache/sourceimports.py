@@ -11,6 +11,7 @@ imported yet, by its source in turn.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import os
 import types
@@ -18,9 +19,6 @@ import types
 from .fingerprint_source import UserModuleName, imported, is_user_code, module_file
 
 __all__ = ["reached"]
-
-_PARSED: dict[str, tuple[tuple[int, int], tuple[tuple[str, int, tuple[str, ...]], ...]]] = {}  # by file
-
 
 def reached(root: UserModuleName) -> tuple[list[UserModuleName], list[types.ModuleType]]:
     """The user's modules not imported yet that importing ``root`` would run (itself first), and the user's
@@ -84,19 +82,17 @@ def _parse(path: str) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
         st = os.stat(path)
     except OSError:
         return ()
-    state = (st.st_mtime_ns, st.st_size)
-    kept = _PARSED.get(path)
-    if kept is not None and kept[0] == state:
-        return kept[1]
+    return _parsed(path, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
     try:
         with open(path, "rb") as f:
             tree = ast.parse(f.read(), path)
     except (OSError, SyntaxError, ValueError):
-        found: tuple[tuple[str, int, tuple[str, ...]], ...] = ()
-    else:
-        found = tuple((alias.name, 0, ()) for node in ast.walk(tree) if isinstance(node, ast.Import)
-                      for alias in node.names) + \
-            tuple((node.module or "", node.level, tuple(a.name for a in node.names))
-                  for node in ast.walk(tree) if isinstance(node, ast.ImportFrom))
-    _PARSED[path] = (state, found)
-    return found
+        return ()
+    return tuple((alias.name, 0, ()) for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names) + \
+        tuple((node.module or "", node.level, tuple(a.name for a in node.names))
+              for node in ast.walk(tree) if isinstance(node, ast.ImportFrom))
