@@ -17,6 +17,7 @@ import contextlib
 import html
 import importlib
 import io
+import sys
 import time
 import tokenize
 import types
@@ -203,10 +204,15 @@ class CellCall(StepCall):
         ns = self.shell.user_ns
         # `import a.b` binds `a`, which needs `a.b` imported again; the user's modules the run imported (through a
         # function it called, too) are imported again, as a cell below that imports them finds them without
-        # nbcache (what they print: shown by the replay, as in lookup)
-        for module in [*(m for m in self.imports if not m.startswith(".")), *payload.get("modules", ())]:
+        # nbcache (what they print: shown by the replay, as in lookup). Only what the run imported: not a module of
+        # a branch it did not take (`if FANCY: import fancy_style`), whose import may do what the run did not.
+        imports = payload.get("imports", [m for m in self.imports if not m.startswith(".")])
+        for module in [*imports, *payload.get("modules", ())]:
             with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
                 importlib.import_module(module)
+        for module in payload.get("reloads", ()):  # (`importlib.reload(mod)`: the cells below find it reloaded)
+            with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
+                importlib.reload(sys.modules[module])
         self._run_magics_again()
         self.set_state(payload.get("ambient") or {})  # after the magics: `%matplotlib inline` sets rc too
         ns.update(payload["variables"])  # functions and classes come back living in ns (see pickler.py)
@@ -311,7 +317,9 @@ class CellCall(StepCall):
                    "result": None if self.quiet else outcome.result,
                    "result_display": None if self.quiet else recorder.result_display,
                    "shown": [] if self.quiet else recorder.shown,
-                   "ambient": changed, "modules": self.observer.imported}
+                   "ambient": changed, "modules": self.observer.imported,
+                   "imports": [m for m in self.imports if not m.startswith(".") and m in sys.modules],
+                   "reloads": list(self.observer.reloaded)}
         defined_here = {id(v) for v in variables.values() if isinstance(v, (type, types.FunctionType))
                         and id(v) not in before.values()}
         try:

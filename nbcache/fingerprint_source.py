@@ -124,7 +124,10 @@ def imported(name: str, package: str | None) -> Any:
         spec = None
     if spec is None:
         return MISSING
-    if not is_user_code(name, spec.origin):
+    where = spec.origin  # (a namespace package, a folder without __init__.py, has none: where that folder is)
+    if where in (None, "namespace"):
+        where = next(iter(spec.submodule_search_locations or ()), None)
+    if not is_user_code(name, where):
         return LibraryName(name)
     # Not imported here: importing runs the module, which must run when the body imports it, after what comes
     # before that import (an environment variable set, a print, a file written). Its source counts, read without

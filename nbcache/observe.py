@@ -24,6 +24,7 @@ seen (``docs/pitfalls.md``).
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import threading
@@ -40,6 +41,7 @@ from .datapaths import is_data_file, is_data_path
 from .fingerprint_source import is_user_file
 from .hashing import hash_value
 from .priors import prior_digest
+from .sourceimports import used_files
 
 # Check, checks_from_json, first_failure (checks.py) and inherit (audit.py) are imported from here too: a
 # cached call uses the observer and its checks as one
@@ -85,6 +87,7 @@ class Observer:
     #                                                               formatters and magics (``_watch_shell``)
     modules: frozenset[str] = frozenset()  # the modules imported before it ran
     imported: list[str] = field(default_factory=list)  # the user's modules it imported, in order
+    reloaded: dict[str, None] = field(default_factory=dict)  # ... and reloaded (importlib.reload)
 
     def __enter__(self) -> Observer:
         on_worker = ambient.RAN_ON.get()
@@ -95,6 +98,7 @@ class Observer:
         self._patch_seeds()
         self._watch_logging()
         self._watch_shell()
+        self._watch_reload()
         watch(self)
         return self
 
@@ -123,8 +127,9 @@ class Observer:
         for name in [n for n in sys.modules if n not in self.modules]:
             path = getattr(sys.modules.get(name), "__file__", None)
             if isinstance(path, str) and is_user_file(path):
-                self.read.setdefault(os.path.abspath(path))
                 self.imported.append(name)
+        for path in used_files(self.imported):  # (and the user's modules they import, imported before or not)
+            self.read.setdefault(os.path.abspath(path))
 
     def _patch_seeds(self) -> None:
         """Wrap the seeding functions of the generators (``np.random.seed``, and a name the notebook bound
@@ -212,6 +217,25 @@ class Observer:
 
             self._patches.append((owner, name, original))
             setattr(owner, name, changes)
+
+    def _watch_reload(self) -> None:
+        """Wrap ``importlib.reload`` (and a name of the notebook bound to it), to tell the user's modules a run
+        reloads: a hit reloads them again, or the cells below would find the module as it was before."""
+        original = importlib.reload
+
+        def reload(module: Any) -> Any:
+            path = getattr(module, "__file__", None)
+            if threading.get_ident() == self.thread and isinstance(path, str) and is_user_file(path):
+                self.reloaded.setdefault(module.__name__)
+            return original(module)
+
+        self._patches.append((importlib, "reload", original))
+        importlib.reload = reload  # type: ignore[assignment]
+        self._aliases.append((original, reload))
+        aliases = self.namespace or {}
+        for name, value in list(aliases.items()):
+            if value is original:
+                aliases[name] = reload
 
     def changed_state(self) -> dict[str, Any]:
         """The ambient state the run changed, to be set again on a hit."""

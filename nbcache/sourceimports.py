@@ -14,11 +14,12 @@ import ast
 import functools
 import importlib.util
 import os
+import sys
 import types
 
 from .fingerprint_source import UserModuleName, imported, is_user_code, module_file
 
-__all__ = ["reached"]
+__all__ = ["reached", "used_files"]
 
 def reached(root: UserModuleName) -> tuple[list[UserModuleName], list[types.ModuleType]]:
     """The user's modules not imported yet that importing ``root`` would run (itself first), and the user's
@@ -39,6 +40,25 @@ def reached(root: UserModuleName) -> tuple[list[UserModuleName], list[types.Modu
             elif isinstance(value, types.ModuleType) and is_user_code(value.__name__, module_file(value)):
                 modules.setdefault(value.__name__, value)
     return list(found.values()), [modules[n] for n in sorted(modules)]
+
+
+def used_files(names: list[str]) -> list[str]:
+    """The source files of the user's modules that the (imported) modules ``names`` import, those imported in
+    turn, and their own: what a run that imported them used, whether or not it imported it itself (a module it
+    imported by a name made as it ran, or found only once it put a folder on ``sys.path``, that imports one an
+    earlier cell imported)."""
+    seen, files, pending = set(names), [], list(names)
+    while pending:
+        module = sys.modules.get(pending.pop(0))
+        path = getattr(module, "__file__", None)
+        if module is None or not isinstance(path, str) or not is_user_code(module.__name__, path):
+            continue
+        files.append(path)
+        for name in _imports(UserModuleName(module.__name__, path)):
+            if name not in seen and name in sys.modules:
+                seen.add(name)
+                pending.append(name)
+    return files
 
 
 def _parents(module: UserModuleName) -> list[UserModuleName]:

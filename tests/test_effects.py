@@ -439,6 +439,67 @@ def test_what_a_module_not_imported_yet_uses_of_modules_imported_already_counts(
             sys.modules.pop(name)
 
 
+@pytest.mark.parametrize("layout", ["imported by a name made as it runs", "a namespace package"])
+def test_a_module_a_step_imports_counts_with_the_users_modules_it_uses_imported_before(ip, tmp_path, monkeypatch,
+                                                                                      layout):
+    """``common`` imported by an earlier cell, and used by a module the cell imports where no key can follow it
+    (``import_module(f"plugins.{name}")``; a folder without ``__init__.py``, taken for a library's): an edit to
+    common.py ran the earlier cell again but served this one with the old value (red-team)."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    common = tmp_path / "common_ux.py"
+    common.write_text("K = 1\n")
+    (tmp_path / "plugins_ux").mkdir()
+    (tmp_path / "plugins_ux" / "plug.py").write_text("from common_ux import K\nV = K * 10\n")
+    cell = ("%%step\nimport importlib\nname = 'plug'\nv = importlib.import_module(f'plugins_ux.{name}').V"
+            if layout.startswith("imported") else "%%step\nimport plugins_ux.plug\nv = plugins_ux.plug.V")
+
+    def restart() -> None:  # (a new kernel, where the earlier cell imports common again)
+        for name in [n for n in sys.modules if n.split(".")[0] in ("common_ux", "plugins_ux")]:
+            sys.modules.pop(name)
+        importlib.invalidate_caches()
+        importlib.import_module("common_ux")
+
+    try:
+        restart()
+        run(ip, cell)
+        restart()
+        run(ip, cell)
+        assert last().cached and ip.user_ns["v"] == 10
+        common.write_text("K = 2  # edited\n")
+        restart()
+        run(ip, cell)
+        assert (last().cached, ip.user_ns["v"]) == (False, 20)
+    finally:
+        for name in [n for n in sys.modules if n.split(".")[0] in ("common_ux", "plugins_ux")]:
+            sys.modules.pop(name)
+
+
+def test_a_hit_imports_and_reloads_only_what_its_run_did(ip, tmp_path, monkeypatch):
+    """A hit imported every module the cell names, a branch it did not take too (``if FANCY: import fancy``,
+    whose import set an environment variable), and did not repeat ``importlib.reload(mod)`` (red-team)."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "fancy_rx.py").write_text("import os\nos.environ['NBCACHE_TEST_STYLE'] = 'fancy'\n")
+    module = tmp_path / "mod_rx.py"
+    branch = "%%step\nFANCY = False\nif FANCY:\n    import fancy_rx"
+    load, reload = "%%step\nimport mod_rx", "%%step\nimport importlib\nimportlib.reload(mod_rx)\nv = mod_rx.V"
+    try:
+        for source, cells in (("V = 1\n", [branch, load]), ("V = 2  # (another size)\n", [reload])) * 2:
+            module.write_text(source)
+            importlib.invalidate_caches()
+            if cells[0] is branch:  # (the second time: a new kernel)
+                for name in ("mod_rx", "fancy_rx"):
+                    sys.modules.pop(name, None)
+            for cell in cells:
+                run(ip, cell)
+        assert [r.cached for r in nbcache.runs()[-3:]] == [True, True, True]
+        assert "fancy_rx" not in sys.modules and "NBCACHE_TEST_STYLE" not in os.environ
+        assert sys.modules["mod_rx"].V == 2 and ip.user_ns["v"] == 2
+    finally:
+        for name in ("mod_rx", "fancy_rx"):
+            sys.modules.pop(name, None)
+        os.environ.pop("NBCACHE_TEST_STYLE", None)
+
+
 def test_the_state_a_payload_set_as_it_loaded_is_set_back_when_it_fails_to_load(ip, tmp_path):
     """sys.path is set as the payload loads, before its variables: one that then fails to load is no hit, and
     the cell, run again, puts src on the path once, as without nbcache, not twice."""
