@@ -80,7 +80,7 @@ class Observer:
     drew_first: set[str] = field(default_factory=set)  # generators drawn from before being seeded
     foreign: frozenset[int] = frozenset()  # threads whose events are not the run's (see __enter__)
     _patches: list[tuple[Any, str, Any]] = field(default_factory=list)
-    _aliases: list[tuple[Any, Any]] = field(default_factory=list)  # (a seeding function, its wrapper)
+    _aliases: list[tuple[Any, Any]] = field(default_factory=list)  # (a function, its wrapper: _wrap)
     _pending: list[Any] = field(default_factory=list)  # cancel the taking of a state when its module is imported
     set_up_logging: bool = False  # its own code added or removed a logging handler (basicConfig, addHandler)
     set_up_shell: dict[str, None] = field(default_factory=dict)  # what its own code changed of IPython's display
@@ -157,23 +157,13 @@ class Observer:
     def _patch_seed(self, kind: ambient.AmbientKind) -> None:
         assert kind.seed is not None
         owner = sys.modules.get(kind.seed[0])
-        original = getattr(owner, kind.seed[1], None)
-        if owner is None or original is None:
-            return
+        if owner is not None:  # (from any thread: a step drawing in threads it started seeds there too)
+            self._wrap(owner, kind.seed[1], lambda frame, *_: self._seeded(kind), any_thread=True, alias=True)
 
-        def seed(*args: Any, _kind: ambient.AmbientKind = kind, _original: Any = original, **kwargs: Any) -> Any:
-            if _kind.name not in self.seeded_first and _kind.name not in self.drew_first:
-                unchanged = self.before is not None and self.before.same(_kind.name)
-                (self.seeded_first if unchanged else self.drew_first).add(_kind.name)
-            return _original(*args, **kwargs)
-
-        self._patches.append((owner, kind.seed[1], original))
-        setattr(owner, kind.seed[1], seed)
-        self._aliases.append((original, seed))
-        aliases = self.namespace or {}
-        for name, value in list(aliases.items()):
-            if value is original:
-                aliases[name] = seed
+    def _seeded(self, kind: ambient.AmbientKind) -> None:
+        if kind.name not in self.seeded_first and kind.name not in self.drew_first:
+            unchanged = self.before is not None and self.before.same(kind.name)
+            (self.seeded_first if unchanged else self.drew_first).add(kind.name)
 
     def _watch_logging(self, logging: Any = None) -> None:
         """Wrap ``Logger.addHandler`` and ``removeHandler`` (once ``logging`` is imported), to tell a run whose
@@ -183,17 +173,13 @@ class Observer:
         if logging is None:
             self._pending.append(ambient.when_imported("logging", self._watch_logging))
             return
+
+        def changes(frame: Any, logger: Any, handler: Any, *_: Any) -> None:
+            if not isinstance(handler, logging.NullHandler) and users(frame, "logging"):
+                self.set_up_logging = True
+
         for name in ("addHandler", "removeHandler"):
-            original = vars(logging.Logger)[name]
-
-            def changes(logger: Any, handler: Any, _original: Any = original) -> Any:
-                if (threading.get_ident() == self.thread and not isinstance(handler, logging.NullHandler)
-                        and users(sys._getframe(1), "logging")):
-                    self.set_up_logging = True
-                return _original(logger, handler)
-
-            self._patches.append((logging.Logger, name, original))
-            setattr(logging.Logger, name, changes)
+            self._wrap(logging.Logger, name, changes)
 
     def _watch_shell(self) -> None:
         """Wrap how IPython's display formatters (``for_type``, ``for_type_by_name``, ``pop``) and magics
@@ -207,35 +193,44 @@ class Observer:
                    for name in ("for_type", "for_type_by_name", "pop")] if formatters is not None else []
         targets += [(magic.MagicsManager, name, "defines magics") for name in ("register", "register_function")] \
             if magic is not None else []
+        def changes(frame: Any, what: str) -> None:
+            if users_own(frame):
+                self.set_up_shell.setdefault(what)
+
         for owner, name, what in targets:
-            original = vars(owner)[name]
-
-            def changes(*args: Any, _original: Any = original, _what: str = what, **kwargs: Any) -> Any:
-                if threading.get_ident() == self.thread and users_own(sys._getframe(1)):
-                    self.set_up_shell.setdefault(_what)
-                return _original(*args, **kwargs)
-
-            self._patches.append((owner, name, original))
-            setattr(owner, name, changes)
+            self._wrap(owner, name, lambda frame, *_, what=what: changes(frame, what))
 
     def _watch_reload(self) -> None:
         """Wrap ``importlib.reload`` (and a name of the notebook bound to it), to tell the user's modules a run
         reloads: a hit reloads them again, or the cells below would find the module as it was before."""
-        original = importlib.reload
-
-        def reload(module: Any) -> Any:
-            path = getattr(module, "__file__", None)
-            if threading.get_ident() == self.thread and isinstance(path, str) and is_user_file(path):
+        def reloading(frame: Any, module: Any, *_: Any) -> None:
+            if isinstance(path := getattr(module, "__file__", None), str) and is_user_file(path):
                 self.reloaded.setdefault(module.__name__)
-            return original(module)
 
-        self._patches.append((importlib, "reload", original))
-        importlib.reload = reload  # type: ignore[assignment]
-        self._aliases.append((original, reload))
-        aliases = self.namespace or {}
-        for name, value in list(aliases.items()):
-            if value is original:
-                aliases[name] = reload
+        self._wrap(importlib, "reload", reloading, alias=True)
+
+    def _wrap(self, owner: Any, name: str, note: Any, *, any_thread: bool = False, alias: bool = False) -> None:
+        """While the run is under way, ``owner.name`` (a function of a module, a method of a class) first calls
+        ``note(the frame of its caller, *its arguments)``: in the run's own thread only, unless ``any_thread``.
+        With ``alias``, the notebook's names bound to it call the wrapper too (``from importlib import reload``),
+        and are bound to it again when the run ends (``__exit__``)."""
+        original = vars(owner).get(name)
+        if original is None:
+            return
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if any_thread or threading.get_ident() == self.thread:
+                note(sys._getframe(1), *args)
+            return original(*args, **kwargs)
+
+        self._patches.append((owner, name, original))
+        setattr(owner, name, wrapper)
+        if alias:
+            self._aliases.append((original, wrapper))
+            names = self.namespace or {}
+            for bound, value in list(names.items()):
+                if value is original:
+                    names[bound] = wrapper
 
     def changed_state(self) -> dict[str, Any]:
         """The ambient state the run changed, to be set again on a hit."""

@@ -21,6 +21,7 @@ from .fingerprint_source import UserModuleName, imported, is_user_code, module_f
 
 __all__ = ["reached", "used_files"]
 
+
 def reached(root: UserModuleName) -> tuple[list[UserModuleName], list[types.ModuleType]]:
     """The user's modules not imported yet that importing ``root`` would run (itself first), and the user's
     modules already imported that they import; each once, in a stable order."""
