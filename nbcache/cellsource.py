@@ -34,11 +34,9 @@ __all__ = ["cache_cell", "give_source", "run_as_step_cell"]
 
 
 def cache_cell(shell: Any, cell: str, source: str) -> str | None:
-    """Cache the text of the ``%%step`` cell running now (``source``: as the shell transformed it) as the shell
-    caches a cell it runs, under the number of that cell: the name its code's file is given. (The shell runs
-    the cell's body as a cell of its own, numbered after the ``%%step`` cell, which a traceback through the
-    functions it defines showed as ``In[n + 1]``: this numbers it as the same cell without nbcache.) None if
-    the shell could not (never raises)."""
+    """Cache the text of the ``%%step`` cell served now (``source``: as the shell transformed it) as the shell
+    caches a cell it runs, under the number of that cell (as ``run_as_step_cell`` does for a run): the name its
+    code's file is given. None if the shell could not (never raises)."""
     try:
         return shell.compile.cache(source, running_number(shell), raw_code=cell)
     except Exception:  # (a shell of another kind): tracebacks show what they did before

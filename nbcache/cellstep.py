@@ -31,7 +31,7 @@ from .cache import Cache
 from .cachedcall import StepCall, addresses_of
 from .capture import Recorder, publish, replay, show_result_as_recorded
 from .cellcode import CellCode
-from .cellsource import cache_cell, give_source, run_as_step_cell
+from .cellsource import give_source, run_as_step_cell
 from .cellnames import CellNames
 from .cellvars import (HISTORY_NAMES, Alias, Outputs, code_state, deleted_names, memory_size, output_names,
                        picklable)
@@ -273,7 +273,6 @@ class CellCall(StepCall):
                 recorder.patch(shell.displayhook, "quiet", lambda: True)
             outcome = run_as_step_cell(shell, self.cell)
         shell.displayhook.exec_result = outer
-        cache_cell(shell, self.cell, self.source)  # (the In[n] its functions' tracebacks show: the %%step cell's)
         if outer is not None and outcome.success and recorder.result_display is not None:
             outer.result = outcome.result  # the cell's result, as without %%step
         duration = time.perf_counter() - t_body
