@@ -207,12 +207,13 @@ class CellCall(StepCall):
         # nbcache (what they print: shown by the replay, as in lookup). Only what the run imported: not a module of
         # a branch it did not take (`if FANCY: import fancy_style`), whose import may do what the run did not.
         imports = payload.get("imports", [m for m in self.imports if not m.startswith(".")])
-        for module in [*imports, *payload.get("modules", ())]:
-            with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
-                importlib.import_module(module)
-        for module in payload.get("reloads", ()):  # (`importlib.reload(mod)`: the cells below find it reloaded)
-            with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
-                importlib.reload(sys.modules[module])
+        with contextlib.redirect_stdout(io.StringIO()):
+            for module in [*imports, *payload.get("modules", ())]:
+                with contextlib.suppress(Exception):
+                    importlib.import_module(module)
+            for module in payload.get("reloads", ()):  # (`importlib.reload(mod)`: the cells below find it so)
+                with contextlib.suppress(Exception):
+                    importlib.reload(sys.modules[module])
         self._run_magics_again()
         self.set_state(payload.get("ambient") or {})  # after the magics: `%matplotlib inline` sets rc too
         ns.update(payload["variables"])  # functions and classes come back living in ns (see pickler.py)
