@@ -24,6 +24,7 @@ from .entry import AMBIENT_BLOB, Entry, Latest
 from .errors import UncacheableError
 from .errors import warn as _warn
 from .frame import Frame
+from .fingerprint_source import users_class
 from .hashing import Walk, hash_value
 from .keeping import Keeping
 from .serving import MISS, Serving
@@ -94,8 +95,8 @@ class StepCall(Serving, Keeping):
             self.carried_from.add(carried.identity)
             return True
         walk = Walk()
-        if parts is not None and callable(value):  # (a function, a class, a function a decorator wrapped)
-            walk.parts = parts
+        if parts is not None and (callable(value) or users_class(type(value))):  # (a function, a class, a
+            walk.parts = parts  # function a decorator wrapped; an object of the user's class, whose methods may run)
         try:
             self.inputs[name] = hash_value(value, root=name, walk=walk)
         except UncacheableError as exc:
@@ -283,7 +284,7 @@ class StepCall(Serving, Keeping):
             return "it sets up logging (a handler added or removed), which a hit would not set up again"
         if self.observer.set_up_shell:
             return f"it {' and '.join(self.observer.set_up_shell)}, which a hit would not do again"
-        return None
+        return self.observer.changes_modules()
 
     def record(self, *, cached: bool, reason: str, outputs: tuple[str, ...], saved_s: float = 0.0,
                status: str = "ok", error: str | None = None, output_names: tuple[str, ...] = (),

@@ -31,6 +31,7 @@ class CellCode:
     shell: tuple[str, ...] = ()  # shell commands it runs, as written: "!ls", "%%bash", "os.system()"
     magics: tuple[tuple[str, str], ...] = ()  # top-level line magics whose effect outlives the cell
     dynamic: str = ""  # how it reads the namespace without naming variables: "globals()", or ""
+    sets: tuple[str, ...] = ()  # attributes of dotted names it assigns or deletes: "np.flag"
 
     def default_name(self, inputs: list[str]) -> str:
         """A name for the step that stays the same while the cell binds and reads the same variables:
@@ -54,4 +55,5 @@ def analyse_cell(source: str) -> CellCode:
     flow = flow_of(tree.body)
     effects = effects_of(tree)
     magics = tuple(m for st in tree.body if (m := line_magic(st)) and m[0] in REPLAYED_MAGICS)
-    return CellCode(digest, flow.reads, flow.binds, flow.imports, effects.shell, magics, effects.dynamic)
+    return CellCode(digest, flow.reads, flow.binds, flow.imports, effects.shell, magics, effects.dynamic,
+                    effects.sets)

@@ -33,12 +33,22 @@ SHELL_FUNCTIONS = {
 class Effects:
     shell: tuple[str, ...]  # shell commands, as written and in order, once each: "!ls", "%%bash", "os.system()"
     dynamic: str  # how it reads the namespace without naming variables: "globals()", or ""
+    sets: tuple[str, ...] = ()  # attributes it assigns or deletes, of dotted names: "np.flag", "a.b.c"
+
+
+def _dotted(node: ast.expr) -> str | None:
+    """``a.b.c`` for a chain of names and attributes, else None."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute) and (base := _dotted(node.value)) is not None:
+        return f"{base}.{node.attr}"
+    return None
 
 
 def effects_of(tree: ast.AST) -> Effects:
     finder = _Finder()
     finder.visit(tree)
-    return Effects(tuple(dict.fromkeys(finder.shell)), finder.dynamic)
+    return Effects(tuple(dict.fromkeys(finder.shell)), finder.dynamic, tuple(dict.fromkeys(finder.sets)))
 
 
 def _in_namespace(line: str | None) -> bool:
@@ -57,12 +67,15 @@ _NAMESPACE_READERS = frozenset({"ev", "ex", "user_ns", "user_global_ns", "run_ce
 
 
 class _Finder(ast.NodeVisitor):
-    """Shell commands anywhere in the cell, and reads of the whole namespace (``globals()``; at top
-    level also ``locals()``, ``vars()`` and ``dir()`` with no argument)."""
+    """Shell commands anywhere in the cell, reads of the whole namespace (``globals()``; at top level also
+    ``locals()``, ``vars()`` and ``dir()`` with no argument), and the attributes of dotted names it sets
+    (``np.flag = 1``, ``del cfg.x``, ``setattr(torch.backends.cudnn, "benchmark", True)``): which of
+    them are attributes of modules is known only as the cell runs."""
 
     def __init__(self) -> None:
         self.shell: list[str] = []
         self.dynamic = ""
+        self.sets: list[str] = []
         self._depth = 0  # inside a function, lambda or class: locals() is its own
 
     def visit_Call(self, node: ast.Call) -> None:
@@ -83,6 +96,10 @@ class _Finder(ast.NodeVisitor):
             elif (code := line_magic_code(node)) is not None and code[1] is None:
                 self.dynamic = self.dynamic or f"%{first}"  # (its code could not be told from its options)
         func = node.func
+        if (isinstance(func, ast.Name) and func.id in ("setattr", "delattr") and len(node.args) >= 2
+                and (target := _dotted(node.args[0])) and isinstance(name := node.args[1], ast.Constant)
+                and isinstance(name.value, str)):
+            self.sets.append(f"{target}.{name.value}")
         if (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
                 and func.attr in SHELL_FUNCTIONS.get(func.value.id, ())):
             self.shell.append(f"{func.value.id}.{func.attr}()")
@@ -93,6 +110,8 @@ class _Finder(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
+        if isinstance(node.ctx, (ast.Store, ast.Del)) and (target := _dotted(node)) is not None:
+            self.sets.append(target)
         # `get_ipython().ev("x")`, `get_ipython().user_ns["x"]`: the namespace read through IPython's own API
         if not self.dynamic and node.attr in _NAMESPACE_READERS and isinstance(node.value, ast.Call):
             func = node.value.func  # (`get_ipython()`, `IPython.get_ipython()`)

@@ -33,13 +33,14 @@ from .capture import Recorder, publish, replay, show_result_as_recorded
 from .cellcode import CellCode
 from .cellsource import give_source, run_as_step_cell
 from .cellnames import CellNames
-from .cellvars import (HISTORY_NAMES, Alias, Outputs, code_state, deleted_names, memory_size, output_names,
-                       picklable)
+from .cellvars import (HISTORY_NAMES, Alias, Outputs, changed_classes, code_states, deleted_names, memory_size,
+                       output_names, picklable)
 from .entry import Entry
 from .errors import warn as _warn
 from .fingerprint import imported_module
 from .frame import Unpicklable
 from .hashing import hash_value
+from .modulestate import module_attributes
 from .pickler import LIVE_NAMESPACE, Ahead
 from .records import describe_error, format_seconds
 from .serving import MISS
@@ -47,7 +48,6 @@ from .store import Store
 
 __all__ = ["Analysed", "CellCall", "CellUsageError", "StepCellFailed", "ends_with_semicolon"]
 
-_CODE = (types.FunctionType, type)  # (what a cell may change besides variables: defaults, class attributes)
 AHEAD = ("sys.path", "matplotlib backend", "environment variables")  # the state a hit makes as it loads the
 # variables, before them: where their modules are, the backend a figure restored takes, the environment a module
 # they name reads as it is imported again (`os.environ["MODE"] = "test"`, then `import settings`)
@@ -149,7 +149,9 @@ class CellCall(StepCall):
         self.shell, self.cell, self.restrict = shell, cell, args.outputs
         self.missing_outputs: list[str] = []  # what --outputs names but the cell did not define
         self.imports = code.imports
+        self.sets = code.sets
         self.code_states: dict[str, str | None] = {}  # of the functions and classes it reads, before it runs
+        self.class_states: dict[type, str | None] = {}  # ... and of the classes of the objects it reads
         self.read: dict[str, str] = {}  # the globals the functions it reads read, by name: their digests
         self.quiet, self.source = analysed.quiet, analysed.source
         self.binds = list(code.binds)
@@ -266,7 +268,7 @@ class CellCall(StepCall):
         shell = self.shell
         ns = shell.user_ns
         before = {name: id(value) for name, value in ns.items()}
-        self.code_states = {n: code_state(ns[n]) for n in self.input_names if isinstance(ns.get(n), _CODE)}
+        self.code_states, self.class_states = code_states(ns, self.input_names)
         t_body = time.perf_counter()
         outer = shell.displayhook.exec_result  # the %%step cell's own result, which the inner run replaces
         with Recorder(shell) as recorder, self.watching(store, frozenset(self.binds)):
@@ -290,7 +292,11 @@ class CellCall(StepCall):
               duration: float) -> None:
         """Store what the cell bound (when ``store``) and record the run."""
         ns = self.shell.user_ns
+        if store and self.observer is not None:  # (a library's module too: `np.flag = 1`, seen in the code)
+            self.observer.changed_modules += [n for n in module_attributes(ns, self.sets)
+                                              if n not in self.observer.changed_modules]
         names, _, aliases, live, changed_code = self._outputs(before)
+        changed_code = (*changed_code, *changed_classes(self.class_states))
         values = [ns[name] for name in names]
         addresses = addresses_of(values)
         variables = {name: aliases.get(name, ns[name]) for name in names}
@@ -298,8 +304,8 @@ class CellCall(StepCall):
         if store and self.missing_outputs:
             unrepeatable = f"--outputs names {', '.join(self.missing_outputs)}, which the cell does not define"
         elif store and changed_code:
-            unrepeatable = (f"it changes {', '.join(changed_code)} (a default value, or a class's attribute), which"
-                            " a hit would not change again")
+            unrepeatable = (f"it changes {', '.join(changed_code)} (a default value, what a closure holds, a class's"
+                            " attribute, or a method's instance), which a hit would not change again")
         elif store:
             unrepeatable = ("it shows a widget, which needs the live kernel object a replay cannot give back"
                             if recorder.shows_a_widget() else self.not_cacheable_after_run())

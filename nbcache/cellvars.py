@@ -15,20 +15,24 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 from .fingerprint import read_digest
 from .fingerprint_code import code_info
-from .fingerprint_source import is_user_code
+from .fingerprint_source import is_user_code, users_class
 from .frame import Frame, Unpicklable
 from .hashing import hash_value
 from .sharing import NOT_FOLLOWED, VALUES, reach
 from .step import Step
 
-__all__ = ["HISTORY_NAMES", "IPYTHON_NAMES", "Alias", "Outputs", "code_state", "deleted_names", "is_closed",
-           "memory_size", "output_names", "picklable"]
+__all__ = ["HISTORY_NAMES", "IPYTHON_NAMES", "Alias", "Outputs", "changed_classes", "code_read", "code_state",
+           "code_states", "deleted_names", "is_closed", "memory_size", "output_names", "picklable"]
 
 # Names IPython itself binds as cells run (_, __, _i3, _oh, ...): never a cell's outputs.
 IPYTHON_NAMES = re.compile(r"_+\d*|_i+\d*|_(oh|dh|ih|ii|iii)|In|Out|exit|quit|get_ipython")
 # Of those, the ones that hold what earlier cells showed or were (_, _3, Out[3], _i2, In): a cell that reads
 # one depends on its value, though IPython hides it from %who as its own.
 HISTORY_NAMES = re.compile(r"_{1,3}|_\d+|_i{1,3}|_i\d+|_(oh|ih)|In|Out")
+
+# What a cell may change besides variables: default values, what a closure holds, class attributes, the
+# instance of a bound method (``code_state``).
+_CODE = (types.FunctionType, type, types.MethodType)
 
 # A function's hash follows the globals it reads: a change there is no mutation of the function.
 _CODE_TYPES = (types.FunctionType, type, types.ModuleType, types.MethodType, Step)
@@ -110,7 +114,7 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
                 unchanged.append(name)
         except Exception:
             pass
-    mine = notebook_reads([ns[n] for n in input_names if n in ns and callable(ns[n])], ns) if read else set()
+    mine = notebook_reads(code_read(ns, input_names), ns) if read else set()
     for name, digest in read.items():  # (what it changed through a function: as a hit must change it too)
         value = ns.get(name, _ABSENT)
         if (name in mine and name not in names and name not in input_names and value is not _ABSENT
@@ -124,6 +128,21 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
     names += aliases_of(ns, names, held)
     return Outputs(names + holders_of(ns, names, held, existed=set(before.values())), [], aliases, live,
                    tuple(changed_code))
+
+
+def code_read(ns: Mapping[str, Any], names: Sequence[str]) -> list[Any]:
+    """The code a cell reading ``names`` may run of the user's: the functions and classes among them, and the
+    classes of the user's objects among them (``ev.run(3)``), with their bases of the user's."""
+    found: list[Any] = []
+    for name in names:
+        value = ns.get(name, _ABSENT)
+        if value is _ABSENT:
+            continue
+        if callable(value):
+            found.append(value)
+        elif users_class(type(value)):
+            found += [kind for kind in type(value).__mro__ if users_class(kind)]
+    return list({id(v): v for v in found}.values())
 
 
 def notebook_reads(code: Sequence[Any], ns: Mapping[str, Any]) -> set[str]:
@@ -170,24 +189,55 @@ def functions_of(value: Any) -> Iterator[types.FunctionType]:
 
 def code_state(value: Any) -> str | None:
     """The hash of what a function or a class of the user's (the notebook's, or a module of theirs) holds
-    besides its code: a function's default values, its attributes and the lists, dicts and sets its closure
-    holds (``counter.calls += 1``, a registry appended to), a class's attributes that are not functions (not
-    the globals they read: those are variables of their own). None for anything else (a library's, which
-    may keep caches of its own in them), or what cannot be hashed."""
+    besides its code: a function's default values, its attributes and what its closure holds (``counter.calls
+    += 1``, a registry appended to, a ``nonlocal`` count, an array), a class's attributes (``Point.describe =
+    describe``: a function, by identity), a bound method's instance (``tick = tracker.tick``). Only ever
+    compared with itself before a run. None for anything else (a library's, which may keep caches of its
+    own in them), or what cannot be hashed."""
+    if isinstance(value, types.MethodType):
+        inner = code_state(value.__func__)
+        return None if inner is None else _hashed((inner, _state_of(value.__self__)))
     module = getattr(value, "__module__", None)
     if isinstance(value, types.FunctionType):
         if not is_user_code(module, value.__code__.co_filename):
             return None
-        cells = [c.cell_contents for c in value.__closure__ or () if type(_contents(c)) in (list, dict, set)]
-        attributes = {k: v for k, v in vars(value).items() if not callable(v) and k != "__wrapped__"}
+        cells = [_state_of(_contents(c)) for c in value.__closure__ or ()]
+        attributes = {k: _state_of(v) for k, v in vars(value).items() if k != "__wrapped__"}
         state: Any = (value.__defaults__, value.__kwdefaults__, attributes, cells)
     elif isinstance(value, type):
-        if not is_user_code(module, getattr(sys.modules.get(module or ""), "__file__", None)):
+        if not users_class(value):
             return None
-        state = {k: v for k, v in vars(value).items() if not k.startswith("__") and not callable(v)
-                 and not isinstance(v, (staticmethod, classmethod, property))}
+        state = {k: _state_of(v) for k, v in vars(value).items() if not (k.startswith("__") and k.endswith("__"))}
     else:
         return None
+    return _hashed(state)
+
+
+def code_states(ns: Mapping[str, Any], names: Sequence[str]) -> tuple[dict[str, str | None], dict[type, str | None]]:
+    """Before a cell runs, the ``code_state`` of the functions, classes and bound methods among ``names``, and
+    of the classes of the user's objects among them (``reg.items.append(x)`` changes ``Registry``)."""
+    by_name = {n: code_state(ns[n]) for n in names if isinstance(ns.get(n), _CODE)}
+    named = {id(ns[n]) for n in by_name}
+    return by_name, {kind: code_state(kind) for kind in code_read(ns, names)
+                     if isinstance(kind, type) and id(kind) not in named}
+
+
+def changed_classes(states: Mapping[type, str | None]) -> list[str]:
+    """The classes whose ``code_state`` is no longer the one in ``states``."""
+    return [kind.__qualname__ for kind, state in states.items() if state is not None and code_state(kind) != state]
+
+
+def _state_of(value: Any) -> Any:
+    """A value held by a function or a class: code by identity (its own code is the key's), data by content."""
+    if callable(value) or isinstance(value, (types.ModuleType, staticmethod, classmethod, property)):
+        return ("id", id(value))
+    try:
+        return hash_value(value)
+    except Exception:  # (what cannot be hashed: whether it is the same object)
+        return ("id", id(value))
+
+
+def _hashed(state: Any) -> str | None:
     try:
         return hash_value(state)
     except Exception:

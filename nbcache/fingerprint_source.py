@@ -21,7 +21,7 @@ from typing import Any
 
 __all__ = [
     "MISSING", "LibraryName", "UserModuleName", "imported", "imported_module", "is_user_code", "is_user_file",
-    "library_path", "library_roots", "module_file", "package_version",
+    "library_path", "library_roots", "module_file", "package_version", "users_class",
 ]
 
 MISSING = object()
@@ -103,6 +103,12 @@ def package_version(module_name: str) -> str:
         except importlib.metadata.PackageNotFoundError:
             continue
     return f"{top}==?"
+
+
+def users_class(kind: type) -> bool:
+    """Whether the class ``kind`` was defined by the user (in the notebook, or a module of theirs)."""
+    module = getattr(kind, "__module__", None)
+    return is_user_code(module, getattr(sys.modules.get(module or ""), "__file__", None))
 
 
 def module_file(module: types.ModuleType) -> str | None:

@@ -40,6 +40,7 @@ from .checks import (
 from .datapaths import is_data_file, is_data_path
 from .fingerprint_source import is_user_file
 from .hashing import hash_value
+from .modulestate import ModuleStates, changed_variables, module_states, unrepeatable
 from .priors import prior_digest
 from .sourceimports import used_files
 
@@ -88,6 +89,8 @@ class Observer:
     modules: frozenset[str] = frozenset()  # the modules imported before it ran
     imported: list[str] = field(default_factory=list)  # the user's modules it imported, in order
     reloaded: dict[str, None] = field(default_factory=dict)  # ... and reloaded (importlib.reload)
+    module_states: ModuleStates = field(default_factory=dict)  # the variables of the user's modules, before it ran
+    changed_modules: list[str] = field(default_factory=list)  # ... those it changed ("config.THRESHOLD")
 
     def __enter__(self) -> Observer:
         on_worker = ambient.RAN_ON.get()
@@ -95,6 +98,7 @@ class Observer:
             self.foreign = on_worker.foreign - {self.thread}
         self.before = ambient.snapshot()
         self.modules = frozenset(sys.modules)
+        self.module_states = module_states(self.namespace)
         self._patch_seeds()
         self._watch_logging()
         self._watch_shell()
@@ -118,6 +122,11 @@ class Observer:
         self._aliases.clear()
         self.after = ambient.snapshot()
         self._read_modules_imported()
+        self.changed_modules = changed_variables(self.module_states, self.reloaded)
+
+    def changes_modules(self) -> str | None:
+        """Why the run is not stored, if it changed variables of modules (``modulestate.py``)."""
+        return unrepeatable(self.changed_modules) if self.changed_modules else None
 
     def _read_modules_imported(self) -> None:
         """The source files of the user's modules the run imported are files it read, so that an edit to one runs

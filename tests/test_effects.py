@@ -1523,3 +1523,118 @@ def test_the_whole_environment_read_at_once_is_no_dependency(cache_dir, monkeypa
     snapshot()
     monkeypatch.setenv("NBC_LAUNCH", "2")
     assert snapshot() and nbcache.runs()[-1].cached
+
+
+# -- variables of modules ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """A module of the user's, ``nbc_settings``, imported from the notebook's folder."""
+    (tmp_path / "nbc_settings.py").write_text(
+        "THRESHOLD = 0.5\nSETTINGS = {'mode': 'slow'}\nDEBUG = False\n\n"
+        "def set_debug(value):\n    global DEBUG\n    DEBUG = value\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop("nbc_settings", None)
+
+
+@pytest.mark.parametrize("change, changed", [
+    ("nbc_settings.THRESHOLD = 0.9", "nbc_settings.THRESHOLD"),
+    ("nbc_settings.SETTINGS['mode'] = 'fast'", "nbc_settings.SETTINGS"),
+    ("nbc_settings.set_debug(True)", "nbc_settings.DEBUG"),  # through a function of the module
+    ("del nbc_settings.DEBUG", "nbc_settings.DEBUG"),
+    ("setattr(nbc_settings, 'EXTRA', 1)", "nbc_settings.EXTRA"),
+])
+def test_a_step_that_changes_a_variable_of_a_module_of_yours_runs_every_time(ip, user_module, change, changed):
+    """A hit would leave the module as it was, and a later cell would compute with the old value."""
+    run(ip, "import nbc_settings")
+    cell = f"%%step tune\n{change}\nopen(LOG, 'a').write('x')"
+    run(ip, cell)
+    assert last().reason == (f"first run; not cached: it changes {changed} (a variable of a module), which a hit"
+                             " would not change again")
+    del sys.modules["nbc_settings"]  # as a new kernel finds it
+    run(ip, "import nbc_settings")
+    run(ip, cell)
+    assert not last().cached and times_ran(ip) == 2
+    assert last().reason.startswith(f"runs every time: it changes {changed}")
+
+
+def test_a_function_step_that_changes_a_variable_of_a_module_runs_every_time(ip, user_module):
+    run(ip, "import nbc_settings\nfrom nbcache import step\n\n@step\ndef count(x):\n"
+            "    nbc_settings.SETTINGS['calls'] = nbc_settings.SETTINGS.get('calls', 0) + 1\n    return x")
+    run(ip, "count(1)")
+    run(ip, "count(1)")
+    assert not last().cached and ip.user_ns["nbc_settings"].SETTINGS["calls"] == 2
+    assert "it changes nbc_settings.SETTINGS (a variable of a module)" in last().reason
+
+
+def test_a_step_that_sets_a_library_module_attribute_runs_every_time(ip):
+    """What the cell assigns to a library's module: a hit would not assign it."""
+    cell = "%%step flags\nimport json\njson.nbc_flag = 1\nsetattr(json.decoder, 'nbc_other', 2)"
+    try:
+        run(ip, cell)
+        assert last().reason.endswith("it changes json.nbc_flag, json.decoder.nbc_other (a variable of a module),"
+                                      " which a hit would not change again")
+    finally:
+        import json
+        for owner, name in ((json, "nbc_flag"), (json.decoder, "nbc_other")):
+            if hasattr(owner, name):
+                delattr(owner, name)
+
+
+def test_what_a_step_does_not_change_of_modules_leaves_it_cached(ip, user_module, tmp_path):
+    """Reading a module's variables, importing a module of yours or a submodule (which binds it in its
+    package), setting attributes of objects that are not modules, or reloading a module: all cached."""
+    (tmp_path / "nbc_pkg").mkdir()
+    (tmp_path / "nbc_pkg" / "__init__.py").write_text("")
+    (tmp_path / "nbc_pkg" / "sub.py").write_text("VALUE = 3\n")
+    run(ip, "import nbc_settings, nbc_pkg\nclass Box:\n    pass\nbox = Box()")
+    cells = ["%%step reads\nlimit = nbc_settings.THRESHOLD * 2",
+             "%%step subs\nimport nbc_pkg.sub\nvalue = nbc_pkg.sub.VALUE",
+             "%%step box\nbox.size = 3",
+             "%%step reload\nimport importlib\nimportlib.reload(nbc_settings)\nmode = nbc_settings.SETTINGS['mode']"]
+    try:
+        for cell in cells:
+            for _ in range(3):  # (a cell's first import of a module of yours makes another key once)
+                run(ip, cell)
+                assert "not cached" not in last().reason, (cell, last().reason)
+            assert last().cached, (cell, last().reason)
+    finally:
+        for name in ("nbc_pkg", "nbc_pkg.sub"):
+            sys.modules.pop(name, None)
+
+
+# -- what a cell changes of the notebook's functions, classes and objects -----------------------------------
+
+@pytest.mark.parametrize("setup, cell, changed", [
+    ("def make():\n    n = 0\n    def inc():\n        nonlocal n\n        n += 1\n        return n\n    return inc\n"
+     "next_id = make()", "a = next_id()", "next_id"),  # a nonlocal count
+    ("import numpy as np\ndef make():\n    buf = np.zeros(3)\n    def add(i):\n        buf[i] += 1\n"
+     "        return float(buf.sum())\n    return add\nadd = make()", "s = add(0)", "add"),  # an array in a closure
+    ("class Tracker:\n    def __init__(self):\n        self.n = 0\n    def tick(self):\n        self.n += 1\n"
+     "        return self.n\ntick = Tracker().tick", "t = tick()", "tick"),  # a bound method's instance
+    ("class Point:\n    pass\ndef describe(self):\n    return 'p'", "Point.describe = describe", "Point"),
+    ("class Registry:\n    items = []\nreg = Registry()", "reg.items.append('a')", "Registry"),  # through an object
+])
+def test_a_cell_that_changes_what_code_or_a_class_holds_runs_every_time(ip, setup, cell, changed):
+    """A hit would leave the counter, the array, the instance or the class as they were: the next cell
+    would count from the start again or miss a method (red-team)."""
+    run(ip, setup)
+    run(ip, f"%%step s\n{cell}")
+    assert last().reason == (f"first run; not cached: it changes {changed} (a default value, what a closure holds,"
+                             " a class's attribute, or a method's instance), which a hit would not change again")
+    run(ip, f"%%step s\n{cell}")
+    assert not last().cached
+
+
+def test_a_notebook_variable_a_method_changes_is_an_output(ip):
+    """``ev.run(3)`` appends to the notebook's ``results`` through a method of the notebook's class: stored
+    with the cell, as for a function of the notebook's (red-team)."""
+    run(ip, "results = []\nclass Evaluator:\n    def run(self, x):\n        results.append(x)\n        return x * 2\n"
+            "ev = Evaluator()")
+    cell = "%%step s\ny = ev.run(3)"
+    run(ip, cell)
+    assert ip.user_ns["results"] == [3]
+    ip.user_ns["results"].clear()  # as a new kernel, whose first cell made it empty
+    run(ip, cell)
+    assert last().cached and ip.user_ns["results"] == [3]

@@ -337,6 +337,27 @@ def test_a_users_module_a_cell_imports_runs_when_the_cell_imports_it(tmp_path):
     assert history(edited)[0] == ("s0", False)
 
 
+def test_a_cell_that_changes_a_modules_variables_leaves_them_as_the_notebook_would(tmp_path):
+    """``config.THRESHOLD = 0.9`` in one cell, read by the next: after a restart the first was a hit that
+    set nothing, and the second computed 5.0 where the notebook without nbcache says 9.0; ``np.flag = 1``
+    was lost so. A cell that changes a module's variables runs every time, and the cells after it are hits
+    that find what the notebook would."""
+    (tmp_path / "config.py").write_text("THRESHOLD = 0.5\nSETTINGS = {'mode': 'slow'}\nDEBUG = False\n\n"
+                                        "def set_debug(value):\n    global DEBUG\n    DEBUG = value\n")
+    body = ["import config\nimport numpy as np",
+            "config.THRESHOLD = 0.9\nconfig.SETTINGS['mode'] = 'fast'",
+            "np.nbc_flag = 1",
+            "config.set_debug(True)",
+            "result = config.THRESHOLD * 10\nprint(result, config.SETTINGS, getattr(np, 'nbc_flag', None), config.DEBUG)"]
+
+    def printed(nb: nbformat.NotebookNode) -> str:
+        return "".join(o.get("text", "") for o in visible_outputs(nb.cells[5]))
+
+    plain, cold, again = (run_cells(body, cached, tmp_path) for cached in (False, True, True))
+    assert [printed(nb) for nb in (plain, cold, again)] == ["9.0 {'mode': 'fast'} 1 True\n"] * 3
+    assert history(again) == [("s0", True), ("s1", False), ("s2", False), ("s3", False), ("s4", True)]
+
+
 def test_errors_in_a_step_cell_name_its_own_number_and_its_value_shows_as_its_out(tmp_path):
     """The body runs as a cell of its own: its tracebacks said ``Cell In[4]`` for cell [3], and a syntax
     error too (red-team). They name the %%step cell, as the same notebook without nbcache does."""
