@@ -126,8 +126,10 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
     aliases = {n: Alias(live[id(ns[n])]) for n in names if id(ns[n]) in live}
     held = _reach([ns[n] for n in unchanged], HOLD_LIMIT * len(unchanged), _kernel(ns))  # (live on a hit)
     names += aliases_of(ns, names, held)
-    return Outputs(names + holders_of(ns, names, held, existed=set(before.values())), [], aliases, live,
-                   tuple(changed_code))
+    holders = holders_of(ns, names, held, existed=set(before.values()))
+    if holders:  # what else they hold of the notebook's is its variables' objects, live on a hit too
+        live = {**held_by(ns, names + holders, live), **live}
+    return Outputs(names + holders, [], aliases, live, tuple(changed_code))
 
 
 def code_read(ns: Mapping[str, Any], names: Sequence[str]) -> list[Any]:
@@ -278,6 +280,22 @@ def holders_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = fro
             continue
         if id(v) in inside or (targets and targets & _reach([v], limit, kernel)):
             found.append(n)
+    return found
+
+
+def held_by(ns: Mapping[str, Any], names: Sequence[str], live: Mapping[int, str]) -> dict[int, str]:
+    """The objects of the notebook's other variables that the outputs ``names`` hold, by id, with the name of
+    each: ``rf`` in the ``models`` stored because this cell fits ``lr``. Stored as references to those
+    variables (``live``), a hit finds them as the notebook holds them then: the ``rf`` an earlier cell fitted
+    or made again, as without nbcache, not the copy the run found (red-team)."""
+    kernel = _kernel(ns)
+    outputs = [ns[n] for n in names if not isinstance(ns[n], _NOT_SHARED)]
+    inside = _reach(outputs, HOLD_LIMIT * len(outputs), kernel) - {id(v) for v in outputs}
+    found: dict[int, str] = {}
+    for n, v in reversed(list(ns.items())):  # (the first name bound to an object is the one kept)
+        if (id(v) in inside and id(v) not in live and n not in names and not isinstance(v, _NOT_SHARED)
+                and not IPYTHON_NAMES.fullmatch(n) and not n.startswith("__")):
+            found[id(v)] = n
     return found
 
 

@@ -661,6 +661,28 @@ def test_an_output_holding_an_unchanged_input_holds_the_live_object_after_a_hit(
     assert ns["lr"].coef_ == 7
 
 
+def test_what_else_a_holder_holds_of_the_notebook_is_its_live_variables_after_a_hit(ip):
+    """``models = {"lr": lr, "rf": rf}``, then a cell fits ``lr``: it stores ``models``, which holds ``lr``.
+    After an edit to ``rf``'s cell, the fit is a hit: its ``models`` held a copy of the old ``rf``, not the
+    notebook's new one, and the cell that fits ``rf`` then fitted another object than ``models["rf"]``
+    (``NotFittedError`` where the notebook without nbcache printed a score: red-team)."""
+    cells = ["%%step\nclass Est:\n    def __init__(self, n):\n        self.n = n\n"
+             "    def fit(self, x):\n        self.coef_ = sum(x) * self.n\n        return self",
+             "%%step\nlr, rf = Est(1), Est(10)\nmodels = {'lr': lr, 'rf': rf}",
+             "%%step\nlr.fit([1, 2])", "%%step\nrf.fit([1, 2])"]
+    for cell in cells:
+        run(ip, cell)
+    for name in ("Est", "lr", "rf", "models"):  # (a new kernel)
+        del ip.user_ns[name]
+    cells[1] = cells[1].replace("Est(10)", "Est(3)")  # (the upstream edit)
+    for cell in cells:
+        run(ip, cell)
+    assert [r.cached for r in nbcache.runs()[-4:]] == [True, False, True, False]
+    ns = ip.user_ns
+    assert ns["models"]["rf"] is ns["rf"] and ns["models"]["lr"] is ns["lr"]
+    assert (ns["models"]["rf"].n, ns["models"]["rf"].coef_, ns["lr"].coef_) == (3, 9, 3)
+
+
 def test_a_cell_that_changes_a_function_or_class_it_reads_runs_every_time(ip):
     """``acc(1)`` appends to acc's default list, ``Config.verbose = True`` sets a class attribute: a hit would
     leave them unchanged, and the cells below would see another acc, another Config, than without nbcache."""
