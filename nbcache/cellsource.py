@@ -28,7 +28,7 @@ import re
 import types
 from typing import Any, Iterable
 
-from .cellvars import functions_of
+from .codestate import functions_of
 
 __all__ = ["cache_cell", "give_source", "run_as_step_cell"]
 

@@ -33,8 +33,8 @@ from .capture import Recorder, publish, replay, show_result_as_recorded
 from .cellcode import CellCode
 from .cellsource import give_source, run_as_step_cell
 from .cellnames import CellNames
-from .cellvars import (HISTORY_NAMES, Alias, Outputs, changed_classes, code_states, deleted_names, memory_size,
-                       output_names, picklable)
+from .cellvars import HISTORY_NAMES, Alias, Outputs, deleted_names, memory_size, output_names, picklable
+from .codestate import changed_classes, code_states
 from .entry import Entry
 from .errors import warn as _warn
 from .fingerprint import imported_module
