@@ -68,9 +68,10 @@ _NAMESPACE_READERS = frozenset({"ev", "ex", "user_ns", "user_global_ns", "run_ce
 
 class _Finder(ast.NodeVisitor):
     """Shell commands anywhere in the cell, reads of the whole namespace (``globals()``; at top level also
-    ``locals()``, ``vars()`` and ``dir()`` with no argument), and the attributes of dotted names it sets
-    (``np.flag = 1``, ``del cfg.x``, ``setattr(torch.backends.cudnn, "benchmark", True)``): which of
-    them are attributes of modules is known only as the cell runs."""
+    ``locals()``, ``vars()`` and ``dir()`` with no argument), and the attributes of dotted names its own
+    lines set (``np.flag = 1``, ``del cfg.x``, ``setattr(torch.backends.cudnn, "benchmark", True)``; not in
+    a function, whose names may be its parameters): which of them are attributes of modules is known only
+    as the cell runs."""
 
     def __init__(self) -> None:
         self.shell: list[str] = []
@@ -96,9 +97,9 @@ class _Finder(ast.NodeVisitor):
             elif (code := line_magic_code(node)) is not None and code[1] is None:
                 self.dynamic = self.dynamic or f"%{first}"  # (its code could not be told from its options)
         func = node.func
-        if (isinstance(func, ast.Name) and func.id in ("setattr", "delattr") and len(node.args) >= 2
-                and (target := _dotted(node.args[0])) and isinstance(name := node.args[1], ast.Constant)
-                and isinstance(name.value, str)):
+        if (self._depth == 0 and isinstance(func, ast.Name) and func.id in ("setattr", "delattr")
+                and len(node.args) >= 2 and (target := _dotted(node.args[0]))
+                and isinstance(name := node.args[1], ast.Constant) and isinstance(name.value, str)):
             self.sets.append(f"{target}.{name.value}")
         if (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
                 and func.attr in SHELL_FUNCTIONS.get(func.value.id, ())):
@@ -110,8 +111,8 @@ class _Finder(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
-        if isinstance(node.ctx, (ast.Store, ast.Del)) and (target := _dotted(node)) is not None:
-            self.sets.append(target)
+        if isinstance(node.ctx, (ast.Store, ast.Del)) and self._depth == 0 and (target := _dotted(node)) is not None:
+            self.sets.append(target)  # (in a function, `model.n_ = 1` names its parameter, not the module)
         # `get_ipython().ev("x")`, `get_ipython().user_ns["x"]`: the namespace read through IPython's own API
         if not self.dynamic and node.attr in _NAMESPACE_READERS and isinstance(node.value, ast.Call):
             func = node.value.func  # (`get_ipython()`, `IPython.get_ipython()`)

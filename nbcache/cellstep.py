@@ -33,7 +33,8 @@ from .capture import Recorder, publish, replay, show_result_as_recorded
 from .cellcode import CellCode
 from .cellsource import give_source, run_as_step_cell
 from .cellnames import CellNames
-from .cellvars import HISTORY_NAMES, Alias, Outputs, deleted_names, memory_size, output_names, picklable
+from .cellvars import (HISTORY_NAMES, Alias, Outputs, deleted_names, held_checks, memory_size, output_names,
+                       picklable)
 from .codestate import changed_classes, code_states
 from .entry import Entry
 from .errors import warn as _warn
@@ -291,14 +292,14 @@ class CellCall(StepCall):
     def _keep(self, before: dict[str, int], recorder: Recorder, outcome: Any, reason: str, *, store: bool,
               duration: float) -> None:
         """Store what the cell bound (when ``store``) and record the run."""
-        ns = self.shell.user_ns
-        if store and self.observer is not None:  # (a library's module too: `np.flag = 1`, seen in the code)
-            self.observer.changed_modules += [n for n in module_attributes(ns, self.sets)
-                                              if n not in self.observer.changed_modules]
-        names, _, aliases, live, changed_code = self._outputs(before)
+        ns, observer = self.shell.user_ns, self.observer
+        names, _, aliases, live, changed_code, held = self._outputs(before)
+        live, checks = held_checks(ns, live, held)
+        if store and observer is not None:  # (a library's module too: `np.flag = 1`, seen in the code)
+            observer.changed_modules = list(dict.fromkeys(observer.changed_modules + module_attributes(ns, self.sets)))
+            observer.held = checks
         changed_code = (*changed_code, *changed_classes(self.class_states))
-        values = [ns[name] for name in names]
-        addresses = addresses_of(values)
+        addresses = addresses_of(values := [ns[name] for name in names])
         variables = {name: aliases.get(name, ns[name]) for name in names}
         unrepeatable = None
         if store and self.missing_outputs:
@@ -315,17 +316,17 @@ class CellCall(StepCall):
             self.record(cached=False, reason=reason, outputs=addresses, output_names=tuple(names))
             return
         deleted = deleted_names(ns, before)
-        assert self.observer is not None
-        changed = self.observer.changed_state()
+        assert observer is not None
+        changed = observer.changed_state()
         ahead = {name: changed[name] for name in AHEAD if name in changed}  # (unpickled, and made, first)
         payload = {**({"ahead": Ahead(ahead)} if ahead else {}),
                    "variables": variables, "deleted": deleted, "events": recorder.recorded(),
                    "result": None if self.quiet else outcome.result,
                    "result_display": None if self.quiet else recorder.result_display,
                    "shown": [] if self.quiet else recorder.shown,
-                   "ambient": changed, "modules": self.observer.imported,
+                   "ambient": changed, "modules": observer.imported,
                    "imports": [m for m in self.imports if not m.startswith(".") and m in sys.modules],
-                   "reloads": list(self.observer.reloaded)}
+                   "reloads": list(observer.reloaded)}
         defined_here = {id(v) for v in variables.values() if isinstance(v, (type, types.FunctionType))
                         and id(v) not in before.values()}
         try:

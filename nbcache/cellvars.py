@@ -13,6 +13,7 @@ import sys
 import types
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
+from .checks import Check
 from .codestate import code_read, code_state, notebook_reads
 from .fingerprint import read_digest
 from .frame import Frame, Unpicklable
@@ -20,8 +21,8 @@ from .hashing import hash_value
 from .sharing import NOT_FOLLOWED, VALUES, reach
 from .step import Step
 
-__all__ = ["HISTORY_NAMES", "IPYTHON_NAMES", "Alias", "Outputs", "deleted_names", "is_closed", "memory_size",
-           "output_names", "picklable"]
+__all__ = ["HISTORY_NAMES", "IPYTHON_NAMES", "Alias", "Outputs", "deleted_names", "held_checks", "is_closed",
+           "memory_size", "output_names", "picklable"]
 
 # Names IPython itself binds as cells run (_, __, _i3, _oh, ...): never a cell's outputs.
 IPYTHON_NAMES = re.compile(r"_+\d*|_i+\d*|_(oh|dh|ih|ii|iii)|In|Out|exit|quit|get_ipython")
@@ -30,7 +31,7 @@ IPYTHON_NAMES = re.compile(r"_+\d*|_i+\d*|_(oh|dh|ih|ii|iii)|In|Out|exit|quit|ge
 HISTORY_NAMES = re.compile(r"_{1,3}|_\d+|_i{1,3}|_i\d+|_(oh|ih)|In|Out")
 
 # A function's hash follows the globals it reads: a change there is no mutation of the function.
-_CODE_TYPES = (types.FunctionType, type, types.ModuleType, types.MethodType, Step)
+_CODE_TYPES = (types.FunctionType, type, types.ModuleType, types.MethodType, types.BuiltinMethodType, Step)
 
 _NOT_SHARED = VALUES + _CODE_TYPES  # (code counts by its own fingerprint: no variable's object to share)
 
@@ -60,6 +61,8 @@ class Outputs(NamedTuple):
     live: dict[int, str] = {}
     changed_code: tuple[str, ...] = ()  # functions and classes it read whose state it changed (a default list
     #                                     appended to, a class attribute set): a hit would not change them
+    held: dict[int, tuple[str, ...]] = {}  # of ``live``, the objects of other variables a holder stored holds,
+    #                                       with every name bound to each: a hit needs them as they were
 
 
 def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Sequence[str],
@@ -122,9 +125,9 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
     held = _reach([ns[n] for n in unchanged], HOLD_LIMIT * len(unchanged), _kernel(ns))  # (live on a hit)
     names += aliases_of(ns, names, held)
     holders = holders_of(ns, names, held, existed=set(before.values()))
-    if holders:  # what else they hold of the notebook's is its variables' objects, live on a hit too
-        live = {**held_by(ns, names + holders, live), **live}
-    return Outputs(names + holders, [], aliases, live, tuple(changed_code))
+    others = held_by(ns, names + holders, live) if holders else {}  # (what else they hold of the notebook's:
+    live = {**{i: n[0] for i, n in others.items()}, **live}          # its variables' objects, live on a hit)
+    return Outputs(names + holders, [], aliases, live, tuple(changed_code), others)
 
 
 def aliases_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = frozenset()) -> list[str]:
@@ -164,20 +167,35 @@ def holders_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = fro
     return found
 
 
-def held_by(ns: Mapping[str, Any], names: Sequence[str], live: Mapping[int, str]) -> dict[int, str]:
-    """The objects of the notebook's other variables that the outputs ``names`` hold, by id, with the name of
-    each: ``rf`` in the ``models`` stored because this cell fits ``lr``. Stored as references to those
-    variables (``live``), a hit finds them as the notebook holds them then: the ``rf`` an earlier cell fitted
-    or made again, as without nbcache, not the copy the run found (red-team)."""
+def held_by(ns: Mapping[str, Any], names: Sequence[str], live: Mapping[int, str]) -> dict[int, tuple[str, ...]]:
+    """The objects of the notebook's other variables that the outputs ``names`` hold, by id, with the names
+    bound to each: ``rf`` in the ``models`` stored because this cell fits ``lr``. Stored as references to
+    those variables (``live``), a hit finds them as the notebook holds them then: the ``rf`` an earlier cell
+    fitted, not a copy of it. The hit must find them as the run left them, every name still bound to one
+    object (``Check`` kind ``held``): a name bound since to another object, or one a hit of a cell above
+    bound to a copy, makes it run again (red-team)."""
     kernel = _kernel(ns)
     outputs = [ns[n] for n in names if not isinstance(ns[n], _NOT_SHARED)]
     inside = _reach(outputs, HOLD_LIMIT * len(outputs), kernel) - {id(v) for v in outputs}
-    found: dict[int, str] = {}
-    for n, v in reversed(list(ns.items())):  # (the first name bound to an object is the one kept)
+    found: dict[int, tuple[str, ...]] = {}
+    for n, v in ns.items():
         if (id(v) in inside and id(v) not in live and n not in names and not isinstance(v, _NOT_SHARED)
                 and not IPYTHON_NAMES.fullmatch(n) and not n.startswith("__")):
-            found[id(v)] = n
+            found[id(v)] = (*found.get(id(v), ()), n)
     return found
+
+
+def held_checks(ns: Mapping[str, Any], live: dict[int, str],
+                held: Mapping[int, tuple[str, ...]]) -> tuple[dict[int, str], list[Check]]:
+    """``live`` without the objects of ``held_by`` that cannot be hashed (stored with the outputs, then), and
+    the checks a hit needs of the others (``Check`` kind ``held``)."""
+    checks = []
+    for identity, names in held.items():
+        try:
+            checks.append(Check("held", "\t".join(names), hash_value(ns[names[0]])))
+        except Exception:
+            live = {i: n for i, n in live.items() if i != identity}
+    return live, checks
 
 
 def _reach(roots: list[Any], limit: int, kernel: set[int]) -> set[int]:

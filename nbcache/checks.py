@@ -24,7 +24,8 @@ from .hashing import hash_value
 __all__ = ["CHANGED_BY_THE_RUN", "KINDS", "NO_FILE", "UNHASHABLE", "Check", "checks_from_json", "file_digest",
            "first_failure", "listing_digest", "stat_of"]
 
-KINDS = frozenset({"file", "wrote", "made", "folder", "gone", "tree", "state", "setting", "random", "variable"})
+KINDS = frozenset({"file", "wrote", "made", "folder", "gone", "tree", "state", "setting", "random", "variable",
+                   "held"})
 """Every kind of check; anything else in a stored entry means the entry is damaged."""
 _FILE_KINDS = frozenset({"file", "wrote"})  # the checks that carry a stat
 _PAIRED_KINDS = frozenset({"state", "setting"})  # digests "before|after": the state as a run found and left it
@@ -117,6 +118,8 @@ class Check(NamedTuple):
             return None
         if self.kind == "variable":
             return self._variable_failure(namespace)
+        if self.kind == "held":
+            return self._held_failure(namespace)
         return f"it depends on something this nbcache does not know ({self.kind})"
 
     def _file_failure(self, trust_stat: bool) -> str | None:
@@ -160,6 +163,24 @@ class Check(NamedTuple):
             now = UNHASHABLE
         if now != self.digest:
             return f"variable {self.target} (read through eval/exec) changed"
+        return None
+
+    def _held_failure(self, namespace: dict | None) -> str | None:
+        """A variable an output holds (``rf`` in ``models``): every name bound to it then is bound to one object
+        now (the target: the names, tab-separated), with the content it had."""
+        names = self.target.split("\t")
+        values = [(namespace or {}).get(n, _ABSENT) for n in names]
+        missing = [n for n, v in zip(names, values) if v is _ABSENT]
+        if missing:
+            return f"variable {missing[0]}, which an output of it holds, is not defined"
+        if any(v is not values[0] for v in values):
+            return f"{', '.join(names)}, one object when it ran (an output of it holds it), are no longer one"
+        try:
+            now = hash_value(values[0])
+        except Exception:
+            now = UNHASHABLE
+        if now != self.digest:
+            return f"variable {names[0]}, which an output of it holds, changed"
         return None
 
     def refreshed(self) -> Check | None:

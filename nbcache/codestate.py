@@ -7,6 +7,7 @@ not change it again (``cellstep.py``). Plain functions of a namespace; no IPytho
 
 from __future__ import annotations
 
+import sys
 import types
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -18,7 +19,7 @@ __all__ = ["changed_classes", "code_read", "code_state", "code_states", "functio
 
 # What a cell may change besides variables: default values, what a closure holds, class attributes, the
 # instance of a bound method (``code_state``).
-_CODE = (types.FunctionType, type, types.MethodType)
+_CODE = (types.FunctionType, type, types.MethodType, types.BuiltinMethodType)
 _ABSENT = object()
 
 
@@ -83,12 +84,18 @@ def code_state(value: Any) -> str | None:
     """The hash of what a function or a class of the user's (the notebook's, or a module of theirs) holds
     besides its code: a function's default values, its attributes and what its closure holds (``counter.calls
     += 1``, a registry appended to, a ``nonlocal`` count, an array), a class's attributes (``Point.describe =
-    describe``: a function, by identity), a bound method's instance (``tick = tracker.tick``). Only ever
+    describe``: a function, by identity), a bound method's instance (``tick = tracker.tick``; of a library's
+    method too: ``fit = model.fit``, ``log = rows.append``). Only ever
     compared with itself before a run. None for anything else (a library's, which may keep caches of its
     own in them), or what cannot be hashed."""
-    if isinstance(value, types.MethodType):
-        inner = code_state(value.__func__)
-        return None if inner is None else _hashed((inner, _state_of(value.__self__)))
+    if isinstance(value, (types.MethodType, types.BuiltinMethodType)):  # (`fit = model.fit`, `log = rows.append`)
+        owner = getattr(value, "__self__", None)
+        if owner is None or isinstance(owner, (types.ModuleType, type)):  # (`len`, a class method)
+            return code_state(getattr(value, "__func__", None))
+        if (isinstance(value, types.BuiltinMethodType) and not isinstance(owner, (list, dict, set, bytearray))
+                or any(owner is g for g in _global_generators())):
+            return None  # (a library's C object; `rand`, the global generator's method, is ambient state)
+        return _hashed((code_state(getattr(value, "__func__", None)), _state_of(owner)))
     module = getattr(value, "__module__", None)
     if isinstance(value, types.FunctionType):
         if not is_user_code(module, value.__code__.co_filename):
@@ -99,10 +106,17 @@ def code_state(value: Any) -> str | None:
     elif isinstance(value, type):
         if not users_class(value):
             return None
-        state = {k: _state_of(v) for k, v in vars(value).items() if not (k.startswith("__") and k.endswith("__"))}
+        state = {k: _state_of(v) for k, v in vars(value).items() if not (k[0] == "_" and k[-1] == "_")}
+        # (``__x__`` names, and the ``_x_`` ones enum keeps its members in: ``Perm.R | Perm.W`` adds one)
     else:
         return None
     return _hashed(state)
+
+
+def _global_generators() -> list[Any]:
+    """The hidden generators behind ``random.random`` and ``numpy.random.rand`` (``ambient.py`` keeps them)."""
+    return [getattr(getattr(sys.modules.get(m), f, None), "__self__", None)
+            for m, f in (("random", "random"), ("numpy.random", "rand"))]
 
 
 def code_states(ns: Mapping[str, Any], names: Sequence[str]) -> tuple[dict[str, str | None], dict[type, str | None]]:

@@ -33,18 +33,27 @@ ModuleStates = dict[str, tuple[int, dict[str, Any]]]
 
 
 _PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None), list, dict, set, frozenset, tuple, bytearray})
+# the standard library's containers and records, and random generators (a library's object, but what it
+# holds is what it gives next), are compared by content too
+_DATA_MODULES = frozenset({"collections", "types", "datetime", "decimal", "fractions", "random", "numpy.random",
+                           "numpy.random._generator", "numpy.random.mtrand"})
+BIG = 10_000  # items of a list, dict or set past which only its length counts: hashing it at each run costs
+#               seconds (a million-entry dict: 4 s), and a module holding one is mostly a table, seldom changed
 
 
 def _by_content(kind: type) -> bool:
-    """Plain data and the objects of the user's own classes; not a library's objects (``from matplotlib
-    import rcParams``, ``from os import environ``), which change as the library works (and what nbcache keeps
-    of them, it sets again on a hit)."""
-    return kind in _PLAIN or users_class(kind)
+    """Plain data, the standard library's containers (``Counter``, ``defaultdict``, ``SimpleNamespace``),
+    random generators and the objects of the user's own classes; not a library's other objects (``from
+    matplotlib import rcParams``, ``from os import environ``), which change as the library works (and what
+    nbcache keeps of them, it sets again on a hit)."""
+    return kind in _PLAIN or getattr(kind, "__module__", None) in _DATA_MODULES or users_class(kind)
 
 
 def _digest(value: Any) -> Any:
     if callable(value) or not _by_content(type(value)):  # (a function, a class, a step; a library's object)
         return ("id", id(value))
+    if isinstance(value, (list, dict, set, frozenset, tuple)) and len(value) > BIG:
+        return ("big", id(value), len(value))
     try:
         return hash_value(value)
     except Exception:  # (what cannot be hashed: whether it is the same object)

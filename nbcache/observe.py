@@ -91,6 +91,7 @@ class Observer:
     reloaded: dict[str, None] = field(default_factory=dict)  # ... and reloaded (importlib.reload)
     module_states: ModuleStates = field(default_factory=dict)  # the variables of the user's modules, before it ran
     changed_modules: list[str] = field(default_factory=list)  # ... those it changed ("config.THRESHOLD")
+    held: list[Check] = field(default_factory=list)  # the notebook's variables its outputs hold (cellvars.held_by)
 
     def __enter__(self) -> Observer:
         on_worker = ambient.RAN_ON.get()
@@ -292,7 +293,7 @@ class Observer:
                     except Exception:
                         found.append(Check("variable", name, UNHASHABLE))  # never holds: always runs
         unique: dict[tuple[str, str], Check] = {}
-        for check in [*found, *self.inherited]:
+        for check in [*found, *self.held, *self.inherited]:
             if check.digest:
                 unique.setdefault((check.kind, check.target), check)
         return tuple(unique.values())

@@ -1638,3 +1638,88 @@ def test_a_notebook_variable_a_method_changes_is_an_output(ip):
     ip.user_ns["results"].clear()  # as a new kernel, whose first cell made it empty
     run(ip, cell)
     assert last().cached and ip.user_ns["results"] == [3]
+
+
+@pytest.mark.parametrize("module, cell, changed", [
+    ("from collections import Counter, defaultdict\nseen = Counter()\nby = defaultdict(list)",
+     "nbc_state.seen['fit'] += 1\nnbc_state.by['fit'].append(3)", "nbc_state.seen"),  # containers of the stdlib
+    ("import random\nimport numpy as np\nrng = np.random.default_rng(0)\nlegacy = random.Random(0)",
+     "x = nbc_state.rng.normal(size=2)\ny = nbc_state.legacy.random()", "nbc_state.rng"),  # generators
+    ("import types\ncfg = types.SimpleNamespace(lr=0.1)", "nbc_state.cfg.lr = 0.5", "nbc_state.cfg"),
+])
+def test_what_a_module_of_yours_holds_is_compared_by_content(ip, tmp_path, monkeypatch, module, cell, changed):
+    """A ``Counter``, a ``SimpleNamespace`` config, a random generator a module keeps: a hit would leave them
+    as they were, where the notebook without nbcache counts, sets, draws on (red-team)."""
+    (tmp_path / "nbc_state.py").write_text(module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        run(ip, "import nbc_state")
+        run(ip, f"%%step s\n{cell}")
+        assert last().reason.startswith(f"first run; not cached: it changes {changed}")
+    finally:
+        sys.modules.pop("nbc_state", None)
+
+
+def test_a_big_table_a_module_of_yours_keeps_is_compared_by_its_length(ip, tmp_path, monkeypatch):
+    """Hashing a million-entry dict before and after every run took seconds (red-team): past
+    ``modulestate.BIG`` items, what counts is whether it is the same object, as long."""
+    from nbcache import modulestate
+
+    (tmp_path / "nbc_table.py").write_text(f"TABLE = {{i: i for i in range({modulestate.BIG + 1})}}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    hashed = []
+    monkeypatch.setattr(modulestate, "hash_value", lambda v: hashed.append(len(v)) or "h")
+    try:
+        run(ip, "import nbc_table")
+        run(ip, "%%step s\nn = len(nbc_table.TABLE)")
+        assert modulestate.BIG + 1 not in hashed and "not cached" not in last().reason
+        run(ip, "%%step t\nnbc_table.TABLE[-1] = 0")
+        assert "it changes nbc_table.TABLE" in last().reason
+    finally:
+        sys.modules.pop("nbc_table", None)
+
+
+@pytest.mark.parametrize("setup, cell", [
+    ("import json\ndef train(json, x):\n    json.n_seen_ = x", "%%step s\ndef train(json, x):\n    json.n_seen_ = x"),
+    ("import enum\nclass Perm(enum.Flag):\n    R = 1\n    W = 2", "%%step s\nboth = Perm.R | Perm.W"),
+])
+def test_what_only_looks_like_a_change_of_code_or_modules_leaves_a_cell_cached(ip, setup, cell):
+    """A parameter named like a module set in a function the cell defines; the combination of flags an enum
+    keeps on its class (red-team: both ran every time)."""
+    run(ip, setup)
+    run(ip, cell)
+    run(ip, cell)
+    assert last().cached, last().reason
+
+
+def test_a_bound_method_of_a_library_object_or_a_list_is_state_a_cell_changes(ip):
+    """``fit = model.fit`` then ``fit(X, y)``; ``log = history.append`` then ``log(x)``: a hit left the model
+    unfitted and the list empty (red-team)."""
+    run(ip, "from sklearn.linear_model import LinearRegression\nmodel = LinearRegression()\nfit = model.fit\n"
+            "history = []\nlog = history.append")
+    for cell, name in (("%%step a\nfit([[1], [2]], [1, 2])", "fit"), ("%%step b\nlog('epoch 1')", "log")):
+        run(ip, cell)
+        assert last().reason.startswith(f"first run; not cached: it changes {name} ")
+        run(ip, cell)
+        assert not last().cached
+
+
+def test_a_variable_a_stored_holder_holds_must_be_one_object_as_it_was(ip):
+    """``models`` holds ``rf``, which a loop variable ``model`` also names once the loop ran; after a restart
+    the loop's hit bound ``model`` to a copy, and the fit's hit held that copy as ``models["rf"]``:
+    ``NotFittedError`` with nothing edited (red-team). Names that held one object hold one now, or it runs."""
+    cells = ["%%step\nclass Est:\n    def __init__(self, n):\n        self.n = n\n"
+             "    def fit(self, x):\n        self.coef_ = sum(x) * self.n\n        return self",
+             "%%step\nmodel = Est(0)",
+             "%%step\nlr, rf = Est(1), Est(10)\nmodels = {'lr': lr, 'rf': rf}",
+             "%%step\nfor name, model in models.items():\n    pass",
+             "%%step\nlr.fit([1, 2])"]
+    for cell in cells:
+        run(ip, cell)
+    for name in ("Est", "model", "lr", "rf", "models", "name"):  # (a new kernel)
+        del ip.user_ns[name]
+    for cell in cells:
+        run(ip, cell)
+    run(ip, "rf.fit([1, 2])")
+    ns = ip.user_ns
+    assert ns["models"]["rf"] is ns["rf"] and ns["models"]["rf"].coef_ == 30 and ns["models"]["lr"] is ns["lr"]

@@ -663,9 +663,11 @@ def test_an_output_holding_an_unchanged_input_holds_the_live_object_after_a_hit(
 
 def test_what_else_a_holder_holds_of_the_notebook_is_its_live_variables_after_a_hit(ip):
     """``models = {"lr": lr, "rf": rf}``, then a cell fits ``lr``: it stores ``models``, which holds ``lr``.
-    After an edit to ``rf``'s cell, the fit is a hit: its ``models`` held a copy of the old ``rf``, not the
+    After an edit to ``rf``'s cell, the fit was a hit whose ``models`` held a copy of the old ``rf``, not the
     notebook's new one, and the cell that fits ``rf`` then fitted another object than ``models["rf"]``
-    (``NotFittedError`` where the notebook without nbcache printed a score: red-team)."""
+    (``NotFittedError`` where the notebook without nbcache printed a score: red-team). ``rf`` is held as a
+    reference to the notebook's variable, which must be as it was: here it changed, so the fit runs again;
+    after a restart, with nothing edited, every cell is a hit that holds the live ``rf``."""
     cells = ["%%step\nclass Est:\n    def __init__(self, n):\n        self.n = n\n"
              "    def fit(self, x):\n        self.coef_ = sum(x) * self.n\n        return self",
              "%%step\nlr, rf = Est(1), Est(10)\nmodels = {'lr': lr, 'rf': rf}",
@@ -677,10 +679,18 @@ def test_what_else_a_holder_holds_of_the_notebook_is_its_live_variables_after_a_
     cells[1] = cells[1].replace("Est(10)", "Est(3)")  # (the upstream edit)
     for cell in cells:
         run(ip, cell)
-    assert [r.cached for r in nbcache.runs()[-4:]] == [True, False, True, False]
+    assert [r.cached for r in nbcache.runs()[-4:]] == [True, False, False, False]  # (the fit: rf changed)
+    assert nbcache.runs()[-2].reason == "variable rf, which an output of it holds, changed"
     ns = ip.user_ns
     assert ns["models"]["rf"] is ns["rf"] and ns["models"]["lr"] is ns["lr"]
     assert (ns["models"]["rf"].n, ns["models"]["rf"].coef_, ns["lr"].coef_) == (3, 9, 3)
+    for name in ("Est", "lr", "rf", "models"):  # (a new kernel again)
+        del ip.user_ns[name]
+    for cell in cells:
+        run(ip, cell)
+    assert [r.cached for r in nbcache.runs()[-4:]] == [True, True, True, True]
+    ns = ip.user_ns
+    assert ns["models"]["rf"] is ns["rf"] and ns["models"]["lr"] is ns["lr"] and ns["rf"].coef_ == 9
 
 
 def test_a_cell_that_changes_a_function_or_class_it_reads_runs_every_time(ip):
