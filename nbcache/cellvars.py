@@ -17,7 +17,7 @@ from .checks import Check
 from .codestate import code_read, code_state, notebook_reads
 from .fingerprint import read_digest
 from .frame import Frame, Unpicklable
-from .hashing import hash_value
+from .hashing import hash_holding, hash_value
 from .sharing import NOT_FOLLOWED, VALUES, reach
 from .step import Step
 
@@ -63,6 +63,8 @@ class Outputs(NamedTuple):
     #                                     appended to, a class attribute set): a hit would not change them
     held: dict[int, tuple[str, ...]] = {}  # of ``live``, the objects of other variables a holder stored holds,
     #                                       with every name bound to each: a hit needs them as they were
+    holders: tuple[str, ...] = ()  # of ``names``, those stored only as they hold what the cell changed (not
+    #                                those it holds: the base array of a view it changed, ``clf`` in ``pipe``)
 
 
 def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Sequence[str],
@@ -125,9 +127,10 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
     held = _reach([ns[n] for n in unchanged], HOLD_LIMIT * len(unchanged), _kernel(ns))  # (live on a hit)
     names += aliases_of(ns, names, held)
     holders = holders_of(ns, names, held, existed=set(before.values()))
+    holding = holders_of(ns, names, held, existed=set(before.values()), holding=True) if holders else []
     others = held_by(ns, names + holders, live) if holders else {}  # (what else they hold of the notebook's:
     live = {**{i: n[0] for i, n in others.items()}, **live}          # its variables' objects, live on a hit)
-    return Outputs(names + holders, [], aliases, live, tuple(changed_code), others)
+    return Outputs(names + holders, [], aliases, live, tuple(changed_code), others, tuple(holding))
 
 
 def aliases_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = frozenset()) -> list[str]:
@@ -143,14 +146,15 @@ def aliases_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = fro
 
 
 def holders_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = frozenset(), *,
-               existed: set[int] | None = None, limit: int = HOLD_LIMIT) -> list[str]:
+               existed: set[int] | None = None, limit: int = HOLD_LIMIT, holding: bool = False) -> list[str]:
     """The other variables whose objects hold an output's object (``models`` after ``models["lr"] = lr``, when
     this cell fits ``lr``), or are held by one (the ``clf`` inside the ``pipe`` this cell fits): stored with
     the outputs, in one pickle, so that a hit keeps them one graph of objects, as the run left it. Found by
     following references (``gc.get_referents``), ``limit`` objects from each variable at most: one past
     that is not seen (``docs/pitfalls.md``). Not objects ``held`` (see ``aliases_of``). Only an output that
     ``existed`` before the run (ids; None: any) can be held by another variable: one the cell made is held
-    only by what the cell bound or changed, outputs already."""
+    only by what the cell bound or changed, outputs already. ``holding``: only those that hold one (not one
+    of its own objects, as the base array of a view it changed)."""
     outputs = [ns[n] for n in names if not isinstance(ns[n], _NOT_SHARED) and id(ns[n]) not in held]
     if not outputs:
         return []
@@ -162,7 +166,8 @@ def holders_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = fro
         if (n in names or IPYTHON_NAMES.fullmatch(n) or n.startswith("__") or isinstance(v, _NOT_SHARED)
                 or id(v) in held):
             continue
-        if id(v) in inside or (targets and targets & _reach([v], limit, kernel)):
+        if (id(v) in inside and not holding) or (targets and id(v) not in inside
+                                                    and targets & _reach([v], limit, kernel)):
             found.append(n)
     return found
 
@@ -185,16 +190,24 @@ def held_by(ns: Mapping[str, Any], names: Sequence[str], live: Mapping[int, str]
     return found
 
 
-def held_checks(ns: Mapping[str, Any], live: dict[int, str],
-                held: Mapping[int, tuple[str, ...]]) -> tuple[dict[int, str], list[Check]]:
-    """``live`` without the objects of ``held_by`` that cannot be hashed (stored with the outputs, then), and
-    the checks a hit needs of the others (``Check`` kind ``held``)."""
-    checks = []
-    for identity, names in held.items():
-        try:
-            checks.append(Check("held", "\t".join(names), hash_value(ns[names[0]])))
+def held_checks(ns: Mapping[str, Any], found: Outputs) -> tuple[dict[int, str], list[Check]]:
+    """``found.live`` without the objects of ``held_by`` that cannot be hashed (stored with the outputs, then),
+    and the checks a hit needs: of the others (kind ``held``), and of each holder (kind ``holder``), which a
+    hit puts back as the run left it, so it must find it as the run did, but for what the cell changed in
+    it (``models`` holding the ``lr`` this cell fits: a cell above that adds to ``models`` runs it again)."""
+    live, checks = found.live, []
+    holders = "\t".join(n for n in found.names if not isinstance(ns[n], _NOT_SHARED))
+    for identity, names in found.held.items():  # (and one of the outputs, as found then, holds it: a name
+        try:                                     # bound since to another object of the same content is not it)
+            checks.append(Check("held", "\t".join(names) + "|" + holders, hash_value(ns[names[0]])))
         except Exception:
             live = {i: n for i, n in live.items() if i != identity}
+    changed = {n: ns[n] for n in found.names if n not in found.holders and not isinstance(ns[n], _NOT_SHARED)}
+    for holder in found.holders:
+        try:
+            checks.append(Check("holder", "\t".join([holder, *changed]), hash_holding(ns[holder], changed)))
+        except Exception:  # (one that cannot be hashed is put back as it was: a change above it is not seen)
+            pass
     return live, checks
 
 

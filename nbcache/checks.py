@@ -19,13 +19,14 @@ from typing import Any, NamedTuple
 import xxhash
 
 from . import ambient
-from .hashing import hash_value
+from .hashing import hash_holding, hash_value
+from .sharing import reach
 
 __all__ = ["CHANGED_BY_THE_RUN", "KINDS", "NO_FILE", "UNHASHABLE", "Check", "checks_from_json", "file_digest",
            "first_failure", "listing_digest", "stat_of"]
 
 KINDS = frozenset({"file", "wrote", "made", "folder", "gone", "tree", "state", "setting", "random", "variable",
-                   "held"})
+                   "held", "holder"})
 """Every kind of check; anything else in a stored entry means the entry is damaged."""
 _FILE_KINDS = frozenset({"file", "wrote"})  # the checks that carry a stat
 _PAIRED_KINDS = frozenset({"state", "setting"})  # digests "before|after": the state as a run found and left it
@@ -35,6 +36,7 @@ NONE = "none"  # the digest of a state whose library was not imported
 NO_FILE = "no file"  # the digest of a file that was not there (one a run appended to, and read, made)
 CHANGED_BY_THE_RUN = "changed by the run"  # the digest of what a file held before the run, gone: never holds
 _ABSENT = object()
+HELD_LIMIT = 2_000  # objects followed from each output, to find a variable one holds (``cellvars.HOLD_LIMIT``)
 _HASH_CHUNK = 8 << 20
 
 
@@ -120,6 +122,8 @@ class Check(NamedTuple):
             return self._variable_failure(namespace)
         if self.kind == "held":
             return self._held_failure(namespace)
+        if self.kind == "holder":
+            return self._holder_failure(namespace)
         return f"it depends on something this nbcache does not know ({self.kind})"
 
     def _file_failure(self, trust_stat: bool) -> str | None:
@@ -167,20 +171,40 @@ class Check(NamedTuple):
 
     def _held_failure(self, namespace: dict | None) -> str | None:
         """A variable an output holds (``rf`` in ``models``): every name bound to it then is bound to one object
-        now (the target: the names, tab-separated), with the content it had."""
-        names = self.target.split("\t")
+        now, which the outputs as they are now hold (``models`` as an earlier cell left it), with the content
+        it had (the target: the names, then ``|`` and the outputs, each tab-separated)."""
+        named, _, holding = self.target.partition("|")
+        names, holders = named.split("\t"), [n for n in holding.split("\t") if n]
         values = [(namespace or {}).get(n, _ABSENT) for n in names]
         missing = [n for n, v in zip(names, values) if v is _ABSENT]
         if missing:
             return f"variable {missing[0]}, which an output of it holds, is not defined"
         if any(v is not values[0] for v in values):
             return f"{', '.join(names)}, one object when it ran (an output of it holds it), are no longer one"
+        found = [(namespace or {})[n] for n in holders if n in (namespace or {})]
+        if holders and id(values[0]) not in reach(found, HELD_LIMIT * len(found)):
+            return f"variable {names[0]}, which an output of it holds, is another object now"
         try:
             now = hash_value(values[0])
         except Exception:
             now = UNHASHABLE
         if now != self.digest:
             return f"variable {names[0]}, which an output of it holds, changed"
+        return None
+
+    def _holder_failure(self, namespace: dict | None) -> str | None:
+        """A variable stored as it holds what the run changed (``models``, holding the ``lr`` it fits): as the
+        run found it, but for those (the target: its name, then theirs, tab-separated)."""
+        holder, *changed = self.target.split("\t")
+        ns = namespace or {}
+        if holder not in ns:
+            return f"variable {holder}, which it stored as it holds {', '.join(changed)}, is not defined"
+        try:
+            now = hash_holding(ns[holder], {n: ns[n] for n in changed if n in ns})
+        except Exception:
+            now = UNHASHABLE
+        if now != self.digest:
+            return f"variable {holder}, which it stored as it holds {', '.join(changed)}, changed"
         return None
 
     def refreshed(self) -> Check | None:

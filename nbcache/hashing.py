@@ -22,7 +22,7 @@ So this module belongs to the code layer, above ``fingerprint``: the values laye
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from . import hash_core
 from .errors import UncacheableError
@@ -33,7 +33,7 @@ from .hash_core import (
 
 __all__ = [
     "CODE", "Handler", "Handlers", "Hasher", "Unhashable", "Walk", "digest_of", "feed", "feed_bytes_tagged",
-    "feed_pairs", "hash_items", "hash_value", "new_hasher", "type_name",
+    "feed_pairs", "hash_holding", "hash_items", "hash_value", "new_hasher", "type_name",
 ]
 
 
@@ -92,3 +92,12 @@ def hash_items(values: tuple) -> tuple[str, list[str]]:
 
 def _public_error(e: Unhashable, root: str) -> UncacheableError:
     return UncacheableError(e.type_name, root + "".join(reversed(e.path)), e.detail)
+
+
+def hash_holding(obj: Any, stand_ins: Mapping[str, Any]) -> str:
+    """``hash_value(obj)``, where each object of ``stand_ins`` (by name) counts as its name, whatever it holds:
+    a dict of models hashes alike whether the ``lr`` it holds is fitted or not, as long as it holds ``lr``."""
+    walk = Walk()
+    for name, value in stand_ins.items():
+        walk.digests[id(value)] = (value, hash_core.new_hasher(f"stands for {name}".encode()).digest())
+    return hash_value(obj, walk=walk)

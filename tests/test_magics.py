@@ -693,6 +693,44 @@ def test_what_else_a_holder_holds_of_the_notebook_is_its_live_variables_after_a_
     assert ns["models"]["rf"] is ns["rf"] and ns["models"]["lr"] is ns["lr"] and ns["rf"].coef_ == 9
 
 
+def test_a_holder_changed_above_since_the_run_is_not_put_back_as_the_run_left_it(ip):
+    """``models`` is stored with the cell that fits ``lr`` because it holds ``lr``. A plain cell above adds a
+    model after a restart: the hit put back the stored ``models``, without it (red-team). The holder must be
+    as the run found it, but for ``lr``, or the cell runs again."""
+    cells = ["%%step\nclass Est:\n    def fit(self, x):\n        self.coef_ = sum(x)\n        return self",
+             "%%step\nlr = Est()\nmodels = {'lr': lr}", "models['deep'] = Est()", "%%step\nlr.fit([1, 2])"]
+    for cell in (cells[0], cells[1], cells[3]):
+        run(ip, cell)
+    for name in ("Est", "lr", "models"):  # (a new kernel)
+        del ip.user_ns[name]
+    for cell in cells:
+        run(ip, cell)
+    assert nbcache.runs()[-1].reason == "variable models, which it stored as it holds lr, changed"
+    assert sorted(ip.user_ns["models"]) == ["deep", "lr"] and ip.user_ns["models"]["lr"] is ip.user_ns["lr"]
+    for name in ("Est", "lr", "models"):  # (and with nothing changed, a hit)
+        del ip.user_ns[name]
+    for cell in cells:
+        run(ip, cell)
+    assert nbcache.runs()[-1].cached and sorted(ip.user_ns["models"]) == ["deep", "lr"]
+
+
+def test_a_held_variable_bound_since_to_an_equal_new_object_is_not_the_one_held(ip):
+    """A plain cell above makes ``rf`` again, equal in content, after ``models`` was made: without nbcache
+    ``models["rf"]`` is the old object. The hit of the fit held the new ``rf`` instead, and fitting ``rf``
+    then fitted ``models["rf"]`` too (red-team). The outputs as they are must hold the variable."""
+    cells = ["%%step\nclass Est:\n    def __init__(self, n):\n        self.n = n\n"
+             "    def fit(self, x):\n        self.coef_ = sum(x)\n        return self",
+             "%%step\nlr, rf = Est(1), Est(10)\nmodels = {'lr': lr, 'rf': rf}", "%%step\nlr.fit([1, 2])"]
+    for cell in cells:
+        run(ip, cell)
+    for name in ("Est", "lr", "rf", "models"):  # (a new kernel, with a cell inserted above the fit)
+        del ip.user_ns[name]
+    for cell in [*cells[:2], "rf = Est(10)", cells[2]]:
+        run(ip, cell)
+    assert nbcache.runs()[-1].reason == "variable rf, which an output of it holds, is another object now"
+    assert ip.user_ns["models"]["rf"] is not ip.user_ns["rf"]
+
+
 def test_a_cell_that_changes_a_function_or_class_it_reads_runs_every_time(ip):
     """``acc(1)`` appends to acc's default list, ``Config.verbose = True`` sets a class attribute: a hit would
     leave them unchanged, and the cells below would see another acc, another Config, than without nbcache."""
