@@ -85,9 +85,9 @@ def code_state(value: Any) -> str | None:
     besides its code: a function's default values, its attributes and what its closure holds (``counter.calls
     += 1``, a registry appended to, a ``nonlocal`` count, an array), a class's attributes (``Point.describe =
     describe``: a function, by identity), a bound method's instance (``tick = tracker.tick``; of a library's
-    method too: ``fit = model.fit``, ``log = rows.append``). Only ever
-    compared with itself before a run. None for anything else (a library's, which may keep caches of its
-    own in them), or what cannot be hashed."""
+    method too: ``fit = model.fit``, ``log = rows.append``). Only ever compared with itself before a run.
+    None for anything else (a library's, which may keep caches of its own in them), or what cannot be
+    hashed."""
     if isinstance(value, (types.MethodType, types.BuiltinMethodType)):  # (`fit = model.fit`, `log = rows.append`)
         owner = getattr(value, "__self__", None)
         if owner is None or isinstance(owner, (types.ModuleType, type)):  # (`len`, a class method)

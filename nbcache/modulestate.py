@@ -1,17 +1,17 @@
 """The variables of the user's own modules, before and after a step runs.
 
 A run that changes one (``config.THRESHOLD = 0.9``, ``config.SETTINGS["mode"] = "fast"``, a counter or a
-list a helper module keeps) leaves the kernel in a state a hit would not
-leave: the body does not run, so the module keeps what it held. Such a step is not stored; it runs every
-time and says which variables it changes. The modules of libraries are not compared (they keep caches of
-their own); what the user's own code assigns to one is found in the cell's code instead
-(``celleffects.py``).
+list a helper module keeps) leaves the kernel as a hit would not: the body does not run, so the module
+keeps what it held. Such a step is not stored; it runs every time and says which variables it changes.
+The modules of libraries are not compared (they keep caches of their own); what the user's own code
+assigns to one is found in the cell's code instead (``celleffects.py``).
 
-A variable holding plain data (numbers, strings, lists, dicts, ...) or an object of the user's own classes
-is compared by its content hash (``hash_value``); a library's object (an array, ``rcParams`` imported from
-matplotlib), a function or a class by identity: whether the variable was bound to another one. Not
-compared: names of the form ``__x__`` (``__warningregistry__``), variables that hold modules (what an
-import binds: a hit imports again), and the modules a run reloads (a hit reloads them too).
+A variable holding plain data, the standard library's containers, a random generator or an object of the
+user's own classes is compared by its content hash (``hash_value``; a list, dict or set past ``BIG`` items
+by its length); a library's other objects (an array, ``rcParams`` imported from matplotlib), functions and
+classes by identity: whether the variable was bound to another one. Not compared: names of the form
+``__x__`` (``__warningregistry__``), variables that hold modules (what an import binds: a hit imports
+again), and the modules a run reloads (a hit reloads them too).
 """
 
 from __future__ import annotations
