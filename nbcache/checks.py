@@ -161,11 +161,7 @@ class Check(NamedTuple):
         if self.digest == UNHASHABLE:
             return f"variable {self.target}, read through eval/exec, cannot be hashed to tell if it changed"
         value = (namespace or {}).get(self.target, _ABSENT)
-        try:
-            now = "" if value is _ABSENT else hash_value(value)
-        except Exception:
-            now = UNHASHABLE
-        if now != self.digest:
+        if ("" if value is _ABSENT else _digest_now(hash_value, value)) != self.digest:
             return f"variable {self.target} (read through eval/exec) changed"
         return None
 
@@ -184,11 +180,7 @@ class Check(NamedTuple):
         found = [(namespace or {})[n] for n in holders if n in (namespace or {})]
         if holders and id(values[0]) not in reach(found, HELD_LIMIT * len(found)):
             return f"variable {names[0]}, which an output of it holds, is another object now"
-        try:
-            now = hash_value(values[0])
-        except Exception:
-            now = UNHASHABLE
-        if now != self.digest:
+        if _digest_now(hash_value, values[0]) != self.digest:
             return f"variable {names[0]}, which an output of it holds, changed"
         return None
 
@@ -199,11 +191,7 @@ class Check(NamedTuple):
         ns = namespace or {}
         if holder not in ns:
             return f"variable {holder}, which it stored as it holds {', '.join(changed)}, is not defined"
-        try:
-            now = hash_holding(ns[holder], {n: ns[n] for n in changed if n in ns})
-        except Exception:
-            now = UNHASHABLE
-        if now != self.digest:
+        if _digest_now(hash_holding, ns[holder], {n: ns[n] for n in changed if n in ns}) != self.digest:
             return f"variable {holder}, which it stored as it holds {', '.join(changed)}, changed"
         return None
 
@@ -307,3 +295,11 @@ def listing_digest(path: str) -> str:
     except OSError:
         return ""
     return xxhash.xxh3_128("\0".join(names).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _digest_now(digest: Any, *args: Any) -> str:
+    """``digest(*args)``, or ``UNHASHABLE`` if it cannot be had: a check on it then does not hold."""
+    try:
+        return digest(*args)
+    except Exception:
+        return UNHASHABLE
