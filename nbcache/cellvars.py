@@ -163,11 +163,14 @@ def holders_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = fro
     targets = {id(v) for v in outputs if existed is None or id(v) in existed}
     found = []
     for n, v in ns.items():
-        if (n in names or IPYTHON_NAMES.fullmatch(n) or n.startswith("__") or isinstance(v, _NOT_SHARED)
-                or id(v) in held):
+        if n in names or IPYTHON_NAMES.fullmatch(n) or n.startswith("__") or id(v) in held:
             continue
-        if (id(v) in inside and not holding) or (targets and id(v) not in inside
-                                                    and targets & _reach([v], limit, kernel)):
+        if type(v) is types.MethodType and id(v.__self__) in targets:  # (`predict = lr.predict`, this cell fits lr)
+            found.append(n)
+        elif isinstance(v, _NOT_SHARED):
+            continue
+        elif (id(v) in inside and not holding) or (targets and id(v) not in inside
+                                                      and targets & _reach([v], limit, kernel)):
             found.append(n)
     return found
 

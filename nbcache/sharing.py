@@ -11,6 +11,7 @@ no code can tell from their content (numbers, strings: two tuples holding ``1`` 
 from __future__ import annotations
 
 import gc
+import itertools
 import sys
 import types
 from typing import Any, Sequence
@@ -29,8 +30,8 @@ def reach(roots: list[Any], limit: int, *, not_followed: tuple[type, ...] = NOT_
     """The ids of the objects ``roots`` lead to, themselves included, ``limit`` at most; ``not_followed``
     types are not followed, nor the objects whose ids are in ``stop`` (not counted either). With ``views``,
     a numpy view leads to the array whose memory it is (``X_train = X[:150]``: a change through one is a
-    change of the other)."""
-    np = sys.modules.get("numpy") if views else None
+    change of the other). A numpy object array leads to what it holds (a DataFrame's column of models)."""
+    np = sys.modules.get("numpy")
     seen: set[int] = set()
     todo = list(roots)
     while todo and len(seen) < limit:
@@ -39,8 +40,11 @@ def reach(roots: list[Any], limit: int, *, not_followed: tuple[type, ...] = NOT_
             continue
         seen.add(id(obj))
         todo.extend(gc.get_referents(obj))
-        if np is not None and isinstance(obj, np.ndarray) and obj.base is not None:
-            todo.append(obj.base)  # (an array is no container the collector follows)
+        if np is not None and isinstance(obj, np.ndarray):  # (an array is no container the collector follows:
+            if views and obj.base is not None:               # its base, and the objects an object array holds,
+                todo.append(obj.base)                        # as a pandas column of models does)
+            if obj.dtype.hasobject:
+                todo.extend(itertools.islice(obj.flat, max(0, limit - len(seen))))
     return seen
 
 

@@ -864,3 +864,37 @@ def test_a_cell_from_the_team_cache_restores_its_variables_and_output_then_is_ke
         assert [r.state.value for r in nbcache.runs()] == ["team hit", "hit"] and times_ran(ip) == 1
     finally:
         ip.run_line_magic("config", "NBCache.remote = None")
+
+
+def test_models_in_a_dataframe_column_stay_the_notebooks_after_a_hit(ip):
+    """``table = pd.DataFrame({"model": [lr, rf]})``, then a cell fits ``lr``: the table was not seen to hold
+    ``lr`` (numpy object arrays are no containers the collector follows), and after a restart the hit left
+    the table's ``lr`` unfitted, another object than ``lr`` (red-team)."""
+    cells = ["%%step\nimport pandas as pd\nclass Est:\n    def fit(self, x):\n        self.coef_ = sum(x)\n"
+             "        return self", "%%step\nlr, rf = Est(), Est()\ntable = pd.DataFrame({'model': [lr, rf]})",
+             "%%step\nlr.fit([1, 2])"]
+    for cell in cells:
+        run(ip, cell)
+    for name in ("pd", "Est", "lr", "rf", "table"):  # (a new kernel)
+        del ip.user_ns[name]
+    for cell in cells:
+        run(ip, cell)
+        assert nbcache.runs()[-1].cached
+    ns = ip.user_ns
+    assert ns["table"].loc[0, "model"] is ns["lr"] and ns["lr"].coef_ == 3 and ns["table"].loc[1, "model"] is ns["rf"]
+
+
+def test_a_bound_method_of_what_a_cell_changes_is_bound_to_it_after_a_hit(ip):
+    """``predict = lr.predict`` made above the cell that fits ``lr``: after a restart the hit bound ``lr`` to
+    the fitted object, and ``predict`` still to the unfitted one (``NotFittedError``: red-team)."""
+    cells = ["%%step\nclass Est:\n    def fit(self, x):\n        self.coef_ = sum(x)\n        return self\n"
+             "    def predict(self, x):\n        return self.coef_ * x", "%%step\nlr = Est()\npredict = lr.predict",
+             "%%step\nlr.fit([1, 2])"]
+    for cell in cells:
+        run(ip, cell)
+    for name in ("Est", "lr", "predict"):  # (a new kernel)
+        del ip.user_ns[name]
+    for cell in cells:
+        run(ip, cell)
+        assert nbcache.runs()[-1].cached
+    assert ip.user_ns["predict"].__self__ is ip.user_ns["lr"] and ip.user_ns["predict"](2) == 6
