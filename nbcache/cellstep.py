@@ -221,10 +221,10 @@ class CellCall(StepCall):
         self.set_state(payload.get("ambient") or {})  # after the magics: `%matplotlib inline` sets rc too
         ns.update(payload["variables"])  # functions and classes come back living in ns (see pickler.py)
         for name, value in payload["variables"].items():
-            if isinstance(value, Alias):  # (the input it stands for, live, as the key found it)
-                if value.of in ns:
-                    ns[name] = ns[value.of]
-                else:  # (never, as an input of the key; but no marker is ever left in the notebook)
+            if isinstance(value, Alias):  # (the input it stands for, live, as the key found it, or what in it)
+                try:
+                    ns[name] = value.found_in(ns)
+                except LookupError:  # (no marker is ever left in the notebook)
                     del ns[name]
         for name in payload["deleted"]:
             ns.pop(name, None)

@@ -6,6 +6,7 @@ Plain functions of a namespace (a dict) and what the cell's analysis found; no I
 
 from __future__ import annotations
 
+import collections
 import io
 import itertools
 import re
@@ -44,9 +45,22 @@ _ABSENT = object()
 
 class Alias(NamedTuple):
     """Stored in a variable's place: on a hit, the variable is bound to the notebook's ``of`` as it is then
-    (an input of the cell, whose content the key checked): ``df = raw`` binds ``df`` to the live ``raw``."""
+    (an input of the cell, whose content the key checked): ``df = raw`` binds ``df`` to the live ``raw``; or to
+    what ``path`` leads to in it (``best = models["rf"]``, a loop's ``model``: ``(("item", "rf"),)``)."""
 
     of: str
+    path: tuple[tuple[str, Any], ...] = ()
+
+    def found_in(self, ns: Mapping[str, Any]) -> Any:
+        """The object it stands for in ``ns``; LookupError if there is none (never, as the input's content is
+        the key's)."""
+        try:
+            value = ns[self.of]
+            for kind, key in self.path:
+                value = value[key] if kind == "item" else getattr(value, key)
+            return value
+        except Exception as exc:
+            raise LookupError(f"{self.of}{self.path}") from exc
 
 
 class Outputs(NamedTuple):
@@ -125,6 +139,10 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
         return Outputs(names, [], {}, live, tuple(changed_code))  # (no object another variable could share)
     aliases = {n: Alias(live[id(ns[n])]) for n in names if id(ns[n]) in live}
     held = _reach([ns[n] for n in unchanged], HOLD_LIMIT * len(unchanged), _kernel(ns))  # (live on a hit)
+    for n in names:  # an object inside an unchanged input (`best = models["rf"]`): where it is in the input
+        if n not in aliases and id(ns[n]) in held and not isinstance(ns[n], _NOT_SHARED):
+            found = next(((u, p) for u in unchanged if (p := path_to(ns[u], id(ns[n])))), None)
+            aliases.update({n: Alias(*found)} if found else {})
     names += aliases_of(ns, names, held)
     holders = holders_of(ns, names, held, existed=set(before.values()))
     holding = holders_of(ns, names, held, existed=set(before.values()), holding=True) if holders else []
@@ -173,6 +191,33 @@ def holders_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = fro
                                                       and targets & _reach([v], limit, kernel)):
             found.append(n)
     return found
+
+
+_KEYS = (str, int, float, bool, type(None))  # dict keys a path may go through
+
+
+def path_to(root: Any, target: int, limit: int = HOLD_LIMIT, depth: int = 4) -> tuple[tuple[str, Any], ...]:
+    """The way from ``root`` to the object whose id is ``target``, through dict items (of plain keys), list
+    and tuple items and public attributes (``pipe.steps[0][1]``), ``depth`` steps and ``limit`` objects at
+    most; () if there is none."""
+    todo, seen = collections.deque([(root, ())]), {id(root)}
+    while todo and len(seen) < limit:
+        obj, path = todo.popleft()
+        if isinstance(obj, dict):
+            steps = [("item", k, v) for k, v in list(obj.items()) if isinstance(k, _KEYS)]
+        elif isinstance(obj, (list, tuple)):
+            steps = [("item", i, v) for i, v in enumerate(obj)]
+        elif isinstance(getattr(obj, "__dict__", None), dict) and not isinstance(obj, _NOT_SHARED):
+            steps = [("attr", k, v) for k, v in list(vars(obj).items()) if not k.startswith("_")]
+        else:
+            continue
+        for kind, key, value in steps:
+            if id(value) == target:
+                return (*path, (kind, key))
+            if id(value) not in seen and len(path) + 1 < depth and not isinstance(value, _NOT_SHARED):
+                seen.add(id(value))
+                todo.append((value, (*path, (kind, key))))
+    return ()
 
 
 def held_by(ns: Mapping[str, Any], names: Sequence[str], live: Mapping[int, str]) -> dict[int, tuple[str, ...]]:

@@ -898,3 +898,21 @@ def test_a_bound_method_of_what_a_cell_changes_is_bound_to_it_after_a_hit(ip):
         run(ip, cell)
         assert nbcache.runs()[-1].cached
     assert ip.user_ns["predict"].__self__ is ip.user_ns["lr"] and ip.user_ns["predict"](2) == 6
+
+
+def test_a_variable_bound_to_what_an_unchanged_input_holds_is_that_object_after_a_hit(ip):
+    """``best = models["rf"]``, or the loop's ``model``: after a restart the hit bound them to copies, and
+    fitting ``best`` left ``models["rf"]`` unfitted (red-team). They are bound to what the live input holds
+    there, as without nbcache."""
+    cells = ["%%step\nclass Est:\n    def fit(self, x):\n        self.coef_ = sum(x)\n        return self",
+             "%%step\nmodels = {'lr': Est(), 'rf': Est()}", "%%step\nbest = models['rf']",
+             "%%step\nfor name, model in models.items():\n    pass"]
+    for cell in cells:
+        run(ip, cell)
+    for name in ("Est", "models", "best", "model", "name"):  # (a new kernel)
+        del ip.user_ns[name]
+    for cell in cells:
+        run(ip, cell)
+        assert nbcache.runs()[-1].cached
+    ns = ip.user_ns
+    assert ns["best"] is ns["models"]["rf"] and ns["model"] is ns["models"]["rf"] and ns["name"] == "rf"
