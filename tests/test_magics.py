@@ -866,6 +866,18 @@ def test_a_cell_from_the_team_cache_restores_its_variables_and_output_then_is_ke
         ip.run_line_magic("config", "NBCache.remote = None")
 
 
+def every_cell_a_hit_after_a_restart(ip, cells: list[str], forget: tuple[str, ...]) -> None:
+    """Run ``cells``; then, as a new kernel would (the names they bind, ``forget``, gone), run them again,
+    each a hit."""
+    for cell in cells:
+        run(ip, cell)
+    for name in forget:
+        del ip.user_ns[name]
+    for cell in cells:
+        run(ip, cell)
+        assert nbcache.runs()[-1].cached, nbcache.runs()[-1].reason
+
+
 def test_models_in_a_dataframe_column_stay_the_notebooks_after_a_hit(ip):
     """``table = pd.DataFrame({"model": [lr, rf]})``, then a cell fits ``lr``: the table was not seen to hold
     ``lr`` (numpy object arrays are no containers the collector follows), and after a restart the hit left
@@ -873,13 +885,7 @@ def test_models_in_a_dataframe_column_stay_the_notebooks_after_a_hit(ip):
     cells = ["%%step\nimport pandas as pd\nclass Est:\n    def fit(self, x):\n        self.coef_ = sum(x)\n"
              "        return self", "%%step\nlr, rf = Est(), Est()\ntable = pd.DataFrame({'model': [lr, rf]})",
              "%%step\nlr.fit([1, 2])"]
-    for cell in cells:
-        run(ip, cell)
-    for name in ("pd", "Est", "lr", "rf", "table"):  # (a new kernel)
-        del ip.user_ns[name]
-    for cell in cells:
-        run(ip, cell)
-        assert nbcache.runs()[-1].cached
+    every_cell_a_hit_after_a_restart(ip, cells, forget=("pd", "Est", "lr", "rf", "table"))
     ns = ip.user_ns
     assert ns["table"].loc[0, "model"] is ns["lr"] and ns["lr"].coef_ == 3 and ns["table"].loc[1, "model"] is ns["rf"]
 
@@ -890,13 +896,7 @@ def test_a_bound_method_of_what_a_cell_changes_is_bound_to_it_after_a_hit(ip):
     cells = ["%%step\nclass Est:\n    def fit(self, x):\n        self.coef_ = sum(x)\n        return self\n"
              "    def predict(self, x):\n        return self.coef_ * x", "%%step\nlr = Est()\npredict = lr.predict",
              "%%step\nlr.fit([1, 2])"]
-    for cell in cells:
-        run(ip, cell)
-    for name in ("Est", "lr", "predict"):  # (a new kernel)
-        del ip.user_ns[name]
-    for cell in cells:
-        run(ip, cell)
-        assert nbcache.runs()[-1].cached
+    every_cell_a_hit_after_a_restart(ip, cells, forget=("Est", "lr", "predict"))
     assert ip.user_ns["predict"].__self__ is ip.user_ns["lr"] and ip.user_ns["predict"](2) == 6
 
 
@@ -907,12 +907,6 @@ def test_a_variable_bound_to_what_an_unchanged_input_holds_is_that_object_after_
     cells = ["%%step\nclass Est:\n    def fit(self, x):\n        self.coef_ = sum(x)\n        return self",
              "%%step\nmodels = {'lr': Est(), 'rf': Est()}", "%%step\nbest = models['rf']",
              "%%step\nfor name, model in models.items():\n    pass"]
-    for cell in cells:
-        run(ip, cell)
-    for name in ("Est", "models", "best", "model", "name"):  # (a new kernel)
-        del ip.user_ns[name]
-    for cell in cells:
-        run(ip, cell)
-        assert nbcache.runs()[-1].cached
+    every_cell_a_hit_after_a_restart(ip, cells, forget=("Est", "models", "best", "model", "name"))
     ns = ip.user_ns
     assert ns["best"] is ns["models"]["rf"] and ns["model"] is ns["models"]["rf"] and ns["name"] == "rf"
