@@ -142,10 +142,10 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
     for n in names:  # an object inside an unchanged input (`best = models["rf"]`): where it is in the input
         if n not in aliases and id(ns[n]) in held and not isinstance(ns[n], _NOT_SHARED):
             found = next(((u, p) for u in unchanged if (p := path_to(ns[u], id(ns[n])))), None)
-            aliases.update({n: Alias(*found)} if found else {})
+            if found:
+                aliases[n] = Alias(*found)
     names += aliases_of(ns, names, held)
-    holders = holders_of(ns, names, held, existed=set(before.values()))
-    holding = holders_of(ns, names, held, existed=set(before.values()), holding=True) if holders else []
+    holders, holding = _holders(ns, names, held, set(before.values()))
     others = held_by(ns, names + holders, live) if holders else {}  # (what else they hold of the notebook's:
     live = {**{i: n[0] for i, n in others.items()}, **live}          # its variables' objects, live on a hit)
     return Outputs(names + holders, [], aliases, live, tuple(changed_code), others, tuple(holding))
@@ -164,33 +164,42 @@ def aliases_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = fro
 
 
 def holders_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = frozenset(), *,
-               existed: set[int] | None = None, limit: int = HOLD_LIMIT, holding: bool = False) -> list[str]:
+               existed: set[int] | None = None, limit: int = HOLD_LIMIT) -> list[str]:
     """The other variables whose objects hold an output's object (``models`` after ``models["lr"] = lr``, when
     this cell fits ``lr``), or are held by one (the ``clf`` inside the ``pipe`` this cell fits): stored with
     the outputs, in one pickle, so that a hit keeps them one graph of objects, as the run left it. Found by
     following references (``gc.get_referents``), ``limit`` objects from each variable at most: one past
     that is not seen (``docs/pitfalls.md``). Not objects ``held`` (see ``aliases_of``). Only an output that
     ``existed`` before the run (ids; None: any) can be held by another variable: one the cell made is held
-    only by what the cell bound or changed, outputs already. ``holding``: only those that hold one (not one
-    of its own objects, as the base array of a view it changed)."""
+    only by what the cell bound or changed, outputs already."""
+    return _holders(ns, names, held, existed, limit)[0]
+
+
+def _holders(ns: Mapping[str, Any], names: Sequence[str], held: set[int], existed: set[int] | None,
+             limit: int = HOLD_LIMIT) -> tuple[list[str], list[str]]:
+    """``holders_of``, and of those the ones that hold an output (not one of its own objects, as the base
+    array of a view it changed, or the ``clf`` of the ``pipe`` it fits)."""
     outputs = [ns[n] for n in names if not isinstance(ns[n], _NOT_SHARED) and id(ns[n]) not in held]
     if not outputs:
-        return []
+        return [], []
     kernel = _kernel(ns)
     inside = _reach(outputs, limit * len(outputs), kernel) - {id(v) for v in outputs}
     targets = {id(v) for v in outputs if existed is None or id(v) in existed}
-    found = []
+    found, holding = [], []
     for n, v in ns.items():
         if n in names or IPYTHON_NAMES.fullmatch(n) or n.startswith("__") or id(v) in held:
             continue
         if type(v) is types.MethodType and id(v.__self__) in targets:  # (`predict = lr.predict`, this cell fits lr)
             found.append(n)
+            holding.append(n)
         elif isinstance(v, _NOT_SHARED):
             continue
-        elif (id(v) in inside and not holding) or (targets and id(v) not in inside
-                                                      and targets & _reach([v], limit, kernel)):
+        elif id(v) in inside:
             found.append(n)
-    return found
+        elif targets and targets & _reach([v], limit, kernel):
+            found.append(n)
+            holding.append(n)
+    return found, holding
 
 
 _KEYS = (str, int, float, bool, type(None))  # dict keys a path may go through
