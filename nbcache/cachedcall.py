@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = ["StepCall", "MISS", "addresses_of"]
 
+FAILED_SAID = 120  # characters of a failed run's error in the next call's reason
+
 class StepCall(Serving, Keeping):
     """Key, lookup, save and record for one call. Subclasses fill ``code``, ``deps`` and ``inputs``."""
 
@@ -253,17 +255,28 @@ class StepCall(Serving, Keeping):
             self.trouble(f"older results could not be evicted to keep the cache under its size limit"
                          f" ({describe_error(exc)})")
 
-    def remember_last(self, force: bool = False, uncached: str | None = None) -> None:
-        """Record this call's ingredients as the step's latest (``uncached``: why its result was not stored)."""
+    def remember_last(self, force: bool = False, uncached: str | None = None, failed: str | None = None) -> None:
+        """Record this call's ingredients as the step's latest (``uncached``: why its result was not stored;
+        ``failed``: the error its body raised)."""
         try:
             with unobserved:
-                self.cache.latest.write(self.store, self.identity, self._latest(uncached), force=force)
+                self.cache.latest.write(self.store, self.identity, self._latest(uncached, failed), force=force)
         except Exception as exc:  # only the wording of a later reason depends on it: say so, go on
             self.trouble(f"its ingredients could not be written ({describe_error(exc)})")
 
-    def _latest(self, uncached: str | None = None) -> Latest:
+    def _latest(self, uncached: str | None = None, failed: str | None = None) -> Latest:
         return Latest(key=self.key, code=self.code, deps=self.deps, inputs=self.inputs, version=self.version,
-                      kind=self.kind, name=self.name, uncached=uncached)
+                      kind=self.kind, name=self.name, uncached=uncached, failed=failed)
+
+    def record_failure(self, reason: str, error: BaseException | None, *, store: bool) -> None:
+        """Record a run whose body raised ``error`` (nothing stored). One that would have stored its result
+        (``store``) is the step's latest too, failed: the next call's reason says what changed since, or that
+        this run failed, rather than ``first run``."""
+        said = describe_error(error, limit=FAILED_SAID) if error is not None else "it failed"
+        if store:
+            self.remember_last(force=True, failed=said)
+        self.record(cached=False, reason=reason, outputs=(), status="failed",
+                    error=describe_error(error, limit=10_000) if error is not None else None)
 
     def observe(self, bound: frozenset[str] = frozenset()) -> Observer:
         """An observer of this call's run (what it reads, writes, draws, changes); ``bound``: what it binds."""

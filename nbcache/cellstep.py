@@ -43,7 +43,7 @@ from .frame import Unpicklable
 from .hashing import hash_value
 from .modulestate import module_attributes
 from .pickler import LIVE_NAMESPACE, Ahead
-from .records import describe_error, format_seconds
+from .records import format_seconds
 from .serving import MISS
 from .store import Store
 
@@ -281,9 +281,7 @@ class CellCall(StepCall):
             outer.result = outcome.result  # the cell's result, as without %%step
         duration = time.perf_counter() - t_body
         if not outcome.success:
-            error = outcome.error_in_exec or outcome.error_before_exec
-            self.record(cached=False, reason=reason, outputs=(), status="failed",
-                        error=describe_error(error, limit=10_000))
+            self.record_failure(reason, outcome.error_in_exec or outcome.error_before_exec, store=store)
             raise StepCellFailed(f"step {self.name!r} failed; nothing was stored")
         # whatever fails from here on, the cell's variables stay bound and its output shown
         self.keep(lambda: self._keep(before, recorder, outcome, reason, store=store, duration=duration), reason)

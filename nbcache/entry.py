@@ -129,7 +129,8 @@ _NONE: Mapping[str, str] = MappingProxyType({})  # (a default no run can change)
 
 
 class Latest(NamedTuple):
-    """The ingredients of a step's latest run (``uncached``: why its result could not be stored)."""
+    """The ingredients of a step's latest run (``uncached``: why its result could not be stored; ``failed``:
+    the error its body raised, ``Type: message``, when it failed and stored nothing)."""
 
     key: str
     code: str
@@ -140,12 +141,15 @@ class Latest(NamedTuple):
     name: str = ""
     uncached: str | None = None
     format: int | None = CACHE_FORMAT  # the cache format it was written with (None: before it was recorded)
+    failed: str | None = None
 
     def to_json(self) -> str:
         record = {"key": self.key, "code": self.code, "deps": dict(self.deps), "inputs": dict(self.inputs),
                   "version": self.version, "kind": self.kind, "name": self.name, "format": self.format}
         if self.uncached:
             record["uncached"] = self.uncached
+        if self.failed:
+            record["failed"] = self.failed
         return json.dumps(record)
 
     @classmethod
@@ -158,7 +162,8 @@ class Latest(NamedTuple):
                    version=_typed(record, "version", (str, type(None)), None),
                    kind=_kind(_typed(record, "kind", str, "function")), name=_typed(record, "name", str, ""),
                    uncached=_typed(record, "uncached", (str, type(None)), None),
-                   format=_typed(record, "format", (int, type(None)), None))
+                   format=_typed(record, "format", (int, type(None)), None),
+                   failed=_typed(record, "failed", (str, type(None)), None))
 
 
 _REQUIRED = object()

@@ -41,7 +41,8 @@ class LatestWrites:
     def write(self, store: Store, identity: str, latest: Latest, *, force: bool = False) -> None:
         """Write ``latest`` now, unless (``force`` aside) this process knows it is written already."""
         slot = (id(store), identity)
-        written = f"{latest.key} {latest.uncached}" if latest.uncached else latest.key
+        # (one that says why nothing was stored, or that the run failed, is no hit's latest: a hit writes its own)
+        written = f"{latest.key} {latest.uncached} {latest.failed}" if latest.uncached or latest.failed else latest.key
         if force or self._written.get(slot) != written:
             with self._lock, contextlib.suppress(Exception):  # (only a later reason's wording needs it)
                 store.put_latest(identity, latest)
@@ -70,7 +71,7 @@ class LatestWrites:
                     stored = store.get_latest(identity)
                 except Damaged:
                     stored = None
-                if stored is None or stored.key != key or stored.uncached:
+                if stored is None or stored.key != key or stored.uncached or stored.failed:
                     store.put_latest(identity, latest())
 
         self.worker.submit(write_if_stale)

@@ -34,6 +34,8 @@ class Outcome(enum.Enum):
     """Its code, an input, its version, or something its run read (a file, the RNG state) changed."""
     REMOVED = "removed"
     """Nothing changed, but its stored result had been removed (``clear``)."""
+    RETRIED = "retried"
+    """Nothing changed since its last run, which failed (its body raised): it ran again."""
     DAMAGED = "damaged"
     """Its stored result was damaged or missing on disk; it was forgotten and recomputed."""
     DISABLED = "disabled"

@@ -188,5 +188,10 @@ class Serving:
         if self.outcome is Outcome.REMOVED and last is not None and last.key == self.key and last.uncached:
             self.outcome = Outcome.ALWAYS_RUNS  # nothing changed, but nothing could be stored
             return f"runs every time: {last.uncached}"
+        if last is not None and last.failed and self.outcome in (Outcome.REMOVED, Outcome.CHANGED):
+            if self.outcome is Outcome.REMOVED:  # (the same key: it failed, and nothing was stored)
+                self.outcome = Outcome.RETRIED
+                return f"its last run failed ({last.failed}); it runs again"
+            return f"{render(self.outcome, self.changes, self.kind)} since its last run, which failed ({last.failed})"
         return render(self.outcome, self.changes, self.kind)
 

@@ -25,7 +25,7 @@ from .errors import warn as _warn
 from .fingerprint import PREPARE_AFTER_S, fingerprint_parts, prepare
 from .frame import Unpicklable
 from .hashing import Walk, hash_items, hash_value
-from .records import StepRun, describe_error
+from .records import StepRun
 from .store import Store
 
 __all__ = ["Step", "step", "runs", "clear"]
@@ -182,8 +182,7 @@ class _Call(StepCall):
             with self.watching(store):
                 result = self.step.__wrapped__(*self.bound.args, **self.bound.kwargs)
         except BaseException as exc:
-            self.record(cached=False, reason=reason, outputs=(), status="failed",
-                        error=describe_error(exc, limit=10_000))
+            self.record_failure(reason, exc, store=store)
             raise
         duration = time.perf_counter() - t_body
         self.keep(lambda: self._keep(result, reason, store=store, duration=duration), reason)  # (never raises)

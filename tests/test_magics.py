@@ -275,6 +275,11 @@ def test_a_failing_cell_shows_its_error_stores_nothing_and_fails(ip, capsys):
     ip.run_cell(cell)
     assert times_ran(ip) == 2
     assert [r.status for r in nbcache.runs()] == ["failed", "failed"]
+    assert nbcache.runs()[-1].reason == "its last run failed (ZeroDivisionError: division by zero); it runs again"
+    ip.run_cell("ZERO = 2")
+    run(ip, cell)
+    assert nbcache.runs()[-1].reason == "input ZERO changed since its last run, which failed (ZeroDivisionError:" \
+                                        " division by zero)"
 
 
 def test_unpicklable_variable_means_nothing_is_cached(ip):

@@ -205,7 +205,8 @@ def test_exceptions_are_not_cached_and_are_recorded(cache_dir, calls):
     @step
     def fragile(x):
         calls.hit()
-        raise ValueError("bad input")
+        if x > 0:
+            raise ValueError("bad input")
 
     for _ in range(2):
         with pytest.raises(ValueError, match="bad input"):
@@ -214,6 +215,29 @@ def test_exceptions_are_not_cached_and_are_recorded(cache_dir, calls):
     runs = nbcache.runs("fragile")
     assert [r.status for r in runs] == ["failed", "failed"]
     assert runs[0].error == "ValueError: bad input"
+    # the second run is no first run: the reason says the last one failed, and a fix is told as a change since
+    assert [r.reason for r in runs] == ["first run", "its last run failed (ValueError: bad input); it runs again"]
+    assert [r.state for r in runs] == [nbcache.Outcome.FAILED] * 2
+    assert fragile(-1) is None and nbcache.runs("fragile")[-1].reason == (
+        "argument x changed since its last run, which failed (ValueError: bad input)")
+    assert nbcache.runs("fragile")[-1].status == "ok"
+
+
+def test_the_run_after_a_failed_one_says_so_after_a_restart_too(cache_dir):
+    code = ("import nbcache\n"
+            "@nbcache.step\n"
+            "def fragile(x):\n"
+            "    if x == 1:\n"
+            "        raise ValueError('bad input')\n"
+            "    return x\n"
+            "try:\n"
+            "    fragile({})\n"
+            "except ValueError:\n"
+            "    pass\n"
+            "print(nbcache.runs()[-1].reason)\n")
+    said = [run_python(code.format(x)).strip().splitlines()[-1] for x in (1, 1, 2, 2)]
+    assert said == ["first run", "its last run failed (ValueError: bad input); it runs again",
+                    "argument x changed since its last run, which failed (ValueError: bad input)", "cache hit"]
 
 
 def test_unpicklable_result_is_returned_with_one_warning(cache_dir):
