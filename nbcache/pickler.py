@@ -113,6 +113,10 @@ def _pickler_class() -> type:
                     and id(main_attribute(self._module, obj.__qualname__.partition(".")[0], None))
                     not in self._by_value):
                 return _main_attribute, (obj.__qualname__,)  # (a method of a class stored by value is not)
+            if _is_singledispatch(obj) and not _found_by_name(obj):  # (its dispatch cache holds weak references,
+                # which do not pickle: the notebook's is made again, with what was registered; a library's is named)
+                return _make_singledispatch, (obj.__wrapped__, [(k, f) for k, f in obj.registry.items()
+                                                                if k is not object])
             if isinstance(obj, types.FunctionType) and obj.__globals__ is self._notebook:
                 return _reduce_notebook_function(obj)
             if (isinstance(obj, types.FunctionType) and "<locals>" in obj.__code__.co_qualname
@@ -162,7 +166,8 @@ class NotebookUnpickler(pickle.Unpickler):
                 return functools.partial(_make_function, notebook_globals(self._module))
             if name == "_main_attribute":
                 return functools.partial(main_attribute, self._module)
-            if name in ("_set_notebook_function_state", "_make_lru", "_make_module_closure", "_make_ahead"):
+            if name in ("_set_notebook_function_state", "_make_lru", "_make_module_closure", "_make_ahead",
+                        "_make_singledispatch"):
                 return globals()[name]
         return super().find_class(module, name)
 
@@ -192,6 +197,22 @@ LIVE = "nbcache.live"  # the persistent id of a reference to a notebook variable
 #: embedded shell keeps apart from its module's); ``None``: the notebook module's globals.
 LIVE_NAMESPACE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("nbcache_live_namespace", default=None)
 _LRU = type(functools.lru_cache(lambda: None))
+
+
+def _is_singledispatch(obj: Any) -> bool:
+    """Whether ``obj`` is a ``functools.singledispatch`` function (told by its documented attributes)."""
+    return (isinstance(obj, types.FunctionType) and isinstance(getattr(obj, "registry", None), types.MappingProxyType)
+            and callable(getattr(obj, "register", None)) and callable(getattr(obj, "dispatch", None))
+            and callable(getattr(obj, "__wrapped__", None)))
+
+
+def _make_singledispatch(func: Any, registered: list[tuple[Any, Any]]) -> Any:
+    """A ``functools.singledispatch`` function again: ``func`` for any type, and each ``(type, implementation)``
+    registered, in the order they were."""
+    dispatcher = functools.singledispatch(func)
+    for kind, implementation in registered:
+        dispatcher.register(kind, implementation)
+    return dispatcher
 
 
 def _make_lru(func: Any, parameters: dict) -> Any:

@@ -915,3 +915,17 @@ def test_a_variable_bound_to_what_an_unchanged_input_holds_is_that_object_after_
     every_cell_a_hit_after_a_restart(ip, cells, forget=("Est", "models", "best", "model", "name"))
     ns = ip.user_ns
     assert ns["best"] is ns["models"]["rf"] and ns["model"] is ns["models"]["rf"] and ns["name"] == "rf"
+
+
+def test_a_singledispatch_function_of_the_notebook_is_cached_and_dispatches_after_a_hit(ip, recwarn):
+    """A ``functools.singledispatch`` function keeps a cache of weak references, which do not pickle: its
+    cell ran every time, with a warning each time. It is stored as its function and what was registered."""
+    cells = ["%%step\nimport functools\n@functools.singledispatch\ndef show(x):\n    return 'object'\n"
+             "@show.register\ndef _(x: int):\n    return f'int {x}'\nlabel = show(3)",
+             "%%step\nshown = [show(2.0), show(1)]"]
+    every_cell_a_hit_after_a_restart(ip, cells, forget=("functools", "show", "_", "label", "shown"))
+    show = ip.user_ns["show"]
+    assert ip.user_ns["shown"] == ["object", "int 1"] and show(5) == "int 5" and show("s") == "object"
+    assert set(show.registry) == {object, int} and not [w for w in recwarn if "pickle" in str(w.message)]
+    show.register(str, lambda x: "str")  # (still a dispatcher: more can be registered after a hit)
+    assert show("s") == "str"
