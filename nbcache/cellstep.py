@@ -291,7 +291,8 @@ class CellCall(StepCall):
               duration: float) -> None:
         """Store what the cell bound (when ``store``) and record the run."""
         ns, observer = self.shell.user_ns, self.observer
-        names, _, aliases, _, changed_code, _, _ = found = self._outputs(before)
+        found = self._outputs(before)
+        names, aliases, changed_code = found.names, found.aliases, found.changed_code
         live, checks = held_checks(ns, found)
         if store and observer is not None:  # (a library's module too: `np.flag = 1`, seen in the code)
             observer.changed_modules = list(dict.fromkeys(observer.changed_modules + module_attributes(ns, self.sets)))

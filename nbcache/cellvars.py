@@ -19,14 +19,12 @@ from .codestate import code_read, code_state, notebook_reads
 from .fingerprint import read_digest
 from .frame import Frame, Unpicklable
 from .hashing import hash_holding, hash_value
-from .sharing import NOT_FOLLOWED, VALUES, reach
+from .sharing import IPYTHON_NAMES, NOT_FOLLOWED, VALUES, kernel_objects, reach
 from .step import Step
 
 __all__ = ["HISTORY_NAMES", "IPYTHON_NAMES", "Alias", "Outputs", "deleted_names", "held_checks", "is_closed",
            "memory_size", "output_names", "picklable"]
 
-# Names IPython itself binds as cells run (_, __, _i3, _oh, ...): never a cell's outputs.
-IPYTHON_NAMES = re.compile(r"_+\d*|_i+\d*|_(oh|dh|ih|ii|iii)|In|Out|exit|quit|get_ipython")
 # Of those, the ones that hold what earlier cells showed or were (_, _3, Out[3], _i2, In): a cell that reads
 # one depends on its value, though IPython hides it from %who as its own.
 HISTORY_NAMES = re.compile(r"_{1,3}|_\d+|_i{1,3}|_i\d+|_(oh|ih)|In|Out")
@@ -79,6 +77,8 @@ class Outputs(NamedTuple):
     #                                       with every name bound to each: a hit needs them as they were
     holders: tuple[str, ...] = ()  # of ``names``, those stored only as they hold what the cell changed (not
     #                                those it holds: the base array of a view it changed, ``clf`` in ``pipe``)
+    changed_inputs: tuple[str, ...] = ()  # of ``names``, the inputs it changed in place (``lr`` it fits): a hit
+    #                                       binds them to other objects, so nothing else may hold them (``alone``)
 
 
 def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Sequence[str],
@@ -108,7 +108,7 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
     # nothing to keep, and it cannot be stored
     names = [n for n in names if not is_closed(ns[n])]
     unchanged = []  # inputs found as they were: a hit finds them so too, live, with whatever holds them
-    changed_code = []
+    changed_code, changed_inputs = [], []
     for name in input_names:
         value = ns.get(name, _ABSENT)
         if name in names or name not in inputs or value is _ABSENT:
@@ -124,6 +124,7 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
         try:
             if hash_value(value) != inputs.get(name):
                 names.append(name)  # mutated in place: `items.append(x)`, `df["c"] = ...`
+                changed_inputs.append(name)
             else:
                 unchanged.append(name)
         except Exception:
@@ -138,7 +139,7 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
     if not any(not isinstance(ns[n], _NOT_SHARED) for n in names):
         return Outputs(names, [], {}, live, tuple(changed_code))  # (no object another variable could share)
     aliases = {n: Alias(live[id(ns[n])]) for n in names if id(ns[n]) in live}
-    held = _reach([ns[n] for n in unchanged], HOLD_LIMIT * len(unchanged), _kernel(ns))  # (live on a hit)
+    held = _reach([ns[n] for n in unchanged], HOLD_LIMIT * len(unchanged), kernel_objects(ns))  # (live on a hit)
     for n in names:  # an object inside an unchanged input (`best = models["rf"]`): where it is in the input
         if n not in aliases and id(ns[n]) in held and not isinstance(ns[n], _NOT_SHARED):
             found = next(((u, p) for u in unchanged if (p := path_to(ns[u], id(ns[n])))), None)
@@ -148,7 +149,8 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
     holders, holding = _holders(ns, names, held, set(before.values()))
     others = held_by(ns, names + holders, live) if holders else {}  # (what else they hold of the notebook's:
     live = {**{i: n[0] for i, n in others.items()}, **live}          # its variables' objects, live on a hit)
-    return Outputs(names + holders, [], aliases, live, tuple(changed_code), others, tuple(holding))
+    return Outputs(names + holders, [], aliases, live, tuple(changed_code), others, tuple(holding),
+                   tuple(n for n in changed_inputs if n not in aliases and not isinstance(ns[n], _NOT_SHARED)))
 
 
 def aliases_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = frozenset()) -> list[str]:
@@ -182,7 +184,7 @@ def _holders(ns: Mapping[str, Any], names: Sequence[str], held: set[int], existe
     outputs = [ns[n] for n in names if not isinstance(ns[n], _NOT_SHARED) and id(ns[n]) not in held]
     if not outputs:
         return [], []
-    kernel = _kernel(ns)
+    kernel = kernel_objects(ns)
     inside = _reach(outputs, limit * len(outputs), kernel) - {id(v) for v in outputs}
     targets = {id(v) for v in outputs if existed is None or id(v) in existed}
     found, holding = [], []
@@ -236,7 +238,7 @@ def held_by(ns: Mapping[str, Any], names: Sequence[str], live: Mapping[int, str]
     fitted, not a copy of it. The hit must find them as the run left them, every name still bound to one
     object (``Check`` kind ``held``): a name bound since to another object, or one a hit of a cell above
     bound to a copy, makes it run again (red-team)."""
-    kernel = _kernel(ns)
+    kernel = kernel_objects(ns)
     outputs = [ns[n] for n in names if not isinstance(ns[n], _NOT_SHARED)]
     inside = _reach(outputs, HOLD_LIMIT * len(outputs), kernel) - {id(v) for v in outputs}
     found: dict[int, tuple[str, ...]] = {}
@@ -259,6 +261,8 @@ def held_checks(ns: Mapping[str, Any], found: Outputs) -> tuple[dict[int, str], 
             checks.append(Check("held", "\t".join(names) + "|" + holders, hash_value(ns[names[0]])))
         except Exception:
             live = {i: n for i, n in live.items() if i != identity}
+    if found.changed_inputs:  # (a variable made since to hold one would keep it as it was before a hit)
+        checks.append(Check("alone", "\t".join(found.changed_inputs) + "|" + "\t".join(found.names), "-"))
     changed = {n: ns[n] for n in found.names if n not in found.holders and not isinstance(ns[n], _NOT_SHARED)}
     for holder in found.holders:
         try:
@@ -270,19 +274,8 @@ def held_checks(ns: Mapping[str, Any], found: Outputs) -> tuple[dict[int, str], 
 
 def _reach(roots: list[Any], limit: int, kernel: set[int]) -> set[int]:
     """The ids of the objects ``roots`` lead to (``sharing.reach``), a step not followed either, nor the
-    objects ``kernel`` (``_kernel``'s)."""
+    objects ``kernel`` (``kernel_objects``')."""
     return reach(roots, limit, not_followed=_NOT_FOLLOWED, stop=kernel)
-
-
-def _kernel(ns: Mapping[str, Any]) -> set[int]:
-    """The notebook's namespace ``ns`` and IPython's history in it (``Out``, ``In``): every variable is in
-    those, and the kernel leads to them (a variable keeping ``sys.stdout`` held the whole notebook, its
-    session leading to the kernel, and the kernel to the shell): no variable holds another through them.
-    Not ``_``, ``_3``: those are values the user's cells showed, which a variable may hold."""
-    return {id(ns)} | {id(ns[n]) for n in _HISTORY_CONTAINERS if isinstance(ns.get(n), (dict, list))}
-
-
-_HISTORY_CONTAINERS = ("Out", "_oh", "In", "_ih", "_dh")
 
 
 def deleted_names(ns: Mapping[str, Any], before: Mapping[str, int]) -> list[str]:

@@ -20,13 +20,13 @@ import xxhash
 
 from . import ambient
 from .hashing import hash_holding, hash_value
-from .sharing import reach
+from .sharing import holding, reach
 
 __all__ = ["CHANGED_BY_THE_RUN", "KINDS", "NO_FILE", "UNHASHABLE", "Check", "checks_from_json", "file_digest",
            "first_failure", "listing_digest", "stat_of"]
 
 KINDS = frozenset({"file", "wrote", "made", "folder", "gone", "tree", "state", "setting", "random", "variable",
-                   "held", "holder"})
+                   "held", "holder", "alone"})
 """Every kind of check; anything else in a stored entry means the entry is damaged."""
 _FILE_KINDS = frozenset({"file", "wrote"})  # the checks that carry a stat
 _PAIRED_KINDS = frozenset({"state", "setting"})  # digests "before|after": the state as a run found and left it
@@ -124,6 +124,8 @@ class Check(NamedTuple):
             return self._held_failure(namespace)
         if self.kind == "holder":
             return self._holder_failure(namespace)
+        if self.kind == "alone":
+            return self._alone_failure(namespace)
         return f"it depends on something this nbcache does not know ({self.kind})"
 
     def _file_failure(self, trust_stat: bool) -> str | None:
@@ -194,6 +196,20 @@ class Check(NamedTuple):
         if _digest_now(hash_holding, ns[holder], {n: ns[n] for n in changed if n in ns}) != self.digest:
             return f"variable {holder}, which it stored as it holds {', '.join(changed)}, changed"
         return None
+
+    def _alone_failure(self, namespace: dict | None) -> str | None:
+        """Inputs it changed in place (``lr`` it fits), which a hit binds to the objects stored instead: held by
+        no variable but those it stores (the target: their names, then ``|`` and those, each tab-separated),
+        as a variable made since to hold one (``models = {"lr": lr}`` above) would keep it unchanged."""
+        named, _, stored = self.target.partition("|")
+        ns = namespace or {}
+        targets = {id(ns[n]): n for n in named.split("\t") if n in ns}
+        found = holding(ns, targets, set(stored.split("\t")), HELD_LIMIT) if targets else None
+        if found is None:
+            return None
+        holder, held = found
+        return (f"variable {holder} holds {held}, which it changes in place, and did not when it was cached: a hit"
+                f" would leave {holder} holding {held} unchanged")
 
     def refreshed(self) -> Check | None:
         """For a file whose content matched but whose stat did not (touched, checked out again), or had none

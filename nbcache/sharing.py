@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import gc
 import itertools
+import re
 import sys
 import types
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-__all__ = ["NOT_FOLLOWED", "VALUES", "reach", "shared_between"]
+__all__ = ["IPYTHON_NAMES", "NOT_FOLLOWED", "VALUES", "holding", "kernel_objects", "reach", "shared_between"]
+
+# Names IPython itself binds as cells run (_, __, _i3, _oh, ...): never a cell's outputs.
+IPYTHON_NAMES = re.compile(r"_+\d*|_i+\d*|_(oh|dh|ih|ii|iii)|In|Out|exit|quit|get_ipython")
+_HISTORY_CONTAINERS = ("Out", "_oh", "In", "_ih", "_dh")
 
 # Values whose identity no code can tell apart from their content: two names bound to one are no alias.
 VALUES = (int, float, complex, str, bytes, bool, type(None), frozenset, range, types.BuiltinFunctionType)
@@ -63,3 +68,30 @@ def shared_between(values: Sequence[Any], limit: int = 2_000) -> bool:
             if owner.setdefault(key, i) != i:
                 return True
     return False
+
+
+def kernel_objects(ns: Mapping[str, Any]) -> set[int]:
+    """The notebook's namespace ``ns`` and IPython's history in it (``Out``, ``In``), by id: every variable is in
+    those, and the kernel leads to them (a variable keeping ``sys.stdout`` held the whole notebook, its
+    session leading to the kernel, and the kernel to the shell): no variable holds another through them.
+    Not ``_``, ``_3``: those are values the user's cells showed, which a variable may hold."""
+    return {id(ns)} | {id(ns[n]) for n in _HISTORY_CONTAINERS if isinstance(ns.get(n), (dict, list))}
+
+
+def holding(ns: Mapping[str, Any], targets: Mapping[int, str], skip: set[str] | frozenset[str], limit: int,
+            not_followed: tuple[type, ...] = NOT_FOLLOWED) -> tuple[str, str] | None:
+    """A variable of the notebook ``ns`` (not one of ``skip``, nor IPython's) that is, holds or is a bound method
+    of an object of ``targets`` (ids, with a name for each), as (that variable, the target's name); None if
+    none does. References are followed ``limit`` objects from each variable at most."""
+    stop = kernel_objects(ns)
+    for name, value in list(ns.items()):
+        if name in skip or IPYTHON_NAMES.fullmatch(name) or name.startswith("__"):
+            continue
+        if type(value) is types.MethodType and id(value.__self__) in targets:
+            return name, targets[id(value.__self__)]
+        if isinstance(value, VALUES + not_followed):
+            continue
+        found = targets.keys() & reach([value], limit, not_followed=not_followed, stop=stop)
+        if found:
+            return name, targets[next(iter(found))]
+    return None

@@ -929,3 +929,23 @@ def test_a_singledispatch_function_of_the_notebook_is_cached_and_dispatches_afte
     assert set(show.registry) == {object, int} and not [w for w in recwarn if "pickle" in str(w.message)]
     show.register(str, lambda x: "str")  # (still a dispatcher: more can be registered after a hit)
     assert show("s") == "str"
+
+
+def test_a_variable_made_since_to_hold_what_a_cell_changes_makes_it_run_again(ip):
+    """``lr.fit`` cached; then an edit above makes ``models = {"lr": lr}``: a hit would bind ``lr`` to the fitted
+    copy stored and leave ``models`` holding the unfitted ``lr`` (red-team). The cell runs again, saying why,
+    and after that is a hit at a restart, ``models`` and ``lr`` one object."""
+    est = "%%step\nclass Est:\n    def fit(self, x):\n        self.coef_ = sum(x)\n        return self"
+    run(ip, est)
+    run(ip, "%%step\nlr = Est()")
+    run(ip, "%%step fit\nlr.fit([1, 2])")
+    for name in ("Est", "lr"):
+        del ip.user_ns[name]
+    cells = [est, "%%step\nlr = Est()\nmodels = {'lr': lr}", "%%step fit\nlr.fit([1, 2])"]
+    for cell in cells:
+        run(ip, cell)
+    assert not nbcache.runs()[-1].cached and nbcache.runs()[-1].reason.startswith("variable models holds lr, which")
+    ns = ip.user_ns
+    assert ns["models"]["lr"] is ns["lr"] and ns["lr"].coef_ == 3
+    every_cell_a_hit_after_a_restart(ip, cells, forget=("Est", "lr", "models"))
+    assert ns["models"]["lr"] is ns["lr"] and ns["lr"].coef_ == 3
