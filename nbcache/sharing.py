@@ -26,13 +26,18 @@ _HISTORY_CONTAINERS = ("Out", "_oh", "In", "_ih", "_dh")
 # Values whose identity no code can tell apart from their content: two names bound to one are no alias.
 VALUES = (int, float, complex, str, bytes, bool, type(None), frozenset, range, types.BuiltinFunctionType)
 
+_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})  # they hold no object
+_FEW = 16
+_SCANNED = 8  # items of a container looked at, per object that may still be reached
+
 NOT_FOLLOWED = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
                 types.CodeType, types.FrameType)
 
 
 def reach(roots: list[Any], limit: int, *, not_followed: tuple[type, ...] = NOT_FOLLOWED,
           views: bool = True, stop: frozenset[int] | set[int] = frozenset()) -> set[int]:
-    """The ids of the objects ``roots`` lead to, themselves included, ``limit`` at most; ``not_followed``
+    """The ids of the objects ``roots`` lead to, themselves included, ``limit`` at most (numbers and strings
+    in a container of more than a few are passed over: they lead nowhere); ``not_followed``
     types are not followed, nor the objects whose ids are in ``stop`` (not counted either). With ``views``,
     a numpy view leads to the array whose memory it is (``X_train = X[:150]``: a change through one is a
     change of the other). A numpy object array leads to what it holds (a DataFrame's column of models)."""
@@ -44,7 +49,11 @@ def reach(roots: list[Any], limit: int, *, not_followed: tuple[type, ...] = NOT_
         if id(obj) in seen or id(obj) in stop or isinstance(obj, not_followed):
             continue
         seen.add(id(obj))
-        todo.extend(gc.get_referents(obj))
+        found = gc.get_referents(obj)
+        if len(found) > _FEW:  # (a list of numbers: none leads anywhere, not worth a look each; of a long one,
+            found = [o for o in itertools.islice(found, _SCANNED * (limit - len(seen)))  # the first few thousand)
+                     if type(o) not in _SCALARS]
+        todo.extend(found)
         if np is not None and isinstance(obj, np.ndarray):  # (an array is no container the collector follows:
             if views and obj.base is not None:               # its base, and the objects an object array holds,
                 todo.append(obj.base)                        # as a pandas column of models does)

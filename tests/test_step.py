@@ -235,7 +235,8 @@ def test_the_run_after_a_failed_one_says_so_after_a_restart_too(cache_dir):
             "except ValueError:\n"
             "    pass\n"
             "print(nbcache.runs()[-1].reason)\n")
-    said = [run_python(code.format(x)).strip().splitlines()[-1] for x in (1, 1, 2, 2)]
+    said = [run_python(code.format(x), env={"NBCACHE_DIR": str(cache_dir)}).strip().splitlines()[-1]
+            for x in (1, 1, 2, 2)]
     assert said == ["first run", "its last run failed (ValueError: bad input); it runs again",
                     "argument x changed since its last run, which failed (ValueError: bad input)", "cache hit"]
 
