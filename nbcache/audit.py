@@ -37,6 +37,7 @@ class Watcher(Protocol):
     namespace: dict | None  # the notebook's variables: names an eval'd string reads among them are noted
     read: dict[str, None]  # absolute paths of files opened for reading
     wrote: dict[str, None]  # ... opened for writing
+    appended: dict[str, None]  # ... of those, the ones only ever opened to append to (a log)
     prior: dict[str, str]  # ... opened for writing after a read, or to be changed (appended to): as found
     made: dict[str, None]  # folders created
     listed: dict[str, None]  # folders listed
@@ -220,6 +221,10 @@ def _on_open(watcher: Watcher, args: tuple) -> None:
         else:
             appends, keeps = "a" in mode and "+" not in mode, "w" not in mode
         _changing(watcher, path, keeps=keeps, appends=appends)
+        if appends and path not in watcher.wrote:
+            watcher.appended.setdefault(path)
+        elif not appends:
+            watcher.appended.pop(path, None)
         watcher.wrote.setdefault(path)
     if reads:  # (a file read that the run wrote first is its own output: observe.py counts it only then)
         watcher.read.setdefault(path)
@@ -307,6 +312,7 @@ def _on_rename(watcher: Watcher, args: tuple) -> None:
     if isinstance(target, (str, bytes, os.PathLike)) and (args[3] if len(args) > 3 else -1) in (-1, None):
         path = os.path.abspath(os.fsdecode(target))
         _changing(watcher, path)
+        watcher.appended.pop(path, None)
         watcher.wrote.setdefault(path)
 
 

@@ -22,11 +22,11 @@ from . import ambient
 from .hashing import hash_holding, hash_value
 from .sharing import holding, reach
 
-__all__ = ["CHANGED_BY_THE_RUN", "KINDS", "NO_FILE", "UNHASHABLE", "Check", "checks_from_json", "file_digest",
-           "first_failure", "listing_digest", "stat_of"]
+__all__ = ["CHANGED_BY_THE_RUN", "HEAD", "KINDS", "NO_FILE", "UNHASHABLE", "Check", "appended_head",
+           "checks_from_json", "file_digest", "first_failure", "listing_digest", "stat_of"]
 
 KINDS = frozenset({"file", "wrote", "made", "folder", "gone", "tree", "state", "setting", "random", "variable",
-                   "held", "holder", "alone"})
+                   "held", "holder", "alone", "appended"})
 """Every kind of check; anything else in a stored entry means the entry is damaged."""
 _FILE_KINDS = frozenset({"file", "wrote"})  # the checks that carry a stat
 _PAIRED_KINDS = frozenset({"state", "setting"})  # digests "before|after": the state as a run found and left it
@@ -38,6 +38,7 @@ CHANGED_BY_THE_RUN = "changed by the run"  # the digest of what a file held befo
 _ABSENT = object()
 HELD_LIMIT = 2_000  # objects followed from each output, to find a variable one holds (``cellvars.HOLD_LIMIT``)
 _HASH_CHUNK = 8 << 20
+HEAD = 1 << 20  # the bytes of a file appended to that are hashed: its beginning (a big log is not read whole)
 
 
 class Check(NamedTuple):
@@ -126,6 +127,8 @@ class Check(NamedTuple):
             return self._holder_failure(namespace)
         if self.kind == "alone":
             return self._alone_failure(namespace)
+        if self.kind == "appended":
+            return self._appended_failure()
         return f"it depends on something this nbcache does not know ({self.kind})"
 
     def _file_failure(self, trust_stat: bool) -> str | None:
@@ -195,6 +198,20 @@ class Check(NamedTuple):
             return f"variable {holder}, which it stored as it holds {', '.join(changed)}, is not defined"
         if _digest_now(hash_holding, ns[holder], {n: ns[n] for n in changed if n in ns}) != self.digest:
             return f"variable {holder}, which it stored as it holds {', '.join(changed)}, changed"
+        return None
+
+    def _appended_failure(self) -> str | None:
+        """A file it appended to and did not read (a log): still there, and beginning as it did when the run
+        ended (what was appended since, by other steps or calls, does not count; a file emptied or made anew
+        does)."""
+        what = f"{shown_path(self.target)}, a file it appended to,"
+        size, _, head = self.digest.partition(":")
+        try:
+            st = os.stat(self.target)
+        except OSError:
+            return f"{what} was removed"
+        if st.st_size < int(size) or file_digest(self.target, min(int(size), HEAD)) != head:
+            return f"{what} no longer begins with what it held then (emptied, or made anew)"
         return None
 
     def _alone_failure(self, namespace: dict | None) -> str | None:
@@ -280,6 +297,15 @@ def shown_path(path: str) -> str:
 def stat_of(st: os.stat_result) -> tuple[int, int, int]:
     """What a file check remembers of a file's stat: (size, mtime_ns, inode)."""
     return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def appended_head(path: str) -> str:
+    """What an ``appended`` check keeps of a file: its length, and the digest of its first ``HEAD`` bytes."""
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        return f"0:{file_digest(os.devnull, 0)}"
+    return f"{size}:{file_digest(path, min(size, HEAD))}"
 
 
 def file_digest(path: str, limit: int | None = None) -> str:

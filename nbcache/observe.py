@@ -35,7 +35,7 @@ from . import ambient
 from .audit import inherit, unwatch, watch
 from .callers import users, users_own
 from .checks import (
-    NONE, UNHASHABLE, Check, checks_from_json, file_digest, first_failure, listing_digest, stat_of, tree_digest,
+    NONE, UNHASHABLE, Check, appended_head, checks_from_json, file_digest, first_failure, listing_digest, stat_of, tree_digest,
 )
 from .datapaths import is_data_file, is_data_path
 from .fingerprint_source import is_user_file
@@ -64,6 +64,7 @@ class Observer:
     start: str = field(default_factory=os.getcwd)  # the working directory the run started in
     read: dict[str, None] = field(default_factory=dict)
     wrote: dict[str, None] = field(default_factory=dict)
+    appended: dict[str, None] = field(default_factory=dict)  # of those, files it only appended to (a log)
     prior: dict[str, str] = field(default_factory=dict)  # files it wrote after reading them (or appended
     #                                                       to): their content's digests as it found them
     made: dict[str, None] = field(default_factory=dict)  # folders it created
@@ -262,9 +263,10 @@ class Observer:
         for path in self.read:  # (a file it changed is checked as it found it, above)
             if path not in self.wrote and is_data_file(path, self.cache_dir):
                 found.append(self._file_check("file", path))
-        for path in self.wrote:
-            if is_data_file(path, self.cache_dir) and os.path.isfile(path):
-                found.append(self._file_check("wrote", path))
+        for path in self.wrote:  # (one it only appended to and did not read, a log: as long as it begins alike,
+            if is_data_file(path, self.cache_dir) and os.path.isfile(path):  # what others append does not count)
+                found.append(Check("appended", self._stored_path(path), appended_head(path))
+                             if path in self.appended and path not in self.read else self._file_check("wrote", path))
         for path in self.made:
             if is_data_path(path, self.cache_dir) and os.path.isdir(path):
                 found.append(Check("made", self._stored_path(path), "folder"))

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 
-from .checks import CHANGED_BY_THE_RUN, NO_FILE, file_digest
+from .checks import CHANGED_BY_THE_RUN, HEAD, NO_FILE, file_digest
 
 __all__ = ["APPENDED", "STATED", "appended_digest", "database_stat", "prior_digest", "prior_of"]
 
 APPENDED = "appended to at "  # a prior of a file appended to: then its length, inode and head's digest
 STATED = "stat "  # a prior of a SQLite database: its files' stat (``database_stat``) as it was opened
-HEAD = 1 << 20  # the bytes of a file appended to that are hashed as it is opened
 
 
 def prior_of(path: str, *, appends: bool = False) -> str:

@@ -25,7 +25,7 @@ import nbcache
 import nbcache.cache
 from nbcache import ambient
 
-from .conftest import run_cell
+from .conftest import run_cell, run_python
 
 
 @pytest.fixture
@@ -582,8 +582,8 @@ def test_a_step_that_saves_over_a_file_it_read_depends_on_what_it_read(tmp_path,
 
 
 def test_a_file_appended_to_is_hashed_only_if_the_step_reads_it_back(tmp_path, cache_dir, monkeypatch):
-    """Appending to a log is no read of it: its content is hashed whole once, as a file the step wrote, after
-    the run (it was hashed whole as it was opened too: a big log cost every call that appended to it); read
+    """Appending to a log is no read of it: its content is never hashed whole (it was as it was opened, and
+    as a file the step wrote: a big log cost every call that appended to it), only its first megabyte; read
     back, its content up to where the step appended is what the step depends on."""
     from nbcache import checks
 
@@ -613,9 +613,37 @@ def test_a_file_appended_to_is_hashed_only_if_the_step_reads_it_back(tmp_path, c
             f.write(f"{x}\n")
         return open("log.txt").read().split()
 
-    assert logged(1) == 1 and hashed.count("log.txt") == 1
+    assert logged(1) == 1 and hashed.count("log.txt") == 0
     assert tail(2) == ["old", "1", "2"] and tail(2) == ["old", "1", "2", "2"]  # (it read what it appended to)
     assert nbcache.runs()[-1].reason == "file log.txt changed"
+
+
+def test_steps_that_append_to_one_log_are_hits_while_it_begins_as_they_left_it(tmp_path, cache_dir, monkeypatch):
+    """Two steps, and two calls of one, appending to one log: each appended to it after the others, so the
+    log was no longer what the run left, and every one ran again in every new process (a newcomer's Dask sweep
+    logging to one file never came from the cache). Served while the log begins as the run left it; emptied
+    or made anew, they run again."""
+    monkeypatch.chdir(tmp_path)
+    code = ("import nbcache\n"
+            "@nbcache.step\n"
+            "def f(x):\n"
+            "    with open('shared.log', 'a') as fh:\n"
+            "        fh.write(f'f {x}\\n')\n"
+            "    return x * 2\n"
+            "@nbcache.step\n"
+            "def g(y):\n"
+            "    with open('shared.log', 'a') as fh:\n"
+            "        fh.write(f'g {y}\\n')\n"
+            "    return y + 1\n"
+            "assert (g(f(1)), f(2)) == (3, 4)\n"
+            "print([r.cached for r in nbcache.runs()[-3:]], nbcache.runs()[-3].reason)\n")
+    env = {"NBCACHE_DIR": str(cache_dir)}
+    assert run_python(code, env=env, cwd=tmp_path).split()[:3] == ["[False,", "False,", "False]"]
+    assert run_python(code, env=env, cwd=tmp_path).split()[:3] == ["[True,", "True,", "True]"]
+    assert (tmp_path / "shared.log").read_text() == "f 1\ng 2\nf 2\n"  # (a hit does not append: pitfalls.md)
+    (tmp_path / "shared.log").write_text("")
+    said = run_python(code, env=env, cwd=tmp_path)
+    assert said.startswith("[False, False, False] shared.log, a file it appended to, no longer begins with what it")
 
 
 def test_a_folder_listed_is_checked_for_new_and_removed_files(ip, tmp_path):
