@@ -100,7 +100,11 @@ def _task(client: Any, step: Step, where: ClientCache, computing: dict[str, Any]
 
 
 def _client_cache(step: Step, client: Any) -> ClientCache:
-    from distributed import Client  # (the one place nbcache imports it: a step submitted)
+    try:
+        from distributed import Client  # (the one place nbcache imports it: a step submitted)
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(f"{step.name}.submit() and .map() run steps on a Dask cluster, which needs Dask's"
+                                  " distributed: pip install 'nbcache[dask]'", name="distributed") from None
 
     if not isinstance(client, Client):
         raise TypeError(f"{step.name}.submit() takes a distributed.Client first (Client(LocalCluster()), or"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 from typing import Any, BinaryIO
 
 from .errors import NBCacheError
@@ -148,6 +149,8 @@ def filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
         raise RemoteError(f"a remote cache ({url}) needs fsspec: pip install 'nbcache[remote]'") from None
     options = dict(options)
     protocol = url.split("://", 1)[0] if "://" in url else "file"
+    if protocol == "file" and not url.startswith("file:"):
+        _check_folder(url)
     if protocol in ("s3", "s3a"):  # bounded waits: a remote that does not answer must not hold up a step
         timeout = timeout_s()
         config = dict(options.get("config_kwargs") or {})
@@ -160,8 +163,26 @@ def filesystem(url: str, options: dict[str, Any]) -> tuple[Any, str]:
     try:
         fs, root = fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as exc:  # the protocol's package is missing, or the URL is not one
-        raise RemoteError(f"cannot use {shown(url)!r} as the remote cache: {exc}") from None
+        extra = " (pip install 'nbcache[remote]')" if isinstance(exc, ImportError) and protocol in ("s3", "s3a") else ""
+        raise RemoteError(f"cannot use {shown(url)!r} as the remote cache: {exc}{extra}") from None
     return fs, root.rstrip("/")
+
+
+_SCHEME_TYPO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:(?!//)")  # `s3:/bucket`, `gs:bucket` (not `C:`, nor `s3://`)
+
+
+def _check_folder(url: str) -> None:
+    """A team cache given as a folder: an absolute path, which every teammate mounts at one place; else it is
+    a URL mistyped, or a folder of the current directory, which nobody else sees (both made a folder here,
+    silently, where a team cache was meant)."""
+    if _SCHEME_TYPO.match(url):
+        scheme, _, rest = url.partition(":")
+        raise RemoteError(f"the remote cache {shown(url)!r} looks like a URL without its '//': for a bucket, give"
+                          f" {scheme}://{rest.lstrip('/')}; for a folder, an absolute path")
+    if not os.path.isabs(os.path.expanduser(url)):
+        raise RemoteError(f"the remote cache {shown(url)!r} is a relative path, a folder of the current directory"
+                          " that no teammate sees: give an absolute path of a folder everyone mounts"
+                          " (/mnt/shared/nbcache), or a bucket's URL (s3://bucket/prefix)")
 
 
 def one_try(fs: Any) -> Any:

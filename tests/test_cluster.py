@@ -165,6 +165,17 @@ def test_submit_says_what_it_needs():
             in_memory.submit(client, 1)
 
 
+def test_submit_without_dask_says_which_extra_to_install(monkeypatch):
+    @nbcache.step
+    def double(x):
+        return 2 * x
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # (as without it: importing it fails)
+    with pytest.raises(ModuleNotFoundError, match=r"double.submit\(\) and .map\(\) run steps on a Dask cluster,"
+                                                  r" which needs Dask's distributed: pip install 'nbcache\[dask\]'"):
+        double.submit(object(), 1)
+
+
 def test_the_base_install_does_not_import_dask_or_fsspec():
     """Nor nbcache's own cluster and remote modules: ``import nbcache`` pays for neither until they are used."""
     code = ("import sys, nbcache; print(sorted({'distributed', 'dask', 'fsspec', 's3fs', 'nbcache.cluster',"

@@ -207,6 +207,11 @@ def test_a_remote_given_wrong_says_what_to_do():
         nbcache.set_remote("   ")
     with pytest.raises(RemoteError, match="cannot use 'nosuchprotocol://x'"):
         nbcache.set_remote("nosuchprotocol://x")
+    # a typo, or a folder nobody else sees, made a folder here silently where a team cache was meant
+    with pytest.raises(RemoteError, match="looks like a URL without its '//': for a bucket, give s3://bucket/team"):
+        nbcache.set_remote("s3:/bucket/team")
+    with pytest.raises(RemoteError, match="'team-bucket/nbcache' is a relative path, a folder of the current"):
+        nbcache.set_remote("team-bucket/nbcache")
     with pytest.raises(RemoteError) as raised:  # (credentials written into a URL are never shown)
         nbcache.set_remote("nosuchprotocol://user:s3cret@x")
     assert "s3cret" not in str(raised.value)
