@@ -1,7 +1,8 @@
 """How a notebook shows values, kept as ambient state (``statekinds.py``): IPython's float precision
-(``%precision 2``), which of a cell's expressions it shows (``InteractiveShell.ast_node_interactivity =
-'all'``) and the inline backend's figure formats (``%config InlineBackend.figure_format = 'svg'``). Read and
-set through the modules already imported; IPython is never imported here.
+(``%precision 2``) and pretty printing (``%pprint``), which of a cell's expressions it shows
+(``InteractiveShell.ast_node_interactivity = 'all'``) and the inline backend's figure formats (``%config
+InlineBackend.figure_format = 'svg'``). Read and set through the modules already imported; IPython is never
+imported here.
 """
 
 from __future__ import annotations
@@ -9,18 +10,38 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["figures_get", "figures_set", "interactivity_get", "interactivity_set", "precision_get", "precision_set"]
+__all__ = ["figures_get", "figures_set", "interactivity_get", "interactivity_set", "pprint_get", "pprint_set",
+           "precision_get", "precision_set"]
+
+
+def _plain_text_get(trait: str) -> Any:
+    shell = sys.modules["IPython"].get_ipython()
+    if shell is None or not shell.display_formatter.trait_has_value("formatters"):
+        return None  # (not made yet, as nothing was shown: looking would make them, and a `%config
+    return getattr(shell.display_formatter.formatters["text/plain"], trait)  # PlainTextFormatter` after that
+    #                                                                          would no longer reach them)
+
+
+def _plain_text_set(trait: str, value: Any) -> None:
+    shell = sys.modules["IPython"].get_ipython()
+    if shell is not None and value is not None and _plain_text_get(trait) != value:
+        setattr(shell.display_formatter.formatters["text/plain"], trait, value)
 
 
 def precision_get() -> Any:  # (%precision 2: how IPython shows floats)
-    shell = sys.modules["IPython"].get_ipython()
-    return None if shell is None else shell.display_formatter.formatters["text/plain"].float_precision
+    return _plain_text_get("float_precision")
 
 
 def precision_set(value: Any) -> None:
-    shell = sys.modules["IPython"].get_ipython()
-    if shell is not None and value is not None and precision_get() != value:
-        shell.display_formatter.formatters["text/plain"].float_precision = value
+    _plain_text_set("float_precision", value)
+
+
+def pprint_get() -> Any:  # (%pprint: whether IPython pretty-prints what it shows)
+    return _plain_text_get("pprint")
+
+
+def pprint_set(value: Any) -> None:
+    _plain_text_set("pprint", value)
 
 
 def interactivity_get() -> Any:  # (InteractiveShell.ast_node_interactivity = 'all': every expression shown)

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .displaystate import (
-    figures_get, figures_set, interactivity_get, interactivity_set, precision_get, precision_set,
+    figures_get, figures_set, interactivity_get, interactivity_set, pprint_get, pprint_set, precision_get,
+    precision_set,
 )
 from .pandasstate import pandas_get, pandas_set
 from .quietly import quietly
@@ -226,6 +227,7 @@ KINDS: tuple[AmbientKind, ...] = (
     AmbientKind("matplotlib.rcParams", "matplotlib", _rc_get, _rc_set, shape="mapping", renders=True),
     AmbientKind("inline figure formats", "matplotlib_inline.config", figures_get, figures_set, renders=True),
     AmbientKind("IPython float precision", "IPython", precision_get, precision_set, renders=True),
+    AmbientKind("IPython pretty printing", "IPython", pprint_get, pprint_set, renders=True),
     AmbientKind("IPython expressions shown", "IPython", interactivity_get, interactivity_set, renders=True),
     AmbientKind("pandas options", "pandas", pandas_get, pandas_set, shape="mapping", renders=True),
     AmbientKind("pandas computing options", "pandas", functools.partial(pandas_get, computing=True), pandas_set,

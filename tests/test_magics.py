@@ -949,3 +949,33 @@ def test_a_variable_made_since_to_hold_what_a_cell_changes_makes_it_run_again(ip
     assert ns["models"]["lr"] is ns["lr"] and ns["lr"].coef_ == 3
     every_cell_a_hit_after_a_restart(ip, cells, forget=("Est", "lr", "models"))
     assert ns["models"]["lr"] is ns["lr"] and ns["lr"].coef_ == 3
+
+
+def test_a_step_that_shows_nothing_leaves_ipythons_formatters_unmade(ip, monkeypatch):
+    """IPython makes its formatters when it first shows a value, from the config then: a ``%config
+    PlainTextFormatter.max_seq_length = 3`` after that no longer reaches them. A ``%%step`` cell that showed
+    nothing made them (reading ``%precision``), so that a ``%config`` below it did nothing (red-team)."""
+    from IPython.core.formatters import DisplayFormatter
+
+    fresh = DisplayFormatter(parent=ip)
+    monkeypatch.setattr(ip, "display_formatter", fresh)
+    run(ip, "%%step\nx = 1")
+    run(ip, "%%step\nx = 1")
+    assert nbcache.runs()[-1].cached and not fresh.trait_has_value("formatters")
+    ip.run_line_magic("precision", "3")  # (one that shows something is as without nbcache: they are made)
+    run(ip, "%%step\ny = 2.0\ny")
+    assert fresh.formatters["text/plain"].float_precision == "3"
+
+
+def test_pprint_in_a_cached_cell_is_set_again_by_its_hit(ip):
+    """``%pprint`` turns IPython's pretty printing off: a hit did not, so every value shown below it was
+    pretty-printed as it was not without nbcache (red-team)."""
+    formatter = ip.display_formatter.formatters["text/plain"]
+    was = formatter.pprint
+    try:
+        every_cell_a_hit_after_a_restart(ip, ["%%step\n%pprint\nk = 1"], forget=("k",))
+        formatter.pprint = True  # (as a new kernel starts)
+        run(ip, "%%step\n%pprint\nk = 1")
+        assert nbcache.runs()[-1].cached and formatter.pprint is False
+    finally:
+        formatter.pprint = was
