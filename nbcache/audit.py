@@ -221,10 +221,8 @@ def _on_open(watcher: Watcher, args: tuple) -> None:
         else:
             appends, keeps = "a" in mode and "+" not in mode, "w" not in mode
         _changing(watcher, path, keeps=keeps, appends=appends)
-        if appends and path not in watcher.wrote:
-            watcher.appended.setdefault(path)
-        elif not appends:
-            watcher.appended.pop(path, None)
+        if not appends or path not in watcher.wrote:  # (appended to only, each time it was opened)
+            watcher.appended.setdefault(path) if appends else watcher.appended.pop(path, None)
         watcher.wrote.setdefault(path)
     if reads:  # (a file read that the run wrote first is its own output: observe.py counts it only then)
         watcher.read.setdefault(path)

@@ -963,8 +963,11 @@ def test_a_step_that_shows_nothing_leaves_ipythons_formatters_unmade(ip, monkeyp
     run(ip, "%%step\nx = 1")
     assert nbcache.runs()[-1].cached and not fresh.trait_has_value("formatters")
     ip.run_line_magic("precision", "3")  # (one that shows something is as without nbcache: they are made)
-    run(ip, "%%step\ny = 2.0\ny")
-    assert fresh.formatters["text/plain"].float_precision == "3"
+    try:
+        run(ip, "%%step\ny = 2.0\ny")
+        assert fresh.formatters["text/plain"].float_precision == "3"
+    finally:
+        ip.run_line_magic("precision", "")  # (numpy's print precision too)
 
 
 def test_pprint_in_a_cached_cell_is_set_again_by_its_hit(ip):
