@@ -350,7 +350,7 @@ class CellCall(StepCall):
         the data inputs it changed in place, with what shares their objects; or what --outputs names."""
         found = output_names(self.shell.user_ns, before, binds=self.binds, restrict=self.restrict,
                              input_names=self.input_names, inputs=self.inputs, carried=self.cache.carry.address_of,
-                             code_states=self.code_states, read=self.read)
+                             code_states=self.code_states, read=self.read, imports=self.imports)
         missing = found.missing
         if missing:  # a typo: storing the rest would leave the name undefined after a hit
             self.missing_outputs = missing

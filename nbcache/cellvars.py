@@ -79,12 +79,15 @@ class Outputs(NamedTuple):
     #                                those it holds: the base array of a view it changed, ``clf`` in ``pipe``)
     changed_inputs: tuple[str, ...] = ()  # of ``names``, the inputs it changed in place (``lr`` it fits): a hit
     #                                       binds them to other objects, so nothing else may hold them (``alone``)
+    modules: dict[int, tuple[str, str]] = {}  # objects that are attributes of the modules it reads or imports
+    #                                         (``from helpers import REGISTRY``), stored as references to them
 
 
 def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Sequence[str],
                  restrict: Sequence[str] | None, input_names: Sequence[str], inputs: Mapping[str, str],
                  carried: Callable[[Any], Any] = lambda value: None,
-                 code_states: Mapping[str, str | None] = {}, read: Mapping[str, str] = {}) -> Outputs:
+                 code_states: Mapping[str, str | None] = {}, read: Mapping[str, str] = {},
+                 imports: Sequence[str] = ()) -> Outputs:
     """The variables a cell's run leaves as its outputs.
 
     ``before`` maps each name to the ``id`` of its value before the run. The outputs are what the cell
@@ -97,7 +100,8 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
     ``carry.Carried`` of an array restored and provably unchanged since (not read again), else None.
     ``code_states``: the ``code_state`` of the functions and classes it read, before it ran. ``read``: the
     digests (``read_digest``) of the global values the functions it read read in turn, before it ran: one
-    changed in place (``calls.append(x)`` in a function the cell calls) is an output too.
+    changed in place (``calls.append(x)`` in a function the cell calls) is an output too. ``imports``: the
+    modules it imports, whose objects, as those of the modules it reads, an output is or holds by reference.
     """
     if restrict is not None:
         return Outputs([n for n in restrict if n in ns], [n for n in restrict if n not in ns], {})
@@ -138,6 +142,7 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
     live = {id(ns[n]): n for n in reversed(unchanged) if not isinstance(ns[n], VALUES)}
     if not any(not isinstance(ns[n], _NOT_SHARED) for n in names):
         return Outputs(names, [], {}, live, tuple(changed_code))  # (no object another variable could share)
+    modules = module_objects([ns[n] for n in input_names if isinstance(ns.get(n), types.ModuleType)], imports)
     aliases = {n: Alias(live[id(ns[n])]) for n in names if id(ns[n]) in live}
     held = _reach([ns[n] for n in unchanged], HOLD_LIMIT * len(unchanged), kernel_objects(ns))  # (live on a hit)
     for n in names:  # an object inside an unchanged input (`best = models["rf"]`): where it is in the input
@@ -150,7 +155,24 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
     others = held_by(ns, names + holders, live) if holders else {}  # (what else they hold of the notebook's:
     live = {**{i: n[0] for i, n in others.items()}, **live}          # its variables' objects, live on a hit)
     return Outputs(names + holders, [], aliases, live, tuple(changed_code), others, tuple(holding),
-                   tuple(n for n in changed_inputs if n not in aliases and not isinstance(ns[n], _NOT_SHARED)))
+                   tuple(n for n in changed_inputs if n not in aliases and not isinstance(ns[n], _NOT_SHARED)),
+                   modules)
+
+
+def module_objects(read: Sequence[types.ModuleType], imports: Sequence[str]) -> dict[int, tuple[str, str]]:
+    """The public objects of the modules ``read`` and ``imports`` (absolute names; ``pkg.mod`` counts for ``pkg``
+    too) by id, as (module, attribute): a variable bound to one (``from helpers import REGISTRY``, ``env =
+    os.environ``) is that object after a hit too, not a copy of it (``pickler.py``). Not plain values, code
+    (stored by name already) or modules."""
+    found: dict[int, tuple[str, str]] = {}
+    names = {m.__name__ for m in read} | {p for m in imports if not m.startswith(".")
+                                          for p in itertools.accumulate(m.split("."), lambda a, b: f"{a}.{b}")}
+    for name in sorted(names):
+        module = sys.modules.get(name)
+        for attribute, value in list(getattr(module, "__dict__", {}).items()):
+            if not attribute.startswith("_") and not isinstance(value, _NOT_SHARED):
+                found.setdefault(id(value), (name, attribute))
+    return found
 
 
 def aliases_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = frozenset()) -> list[str]:
@@ -254,7 +276,7 @@ def held_checks(ns: Mapping[str, Any], found: Outputs) -> tuple[dict[int, str], 
     and the checks a hit needs: of the others (kind ``held``), and of each holder (kind ``holder``), which a
     hit puts back as the run left it, so it must find it as the run did, but for what the cell changed in
     it (``models`` holding the ``lr`` this cell fits: a cell above that adds to ``models`` runs it again)."""
-    live, checks = found.live, []
+    live, checks = {**found.modules, **found.live}, []
     holders = "\t".join(n for n in found.names if not isinstance(ns[n], _NOT_SHARED))
     for identity, names in found.held.items():  # (and one of the outputs, as found then, holds it: a name
         try:                                     # bound since to another object of the same content is not it)

@@ -44,7 +44,7 @@ def main_attribute(notebook: types.ModuleType | None, qualname: str, default: An
 
 
 def NotebookPickler(file: Any, *, notebook: types.ModuleType | None, by_value: set[int] = frozenset(),  # noqa: N802
-                    live: Mapping[int, str] | None = None, plain: bool = False, **kwargs: Any) -> pickle.Pickler:
+                    live: Mapping[int, Any] | None = None, plain: bool = False, **kwargs: Any) -> pickle.Pickler:
     """A pickler of values of ``notebook`` (see ``_pickler_class``); cloudpickle is imported on the first
     value stored that is not ``plain`` (``is_plain``: pickle's own pickler writes the same bytes for it), not
     by ``import nbcache`` (a hit never needs it)."""
@@ -92,12 +92,15 @@ def _pickler_class() -> type:
         - An object in ``live`` (by id: the notebook variable it is the value of) is stored as a reference to
           that variable, and loads as the variable's value then: ``models = {"lr": lr}`` holds the live
           ``lr`` after a hit, as after the run (``lr`` is an input of the cell, its content in the key).
+          One given there as ``(module, attribute)`` is stored as that attribute of that module, and loads as
+          it is then: ``from helpers import REGISTRY`` (or ``env = os.environ``) binds the module's own object
+          after a hit, as after the run; if the module no longer has it, the value fails to load.
         """
 
         def __init__(self, file: Any, *, notebook: types.ModuleType | None, by_value: set[int] = frozenset(),
-                     live: Mapping[int, str] | None = None, **kwargs: Any) -> None:
+                     live: Mapping[int, Any] | None = None, **kwargs: Any) -> None:
             if live:  # (asked of every object pickled, so only when there are some: pickle looks at __init__)
-                self.persistent_id = lambda obj: (LIVE, live[id(obj)]) if id(obj) in live else None
+                self.persistent_id = lambda obj: _reference(live[id(obj)]) if id(obj) in live else None
             super().__init__(file, **kwargs)
             self._by_value = by_value
             self._module = notebook
@@ -151,6 +154,12 @@ class NotebookUnpickler(pickle.Unpickler):
         self._module = notebook
 
     def persistent_load(self, pid: Any) -> Any:
+        if type(pid) is tuple and len(pid) == 3 and pid[0] == MODULE_ATTRIBUTE:
+            try:
+                return getattr(importlib.import_module(pid[1]), pid[2])
+            except Exception as exc:  # (then the value is not served: the cell runs)
+                raise pickle.UnpicklingError(f"it holds {pid[1]}.{pid[2]}, which cannot be had now"
+                                             f" ({type(exc).__name__})") from None
         if type(pid) is tuple and len(pid) == 2 and pid[0] == LIVE:
             variables = LIVE_NAMESPACE.get()
             if variables is None:
@@ -193,6 +202,12 @@ def _make_ahead(changes: dict[str, Any]) -> Ahead:
 
 _LOADER_MODULES = frozenset({__name__, "nbcache.store"})
 LIVE = "nbcache.live"  # the persistent id of a reference to a notebook variable: (LIVE, its name)
+MODULE_ATTRIBUTE = "nbcache.module"  # ... to an attribute of a module: (MODULE_ATTRIBUTE, module, attribute)
+
+
+def _reference(target: str | tuple[str, str]) -> tuple:
+    """The persistent id of an object in ``live``: a notebook variable's name, or (module, attribute)."""
+    return (LIVE, target) if type(target) is str else (MODULE_ATTRIBUTE, *target)
 #: The variables such references name while a cell's payload loads: the shell's ``user_ns`` (which an
 #: embedded shell keeps apart from its module's); ``None``: the notebook module's globals.
 LIVE_NAMESPACE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("nbcache_live_namespace", default=None)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 from IPython.core.error import UsageError
 
@@ -982,3 +985,20 @@ def test_pprint_in_a_cached_cell_is_set_again_by_its_hit(ip):
         assert nbcache.runs()[-1].cached and formatter.pprint is False
     finally:
         formatter.pprint = was
+
+
+def test_an_object_imported_from_a_module_is_the_modules_after_a_hit(ip, tmp_path, monkeypatch):
+    """``from helpers import REGISTRY`` (or ``env = os.environ``): the hit bound a copy, so a cell below that
+    appends to ``REGISTRY`` left ``helpers.REGISTRY`` empty, and one that sets ``env[...]`` set no variable
+    of the process (red-team)."""
+    (tmp_path / "helpers_rt.py").write_text("REGISTRY = []\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "helpers_rt", raising=False)
+    cell = "%%step\nimport os\nimport helpers_rt\nfrom helpers_rt import REGISTRY\nenv = os.environ"
+    run(ip, cell)
+    for name in ("os", "helpers_rt", "REGISTRY", "env"):  # (as a new kernel, which has not imported helpers_rt)
+        del ip.user_ns[name]
+    del sys.modules["helpers_rt"]
+    run(ip, cell)
+    assert nbcache.runs()[-1].cached
+    assert ip.user_ns["REGISTRY"] is sys.modules["helpers_rt"].REGISTRY and ip.user_ns["env"] is os.environ
