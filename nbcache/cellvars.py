@@ -14,6 +14,7 @@ import sys
 import types
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
+from .arrayviews import Live
 from .checks import Check
 from .codestate import code_read, code_state, notebook_reads
 from .fingerprint import read_digest
@@ -276,13 +277,15 @@ def held_checks(ns: Mapping[str, Any], found: Outputs) -> tuple[dict[int, str], 
     and the checks a hit needs: of the others (kind ``held``), and of each holder (kind ``holder``), which a
     hit puts back as the run left it, so it must find it as the run did, but for what the cell changed in
     it (``models`` holding the ``lr`` this cell fits: a cell above that adds to ``models`` runs it again)."""
-    live, checks = {**found.modules, **found.live}, []
+    live, checks = Live({**found.modules, **found.live}), []
+    # views of the arrays it stores are stored as views (not of the live inputs: laid out otherwise then, though equal)
+    live.arrays = tuple(ns[n] for n in found.names if type(ns[n]).__name__ in ("ndarray", "memmap"))
     holders = "\t".join(n for n in found.names if not isinstance(ns[n], _NOT_SHARED))
     for identity, names in found.held.items():  # (and one of the outputs, as found then, holds it: a name
         try:                                     # bound since to another object of the same content is not it)
             checks.append(Check("held", "\t".join(names) + "|" + holders, hash_value(ns[names[0]])))
         except Exception:
-            live = {i: n for i, n in live.items() if i != identity}
+            live.pop(identity, None)
     if found.changed_inputs:  # (a variable made since to hold one would keep it as it was before a hit)
         checks.append(Check("alone", "\t".join(found.changed_inputs) + "|" + "\t".join(found.names), "-"))
     changed = {n: ns[n] for n in found.names if n not in found.holders and not isinstance(ns[n], _NOT_SHARED)}

@@ -18,6 +18,7 @@ import types
 from typing import Any, Mapping
 
 from .ambient import apply as apply_state
+from .arrayviews import by_memory, view_of
 from .ambient import global_generator, global_generator_method
 
 __all__ = ["LIVE_NAMESPACE", "Ahead", "NotebookPickler", "NotebookUnpickler", "is_plain", "notebook_globals"]
@@ -94,19 +95,24 @@ def _pickler_class() -> type:
           ``lr`` after a hit, as after the run (``lr`` is an input of the cell, its content in the key).
           One given there as ``(module, attribute)`` is stored as that attribute of that module, and loads as
           it is then: ``from helpers import REGISTRY`` (or ``env = os.environ``) binds the module's own object
-          after a hit, as after the run; if the module no longer has it, the value fails to load.
+          after a hit, as after the run; if the module no longer has it, the value fails to load. A numpy
+          view of one of ``live.arrays`` (``arrayviews.Live``) is stored as that view of it (``X = data[:, :2]``: a write
+          to ``X`` writes ``data``, after a hit too).
         """
 
         def __init__(self, file: Any, *, notebook: types.ModuleType | None, by_value: set[int] = frozenset(),
                      live: Mapping[int, Any] | None = None, **kwargs: Any) -> None:
             if live:  # (asked of every object pickled, so only when there are some: pickle looks at __init__)
                 self.persistent_id = lambda obj: _reference(live[id(obj)]) if id(obj) in live else None
+            self._arrays = by_memory(getattr(live, "arrays", ()))
             super().__init__(file, **kwargs)
             self._by_value = by_value
             self._module = notebook
             self._notebook = notebook_globals(notebook)  # (asked of every object pickled: looked up once)
 
         def reducer_override(self, obj: Any) -> Any:
+            if self._arrays and (view := view_of(obj, self._arrays)) is not None:
+                return view
             if isinstance(obj, io.IOBase) and not isinstance(obj, (io.BytesIO, io.StringIO)):
                 state = "closed" if obj.closed else "open"
                 raise pickle.PicklingError(f"a file object ({getattr(obj, 'name', '?')}, {state}) is not stored")
@@ -208,6 +214,8 @@ MODULE_ATTRIBUTE = "nbcache.module"  # ... to an attribute of a module: (MODULE_
 def _reference(target: str | tuple[str, str]) -> tuple:
     """The persistent id of an object in ``live``: a notebook variable's name, or (module, attribute)."""
     return (LIVE, target) if type(target) is str else (MODULE_ATTRIBUTE, *target)
+
+
 #: The variables such references name while a cell's payload loads: the shell's ``user_ns`` (which an
 #: embedded shell keeps apart from its module's); ``None``: the notebook module's globals.
 LIVE_NAMESPACE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("nbcache_live_namespace", default=None)

@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, set[str]]] = [
               "ambient", "cellflow", "celleffects", "magiclines", "cellcode", "checks", "priors", "callers", "datapaths", "sourceimports", "modulestate", "codestate",
               "audit", "observe"}),
     ("key", {"key"}),
-    ("store", {"records", "history", "pickler", "frameformat", "framecheck", "frameread", "frame", "keys", "entry", "store", "diskfiles", "diskgc", "diskindex", "disklock", "smallvalues", "diskerrors",
+    ("store", {"records", "history", "arrayviews", "pickler", "frameformat", "framecheck", "frameread", "frame", "keys", "entry", "store", "diskfiles", "diskgc", "diskindex", "disklock", "smallvalues", "diskerrors",
                "eviction", "diskevict", "diskstore", "teamentry", "remoteio", "remote"}),
     ("cached call", {"events", "explain", "background", "verifier", "verifystore", "carry", "latestwrites", "warming", "teamcache", "cache", "teamsync", "keeping", "serving", "cachedcall"}),
     ("step and magics", {"cluster", "step", "capture", "cellnames", "cellvars", "cellsource", "tables", "cellstep", "magics"}),

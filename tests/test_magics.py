@@ -1002,3 +1002,19 @@ def test_an_object_imported_from_a_module_is_the_modules_after_a_hit(ip, tmp_pat
     run(ip, cell)
     assert nbcache.runs()[-1].cached
     assert ip.user_ns["REGISTRY"] is sys.modules["helpers_rt"].REGISTRY and ip.user_ns["env"] is os.environ
+
+
+def test_views_made_by_a_cell_share_memory_with_their_base_after_its_hit(ip):
+    """``X = data[:, :2]`` in the cell that makes ``data``: its hit gave ``X`` as a copy, so ``X /= 4`` in an
+    edited cell below left ``data`` unchanged (red-team). Views of what one cell stores share its memory."""
+    import numpy as np
+
+    cells = ["%%step\nimport numpy as np\ndata = np.arange(12.0).reshape(3, 4)\nX = data[:, :2]\nrows = data[1:]\n"
+             "flat = data.ravel()\nback = X[::-1]\nempty = data[:0]"]
+    every_cell_a_hit_after_a_restart(ip, cells, forget=("np", "data", "X", "rows", "flat", "back", "empty"))
+    ns = ip.user_ns
+    for name in ("X", "rows", "flat", "back"):
+        assert np.shares_memory(ns["data"], ns[name]), name
+    ns["X"] /= 4
+    assert ns["data"][1].tolist() == [1.0, 1.25, 6.0, 7.0] and ns["back"][0].tolist() == [2.0, 2.25]
+    assert ns["rows"][0].tolist() == [1.0, 1.25, 6.0, 7.0] and ns["empty"].shape == (0, 4)

@@ -1,0 +1,63 @@
+"""numpy views stored as views: ``X = data[:, :2]`` made by a ``%%step`` cell that stores ``data`` too is,
+after a hit, a view of the ``data`` the hit gives, sharing its memory as after the run (a write to ``X``
+writes ``data``), not a copy of it. ``pickler.py`` asks ``view_of`` of each array it stores.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Mapping, Sequence
+
+__all__ = ["Live", "by_memory", "view_of"]
+
+
+class Live(dict):
+    """The ``live`` references of a payload (``NotebookPickler``), and ``arrays``: those of its arrays, stored
+    in it or referred to, whose views it stores as views of them."""
+
+    arrays: tuple = ()
+
+
+def by_memory(arrays: Sequence[Any]) -> dict[int, list[tuple[Any, int, int]]]:
+    """Of ``arrays``, the bases of views: those that are one C-contiguous block of plain data (``np.ndarray(
+    buffer=...)`` takes no other) and lie inside no bigger one, with where their memory begins and ends, by
+    the id of the array that owns it."""
+    found: dict[int, list[tuple[Any, int, int]]] = {}
+    for array in sorted(arrays, key=lambda a: -a.nbytes):
+        if array.flags.c_contiguous and not array.dtype.hasobject and array.nbytes:
+            begins = array.__array_interface__["data"][0]
+            bases = found.setdefault(id(_owner(array)), [])
+            if not any(b <= begins and begins + array.nbytes <= e for _, b, e in bases):
+                bases.append((array, begins, begins + array.nbytes))
+    return found
+
+
+def _owner(array: Any) -> Any:
+    """The array whose memory ``array`` is (numpy's ``base`` is that one already, or a chain to it)."""
+    while type(array.base).__name__ in ("ndarray", "memmap"):
+        array = array.base
+    return array
+
+
+def view_of(obj: Any, arrays: Mapping[int, list[tuple[Any, int, int]]]) -> tuple | None:
+    """How to store a numpy array that is a view of one of the bases ``arrays`` (``by_memory``'s), as that
+    view of it: where it starts in its memory, its shape, strides and dtype; None for anything else (a base
+    itself, or a view of none of them: a copy)."""
+    np = sys.modules.get("numpy")
+    if np is None or type(obj) not in (np.ndarray, np.memmap) or obj.dtype.hasobject or not obj.size:
+        return None
+    bases = arrays.get(id(_owner(obj)), ())
+    if any(base is obj for base, _, _ in bases):
+        return None
+    start = obj.__array_interface__["data"][0]
+    low = start + sum(min(0, s * (n - 1)) for s, n in zip(obj.strides, obj.shape))
+    high = start + sum(max(0, s * (n - 1)) for s, n in zip(obj.strides, obj.shape)) + obj.itemsize
+    for base, begins, ends in bases:
+        if begins <= low and high <= ends:
+            return _make_view, (base, start - begins, obj.shape, obj.strides, obj.dtype)
+    return None
+
+
+def _make_view(base: Any, offset: int, shape: tuple, strides: tuple, dtype: Any) -> Any:
+    """The view of ``base`` that ``view_of`` described: its memory shared, as when it was stored."""
+    return sys.modules["numpy"].ndarray(shape, dtype, buffer=base, offset=offset, strides=strides)
