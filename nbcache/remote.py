@@ -102,6 +102,7 @@ class Remote:
         self._lock = threading.Lock()
         self._down_until = self._writes_down_until = 0.0
         self._damaged: set[str] = set()  # blobs whose copy on the remote was found damaged (``distrust``)
+        self.unreadable: dict[str, str] = {}  # entries found damaged as they were read, why (until asked)
 
     def failure(self, doing: str, exc: BaseException) -> RemoteError:
         """The error a command reports when this remote failed while ``doing`` (credentials left out)."""
@@ -153,6 +154,7 @@ class Remote:
         except Unreadable as exc:
             warn(f"nbcache: the team cache {self.url} holds a damaged entry for this call ({exc}); the result is"
                  " computed here, and the entry replaced when it is uploaded")
+            self.unreadable[key] = str(exc)
             return None
         assert isinstance(found, TeamEntry)  # (the whole object was read)
         return found, data
@@ -189,6 +191,10 @@ class Remote:
             self._failed("downloading a result", exc)
             return False
         return True
+
+    def distrusts(self, address: str) -> bool:
+        """Whether the remote's copy of blob ``address`` was found damaged (``distrust``), not replaced since."""
+        return address in self._damaged
 
     def distrust(self, addresses: Iterable[str]) -> None:
         """The remote's copies of these blobs were found damaged: the next upload of each replaces it."""

@@ -94,7 +94,11 @@ class Serving:
         if entry is None:
             pulled = team.pull(self.store, self.key)  # (the team cache, if it is there)
             if pulled is None:
-                return MISS, None, self.why()
+                problem = team.damaged_now(self.key)
+                if problem is None:
+                    return MISS, None, self.why()
+                self.outcome, self.changes = Outcome.DAMAGED, ()
+                return MISS, None, f"the team cache's result was damaged ({problem})"
             self.team, entry = pulled.found, pulled.entry
         try:
             if pulled is None:  # (a pulled entry's seal was checked as it was read)
@@ -154,7 +158,7 @@ class Serving:
         with contextlib.suppress(Exception):
             self.store.delete(self.key, blobs)
         self.outcome, self.changes = Outcome.DAMAGED, ()
-        return f"cached result was {word}"
+        return f"cached result was {word}" if self.team is None else f"the team cache's result was {word} ({what})"
 
     def _found_damaged_later(self, entry: Entry) -> Callable[[str], None]:
         """What to do if the background check finds a mapped value served by this hit damaged on disk."""

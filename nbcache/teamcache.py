@@ -77,6 +77,7 @@ class TeamCache:
         self._background = background
         self._others: set[str] = set()  # cache keys whose entry there is sealed with another key: not replaced
         self._refused: set[str] = set()  # cache keys whose result from there was found damaged: not taken again
+        self._damaged_now: dict[str, str] = {}  # ... refused as it was pulled, why (for the run's reason, once)
         self._keeping: dict[str, _Keeping] = {}  # results pulled, being written into the local store
         self._keeping_lock = ForkSafeLock()
         self._keep_failed_said = False
@@ -131,6 +132,8 @@ class TeamCache:
             return None
         got = remote.get_entry(key)
         if got is None:
+            if (problem := remote.unreadable.pop(key, None)) is not None:
+                self._damaged_now[key] = f"its entry: {problem}"
             return None
         found, body = got
         try:
@@ -145,6 +148,7 @@ class TeamCache:
                 return None
             warn(f"nbcache: the team cache {remote.url} holds a result for this call that is refused ({exc});"
                  " it is computed here instead")
+            self._damaged_now[key] = str(exc)
             return None
         if fetched is None:
             return None
@@ -191,6 +195,10 @@ class TeamCache:
         else:  # (being written by another thread: waited for, to be found in the store)
             keeping.done.wait(5.0)
         return cancelled
+
+    def damaged_now(self, key: str) -> str | None:
+        """Why ``pull`` just refused the result of ``key`` as damaged (once); None if it did not."""
+        return self._damaged_now.pop(key, None)
 
     def refuse(self, key: str, blobs: tuple[str, ...]) -> None:
         """The result of ``key`` served from here was found damaged (its ``blobs``): it is not taken from the
@@ -266,6 +274,8 @@ class TeamCache:
             check = StreamCheck(self._key(), address, size)
             try:
                 if not remote.copy_blob(address, size, lambda f, a=address: store.put_blob_file(a, Checking(f, check))):
+                    if remote.distrusts(address):  # (not as its entry says: said already, and told as damage)
+                        self._damaged_now[key] = "a value is not the size its entry says"
                     return None
             except Damaged as problem:
                 remote.distrust([address])

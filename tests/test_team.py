@@ -143,7 +143,8 @@ def test_a_damaged_value_in_the_team_cache_is_computed_and_replaced(tmp_path, bu
     assert end > n  # (the value, signed)
     fs.pipe_file(path, data[:-100] if damage == "cut short" else data[:end - 100] + bytes(100) + data[end:])
     out, err = _machine(tmp_path, "bob", remote, n=n)
-    assert out[1].startswith("False") and _ran(tmp_path, "bob") == 1 and "damaged" in err
+    assert out[1].startswith("False | the team cache's result was damaged (") and _ran(tmp_path, "bob") == 1
+    assert "damaged" in err  # (the reason says so, not "first run": bob never ran it)
     assert fs.cat_file(path)[:end] == data[:end]  # (replaced by bob's upload)
     out, _ = _machine(tmp_path, "carol", remote, n=n)
     assert out[1].startswith("True | cache hit (team cache") and _ran(tmp_path, "carol") == 0
@@ -576,7 +577,7 @@ def test_a_damaged_value_copied_from_the_team_cache_is_refused_before_it_is_serv
     with pytest.warns(nbcache.CacheWarning, match="refused .a value is damaged: a buffer's checksum"):
         assert np.array_equal(ramp(300_000), expected)
     assert np.array_equal(ramp(300_000), expected)
-    assert _states(bob) == ["first run", "hit"]
+    assert _states(bob) == ["damaged", "hit"]  # (told as the team cache's damage, not as a first run)
     assert bob.team.flush(30)  # (its upload replaced the damaged copy)
     carol = nbcache.Cache(tmp_path / "carol", key=TEAM_KEY)
     assert np.array_equal(nbcache.step(cache=carol, name="ramp")(_ramp)(300_000), expected)
