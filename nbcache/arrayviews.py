@@ -12,8 +12,8 @@ __all__ = ["Live", "by_memory", "view_of"]
 
 
 class Live(dict):
-    """The ``live`` references of a payload (``NotebookPickler``), and ``arrays``: those of its arrays, stored
-    in it or referred to, whose views it stores as views of them."""
+    """The ``live`` references of a payload (``NotebookPickler``), and ``arrays``: arrays it stores, whose
+    views it stores as views of them."""
 
     arrays: tuple = ()
 
@@ -34,7 +34,8 @@ def by_memory(arrays: Sequence[Any]) -> dict[int, list[tuple[Any, int, int]]]:
 
 def _owner(array: Any) -> Any:
     """The array whose memory ``array`` is (numpy's ``base`` is that one already, or a chain to it)."""
-    while type(array.base).__name__ in ("ndarray", "memmap"):
+    ndarray = sys.modules["numpy"].ndarray
+    while isinstance(array.base, ndarray):
         array = array.base
     return array
 

@@ -272,9 +272,10 @@ def held_by(ns: Mapping[str, Any], names: Sequence[str], live: Mapping[int, str]
     return found
 
 
-def held_checks(ns: Mapping[str, Any], found: Outputs) -> tuple[dict[int, str], list[Check]]:
-    """``found.live`` without the objects of ``held_by`` that cannot be hashed (stored with the outputs, then),
-    and the checks a hit needs: of the others (kind ``held``), and of each holder (kind ``holder``), which a
+def held_checks(ns: Mapping[str, Any], found: Outputs) -> tuple[Live, list[Check]]:
+    """``found.live`` and ``found.modules``, without the objects of ``held_by`` that cannot be hashed (stored
+    with the outputs, then), with the arrays whose views are stored as views (``arrayviews.py``); and the
+    checks a hit needs: of the others (kind ``held``), and of each holder (kind ``holder``), which a
     hit puts back as the run left it, so it must find it as the run did, but for what the cell changed in
     it (``models`` holding the ``lr`` this cell fits: a cell above that adds to ``models`` runs it again)."""
     live, checks = Live({**found.modules, **found.live}), []

@@ -18,8 +18,8 @@ import types
 from typing import Any, Mapping
 
 from .ambient import apply as apply_state
-from .arrayviews import by_memory, view_of
 from .ambient import global_generator, global_generator_method
+from .arrayviews import by_memory, view_of
 
 __all__ = ["LIVE_NAMESPACE", "Ahead", "NotebookPickler", "NotebookUnpickler", "is_plain", "notebook_globals"]
 
@@ -96,8 +96,8 @@ def _pickler_class() -> type:
           One given there as ``(module, attribute)`` is stored as that attribute of that module, and loads as
           it is then: ``from helpers import REGISTRY`` (or ``env = os.environ``) binds the module's own object
           after a hit, as after the run; if the module no longer has it, the value fails to load. A numpy
-          view of one of ``live.arrays`` (``arrayviews.Live``) is stored as that view of it (``X = data[:, :2]``: a write
-          to ``X`` writes ``data``, after a hit too).
+          view of one of ``live.arrays`` (``arrayviews.Live``) is stored as that view of it (``X = data[:,
+          :2]``: a write to ``X`` writes ``data``, after a hit too).
         """
 
         def __init__(self, file: Any, *, notebook: types.ModuleType | None, by_value: set[int] = frozenset(),
