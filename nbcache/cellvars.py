@@ -6,7 +6,7 @@ Plain functions of a namespace (a dict) and what the cell's analysis found; no I
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import io
 import itertools
 import re
@@ -20,7 +20,7 @@ from .codestate import code_read, code_state, notebook_reads
 from .fingerprint import read_digest
 from .frame import Frame, Unpicklable
 from .hashing import hash_holding, hash_value
-from .sharing import IPYTHON_NAMES, NOT_FOLLOWED, VALUES, kernel_objects, reach
+from .sharing import IPYTHON_NAMES, NOT_FOLLOWED, VALUES, closed_over, kernel_objects, path_to, reach
 from .step import Step
 
 __all__ = ["HISTORY_NAMES", "IPYTHON_NAMES", "Alias", "Outputs", "deleted_names", "held_checks", "is_closed",
@@ -148,7 +148,7 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
     held = _reach([ns[n] for n in unchanged], HOLD_LIMIT * len(unchanged), kernel_objects(ns))  # (live on a hit)
     for n in names:  # an object inside an unchanged input (`best = models["rf"]`): where it is in the input
         if n not in aliases and id(ns[n]) in held and not isinstance(ns[n], _NOT_SHARED):
-            found = next(((u, p) for u in unchanged if (p := path_to(ns[u], id(ns[n])))), None)
+            found = next(((u, p) for u in unchanged if (p := path_to(ns[u], id(ns[n]), _NOT_SHARED))), None)
             if found:
                 aliases[n] = Alias(*found)
     names += aliases_of(ns, names, held)
@@ -217,41 +217,16 @@ def _holders(ns: Mapping[str, Any], names: Sequence[str], held: set[int], existe
         if type(v) is types.MethodType and id(v.__self__) in targets:  # (`predict = lr.predict`, this cell fits lr)
             found.append(n)
             holding.append(n)
-        elif isinstance(v, _NOT_SHARED):
-            continue
+        elif isinstance(v, _NOT_SHARED):  # (but a closure holding one: `score = make_scorer(lr)`)
+            if targets and (closed := closed_over(v)) and targets & _reach(closed, limit, kernel):
+                found.append(n)
+                holding.append(n)
         elif id(v) in inside:
             found.append(n)
         elif targets and targets & _reach([v], limit, kernel):
             found.append(n)
             holding.append(n)
     return found, holding
-
-
-_KEYS = (str, int, float, bool, type(None))  # dict keys a path may go through
-
-
-def path_to(root: Any, target: int, limit: int = HOLD_LIMIT, depth: int = 4) -> tuple[tuple[str, Any], ...]:
-    """The way from ``root`` to the object whose id is ``target``, through dict items (of plain keys), list
-    and tuple items and public attributes (``pipe.steps[0][1]``), ``depth`` steps and ``limit`` objects at
-    most; () if there is none."""
-    todo, seen = collections.deque([(root, ())]), {id(root)}
-    while todo and len(seen) < limit:
-        obj, path = todo.popleft()
-        if isinstance(obj, dict):
-            steps = [("item", k, v) for k, v in list(obj.items()) if isinstance(k, _KEYS)]
-        elif isinstance(obj, (list, tuple)):
-            steps = [("item", i, v) for i, v in enumerate(obj)]
-        elif isinstance(getattr(obj, "__dict__", None), dict) and not isinstance(obj, _NOT_SHARED):
-            steps = [("attr", k, v) for k, v in list(vars(obj).items()) if not k.startswith("_")]
-        else:
-            continue
-        for kind, key, value in steps:
-            if id(value) == target:
-                return (*path, (kind, key))
-            if id(value) not in seen and len(path) + 1 < depth and not isinstance(value, _NOT_SHARED):
-                seen.add(id(value))
-                todo.append((value, (*path, (kind, key))))
-    return ()
 
 
 def held_by(ns: Mapping[str, Any], names: Sequence[str], live: Mapping[int, str]) -> dict[int, tuple[str, ...]]:
@@ -278,7 +253,14 @@ def held_checks(ns: Mapping[str, Any], found: Outputs) -> tuple[Live, list[Check
     checks a hit needs: of the others (kind ``held``), and of each holder (kind ``holder``), which a
     hit puts back as the run left it, so it must find it as the run did, but for what the cell changed in
     it (``models`` holding the ``lr`` this cell fits: a cell above that adds to ``models`` runs it again)."""
-    live, checks = Live({**found.modules, **found.live}), []
+    live, checks = Live(found.live), []
+    outputs = [ns[n] for n in found.names]  # (an object of a module they are or hold: as a hit must find it)
+    for identity in found.modules.keys() & reach(outputs, HOLD_LIMIT * len(outputs), not_followed=_NOT_FOLLOWED):
+        module, attribute = found.modules[identity]
+        with contextlib.suppress(Exception):  # (one that cannot be hashed is stored as a copy, as any value)
+            value = getattr(sys.modules[module], attribute)
+            checks.append(Check("module", f"{module}\t{attribute}", hash_value(value)))
+            live.setdefault(identity, found.modules[identity])
     # views of the arrays it stores are stored as views (not of the live inputs: laid out otherwise then, though equal)
     live.arrays = tuple(ns[n] for n in found.names if type(ns[n]).__name__ in ("ndarray", "memmap"))
     holders = "\t".join(n for n in found.names if not isinstance(ns[n], _NOT_SHARED))

@@ -19,24 +19,21 @@ from typing import Any, NamedTuple
 import xxhash
 
 from . import ambient
-from .hashing import hash_holding, hash_value
-from .sharing import holding, reach
+from .varchecks import (UNHASHABLE, alone_failure, held_failure, holder_failure, module_failure,
+                        variable_failure)
 
 __all__ = ["CHANGED_BY_THE_RUN", "HEAD", "KINDS", "NO_FILE", "UNHASHABLE", "Check", "appended_head",
            "checks_from_json", "file_digest", "first_failure", "listing_digest", "stat_of"]
 
 KINDS = frozenset({"file", "wrote", "made", "folder", "gone", "tree", "state", "setting", "random", "variable",
-                   "held", "holder", "alone", "appended"})
+                   "held", "holder", "alone", "appended", "module"})
 """Every kind of check; anything else in a stored entry means the entry is damaged."""
 _FILE_KINDS = frozenset({"file", "wrote"})  # the checks that carry a stat
 _PAIRED_KINDS = frozenset({"state", "setting"})  # digests "before|after": the state as a run found and left it
 
-UNHASHABLE = "?"  # the digest of a variable or state that could not be hashed: the check never holds
 NONE = "none"  # the digest of a state whose library was not imported
 NO_FILE = "no file"  # the digest of a file that was not there (one a run appended to, and read, made)
 CHANGED_BY_THE_RUN = "changed by the run"  # the digest of what a file held before the run, gone: never holds
-_ABSENT = object()
-HELD_LIMIT = 2_000  # objects followed from each output, to find a variable one holds (``cellvars.HOLD_LIMIT``)
 _HASH_CHUNK = 8 << 20
 HEAD = 1 << 20  # the bytes of a file appended to that are hashed: its beginning (a big log is not read whole)
 
@@ -120,15 +117,17 @@ class Check(NamedTuple):
                         " cached (it draws random numbers without seeding them)")
             return None
         if self.kind == "variable":
-            return self._variable_failure(namespace)
+            return variable_failure(self.target, self.digest, namespace)
         if self.kind == "held":
-            return self._held_failure(namespace)
+            return held_failure(self.target, self.digest, namespace)
         if self.kind == "holder":
-            return self._holder_failure(namespace)
+            return holder_failure(self.target, self.digest, namespace)
         if self.kind == "alone":
-            return self._alone_failure(namespace)
+            return alone_failure(self.target, self.digest, namespace)
         if self.kind == "appended":
             return self._appended_failure()
+        if self.kind == "module":
+            return module_failure(self.target, self.digest)
         return f"it depends on something this nbcache does not know ({self.kind})"
 
     def _file_failure(self, trust_stat: bool) -> str | None:
@@ -162,44 +161,6 @@ class Check(NamedTuple):
         plural = what.endswith("s")
         return f"the {what} {'differ' if plural else 'differs'} from when it was cached"
 
-    def _variable_failure(self, namespace: dict | None) -> str | None:
-        if self.digest == UNHASHABLE:
-            return f"variable {self.target}, read through eval/exec, cannot be hashed to tell if it changed"
-        value = (namespace or {}).get(self.target, _ABSENT)
-        if ("" if value is _ABSENT else _digest_now(hash_value, value)) != self.digest:
-            return f"variable {self.target} (read through eval/exec) changed"
-        return None
-
-    def _held_failure(self, namespace: dict | None) -> str | None:
-        """A variable an output holds (``rf`` in ``models``): every name bound to it then is bound to one object
-        now, which the outputs as they are now hold (``models`` as an earlier cell left it), with the content
-        it had (the target: the names, then ``|`` and the outputs, each tab-separated)."""
-        named, _, holding = self.target.partition("|")
-        names, holders = named.split("\t"), [n for n in holding.split("\t") if n]
-        values = [(namespace or {}).get(n, _ABSENT) for n in names]
-        missing = [n for n, v in zip(names, values) if v is _ABSENT]
-        if missing:
-            return f"variable {missing[0]}, which an output of it holds, is not defined"
-        if any(v is not values[0] for v in values):
-            return f"{', '.join(names)}, one object when it ran (an output of it holds it), are no longer one"
-        found = [(namespace or {})[n] for n in holders if n in (namespace or {})]
-        if holders and id(values[0]) not in reach(found, HELD_LIMIT * len(found)):
-            return f"variable {names[0]}, which an output of it holds, is another object now"
-        if _digest_now(hash_value, values[0]) != self.digest:
-            return f"variable {names[0]}, which an output of it holds, changed"
-        return None
-
-    def _holder_failure(self, namespace: dict | None) -> str | None:
-        """A variable stored as it holds what the run changed (``models``, holding the ``lr`` it fits): as the
-        run found it, but for those (the target: its name, then theirs, tab-separated)."""
-        holder, *changed = self.target.split("\t")
-        ns = namespace or {}
-        if holder not in ns:
-            return f"variable {holder}, which it stored as it holds {', '.join(changed)}, is not defined"
-        if _digest_now(hash_holding, ns[holder], {n: ns[n] for n in changed if n in ns}) != self.digest:
-            return f"variable {holder}, which it stored as it holds {', '.join(changed)}, changed"
-        return None
-
     def _appended_failure(self) -> str | None:
         """A file it appended to and did not read (a log): still there, and beginning as it did when the run
         ended (what was appended since, by other steps or calls, does not count; a file emptied or made anew
@@ -213,20 +174,6 @@ class Check(NamedTuple):
         if st.st_size < int(size) or file_digest(self.target, min(int(size), HEAD)) != head:
             return f"{what} no longer begins with what it held then (emptied, or made anew)"
         return None
-
-    def _alone_failure(self, namespace: dict | None) -> str | None:
-        """Inputs it changed in place (``lr`` it fits), which a hit binds to the objects stored instead: held by
-        no variable but those it stores (the target: their names, then ``|`` and those, each tab-separated),
-        as a variable made since to hold one (``models = {"lr": lr}`` above) would keep it unchanged."""
-        named, _, stored = self.target.partition("|")
-        ns = namespace or {}
-        targets = {id(ns[n]): n for n in named.split("\t") if n in ns}
-        found = holding(ns, targets, set(stored.split("\t")), HELD_LIMIT) if targets else None
-        if found is None:
-            return None
-        holder, held = found
-        return (f"variable {holder} holds {held}, which it changes in place, and did not when it was cached: a hit"
-                f" would leave {holder} holding {held} unchanged")
 
     def refreshed(self) -> Check | None:
         """For a file whose content matched but whose stat did not (touched, checked out again), or had none
@@ -337,11 +284,3 @@ def listing_digest(path: str) -> str:
     except OSError:
         return ""
     return xxhash.xxh3_128("\0".join(names).encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _digest_now(digest: Any, *args: Any) -> str:
-    """``digest(*args)``, or ``UNHASHABLE`` if it cannot be had: a check on it then does not hold."""
-    try:
-        return digest(*args)
-    except Exception:
-        return UNHASHABLE

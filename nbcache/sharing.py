@@ -10,6 +10,7 @@ no code can tell from their content (numbers, strings: two tuples holding ``1`` 
 
 from __future__ import annotations
 
+import collections
 import gc
 import itertools
 import re
@@ -17,7 +18,8 @@ import sys
 import types
 from typing import Any, Mapping, Sequence
 
-__all__ = ["IPYTHON_NAMES", "NOT_FOLLOWED", "VALUES", "holding", "kernel_objects", "reach", "shared_between"]
+__all__ = ["IPYTHON_NAMES", "NOT_FOLLOWED", "VALUES", "closed_over", "holding", "kernel_objects", "path_to",
+           "reach", "shared_between"]
 
 # Names IPython itself binds as cells run (_, __, _i3, _oh, ...): never a cell's outputs.
 IPYTHON_NAMES = re.compile(r"_+\d*|_i+\d*|_(oh|dh|ih|ii|iii)|In|Out|exit|quit|get_ipython")
@@ -99,8 +101,52 @@ def holding(ns: Mapping[str, Any], targets: Mapping[int, str], skip: set[str] | 
         if type(value) is types.MethodType and id(value.__self__) in targets:
             return name, targets[id(value.__self__)]
         if isinstance(value, VALUES + not_followed):
-            continue
+            value = closed_over(value)  # (`score = make_scorer(lr)`: what a closure holds, it holds)
+            if not value:
+                continue
         found = targets.keys() & reach([value], limit, not_followed=not_followed, stop=stop)
         if found:
             return name, targets[next(iter(found))]
     return None
+
+
+def closed_over(value: Any) -> list[Any]:
+    """What a function holds: its closure (``make_scorer(lr)``'s ``lr``) and its default values (``def
+    first(m=lr)``); [] for anything else."""
+    if type(value) is not types.FunctionType:
+        return []
+    found = [*(value.__defaults__ or ()), *(value.__kwdefaults__ or {}).values()]
+    for cell in value.__closure__ or ():
+        try:
+            found.append(cell.cell_contents)
+        except ValueError:  # (a cell not filled yet)
+            continue
+    return found
+
+
+_KEYS = (str, int, float, bool, type(None))  # dict keys a path may go through
+
+
+def path_to(root: Any, target: int, skip: tuple[type, ...], limit: int = 2_000,
+            depth: int = 4) -> tuple[tuple[str, Any], ...]:
+    """The way from ``root`` to the object whose id is ``target``, through dict items (of plain keys), list
+    and tuple items and public attributes (``pipe.steps[0][1]``), ``depth`` steps and ``limit`` objects at
+    most, not into values of ``skip`` types; () if there is none."""
+    todo, seen = collections.deque([(root, ())]), {id(root)}
+    while todo and len(seen) < limit:
+        obj, path = todo.popleft()
+        if isinstance(obj, dict):
+            steps = [("item", k, v) for k, v in list(obj.items()) if isinstance(k, _KEYS)]
+        elif isinstance(obj, (list, tuple)):
+            steps = [("item", i, v) for i, v in enumerate(obj)]
+        elif isinstance(getattr(obj, "__dict__", None), dict) and not isinstance(obj, skip):
+            steps = [("attr", k, v) for k, v in list(vars(obj).items()) if not k.startswith("_")]
+        else:
+            continue
+        for kind, key, value in steps:
+            if id(value) == target:
+                return (*path, (kind, key))
+            if id(value) not in seen and len(path) + 1 < depth and not isinstance(value, skip):
+                seen.add(id(value))
+                todo.append((value, (*path, (kind, key))))
+    return ()

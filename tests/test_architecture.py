@@ -15,7 +15,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("values", {"errors", "forksafe", "hash_core", "hash_reduce", "hash_base", "_hashing_numpy", "_hashing_pandas",
                 "_hashing_matplotlib", "_hashing_scipy", "quietly", "displaystate", "pandasstate", "statekinds", "statediff", "sharing"}),
     ("code", {"fingerprint_source", "fingerprint_code", "fingerprint_given", "fingerprint_handlers", "fingerprint", "hashing",
-              "ambient", "cellflow", "celleffects", "magiclines", "cellcode", "checks", "priors", "callers", "datapaths", "sourceimports", "modulestate", "codestate",
+              "ambient", "cellflow", "celleffects", "magiclines", "cellcode", "varchecks", "checks", "priors", "callers", "datapaths", "sourceimports", "modulestate", "codestate",
               "audit", "observe"}),
     ("key", {"key"}),
     ("store", {"records", "history", "arrayviews", "pickler", "frameformat", "framecheck", "frameread", "frame", "keys", "entry", "store", "diskfiles", "diskgc", "diskindex", "disklock", "smallvalues", "diskerrors",
