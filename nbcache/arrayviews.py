@@ -33,11 +33,16 @@ def by_memory(arrays: Sequence[Any]) -> dict[int, list[tuple[Any, int, int]]]:
 
 
 def _owner(array: Any) -> Any:
-    """The array whose memory ``array`` is (numpy's ``base`` is that one already, or a chain to it)."""
+    """The array whose memory ``array`` is (numpy's ``base`` is that one already, or a chain to it; through
+    the object ``as_strided`` and ``sliding_window_view`` put between a view and its array, too)."""
     ndarray = sys.modules["numpy"].ndarray
-    while isinstance(array.base, ndarray):
-        array = array.base
-    return array
+    while True:
+        base = array.base
+        if not isinstance(base, ndarray) and hasattr(base, "__array_interface__"):
+            base = getattr(base, "base", None)
+        if not isinstance(base, ndarray):
+            return array
+        array = base
 
 
 def view_of(obj: Any, arrays: Mapping[int, list[tuple[Any, int, int]]]) -> tuple | None:
@@ -53,12 +58,16 @@ def view_of(obj: Any, arrays: Mapping[int, list[tuple[Any, int, int]]]) -> tuple
     start = obj.__array_interface__["data"][0]
     low = start + sum(min(0, s * (n - 1)) for s, n in zip(obj.strides, obj.shape))
     high = start + sum(max(0, s * (n - 1)) for s, n in zip(obj.strides, obj.shape)) + obj.itemsize
-    for base, begins, ends in bases:
-        if begins <= low and high <= ends:
-            return _make_view, (base, start - begins, obj.shape, obj.strides, obj.dtype)
+    for base, begins, ends in bases:  # (one that may be written while its base may not cannot be made again)
+        if begins <= low and high <= ends and (base.flags.writeable or not obj.flags.writeable):
+            return _make_view, (base, start - begins, obj.shape, obj.strides, obj.dtype, obj.flags.writeable)
     return None
 
 
-def _make_view(base: Any, offset: int, shape: tuple, strides: tuple, dtype: Any) -> Any:
-    """The view of ``base`` that ``view_of`` described: its memory shared, as when it was stored."""
-    return sys.modules["numpy"].ndarray(shape, dtype, buffer=base, offset=offset, strides=strides)
+def _make_view(base: Any, offset: int, shape: tuple, strides: tuple, dtype: Any, writeable: bool = True) -> Any:
+    """The view of ``base`` that ``view_of`` described: its memory shared, as when it was stored, and read-only
+    if it was (``np.broadcast_to``'s, one made so)."""
+    view = sys.modules["numpy"].ndarray(shape, dtype, buffer=base, offset=offset, strides=strides)
+    if not writeable:
+        view.flags.writeable = False
+    return view

@@ -273,6 +273,8 @@ class StepCall(Serving, Keeping):
         (``store``) is the step's latest too, failed: the next call's reason says what changed since, or that
         this run failed, rather than ``first run``."""
         said = describe_error(error, limit=FAILED_SAID) if error is not None else "it failed"
+        if "\n" in said:  # (a reason is one line: the first of the message, as a traceback's last line starts)
+            said = said.splitlines()[0] + " ..."
         if store:
             self.remember_last(force=True, failed=said)
         self.record(cached=False, reason=reason, outputs=(), status="failed",

@@ -326,8 +326,8 @@ class CellCall(StepCall):
                    "ambient": changed, "modules": observer.imported,
                    "imports": [m for m in self.imports if not m.startswith(".") and m in sys.modules],
                    "reloads": list(observer.reloaded)}
-        defined_here = {id(v) for v in variables.values() if isinstance(v, (type, types.FunctionType))
-                        and id(v) not in before.values()}
+        defined_here = {id(v) for n, v in variables.items() if isinstance(v, (type, types.FunctionType))  # (or a
+                        and (id(v) not in before.values() or n in found.holders)}  # function holding what it changes)
         try:
             sizes = {a: memory_size(v) for a, v in zip(addresses, values) if a}
             self.save_payload(payload, addresses, duration_s=duration, sizes=sizes, by_value=defined_here, live=live)

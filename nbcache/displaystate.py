@@ -16,10 +16,15 @@ __all__ = ["figures_get", "figures_set", "interactivity_get", "interactivity_set
 
 def _plain_text_get(trait: str) -> Any:
     shell = sys.modules["IPython"].get_ipython()
-    if shell is None or not shell.display_formatter.trait_has_value("formatters"):
-        return None  # (not made yet, as nothing was shown: looking would make them, and a `%config
-    return getattr(shell.display_formatter.formatters["text/plain"], trait)  # PlainTextFormatter` after that
-    #                                                                          would no longer reach them)
+    if shell is None:
+        return None
+    if not shell.display_formatter.trait_has_value("formatters"):  # (not made yet, as nothing was shown: looking
+        # would make them, and a `%config PlainTextFormatter` after that would no longer reach them): what they
+        # will be made with, their config or their default
+        section = dict.get(shell.display_formatter.config, "PlainTextFormatter") or {}
+        cls = sys.modules["IPython.core.formatters"].PlainTextFormatter
+        return section[trait] if trait in section else cls.class_traits()[trait].default()
+    return getattr(shell.display_formatter.formatters["text/plain"], trait)
 
 
 def _plain_text_set(trait: str, value: Any) -> None:

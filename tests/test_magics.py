@@ -1018,3 +1018,72 @@ def test_views_made_by_a_cell_share_memory_with_their_base_after_its_hit(ip):
     ns["X"] /= 4
     assert ns["data"][1].tolist() == [1.0, 1.25, 6.0, 7.0] and ns["back"][0].tolist() == [2.0, 2.25]
     assert ns["rows"][0].tolist() == [1.0, 1.25, 6.0, 7.0] and ns["empty"].shape == (0, 4)
+
+
+def test_a_closure_holding_what_a_cell_changes_holds_it_after_a_hit(ip):
+    """``score = make_scorer(lr)`` (or ``def first(m=lr)``) made above the cell that fits ``lr``: a function was
+    no holder, so after a restart the hit bound ``lr`` to the fitted copy and ``score`` kept the unfitted ``lr``
+    (red-team)."""
+    cells = ["%%step\nclass Est:\n    def fit(self, x):\n        self.coef_ = sum(x)\n        return self\n"
+             "def make_scorer(model):\n    return lambda x: model.coef_ * x",
+             "%%step\nlr = Est()\nscore = make_scorer(lr)\ndef first(m=lr):\n    return m", "%%step\nlr.fit([1, 2])"]
+    every_cell_a_hit_after_a_restart(ip, cells, forget=("Est", "make_scorer", "lr", "score", "first"))
+    ns = ip.user_ns
+    assert ns["score"].__closure__[0].cell_contents is ns["lr"] and ns["score"](2) == 6 and ns["first"]() is ns["lr"]
+
+
+def test_an_object_of_a_module_a_cell_changes_is_as_the_run_left_it_after_a_restart(ip, tmp_path, monkeypatch,
+                                                                                     recwarn):
+    """Stored as a reference to the module's object, what a cell changed of a module it imports first
+    (``REGISTRY.append``, ``data = helpers.load()`` setting a global) came back as the fresh module's, unchanged
+    (fifth red-team): the reference holds only while the module's object is as the run left it; else the
+    cell runs, saying why, and no damage is claimed of an attribute the module makes only when called."""
+    (tmp_path / "helpers_m.py").write_text("REGISTRY = []\nDATA = None\n\ndef load():\n    global DATA\n"
+                                           "    DATA = DATA or [1, 2, 3]\n    return DATA\n\ndef late():\n"
+                                           "    global LATE\n    LATE = [9]\n    return LATE\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cell = ("%%step\nimport helpers_m\nfrom helpers_m import REGISTRY\nREGISTRY.append('a')\ndata = helpers_m.load()\n"
+            "nine = helpers_m.late()")
+    for _ in range(2):  # (cold, then as a new kernel, which imports helpers_m anew)
+        sys.modules.pop("helpers_m", None)
+        for name in ("helpers_m", "REGISTRY", "data", "nine"):
+            ip.user_ns.pop(name, None)
+        run(ip, cell)
+        helpers = sys.modules["helpers_m"]
+        ns = ip.user_ns
+        assert ns["REGISTRY"] == ["a"] and ns["REGISTRY"] is helpers.REGISTRY
+        assert ns["data"] == [1, 2, 3] and ns["data"] is helpers.DATA and ns["nine"] is helpers.LATE
+    assert not nbcache.runs()[-1].cached and "which it binds or holds," in nbcache.runs()[-1].reason
+    assert not [w for w in recwarn if "damaged" in str(w.message)]
+
+
+def test_a_value_shown_above_a_cached_cell_is_no_change_of_ipythons_display_settings(ip, monkeypatch):
+    """The first value shown makes IPython's formatters: the precision read before that was none, then '' (its
+    default), so a cell below ran again, saying the float precision differed (fifth red-team)."""
+    from IPython.core.formatters import DisplayFormatter
+
+    fresh = DisplayFormatter(parent=ip)
+    monkeypatch.setattr(ip, "display_formatter", fresh)
+    run(ip, "%%step\nb = 2\nprint(b)")
+    ip.run_cell("1 + 1")  # (shows a value: the formatters are made)
+    assert fresh.trait_has_value("formatters")
+    run(ip, "%%step\nb = 2\nprint(b)")
+    assert nbcache.runs()[-1].cached, nbcache.runs()[-1].reason
+
+
+def test_views_come_back_as_writeable_as_they_were_and_strided_ones_as_views(ip):
+    """A read-only view (``np.broadcast_to``, one made so) came back writeable, so a write through it changed
+    its base; ``as_strided``'s came back a copy (fifth red-team)."""
+    import numpy as np
+
+    cell = ("%%step\nimport numpy as np\nfrom numpy.lib.stride_tricks import as_strided, sliding_window_view\n"
+            "data = np.arange(24.0)\nwide = np.broadcast_to(data[:4], (5, 4))\nback = data[::-1]\n"
+            "back.setflags(write=False)\nwindows = sliding_window_view(data, 5)\nstrided = as_strided(data, (20, 5), (8, 8))")
+    every_cell_a_hit_after_a_restart(ip, [cell], forget=("np", "as_strided", "sliding_window_view", "data", "wide",
+                                                         "back", "windows", "strided"))
+    ns = ip.user_ns
+    assert [ns[n].flags.writeable for n in ("data", "wide", "back", "windows", "strided")] == [
+        True, False, False, False, True]
+    assert ns["strided"].strides == (8, 8) and all(np.shares_memory(ns["data"], ns[n]) for n in ("windows", "strided"))
+    ns["data"][0] = -1
+    assert ns["windows"][0, 0] == -1 and ns["strided"][0, 0] == -1 and ns["wide"][3, 0] == -1

@@ -222,6 +222,15 @@ def test_exceptions_are_not_cached_and_are_recorded(cache_dir, calls):
         "argument x changed since its last run, which failed (ValueError: bad input)")
     assert nbcache.runs("fragile")[-1].status == "ok"
 
+    @step
+    def shaped(x):
+        raise ValueError("bad shape\nexpected (3, 4)\ngot (3, 5)")
+
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            shaped(1)
+    assert nbcache.runs("shaped")[-1].reason == "its last run failed (ValueError: bad shape ...); it runs again"
+
 
 def test_the_run_after_a_failed_one_says_so_after_a_restart_too(cache_dir):
     code = ("import nbcache\n"
