@@ -18,6 +18,7 @@ from .arrayviews import Live
 from .checks import Check
 from .codestate import code_read, code_state, notebook_reads
 from .fingerprint import read_digest
+from .fingerprint_source import is_user_file, library_roots
 from .frame import Frame, Unpicklable
 from .hashing import hash_holding, hash_value
 from .sharing import IPYTHON_NAMES, NOT_FOLLOWED, VALUES, closed_over, kernel_objects, path_to, reach
@@ -80,8 +81,8 @@ class Outputs(NamedTuple):
     #                                those it holds: the base array of a view it changed, ``clf`` in ``pipe``)
     changed_inputs: tuple[str, ...] = ()  # of ``names``, the inputs it changed in place (``lr`` it fits): a hit
     #                                       binds them to other objects, so nothing else may hold them (``alone``)
-    modules: dict[int, tuple[str, str]] = {}  # objects that are attributes of the modules it reads or imports
-    #                                         (``from helpers import REGISTRY``), stored as references to them
+    modules: dict[int, tuple[str, str, bool]] = {}  # objects of the modules it reads or imports (``from helpers
+    #                                               import REGISTRY``), stored as references (``module_objects``)
 
 
 def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Sequence[str],
@@ -160,20 +161,30 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
                    modules)
 
 
-def module_objects(read: Sequence[types.ModuleType], imports: Sequence[str]) -> dict[int, tuple[str, str]]:
-    """The public objects of the modules ``read`` and ``imports`` (absolute names; ``pkg.mod`` counts for ``pkg``
-    too) by id, as (module, attribute): a variable bound to one (``from helpers import REGISTRY``, ``env =
-    os.environ``) is that object after a hit too, not a copy of it (``pickler.py``). Not plain values, code
-    (stored by name already) or modules."""
-    found: dict[int, tuple[str, str]] = {}
+def module_objects(read: Sequence[types.ModuleType], imports: Sequence[str]) -> dict[int, tuple[str, str, bool]]:
+    """The objects of the modules ``read`` and ``imports`` (absolute names; ``pkg.mod`` counts for ``pkg`` too)
+    by id, as (module, attribute, checked): a variable bound to one (``from helpers import REGISTRY``, ``env =
+    os.environ``) is that object after a hit too, not a copy of it (``pickler.py``). Of the user's modules,
+    their public objects but plain values, code (stored by name already) and modules, checked by content on
+    a hit (kind ``module``); of a library's, only the objects of the process's settings (``SETTINGS``), whose
+    content the hit sets again as state (``ambient.py``), and which differs from kernel to kernel."""
+    found: dict[int, tuple[str, str, bool]] = {}
     names = {m.__name__ for m in read} | {p for m in imports if not m.startswith(".")
                                           for p in itertools.accumulate(m.split("."), lambda a, b: f"{a}.{b}")}
+    settings = {id(getattr(sys.modules[m], a, None)) for m, a in SETTINGS if m in sys.modules}
+    roots = library_roots()
     for name in sorted(names):
         module = sys.modules.get(name)
+        path = getattr(module, "__file__", None)
+        users = isinstance(path, str) and not path.startswith(roots) and is_user_file(path)
         for attribute, value in list(getattr(module, "__dict__", {}).items()):
-            if not attribute.startswith("_") and not isinstance(value, _NOT_SHARED):
-                found.setdefault(id(value), (name, attribute))
+            if (users or id(value) in settings) and attribute[:1] != "_" and not isinstance(value, _NOT_SHARED):
+                found.setdefault(id(value), (name, attribute, users))
     return found
+
+
+# A library's objects that hold the process's settings (``statekinds.py``): a variable bound to one is it after a hit
+SETTINGS = (("os", "environ"), ("sys", "path"), ("matplotlib", "rcParams"), ("pandas", "options"))
 
 
 def aliases_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = frozenset()) -> list[str]:
@@ -256,11 +267,12 @@ def held_checks(ns: Mapping[str, Any], found: Outputs) -> tuple[Live, list[Check
     live, checks = Live(found.live), []
     outputs = [ns[n] for n in found.names]  # (an object of a module they are or hold: as a hit must find it)
     for identity in found.modules.keys() & reach(outputs, HOLD_LIMIT * len(outputs), not_followed=_NOT_FOLLOWED):
-        module, attribute = found.modules[identity]
+        module, attribute, checked = found.modules[identity]
         with contextlib.suppress(Exception):  # (one that cannot be hashed is stored as a copy, as any value)
-            value = getattr(sys.modules[module], attribute)
-            checks.append(Check("module", f"{module}\t{attribute}", hash_value(value)))
-            live.setdefault(identity, found.modules[identity])
+            if checked:
+                value = getattr(sys.modules[module], attribute)
+                checks.append(Check("module", f"{module}\t{attribute}", hash_value(value)))
+            live.setdefault(identity, (module, attribute))
     # views of the arrays it stores are stored as views (not of the live inputs: laid out otherwise then, though equal)
     live.arrays = tuple(ns[n] for n in found.names if type(ns[n]).__name__ in ("ndarray", "memmap"))
     holders = "\t".join(n for n in found.names if not isinstance(ns[n], _NOT_SHARED))

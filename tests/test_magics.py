@@ -1087,3 +1087,19 @@ def test_views_come_back_as_writeable_as_they_were_and_strided_ones_as_views(ip)
     assert ns["strided"].strides == (8, 8) and all(np.shares_memory(ns["data"], ns[n]) for n in ("windows", "strided"))
     ns["data"][0] = -1
     assert ns["windows"][0, 0] == -1 and ns["strided"][0, 0] == -1 and ns["wide"][3, 0] == -1
+
+
+def test_a_library_object_holding_settings_is_referred_to_without_a_check_of_its_content(ip):
+    """``env = os.environ`` is the process's environment after a hit, not checked by content: it differs from
+    kernel to kernel, and checked, it ran the cell again at every restart."""
+    cell = "%%step\nimport os\nenv = os.environ"
+    run(ip, cell)
+    os.environ["NBCACHE_TEST_KERNEL"] = "another"  # (as in a new kernel)
+    try:
+        for name in ("os", "env"):
+            del ip.user_ns[name]
+        run(ip, cell)
+        assert nbcache.runs()[-1].cached, nbcache.runs()[-1].reason
+        assert ip.user_ns["env"] is os.environ
+    finally:
+        del os.environ["NBCACHE_TEST_KERNEL"]
