@@ -21,7 +21,7 @@ from .fingerprint import read_digest
 from .fingerprint_source import is_user_file, library_roots
 from .frame import Frame, Unpicklable
 from .hashing import hash_holding, hash_value
-from .sharing import IPYTHON_NAMES, NOT_FOLLOWED, VALUES, closed_over, kernel_objects, path_to, reach
+from .sharing import IPYTHON_NAMES, NOT_FOLLOWED, VALUES, closed_over, kernel_objects, path_to, paths_in, reach
 from .step import Step
 
 __all__ = ["HISTORY_NAMES", "IPYTHON_NAMES", "Alias", "Outputs", "deleted_names", "held_checks", "is_closed",
@@ -81,8 +81,8 @@ class Outputs(NamedTuple):
     #                                those it holds: the base array of a view it changed, ``clf`` in ``pipe``)
     changed_inputs: tuple[str, ...] = ()  # of ``names``, the inputs it changed in place (``lr`` it fits): a hit
     #                                       binds them to other objects, so nothing else may hold them (``alone``)
-    modules: dict[int, tuple[str, str, bool]] = {}  # objects of the modules it reads or imports (``from helpers
-    #                                               import REGISTRY``), stored as references (``module_objects``)
+    modules: dict[int, ModuleObject] = {}  # objects of the modules it reads or imports (``from helpers import
+    #                                       REGISTRY``), stored as references to them (``module_objects``)
 
 
 def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Sequence[str],
@@ -161,30 +161,37 @@ def output_names(ns: Mapping[str, Any], before: Mapping[str, int], *, binds: Seq
                    modules)
 
 
-def module_objects(read: Sequence[types.ModuleType], imports: Sequence[str]) -> dict[int, tuple[str, str, bool]]:
+def module_objects(read: Sequence[types.ModuleType], imports: Sequence[str]) -> dict[int, ModuleObject]:
     """The objects of the modules ``read`` and ``imports`` (absolute names; ``pkg.mod`` counts for ``pkg`` too)
-    by id, as (module, attribute, checked): a variable bound to one (``from helpers import REGISTRY``, ``env =
-    os.environ``) is that object after a hit too, not a copy of it (``pickler.py``). Of the user's modules,
-    their public objects but plain values, code (stored by name already) and modules, checked by content on
-    a hit (kind ``module``); of a library's, only the objects of the process's settings (``SETTINGS``), whose
-    content the hit sets again as state (``ambient.py``), and which differs from kernel to kernel."""
-    found: dict[int, tuple[str, str, bool]] = {}
+    by id: a variable bound to one (``from helpers import REGISTRY``, ``env = os.environ``, ``norm`` of
+    ``scipy.stats``) is that object after a hit too, not a copy of it (``pickler.py``). Their public objects
+    but plain values, code (stored by name already) and modules; of the user's modules, also what those hold
+    (``opts = helpers.CONFIG["opts"]``), and checked by content on a hit (kind ``module``): a library's are
+    not, as their content may differ from kernel to kernel (``sys.argv``) and what a cell does to one a hit
+    does not do again either way (``docs/pitfalls.md``)."""
+    found: dict[int, ModuleObject] = {}
     names = {m.__name__ for m in read} | {p for m in imports if not m.startswith(".")
                                           for p in itertools.accumulate(m.split("."), lambda a, b: f"{a}.{b}")}
-    settings = {id(getattr(sys.modules[m], a, None)) for m, a in SETTINGS if m in sys.modules}
     roots = library_roots()
     for name in sorted(names):
         module = sys.modules.get(name)
         path = getattr(module, "__file__", None)
         users = isinstance(path, str) and not path.startswith(roots) and is_user_file(path)
         for attribute, value in list(getattr(module, "__dict__", {}).items()):
-            if (users or id(value) in settings) and attribute[:1] != "_" and not isinstance(value, _NOT_SHARED):
-                found.setdefault(id(value), (name, attribute, users))
+            if attribute[:1] != "_" and not isinstance(value, _NOT_SHARED):
+                found.setdefault(id(value), ModuleObject(name, attribute, (), users))
+                for identity, inside in (paths_in(value, _NOT_SHARED) if users else {}).items():
+                    found.setdefault(identity, ModuleObject(name, attribute, inside, True))
     return found
 
 
-# A library's objects that hold the process's settings (``statekinds.py``): a variable bound to one is it after a hit
-SETTINGS = (("os", "environ"), ("sys", "path"), ("matplotlib", "rcParams"), ("pandas", "options"))
+class ModuleObject(NamedTuple):
+    """Where an object of a module is: ``module.attribute``, then ``path`` in it (``sharing.path_to``'s)."""
+
+    module: str
+    attribute: str
+    path: tuple[tuple[str, Any], ...]
+    checked: bool  # (by content, on a hit: a user's module's)
 
 
 def aliases_of(ns: Mapping[str, Any], names: Sequence[str], held: set[int] = frozenset()) -> list[str]:
@@ -267,12 +274,12 @@ def held_checks(ns: Mapping[str, Any], found: Outputs) -> tuple[Live, list[Check
     live, checks = Live(found.live), []
     outputs = [ns[n] for n in found.names]  # (an object of a module they are or hold: as a hit must find it)
     for identity in found.modules.keys() & reach(outputs, HOLD_LIMIT * len(outputs), not_followed=_NOT_FOLLOWED):
-        module, attribute, checked = found.modules[identity]
+        module, attribute, path, checked = found.modules[identity]
+        target = f"{module}\t{attribute}"
         with contextlib.suppress(Exception):  # (one that cannot be hashed is stored as a copy, as any value)
-            if checked:
-                value = getattr(sys.modules[module], attribute)
-                checks.append(Check("module", f"{module}\t{attribute}", hash_value(value)))
-            live.setdefault(identity, (module, attribute))
+            if checked and not any(c.target == target for c in checks if c.kind == "module"):
+                checks.append(Check("module", target, hash_value(getattr(sys.modules[module], attribute))))
+            live.setdefault(identity, (module, attribute, path))
     # views of the arrays it stores are stored as views (not of the live inputs: laid out otherwise then, though equal)
     live.arrays = tuple(ns[n] for n in found.names if type(ns[n]).__name__ in ("ndarray", "memmap"))
     holders = "\t".join(n for n in found.names if not isinstance(ns[n], _NOT_SHARED))

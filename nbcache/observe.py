@@ -35,7 +35,8 @@ from . import ambient
 from .audit import inherit, unwatch, watch
 from .callers import users, users_own
 from .checks import (
-    NONE, UNHASHABLE, Check, appended_head, checks_from_json, file_digest, first_failure, listing_digest, stat_of, tree_digest,
+    NONE, UNHASHABLE, Check, appended_head, checks_from_json, file_digest, first_failure, listing_digest, stat_of,
+    tree_digest,
 )
 from .datapaths import is_data_file, is_data_path
 from .fingerprint_source import is_user_file

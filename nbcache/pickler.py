@@ -160,9 +160,12 @@ class NotebookUnpickler(pickle.Unpickler):
         self._module = notebook
 
     def persistent_load(self, pid: Any) -> Any:
-        if type(pid) is tuple and len(pid) == 3 and pid[0] == MODULE_ATTRIBUTE:
+        if type(pid) is tuple and len(pid) in (3, 4) and pid[0] == MODULE_ATTRIBUTE:
             try:
-                return getattr(importlib.import_module(pid[1]), pid[2])
+                found = getattr(importlib.import_module(pid[1]), pid[2])
+                for kind, key in pid[3] if len(pid) == 4 else ():
+                    found = found[key] if kind == "item" else getattr(found, key)
+                return found
             except Exception as exc:  # (then the value is not served: the cell runs)
                 raise pickle.UnpicklingError(f"it holds {pid[1]}.{pid[2]}, which cannot be had now"
                                              f" ({type(exc).__name__})") from None
@@ -208,11 +211,12 @@ def _make_ahead(changes: dict[str, Any]) -> Ahead:
 
 _LOADER_MODULES = frozenset({__name__, "nbcache.store"})
 LIVE = "nbcache.live"  # the persistent id of a reference to a notebook variable: (LIVE, its name)
-MODULE_ATTRIBUTE = "nbcache.module"  # ... to an attribute of a module: (MODULE_ATTRIBUTE, module, attribute)
+MODULE_ATTRIBUTE = "nbcache.module"  # ... to an object of a module: (MODULE_ATTRIBUTE, module, attribute, path)
 
 
-def _reference(target: str | tuple[str, str]) -> tuple:
-    """The persistent id of an object in ``live``: a notebook variable's name, or (module, attribute)."""
+def _reference(target: str | tuple) -> tuple:
+    """The persistent id of an object in ``live``: a notebook variable's name, or (module, attribute, path
+    in it: ``sharing.path_to``'s)."""
     return (LIVE, target) if type(target) is str else (MODULE_ATTRIBUTE, *target)
 
 

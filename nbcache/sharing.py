@@ -19,7 +19,7 @@ import types
 from typing import Any, Mapping, Sequence
 
 __all__ = ["IPYTHON_NAMES", "NOT_FOLLOWED", "VALUES", "closed_over", "holding", "kernel_objects", "path_to",
-           "reach", "shared_between"]
+           "paths_in", "reach", "shared_between"]
 
 # Names IPython itself binds as cells run (_, __, _i3, _oh, ...): never a cell's outputs.
 IPYTHON_NAMES = re.compile(r"_+\d*|_i+\d*|_(oh|dh|ih|ii|iii)|In|Out|exit|quit|get_ipython")
@@ -132,21 +132,31 @@ def path_to(root: Any, target: int, skip: tuple[type, ...], limit: int = 2_000,
     """The way from ``root`` to the object whose id is ``target``, through dict items (of plain keys), list
     and tuple items and public attributes (``pipe.steps[0][1]``), ``depth`` steps and ``limit`` objects at
     most, not into values of ``skip`` types; () if there is none."""
-    todo, seen = collections.deque([(root, ())]), {id(root)}
-    while todo and len(seen) < limit:
+    return paths_in(root, skip, limit, depth, target).get(target, ())
+
+
+def paths_in(root: Any, skip: tuple[type, ...], limit: int = 2_000, depth: int = 4,
+             target: int | None = None) -> dict[int, tuple[tuple[str, Any], ...]]:
+    """The objects ``root`` holds (``path_to``'s ways), by id, with the way to each (the first found, the
+    shortest); those of ``skip`` types not; up to ``target``'s, if given."""
+    todo, found = collections.deque([(root, ())]), {id(root): ()}
+    while todo and len(found) < limit:
         obj, path = todo.popleft()
-        if isinstance(obj, dict):
-            steps = [("item", k, v) for k, v in list(obj.items()) if isinstance(k, _KEYS)]
+        if isinstance(obj, dict):  # (a long container: its first ``limit`` items)
+            steps = [("item", k, v) for k, v in itertools.islice(list(obj.items()), limit) if isinstance(k, _KEYS)]
         elif isinstance(obj, (list, tuple)):
-            steps = [("item", i, v) for i, v in enumerate(obj)]
+            steps = [("item", i, v) for i, v in enumerate(itertools.islice(obj, limit))]
         elif isinstance(getattr(obj, "__dict__", None), dict) and not isinstance(obj, skip):
             steps = [("attr", k, v) for k, v in list(vars(obj).items()) if not k.startswith("_")]
         else:
             continue
         for kind, key, value in steps:
+            if id(value) in found or isinstance(value, skip):
+                continue
+            found[id(value)] = (*path, (kind, key))
             if id(value) == target:
-                return (*path, (kind, key))
-            if id(value) not in seen and len(path) + 1 < depth and not isinstance(value, skip):
-                seen.add(id(value))
-                todo.append((value, (*path, (kind, key))))
-    return ()
+                return found
+            if len(path) + 1 < depth:
+                todo.append((value, found[id(value)]))
+    found.pop(id(root))
+    return found

@@ -75,7 +75,7 @@ def module_failure(target: str, digest: str) -> str | None:
     except Exception as exc:
         return f"{what} cannot be had now ({type(exc).__name__})"
     if _digest_now(hash_value, value) != digest:
-        return f"{what} differs from when it was cached (it changes it, or it was changed since)"
+        return f"{what} differs from when it was cached (it changes it, or the module makes it anew at each run)"
     return None
 
 

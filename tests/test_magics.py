@@ -1089,17 +1089,39 @@ def test_views_come_back_as_writeable_as_they_were_and_strided_ones_as_views(ip)
     assert ns["windows"][0, 0] == -1 and ns["strided"][0, 0] == -1 and ns["wide"][3, 0] == -1
 
 
-def test_a_library_object_holding_settings_is_referred_to_without_a_check_of_its_content(ip):
+def test_a_library_object_is_referred_to_without_a_check_of_its_content(ip):
     """``env = os.environ`` is the process's environment after a hit, not checked by content: it differs from
-    kernel to kernel, and checked, it ran the cell again at every restart."""
-    cell = "%%step\nimport os\nenv = os.environ"
+    kernel to kernel, and checked, it ran the cell again at every restart. So is ``norm`` of scipy.stats, a
+    copy of which drew from a random generator of its own, not numpy's that ``np.random.seed`` seeds (sixth
+    red-team)."""
+    cell = "%%step\nimport os\nimport warnings\nfrom scipy.stats import norm\nenv = os.environ\nfilters = warnings.filters"
     run(ip, cell)
     os.environ["NBCACHE_TEST_KERNEL"] = "another"  # (as in a new kernel)
     try:
-        for name in ("os", "env"):
+        for name in ("os", "warnings", "norm", "env", "filters"):
             del ip.user_ns[name]
         run(ip, cell)
         assert nbcache.runs()[-1].cached, nbcache.runs()[-1].reason
-        assert ip.user_ns["env"] is os.environ
+        import scipy.stats
+        import warnings
+
+        ns = ip.user_ns
+        assert ns["env"] is os.environ and ns["norm"] is scipy.stats.norm and ns["filters"] is warnings.filters
     finally:
         del os.environ["NBCACHE_TEST_KERNEL"]
+
+
+def test_what_an_object_of_a_users_module_holds_is_the_modules_after_a_hit(ip, tmp_path, monkeypatch):
+    """``opts = CONFIG["opts"]`` came back a copy: a cell below that set ``opts["lr"]`` left ``helpers.CONFIG``
+    as it was (sixth red-team)."""
+    (tmp_path / "helpers_c.py").write_text("CONFIG = {'opts': {'lr': 0.1}, 'runs': [[1, 2]]}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cell = "%%step\nfrom helpers_c import CONFIG\nopts = CONFIG['opts']\nfirst = CONFIG['runs'][0]"
+    run(ip, cell)
+    for name in ("CONFIG", "opts", "first"):
+        del ip.user_ns[name]
+    del sys.modules["helpers_c"]
+    run(ip, cell)
+    assert nbcache.runs()[-1].cached, nbcache.runs()[-1].reason
+    config = sys.modules["helpers_c"].CONFIG
+    assert ip.user_ns["opts"] is config["opts"] and ip.user_ns["first"] is config["runs"][0]
