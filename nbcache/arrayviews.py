@@ -1,10 +1,12 @@
-"""numpy views stored as views: ``X = data[:, :2]`` made by a ``%%step`` cell that stores ``data`` too is,
-after a hit, a view of the ``data`` the hit gives, sharing its memory as after the run (a write to ``X``
-writes ``data``), not a copy of it. ``pickler.py`` asks ``view_of`` of each array it stores.
+"""numpy views stored as views: ``X = data[:, :2]`` made by a ``%%step`` cell that stores ``data`` too, or
+that reads it (an input the run left unchanged), is, after a hit, a view of the ``data`` the hit gives, or
+finds, sharing its memory as after the run (a write to ``X`` writes ``data``), not a copy of it.
+``pickler.py`` asks ``view_of`` of each array it stores.
 """
 
 from __future__ import annotations
 
+import pickle
 import sys
 from typing import Any, Mapping, Sequence
 
@@ -60,13 +62,21 @@ def view_of(obj: Any, arrays: Mapping[int, list[tuple[Any, int, int]]]) -> tuple
     high = start + sum(max(0, s * (n - 1)) for s, n in zip(obj.strides, obj.shape)) + obj.itemsize
     for base, begins, ends in bases:  # (one that may be written while its base may not cannot be made again)
         if begins <= low and high <= ends and (base.flags.writeable or not obj.flags.writeable):
-            return _make_view, (base, start - begins, obj.shape, obj.strides, obj.dtype, obj.flags.writeable)
+            laid_out = (base.shape, base.strides, base.dtype.str)
+            return _make_view, (base, start - begins, obj.shape, obj.strides, obj.dtype, obj.flags.writeable,
+                                laid_out)
     return None
 
 
-def _make_view(base: Any, offset: int, shape: tuple, strides: tuple, dtype: Any, writeable: bool = True) -> Any:
+def _make_view(base: Any, offset: int, shape: tuple, strides: tuple, dtype: Any, writeable: bool = True,
+               laid_out: tuple | None = None) -> Any:
     """The view of ``base`` that ``view_of`` described: its memory shared, as when it was stored, and read-only
-    if it was (``np.broadcast_to``'s, one made so)."""
+    if it was (``np.broadcast_to``'s, one made so). A base that is a notebook variable, as it is now (equal
+    to the one the run had: the key says so), must be laid out as that one was, and writeable if the view was:
+    else the value does not load, and the cell runs."""
+    if laid_out is not None and ((base.shape, base.strides, base.dtype.str) != laid_out
+                                 or (writeable and not base.flags.writeable)):
+        raise pickle.UnpicklingError("an array it is a view of is laid out otherwise now, or cannot be written")
     view = sys.modules["numpy"].ndarray(shape, dtype, buffer=base, offset=offset, strides=strides)
     if not writeable:
         view.flags.writeable = False

@@ -280,8 +280,9 @@ def held_checks(ns: Mapping[str, Any], found: Outputs) -> tuple[Live, list[Check
             if checked and not any(c.target == target for c in checks if c.kind == "module"):
                 checks.append(Check("module", target, hash_value(getattr(sys.modules[module], attribute))))
             live.setdefault(identity, (module, attribute, path))
-    # views of the arrays it stores are stored as views (not of the live inputs: laid out otherwise then, though equal)
-    live.arrays = tuple(ns[n] for n in found.names if type(ns[n]).__name__ in ("ndarray", "memmap"))
+    # views of the arrays it stores, or of the inputs it left unchanged, are stored as views (``arrayviews.py``)
+    live.arrays = tuple(ns[n] for n in [*found.names, *found.live.values()] if type(ns[n]).__name__ in ("ndarray",
+                                                                                                      "memmap"))
     holders = "\t".join(n for n in found.names if not isinstance(ns[n], _NOT_SHARED))
     for identity, names in found.held.items():  # (and one of the outputs, as found then, holds it: a name
         try:                                     # bound since to another object of the same content is not it)

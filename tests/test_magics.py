@@ -1006,14 +1006,16 @@ def test_an_object_imported_from_a_module_is_the_modules_after_a_hit(ip, tmp_pat
 
 def test_views_made_by_a_cell_share_memory_with_their_base_after_its_hit(ip):
     """``X = data[:, :2]`` in the cell that makes ``data``: its hit gave ``X`` as a copy, so ``X /= 4`` in an
-    edited cell below left ``data`` unchanged (red-team). Views of what one cell stores share its memory."""
+    edited cell below left ``data`` unchanged (red-team). Views of what one cell stores, or of an array it
+    reads, share its memory."""
     import numpy as np
 
     cells = ["%%step\nimport numpy as np\ndata = np.arange(12.0).reshape(3, 4)\nX = data[:, :2]\nrows = data[1:]\n"
-             "flat = data.ravel()\nback = X[::-1]\nempty = data[:0]"]
-    every_cell_a_hit_after_a_restart(ip, cells, forget=("np", "data", "X", "rows", "flat", "back", "empty"))
+             "flat = data.ravel()\nback = X[::-1]\nempty = data[:0]", "%%step\ncolumn = data[:, 3]\nT = data.T"]
+    every_cell_a_hit_after_a_restart(ip, cells, forget=("np", "data", "X", "rows", "flat", "back", "empty", "column",
+                                                        "T"))
     ns = ip.user_ns
-    for name in ("X", "rows", "flat", "back"):
+    for name in ("X", "rows", "flat", "back", "column", "T"):
         assert np.shares_memory(ns["data"], ns[name]), name
     ns["X"] /= 4
     assert ns["data"][1].tolist() == [1.0, 1.25, 6.0, 7.0] and ns["back"][0].tolist() == [2.0, 2.25]
@@ -1125,3 +1127,17 @@ def test_what_an_object_of_a_users_module_holds_is_the_modules_after_a_hit(ip, t
     assert nbcache.runs()[-1].cached, nbcache.runs()[-1].reason
     config = sys.modules["helpers_c"].CONFIG
     assert ip.user_ns["opts"] is config["opts"] and ip.user_ns["first"] is config["runs"][0]
+
+
+def test_a_view_of_an_input_laid_out_otherwise_at_a_hit_is_computed_again(ip):
+    """The key holds the input's content, not how its memory is laid out: a view stored as offsets and strides
+    into it must not be made over an equal array laid out otherwise (a Fortran-ordered copy)."""
+    import numpy as np
+
+    ip.run_cell("import numpy as np\ndata = np.arange(12.0).reshape(3, 4)")
+    with pytest.warns(nbcache.CacheWarning, match="laid out otherwise now"):  # (warnings filters alike: both runs)
+        run(ip, "%%step\ncolumn = data[:, 1]")
+        ip.run_cell("data = np.asfortranarray(np.arange(12.0).reshape(3, 4))\ndel column")
+        run(ip, "%%step\ncolumn = data[:, 1]")
+    assert not nbcache.runs()[-1].cached and ip.user_ns["column"].tolist() == [1.0, 5.0, 9.0]
+    assert np.shares_memory(ip.user_ns["column"], ip.user_ns["data"])
