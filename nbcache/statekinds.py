@@ -259,10 +259,12 @@ def global_generator(obj: Any) -> str | None:
 
 
 def global_generator_method(module: str, name: str) -> Any:
-    """The method ``name`` of the global generator of ``module``, as it is in this process."""
+    """The method ``name`` of the global generator of ``module``, as it is in this process: the module's own
+    object for it where it has one (``random.seed``), which is what a run's watch of seeding wraps."""
     owner = __import__(module, fromlist=["_"])
     generator = (owner.random if module == "random" else owner.rand).__self__
-    return getattr(generator, name)
+    found = vars(owner).get(name)
+    return found if getattr(found, "__self__", None) is generator else getattr(generator, name)
 
 
 # -- taking a state when its module is imported ----------------------------------------------------------

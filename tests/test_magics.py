@@ -1141,3 +1141,17 @@ def test_a_view_of_an_input_laid_out_otherwise_at_a_hit_is_computed_again(ip):
         run(ip, "%%step\ncolumn = data[:, 1]")
     assert not nbcache.runs()[-1].cached and ip.user_ns["column"].tolist() == [1.0, 5.0, 9.0]
     assert np.shares_memory(ip.user_ns["column"], ip.user_ns["data"])
+
+
+def test_seed_imported_from_random_in_a_cached_cell_is_seen_seeding_below(ip):
+    """``from random import seed, shuffle`` came back from the cache as another bound method than
+    ``random.seed``: a cell below that seeded through it was taken to draw unseeded, and ran again at every
+    restart (sixth red-team)."""
+    cells = ["%%step\nfrom random import seed, shuffle", "%%step\nseed(1)\nitems = list(range(8))\nshuffle(items)"]
+    every_cell_a_hit_after_a_restart(ip, cells, forget=("seed", "shuffle", "items"))
+    import random
+
+    assert ip.user_ns["seed"] is random.seed
+    ip.run_cell("import random as _r\n_r.seed(99)\n_r.random()")  # (another state: a seeded cell does not mind)
+    run(ip, cells[1])
+    assert nbcache.runs()[-1].cached, nbcache.runs()[-1].reason
