@@ -93,9 +93,10 @@ def _pickler_class() -> type:
         - An object in ``live`` (by id: the notebook variable it is the value of) is stored as a reference to
           that variable, and loads as the variable's value then: ``models = {"lr": lr}`` holds the live
           ``lr`` after a hit, as after the run (``lr`` is an input of the cell, its content in the key).
-          One given there as ``(module, attribute)`` is stored as that attribute of that module, and loads as
-          it is then: ``from helpers import REGISTRY`` (or ``env = os.environ``) binds the module's own object
-          after a hit, as after the run; if the module no longer has it, the value fails to load. A numpy
+          One given there as ``(module, attribute, path)`` is stored as what that path leads to in that
+          attribute of that module, and loads as it is then: ``from helpers import REGISTRY`` (or ``env =
+          os.environ``) binds the module's own object after a hit, as after the run (``cellvars.module_objects``
+          says which, and which a hit checks); if the module no longer has it, the value fails to load. A numpy
           view of one of ``live.arrays`` (``arrayviews.Live``) is stored as that view of it (``X = data[:,
           :2]``: a write to ``X`` writes ``data``, after a hit too).
         """
