@@ -176,7 +176,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace, store: Store) -> int:
-    summaries = step_summaries(store.last_runs(), ((e.step, sum(e.sizes.values()), e.kind) for _, e in store.entries()))
+    summaries = step_summaries(store.last_runs(), ((step, size, kind) for step, kind, size in store.entry_sizes()))
     if args.json:
         return _print_json([{"step": s.step, "kind": s.kind, "entries": s.entries, "bytes": s.bytes,
                              "last": _run_json(s.last) if s.last else None} for s in summaries])

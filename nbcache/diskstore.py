@@ -40,7 +40,7 @@ from .diskfiles import Modes, entry_texts, make_dir, make_file, open_append, sha
 from .diskgc import GRACE_S, collect, disk_usage
 from .diskindex import index_file, index_identity, open_index
 from .disklock import hold, let_go
-from .entry import Entry, Latest
+from .entry import Entry, Latest, entry_size
 from .eviction import beyond_last, choose_victims
 from .frame import Damaged, Frame
 from .history import read_last_runs
@@ -215,6 +215,12 @@ class DiskStore:
 
     def entries(self) -> Iterator[tuple[str, Entry]]:
         return ((key, entry) for key, entry in self._all_entries() if entry is not None)
+
+    def entry_sizes(self) -> Iterator[tuple[str, str, int]]:
+        for _, text in entry_texts(self._cache):  # (the three fields, where they are as to_json writes them:
+            summary = entry_size(text)            # parsing and checking whole entries took most of `ls`)
+            if summary is not None:
+                yield summary
 
     def clear(self, step: str | None = None, *, older_than_s: float | None = None,
               keep_last: int | None = None) -> int:

@@ -194,6 +194,30 @@ def _plain_fields(record: dict) -> dict[str, Any] | None:
             "ambient": ambient, "seal": seal}
 
 
+def entry_size(text: Any) -> tuple[str, str, int] | None:
+    """(step, kind, stored bytes) of the entry stored as ``text``, read from those fields and checked as
+    ``from_json`` checks them, the others' types only; None for one that does not read (``Entry.from_json``
+    says why)."""
+    try:
+        record = json.loads(text)
+        step, kind, sizes = record["step"], record["kind"], record["sizes"]
+        if (type(step) is str and type(kind) is str and type(sizes) is dict and kind in ("function", "cell")
+                and type(record.get("outputs")) is list and type(record.get("blobs")) is list):
+            total = 0
+            for size in sizes.values():
+                if type(size) is not int or size < 0:
+                    raise ValueError(size)
+                total += size
+            return step, kind, total
+    except (ValueError, TypeError, KeyError, RecursionError):
+        pass
+    try:  # (another shape: an older entry, or a damaged one)
+        entry = Entry.from_json(text)
+    except Damaged:
+        return None
+    return entry.step, entry.kind, sum(entry.sizes.values())
+
+
 def _object(text: Any) -> dict:
     if not isinstance(text, str):
         raise Damaged("it is not one nbcache wrote")

@@ -99,6 +99,10 @@ class Store(Protocol):
     def entries(self) -> Iterator[tuple[str, Entry]]:
         """Every readable entry, as (key, entry)."""
 
+    def entry_sizes(self) -> Iterator[tuple[str, str, int]]:
+        """(step, kind, stored bytes) of every entry that reads: what ``nbcache ls`` counts, which a store may
+        read faster than whole entries."""
+
     def delete(self, key: str, blobs: Iterable[str] = ()) -> None:
         """Drop the entry of ``key`` and the blobs named (damaged ones, so recomputed values replace them)."""
 
@@ -201,6 +205,9 @@ class MemoryStore:
                 yield key, Entry.from_json(text)
             except Damaged:
                 continue
+
+    def entry_sizes(self) -> Iterator[tuple[str, str, int]]:
+        return ((entry.step, entry.kind, sum(entry.sizes.values())) for _, entry in self.entries())
 
     def delete(self, key: str, blobs: Iterable[str] = ()) -> None:
         with self._lock:

@@ -147,6 +147,23 @@ def test_clear_by_age(store):
     assert store.get_entry("new") is not None and store.has_blob("b-2")
 
 
+def test_entry_sizes_are_what_entries_say(store):
+    """``nbcache ls`` counts entries and their bytes through ``entry_sizes``: the same as whole entries say,
+    a damaged one left out."""
+    for i, kind in enumerate(["function", "cell", "function"]):
+        store.put_entry(f"k{i}", Entry(step=f"s{i % 2}", kind=kind, outputs=("a",), blobs=("a-1",),
+                                       sizes={"a": 10 * (i + 1)}, created_at=float(i), duration_s=0.5))
+    store.put_entry("bad", Entry(step="s0", kind="cell", outputs=("a",), blobs=("a-1",), sizes={"a": 1},
+                                 created_at=0.0, duration_s=0.5))
+    if hasattr(store, "_cache"):  # (damaged on disk: not an entry's text)
+        store._cache.set("entry:bad", '{"step": "s0", "kind": "cell", "sizes": {"a": -1}, "outputs": [], "blobs": []}')
+    else:
+        store._entries["bad"] = (store._entries["bad"][0], "not json")
+    expected = sorted((e.step, e.kind, sum(e.sizes.values())) for _, e in store.entries())
+    assert sorted(store.entry_sizes()) == expected == [("s0", "function", 10), ("s0", "function", 30),
+                                                        ("s1", "cell", 20)]
+
+
 def test_stats_count_entries_and_bytes(store):
     _put(store, "k", _entry(), np.zeros(100_000))
     stats = store.stats()
