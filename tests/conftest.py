@@ -82,6 +82,18 @@ def run_cell(ip, cell: str, **kwargs):
     return result
 
 
+def every_cell_a_hit_after_a_restart(ip, cells: list[str], forget: tuple[str, ...]) -> None:
+    """Run ``cells``; then, as a new kernel would (the names they bind, ``forget``, gone), run them again,
+    each a hit."""
+    for cell in cells:
+        run_cell(ip, cell)
+    for name in forget:
+        del ip.user_ns[name]
+    for cell in cells:
+        run_cell(ip, cell)
+        assert nbcache.runs()[-1].cached, nbcache.runs()[-1].reason
+
+
 def two_steps():
     """Two small steps, ``total(load(n))``: a producer and its consumer."""
     @nbcache.step

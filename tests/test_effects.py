@@ -25,7 +25,7 @@ import nbcache
 import nbcache.cache
 from nbcache import ambient
 
-from .conftest import run_cell, run_python
+from .conftest import every_cell_a_hit_after_a_restart, run_cell, run_python
 
 
 @pytest.fixture
@@ -1742,12 +1742,7 @@ def test_a_variable_a_stored_holder_holds_must_be_one_object_as_it_was(ip):
              "%%step\nlr, rf = Est(1), Est(10)\nmodels = {'lr': lr, 'rf': rf}",
              "%%step\nfor name, model in models.items():\n    pass",
              "%%step\nlr.fit([1, 2])"]
-    for cell in cells:
-        run(ip, cell)
-    for name in ("Est", "model", "lr", "rf", "models", "name"):  # (a new kernel)
-        del ip.user_ns[name]
-    for cell in cells:
-        run(ip, cell)
+    every_cell_a_hit_after_a_restart(ip, cells, forget=("Est", "model", "lr", "rf", "models", "name"))
     run(ip, "rf.fit([1, 2])")
     ns = ip.user_ns
     assert ns["models"]["rf"] is ns["rf"] and ns["models"]["rf"].coef_ == 30 and ns["models"]["lr"] is ns["lr"]

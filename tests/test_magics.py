@@ -11,7 +11,7 @@ from IPython.core.error import UsageError
 import nbcache
 from nbcache.cache import default_cache
 
-from .conftest import run_cell, run_python
+from .conftest import every_cell_a_hit_after_a_restart, run_cell, run_python
 
 
 @pytest.fixture
@@ -872,18 +872,6 @@ def test_a_cell_from_the_team_cache_restores_its_variables_and_output_then_is_ke
         assert [r.state.value for r in nbcache.runs()] == ["team hit", "hit"] and times_ran(ip) == 1
     finally:
         ip.run_line_magic("config", "NBCache.remote = None")
-
-
-def every_cell_a_hit_after_a_restart(ip, cells: list[str], forget: tuple[str, ...]) -> None:
-    """Run ``cells``; then, as a new kernel would (the names they bind, ``forget``, gone), run them again,
-    each a hit."""
-    for cell in cells:
-        run(ip, cell)
-    for name in forget:
-        del ip.user_ns[name]
-    for cell in cells:
-        run(ip, cell)
-        assert nbcache.runs()[-1].cached, nbcache.runs()[-1].reason
 
 
 def test_models_in_a_dataframe_column_stay_the_notebooks_after_a_hit(ip):
